@@ -1,0 +1,204 @@
+"""The ``logitcache`` command: one verb per stage, each a thin call into the library.
+
+    $ logitcache dump STORE --teacher SPEC --dataset SPEC [--codec fp16]
+    $ logitcache info STORE [--json]
+    $ logitcache verify STORE [--dataset SPEC]
+    $ logitcache train --out RUN --student SPEC --dataset SPEC [--store STORE --loss dist]
+    $ logitcache run pipelines/digits.toml
+
+Library errors become one-line messages with a non-zero exit; torch and zarr are imported inside
+the commands so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from . import __version__
+from .errors import ConfigError, LogitCacheError
+
+
+def friendly_errors(command):
+    """Turn logitcache errors into click errors (exit 1) and Ctrl-C into exit 130, no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (ConfigError,) as err:
+            raise click.UsageError(str(err)) from None
+        except LogitCacheError as err:
+            raise click.ClickException(str(err)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted: what was written is kept; rerun the same command to resume", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="logitcache")
+def cli():
+    """Run a teacher once, cache its logits in a Zarr store, and distil students from it."""
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--teacher", required=True, help="Teacher spec: torchvision:NAME, torchscript:FILE, "
+              "checkpoint:FILE, a registered name (resnet56, cnn, ...) or package.module:factory.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Weights file for the teacher (state dict).")
+@click.option("--dataset", required=True, help="Dataset spec: digits, imagefolder:PATH, cifar100:ROOT, "
+              "mnist:ROOT, imagenet:ROOT, package.module:factory; optionally @SPLIT.")
+@click.option("--split", help="Dataset split, unless the spec ends with @SPLIT.")
+@click.option("--transform", help="Input transform preset or steps (default: the dataset's eval transform).")
+@click.option("--teacher-name", default="default", show_default=True, help="Name of the teacher inside the store.")
+@click.option("--codec", default="fp16", show_default=True, help="fp32, fp16, bf16 or u8.")
+@click.option("--batch-size", default=256, show_default=True, type=int)
+@click.option("--workers", default=0, show_default=True, type=int, help="DataLoader worker processes.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--bf16", is_flag=True, help="Run the teacher under bf16 autocast (logits are cast to fp32).")
+@click.option("--num-classes", type=int, help="Teacher head size (default: the dataset's class count).")
+@click.option("--rows-per-shard", type=int, help="Rows per shard, the unit of writing and resuming.")
+@click.option("--overwrite", is_flag=True, help="Replace this teacher if the store already holds it.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@friendly_errors
+def dump(store, no_progress, **options):
+    """Run a teacher over a dataset and write its raw logits into STORE (resumable)."""
+    from .dump import DumpConfig
+    from .dump import dump as run_dump
+
+    summary = run_dump(DumpConfig(store=store, progress=not no_progress, **options))
+    click.echo("\n".join(summary.lines()))
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+@friendly_errors
+def info(store, as_json):
+    """Describe a store: dataset, teachers, provenance, codec, size, accuracy."""
+    from .inspect import describe_store, format_description
+
+    description = describe_store(store)
+    click.echo(json.dumps(description, indent=2) if as_json else format_description(description))
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--dataset", help="Also check that this dataset spec matches the store's fingerprint.")
+@click.option("--split", help="Dataset split, unless the spec ends with @SPLIT.")
+@friendly_errors
+def verify(store, dataset, split):
+    """Read every chunk of STORE and check checksums, completeness, values and fingerprint."""
+    from .store import verify_store
+
+    keys = labels = None
+    if dataset:
+        from .sources import get_dataset
+
+        source = get_dataset(dataset, split=split)
+        keys, labels = source.keys, source.labels
+    report = verify_store(store, dataset_keys=keys, dataset_labels=labels)
+    for line in report.checked:
+        click.echo(f"ok    {line}")
+    for line in report.problems:
+        click.echo(f"FAIL  {line}", err=True)
+    if not report.ok:
+        raise click.ClickException(f"{store} failed verification: {len(report.problems)} problem(s)")
+    click.echo(f"{store}: verified")
+
+
+class ByteSize(click.ParamType):
+    """Sizes such as 512MiB, 4GiB, 2GB or a plain number of bytes."""
+
+    name = "size"
+    UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+             "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = text[len(number):].strip()
+        try:
+            return int(float(number) * self.UNITS[unit])
+        except (ValueError, KeyError):
+            self.fail(f"{value!r} is not a size like 512MiB, 4GiB or 1000000", param, ctx)
+
+
+@cli.command()
+@click.option("--out", required=True, help="Run directory: checkpoints, metrics.jsonl/csv, steps.csv.")
+@click.option("--student", required=True, help="Student spec (resnet20, mlp:hidden=32, torchvision:resnet18, ...).")
+@click.option("--dataset", required=True, help="Training dataset spec; must match the store's fingerprint.")
+@click.option("--val-dataset", help="Validation dataset spec, evaluated after every epoch.")
+@click.option("--store", help="Store with the teacher's logits (not needed for --loss ce).")
+@click.option("--teacher", help="Teacher name inside the store (default: its only teacher).")
+@click.option("--online-teacher", help="Run this teacher spec in the loop instead of a store (for comparison).")
+@click.option("--online-teacher-weights", type=click.Path(dir_okay=False))
+@click.option("--loss", type=click.Choice(["ce", "kl", "dist", "dkd"]),
+              help="KD loss; default dist with a teacher, ce without.")
+@click.option("--temperature", type=float, help="Softmax temperature (default: kl 4, dkd 4, dist 1).")
+@click.option("--kd-weight", default=1.0, show_default=True, type=float)
+@click.option("--ce-weight", default=1.0, show_default=True, type=float)
+@click.option("--dist-beta", default=1.0, show_default=True, type=float, help="DIST inter-class weight.")
+@click.option("--dist-gamma", default=1.0, show_default=True, type=float, help="DIST intra-class weight.")
+@click.option("--dkd-alpha", default=1.0, show_default=True, type=float)
+@click.option("--dkd-beta", default=8.0, show_default=True, type=float)
+@click.option("--dkd-warmup", default=20, show_default=True, type=int, help="Epochs of DKD warm-up.")
+@click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw"]))
+@click.option("--lr", default=0.05, show_default=True, type=float)
+@click.option("--momentum", default=0.9, show_default=True, type=float)
+@click.option("--weight-decay", default=5e-4, show_default=True, type=float)
+@click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "step", "constant"]))
+@click.option("--milestones", default="", help="Epochs after which --schedule step multiplies lr by --lr-gamma, e.g. 150,180,210.")
+@click.option("--lr-gamma", default=0.1, show_default=True, type=float)
+@click.option("--warmup-epochs", default=0, show_default=True, type=int)
+@click.option("--epochs", default=10, show_default=True, type=int)
+@click.option("--batch-size", default=64, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--bf16", is_flag=True, help="bf16 autocast for the student's forward pass.")
+@click.option("--workers", default=0, show_default=True, type=int)
+@click.option("--transform", help="Input transform (default: the dataset's eval transform).")
+@click.option("--augment", help="Random steps before the transform, e.g. random_crop=32:4,flip.")
+@click.option("--cache-budget", default="4GiB", show_default=True, type=ByteSize(),
+              help="Decode the logits into memory up to this size, else stream them by chunk.")
+@click.option("--allow-partial", is_flag=True, help="Train on the written part of an unfinished store.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
+@click.option("--no-progress", is_flag=True)
+@friendly_errors
+def train(milestones, no_progress, **options):
+    """Train a student from a store's cached logits (or from labels alone with --loss ce)."""
+    from .train import TrainConfig
+    from .train import train as run_train
+
+    try:
+        steps = tuple(int(m) for m in milestones.split(",") if m.strip())
+    except ValueError:
+        raise click.BadParameter(f"{milestones!r} is not a comma-separated list of epochs",
+                                 param_hint="--milestones") from None
+    summary = run_train(TrainConfig(milestones=steps, progress=not no_progress, **options), log=click.echo)
+    click.echo("\n".join(summary.lines()))
+
+
+@cli.command(name="run")
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.option("--no-progress", is_flag=True)
+@friendly_errors
+def run_command(pipeline, no_progress):
+    """Run a pipeline file: teacher, dump, students; complete steps are skipped."""
+    from .pipeline import format_results, run_pipeline
+
+    results = run_pipeline(pipeline, log=click.echo, progress=not no_progress)
+    click.echo("")
+    click.echo(format_results(results))
+
+
+def main():
+    cli(prog_name="logitcache")

@@ -1,0 +1,354 @@
+"""Stage 1: run a teacher once over a dataset and write its raw logits into a store.
+
+    >>> from logitcache.dump import DumpConfig, dump
+    >>> summary = dump(DumpConfig(store="data/stores/digits.zarr", teacher="checkpoint:t/best.pt",
+    ...                           dataset="digits@train"))
+    >>> print("\\n".join(summary.lines()))
+
+The teacher runs batch by batch; batches never cross a shard, so a resumed dump feeds the teacher
+exactly the batches an uninterrupted one would and writes the same bytes. Finished shards go to a
+background writer (compress, write, read back, record done) while the teacher computes the next.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import __version__
+from .errors import (
+    ConfigError,
+    DatasetError,
+    LogitCacheError,
+    ModelError,
+    NotAStoreError,
+    StoreExistsError,
+    StoreMismatchError,
+    StoreNotFoundError,
+)
+from .sources import file_sha256, get_dataset, get_model, num_parameters, parameters_sha256
+from .store import (
+    BackgroundWriter,
+    Layout,
+    LogitStore,
+    Teacher,
+    choose_layout,
+    create_store,
+    get_codec,
+    is_unfinished_creation,
+    open_store,
+    remove_location,
+)
+
+TEACHER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class DumpConfig:
+    """Everything ``logitcache dump`` takes; the CLI options map one to one."""
+
+    store: str
+    teacher: str
+    dataset: str
+    weights: str | None = None
+    split: str | None = None
+    transform: str | None = None
+    teacher_name: str = "default"
+    codec: str = "fp16"
+    batch_size: int = 256
+    workers: int = 0
+    device: str = "cpu"
+    bf16: bool = False
+    num_classes: int | None = None
+    rows_per_shard: int | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class DumpSummary:
+    store: str
+    teacher_name: str
+    samples: int
+    samples_this_run: int
+    seconds: float
+    bytes_on_disk: int
+    num_classes: int
+    codec: str
+    top1: float
+    top5: float
+    resumed_shards: int
+
+    @property
+    def bytes_per_sample(self) -> float:
+        return self.bytes_on_disk / self.samples
+
+    @property
+    def ratio_vs_fp32(self) -> float:
+        return self.samples * self.num_classes * 4 / max(self.bytes_on_disk, 1)
+
+    def lines(self) -> list[str]:
+        rate = self.samples_this_run / self.seconds if self.seconds else float("nan")
+        resumed = f" (resumed: {self.resumed_shards} shards were already written)" if self.resumed_shards else ""
+        return [
+            f"dumped {self.samples} samples x {self.num_classes} classes into {self.store} "
+            f"[teacher {self.teacher_name!r}, codec {self.codec}]{resumed}",
+            f"  {self.samples_this_run} samples in {self.seconds:.1f} s = {rate:.0f} samples/s",
+            f"  {self.bytes_on_disk} bytes on disk = {self.bytes_per_sample:.1f} bytes/sample "
+            f"({self.ratio_vs_fp32:.2f}x smaller than raw fp32)",
+            f"  teacher top-1 {self.top1:.2%}, top-5 {self.top5:.2%} on the dumped labels",
+        ]
+
+
+def dump(config: DumpConfig, log=print) -> DumpSummary:
+    """Run the teacher over the dataset and write (or resume writing) one teacher's logits.
+
+    Raises:
+        LogitCacheError subclasses for every bad input; the store is never marked complete
+        unless every shard was written and read back.
+    """
+    _validate(config)
+    source = get_dataset(config.dataset, split=config.split, transform=config.transform)
+    device = _device(config.device)
+    model = get_model(config.teacher, config.num_classes or len(source.classes), weights=config.weights)
+    model.to(device).eval()
+    num_classes = _probe(model, source, device, config.bf16)
+    codec = get_codec(config.codec)
+    layout = choose_layout(len(source), num_classes, np.dtype(codec.arrays["logits"].dtype).itemsize,
+                           rows_per_shard=config.rows_per_shard)
+    weights_file = config.weights or _file_in_spec(config.teacher)
+    settings = {
+        "teacher": config.teacher,
+        "weights_sha256": file_sha256(weights_file) if weights_file else None,
+        "parameters_sha256": parameters_sha256(model),
+        "transform": source.transform,
+        "codec": codec.name,
+        "layout": layout.to_dict(),
+        "batch_size": config.batch_size,
+        "bf16": config.bf16,
+        "device_type": device.type,
+    }
+    provenance = {
+        "teacher": {"spec": config.teacher, "weights": config.weights, "num_parameters": num_parameters(model)},
+        "dataset": source.describe(),
+        "software": _software(),
+    }
+    store = _open_or_create_store(config.store, source)
+    teacher = _open_or_create_teacher(store, config, num_classes, settings, provenance)
+    started = time.perf_counter()
+    counts = _AccuracyCounts(store.labels, teacher)
+    done = teacher.shard_done()
+    for shard in np.flatnonzero(done):  # re-read what a previous run wrote: checks it, counts it
+        counts(shard, teacher.read(*teacher.layout.shard_rows(shard, len(source))))
+    pending = [int(s) for s in np.flatnonzero(~done)]
+    written = _run_teacher(model, source, teacher, pending, config, device, counts)
+    seconds = time.perf_counter() - started
+    top1, top5 = counts.accuracy()
+    run = teacher.attrs["run"]
+    run.update(finished_at=_now(), sessions=run["sessions"] + 1, seconds=round(run["seconds"] + seconds, 3))
+    teacher.mark_complete(metrics={"top1": top1, "top5": top5}, run=run)
+    return DumpSummary(store.location, config.teacher_name, len(source), written, seconds,
+                       teacher.nbytes_stored(), num_classes, codec.name, top1, top5, int(done.sum()))
+
+
+def _validate(config: DumpConfig) -> None:
+    if config.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {config.batch_size}")
+    if config.workers < 0:
+        raise ConfigError(f"--workers must be 0 or more, got {config.workers}")
+    if config.rows_per_shard is not None and config.rows_per_shard < 1:
+        raise ConfigError(f"--rows-per-shard must be at least 1, got {config.rows_per_shard}")
+    if not TEACHER_NAME.match(config.teacher_name):
+        raise ConfigError(f"--teacher-name {config.teacher_name!r} must be letters, digits, '_', '.', '-'")
+    get_codec(config.codec)
+
+
+def _device(name: str):
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is available")
+    return device
+
+
+def _file_in_spec(spec: str) -> str | None:
+    scheme, _, rest = spec.partition(":")
+    return rest if scheme in ("torchscript", "checkpoint") else None
+
+
+def _autocast(device, enabled: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _probe(model, source, device, bf16: bool) -> int:
+    """Run one sample through the teacher: its output must be (batch, classes)."""
+    try:
+        sample = source.dataset[0][0]
+    except Exception as err:
+        raise DatasetError(f"cannot load the first sample of {source.spec}: {err}") from None
+    with torch.inference_mode(), _autocast(device, bf16):
+        try:
+            output = model(sample.unsqueeze(0).to(device))
+        except Exception as err:
+            raise ModelError(f"the teacher fails on an input of shape {tuple(sample.shape)}: {err}") from None
+    if not isinstance(output, torch.Tensor) or output.ndim != 2 or output.shape[0] != 1:
+        shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        raise ModelError(f"the teacher's output is {shape} for one sample; logitcache needs (batch, classes)")
+    num_classes = int(output.shape[1])
+    if source.labels.max() >= num_classes:
+        raise ModelError(
+            f"the teacher has {num_classes} outputs but the dataset's labels reach {int(source.labels.max())}"
+        )
+    return num_classes
+
+
+def _open_or_create_store(location: str, source) -> LogitStore:
+    describe = source.describe()
+    try:
+        store = open_store(location, read_only=False)
+    except LogitCacheError as err:
+        if not _is_absent_or_unfinished(location, err):
+            raise
+        if is_unfinished_creation(location):
+            remove_location(location)
+        return create_store(location, keys=source.keys, labels=source.labels, dataset=describe,
+                            class_names=source.classes)
+    try:
+        store.check_dataset(source.keys, source.labels)
+    except StoreMismatchError as err:
+        raise StoreMismatchError(f"{err}; a store holds one dataset — dump into another STORE path") from None
+    return store
+
+
+def _is_absent_or_unfinished(location: str, err: Exception) -> bool:
+    if isinstance(err, StoreNotFoundError):
+        return True
+    path = Path(location)
+    empty_dir = path.is_dir() and not any(path.iterdir())
+    return isinstance(err, NotAStoreError) and (empty_dir or is_unfinished_creation(location))
+
+
+def _open_or_create_teacher(store, config: DumpConfig, num_classes, settings, provenance) -> Teacher:
+    name = config.teacher_name
+    codec = get_codec(config.codec)
+    if store.has_teacher(name):
+        teacher = store.teacher(name)
+        if config.overwrite:
+            store.delete_teacher(name)
+        elif teacher.is_complete:
+            raise StoreExistsError(
+                f"{store.location} already holds a complete teacher {name!r}; "
+                "pass --overwrite to replace it or --teacher-name to add another"
+            )
+        elif teacher.num_classes != num_classes:
+            raise StoreMismatchError(
+                f"teacher {name!r} in {store.location} has {teacher.num_classes} classes but the model outputs {num_classes}"
+            )
+        elif teacher.attrs["settings"] != settings:
+            old = teacher.attrs["settings"]
+            differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise StoreMismatchError(
+                f"an unfinished dump of teacher {name!r} in {store.location} used other settings "
+                f"({', '.join(differ)} differ); rerun the original command, or pass --overwrite"
+            )
+        else:
+            return teacher
+    teacher = store.create_teacher(name, num_classes=num_classes, codec=codec,
+                                   layout=Layout.from_dict(settings["layout"]),
+                                   settings=settings, provenance=provenance)
+    teacher.update_attrs(run={"started_at": _now(), "sessions": 0, "seconds": 0.0})
+    return teacher
+
+
+class _AccuracyCounts:
+    """Top-1/top-5 hits per shard, from the decoded logits as students will see them."""
+
+    def __init__(self, labels: np.ndarray, teacher: Teacher):
+        self.labels = labels
+        self.teacher = teacher
+        self.hits: dict[int, tuple[int, int]] = {}
+
+    def __call__(self, shard: int, logits: np.ndarray) -> None:
+        start, stop = self.teacher.layout.shard_rows(shard, len(self.labels))
+        labels = self.labels[start:stop]
+        k = min(5, logits.shape[1])
+        top = np.argpartition(-logits, k - 1, axis=1)[:, :k] if k < logits.shape[1] else np.argsort(-logits, axis=1)
+        top1 = logits.argmax(axis=1) == labels
+        top5 = (top == labels[:, None]).any(axis=1)
+        self.hits[shard] = (int(top1.sum()), int(top5.sum()))
+
+    def accuracy(self) -> tuple[float, float]:
+        top1 = sum(h[0] for h in self.hits.values())
+        top5 = sum(h[1] for h in self.hits.values())
+        return top1 / len(self.labels), top5 / len(self.labels)
+
+
+def _run_teacher(model, source, teacher: Teacher, pending: list[int], config, device, counts) -> int:
+    """Feed the pending shards through the teacher, batch by batch, into the background writer."""
+    layout, total = teacher.layout, len(source)
+    batches, owners = [], []
+    for shard in pending:
+        start, stop = layout.shard_rows(shard, total)
+        for lo in range(start, stop, config.batch_size):
+            batches.append(list(range(lo, min(lo + config.batch_size, stop))))
+            owners.append(shard)
+    if not batches:
+        return 0
+    loader = DataLoader(source.dataset, batch_sampler=batches, num_workers=config.workers,
+                        pin_memory=device.type == "cuda")
+    buffers: dict[int, np.ndarray] = {}
+    filled: dict[int, int] = {}
+    todo = sum(len(b) for b in batches)
+    bar = tqdm(total=total, initial=total - todo, unit="sample", disable=not config.progress,
+               desc=f"dump {teacher.name}", dynamic_ncols=True)
+    with BackgroundWriter(teacher, on_written=counts) as writer, bar:
+        for shard, indices, (inputs, _) in zip(owners, batches, _checked(loader, source.spec)):
+            with torch.inference_mode(), _autocast(device, config.bf16):
+                logits = model(inputs.to(device, non_blocking=True))
+            start, stop = layout.shard_rows(shard, total)
+            buffer = buffers.setdefault(shard, np.empty((stop - start, teacher.num_classes), np.float32))
+            buffer[indices[0] - start : indices[-1] + 1 - start] = logits.float().cpu().numpy()
+            filled[shard] = filled.get(shard, 0) + len(indices)
+            if filled[shard] == stop - start:
+                writer.submit(shard, buffers.pop(shard))
+            bar.update(len(indices))
+    return todo
+
+
+def _checked(loader, spec: str):
+    """Iterate a DataLoader, turning a sample that fails to load into one clear error."""
+    iterator = iter(loader)
+    while True:
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
+        except (OSError, ValueError, RuntimeError) as err:
+            first = str(err).strip().splitlines()
+            raise DatasetError(f"loading a sample of {spec} failed: {first[-1] if first else type(err).__name__}") from None
+
+
+def _software() -> dict:
+    import numcodecs
+    import torchvision
+    import zarr
+
+    return {"logitcache": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "zarr": zarr.__version__, "numcodecs": numcodecs.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+

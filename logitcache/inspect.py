@@ -1,0 +1,69 @@
+"""Describe a store for people (``logitcache info``) and programs (``logitcache info --json``).
+
+    >>> description = describe_store("data/stores/digits.zarr")
+    >>> print(format_description(description))
+"""
+
+from __future__ import annotations
+
+from .store import FORMAT_VERSION, open_store
+
+
+def describe_store(location) -> dict:
+    """Everything a store says about itself, plus what it takes on disk."""
+    store = open_store(location)
+    teachers = {}
+    for name in store.teacher_names:
+        teacher = store.teacher(name)
+        stored = teacher.nbytes_stored()
+        teachers[name] = {
+            **teacher.attrs,
+            "shards_done": int(teacher.shard_done().sum()),
+            "num_shards": teacher.num_shards,
+            "bytes_on_disk": stored,
+            "bytes_per_sample": stored / store.num_samples,
+        }
+    return {
+        "location": store.location,
+        "format": store.info["format"],
+        "version": store.info["version"],
+        "dataset": store.dataset,
+        "teachers": teachers,
+    }
+
+
+def format_description(d: dict) -> str:
+    """A readable, aligned summary of ``describe_store``'s result."""
+    data = d["dataset"]
+    lines = [
+        f"store     {d['location']}  (logitcache format v{d['version']}; this logitcache reads v{FORMAT_VERSION})",
+        f"dataset   {data.get('spec')}  split {data.get('split')}: {data['num_samples']} samples, "
+        f"{len(data.get('class_names') or [])} classes",
+        f"          fingerprint {data['fingerprint']}",
+        f"          transform {data.get('transform')}",
+    ]
+    if not d["teachers"]:
+        lines.append("teachers  none yet")
+    for name, t in d["teachers"].items():
+        prov, settings, metrics, run = t["provenance"], t["settings"], t.get("metrics") or {}, t.get("run") or {}
+        num_classes, layout = t["num_classes"], t["layout"]
+        lines += [
+            f"teacher   {name!r}: {t['status']}",
+            f"  model     {prov['teacher']['spec']} ({prov['teacher']['num_parameters']:,} parameters)",
+            f"  weights   file {settings.get('weights_sha256') or '-'}; parameters {settings['parameters_sha256']}",
+            f"  logits    {data['num_samples']} x {num_classes} raw pre-softmax, codec {t['codec']}: "
+            f"{t['bytes_on_disk']:,} bytes = {t['bytes_per_sample']:.1f} bytes/sample "
+            f"({data['num_samples'] * num_classes * 4 / max(t['bytes_on_disk'], 1):.2f}x smaller than fp32)",
+            f"  layout    {layout['rows_per_chunk']} rows/chunk, {layout['rows_per_shard']} rows/shard; "
+            f"{t['shards_done']}/{t['num_shards']} shards written",
+            f"  dump      batch {settings['batch_size']}, device {settings['device_type']}, "
+            f"bf16 autocast {'on' if settings['bf16'] else 'off'}, transform {settings['transform']}",
+        ]
+        if metrics:
+            lines.append(f"  accuracy  top-1 {metrics['top1']:.2%}, top-5 {metrics['top5']:.2%} on the dumped labels")
+        if run.get("finished_at"):
+            lines.append(f"  written   {run['started_at']} .. {run['finished_at']}, {run['sessions']} session(s), "
+                         f"{run['seconds']:.1f} s of teacher time")
+        software = prov.get("software", {})
+        lines.append("  software  " + ", ".join(f"{k} {v}" for k, v in software.items()))
+    return "\n".join(lines)

@@ -1,0 +1,141 @@
+"""Distillation losses as pure tensor functions, plus thin modules that hold their settings.
+
+    >>> kd_loss(student_logits, teacher_logits, temperature=4.0)        # Hinton KD (KLDiv)
+    >>> dist_loss(student_logits, teacher_logits, temperature=1.0)      # DIST, Huang et al. 2022
+    >>> dkd_loss(student_logits, teacher_logits, labels, alpha=1.0, beta=8.0, temperature=4.0)
+    >>> get_loss("dist", temperature=4.0)(student_logits, teacher_logits, labels, epoch=1)
+
+All arithmetic runs in float32 whatever the inputs' dtype: stored fp16/bf16 logits and autocast
+outputs are upcast first (DIST's 1e-8 epsilon vanishes in half precision). The training total is
+``ce_weight * CE + kd_weight * KD`` (see train.py). Shapes: logits (B, C), labels (B,).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import ConfigError
+from .sources._registry import Registry
+
+LOSSES = Registry("loss")
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """KL(teacher || student) on temperature-softened distributions, times T^2, batch mean."""
+    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
+    p_teacher = F.softmax(teacher_logits.float() / temperature, dim=1)
+    return F.kl_div(log_p_student, p_teacher, reduction="none").sum(1).mean() * temperature**2
+
+
+def _pearson_distance(a: Tensor, b: Tensor, eps: float) -> Tensor:
+    """1 - mean over rows of the Pearson correlation between rows of a and b."""
+    a = a - a.mean(1).unsqueeze(1)
+    b = b - b.mean(1).unsqueeze(1)
+    correlation = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+    return 1 - correlation.mean()
+
+
+def dist_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    temperature: float = 1.0,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    eps: float = 1e-8,
+) -> Tensor:
+    """DIST: beta * inter-class + gamma * intra-class Pearson distance of softened predictions.
+
+    The intra-class term correlates each class's column across the batch, so it depends on the
+    batch a process sees (under DDP: the per-process batch) and needs at least 2 samples.
+    """
+    if student_logits.shape[0] < 2:
+        raise ConfigError(
+            "DIST needs at least 2 samples per batch: its intra-class term correlates over the batch"
+        )
+    p_student = (student_logits.float() / temperature).softmax(dim=1)
+    p_teacher = (teacher_logits.float() / temperature).softmax(dim=1)
+    inter = temperature**2 * _pearson_distance(p_student, p_teacher, eps)
+    intra = temperature**2 * _pearson_distance(p_student.transpose(0, 1), p_teacher.transpose(0, 1), eps)
+    return beta * inter + gamma * intra
+
+
+def dkd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    temperature: float = 4.0,
+) -> Tensor:
+    """Decoupled KD (Zhao et al., CVPR 2022): alpha * TCKD + beta * NCKD, times T^2, batch mean.
+
+    TCKD is the KL between binary (target, all others) probabilities; NCKD the KL between the
+    distributions over the non-target classes alone. Non-target classes are masked out with -inf
+    rather than a large constant, and their 0 * log 0 terms are zeroed explicitly.
+    """
+    s = student_logits.float() / temperature
+    t = teacher_logits.float() / temperature
+    target = F.one_hot(labels, s.shape[1]).bool()
+    p_s, p_t = s.softmax(1), t.softmax(1)
+    b_s = torch.stack([p_s[target], (p_s * ~target).sum(1)], dim=1)  # (B, 2)
+    b_t = torch.stack([p_t[target], (p_t * ~target).sum(1)], dim=1)
+    tckd = (b_t * (b_t.clamp_min(1e-30).log() - b_s.clamp_min(1e-30).log())).sum(1)
+    log_q_s = s.masked_fill(target, float("-inf")).log_softmax(1)
+    log_q_t = t.masked_fill(target, float("-inf")).log_softmax(1)
+    nckd = torch.where(target, 0.0, log_q_t.exp() * (log_q_t - log_q_s)).sum(1)
+    return (alpha * tckd + beta * nckd).mean() * temperature**2
+
+
+@LOSSES.register("kl")
+class KLDiv(nn.Module):
+    """Hinton KD. Holds the temperature; ``forward`` calls ``kd_loss``."""
+
+    needs_labels = False
+
+    def __init__(self, temperature: float = 4.0):
+        super().__init__()
+        self.temperature = temperature
+
+    def forward(self, student_logits, teacher_logits, labels=None, epoch: int = 1):
+        return kd_loss(student_logits, teacher_logits, self.temperature)
+
+
+@LOSSES.register("dist")
+class DIST(nn.Module):
+    """DIST. Holds temperature, beta (inter-class) and gamma (intra-class)."""
+
+    def __init__(self, temperature: float = 1.0, beta: float = 1.0, gamma: float = 1.0):
+        super().__init__()
+        self.temperature, self.beta, self.gamma = temperature, beta, gamma
+
+    def forward(self, student_logits, teacher_logits, labels=None, epoch: int = 1):
+        return dist_loss(student_logits, teacher_logits, self.temperature, self.beta, self.gamma)
+
+
+@LOSSES.register("dkd")
+class DKD(nn.Module):
+    """DKD with the paper's linear warm-up: the loss is scaled by min(epoch / warmup, 1)."""
+
+    def __init__(self, temperature: float = 4.0, alpha: float = 1.0, beta: float = 8.0, warmup: int = 20):
+        super().__init__()
+        self.temperature, self.alpha, self.beta, self.warmup = temperature, alpha, beta, warmup
+
+    def forward(self, student_logits, teacher_logits, labels, epoch: int = 1):
+        ramp = min(epoch / self.warmup, 1.0) if self.warmup > 0 else 1.0
+        return ramp * dkd_loss(student_logits, teacher_logits, labels, self.alpha, self.beta, self.temperature)
+
+
+def list_losses(pattern: str = "*") -> list[str]:
+    """KD loss names; ``ce`` (labels only, no teacher) is accepted by train besides these."""
+    return LOSSES.names(pattern)
+
+
+def get_loss(name: str, **kwargs) -> nn.Module:
+    """The KD loss module called ``name`` with its settings.
+
+    Raises:
+        SpecError: unknown name (the message lists the known ones).
+    """
+    return LOSSES.get(name)(**kwargs)

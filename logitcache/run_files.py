@@ -1,0 +1,84 @@
+"""The files of one training run directory, written so a crash never leaves them torn.
+
+    RUN_DIR/config.json     the resolved options            RUN_DIR/last.pt   latest epoch
+    RUN_DIR/metrics.jsonl   one JSON object per epoch       RUN_DIR/best.pt   best val top-1
+    RUN_DIR/metrics.csv     the same, as a table            RUN_DIR/steps.csv every step's lr and losses
+    RUN_DIR/summary.json    written last: {"complete": true, ...}
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+from .errors import ConfigError
+
+RUN_FILES = ("config.json", "metrics.jsonl", "metrics.csv", "steps.csv", "summary.json", "last.pt", "best.pt")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
+class RunFiles:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.last = self.root / "last.pt"
+        self.best = self.root / "best.pt"
+        self.steps = self.root / "steps.csv"
+        self.summary = self.root / "summary.json"
+
+    def holds_run(self) -> bool:
+        return any((self.root / name).exists() for name in RUN_FILES)
+
+    def start(self, *, overwrite: bool, config: dict) -> None:
+        """Begin a fresh run; an existing run is replaced only with ``overwrite``."""
+        if self.holds_run():
+            if not overwrite:
+                raise ConfigError(
+                    f"{self.root} already holds a training run; pass --resume to continue it "
+                    "or --overwrite to start again"
+                )
+            for name in RUN_FILES:
+                (self.root / name).unlink(missing_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.root / "config.json", json.dumps(config, indent=2) + "\n")
+        except OSError as err:
+            raise ConfigError(f"cannot write the run directory {self.root}: {err.strerror or err}") from None
+        self.steps.write_text("epoch,step,lr,loss,ce,kd\n")
+
+    def append_steps(self, epoch: int, losses: list) -> None:
+        with self.steps.open("a") as handle:
+            for step, lr, loss, ce, kd in losses:
+                handle.write(f"{epoch},{step},{lr:.6g},{loss:.6f},{ce:.6f},{kd:.6f}\n")
+
+    def truncate_steps(self, last_epoch: int) -> None:
+        """Drop step rows of epochs after ``last_epoch`` (written before a crash, then redone)."""
+        if not self.steps.exists():
+            return
+        lines = self.steps.read_text().splitlines(keepends=True)
+        kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= last_epoch]
+        write_atomic(self.steps, "".join(kept))
+
+    def write_metrics(self, history: list[dict]) -> None:
+        write_atomic(self.root / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+        write_atomic(self.root / "metrics.csv", table.getvalue())
+
+    def finish(self, summary: dict) -> None:
+        write_atomic(self.summary, json.dumps(summary, indent=2) + "\n")
+
+    def is_complete(self, epochs: int) -> bool:
+        if not self.summary.exists():
+            return False
+        summary = json.loads(self.summary.read_text())
+        return bool(summary.get("complete")) and summary.get("epochs") == epochs

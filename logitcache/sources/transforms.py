@@ -1,0 +1,139 @@
+"""Input transforms by spec: named presets or comma-separated steps, recorded verbatim in stores.
+
+    >>> build_transform("imagenet")              # resize=256,center_crop=224,to_tensor,normalize=imagenet
+    >>> build_transform("random_crop=32:4,flip,to_tensor,normalize=cifar")
+    >>> is_random("flip,to_tensor")               # True: the teacher never saw these exact views
+
+Steps: resize=N, center_crop=N, to_tensor, normalize=imagenet|cifar10|cifar100|mnist,
+flip (random horizontal flip), random_crop=SIZE[:PAD], random_resized_crop=SIZE, none.
+"""
+
+from __future__ import annotations
+
+from ..errors import SpecError
+
+PRESETS = {
+    "imagenet": "resize=256,center_crop=224,to_tensor,normalize=imagenet",
+    "cifar10": "to_tensor,normalize=cifar10",
+    "cifar100": "to_tensor,normalize=cifar100",
+    "mnist": "to_tensor,normalize=mnist",
+    "tensor": "to_tensor",
+    "none": "none",
+}
+
+NORMALIZATION = {  # (mean, std) per channel, as published with each dataset's usual recipes
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "mnist": ((0.1307,), (0.3081,)),
+}
+
+RANDOM_STEPS = {"flip", "random_crop", "random_resized_crop"}
+
+
+def expand(spec: str) -> list[tuple[str, str]]:
+    """A preset name or step list -> [(step, argument)], validated."""
+    text = PRESETS.get(spec, spec)
+    steps = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, _, arg = item.partition("=")
+        if name not in _BUILDERS:
+            raise SpecError(
+                f"unknown transform step {name!r} in {spec!r}; steps: {', '.join(sorted(_BUILDERS))}; "
+                f"presets: {', '.join(sorted(PRESETS))}"
+            )
+        steps.append((name, arg))
+    if not steps:
+        raise SpecError(f"transform {spec!r} has no steps; use 'none' for the identity")
+    return steps
+
+
+def is_random(spec: str) -> bool:
+    """True if the transform draws random views (augmentation)."""
+    return any(name in RANDOM_STEPS for name, _ in expand(spec))
+
+
+def canonical(spec: str) -> str:
+    """The step list a spec stands for, as stored in a store's provenance."""
+    return ",".join(f"{n}={a}" if a else n for n, a in expand(spec))
+
+
+def build_transform(spec: str):
+    """A torchvision transform for a spec (preset name or steps)."""
+    from torchvision import transforms as T
+
+    built = [_BUILDERS[name](arg, spec) for name, arg in expand(spec)]
+    built = [b for b in built if b is not None]
+    return T.Compose(built) if built else None
+
+
+def _int(arg: str, step: str, spec: str) -> int:
+    try:
+        value = int(arg)
+    except ValueError:
+        raise SpecError(f"transform {spec!r}: {step} needs a positive integer, got {arg!r}") from None
+    if value <= 0:
+        raise SpecError(f"transform {spec!r}: {step} needs a positive integer, got {arg!r}")
+    return value
+
+
+def _resize(arg, spec):
+    from torchvision import transforms as T
+
+    return T.Resize(_int(arg, "resize", spec), antialias=True)
+
+
+def _center_crop(arg, spec):
+    from torchvision import transforms as T
+
+    return T.CenterCrop(_int(arg, "center_crop", spec))
+
+
+def _to_tensor(arg, spec):
+    from torchvision import transforms as T
+
+    return T.ToTensor()
+
+
+def _normalize(arg, spec):
+    from torchvision import transforms as T
+
+    if arg not in NORMALIZATION:
+        raise SpecError(f"transform {spec!r}: normalize takes one of {', '.join(NORMALIZATION)}, got {arg!r}")
+    mean, std = NORMALIZATION[arg]
+    return T.Normalize(mean, std)
+
+
+def _flip(arg, spec):
+    from torchvision import transforms as T
+
+    return T.RandomHorizontalFlip()
+
+
+def _random_crop(arg, spec):
+    from torchvision import transforms as T
+
+    size, _, pad = arg.partition(":")
+    return T.RandomCrop(_int(size, "random_crop", spec), padding=_int(pad, "random_crop", spec) if pad else None)
+
+
+def _random_resized_crop(arg, spec):
+    from torchvision import transforms as T
+
+    return T.RandomResizedCrop(_int(arg, "random_resized_crop", spec), antialias=True)
+
+
+def _none(arg, spec):
+    return None
+
+
+_BUILDERS = {
+    "resize": _resize,
+    "center_crop": _center_crop,
+    "to_tensor": _to_tensor,
+    "normalize": _normalize,
+    "flip": _flip,
+    "random_crop": _random_crop,
+    "random_resized_crop": _random_resized_crop,
+    "none": _none,
+}

@@ -1,0 +1,48 @@
+"""The logitcache store format (v1): a self-describing, checksummed Zarr v3 group of logits.
+
+    >>> from logitcache.store import open_store
+    >>> store = open_store("data/stores/digits.zarr")
+    >>> store.keys[:3], store.labels[:3], store.teacher_names
+    >>> store.teacher().take([0, 5, 2])     # float32 (3, C) decoded logits
+
+This layer knows numpy and zarr only: no torch, no models, no training. docs/FORMAT.md is the
+specification; this package is its reference implementation.
+"""
+
+from ._codecs import CODECS, Codec, get_codec, list_codecs
+from ._fingerprint import dataset_fingerprint, describe_mismatch
+from ._schema import FORMAT_NAME, FORMAT_VERSION, STATUS_COMPLETE, STATUS_WRITING, Layout, choose_layout
+from ._store import (
+    LogitStore,
+    create_store,
+    is_unfinished_creation,
+    open_store,
+    remove_location,
+)
+from ._teacher import Teacher
+from ._verify import VerifyReport, verify_store
+from ._writer import BackgroundWriter
+
+__all__ = [
+    "CODECS",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "STATUS_COMPLETE",
+    "STATUS_WRITING",
+    "BackgroundWriter",
+    "Codec",
+    "Layout",
+    "LogitStore",
+    "Teacher",
+    "VerifyReport",
+    "choose_layout",
+    "create_store",
+    "dataset_fingerprint",
+    "describe_mismatch",
+    "get_codec",
+    "is_unfinished_creation",
+    "list_codecs",
+    "open_store",
+    "remove_location",
+    "verify_store",
+]

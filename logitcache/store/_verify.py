@@ -1,0 +1,82 @@
+"""Verify a store end to end: every chunk's checksum, completeness, finiteness, fingerprint.
+
+    >>> report = verify_store("digits.zarr", dataset_keys=keys, dataset_labels=labels)
+    >>> report.ok, report.problems       # problems name the array, shard and rows that failed
+
+Reads every byte the store holds, shard by shard, so memory stays at one shard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import LogitCacheError
+from ._fingerprint import dataset_fingerprint, describe_mismatch
+from ._store import open_store
+
+
+@dataclass
+class VerifyReport:
+    location: str
+    problems: list[str] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_store(location, dataset_keys=None, dataset_labels=None) -> VerifyReport:
+    """Check a store; problems are collected, not raised, so one run reports all of them.
+
+    Raises:
+        StoreNotFoundError, NotAStoreError, StoreVersionError: not a readable store at all.
+    """
+    store = open_store(location)
+    report = VerifyReport(str(location))
+    try:
+        keys, labels = store.keys, store.labels
+    except LogitCacheError as err:
+        report.problems.append(str(err))
+        return report
+    if dataset_fingerprint(keys, labels) != store.fingerprint:
+        report.problems.append("keys/labels do not match the fingerprint recorded in the store")
+    else:
+        report.checked.append(f"{len(keys)} keys and labels match fingerprint {store.fingerprint[:19]}…")
+    if dataset_keys is not None:
+        why = describe_mismatch(keys, labels, dataset_keys, np.asarray(dataset_labels))
+        if why:
+            report.problems.append(f"dataset differs from the store: {why}")
+        else:
+            report.checked.append("the given dataset matches the store's fingerprint")
+    if not store.teacher_names:
+        report.problems.append("the store holds no teacher")
+    for name in store.teacher_names:
+        _verify_teacher(store.teacher(name), report)
+    return report
+
+
+def _verify_teacher(teacher, report: VerifyReport) -> None:
+    label = f"teacher {teacher.name!r}"
+    if not teacher.is_complete:
+        report.problems.append(f"{label}: status is {teacher.status!r}, not 'complete'")
+    done = teacher.shard_done()
+    bad_before = len(report.problems)
+    for shard in range(teacher.num_shards):
+        start, stop = teacher.layout.shard_rows(shard, teacher.num_samples)
+        where = f"{label}: shard {shard} (rows {start}-{stop})"
+        if not done[shard]:
+            report.problems.append(f"{where} was never written")
+            continue
+        try:
+            logits = teacher.codec.decode(teacher.read_stored(start, stop))
+        except LogitCacheError as err:
+            report.problems.append(f"{where}: {err}")
+            continue
+        rows = np.flatnonzero(~np.isfinite(logits).all(axis=1))
+        if rows.size:
+            report.problems.append(f"{where}: {rows.size} rows are not finite (first: row {start + rows[0]})")
+    if len(report.problems) == bad_before:
+        report.checked.append(f"{label}: {teacher.num_shards} shards read, checksums and values good")

@@ -1,0 +1,78 @@
+"""A background shard writer: compression and I/O run beside the teacher, never in its way.
+
+    >>> with BackgroundWriter(teacher, on_written=count_correct) as writer:
+    ...     for shard, logits in produce_shards():
+    ...         writer.submit(shard, logits)        # blocks only when `max_pending` shards wait
+
+The queue is bounded, so memory stays at most ``max_pending + 1`` shards. An error on the
+writer thread (non-finite logits, a failed write) is raised in the producer at its next
+``submit`` or at exit, and no later shard is written.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+
+import numpy as np
+
+_STOP = object()
+
+
+class BackgroundWriter:
+    def __init__(
+        self,
+        teacher,
+        on_written: Callable[[int, np.ndarray], None] | None = None,
+        max_pending: int = 2,
+    ):
+        self.teacher = teacher
+        self.on_written = on_written
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="logitcache-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            if self._error is not None:
+                continue  # drain without writing after a failure
+            shard, logits = item
+            try:
+                decoded = self.teacher.write_shard(shard, logits)
+                if self.on_written is not None:
+                    self.on_written(shard, decoded)
+            except BaseException as err:  # handed to the producer thread, re-raised there
+                self._error = err
+
+    def _raise_if_failed(self):
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, shard: int, logits: np.ndarray) -> None:
+        """Queue one whole shard of float32 logits for writing."""
+        self._raise_if_failed()
+        self._queue.put((shard, logits))
+
+    def close(self) -> None:
+        """Wait until every queued shard is written; raise the writer's error if it had one."""
+        if self._thread.is_alive():
+            self._queue.put(_STOP)
+            self._thread.join()
+        self._raise_if_failed()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+            return
+        # The producer failed (or was interrupted): finish the shard in hand, drop the rest.
+        self._error = self._error or exc
+        self._queue.put(_STOP)
+        self._thread.join()

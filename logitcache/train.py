@@ -1,0 +1,372 @@
+"""Stage 2: train a student from a store (or from labels alone), read top to bottom.
+
+    >>> from logitcache.train import TrainConfig, train
+    >>> summary = train(TrainConfig(out="data/runs/dist", student="mlp:hidden=32",
+    ...                             dataset="digits@train", val_dataset="digits@val",
+    ...                             store="data/stores/digits.zarr", loss="dist"))
+
+The loop: build the student, open the store and check it matches the dataset, then per epoch:
+set the order, step through batches (lr from ``get_lr``, forward, ce_weight*CE + kd_weight*KD,
+backward, step), evaluate, write metrics and checkpoints. Randomness is a function of
+(seed, epoch), so ``--resume`` from an epoch checkpoint continues the very same run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .data import EpochSampler, PairedDataset, TeacherLogits
+from .errors import CheckpointError, ConfigError, ModelError
+from .losses import get_loss, list_losses
+from .run_files import RunFiles
+from .sources import get_dataset, get_model
+from .sources.checkpoints import load_checkpoint, save_checkpoint
+from .store import open_store
+
+DEFAULT_TEMPERATURE = {"kl": 4.0, "dkd": 4.0, "dist": 1.0}
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``logitcache train`` takes; the CLI options map one to one."""
+
+    out: str
+    student: str
+    dataset: str
+    val_dataset: str | None = None
+    store: str | None = None
+    teacher: str | None = None  # teacher name inside the store
+    online_teacher: str | None = None  # a teacher spec run in the loop (for comparisons)
+    online_teacher_weights: str | None = None
+    loss: str | None = None  # default: dist with a teacher, ce without
+    temperature: float | None = None  # default per loss: kl 4, dkd 4, dist 1
+    kd_weight: float = 1.0
+    ce_weight: float = 1.0
+    dist_beta: float = 1.0
+    dist_gamma: float = 1.0
+    dkd_alpha: float = 1.0
+    dkd_beta: float = 8.0
+    dkd_warmup: int = 20
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    milestones: tuple[int, ...] = ()
+    lr_gamma: float = 0.1
+    warmup_epochs: int = 0
+    epochs: int = 10
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "cpu"
+    bf16: bool = False
+    workers: int = 0
+    transform: str | None = None
+    augment: str | None = None
+    cache_budget: int = 4 << 30
+    allow_partial: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+    def resolved(self) -> TrainConfig:
+        """Fill the defaults that depend on other options."""
+        has_teacher = bool(self.store or self.online_teacher)
+        loss = self.loss or ("dist" if has_teacher else "ce")
+        temperature = self.temperature if self.temperature is not None else DEFAULT_TEMPERATURE.get(loss, 1.0)
+        return TrainConfig(**{**asdict(self), "loss": loss, "temperature": temperature,
+                              "milestones": tuple(self.milestones)})
+
+
+@dataclass
+class TrainSummary:
+    out: str
+    epochs: int
+    seconds: float
+    last: dict
+    best: dict
+    history: list = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        last, best = self.last, self.best
+        return [
+            f"trained {self.epochs} epochs in {self.seconds:.1f} s -> {self.out}",
+            f"  last epoch: val top-1 {_pct(last.get('val_top1'))}, top-5 {_pct(last.get('val_top5'))}, "
+            f"train loss {last['train_loss']:.4f}",
+            f"  best epoch {best['epoch']}: val top-1 {_pct(best.get('val_top1'))}",
+        ]
+
+
+def _pct(value):
+    return "n/a" if value is None else f"{value:.2%}"
+
+
+def train(config: TrainConfig, log=print) -> TrainSummary:
+    """Train one student; resumable at epoch boundaries. Returns the closing summary."""
+    config = config.resolved()
+    _validate(config)
+    device = _device(config.device)
+    run = RunFiles(Path(config.out))
+
+    # Data: the training set (with any augmentation), the validation set, the teacher's logits.
+    train_source = get_dataset(config.dataset, transform=config.transform, augment=config.augment)
+    val_source = get_dataset(config.val_dataset, transform=config.transform) if config.val_dataset else None
+    num_classes = len(train_source.classes)
+    logits = _open_teacher_logits(config, train_source, log)
+    if logits is not None:
+        num_classes = logits.num_classes
+
+    # The student, checked against the data before any step.
+    torch.manual_seed(config.seed)
+    student = get_model(config.student, num_classes).to(device)
+    _check_head(student, train_source, num_classes, "store" if logits is not None else "dataset", device)
+    online = _online_teacher(config, train_source, num_classes, device)
+    optimizer = _optimizer(config, student)
+    kd = get_loss(config.loss, **_loss_settings(config)) if config.loss != "ce" else None
+
+    # Where to start: a fresh run directory, or the last checkpoint of this one.
+    start_epoch, history = 1, []
+    if config.resume and run.last.exists():
+        start_epoch, history = _resume(run, config, student, optimizer)
+        log(f"resuming {config.out} after epoch {start_epoch - 1}")
+    else:
+        run.start(overwrite=config.overwrite or config.resume, config=_config_record(config))
+
+    rows = logits.rows if logits is not None else range(len(train_source))
+    sampler = EpochSampler(rows, config.seed, block_rows=None if logits is None or logits.in_memory else logits.block_rows,
+                           window_blocks=1 if logits is None else logits.window_blocks)
+    drop_last = config.loss == "dist" and len(sampler) % config.batch_size == 1  # DIST needs batches of >= 2
+    loader = DataLoader(PairedDataset(train_source.dataset, logits), batch_size=config.batch_size,
+                        sampler=sampler, num_workers=config.workers, drop_last=drop_last,
+                        pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
+    steps_per_epoch = len(loader)
+    started = time.perf_counter()
+    for epoch in range(start_epoch, config.epochs + 1):
+        sampler.set_epoch(epoch)
+        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout/augmentation: a function of (seed, epoch)
+        epoch_start = time.perf_counter()
+        student.train()
+        losses = []
+        bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not config.progress,
+                   leave=False, dynamic_ncols=True)
+        for step_in_epoch, (inputs, labels, teacher_logits) in enumerate(bar):
+            step = (epoch - 1) * steps_per_epoch + step_in_epoch
+            lr = get_lr(config, step, steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if online is not None:
+                with torch.no_grad():
+                    teacher_logits = online(inputs).float()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                student_logits = student(inputs)
+            ce = F.cross_entropy(student_logits.float(), labels)
+            loss = config.ce_weight * ce
+            kd_value = torch.zeros(())
+            if kd is not None:
+                kd_value = kd(student_logits, teacher_logits.to(device, non_blocking=True), labels, epoch=epoch)
+                loss = loss + config.kd_weight * kd_value
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append((step, lr, loss.item(), ce.item(), kd_value.item()))
+            bar.set_postfix(loss=f"{losses[-1][2]:.4f}")
+        run.append_steps(epoch, losses)
+        record = {"epoch": epoch, "lr": losses[-1][1] if losses else None,
+                  "train_loss": sum(x[2] for x in losses) / max(len(losses), 1),
+                  "train_ce": sum(x[3] for x in losses) / max(len(losses), 1),
+                  "train_kd": sum(x[4] for x in losses) / max(len(losses), 1),
+                  **evaluate(student, val_source, config, device),
+                  "epoch_seconds": round(time.perf_counter() - epoch_start, 3)}
+        history.append(record)
+        _save_epoch(run, config, student, optimizer, num_classes, history)
+        log(_epoch_line(record, config.epochs))
+    summary = TrainSummary(config.out, config.epochs, time.perf_counter() - started, history[-1],
+                           _best(history), history)
+    run.finish(summary_record(summary))
+    return summary
+
+
+def get_lr(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning rate at a global step: linear warm-up, then cosine, step decay or constant."""
+    warmup = config.warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    if config.schedule == "cosine":
+        total = max(config.epochs * steps_per_epoch - warmup, 1)
+        return 0.5 * config.lr * (1 + math.cos(math.pi * (step - warmup) / total))
+    if config.schedule == "step":
+        epoch = step // steps_per_epoch + 1
+        return config.lr * config.lr_gamma ** sum(epoch > m for m in config.milestones)
+    return config.lr
+
+
+@torch.no_grad()
+def evaluate(model, source, config: TrainConfig, device) -> dict:
+    """Validation loss, top-1 and top-5 of ``model`` on ``source`` (empty without one)."""
+    if source is None:
+        return {"val_loss": None, "val_top1": None, "val_top5": None}
+    model.eval()
+    loader = DataLoader(source.dataset, batch_size=max(config.batch_size, 256), num_workers=config.workers)
+    total, loss, top1, top5 = 0, 0.0, 0, 0
+    for inputs, labels in loader:
+        inputs, labels = inputs.to(device), labels.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            outputs = model(inputs).float()
+        loss += F.cross_entropy(outputs, labels, reduction="sum").item()
+        top = outputs.topk(min(5, outputs.shape[1]), dim=1).indices
+        top1 += (top[:, 0] == labels).sum().item()
+        top5 += (top == labels[:, None]).any(1).sum().item()
+        total += len(labels)
+    return {"val_loss": loss / total, "val_top1": top1 / total, "val_top5": top5 / total}
+
+
+def _validate(config: TrainConfig) -> None:
+    checks = [
+        (config.loss == "ce" or config.loss in list_losses(),
+         f"--loss {config.loss!r} is unknown; choose ce, {', '.join(list_losses())}"),
+        (config.loss == "ce" or config.store or config.online_teacher,
+         f"--loss {config.loss} distils from a teacher: give --store (or --online-teacher)"),
+        (not (config.store and config.online_teacher), "give --store or --online-teacher, not both"),
+        (config.epochs >= 1, f"--epochs must be at least 1, got {config.epochs}"),
+        (config.batch_size >= 1, f"--batch-size must be at least 1, got {config.batch_size}"),
+        (config.loss != "dist" or config.batch_size >= 2, "--loss dist needs --batch-size of at least 2"),
+        (config.lr > 0, f"--lr must be positive, got {config.lr}"),
+        (config.temperature > 0, f"--temperature must be positive, got {config.temperature}"),
+        (config.kd_weight >= 0 and config.ce_weight >= 0, "--kd-weight and --ce-weight must be >= 0"),
+        (config.kd_weight + config.ce_weight > 0, "--kd-weight and --ce-weight cannot both be 0"),
+        (config.weight_decay >= 0, f"--weight-decay must be >= 0, got {config.weight_decay}"),
+        (config.optimizer in ("sgd", "adamw"), f"--optimizer must be sgd or adamw, got {config.optimizer!r}"),
+        (config.schedule in ("cosine", "step", "constant"),
+         f"--schedule must be cosine, step or constant, got {config.schedule!r}"),
+        (config.warmup_epochs >= 0 and config.workers >= 0, "--warmup-epochs and --workers must be >= 0"),
+        (config.cache_budget >= 0, "--cache-budget must be >= 0"),
+        (not (config.resume and config.overwrite), "give --resume or --overwrite, not both"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def _device(name: str):
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is available")
+    return device
+
+
+def _open_teacher_logits(config: TrainConfig, source, log) -> TeacherLogits | None:
+    """Open the store, check it was made from this very dataset, and load or stream its logits."""
+    if not config.store or config.loss == "ce":
+        return None
+    store = open_store(config.store)
+    store.check_dataset(source.keys, source.labels)
+    logits = TeacherLogits.open(config.store, config.teacher, config.cache_budget, workers=config.workers,
+                                allow_partial=config.allow_partial)
+    if source.random_views:
+        log(f"warning: {source.transform!r} draws random views, but the store holds one fixed view per "
+            "sample: the teacher never saw the views the student trains on")
+    mode = "in memory" if logits.in_memory else f"streamed, {logits.window_blocks} chunks per window"
+    log(f"teacher {logits.teacher_name!r} from {config.store}: {len(logits.rows)} samples x "
+        f"{logits.num_classes} classes, {mode}")
+    return logits
+
+
+def _check_head(student, source, num_classes: int, where: str, device) -> None:
+    """One forward pass: sizes lazy layers and checks the head has one output per class."""
+    inputs = source.dataset[0][0].unsqueeze(0).to(device)
+    student.eval()
+    with torch.no_grad():
+        try:
+            out = student(inputs)
+        except Exception as err:
+            raise ModelError(f"the student fails on an input of shape {tuple(inputs.shape[1:])}: {err}") from None
+    if out.ndim != 2 or out.shape[1] != num_classes:
+        raise ModelError(f"the student outputs {tuple(out.shape[1:])} per sample but the {where} has {num_classes} classes")
+
+
+def _online_teacher(config: TrainConfig, source, num_classes: int, device):
+    if not config.online_teacher:
+        return None
+    teacher = get_model(config.online_teacher, num_classes, weights=config.online_teacher_weights)
+    return teacher.to(device).eval()
+
+
+def _optimizer(config: TrainConfig, model):
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+
+
+def _loss_settings(config: TrainConfig) -> dict:
+    if config.loss == "dist":
+        return {"temperature": config.temperature, "beta": config.dist_beta, "gamma": config.dist_gamma}
+    if config.loss == "dkd":
+        return {"temperature": config.temperature, "alpha": config.dkd_alpha, "beta": config.dkd_beta,
+                "warmup": config.dkd_warmup}
+    return {"temperature": config.temperature}
+
+
+def _config_record(config: TrainConfig) -> dict:
+    record = asdict(config)
+    record["milestones"] = list(config.milestones)
+    return record
+
+
+def _resume(run: RunFiles, config: TrainConfig, student, optimizer) -> tuple[int, list]:
+    checkpoint = load_checkpoint(run.last)
+    if checkpoint["model_spec"] != config.student:
+        raise CheckpointError(
+            f"{run.last} is a checkpoint of {checkpoint['model_spec']!r}, not --student {config.student!r}"
+        )
+    try:
+        student.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{run.last} does not fit this student: {str(err).splitlines()[0]}") from None
+    history = json.loads(checkpoint["history"])
+    run.truncate_steps(history[-1]["epoch"])
+    run.summary.unlink(missing_ok=True)
+    return history[-1]["epoch"] + 1, history
+
+
+def _save_epoch(run: RunFiles, config, student, optimizer, num_classes, history) -> None:
+    state = {"optimizer": optimizer.state_dict(), "epoch": history[-1]["epoch"],
+             "history": json.dumps(history), "config": json.dumps(_config_record(config))}
+    save_checkpoint(run.last, model=student, model_spec=config.student, num_classes=num_classes, state=state)
+    if _best(history) is history[-1]:
+        shutil.copyfile(run.last, run.best)
+    run.write_metrics(history)
+
+
+def _best(history: list) -> dict:
+    """The epoch with the best validation top-1 (the last one when there is no validation)."""
+    scored = [h for h in history if h.get("val_top1") is not None]
+    if not scored:
+        return history[-1]
+    return max(reversed(scored), key=lambda h: h["val_top1"])
+
+
+def _epoch_line(record: dict, epochs: int) -> str:
+    return (f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f} "
+            f"(ce {record['train_ce']:.4f}, kd {record['train_kd']:.4f}), val top-1 {_pct(record['val_top1'])}, "
+            f"top-5 {_pct(record['val_top5'])}, {record['epoch_seconds']:.1f} s")
+
+
+def summary_record(summary: TrainSummary) -> dict:
+    return {"complete": True, "epochs": summary.epochs, "seconds": round(summary.seconds, 3),
+            "last": summary.last, "best": summary.best}
