@@ -164,8 +164,9 @@ class ByteSize(click.ParamType):
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--bf16", is_flag=True, help="bf16 autocast for the student's forward pass.")
 @click.option("--workers", default=0, show_default=True, type=int)
-@click.option("--transform", help="Input transform (default: the dataset's eval transform).")
+@click.option("--transform", help="Training input transform (default: the dataset's eval transform).")
 @click.option("--augment", help="Random steps before the transform, e.g. random_crop=32:4,flip.")
+@click.option("--val-transform", help="Validation transform (default: the dataset's eval transform).")
 @click.option("--cache-budget", default="4GiB", show_default=True, type=ByteSize(),
               help="Decode the logits into memory up to this size, else stream them by chunk.")
 @click.option("--allow-partial", is_flag=True, help="Train on the written part of an unfinished store.")

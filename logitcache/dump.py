@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import __version__
+from .devices import resolve_device
 from .errors import (
     ConfigError,
     DatasetError,
@@ -118,7 +119,7 @@ def dump(config: DumpConfig, log=print) -> DumpSummary:
     """
     _validate(config)
     source = get_dataset(config.dataset, split=config.split, transform=config.transform)
-    device = _device(config.device)
+    device = resolve_device(config.device)
     model = get_model(config.teacher, config.num_classes or len(source.classes), weights=config.weights)
     model.to(device).eval()
     num_classes = _probe(model, source, device, config.bf16)
@@ -170,16 +171,6 @@ def _validate(config: DumpConfig) -> None:
     if not TEACHER_NAME.match(config.teacher_name):
         raise ConfigError(f"--teacher-name {config.teacher_name!r} must be letters, digits, '_', '.', '-'")
     get_codec(config.codec)
-
-
-def _device(name: str):
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is available")
-    return device
 
 
 def _file_in_spec(spec: str) -> str | None:

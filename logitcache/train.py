@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .data import EpochSampler, PairedDataset, TeacherLogits
+from .devices import resolve_device
 from .errors import CheckpointError, ConfigError, ModelError
 from .losses import get_loss, list_losses
 from .run_files import RunFiles
@@ -71,8 +72,9 @@ class TrainConfig:
     device: str = "cpu"
     bf16: bool = False
     workers: int = 0
-    transform: str | None = None
-    augment: str | None = None
+    transform: str | None = None  # training inputs; default: the dataset's eval transform
+    augment: str | None = None  # random steps put before the training transform
+    val_transform: str | None = None  # default: the validation dataset's eval transform
     cache_budget: int = 4 << 30
     allow_partial: bool = False
     resume: bool = False
@@ -115,12 +117,12 @@ def train(config: TrainConfig, log=print) -> TrainSummary:
     """Train one student; resumable at epoch boundaries. Returns the closing summary."""
     config = config.resolved()
     _validate(config)
-    device = _device(config.device)
+    device = resolve_device(config.device)
     run = RunFiles(Path(config.out))
 
     # Data: the training set (with any augmentation), the validation set, the teacher's logits.
     train_source = get_dataset(config.dataset, transform=config.transform, augment=config.augment)
-    val_source = get_dataset(config.val_dataset, transform=config.transform) if config.val_dataset else None
+    val_source = get_dataset(config.val_dataset, transform=config.val_transform) if config.val_dataset else None
     num_classes = len(train_source.classes)
     logits = _open_teacher_logits(config, train_source, log)
     if logits is not None:
@@ -256,16 +258,6 @@ def _validate(config: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-
-
-def _device(name: str):
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but no CUDA device is available")
-    return device
 
 
 def _open_teacher_logits(config: TrainConfig, source, log) -> TeacherLogits | None:

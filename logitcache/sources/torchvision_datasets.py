@@ -22,6 +22,7 @@ def _load(name, root, build):
         return build()
     except (RuntimeError, FileNotFoundError, OSError) as err:
         first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        first_line = first_line.replace(" You can use download=True to download it", "")
         raise DatasetError(f"{name} data not found under {root} ({first_line}); put the files there first") from None
 
 

@@ -138,9 +138,12 @@ class Teacher:
         try:
             return {name: array[start:stop] for name, array in self.arrays.items()}
         except Exception as err:  # zarr raises several types for a bad checksum or truncated shard
-            raise CorruptStoreError(
-                f"teacher {self.name!r}: rows {start}-{stop} cannot be read ({type(err).__name__}: {err})"
-            ) from None
+            reason = (
+                "checksum mismatch (corrupted or truncated bytes)"
+                if "checksum" in str(err).lower()
+                else f"{type(err).__name__}: {err}"
+            )
+            raise CorruptStoreError(f"teacher {self.name!r}, rows {start}-{stop}: {reason}") from None
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Decoded float32 logits (stop - start, C) for a contiguous row range.

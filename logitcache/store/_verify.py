@@ -73,7 +73,7 @@ def _verify_teacher(teacher, report: VerifyReport) -> None:
         try:
             logits = teacher.codec.decode(teacher.read_stored(start, stop))
         except LogitCacheError as err:
-            report.problems.append(f"{where}: {err}")
+            report.problems.append(f"{err} [shard {shard}]")
             continue
         rows = np.flatnonzero(~np.isfinite(logits).all(axis=1))
         if rows.size:

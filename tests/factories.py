@@ -1,0 +1,89 @@
+"""Small, deterministic teachers and datasets that tests name by spec (``tests.factories:NAME``)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def linear_teacher(num_classes: int = 10) -> nn.Module:
+    """A fixed linear map of the 8x8 digits (seeded), with a bias so logits are not centred."""
+    generator = torch.Generator().manual_seed(1234)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.randn(num_classes, 64, generator=generator) * 2.0)
+        model[1].bias.copy_(torch.randn(num_classes, generator=generator) * 3.0)
+    return model
+
+
+class _Slow(nn.Module):
+    """Sleeps per batch so a test can kill a dump part-way through."""
+
+    def __init__(self, inner: nn.Module, seconds: float):
+        super().__init__()
+        self.inner, self.seconds = inner, seconds
+
+    def forward(self, x):
+        time.sleep(self.seconds)
+        return self.inner(x)
+
+
+def slow_teacher(num_classes: int = 10) -> nn.Module:
+    return _Slow(linear_teacher(num_classes), float(os.environ.get("LOGITCACHE_TEST_SLEEP", "0.02")))
+
+
+class _NaNFor(nn.Module):
+    def __init__(self, inner, target):
+        super().__init__()
+        self.inner, self.target = inner, target
+
+    def forward(self, x):
+        out = self.inner(x)
+        out[(x.flatten(1) == self.target.flatten()).all(1), 0] = float("nan")
+        return out
+
+
+NAN_ROW = 300
+
+
+def nan_teacher(num_classes: int = 10) -> nn.Module:
+    """Produces a NaN logit for one input: row NAN_ROW of digits@train."""
+    from logitcache.sources import get_dataset
+
+    return _NaNFor(linear_teacher(num_classes), get_dataset("digits@train").dataset[NAN_ROW][0])
+
+
+def spatial_teacher(num_classes: int = 10) -> nn.Module:
+    """Outputs (B, C, 8, 8): not logits, so a dump must refuse it."""
+    return nn.Conv2d(1, num_classes, 1)
+
+
+class ShuffledDigits(torch.utils.data.Dataset):
+    """The digits training split in another order: same samples, different keys order."""
+
+    def __init__(self, split=None):
+        from logitcache.sources import get_dataset
+
+        self.inner = get_dataset("digits@train")
+        self.order = np.random.default_rng(0).permutation(len(self.inner))
+        self.keys = [self.inner.keys[i] for i in self.order]
+        self.targets = [int(self.inner.labels[i]) for i in self.order]
+
+    def __len__(self):
+        return len(self.order)
+
+    def __getitem__(self, index):
+        return self.inner.dataset[int(self.order[index])]
+
+
+def shuffled_digits(split=None):
+    return ShuffledDigits(split)
+
+
+def seven_class_student(num_classes: int = 10) -> nn.Module:
+    """Ignores ``num_classes``: a head that cannot fit a 10-class store."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 7))

@@ -1,0 +1,157 @@
+"""The CLI on real stores: info/verify output, and every bad input as one line and a non-zero exit."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from logitcache.cli import cli
+from logitcache.store import open_store
+from tests.conftest import make_store
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_one_line_error(result, *needles):
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output
+    error_lines = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(error_lines) == 1, result.output
+    for needle in needles:
+        assert needle in error_lines[0], result.output
+
+
+def test_info_human_and_json(digits_store):
+    result = invoke("info", digits_store)
+    assert result.exit_code == 0
+    for needle in ("logitcache format v1", "1437 samples", "teacher   'default': complete", "codec fp32",
+                   "top-1", "tests.factories:linear_teacher"):
+        assert needle in result.output
+    data = json.loads(invoke("info", digits_store, "--json").output)
+    assert data["version"] == 1 and data["dataset"]["num_samples"] == 1437
+    assert data["teachers"]["default"]["status"] == "complete"
+    assert data["teachers"]["default"]["shards_done"] == data["teachers"]["default"]["num_shards"] == 6
+
+
+def test_verify_passes_a_good_store_against_its_dataset(digits_store):
+    result = invoke("verify", digits_store, "--dataset", "digits@train")
+    assert result.exit_code == 0 and "verified" in result.output
+
+
+def test_verify_names_a_flipped_byte_and_a_truncated_shard(tmp_path):
+    path = make_store(tmp_path / "s.zarr")
+    shard = path / "teachers/default/logits/c/1/0"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    shard.write_bytes(bytes(data))
+    last = path / "teachers/default/logits/c/4/0"
+    last.write_bytes(last.read_bytes()[:-10])
+    result = invoke("verify", path)
+    assert_one_line_error(result, "failed verification: 2 problem(s)")
+    assert "rows 256-512: checksum mismatch" in result.output and "[shard 1]" in result.output
+    assert "[shard 4]" in result.output
+
+
+def test_verify_names_a_missing_shard_and_a_dataset_mismatch(tmp_path):
+    path = make_store(tmp_path / "s.zarr")
+    for file in (path / "teachers/default/logits/c/2").iterdir():
+        file.unlink()
+    result = invoke("verify", path, "--dataset", "tests.factories:shuffled_digits")
+    assert_one_line_error(result, "failed verification")
+    assert "shard 2 (rows 512-768): 256 rows are not finite" in result.output
+    assert "same samples in another order" in result.output
+
+
+def test_info_on_an_unfinished_store_shows_progress(tmp_path):
+    from logitcache.errors import NonFiniteLogitsError
+
+    with pytest.raises(NonFiniteLogitsError):
+        make_store(tmp_path / "s.zarr", teacher="tests.factories:nan_teacher")
+    result = invoke("info", tmp_path / "s.zarr")
+    assert "'default': writing" in result.output and "1/6 shards written" in result.output
+
+
+def _weights_for_other_model(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), path)
+    return path
+
+
+def _unsafe_weights(tmp_path):
+    path = tmp_path / "unsafe.pt"
+    torch.save({"weight": torch.zeros(1), "object": object()}, path)
+    return path
+
+
+def _newer_store(tmp_path):
+    path = make_store(tmp_path / "new.zarr")
+    meta = json.loads((path / "zarr.json").read_text())
+    meta["attributes"]["logitcache"]["version"] = 99
+    (path / "zarr.json").write_text(json.dumps(meta))
+    return path
+
+
+def _complete_store(tmp_path):
+    return make_store(tmp_path / "done.zarr")
+
+
+DUMP = ["dump", "{tmp}/s.zarr", "--teacher", "tests.factories:linear_teacher", "--dataset", "digits@train",
+        "--no-progress"]
+
+BAD_INPUTS = [
+    # (name, argv, expected text in the one error line)
+    ("missing dataset path", ["dump", "{tmp}/s.zarr", "--teacher", "cnn", "--dataset", "imagefolder:{tmp}/nope"],
+     "does not exist"),
+    ("missing cifar root", ["dump", "{tmp}/s.zarr", "--teacher", "resnet20", "--dataset", "cifar100:{tmp}"],
+     "cifar100 data not found"),
+    ("unknown dataset", ["dump", "{tmp}/s.zarr", "--teacher", "cnn", "--dataset", "nosuch"], "unknown dataset 'nosuch'"),
+    ("unknown split", ["dump", "{tmp}/s.zarr", "--teacher", "cnn", "--dataset", "digits@test"], "no split 'test'"),
+    ("unknown model", ["dump", "{tmp}/s.zarr", "--teacher", "resnet1000", "--dataset", "digits"], "unknown model"),
+    ("unknown torchvision model", ["dump", "{tmp}/s.zarr", "--teacher", "torchvision:resnet51", "--dataset", "digits"],
+     "did you mean"),
+    ("unimportable factory", ["dump", "{tmp}/s.zarr", "--teacher", "no.such.module:f", "--dataset", "digits"],
+     "cannot import"),
+    ("unknown codec", DUMP + ["--codec", "int4"], "unknown codec 'int4'"),
+    ("weights that do not fit", DUMP + ["--weights", "{weights}"], "do not fit the model"),
+    ("weights that need unpickling", DUMP + ["--weights", "{unsafe}"], "cannot read weights"),
+    ("missing weights file", DUMP + ["--weights", "{tmp}/none.pt"], "does not exist"),
+    ("output not (B, C)", ["dump", "{tmp}/s.zarr", "--teacher", "tests.factories:spatial_teacher", "--dataset",
+                           "digits"], "(batch, classes)"),
+    ("complete store without --overwrite", ["dump", "{complete}", "--teacher", "tests.factories:linear_teacher",
+                                            "--dataset", "digits@train", "--rows-per-shard", "256",
+                                            "--batch-size", "64"], "--overwrite"),
+    ("unwritable output path", ["dump", "{tmp}/file/s.zarr", "--teacher", "tests.factories:linear_teacher",
+                                "--dataset", "digits"], "{tmp}/file/s.zarr"),
+    ("batch size 0", DUMP + ["--batch-size", "0"], "--batch-size must be at least 1"),
+    ("negative batch size", DUMP + ["--batch-size", "-3"], "--batch-size must be at least 1"),
+    ("bad teacher name", DUMP + ["--teacher-name", "a/b"], "--teacher-name"),
+    ("unknown device", DUMP + ["--device", "tpu9"], "--device"),
+    ("info on a non-store", ["info", "{tmp}"], "not a logitcache store"),
+    ("info on a missing path", ["info", "{tmp}/missing.zarr"], "does not exist"),
+    ("verify on a non-store", ["verify", "{tmp}"], "not a logitcache store"),
+    ("newer format version", ["info", "{newer}"], "newer than the v1"),
+    ("verify a newer format", ["verify", "{newer}"], "upgrade logitcache"),
+]
+
+
+@pytest.mark.parametrize("name, argv, expected", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_is_one_line_and_non_zero(tmp_path, name, argv, expected):
+    (tmp_path / "file").write_text("not a directory")
+    values = {"tmp": tmp_path}
+    joined = " ".join(argv)
+    if "{weights}" in joined:
+        values["weights"] = _weights_for_other_model(tmp_path)
+    if "{unsafe}" in joined:
+        values["unsafe"] = _unsafe_weights(tmp_path)
+    if "{newer}" in joined:
+        values["newer"] = _newer_store(tmp_path)
+    if "{complete}" in joined:
+        values["complete"] = _complete_store(tmp_path)
+    result = invoke(*[a.format(**values) for a in argv])
+    assert_one_line_error(result, expected.format(**values))
+    if argv[0] == "dump" and (tmp_path / "s.zarr").exists():  # no half-made store that reads as complete
+        store = open_store(tmp_path / "s.zarr")
+        assert all(not store.teacher(n).is_complete for n in store.teacher_names)

@@ -1,0 +1,169 @@
+"""Training from the cache: fidelity to online KD, resume, run files, and every bad input."""
+
+import csv
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from logitcache.cli import cli
+from logitcache.sources.checkpoints import load_checkpoint
+from logitcache.train import TrainConfig, train
+from tests.conftest import make_store
+
+
+def quiet(*_):
+    pass
+
+
+def run_config(tmp_path, name, **overrides):
+    options = dict(out=str(tmp_path / name), student="mlp:hidden=16", dataset="digits@train",
+                   val_dataset="digits@val", epochs=2, batch_size=32, lr=0.05, progress=False)
+    options.update(overrides)
+    return TrainConfig(**options)
+
+
+def step_losses(run_dir):
+    with open(run_dir / "steps.csv") as handle:
+        return [(int(r["step"]), float(r["loss"]), float(r["kd"])) for r in csv.DictReader(handle)]
+
+
+def final_weights(run_dir):
+    return load_checkpoint(run_dir / "last.pt")["model"]
+
+
+@pytest.mark.parametrize("loss", ["kl", "dist", "dkd"])
+def test_training_from_the_cache_equals_online_distillation(tmp_path, digits_store, loss):
+    """fp32 store + the teacher's own eval transform: same per-step losses and final weights."""
+    train(run_config(tmp_path, "cached", store=str(digits_store), loss=loss, dkd_warmup=1), log=quiet)
+    train(run_config(tmp_path, "online", online_teacher="tests.factories:linear_teacher", loss=loss,
+                     dkd_warmup=1), log=quiet)
+    cached, online = step_losses(tmp_path / "cached"), step_losses(tmp_path / "online")
+    assert len(cached) == len(online) == 2 * 45
+    for (step_a, loss_a, kd_a), (step_b, loss_b, kd_b) in zip(cached, online):
+        assert step_a == step_b and kd_a > 0
+        assert loss_a == pytest.approx(loss_b, rel=1e-5, abs=1e-5)
+    for key, value in final_weights(tmp_path / "cached").items():
+        assert torch.allclose(value, final_weights(tmp_path / "online")[key], atol=1e-5), key
+
+
+def test_resume_continues_the_same_run(tmp_path, digits_store):
+    config = dict(store=str(digits_store), loss="dist", epochs=4, augment="flip", dist_beta=2.0)
+    train(run_config(tmp_path, "straight", **config), log=quiet)
+
+    def stop_after_epoch_two(line):
+        if line.startswith("epoch 2/4"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(run_config(tmp_path, "resumed", **config), log=stop_after_epoch_two)
+    assert not (tmp_path / "resumed" / "summary.json").exists()
+    train(run_config(tmp_path, "resumed", resume=True, **config), log=quiet)
+
+    def metrics(name):
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "epoch_seconds"} for line in lines]
+
+    assert metrics("resumed") == metrics("straight")
+    assert step_losses(tmp_path / "resumed") == step_losses(tmp_path / "straight")
+    for key, value in final_weights(tmp_path / "straight").items():
+        assert torch.equal(value, final_weights(tmp_path / "resumed")[key]), key
+
+
+def test_run_files_and_label_only_training_needs_no_store(tmp_path):
+    summary = train(run_config(tmp_path, "ce", loss=None), log=quiet)
+    run = tmp_path / "ce"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and 0 < records[-1]["val_top1"] <= 1
+    assert records[-1]["train_kd"] == 0
+    assert (run / "metrics.csv").read_text().startswith("epoch,lr,train_loss")
+    assert json.loads((run / "summary.json").read_text())["complete"] is True
+    assert json.loads((run / "config.json").read_text())["loss"] == "ce"
+    assert load_checkpoint(run / "best.pt")["model_spec"] == "mlp:hidden=16"
+    assert summary.best["val_top1"] == max(r["val_top1"] for r in records)
+
+
+def test_a_trained_checkpoint_is_a_teacher_spec(tmp_path):
+    train(run_config(tmp_path, "teacher", loss="ce", epochs=1), log=quiet)
+    store = make_store(tmp_path / "s.zarr", teacher=f"checkpoint:{tmp_path / 'teacher' / 'best.pt'}")
+    from logitcache.store import open_store
+
+    settings = open_store(store).teacher().attrs["settings"]
+    assert settings["weights_sha256"].startswith("sha256:")
+
+
+def test_augmentation_with_a_single_view_store_warns(tmp_path, digits_store):
+    lines = []
+    train(run_config(tmp_path, "aug", store=str(digits_store), loss="kl", epochs=1, augment="flip"),
+          log=lines.append)
+    assert any("teacher never saw" in line for line in lines)
+
+
+def test_streaming_logits_train_every_sample(tmp_path, digits_store):
+    lines = []
+    train(run_config(tmp_path, "stream", store=str(digits_store), loss="kl", epochs=1,
+                     cache_budget=2 * 256 * 10 * 4), log=lines.append)
+    assert any("streamed" in line for line in lines)
+    assert len(step_losses(tmp_path / "stream")) == 45
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def partial_store(tmp_path):
+    from logitcache.errors import NonFiniteLogitsError
+
+    with pytest.raises(NonFiniteLogitsError):
+        make_store(tmp_path / "partial.zarr", teacher="tests.factories:nan_teacher")
+    return tmp_path / "partial.zarr"
+
+
+TRAIN = ["train", "--out", "{tmp}/run", "--student", "mlp:hidden=8", "--dataset", "digits@train",
+         "--epochs", "1", "--no-progress"]
+
+BAD_TRAIN = [
+    ("student head size", ["--student", "tests.factories:seven_class_student", "--store", "{store}"],
+     "outputs (7,) per sample but the store has 10 classes"),
+    ("unknown loss", ["--store", "{store}", "--loss", "crd"], "Invalid value for '--loss'"),
+    ("kd loss without a store", ["--loss", "kl"], "give --store"),
+    ("negative kd weight", ["--store", "{store}", "--kd-weight", "-1"], "--kd-weight and --ce-weight must be >= 0"),
+    ("zero temperature", ["--store", "{store}", "--temperature", "0"], "--temperature must be positive"),
+    ("store/dataset mismatch", ["--store", "{store}", "--dataset", "digits@val"], "dataset does not match"),
+    ("missing val data", ["--val-dataset", "imagefolder:{tmp}/none"], "does not exist"),
+    ("dist with batch size 1", ["--store", "{store}", "--loss", "dist", "--batch-size", "1"], "at least 2"),
+    ("unfinished store", ["--store", "{partial}"], "--allow-partial"),
+    ("bad cache budget", ["--store", "{store}", "--cache-budget", "lots"], "is not a size"),
+    ("bad milestones", ["--milestones", "a,b"], "comma-separated list"),
+]
+
+
+@pytest.mark.parametrize("name, extra, expected", BAD_TRAIN, ids=[b[0] for b in BAD_TRAIN])
+def test_bad_train_input_is_one_line_and_non_zero(tmp_path, digits_store, partial_store, name, extra, expected):
+    values = {"tmp": tmp_path, "store": digits_store, "partial": partial_store}
+    argv = [a.format(**values) for a in TRAIN]
+    extra = [a.format(**values) for a in extra]
+    for option in ("--student", "--dataset"):  # later options replace the defaults above
+        if option in extra:
+            index = argv.index(option)
+            del argv[index:index + 2]
+    result = invoke(*argv, *extra)
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and expected in errors[0], result.output
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_existing_run_and_foreign_checkpoint_are_not_overwritten(tmp_path):
+    args = ["train", "--out", tmp_path / "run", "--student", "mlp:hidden=8", "--dataset", "digits@train",
+            "--epochs", "1", "--no-progress"]
+    assert invoke(*args).exit_code == 0
+    before = (tmp_path / "run" / "last.pt").read_bytes()
+    again = invoke(*args)
+    assert again.exit_code != 0 and "--resume to continue it or --overwrite" in again.output
+    other = invoke(*[a if a != "mlp:hidden=8" else "cnn" for a in args], "--resume")
+    assert other.exit_code != 0 and "is a checkpoint of 'mlp:hidden=8', not --student 'cnn'" in other.output
+    assert (tmp_path / "run" / "last.pt").read_bytes() == before
+    assert invoke(*args, "--overwrite").exit_code == 0
