@@ -48,7 +48,7 @@ def cli():
 
 @cli.command()
 @click.argument("store")
-@click.option("--teacher", required=True, help="Teacher spec: torchvision:NAME, torchscript:FILE, "
+@click.option("--teacher", required=True, help="Teacher spec: torchvision:NAME, torchscript:FILE, export:FILE, "
               "checkpoint:FILE, a registered name (resnet56, cnn, ...) or package.module:factory.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Weights file for the teacher (state dict).")
 @click.option("--dataset", required=True, help="Dataset spec: digits, imagefolder:PATH, cifar100:ROOT, "

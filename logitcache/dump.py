@@ -175,7 +175,7 @@ def _validate(config: DumpConfig) -> None:
 
 def _file_in_spec(spec: str) -> str | None:
     scheme, _, rest = spec.partition(":")
-    return rest if scheme in ("torchscript", "checkpoint") else None
+    return rest if scheme in ("torchscript", "export", "checkpoint") else None
 
 
 def _autocast(device, enabled: bool):
@@ -254,6 +254,7 @@ def _open_or_create_teacher(store, config: DumpConfig, num_classes, settings, pr
                 f"({', '.join(differ)} differ); rerun the original command, or pass --overwrite"
             )
         else:
+            teacher.remove_partial_objects()
             return teacher
     teacher = store.create_teacher(name, num_classes=num_classes, codec=codec,
                                    layout=Layout.from_dict(settings["layout"]),

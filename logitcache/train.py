@@ -168,8 +168,9 @@ def train(config: TrainConfig, log=print) -> TrainSummary:
                 group["lr"] = lr
             inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if online is not None:
-                with torch.no_grad():
+                with torch.inference_mode():
                     teacher_logits = online(inputs).float()
+                teacher_logits = teacher_logits.clone()  # a normal tensor: losses may save it for backward
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
                 student_logits = student(inputs)
             ce = F.cross_entropy(student_logits.float(), labels)

@@ -69,24 +69,28 @@ def test_codecs_through_dump_stay_close_to_the_teacher(tmp_path, codec):
     assert kl < 2e-3
 
 
-def test_sigkill_at_random_points_then_resume_gives_identical_bytes(tmp_path, digits_store):
-    """Kill a real dump process twice, part-way, then rerun the same command to completion."""
+def test_interrupts_at_random_points_then_resume_give_identical_bytes(tmp_path, digits_store):
+    """Ctrl-C a real dump process, SIGKILL it, then rerun the same command to completion."""
     store = tmp_path / "killed.zarr"
     command = [sys.executable, "-m", "logitcache", "dump", str(store), "--teacher", "tests.factories:slow_teacher",
                "--dataset", "digits@train", "--codec", "fp32", "--rows-per-shard", "256", "--batch-size", "64",
                "--no-progress"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "LOGITCACHE_TEST_SLEEP": "0.15"}
     rng = np.random.default_rng(7)
-    for _ in range(2):
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    for interrupt in (signal.SIGINT, signal.SIGKILL):
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   text=True)
         written_before = _shards_done(store)
         target = written_before + int(rng.integers(1, 3))
         deadline = time.time() + 120
         while _shards_done(store) < target and process.poll() is None and time.time() < deadline:
             time.sleep(0.01)
         time.sleep(float(rng.uniform(0, 0.3)))  # land anywhere inside the next shard
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        process.send_signal(interrupt)
+        _, stderr = process.communicate(timeout=60)
+        if interrupt == signal.SIGINT:
+            assert process.returncode == 130 and "rerun the same command to resume" in stderr
+            assert "Traceback" not in stderr
         assert not open_store(store).teacher().is_complete
     finished = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
@@ -94,6 +98,7 @@ def test_sigkill_at_random_points_then_resume_gives_identical_bytes(tmp_path, di
     # The uninterrupted reference: the fast teacher computes the same function, batch for batch.
     reference = store_contents(digits_store)
     resumed = store_contents(store)
+    assert set(resumed) == set(reference)  # no temp files left by the killed writers
     for key in reference:
         if key != "teachers/default/zarr.json":
             assert resumed[key] == reference[key], key

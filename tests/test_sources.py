@@ -160,6 +160,19 @@ def test_torchscript_and_factory_models(tmp_path):
         get_model(f"torchscript:{tmp_path / 'junk.pt'}", 10)
 
 
+def test_exported_program_model(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).eval()
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(model, (torch.zeros(2, 1, 8, 8),), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(tmp_path / "t.pt2"))
+    loaded = get_model(f"export:{tmp_path / 't.pt2'}", 10)
+    x = torch.randn(5, 1, 8, 8)
+    assert torch.allclose(loaded(x), model(x))
+    with pytest.raises(ModelError, match="not a torch.export program"):
+        (tmp_path / "junk.pt2").write_bytes(b"junk")
+        get_model(f"export:{tmp_path / 'junk.pt2'}", 10)
+
+
 def test_model_spec_arguments():
     assert get_model("mlp:hidden=7,depth=2", 3)[3].in_features == 7
     with pytest.raises(SpecError, match="not of the form name=value"):

@@ -4,6 +4,7 @@
     >>> get_model("mlp:hidden=32", num_classes=10)                    # registered, with arguments
     >>> get_model("torchvision:resnet50", 1000, weights="r50.pth")    # any torchvision model
     >>> get_model("torchscript:teacher.pt", 10)                       # a scripted/traced module
+    >>> get_model("export:teacher.pt2", 10)                           # a torch.export program
     >>> get_model("checkpoint:runs/teacher/best.pt", 10)              # what `logitcache train` wrote
     >>> get_model("mypkg.nets:build", 10)                             # called as build(num_classes=10)
 
@@ -20,7 +21,7 @@ from ..errors import ModelError, SpecError
 from ._registry import Registry, import_object, parse_kwargs
 
 MODELS = Registry("model")
-SCHEMES = ("torchvision", "torchscript", "checkpoint")
+SCHEMES = ("torchvision", "torchscript", "export", "checkpoint")
 
 
 def register_model(name: str | None = None):
@@ -45,6 +46,8 @@ def get_model(spec: str, num_classes: int, weights: str | None = None):
         model = _torchvision_model(rest, num_classes)
     elif scheme == "torchscript":
         model = _torchscript_model(rest)
+    elif scheme == "export":
+        model = _exported_model(rest)
     elif scheme == "checkpoint":
         from .checkpoints import model_from_checkpoint
 
@@ -79,6 +82,18 @@ def _torchscript_model(path: str):
         return torch.jit.load(path, map_location="cpu")
     except RuntimeError as err:
         raise ModelError(f"{path} is not a TorchScript module ({str(err).splitlines()[0]})") from None
+
+
+def _exported_model(path: str):
+    """A ``torch.export.save``d program (export its batch dimension as dynamic)."""
+    import torch
+
+    if not Path(path).is_file():
+        raise ModelError(f"exported program {path} does not exist")
+    try:
+        return torch.export.load(path).module()
+    except Exception as err:  # torch.export raises several types for files it cannot read
+        raise ModelError(f"{path} is not a torch.export program ({str(err).splitlines()[0]})") from None
 
 
 def read_state_dict(path: str) -> dict:

@@ -204,6 +204,20 @@ class Teacher:
         self.group[SHARD_DONE_ARRAY][shard] = 1
         return self.codec.decode(stored)
 
+    def remove_partial_objects(self) -> int:
+        """Delete temp files a killed writer left behind (zarr's LocalStore writes ``*.partial``
+        then renames); they are never read, but a resumed store should hold exactly the bytes of
+        an uninterrupted one. Returns how many were removed."""
+        store, prefix = self.group.store_path.store, self.group.store_path.path
+
+        async def sweep() -> int:
+            orphans = [key async for key in store.list_prefix(prefix) if key.endswith(".partial")]
+            for key in orphans:
+                await store.delete(key)
+            return len(orphans)
+
+        return zarr.core.sync.sync(sweep())
+
     def update_attrs(self, **changes) -> None:
         """Replace top-level fields of the teacher attribute (one metadata write)."""
         attrs = self.attrs
