@@ -13,56 +13,72 @@ decoded chunks and the sampler visits chunks in a shuffled, windowed order so th
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .errors import StoreIncompleteError
+from .errors import StoreIncompleteError, StoreMismatchError
 from .store import open_store
 
 
-class TeacherLogits:
-    """Decoded float32 logits of one teacher, by store row: in memory, or streamed by chunk."""
+def ensemble_logits(stack: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logits whose softmax at ``temperature`` is the mean of K teachers' softmaxes at it.
 
-    def __init__(self, location: str, teacher_name: str | None, budget_bytes: int, workers: int = 0,
-                 allow_partial: bool = False):
-        store = open_store(location)
-        teacher = store.teacher(teacher_name)
-        if not teacher.is_complete and not allow_partial:
-            done = int(teacher.shard_done().sum())
-            raise StoreIncompleteError(
-                f"teacher {teacher.name!r} in {location} is {teacher.status} ({done}/{teacher.num_shards} shards); "
-                "finish the dump, or pass --allow-partial to train on the written samples only"
-            )
-        self.location, self.teacher_name = location, teacher.name
-        self.num_classes = teacher.num_classes
-        self.rows = _written_rows(teacher)
-        row_bytes = 4 * teacher.num_classes
+    stack: (K, n, C) -> (n, C), ``T * log(mean_k softmax(z_k / T))``: any loss that applies
+    softmax(. / T) to these logits sees exactly the averaged teacher distribution.
+    """
+    probs = torch.softmax(stack.float() / temperature, dim=-1).mean(0)
+    return temperature * torch.log(probs.clamp_min(torch.finfo(torch.float32).tiny))
+
+
+class TeacherLogits:
+    """Decoded float32 logits of one teacher (or a K-teacher ensemble), by store row: in memory,
+    or streamed by chunk. A K-teacher ensemble is combined with ``ensemble_logits``."""
+
+    def __init__(self, location: str, teacher_names=None, budget_bytes: int = 4 << 30, workers: int = 0,
+                 allow_partial: bool = False, temperature: float = 1.0, storage_options: dict | None = None):
+        store = open_store(location, storage_options=storage_options)
+        teachers = _resolve_teachers(store, teacher_names, allow_partial)
+        classes = {t.num_classes for t in teachers}
+        if len(classes) > 1:
+            detail = ", ".join(f"{t.name}: {t.num_classes}" for t in teachers)
+            raise StoreMismatchError(f"an ensemble needs teachers with one class count; these have {detail}")
+        self.location, self.storage_options = location, dict(storage_options or {})
+        self.teacher_names = [t.name for t in teachers]
+        self.teacher_name = ",".join(self.teacher_names)
+        self.num_classes, self.temperature = teachers[0].num_classes, temperature
+        self.rows = _written_rows(teachers)
+        row_bytes = 4 * self.num_classes * len(teachers)
         self.in_memory = store.num_samples * row_bytes <= budget_bytes
-        self.block_rows = teacher.layout.rows_per_chunk
-        chunk_bytes = self.block_rows * row_bytes
-        self.window_blocks = max(1, budget_bytes // (chunk_bytes * max(workers, 1)))
-        self._table = self._load_all(teacher) if self.in_memory else None
-        self._teacher = None if self.in_memory else teacher
+        self.block_rows = min(t.layout.rows_per_chunk for t in teachers)
+        self.window_blocks = max(1, budget_bytes // (self.block_rows * row_bytes * max(workers, 1)))
+        self._table = self._load_all(teachers) if self.in_memory else None
+        self._teachers = None
         self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
 
     @classmethod
-    def open(cls, location, teacher_name=None, budget_bytes=2 << 30, **kwargs) -> TeacherLogits:
-        return cls(location, teacher_name, budget_bytes, **kwargs)
+    def open(cls, location, teacher_names=None, budget_bytes=4 << 30, **kwargs) -> TeacherLogits:
+        if isinstance(teacher_names, str):
+            teacher_names = [n for n in teacher_names.split(",") if n]
+        return cls(location, teacher_names, budget_bytes, **kwargs)
 
-    def _load_all(self, teacher) -> torch.Tensor:
-        table = torch.full((teacher.num_samples, teacher.num_classes), float("nan"))
-        done = teacher.shard_done()
-        for shard in np.flatnonzero(done):
-            start, stop = teacher.layout.shard_rows(int(shard), teacher.num_samples)
-            table[start:stop] = torch.from_numpy(teacher.read(start, stop))
+    def _combine(self, parts: list[np.ndarray]) -> torch.Tensor:
+        if len(parts) == 1:
+            return torch.from_numpy(parts[0])
+        return ensemble_logits(torch.from_numpy(np.stack(parts)), self.temperature)
+
+    def _load_all(self, teachers) -> torch.Tensor:
+        table = torch.full((teachers[0].num_samples, self.num_classes), float("nan"))
+        for start, stop in _contiguous_ranges(self.rows, teachers[0].layout.rows_per_shard):
+            table[start:stop] = self._combine([t.read(start, stop) for t in teachers])
         return table
 
     def __getstate__(self):  # workers reopen the store themselves (zarr handles are per process)
         state = self.__dict__.copy()
-        state["_teacher"], state["_cache"] = None, OrderedDict()
+        state["_teachers"], state["_cache"] = None, OrderedDict()
         return state
 
     def __getitem__(self, row: int) -> torch.Tensor:
@@ -76,22 +92,54 @@ class TeacherLogits:
         return chunk[row - block * self.block_rows]
 
     def _read_block(self, block: int) -> torch.Tensor:
-        if self._teacher is None:
-            self._teacher = open_store(self.location).teacher(self.teacher_name)
+        if self._teachers is None or self._pid != os.getpid():
+            store = open_store(self.location, storage_options=self.storage_options)
+            self._teachers, self._pid = [store.teacher(n) for n in self.teacher_names], os.getpid()
         start = block * self.block_rows
-        stop = min(start + self.block_rows, self._teacher.num_samples)
-        chunk = torch.from_numpy(self._teacher.read(start, stop))
+        stop = min(start + self.block_rows, self._teachers[0].num_samples)
+        chunk = self._combine([t.read(start, stop) for t in self._teachers])
         self._cache[block] = chunk
         while len(self._cache) > self.window_blocks:
             self._cache.popitem(last=False)
         return chunk
 
 
-def _written_rows(teacher) -> np.ndarray:
-    """Store rows whose shards are written (all rows for a complete teacher)."""
-    done = teacher.shard_done()
-    parts = [np.arange(*teacher.layout.shard_rows(int(s), teacher.num_samples)) for s in np.flatnonzero(done)]
-    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+def _resolve_teachers(store, names, allow_partial: bool) -> list:
+    if not names:  # the only complete teacher; or the only teacher, if none is complete yet
+        only_one = not store.teacher_names and len(store.all_teacher_names) == 1
+        teachers = [store.teacher(store.all_teacher_names[0] if only_one else None)]
+    else:
+        teachers = [store.teacher(name) for name in names]
+    for teacher in teachers:
+        if not teacher.is_complete and not allow_partial:
+            done = int(teacher.shard_done().sum())
+            raise StoreIncompleteError(
+                f"teacher {teacher.name!r} in {store.location} is {teacher.status} ({done}/{teacher.num_shards} "
+                "shards); finish the dump, or pass --allow-partial to train on the written samples only"
+            )
+    return teachers
+
+
+def _written_rows(teachers) -> np.ndarray:
+    """Store rows whose shards every teacher has written (all rows for complete teachers)."""
+    written = np.ones(teachers[0].num_samples, dtype=bool)
+    for teacher in teachers:
+        mask = np.zeros(teacher.num_samples, dtype=bool)
+        for shard in np.flatnonzero(teacher.shard_done()):
+            mask[slice(*teacher.layout.shard_rows(int(shard), teacher.num_samples))] = True
+        written &= mask
+    return np.flatnonzero(written)
+
+
+def _contiguous_ranges(rows: np.ndarray, max_len: int):
+    """[start, stop) runs of consecutive rows, each at most ``max_len`` long."""
+    if rows.size == 0:
+        return
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    for run in np.split(rows, breaks):
+        for first in range(0, len(run), max_len):
+            piece = run[first:first + max_len]
+            yield int(piece[0]), int(piece[-1]) + 1
 
 
 class PairedDataset(Dataset):

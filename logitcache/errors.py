@@ -69,3 +69,11 @@ class ConfigError(LogitCacheError, ValueError):
 
 class CheckpointError(LogitCacheError, ValueError):
     """A checkpoint is missing, unreadable, or belongs to another model or run."""
+
+
+class StoreConnectionError(LogitCacheError, ConnectionError):
+    """A remote store cannot be reached (endpoint down, network cut), even after retries."""
+
+
+class StoreAccessError(LogitCacheError, PermissionError):
+    """A remote store refuses the credentials given."""

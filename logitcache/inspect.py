@@ -13,7 +13,7 @@ def describe_store(location) -> dict:
     """Everything a store says about itself, plus what it takes on disk."""
     store = open_store(location)
     teachers = {}
-    for name in store.teacher_names:
+    for name in store.all_teacher_names:
         teacher = store.teacher(name)
         stored = teacher.nbytes_stored()
         teachers[name] = {

@@ -91,7 +91,7 @@ def test_interrupts_at_random_points_then_resume_give_identical_bytes(tmp_path, 
         if interrupt == signal.SIGINT:
             assert process.returncode == 130 and "rerun the same command to resume" in stderr
             assert "Traceback" not in stderr
-        assert not open_store(store).teacher().is_complete
+        assert not open_store(store).teacher("default").is_complete
     finished = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
     assert "resumed" in finished.stdout
@@ -158,7 +158,7 @@ def test_non_finite_logits_name_the_keys_and_nothing_is_complete(tmp_path):
     key = get_dataset("digits@train").keys[NAN_ROW]
     with pytest.raises(NonFiniteLogitsError, match=rf"1 samples in rows 256-512 \(keys: '{key}'\)"):
         make_store(path, teacher="tests.factories:nan_teacher")
-    teacher = open_store(path).teacher()
+    teacher = open_store(path).teacher("default")
     assert not teacher.is_complete
     assert list(teacher.shard_done()[:2]) == [True, False]
     assert not verify_store(path).ok

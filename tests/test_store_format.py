@@ -121,7 +121,7 @@ def test_teachers_write_read_take_and_stay_separate(tmp_path):
     assert np.array_equal(t32.read(0, 40), written["t32"])
     assert np.array_equal(t32.take([39, 0, 17, 17]), written["t32"][[39, 0, 17, 17]])
     assert np.allclose(reader.teacher("t16").take([5, 30]), written["t16"][[5, 30]], atol=1e-2)
-    with pytest.raises(StoreMismatchError, match="holds 2 teachers"):
+    with pytest.raises(StoreMismatchError, match="holds 2 complete teachers"):
         reader.teacher()
     with pytest.raises(StoreMismatchError, match="no teacher 'x'"):
         reader.teacher("x")

@@ -1,24 +1,22 @@
 """Open and create logitcache stores: a Zarr v3 group checked against the format on every open.
 
     >>> store = open_store("data/stores/digits.zarr")          # read-only, validated
+    >>> store = open_store("s3://team/digits.zarr")             # endpoint/credentials from the env
     >>> store.num_samples, store.keys[:2], store.labels[:2]
-    >>> teacher = store.teacher()                               # the only (or named) teacher
+    >>> teacher = store.teacher()                               # the only complete (or named) teacher
     >>> teacher.take([5, 1, 9])                                 # float32 (3, C) logits
 
-Stores are opened lazily and drop their zarr handles when pickled, so a store object can be
-handed to DataLoader workers and each worker reopens it on first use.
+Stores open lazily, reopen in a forked child, and drop their zarr handles when pickled, so a store
+object can be handed to DataLoader workers and each worker opens its own (zip files included).
 """
 
 from __future__ import annotations
 
 import os
-from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 import zarr
 import zarr.codecs
-import zarr.storage
 
 from ..errors import (
     CorruptStoreError,
@@ -29,57 +27,51 @@ from ..errors import (
     StoreVersionError,
     StoreWriteError,
 )
+from ._backend import local_path, remote_errors, zarr_store
 from ._fingerprint import dataset_fingerprint, describe_mismatch
-from ._schema import (
-    FORMAT_NAME,
-    FORMAT_VERSION,
-    ROOT_ATTR,
-    TEACHERS_GROUP,
-)
+from ._schema import FORMAT_NAME, FORMAT_VERSION, ROOT_ATTR, STATUS_COMPLETE, TEACHER_ATTR, TEACHERS_GROUP
 from ._teacher import Teacher, compressors, create_teacher_arrays, teacher_exists
 
 INDEX_CHUNK_ROWS = 65536  # keys and labels: small, read whole, one checksummed chunk per 64k rows
 
 
-def _local_path(location: str) -> Path | None:
-    if location.startswith("file://"):
-        return Path(location[len("file://") :])
-    return None if "://" in location else Path(location)
-
-
-def _zarr_store(location: str, *, read_only: bool) -> zarr.abc.store.Store:
-    """zarr's own store for a location: LocalStore for paths, FsspecStore for URLs."""
-    path = _local_path(location)
-    if path is None:
-        return zarr.storage.FsspecStore.from_url(location, read_only=read_only)
-    return zarr.storage.LocalStore(path, read_only=read_only)
-
-
 class LogitStore:
     """A logitcache store: the dataset's keys and labels plus one group per teacher."""
 
-    def __init__(self, location: str | os.PathLike, *, read_only: bool = True):
+    def __init__(self, location: str | os.PathLike, *, read_only: bool = True, storage_options: dict | None = None):
         self.location = str(location)
         self.read_only = read_only
+        self.storage_options = dict(storage_options or {})
+        self._group = None
+        self._pid = None
+        self._cache: dict = {}
 
-    # Zarr handles are per process: drop them when pickled (DataLoader workers, spawn).
+    # Zarr handles are per process: drop them when pickled, reopen after a fork.
     def __getstate__(self):
-        return {"location": self.location, "read_only": self.read_only}
+        return {"location": self.location, "read_only": self.read_only, "storage_options": self.storage_options}
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
+        self.__init__(state["location"], read_only=state["read_only"], storage_options=state["storage_options"])
 
     def __repr__(self):
         return f"LogitStore({self.location!r}, read_only={self.read_only})"
 
-    @cached_property
+    @property
     def group(self) -> zarr.Group:
-        return _open_group(self.location, read_only=self.read_only)
+        if self._group is None or self._pid != os.getpid():
+            self._group = _open_group(self.location, read_only=self.read_only, storage_options=self.storage_options)
+            self._pid = os.getpid()
+        return self._group
 
-    @cached_property
+    def _cached(self, key, load):
+        if key not in self._cache:
+            self._cache[key] = load()
+        return self._cache[key]
+
+    @property
     def info(self) -> dict:
         """The root attribute: format, version and dataset description."""
-        return dict(self.group.attrs[ROOT_ATTR])
+        return self._cached("info", lambda: dict(self.group.attrs[ROOT_ATTR]))
 
     @property
     def dataset(self) -> dict:
@@ -97,33 +89,41 @@ class LogitStore:
     def class_names(self) -> list[str]:
         return list(self.dataset.get("class_names") or [])
 
-    @cached_property
+    @property
     def keys(self) -> np.ndarray:
-        return _read_checked(self.group, "keys")
+        return self._cached("keys", lambda: _read_checked(self, "keys"))
 
-    @cached_property
+    @property
     def labels(self) -> np.ndarray:
-        return _read_checked(self.group, "labels").astype(np.int64)
+        return self._cached("labels", lambda: _read_checked(self, "labels").astype(np.int64))
+
+    @property
+    def all_teacher_names(self) -> list[str]:
+        """Every teacher group, complete or still being written."""
+        with remote_errors(self.location):
+            if TEACHERS_GROUP not in self.group:
+                return []
+            return sorted(name for name, _ in self.group[TEACHERS_GROUP].groups())
 
     @property
     def teacher_names(self) -> list[str]:
-        if TEACHERS_GROUP not in self.group:
-            return []
-        return sorted(name for name, _ in self.group[TEACHERS_GROUP].groups())
+        """The complete teachers: a teacher being dumped appears here only once it is complete."""
+        teachers = self.group[TEACHERS_GROUP] if self.all_teacher_names else None
+        return [n for n in self.all_teacher_names if teachers[n].attrs[TEACHER_ATTR]["status"] == STATUS_COMPLETE]
 
     def teacher(self, name: str | None = None) -> Teacher:
-        """The teacher called ``name``; without a name, the store's only teacher."""
-        names = self.teacher_names
+        """The teacher called ``name`` (complete or not); without a name, the only complete one."""
         if name is None:
+            names = self.teacher_names
             if len(names) != 1:
                 listed = ", ".join(names) or "none"
                 raise StoreMismatchError(
-                    f"{self.location} holds {len(names)} teachers ({listed}); name one with --teacher"
+                    f"{self.location} holds {len(names)} complete teachers ({listed}); name one with --teacher"
                 )
             name = names[0]
-        if name not in names:
+        if name not in self.all_teacher_names:
             raise StoreMismatchError(
-                f"{self.location} has no teacher {name!r}; it has: {', '.join(names) or 'none'}"
+                f"{self.location} has no teacher {name!r}; it has: {', '.join(self.all_teacher_names) or 'none'}"
             )
         return Teacher(self.group[TEACHERS_GROUP][name], name, self)
 
@@ -136,9 +136,7 @@ class LogitStore:
         if dataset_fingerprint(keys, labels) == self.fingerprint:
             return
         why = describe_mismatch(self.keys, self.labels, keys, labels)
-        raise StoreMismatchError(
-            f"dataset does not match store {self.location}: {why or 'fingerprints differ'}"
-        )
+        raise StoreMismatchError(f"dataset does not match store {self.location}: {why or 'fingerprints differ'}")
 
     def has_teacher(self, name: str) -> bool:
         return teacher_exists(self.group, name)
@@ -147,43 +145,53 @@ class LogitStore:
         """Make the arrays of a new teacher group (see ``create_teacher_arrays``)."""
         if self.read_only:
             raise StoreWriteError(f"{self.location} was opened read-only")
-        teachers = self.group.require_group(TEACHERS_GROUP)
-        group = create_teacher_arrays(teachers, name, num_samples=self.num_samples, **kwargs)
+        with remote_errors(self.location):
+            teachers = self.group.require_group(TEACHERS_GROUP)
+            group = create_teacher_arrays(teachers, name, num_samples=self.num_samples, **kwargs)
         return Teacher(group, name, self)
 
     def delete_teacher(self, name: str) -> None:
-        del self.group[TEACHERS_GROUP][name]
+        with remote_errors(self.location):
+            del self.group[TEACHERS_GROUP][name]
 
 
-def _read_checked(group: zarr.Group, name: str) -> np.ndarray:
+def _read_checked(store: LogitStore, name: str) -> np.ndarray:
     try:
-        return group[name][:]
+        with remote_errors(store.location):
+            return store.group[name][:]
     except KeyError:
         raise CorruptStoreError(f"store array {name!r} is missing") from None
+    except (CorruptStoreError, StoreNotFoundError):
+        raise
     except Exception as err:  # zarr raises several types for a bad checksum or truncated chunk
+        if isinstance(err, (ConnectionError, PermissionError)):
+            raise
         raise CorruptStoreError(f"store array {name!r} cannot be read: {err}") from None
 
 
-def _open_group(location: str, *, read_only: bool) -> zarr.Group:
-    path = _local_path(location)
+def _open_group(location: str, *, read_only: bool, storage_options: dict | None = None) -> zarr.Group:
+    path = local_path(location)
     if path is not None and not path.exists():
         raise StoreNotFoundError(f"no store at {location}: the path does not exist")
     try:
-        group = zarr.open_group(_zarr_store(location, read_only=read_only), mode="r" if read_only else "r+")
+        with remote_errors(location):
+            group = zarr.open_group(zarr_store(location, read_only=read_only, storage_options=storage_options),
+                                    mode="r" if read_only else "r+")
+            info = group.attrs.get(ROOT_ATTR)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
+        if path is None:
+            raise StoreNotFoundError(f"no store at {location}") from None
         raise NotAStoreError(f"{location} is not a logitcache store (no Zarr v3 group there)") from None
     except ValueError as err:
         raise NotAStoreError(f"{location} is not a logitcache store ({err})") from None
-    validate_root(group.attrs.get(ROOT_ATTR), location)
+    validate_root(info, location)
     return group
 
 
 def validate_root(info, location: str) -> None:
     """Check the root attribute names this format at a version we can read."""
     if not isinstance(info, dict) or info.get("format") != FORMAT_NAME:
-        raise NotAStoreError(
-            f"{location} is a Zarr group but not a logitcache store (no '{ROOT_ATTR}' attribute)"
-        )
+        raise NotAStoreError(f"{location} is a Zarr group but not a logitcache store (no '{ROOT_ATTR}' attribute)")
     version = info.get("version")
     if not isinstance(version, int) or version < 1:
         raise StoreVersionError(f"{location} has an unreadable format version {version!r}")
@@ -194,25 +202,18 @@ def validate_root(info, location: str) -> None:
         )
 
 
-def open_store(location: str | os.PathLike, *, read_only: bool = True) -> LogitStore:
+def open_store(location, *, read_only: bool = True, storage_options: dict | None = None) -> LogitStore:
     """Open an existing store and check its format and version now (not on first use).
 
     Raises:
-        StoreNotFoundError, NotAStoreError, StoreVersionError.
+        StoreNotFoundError, NotAStoreError, StoreVersionError, StoreConnectionError, StoreAccessError.
     """
-    store = LogitStore(location, read_only=read_only)
+    store = LogitStore(location, read_only=read_only, storage_options=storage_options)
     store.group  # noqa: B018 - validates now, so errors surface at open
     return store
 
 
-def create_store(
-    location: str | os.PathLike,
-    *,
-    keys,
-    labels,
-    dataset: dict,
-    class_names: list[str] | None = None,
-) -> LogitStore:
+def create_store(location, *, keys, labels, dataset: dict, class_names=None, storage_options=None) -> LogitStore:
     """Create a new, empty store for a dataset: keys, labels and the root attribute.
 
     ``dataset`` describes where the data came from (spec, split, transform); the number of
@@ -226,51 +227,55 @@ def create_store(
     location = str(location)
     keys = [str(k) for k in keys]
     labels = np.asarray(labels, dtype=np.int64)
-    path = _local_path(location)
+    path = local_path(location)
     if path is not None and path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise StoreExistsError(f"{location} already exists and is not empty")
     try:
-        group = zarr.open_group(_zarr_store(location, read_only=False), mode="w-", zarr_format=3)
-        rows = max(1, min(INDEX_CHUNK_ROWS, len(keys)))
-        key_array = group.create_array(
-            "keys", shape=(len(keys),), dtype=str, chunks=(rows,),
-            compressors=[zarr.codecs.ZstdCodec(level=5), zarr.codecs.Crc32cCodec()],
-        )
-        key_array[:] = np.asarray(keys, dtype=object)
-        label_array = group.create_array(
-            "labels", shape=(len(labels),), dtype="int64", chunks=(rows,), compressors=compressors()
-        )
-        label_array[:] = labels
-        info = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "dataset": {
-                **dataset,
-                "num_samples": len(keys),
-                "class_names": list(class_names or []),
-                "fingerprint": dataset_fingerprint(keys, labels),
-            },
-        }
-        group.attrs[ROOT_ATTR] = info
-    except (OSError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as err:
-        if isinstance(err, FileExistsError) or "contains" in str(err).lower():
-            raise StoreExistsError(f"{location} already holds Zarr data") from None
+        with remote_errors(location):
+            group = zarr.open_group(zarr_store(location, read_only=False, storage_options=storage_options),
+                                    mode="w-", zarr_format=3)
+            rows = max(1, min(INDEX_CHUNK_ROWS, len(keys)))
+            key_array = group.create_array(
+                "keys", shape=(len(keys),), dtype=str, chunks=(rows,),
+                compressors=[zarr.codecs.ZstdCodec(level=5), zarr.codecs.Crc32cCodec()],
+            )
+            key_array[:] = np.asarray(keys, dtype=object)
+            label_array = group.create_array(
+                "labels", shape=(len(labels),), dtype="int64", chunks=(rows,), compressors=compressors()
+            )
+            label_array[:] = labels
+            group.attrs[ROOT_ATTR] = {
+                "format": FORMAT_NAME,
+                "version": FORMAT_VERSION,
+                "dataset": {
+                    **dataset,
+                    "num_samples": len(keys),
+                    "class_names": list(class_names or []),
+                    "fingerprint": dataset_fingerprint(keys, labels),
+                },
+            }
+    except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError, FileExistsError):
+        raise StoreExistsError(f"{location} already holds Zarr data") from None
+    except FileNotFoundError as err:  # e.g. the bucket does not exist
+        raise StoreWriteError(f"cannot write a store at {location}: {err}") from None
+    except OSError as err:
+        if isinstance(err, (ConnectionError, PermissionError)):
+            raise
         raise StoreWriteError(f"cannot write a store at {location}: {err.strerror or err}") from None
-    return open_store(location, read_only=False)
+    return open_store(location, read_only=False, storage_options=storage_options)
 
 
-def is_unfinished_creation(location: str | os.PathLike) -> bool:
+def is_unfinished_creation(location, storage_options=None) -> bool:
     """True for a Zarr group left by a ``create_store`` that stopped before its root attribute."""
     try:
-        group = zarr.open_group(_zarr_store(str(location), read_only=True), mode="r")
+        group = zarr.open_group(zarr_store(str(location), read_only=True, storage_options=storage_options), mode="r")
+        members = {name for name, _ in group.members()}
+        return ROOT_ATTR not in group.attrs and members <= {"keys", "labels"}
     except Exception:
         return False
-    members = {name for name, _ in group.members()}
-    return ROOT_ATTR not in group.attrs and members <= {"keys", "labels"}
 
 
-def remove_location(location: str | os.PathLike) -> None:
+def remove_location(location, storage_options=None) -> None:
     """Delete everything at a store location (used to redo an unfinished creation)."""
-    store = _zarr_store(str(location), read_only=False)
+    store = zarr_store(str(location), read_only=False, storage_options=storage_options)
     zarr.core.sync.sync(store.delete_dir(""))
-

@@ -51,9 +51,9 @@ def verify_store(location, dataset_keys=None, dataset_labels=None) -> VerifyRepo
             report.problems.append(f"dataset differs from the store: {why}")
         else:
             report.checked.append("the given dataset matches the store's fingerprint")
-    if not store.teacher_names:
+    if not store.all_teacher_names:
         report.problems.append("the store holds no teacher")
-    for name in store.teacher_names:
+    for name in store.all_teacher_names:
         _verify_teacher(store.teacher(name), report)
     return report
 

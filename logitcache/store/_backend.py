@@ -1,0 +1,113 @@
+"""Where a store lives: a local directory, a zip file, or any fsspec URL (s3://, gs://, file://, …).
+
+    >>> zarr_store("data/stores/digits.zarr", read_only=True)       # zarr's LocalStore
+    >>> zarr_store("digits.zip", read_only=True)                    # zarr's ZipStore (read-only)
+    >>> zarr_store("s3://bucket/digits.zarr", read_only=False,
+    ...            storage_options={"endpoint_url": "http://127.0.0.1:9000"})   # zarr's FsspecStore
+
+logitcache writes no storage backend of its own: these are zarr's stores over fsspec. This module
+only picks one, fills S3 endpoint/credentials from the usual environment variables, turns the
+errors of remote filesystems into logitcache's one-line errors, and retries transient ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import zarr.storage
+
+from ..errors import StoreAccessError, StoreConnectionError, StoreNotFoundError, StoreWriteError
+
+# Errors a remote filesystem raises when the network, not the request, failed.
+_TRANSIENT = {
+    "ConnectionError", "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+    "ClientConnectorError", "ServerDisconnectedError", "ClientOSError", "TimeoutError",
+    "ConnectionClosedError", "ConnectionResetError", "ConnectionRefusedError", "IncompleteReadError",
+}
+RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # on top of botocore's own retries: ~15 s before giving up
+
+
+def local_path(location: str) -> Path | None:
+    """The filesystem path of a local location, or None for a URL."""
+    if location.startswith("file://"):
+        return Path(location[len("file://"):])
+    return None if "://" in location else Path(location)
+
+
+def is_zip(location: str) -> bool:
+    return location.endswith(".zip")
+
+
+def storage_options_for(location: str, options: dict | None) -> dict:
+    """Options for fsspec: the ones given, plus an S3 endpoint from AWS_ENDPOINT_URL(_S3)."""
+    options = dict(options or {})
+    if location.startswith("s3://") and "endpoint_url" not in options:
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            options["endpoint_url"] = endpoint
+    return options
+
+
+def zarr_store(location: str, *, read_only: bool, storage_options: dict | None = None):
+    """zarr's own store for a location."""
+    path = local_path(location)
+    if path is not None and is_zip(location):
+        if not read_only:
+            raise StoreWriteError(f"{location}: zip stores are read-only; dump into a directory, then `logitcache pack`")
+        return zarr.storage.ZipStore(path, mode="r", read_only=True)
+    if path is not None:
+        return zarr.storage.LocalStore(path, read_only=read_only)
+    try:
+        return zarr.storage.FsspecStore.from_url(
+            location, storage_options=storage_options_for(location, storage_options), read_only=read_only
+        )
+    except (ImportError, ValueError) as err:
+        raise StoreNotFoundError(f"cannot open {location}: {err} (for s3:// install s3fs)") from None
+
+
+def is_transient(err: BaseException) -> bool:
+    return any(cls.__name__ in _TRANSIENT for cls in type(err).__mro__)
+
+
+@contextlib.contextmanager
+def remote_errors(location: str):
+    """Turn a remote filesystem's exceptions into one-line logitcache errors."""
+    try:
+        yield
+    except (StoreAccessError, StoreConnectionError):
+        raise
+    except PermissionError as err:
+        raise StoreAccessError(f"{location}: access denied ({_first_line(err)}); check the credentials") from None
+    except Exception as err:
+        if is_transient(err):
+            raise StoreConnectionError(f"cannot reach {location}: {_first_line(err)}") from None
+        if type(err).__name__ == "ClientError" and "InvalidAccessKeyId" in str(err) + repr(err):
+            raise StoreAccessError(f"{location}: the access key is not valid; check the credentials") from None
+        raise
+
+
+def retry_transient(action, location: str, delays=RETRY_DELAYS):
+    """Run ``action()``; on a transient network error wait and try again, then give up clearly.
+
+    Only for idempotent actions (writing a whole shard, reading one): a retry rewrites the same bytes.
+    """
+    for delay in (*delays, None):
+        try:
+            return action()
+        except Exception as err:
+            if not is_transient(err):
+                raise
+            if delay is None:
+                raise StoreConnectionError(
+                    f"lost the connection to {location} ({_first_line(err)}); what was written is kept — "
+                    "rerun the same command to resume"
+                ) from None
+            time.sleep(delay)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
