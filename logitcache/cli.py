@@ -4,6 +4,7 @@
     $ logitcache info STORE [--json]
     $ logitcache verify STORE [--dataset SPEC]
     $ logitcache train --out RUN --student SPEC --dataset SPEC [--store STORE --loss dist]
+    $ logitcache pack STORE STORE.zip
     $ logitcache run pipelines/digits.toml
 
 Library errors become one-line messages with a non-zero exit; torch and zarr are imported inside
@@ -40,6 +41,30 @@ def friendly_errors(command):
     return wrapper
 
 
+def _storage_options(ctx, param, values) -> dict:
+    """``--storage-option k=v`` (repeatable) -> fsspec options; ``a.b=v`` nests as {"a": {"b": v}}."""
+    from .sources._registry import parse_kwargs
+
+    options: dict = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not of the form key=value", ctx, param)
+        *parents, leaf = key.split(".")
+        target = options
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = parse_kwargs(f"v={raw}", "--storage-option")["v"] if raw else ""
+    return options
+
+
+storage_option = click.option(
+    "--storage-option", "storage_options", multiple=True, callback=_storage_options, metavar="KEY=VALUE",
+    help="fsspec option for a remote store (repeatable), e.g. endpoint_url=http://127.0.0.1:9000; "
+    "S3 credentials and endpoint also come from AWS_* environment variables.",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="logitcache")
 def cli():
@@ -65,25 +90,30 @@ def cli():
 @click.option("--rows-per-shard", type=int, help="Rows per shard, the unit of writing and resuming.")
 @click.option("--overwrite", is_flag=True, help="Replace this teacher if the store already holds it.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@storage_option
 @friendly_errors
 def dump(store, no_progress, **options):
     """Run a teacher over a dataset and write its raw logits into STORE (resumable)."""
     from .dump import DumpConfig
     from .dump import dump as run_dump
 
+    from .distributed import is_main_process
+
     summary = run_dump(DumpConfig(store=store, progress=not no_progress, **options))
-    click.echo("\n".join(summary.lines()))
+    if is_main_process():
+        click.echo("\n".join(summary.lines()))
 
 
 @cli.command()
 @click.argument("store")
 @click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
+@storage_option
 @friendly_errors
-def info(store, as_json):
+def info(store, as_json, storage_options):
     """Describe a store: dataset, teachers, provenance, codec, size, accuracy."""
     from .inspect import describe_store, format_description
 
-    description = describe_store(store)
+    description = describe_store(store, storage_options)
     click.echo(json.dumps(description, indent=2) if as_json else format_description(description))
 
 
@@ -91,8 +121,10 @@ def info(store, as_json):
 @click.argument("store")
 @click.option("--dataset", help="Also check that this dataset spec matches the store's fingerprint.")
 @click.option("--split", help="Dataset split, unless the spec ends with @SPLIT.")
+@click.option("--teacher", "teachers", help="Check only these teachers (comma-separated); default: all.")
+@storage_option
 @friendly_errors
-def verify(store, dataset, split):
+def verify(store, dataset, split, teachers, storage_options):
     """Read every chunk of STORE and check checksums, completeness, values and fingerprint."""
     from .store import verify_store
 
@@ -102,7 +134,8 @@ def verify(store, dataset, split):
 
         source = get_dataset(dataset, split=split)
         keys, labels = source.keys, source.labels
-    report = verify_store(store, dataset_keys=keys, dataset_labels=labels)
+    report = verify_store(store, dataset_keys=keys, dataset_labels=labels, storage_options=storage_options,
+                          teachers=[t for t in (teachers or "").split(",") if t] or None)
     for line in report.checked:
         click.echo(f"ok    {line}")
     for line in report.problems:
@@ -137,7 +170,10 @@ class ByteSize(click.ParamType):
 @click.option("--dataset", required=True, help="Training dataset spec; must match the store's fingerprint.")
 @click.option("--val-dataset", help="Validation dataset spec, evaluated after every epoch.")
 @click.option("--store", help="Store with the teacher's logits (not needed for --loss ce).")
-@click.option("--teacher", help="Teacher name inside the store (default: its only teacher).")
+@click.option("--teacher", help="Teacher name inside the store (default: its only complete teacher); "
+              "a,b trains from the ensemble: the mean of the teachers' probabilities at --temperature.")
+@click.option("--expect-teacher", help="Refuse the store unless its teacher's weights or parameters sha256 "
+              "starts with this (comma-separated for an ensemble).")
 @click.option("--online-teacher", help="Run this teacher spec in the loop instead of a store (for comparison).")
 @click.option("--online-teacher-weights", type=click.Path(dir_okay=False))
 @click.option("--loss", type=click.Choice(["ce", "kl", "dist", "dkd"]),
@@ -173,6 +209,7 @@ class ByteSize(click.ParamType):
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
 @click.option("--no-progress", is_flag=True)
+@storage_option
 @friendly_errors
 def train(milestones, no_progress, **options):
     """Train a student from a store's cached logits (or from labels alone with --loss ce)."""
@@ -184,8 +221,25 @@ def train(milestones, no_progress, **options):
     except ValueError:
         raise click.BadParameter(f"{milestones!r} is not a comma-separated list of epochs",
                                  param_hint="--milestones") from None
+    from .distributed import is_main_process
+
     summary = run_train(TrainConfig(milestones=steps, progress=not no_progress, **options), log=click.echo)
-    click.echo("\n".join(summary.lines()))
+    if is_main_process():
+        click.echo("\n".join(summary.lines()))
+
+
+@cli.command()
+@click.argument("store")
+@click.argument("destination", type=click.Path(dir_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace DESTINATION if it exists.")
+@storage_option
+@friendly_errors
+def pack(store, destination, overwrite, storage_options):
+    """Verify STORE and pack it into one zip file (DESTINATION.zip), readable as a store."""
+    from .store import pack_store
+
+    count = pack_store(store, destination, overwrite=overwrite, storage_options=storage_options)
+    click.echo(f"packed {count} objects of {store} into {destination}")
 
 
 @cli.command(name="run")
@@ -201,5 +255,14 @@ def run_command(pipeline, no_progress):
     click.echo(format_results(results))
 
 
+def _quiet_abandoned_requests(unraisable):
+    """Async requests a failed remote operation left behind raise again when collected; the
+    failure was already reported as one line, so their cleanup noise is dropped."""
+    if type(unraisable.object).__name__ == "coroutine":
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def main():
+    sys.unraisablehook = _quiet_abandoned_requests
     cli(prog_name="logitcache")

@@ -161,23 +161,34 @@ class PairedDataset(Dataset):
 class EpochSampler(Sampler[int]):
     """A seeded order over given rows that is a pure function of (seed, epoch).
 
+    Under DDP every rank computes the same order and takes its share (``rank_order``).
     With ``block_rows`` it is a block shuffle: blocks of consecutive rows are visited in random
     order, ``window_blocks`` at a time, with the rows of each window shuffled together. Every
     row still comes exactly once per epoch, and a reader needs only one window of blocks.
     """
 
     def __init__(self, rows, seed: int, shuffle: bool = True, block_rows: int | None = None,
-                 window_blocks: int = 1):
+                 window_blocks: int = 1, rank: int = 0, world_size: int = 1):
         self.rows = np.asarray(rows, dtype=np.int64)
         self.seed, self.shuffle = seed, shuffle
         self.block_rows, self.window_blocks = block_rows, max(1, window_blocks)
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self):
-        return len(self.rows)
+        return -(-len(self.rows) // self.world_size)
+
+    def rank_order(self) -> np.ndarray:
+        """This rank's share: every world_size-th row of the epoch's order, padded by wrapping
+        around (as DistributedSampler does) so every rank takes the same number of steps."""
+        order = self.order()
+        if self.world_size == 1:
+            return order
+        padding = len(self) * self.world_size - len(order)
+        return np.concatenate([order, order[:padding]])[self.rank :: self.world_size]
 
     def order(self) -> np.ndarray:
         if not self.shuffle:
@@ -196,4 +207,4 @@ class EpochSampler(Sampler[int]):
         return np.concatenate(windows) if windows else self.rows
 
     def __iter__(self):
-        return iter(self.order().tolist())
+        return iter(self.rank_order().tolist())

@@ -15,9 +15,8 @@ from __future__ import annotations
 import platform
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +25,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .devices import resolve_device
+from .distributed import Distributed, distributed
 from .errors import (
     ConfigError,
     DatasetError,
@@ -46,6 +46,7 @@ from .store import (
     create_store,
     get_codec,
     is_unfinished_creation,
+    local_path,
     open_store,
     remove_location,
 )
@@ -73,6 +74,7 @@ class DumpConfig:
     rows_per_shard: int | None = None
     overwrite: bool = False
     progress: bool = True
+    storage_options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -113,16 +115,67 @@ class DumpSummary:
 def dump(config: DumpConfig, log=print) -> DumpSummary:
     """Run the teacher over the dataset and write (or resume writing) one teacher's logits.
 
+    Under torchrun, ranks split the pending shards (shard s goes to rank s % world_size), so no two
+    ranks write one shard; rank 0 creates the metadata and marks the store complete after all
+    ranks finish. The store is the same, byte for byte, as a single process writes.
+
     Raises:
         LogitCacheError subclasses for every bad input; the store is never marked complete
         unless every shard was written and read back.
     """
     _validate(config)
+    with distributed(config.device) as dist:
+        return _dump(config, dist, log)
+
+
+def _dump(config: DumpConfig, dist: Distributed, log) -> DumpSummary:
+    # Every rank builds the same data and teacher; only rank 0 writes the store's metadata.
     source = get_dataset(config.dataset, split=config.split, transform=config.transform)
-    device = resolve_device(config.device)
+    device = resolve_device(dist.device(config.device))
     model = get_model(config.teacher, config.num_classes or len(source.classes), weights=config.weights)
     model.to(device).eval()
     num_classes = _probe(model, source, device, config.bf16)
+    settings, provenance = _settings(config, source, model, num_classes, device)
+    store = teacher = error = None
+    if dist.is_main:
+        try:
+            store = _open_or_create_store(config, source)
+            teacher = _open_or_create_teacher(store, config, num_classes, settings, provenance)
+        except LogitCacheError as err:
+            error = err
+    dist.agree(error)
+    if not dist.is_main:
+        store = open_store(config.store, read_only=False, storage_options=config.storage_options)
+        teacher = store.teacher(config.teacher_name)
+
+    started = time.perf_counter()
+    counts = _AccuracyCounts(store.labels, teacher)
+    done = teacher.shard_done()
+    mine = [s for s in range(teacher.num_shards) if s % dist.world_size == dist.rank]
+    written = 0
+    try:
+        for shard in (s for s in mine if done[s]):  # re-read what a previous run wrote: checks it, counts it
+            counts(shard, teacher.read(*teacher.layout.shard_rows(shard, len(source))))
+        pending = [s for s in mine if not done[s]]
+        written = _run_teacher(model, source, teacher, pending, config, device, counts, dist.is_main)
+    except LogitCacheError as err:
+        error = err
+    dist.agree(error)
+    hits1, hits5, written = dist.sum([*counts.hits(), written])
+    seconds = time.perf_counter() - started
+    top1, top5 = hits1 / len(source), hits5 / len(source)
+    if dist.is_main:
+        run = teacher.attrs["run"]
+        run.update(finished_at=_now(), sessions=run["sessions"] + 1, seconds=round(run["seconds"] + seconds, 3),
+                   processes=dist.world_size)
+        teacher.mark_complete(metrics={"top1": top1, "top5": top5}, run=run)
+    dist.agree()
+    return DumpSummary(store.location, config.teacher_name, len(source), int(written), seconds,
+                       teacher.nbytes_stored(), num_classes, teacher.codec.name, top1, top5, int(done.sum()))
+
+
+def _settings(config: DumpConfig, source, model, num_classes: int, device) -> tuple[dict, dict]:
+    """What determines the stored bytes (compared on resume), and what describes the teacher."""
     codec = get_codec(config.codec)
     layout = choose_layout(len(source), num_classes, np.dtype(codec.arrays["logits"].dtype).itemsize,
                            rows_per_shard=config.rows_per_shard)
@@ -143,22 +196,7 @@ def dump(config: DumpConfig, log=print) -> DumpSummary:
         "dataset": source.describe(),
         "software": _software(),
     }
-    store = _open_or_create_store(config.store, source)
-    teacher = _open_or_create_teacher(store, config, num_classes, settings, provenance)
-    started = time.perf_counter()
-    counts = _AccuracyCounts(store.labels, teacher)
-    done = teacher.shard_done()
-    for shard in np.flatnonzero(done):  # re-read what a previous run wrote: checks it, counts it
-        counts(shard, teacher.read(*teacher.layout.shard_rows(shard, len(source))))
-    pending = [int(s) for s in np.flatnonzero(~done)]
-    written = _run_teacher(model, source, teacher, pending, config, device, counts)
-    seconds = time.perf_counter() - started
-    top1, top5 = counts.accuracy()
-    run = teacher.attrs["run"]
-    run.update(finished_at=_now(), sessions=run["sessions"] + 1, seconds=round(run["seconds"] + seconds, 3))
-    teacher.mark_complete(metrics={"top1": top1, "top5": top5}, run=run)
-    return DumpSummary(store.location, config.teacher_name, len(source), written, seconds,
-                       teacher.nbytes_stored(), num_classes, codec.name, top1, top5, int(done.sum()))
+    return settings, provenance
 
 
 def _validate(config: DumpConfig) -> None:
@@ -204,17 +242,17 @@ def _probe(model, source, device, bf16: bool) -> int:
     return num_classes
 
 
-def _open_or_create_store(location: str, source) -> LogitStore:
-    describe = source.describe()
+def _open_or_create_store(config: DumpConfig, source) -> LogitStore:
+    location, options = config.store, config.storage_options
     try:
-        store = open_store(location, read_only=False)
+        store = open_store(location, read_only=False, storage_options=options)
     except LogitCacheError as err:
-        if not _is_absent_or_unfinished(location, err):
+        if not _is_absent_or_unfinished(location, err, options):
             raise
-        if is_unfinished_creation(location):
-            remove_location(location)
-        return create_store(location, keys=source.keys, labels=source.labels, dataset=describe,
-                            class_names=source.classes)
+        if is_unfinished_creation(location, options):
+            remove_location(location, options)
+        return create_store(location, keys=source.keys, labels=source.labels, dataset=source.describe(),
+                            class_names=source.classes, storage_options=options)
     try:
         store.check_dataset(source.keys, source.labels)
     except StoreMismatchError as err:
@@ -222,12 +260,12 @@ def _open_or_create_store(location: str, source) -> LogitStore:
     return store
 
 
-def _is_absent_or_unfinished(location: str, err: Exception) -> bool:
+def _is_absent_or_unfinished(location: str, err: Exception, options: dict) -> bool:
     if isinstance(err, StoreNotFoundError):
         return True
-    path = Path(location)
-    empty_dir = path.is_dir() and not any(path.iterdir())
-    return isinstance(err, NotAStoreError) and (empty_dir or is_unfinished_creation(location))
+    path = local_path(location)
+    empty_dir = path is not None and path.is_dir() and not any(path.iterdir())
+    return isinstance(err, NotAStoreError) and (empty_dir or is_unfinished_creation(location, options))
 
 
 def _open_or_create_teacher(store, config: DumpConfig, num_classes, settings, provenance) -> Teacher:
@@ -269,7 +307,7 @@ class _AccuracyCounts:
     def __init__(self, labels: np.ndarray, teacher: Teacher):
         self.labels = labels
         self.teacher = teacher
-        self.hits: dict[int, tuple[int, int]] = {}
+        self.by_shard: dict[int, tuple[int, int]] = {}
 
     def __call__(self, shard: int, logits: np.ndarray) -> None:
         start, stop = self.teacher.layout.shard_rows(shard, len(self.labels))
@@ -278,15 +316,14 @@ class _AccuracyCounts:
         top = np.argpartition(-logits, k - 1, axis=1)[:, :k] if k < logits.shape[1] else np.argsort(-logits, axis=1)
         top1 = logits.argmax(axis=1) == labels
         top5 = (top == labels[:, None]).any(axis=1)
-        self.hits[shard] = (int(top1.sum()), int(top5.sum()))
+        self.by_shard[shard] = (int(top1.sum()), int(top5.sum()))
 
-    def accuracy(self) -> tuple[float, float]:
-        top1 = sum(h[0] for h in self.hits.values())
-        top5 = sum(h[1] for h in self.hits.values())
-        return top1 / len(self.labels), top5 / len(self.labels)
+    def hits(self) -> tuple[int, int]:
+        """Top-1 and top-5 hits over the shards counted so far."""
+        return sum(h[0] for h in self.by_shard.values()), sum(h[1] for h in self.by_shard.values())
 
 
-def _run_teacher(model, source, teacher: Teacher, pending: list[int], config, device, counts) -> int:
+def _run_teacher(model, source, teacher: Teacher, pending: list[int], config, device, counts, show: bool) -> int:
     """Feed the pending shards through the teacher, batch by batch, into the background writer."""
     layout, total = teacher.layout, len(source)
     batches, owners = [], []
@@ -302,7 +339,7 @@ def _run_teacher(model, source, teacher: Teacher, pending: list[int], config, de
     buffers: dict[int, np.ndarray] = {}
     filled: dict[int, int] = {}
     todo = sum(len(b) for b in batches)
-    bar = tqdm(total=total, initial=total - todo, unit="sample", disable=not config.progress,
+    bar = tqdm(total=todo, unit="sample", disable=not (config.progress and show),
                desc=f"dump {teacher.name}", dynamic_ncols=True)
     with BackgroundWriter(teacher, on_written=counts) as writer, bar:
         for shard, indices, (inputs, _) in zip(owners, batches, _checked(loader, source.spec)):

@@ -9,9 +9,9 @@ from __future__ import annotations
 from .store import FORMAT_VERSION, open_store
 
 
-def describe_store(location) -> dict:
+def describe_store(location, storage_options: dict | None = None) -> dict:
     """Everything a store says about itself, plus what it takes on disk."""
-    store = open_store(location)
+    store = open_store(location, storage_options=storage_options)
     teachers = {}
     for name in store.all_teacher_names:
         teacher = store.teacher(name)

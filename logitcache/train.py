@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from .data import EpochSampler, PairedDataset, TeacherLogits
 from .devices import resolve_device
-from .errors import CheckpointError, ConfigError, ModelError
+from .distributed import Distributed, distributed
+from .errors import CheckpointError, ConfigError, ModelError, StoreMismatchError
 from .losses import get_loss, list_losses
 from .run_files import RunFiles
 from .sources import get_dataset, get_model
@@ -46,7 +47,8 @@ class TrainConfig:
     dataset: str
     val_dataset: str | None = None
     store: str | None = None
-    teacher: str | None = None  # teacher name inside the store
+    teacher: str | None = None  # teacher name inside the store; "a,b" for an ensemble
+    expect_teacher: str | None = None  # sha256 prefix(es) the store's teacher(s) must have
     online_teacher: str | None = None  # a teacher spec run in the loop (for comparisons)
     online_teacher_weights: str | None = None
     loss: str | None = None  # default: dist with a teacher, ce without
@@ -80,6 +82,7 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
+    storage_options: dict = field(default_factory=dict)
 
     def resolved(self) -> TrainConfig:
         """Fill the defaults that depend on other options."""
@@ -114,90 +117,139 @@ def _pct(value):
 
 
 def train(config: TrainConfig, log=print) -> TrainSummary:
-    """Train one student; resumable at epoch boundaries. Returns the closing summary."""
+    """Train one student; resumable at epoch boundaries. Returns the closing summary.
+
+    Under torchrun the student is wrapped in DistributedDataParallel, each rank takes every
+    world_size-th sample of the epoch's order, and rank 0 alone evaluates, logs and checkpoints.
+    """
     config = config.resolved()
     _validate(config)
-    device = resolve_device(config.device)
+    with distributed(config.device) as dist:
+        return _train(config, dist, log if dist.is_main else _quiet)
+
+
+def _train(config: TrainConfig, dist: Distributed, log) -> TrainSummary:
+    device = resolve_device(dist.device(config.device))
     run = RunFiles(Path(config.out))
 
     # Data: the training set (with any augmentation), the validation set, the teacher's logits.
     train_source = get_dataset(config.dataset, transform=config.transform, augment=config.augment)
     val_source = get_dataset(config.val_dataset, transform=config.val_transform) if config.val_dataset else None
-    num_classes = len(train_source.classes)
     logits = _open_teacher_logits(config, train_source, log)
-    if logits is not None:
-        num_classes = logits.num_classes
+    num_classes = logits.num_classes if logits is not None else len(train_source.classes)
 
     # The student, checked against the data before any step.
     torch.manual_seed(config.seed)
     student = get_model(config.student, num_classes).to(device)
     _check_head(student, train_source, num_classes, "store" if logits is not None else "dataset", device)
-    online = _online_teacher(config, train_source, num_classes, device)
+    model = _wrap_ddp(student, dist, device)
+    online = _online_teacher(config, num_classes, device)
     optimizer = _optimizer(config, student)
     kd = get_loss(config.loss, **_loss_settings(config)) if config.loss != "ce" else None
-
-    # Where to start: a fresh run directory, or the last checkpoint of this one.
-    start_epoch, history = 1, []
-    if config.resume and run.last.exists():
-        start_epoch, history = _resume(run, config, student, optimizer)
-        log(f"resuming {config.out} after epoch {start_epoch - 1}")
-    else:
-        run.start(overwrite=config.overwrite or config.resume, config=_config_record(config))
+    start_epoch, history = _prepare_run(run, config, student, optimizer, dist, log)
 
     rows = logits.rows if logits is not None else range(len(train_source))
-    sampler = EpochSampler(rows, config.seed, block_rows=None if logits is None or logits.in_memory else logits.block_rows,
-                           window_blocks=1 if logits is None else logits.window_blocks)
+    streamed = logits is not None and not logits.in_memory
+    sampler = EpochSampler(rows, config.seed, block_rows=logits.block_rows if streamed else None,
+                           window_blocks=logits.window_blocks if streamed else 1,
+                           rank=dist.rank, world_size=dist.world_size)
     drop_last = config.loss == "dist" and len(sampler) % config.batch_size == 1  # DIST needs batches of >= 2
     loader = DataLoader(PairedDataset(train_source.dataset, logits), batch_size=config.batch_size,
                         sampler=sampler, num_workers=config.workers, drop_last=drop_last,
                         pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
-    steps_per_epoch = len(loader)
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs + 1):
         sampler.set_epoch(epoch)
-        torch.manual_seed(config.seed * 100_003 + epoch)  # dropout/augmentation: a function of (seed, epoch)
+        torch.manual_seed(config.seed * 100_003 + epoch + 1_000_003 * dist.rank)  # a function of (seed, epoch, rank)
         epoch_start = time.perf_counter()
-        student.train()
-        losses = []
-        bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not config.progress,
-                   leave=False, dynamic_ncols=True)
-        for step_in_epoch, (inputs, labels, teacher_logits) in enumerate(bar):
-            step = (epoch - 1) * steps_per_epoch + step_in_epoch
-            lr = get_lr(config, step, steps_per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            if online is not None:
-                with torch.inference_mode():
-                    teacher_logits = online(inputs).float()
-                teacher_logits = teacher_logits.clone()  # a normal tensor: losses may save it for backward
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
-                student_logits = student(inputs)
-            ce = F.cross_entropy(student_logits.float(), labels)
-            loss = config.ce_weight * ce
-            kd_value = torch.zeros(())
-            if kd is not None:
-                kd_value = kd(student_logits, teacher_logits.to(device, non_blocking=True), labels, epoch=epoch)
-                loss = loss + config.kd_weight * kd_value
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append((step, lr, loss.item(), ce.item(), kd_value.item()))
-            bar.set_postfix(loss=f"{losses[-1][2]:.4f}")
-        run.append_steps(epoch, losses)
-        record = {"epoch": epoch, "lr": losses[-1][1] if losses else None,
-                  "train_loss": sum(x[2] for x in losses) / max(len(losses), 1),
-                  "train_ce": sum(x[3] for x in losses) / max(len(losses), 1),
-                  "train_kd": sum(x[4] for x in losses) / max(len(losses), 1),
-                  **evaluate(student, val_source, config, device),
-                  "epoch_seconds": round(time.perf_counter() - epoch_start, 3)}
-        history.append(record)
-        _save_epoch(run, config, student, optimizer, num_classes, history)
-        log(_epoch_line(record, config.epochs))
+        losses = train_one_epoch(model, loader, optimizer, kd, online, config, epoch, device, dist)
+        record = None
+        if dist.is_main:
+            run.append_steps(epoch, losses)
+            record = {"epoch": epoch, "lr": losses[-1][1] if losses else None,
+                      **{f"train_{name}": sum(x[i] for x in losses) / max(len(losses), 1)
+                         for i, name in ((2, "loss"), (3, "ce"), (4, "kd"))},
+                      **evaluate(student, val_source, config, device),
+                      "epoch_seconds": round(time.perf_counter() - epoch_start, 3)}
+            history.append(record)
+            _save_epoch(run, config, student, optimizer, num_classes, history)
+            log(_epoch_line(record, config.epochs))
+        else:
+            history.append(None)
+        history[-1] = dist.broadcast(record)
+        dist.agree()
     summary = TrainSummary(config.out, config.epochs, time.perf_counter() - started, history[-1],
                            _best(history), history)
-    run.finish(summary_record(summary))
+    if dist.is_main:
+        run.finish(summary_record(summary))
+    dist.agree()
     return summary
+
+
+def train_one_epoch(model, loader, optimizer, kd, online, config: TrainConfig, epoch: int, device,
+                    dist: Distributed) -> list[tuple]:
+    """One pass over the loader; returns (step, lr, loss, ce, kd) per step, averaged over ranks."""
+    model.train()
+    steps_per_epoch = len(loader)
+    losses = []
+    bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not (config.progress and dist.is_main),
+               leave=False, dynamic_ncols=True)
+    for step_in_epoch, (inputs, labels, teacher_logits) in enumerate(bar):
+        step = (epoch - 1) * steps_per_epoch + step_in_epoch
+        lr = get_lr(config, step, steps_per_epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if online is not None:
+            with torch.inference_mode():
+                teacher_logits = online(inputs).float()
+            teacher_logits = teacher_logits.clone()  # a normal tensor: losses may save it for backward
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            student_logits = model(inputs)
+        ce = F.cross_entropy(student_logits.float(), labels)
+        loss, kd_value = config.ce_weight * ce, torch.zeros(())
+        if kd is not None:
+            kd_value = kd(student_logits, teacher_logits.to(device, non_blocking=True), labels, epoch=epoch)
+            loss = loss + config.kd_weight * kd_value
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        values = dist.sum([loss.item(), ce.item(), kd_value.item()])
+        losses.append((step, lr, *(v / dist.world_size for v in values)))
+        bar.set_postfix(loss=f"{losses[-1][2]:.4f}")
+    return losses
+
+
+def _quiet(*_):
+    pass
+
+
+def _wrap_ddp(student, dist: Distributed, device):
+    if not dist.enabled:
+        return student
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _prepare_run(run: RunFiles, config: TrainConfig, student, optimizer, dist: Distributed, log) -> tuple[int, list]:
+    """Where to start: a fresh run directory, or (--resume) after the last checkpoint of this one."""
+    resuming = config.resume and run.last.exists()
+    error = None
+    if dist.is_main and not resuming:
+        try:
+            run.start(overwrite=config.overwrite or config.resume, config=_config_record(config))
+        except ConfigError as err:
+            error = err
+    dist.agree(error)
+    if not resuming:
+        return 1, []
+    start_epoch, history = _resume(run, config, student, optimizer)
+    if dist.is_main:
+        run.truncate_steps(start_epoch - 1)
+        run.summary.unlink(missing_ok=True)
+        log(f"resuming {config.out} after epoch {start_epoch - 1}")
+    return start_epoch, history
 
 
 def get_lr(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -265,10 +317,13 @@ def _open_teacher_logits(config: TrainConfig, source, log) -> TeacherLogits | No
     """Open the store, check it was made from this very dataset, and load or stream its logits."""
     if not config.store or config.loss == "ce":
         return None
-    store = open_store(config.store)
+    store = open_store(config.store, storage_options=config.storage_options)
     store.check_dataset(source.keys, source.labels)
     logits = TeacherLogits.open(config.store, config.teacher, config.cache_budget, workers=config.workers,
-                                allow_partial=config.allow_partial)
+                                allow_partial=config.allow_partial, temperature=config.temperature,
+                                storage_options=config.storage_options)
+    if config.expect_teacher:
+        check_teacher_identity(store, logits.teacher_names, config.expect_teacher)
     if source.random_views:
         log(f"warning: {source.transform!r} draws random views, but the store holds one fixed view per "
             "sample: the teacher never saw the views the student trains on")
@@ -276,6 +331,23 @@ def _open_teacher_logits(config: TrainConfig, source, log) -> TeacherLogits | No
     log(f"teacher {logits.teacher_name!r} from {config.store}: {len(logits.rows)} samples x "
         f"{logits.num_classes} classes, {mode}")
     return logits
+
+
+def check_teacher_identity(store, names: list[str], expected: str) -> None:
+    """Refuse teachers whose weights/parameters sha256 do not start with the expected digests."""
+    wanted = [e.strip().lower().removeprefix("sha256:") for e in expected.split(",")]
+    if len(wanted) != len(names):
+        raise ConfigError(f"--expect-teacher names {len(wanted)} digests for {len(names)} teachers ({', '.join(names)})")
+    for name, digest in zip(names, wanted):
+        if len(digest) < 8:
+            raise ConfigError(f"--expect-teacher {digest!r} is too short: give at least 8 hex digits")
+        settings = store.teacher(name).attrs["settings"]
+        recorded = [settings.get("weights_sha256"), settings.get("parameters_sha256")]
+        if not any(r and r.removeprefix("sha256:").startswith(digest) for r in recorded):
+            shown = ", ".join(r for r in recorded if r)
+            raise StoreMismatchError(
+                f"teacher {name!r} in {store.location} is not the expected teacher {digest[:16]}…: it has {shown}"
+            )
 
 
 def _check_head(student, source, num_classes: int, where: str, device) -> None:
@@ -291,7 +363,7 @@ def _check_head(student, source, num_classes: int, where: str, device) -> None:
         raise ModelError(f"the student outputs {tuple(out.shape[1:])} per sample but the {where} has {num_classes} classes")
 
 
-def _online_teacher(config: TrainConfig, source, num_classes: int, device):
+def _online_teacher(config: TrainConfig, num_classes: int, device):
     if not config.online_teacher:
         return None
     teacher = get_model(config.online_teacher, num_classes, weights=config.online_teacher_weights)
@@ -332,8 +404,6 @@ def _resume(run: RunFiles, config: TrainConfig, student, optimizer) -> tuple[int
     except (RuntimeError, ValueError) as err:
         raise CheckpointError(f"{run.last} does not fit this student: {str(err).splitlines()[0]}") from None
     history = json.loads(checkpoint["history"])
-    run.truncate_steps(history[-1]["epoch"])
-    run.summary.unlink(missing_ok=True)
     return history[-1]["epoch"] + 1, history
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -25,14 +26,7 @@ def store_contents(path: Path) -> dict[str, bytes]:
     for file in sorted(Path(path).rglob("*")):
         if not file.is_file():
             continue
-        data = file.read_bytes()
-        if file.name == "zarr.json":
-            meta = json.loads(data)
-            teacher = meta.get("attributes", {}).get("logitcache_teacher")
-            if teacher:
-                teacher.pop("run", None)
-            data = json.dumps(meta, sort_keys=True).encode()
-        contents[file.relative_to(path).as_posix()] = data
+        contents[file.relative_to(path).as_posix()] = _normalised(file.name, file.read_bytes())
     return contents
 
 
@@ -40,3 +34,89 @@ def store_contents(path: Path) -> dict[str, bytes]:
 def digits_store(tmp_path_factory) -> Path:
     """A complete fp32 store of the linear teacher on digits@train; tests must not modify it."""
     return make_store(tmp_path_factory.mktemp("stores") / "digits.zarr", codec="fp32")
+
+
+class S3Server:
+    """moto's S3 server on 127.0.0.1 in this process; ``restart`` keeps its buckets and objects."""
+
+    def __init__(self):
+        from moto.server import ThreadedMotoServer
+
+        self._factory = ThreadedMotoServer
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        host, self.port = self.server.get_host_and_port()
+        self.endpoint = f"http://{host}:{self.port}"
+
+    def stop(self):
+        self.server.stop()
+
+    def start(self):
+        self.server = self._factory(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self.server.start()
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint)
+
+    def contents(self, url: str) -> dict[str, bytes]:
+        """Like ``store_contents``, for a store at s3://bucket/prefix."""
+        bucket, _, prefix = url.removeprefix("s3://").partition("/")
+        client, contents = self.client(), {}
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
+            for item in page.get("Contents", []):
+                data = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+                contents[item["Key"][len(prefix) + 1:]] = _normalised(item["Key"], data)
+        return contents
+
+
+def _normalised(name: str, data: bytes) -> bytes:
+    if not name.endswith("zarr.json"):
+        return data
+    meta = json.loads(data)
+    teacher = meta.get("attributes", {}).get("logitcache_teacher")
+    if teacher:
+        teacher.pop("run", None)
+    return json.dumps(meta, sort_keys=True).encode()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3-compatible server on loopback; credentials and endpoint via AWS_* variables."""
+    pytest.importorskip("moto.server", reason="the dev extra installs moto[server]")
+    pytest.importorskip("s3fs", reason="the dev extra installs s3fs")
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request log lines
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {key: os.environ.get(key) for key in (*env, "AWS_ENDPOINT_URL")}
+    os.environ.update(env)
+    server = S3Server()
+    os.environ["AWS_ENDPOINT_URL"] = server.endpoint
+    yield server
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def bucket(s3, request) -> str:
+    """A fresh bucket for one test, as an s3:// URL."""
+    name = "t-" + "".join(c for c in request.node.name.lower() if c.isalnum())[:40]
+    s3.client().create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def slow_teacher_reference(tmp_path_factory) -> Path:
+    """The store a never-interrupted ``slow_teacher`` dump writes (run here without its sleep)."""
+    os.environ["LOGITCACHE_TEST_SLEEP"] = "0"
+    try:
+        return make_store(tmp_path_factory.mktemp("stores") / "slow.zarr", codec="fp32",
+                          teacher="tests.factories:slow_teacher")
+    finally:
+        os.environ.pop("LOGITCACHE_TEST_SLEEP")

@@ -9,8 +9,10 @@ This layer knows numpy and zarr only: no torch, no models, no training. docs/FOR
 specification; this package is its reference implementation.
 """
 
+from ._backend import local_path, storage_options_for
 from ._codecs import CODECS, Codec, get_codec, list_codecs
 from ._fingerprint import dataset_fingerprint, describe_mismatch
+from ._pack import pack_store
 from ._schema import FORMAT_NAME, FORMAT_VERSION, STATUS_COMPLETE, STATUS_WRITING, Layout, choose_layout
 from ._store import (
     LogitStore,
@@ -42,7 +44,10 @@ __all__ = [
     "get_codec",
     "is_unfinished_creation",
     "list_codecs",
+    "local_path",
     "open_store",
+    "pack_store",
     "remove_location",
+    "storage_options_for",
     "verify_store",
 ]

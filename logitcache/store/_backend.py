@@ -27,7 +27,13 @@ _TRANSIENT = {
     "ClientConnectorError", "ServerDisconnectedError", "ClientOSError", "TimeoutError",
     "ConnectionClosedError", "ConnectionResetError", "ConnectionRefusedError", "IncompleteReadError",
 }
-RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # on top of botocore's own retries: ~15 s before giving up
+RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # on top of the filesystem's own retries: ~15 s before giving up
+
+
+def retry_delays() -> tuple[float, ...]:
+    """RETRY_DELAYS, or the seconds listed in LOGITCACHE_RETRY_DELAYS (e.g. "0.5,1")."""
+    text = os.environ.get("LOGITCACHE_RETRY_DELAYS")
+    return tuple(float(x) for x in text.split(",") if x.strip()) if text is not None else RETRY_DELAYS
 
 
 def local_path(location: str) -> Path | None:
@@ -68,6 +74,18 @@ def zarr_store(location: str, *, read_only: bool, storage_options: dict | None =
         raise StoreNotFoundError(f"cannot open {location}: {err} (for s3:// install s3fs)") from None
 
 
+def probe_remote(location: str, storage_options: dict | None = None) -> bool:
+    """One request: does ``location/zarr.json`` exist? Network and credential failures surface here
+    as one clear error, before zarr fans out concurrent requests that would all fail alike."""
+    if local_path(location) is not None:
+        return True
+    import fsspec
+
+    with remote_errors(location):
+        fs, path = fsspec.core.url_to_fs(location, **storage_options_for(location, storage_options))
+        return fs.exists(f"{path.rstrip('/')}/zarr.json")
+
+
 def is_transient(err: BaseException) -> bool:
     return any(cls.__name__ in _TRANSIENT for cls in type(err).__mro__)
 
@@ -89,12 +107,12 @@ def remote_errors(location: str):
         raise
 
 
-def retry_transient(action, location: str, delays=RETRY_DELAYS):
+def retry_transient(action, location: str, delays=None):
     """Run ``action()``; on a transient network error wait and try again, then give up clearly.
 
     Only for idempotent actions (writing a whole shard, reading one): a retry rewrites the same bytes.
     """
-    for delay in (*delays, None):
+    for delay in (*(retry_delays() if delays is None else delays), None):
         try:
             return action()
         except Exception as err:

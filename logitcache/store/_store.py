@@ -27,7 +27,7 @@ from ..errors import (
     StoreVersionError,
     StoreWriteError,
 )
-from ._backend import local_path, remote_errors, zarr_store
+from ._backend import local_path, probe_remote, remote_errors, zarr_store
 from ._fingerprint import dataset_fingerprint, describe_mismatch
 from ._schema import FORMAT_NAME, FORMAT_VERSION, ROOT_ATTR, STATUS_COMPLETE, TEACHER_ATTR, TEACHERS_GROUP
 from ._teacher import Teacher, compressors, create_teacher_arrays, teacher_exists
@@ -173,6 +173,8 @@ def _open_group(location: str, *, read_only: bool, storage_options: dict | None 
     path = local_path(location)
     if path is not None and not path.exists():
         raise StoreNotFoundError(f"no store at {location}: the path does not exist")
+    if path is None and not probe_remote(location, storage_options):
+        raise StoreNotFoundError(f"no store at {location}")
     try:
         with remote_errors(location):
             group = zarr.open_group(zarr_store(location, read_only=read_only, storage_options=storage_options),

@@ -20,7 +20,14 @@ import numpy as np
 import zarr
 import zarr.codecs
 
-from ..errors import CorruptStoreError, NonFiniteLogitsError, StoreIncompleteError
+from ..errors import (
+    CorruptStoreError,
+    NonFiniteLogitsError,
+    StoreAccessError,
+    StoreConnectionError,
+    StoreIncompleteError,
+)
+from ._backend import retry_transient
 from ._codecs import Codec, get_codec
 from ._schema import SHARD_DONE_ARRAY, STATUS_COMPLETE, STATUS_WRITING, TEACHER_ATTR, TEACHERS_GROUP, Layout
 
@@ -136,7 +143,10 @@ class Teacher:
     def read_stored(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """The raw stored arrays for rows [start, stop), checksums verified by zarr."""
         try:
-            return {name: array[start:stop] for name, array in self.arrays.items()}
+            return retry_transient(lambda: {name: array[start:stop] for name, array in self.arrays.items()},
+                                   self.store.location)
+        except (StoreConnectionError, StoreAccessError):
+            raise
         except Exception as err:  # zarr raises several types for a bad checksum or truncated shard
             reason = (
                 "checksum mismatch (corrupted or truncated bytes)"
@@ -195,13 +205,18 @@ class Teacher:
                 "nothing was marked complete"
             )
         encoded = self.codec.encode(logits)
-        for name, values in encoded.items():
-            self.arrays[name][start:stop] = values
-        stored = self.read_stored(start, stop)
-        for name, values in encoded.items():
-            if not np.array_equal(stored[name], values):
-                raise CorruptStoreError(f"teacher {self.name!r}: shard {shard} of {name!r} read back differently")
-        self.group[SHARD_DONE_ARRAY][shard] = 1
+
+        def write_and_check():  # idempotent: a retry after a network error rewrites the same bytes
+            for name, values in encoded.items():
+                self.arrays[name][start:stop] = values
+            stored = self.read_stored(start, stop)
+            for name, values in encoded.items():
+                if not np.array_equal(stored[name], values):
+                    raise CorruptStoreError(f"teacher {self.name!r}: shard {shard} of {name!r} read back differently")
+            self.group[SHARD_DONE_ARRAY][shard] = 1
+            return stored
+
+        stored = retry_transient(write_and_check, self.store.location)
         return self.codec.decode(stored)
 
     def remove_partial_objects(self) -> int:
@@ -222,7 +237,11 @@ class Teacher:
         """Replace top-level fields of the teacher attribute (one metadata write)."""
         attrs = self.attrs
         attrs.update(changes)
-        self.group.attrs[TEACHER_ATTR] = attrs
+
+        def write():
+            self.group.attrs[TEACHER_ATTR] = attrs
+
+        retry_transient(write, self.store.location)
 
     def mark_complete(self, **changes) -> None:
         """Set status ``complete`` once every shard is done, with any final fields.
