@@ -29,8 +29,8 @@ from ..errors import (
 )
 from ._backend import local_path, probe_remote, remote_errors, zarr_store
 from ._fingerprint import dataset_fingerprint, describe_mismatch
-from ._schema import FORMAT_NAME, FORMAT_VERSION, ROOT_ATTR, STATUS_COMPLETE, TEACHER_ATTR, TEACHERS_GROUP
-from ._teacher import Teacher, compressors, create_teacher_arrays, teacher_exists
+from ._schema import FORMAT_NAME, FORMAT_VERSION, ROOT_ATTR, STATUS_COMPLETE, TEACHERS_GROUP
+from ._teacher import Teacher, compressors, create_teacher_arrays, teacher_exists, teacher_status
 
 INDEX_CHUNK_ROWS = 65536  # keys and labels: small, read whole, one checksummed chunk per 64k rows
 
@@ -109,7 +109,7 @@ class LogitStore:
     def teacher_names(self) -> list[str]:
         """The complete teachers: a teacher being dumped appears here only once it is complete."""
         teachers = self.group[TEACHERS_GROUP] if self.all_teacher_names else None
-        return [n for n in self.all_teacher_names if teachers[n].attrs[TEACHER_ATTR]["status"] == STATUS_COMPLETE]
+        return [n for n in self.all_teacher_names if teacher_status(teachers[n]) == STATUS_COMPLETE]
 
     def teacher(self, name: str | None = None) -> Teacher:
         """The teacher called ``name`` (complete or not); without a name, the only complete one."""

@@ -37,6 +37,10 @@ def compressors(shuffle: str = "shuffle") -> list:
     return [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle=shuffle), zarr.codecs.Crc32cCodec()]
 
 
+def teacher_status(group: zarr.Group) -> str:
+    return (group.attrs.get(TEACHER_ATTR) or {}).get("status", "creating")
+
+
 def teacher_exists(root: zarr.Group, name: str) -> bool:
     return TEACHERS_GROUP in root and name in root[TEACHERS_GROUP]
 
@@ -53,7 +57,18 @@ def create_teacher_arrays(
     provenance: dict,
 ) -> zarr.Group:
     """Create a teacher's empty arrays and its attribute with status ``writing``."""
-    group = teachers.create_group(name)
+    # The attribute is part of the group's first metadata write, so a reader never sees a
+    # teacher group without a status; the arrays follow, and status stays "writing" until done.
+    group = teachers.create_group(name, attributes={TEACHER_ATTR: {
+        "status": STATUS_WRITING,
+        "num_classes": num_classes,
+        "codec": codec.name,
+        "layout": layout.to_dict(),
+        "settings": settings,
+        "provenance": provenance,
+        "metrics": None,
+        "run": {},
+    }})
     for array_name, spec in codec.arrays.items():
         row = (num_classes,) if spec.per_class else ()
         group.create_array(
@@ -69,16 +84,6 @@ def create_teacher_arrays(
         SHARD_DONE_ARRAY, shape=(layout.num_shards(num_samples),), dtype="uint8", chunks=(1,),
         compressors=[zarr.codecs.Crc32cCodec()], fill_value=0,
     )
-    group.attrs[TEACHER_ATTR] = {
-        "status": STATUS_WRITING,
-        "num_classes": num_classes,
-        "codec": codec.name,
-        "layout": layout.to_dict(),
-        "settings": settings,
-        "provenance": provenance,
-        "metrics": None,
-        "run": {},
-    }
     return group
 
 
@@ -100,7 +105,8 @@ class Teacher:
 
     @property
     def status(self) -> str:
-        return self.group.attrs[TEACHER_ATTR]["status"]
+        """``writing`` or ``complete`` (``creating`` for a group another process is just making)."""
+        return teacher_status(self.group)
 
     @property
     def is_complete(self) -> bool:
