@@ -148,6 +148,9 @@ def _dump(config: DumpConfig, dist: Distributed, log) -> DumpSummary:
         store = open_store(config.store, read_only=False, storage_options=config.storage_options)
         teacher = store.teacher(config.teacher_name)
 
+    if dist.is_main and teacher.num_shards < 2 * dist.world_size and dist.enabled:
+        log(f"warning: {teacher.num_shards} shards for {dist.world_size} processes leaves some idle; "
+            "a smaller --rows-per-shard spreads the work (shards are the unit each process writes)")
     started = time.perf_counter()
     counts = _AccuracyCounts(store.labels, teacher)
     done = teacher.shard_done()
