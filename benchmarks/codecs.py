@@ -65,8 +65,8 @@ def main():
     for title, logits in sets.items():
         raw = logits.shape[1] * 4
         print(f"\n{title}: raw fp32 = {raw} bytes/sample")
-        print(f"| codec | bytes/sample | vs raw fp32 | KL T=1 | KL T=4 |")
-        print(f"|---|---:|---:|---:|---:|")
+        print("| codec | bytes/sample | vs raw fp32 | KL T=1 | KL T=4 |")
+        print("|---|---:|---:|---:|---:|")
         for name in list_codecs():
             per_sample, kl1, kl4 = measure(logits, name)
             print(f"| {name} | {per_sample:.1f} | {raw / per_sample:.2f}x | {kl1:.2e} | {kl4:.2e} |")

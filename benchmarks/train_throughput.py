@@ -44,7 +44,7 @@ def training_comparison(args, folder: str) -> None:
         times["online"].append(epoch_seconds(folder, "online", args, loss="dist", online_teacher=args.teacher))
         print(f"round {round_}: " + ", ".join(f"{k} {v[-1]:.2f} s ({steps / v[-1]:.2f} steps/s)" for k, v in times.items()))
     median = {k: statistics.median(v) for k, v in times.items()}
-    print(f"median steps/s: " + ", ".join(f"{k} {steps / v:.2f}" for k, v in median.items()))
+    print("median steps/s: " + ", ".join(f"{k} {steps / v:.2f}" for k, v in median.items()))
     print(f"cached / label-only time = {median['cached'] / median['label-only']:.3f} (target <= 1.05)")
     print(f"online / cached time     = {median['online'] / median['cached']:.3f} (target >= 1.8)")
     student_rate = args.n / median["cached"]

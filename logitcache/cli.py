@@ -30,7 +30,7 @@ def friendly_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (ConfigError,) as err:
+        except ConfigError as err:
             raise click.UsageError(str(err)) from None
         except LogitCacheError as err:
             raise click.ClickException(str(err)) from None
@@ -94,10 +94,9 @@ def cli():
 @friendly_errors
 def dump(store, no_progress, **options):
     """Run a teacher over a dataset and write its raw logits into STORE (resumable)."""
+    from .distributed import is_main_process
     from .dump import DumpConfig
     from .dump import dump as run_dump
-
-    from .distributed import is_main_process
 
     summary = run_dump(DumpConfig(store=store, progress=not no_progress, **options))
     if is_main_process():

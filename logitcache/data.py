@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .errors import StoreIncompleteError, StoreMismatchError
+from .errors import ConfigError, StoreIncompleteError, StoreMismatchError
 from .store import open_store
 
 
@@ -102,6 +102,23 @@ class TeacherLogits:
         while len(self._cache) > self.window_blocks:
             self._cache.popitem(last=False)
         return chunk
+
+
+def check_teacher_identity(store, names: list[str], expected: str) -> None:
+    """Refuse teachers whose weights/parameters sha256 do not start with the expected digests."""
+    wanted = [e.strip().lower().removeprefix("sha256:") for e in expected.split(",")]
+    if len(wanted) != len(names):
+        raise ConfigError(f"--expect-teacher names {len(wanted)} digests for {len(names)} teachers ({', '.join(names)})")
+    for name, digest in zip(names, wanted):
+        if len(digest) < 8:
+            raise ConfigError(f"--expect-teacher {digest!r} is too short: give at least 8 hex digits")
+        settings = store.teacher(name).attrs["settings"]
+        recorded = [settings.get("weights_sha256"), settings.get("parameters_sha256")]
+        if not any(r and r.removeprefix("sha256:").startswith(digest) for r in recorded):
+            shown = ", ".join(r for r in recorded if r)
+            raise StoreMismatchError(
+                f"teacher {name!r} in {store.location} is not the expected teacher {digest[:16]}…: it has {shown}"
+            )
 
 
 def _resolve_teachers(store, names, allow_partial: bool) -> list:

@@ -25,72 +25,16 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .data import EpochSampler, PairedDataset, TeacherLogits
+from .data import EpochSampler, PairedDataset, TeacherLogits, check_teacher_identity
 from .devices import resolve_device
 from .distributed import Distributed, distributed
-from .errors import CheckpointError, ConfigError, ModelError, StoreMismatchError
-from .losses import get_loss, list_losses
+from .errors import CheckpointError, ConfigError, ModelError
+from .losses import get_loss
 from .run_files import RunFiles
 from .sources import get_dataset, get_model
 from .sources.checkpoints import load_checkpoint, save_checkpoint
 from .store import open_store
-
-DEFAULT_TEMPERATURE = {"kl": 4.0, "dkd": 4.0, "dist": 1.0}
-
-
-@dataclass
-class TrainConfig:
-    """Everything ``logitcache train`` takes; the CLI options map one to one."""
-
-    out: str
-    student: str
-    dataset: str
-    val_dataset: str | None = None
-    store: str | None = None
-    teacher: str | None = None  # teacher name inside the store; "a,b" for an ensemble
-    expect_teacher: str | None = None  # sha256 prefix(es) the store's teacher(s) must have
-    online_teacher: str | None = None  # a teacher spec run in the loop (for comparisons)
-    online_teacher_weights: str | None = None
-    loss: str | None = None  # default: dist with a teacher, ce without
-    temperature: float | None = None  # default per loss: kl 4, dkd 4, dist 1
-    kd_weight: float = 1.0
-    ce_weight: float = 1.0
-    dist_beta: float = 1.0
-    dist_gamma: float = 1.0
-    dkd_alpha: float = 1.0
-    dkd_beta: float = 8.0
-    dkd_warmup: int = 20
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    milestones: tuple[int, ...] = ()
-    lr_gamma: float = 0.1
-    warmup_epochs: int = 0
-    epochs: int = 10
-    batch_size: int = 64
-    seed: int = 0
-    device: str = "cpu"
-    bf16: bool = False
-    workers: int = 0
-    transform: str | None = None  # training inputs; default: the dataset's eval transform
-    augment: str | None = None  # random steps put before the training transform
-    val_transform: str | None = None  # default: the validation dataset's eval transform
-    cache_budget: int = 4 << 30
-    allow_partial: bool = False
-    resume: bool = False
-    overwrite: bool = False
-    progress: bool = True
-    storage_options: dict = field(default_factory=dict)
-
-    def resolved(self) -> TrainConfig:
-        """Fill the defaults that depend on other options."""
-        has_teacher = bool(self.store or self.online_teacher)
-        loss = self.loss or ("dist" if has_teacher else "ce")
-        temperature = self.temperature if self.temperature is not None else DEFAULT_TEMPERATURE.get(loss, 1.0)
-        return TrainConfig(**{**asdict(self), "loss": loss, "temperature": temperature,
-                              "milestones": tuple(self.milestones)})
+from .train_config import TrainConfig, validate
 
 
 @dataclass
@@ -123,7 +67,7 @@ def train(config: TrainConfig, log=print) -> TrainSummary:
     world_size-th sample of the epoch's order, and rank 0 alone evaluates, logs and checkpoints.
     """
     config = config.resolved()
-    _validate(config)
+    validate(config)
     with distributed(config.device) as dist:
         return _train(config, dist, log if dist.is_main else _quiet)
 
@@ -166,10 +110,7 @@ def _train(config: TrainConfig, dist: Distributed, log) -> TrainSummary:
         record = None
         if dist.is_main:
             run.append_steps(epoch, losses)
-            record = {"epoch": epoch, "lr": losses[-1][1] if losses else None,
-                      **{f"train_{name}": sum(x[i] for x in losses) / max(len(losses), 1)
-                         for i, name in ((2, "loss"), (3, "ce"), (4, "kd"))},
-                      **evaluate(student, val_source, config, device),
+            record = {**_epoch_record(epoch, losses), **evaluate(student, val_source, config, device),
                       "epoch_seconds": round(time.perf_counter() - epoch_start, 3)}
             history.append(record)
             _save_epoch(run, config, student, optimizer, num_classes, history)
@@ -218,6 +159,13 @@ def train_one_epoch(model, loader, optimizer, kd, online, config: TrainConfig, e
         losses.append((step, lr, *(v / dist.world_size for v in values)))
         bar.set_postfix(loss=f"{losses[-1][2]:.4f}")
     return losses
+
+
+def _epoch_record(epoch: int, losses: list[tuple]) -> dict:
+    """The epoch's last lr and mean training losses."""
+    means = {f"train_{name}": sum(x[i] for x in losses) / max(len(losses), 1)
+             for i, name in ((2, "loss"), (3, "ce"), (4, "kd"))}
+    return {"epoch": epoch, "lr": losses[-1][1] if losses else None, **means}
 
 
 def _quiet(*_):
@@ -286,33 +234,6 @@ def evaluate(model, source, config: TrainConfig, device) -> dict:
     return {"val_loss": loss / total, "val_top1": top1 / total, "val_top5": top5 / total}
 
 
-def _validate(config: TrainConfig) -> None:
-    checks = [
-        (config.loss == "ce" or config.loss in list_losses(),
-         f"--loss {config.loss!r} is unknown; choose ce, {', '.join(list_losses())}"),
-        (config.loss == "ce" or config.store or config.online_teacher,
-         f"--loss {config.loss} distils from a teacher: give --store (or --online-teacher)"),
-        (not (config.store and config.online_teacher), "give --store or --online-teacher, not both"),
-        (config.epochs >= 1, f"--epochs must be at least 1, got {config.epochs}"),
-        (config.batch_size >= 1, f"--batch-size must be at least 1, got {config.batch_size}"),
-        (config.loss != "dist" or config.batch_size >= 2, "--loss dist needs --batch-size of at least 2"),
-        (config.lr > 0, f"--lr must be positive, got {config.lr}"),
-        (config.temperature > 0, f"--temperature must be positive, got {config.temperature}"),
-        (config.kd_weight >= 0 and config.ce_weight >= 0, "--kd-weight and --ce-weight must be >= 0"),
-        (config.kd_weight + config.ce_weight > 0, "--kd-weight and --ce-weight cannot both be 0"),
-        (config.weight_decay >= 0, f"--weight-decay must be >= 0, got {config.weight_decay}"),
-        (config.optimizer in ("sgd", "adamw"), f"--optimizer must be sgd or adamw, got {config.optimizer!r}"),
-        (config.schedule in ("cosine", "step", "constant"),
-         f"--schedule must be cosine, step or constant, got {config.schedule!r}"),
-        (config.warmup_epochs >= 0 and config.workers >= 0, "--warmup-epochs and --workers must be >= 0"),
-        (config.cache_budget >= 0, "--cache-budget must be >= 0"),
-        (not (config.resume and config.overwrite), "give --resume or --overwrite, not both"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
-
-
 def _open_teacher_logits(config: TrainConfig, source, log) -> TeacherLogits | None:
     """Open the store, check it was made from this very dataset, and load or stream its logits."""
     if not config.store or config.loss == "ce":
@@ -331,23 +252,6 @@ def _open_teacher_logits(config: TrainConfig, source, log) -> TeacherLogits | No
     log(f"teacher {logits.teacher_name!r} from {config.store}: {len(logits.rows)} samples x "
         f"{logits.num_classes} classes, {mode}")
     return logits
-
-
-def check_teacher_identity(store, names: list[str], expected: str) -> None:
-    """Refuse teachers whose weights/parameters sha256 do not start with the expected digests."""
-    wanted = [e.strip().lower().removeprefix("sha256:") for e in expected.split(",")]
-    if len(wanted) != len(names):
-        raise ConfigError(f"--expect-teacher names {len(wanted)} digests for {len(names)} teachers ({', '.join(names)})")
-    for name, digest in zip(names, wanted):
-        if len(digest) < 8:
-            raise ConfigError(f"--expect-teacher {digest!r} is too short: give at least 8 hex digits")
-        settings = store.teacher(name).attrs["settings"]
-        recorded = [settings.get("weights_sha256"), settings.get("parameters_sha256")]
-        if not any(r and r.removeprefix("sha256:").startswith(digest) for r in recorded):
-            shown = ", ".join(r for r in recorded if r)
-            raise StoreMismatchError(
-                f"teacher {name!r} in {store.location} is not the expected teacher {digest[:16]}…: it has {shown}"
-            )
 
 
 def _check_head(student, source, num_classes: int, where: str, device) -> None:

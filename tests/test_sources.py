@@ -1,6 +1,5 @@
 """Sources by spec on real (generated) files: registries, datasets, models, weights, transforms."""
 
-import gzip
 import struct
 
 import numpy as np
