@@ -1,6 +1,6 @@
 """What each codec costs and loses: bytes/sample on disk and mean KL(teacher || decoded) at T=1, 4.
 
-    python -m benchmarks.codecs [--n 4096]
+    python -m benchmarks.codecs [--n 4096] [--large]
 
 Two sets of logits: a real trained teacher (a CNN trained here on scikit-learn's digits, C=10,
 all 1797 samples) and realistic synthetic ImageNet-sized logits (C=1000, see
@@ -47,7 +47,8 @@ def measure(logits: np.ndarray, codec_name: str) -> tuple[float, float, float]:
     with tempfile.TemporaryDirectory() as folder:
         store = create_store(f"{folder}/s.zarr", keys=[str(i) for i in range(n)], labels=np.zeros(n, int),
                              dataset={"spec": "benchmark"})
-        layout = choose_layout(n, c, np.dtype(codec.arrays["logits"].dtype).itemsize)
+        codec = codec.for_classes(c)
+        layout = choose_layout(n, c, 0, row_bytes=codec.bytes_per_sample(c))
         teacher = store.create_teacher("t", num_classes=c, codec=codec, layout=layout, settings={}, provenance={})
         for shard in range(teacher.num_shards):
             teacher.write_shard(shard, logits[slice(*layout.shard_rows(shard, n))])
@@ -59,17 +60,26 @@ def measure(logits: np.ndarray, codec_name: str) -> tuple[float, float, float]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=4096, help="rows of synthetic C=1000 logits")
+    parser.add_argument("--large", action="store_true", help="also C = 1000, 21841, 151936 with topk:K")
     args = parser.parse_args()
     sets = {"digits CNN teacher (C=10, N=1797)": trained_digits_logits(),
             f"synthetic (C=1000, N={args.n})": realistic_logits(args.n, 1000)}
     for title, logits in sets.items():
-        raw = logits.shape[1] * 4
-        print(f"\n{title}: raw fp32 = {raw} bytes/sample")
-        print("| codec | bytes/sample | vs raw fp32 | KL T=1 | KL T=4 |")
-        print("|---|---:|---:|---:|---:|")
-        for name in list_codecs():
-            per_sample, kl1, kl4 = measure(logits, name)
-            print(f"| {name} | {per_sample:.1f} | {raw / per_sample:.2f}x | {kl1:.2e} | {kl4:.2e} |")
+        table(title, logits, list_codecs())
+    if args.large:
+        for c, n in ((1000, 1024), (21841, 256), (151936, 64)):
+            table(f"large label space (C={c}, N={n})", realistic_logits(n, c, seed=c),
+                  ["fp16", "u8", "topk:10", "topk:50", "topk:128"])
+
+
+def table(title: str, logits: np.ndarray, codecs: list[str]) -> None:
+    raw = logits.shape[1] * 4
+    print(f"\n{title}: raw fp32 = {raw} bytes/sample")
+    print("| codec | bytes/sample | vs raw fp32 | KL T=1 | KL T=4 |")
+    print("|---|---:|---:|---:|---:|")
+    for name in codecs:
+        per_sample, kl1, kl4 = measure(logits, name)
+        print(f"| {name} | {per_sample:.1f} | {raw / per_sample:.2f}x | {kl1:.2e} | {kl4:.2e} |")
 
 
 if __name__ == "__main__":

@@ -37,11 +37,13 @@ def cifar_like(split=None):
 def realistic_logits(n: int, num_classes: int, seed: int = 0) -> np.ndarray:
     """Logits shaped like a trained classifier's: a confident top class, a few close rivals, a
     broad tail. Per row: tail ~ N(0, s) with s in [1, 3]; the label +U(4, 14); 5 rival classes
-    +U(1, 6). Top-1 probabilities then spread from ~0.3 to ~1, as on ImageNet."""
+    +U(1, 6); above C=1000 both lifts grow by log(C/1000), so the top classes keep the same share of
+    the mass as C grows. Top-1 probabilities then spread from ~0.3 to ~1, as on ImageNet."""
     rng = np.random.default_rng(seed)
     logits = rng.normal(0, 1, (n, num_classes)) * rng.uniform(1, 3, (n, 1))
     rows = np.arange(n)
-    logits[rows, rng.integers(0, num_classes, n)] += rng.uniform(4, 14, n)
+    lift = np.log(max(num_classes, 1000) / 1000)  # more classes, same share of mass at the top
+    logits[rows, rng.integers(0, num_classes, n)] += rng.uniform(4, 14, n) + lift
     for _ in range(5):
-        logits[rows, rng.integers(0, num_classes, n)] += rng.uniform(1, 6, n)
+        logits[rows, rng.integers(0, num_classes, n)] += rng.uniform(1, 6, n) + lift
     return logits.astype(np.float32)

@@ -81,7 +81,9 @@ def cli():
 @click.option("--split", help="Dataset split, unless the spec ends with @SPLIT.")
 @click.option("--transform", help="Input transform preset or steps (default: the dataset's eval transform).")
 @click.option("--teacher-name", default="default", show_default=True, help="Name of the teacher inside the store.")
-@click.option("--codec", default="fp16", show_default=True, help="fp32, fp16, bf16 or u8.")
+@click.option("--codec", default="fp16", show_default=True,
+              help="fp32, fp16, bf16, u8; for large label spaces topk:K (the K most probable classes plus a "
+              "tail bucket) or sample:K[:T] (K draws from the teacher at temperature T).")
 @click.option("--batch-size", default=256, show_default=True, type=int)
 @click.option("--workers", default=0, show_default=True, type=int, help="DataLoader worker processes.")
 @click.option("--device", default="cpu", show_default=True)

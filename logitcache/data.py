@@ -35,29 +35,31 @@ def ensemble_logits(stack: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 class TeacherLogits:
-    """Decoded float32 logits of one teacher (or a K-teacher ensemble), by store row: in memory,
-    or streamed by chunk. A K-teacher ensemble is combined with ``ensemble_logits``."""
+    """Targets of one teacher (or a K-teacher ensemble), by store row: in memory, or streamed by
+    chunk. Dense stores give float32 logits (C,); with ``sparse=True`` a topk:K or sample:K store
+    gives its sparse targets instead (a dict of (K,) tensors), so no dense row is ever built.
+    A K-teacher ensemble is combined with ``ensemble_logits``."""
 
     def __init__(self, location: str, teacher_names=None, budget_bytes: int = 4 << 30, workers: int = 0,
-                 allow_partial: bool = False, temperature: float = 1.0, storage_options: dict | None = None):
+                 allow_partial: bool = False, temperature: float = 1.0, storage_options: dict | None = None,
+                 sparse: bool = False):
         store = open_store(location, storage_options=storage_options)
         teachers = _resolve_teachers(store, teacher_names, allow_partial)
-        classes = {t.num_classes for t in teachers}
-        if len(classes) > 1:
-            detail = ", ".join(f"{t.name}: {t.num_classes}" for t in teachers)
-            raise StoreMismatchError(f"an ensemble needs teachers with one class count; these have {detail}")
+        _check_combinable(teachers, sparse)
         self.location, self.storage_options = location, dict(storage_options or {})
         self.teacher_names = [t.name for t in teachers]
         self.teacher_name = ",".join(self.teacher_names)
+        self.codec = teachers[0].codec
         self.num_classes, self.temperature = teachers[0].num_classes, temperature
+        self.sparse = sparse and len(teachers) == 1 and self.codec.sparse_form
         self.rows = _written_rows(teachers)
-        row_bytes = 4 * self.num_classes * len(teachers)
+        row_bytes = 16 * self.codec.k + 8 if self.sparse else 4 * self.num_classes * len(teachers)
         self.in_memory = store.num_samples * row_bytes <= budget_bytes
         self.block_rows = min(t.layout.rows_per_chunk for t in teachers)
         self.window_blocks = max(1, budget_bytes // (self.block_rows * row_bytes * max(workers, 1)))
         self._table = self._load_all(teachers) if self.in_memory else None
         self._teachers = None
-        self._cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self._cache: OrderedDict = OrderedDict()
 
     @classmethod
     def open(cls, location, teacher_names=None, budget_bytes=4 << 30, **kwargs) -> TeacherLogits:
@@ -65,15 +67,29 @@ class TeacherLogits:
             teacher_names = [n for n in teacher_names.split(",") if n]
         return cls(location, teacher_names, budget_bytes, **kwargs)
 
-    def _combine(self, parts: list[np.ndarray]) -> torch.Tensor:
+    def _read(self, teachers, start: int, stop: int):
+        """Rows [start, stop): a (n, C) tensor, or a dict of (n, ...) tensors when sparse."""
+        if self.sparse:
+            return {k: torch.from_numpy(v) for k, v in teachers[0].read_targets(start, stop).items()}
+        parts = [t.read(start, stop) for t in teachers]
         if len(parts) == 1:
             return torch.from_numpy(parts[0])
         return ensemble_logits(torch.from_numpy(np.stack(parts)), self.temperature)
 
-    def _load_all(self, teachers) -> torch.Tensor:
-        table = torch.full((teachers[0].num_samples, self.num_classes), float("nan"))
-        for start, stop in _contiguous_ranges(self.rows, teachers[0].layout.rows_per_shard):
-            table[start:stop] = self._combine([t.read(start, stop) for t in teachers])
+    def _load_all(self, teachers):
+        pieces = {start: self._read(teachers, start, stop)
+                  for start, stop in _contiguous_ranges(self.rows, teachers[0].layout.rows_per_shard)}
+        if not self.sparse:
+            table = torch.full((teachers[0].num_samples, self.num_classes), float("nan"))
+            for start, piece in pieces.items():
+                table[start:start + len(piece)] = piece
+            return table
+        table = {}
+        for start, piece in pieces.items():
+            for key, values in piece.items():
+                if key not in table:
+                    table[key] = torch.zeros((teachers[0].num_samples, *values.shape[1:]), dtype=values.dtype)
+                table[key][start:start + len(values)] = values
         return table
 
     def __getstate__(self):  # workers reopen the store themselves (zarr handles are per process)
@@ -81,27 +97,45 @@ class TeacherLogits:
         state["_teachers"], state["_cache"] = None, OrderedDict()
         return state
 
-    def __getitem__(self, row: int) -> torch.Tensor:
+    def __getitem__(self, row: int):
         if self._table is not None:
-            return self._table[row]
+            return _row(self._table, row)
         block = row // self.block_rows
         chunk = self._cache.get(block)
         if chunk is None:
             chunk = self._read_block(block)
         self._cache.move_to_end(block)
-        return chunk[row - block * self.block_rows]
+        return _row(chunk, row - block * self.block_rows)
 
-    def _read_block(self, block: int) -> torch.Tensor:
+    def _read_block(self, block: int):
         if self._teachers is None or self._pid != os.getpid():
             store = open_store(self.location, storage_options=self.storage_options)
             self._teachers, self._pid = [store.teacher(n) for n in self.teacher_names], os.getpid()
         start = block * self.block_rows
         stop = min(start + self.block_rows, self._teachers[0].num_samples)
-        chunk = self._combine([t.read(start, stop) for t in self._teachers])
+        chunk = self._read(self._teachers, start, stop)
         self._cache[block] = chunk
         while len(self._cache) > self.window_blocks:
             self._cache.popitem(last=False)
         return chunk
+
+
+def _row(table, index: int):
+    return {key: values[index] for key, values in table.items()} if isinstance(table, dict) else table[index]
+
+
+def _check_combinable(teachers, sparse: bool) -> None:
+    classes = {t.num_classes for t in teachers}
+    if len(classes) > 1:
+        detail = ", ".join(f"{t.name}: {t.num_classes}" for t in teachers)
+        raise StoreMismatchError(f"an ensemble needs teachers with one class count; these have {detail}")
+    for teacher in teachers:
+        if teacher.codec.sparse_only and (len(teachers) > 1 or not sparse):
+            use = "an ensemble" if len(teachers) > 1 else "this loss"
+            raise ConfigError(
+                f"teacher {teacher.name!r} is stored as {teacher.codec.name} (sampled classes, no distribution), "
+                f"which {use} cannot use: train it alone with --loss kl"
+            )
 
 
 def check_teacher_identity(store, names: list[str], expected: str) -> None:

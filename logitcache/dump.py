@@ -33,6 +33,7 @@ from .errors import (
     ModelError,
     NotAStoreError,
     StoreExistsError,
+    StoreIncompleteError,
     StoreMismatchError,
     StoreNotFoundError,
 )
@@ -158,30 +159,31 @@ def _dump(config: DumpConfig, dist: Distributed, log) -> DumpSummary:
     written = 0
     try:
         for shard in (s for s in mine if done[s]):  # re-read what a previous run wrote: checks it, counts it
-            counts(shard, teacher.read(*teacher.layout.shard_rows(shard, len(source))))
+            counts(shard, teacher.read_stored(*teacher.layout.shard_rows(shard, len(source))))
         pending = [s for s in mine if not done[s]]
         written = _run_teacher(model, source, teacher, pending, config, device, counts, dist.is_main)
     except LogitCacheError as err:
         error = err
     dist.agree(error)
-    hits1, hits5, written = dist.sum([*counts.hits(), written])
+    hits1, hits5, mass, written = dist.sum([*counts.totals(), written])
     seconds = time.perf_counter() - started
-    top1, top5 = hits1 / len(source), hits5 / len(source)
+    metrics = {"top1": hits1 / len(source), "top5": hits5 / len(source), "mass_stored": mass / len(source)}
     if dist.is_main:
         run = teacher.attrs["run"]
         run.update(finished_at=_now(), sessions=run["sessions"] + 1, seconds=round(run["seconds"] + seconds, 3),
                    processes=dist.world_size)
-        teacher.mark_complete(metrics={"top1": top1, "top5": top5}, run=run)
+        teacher.mark_complete(metrics=metrics, run=run)
     dist.agree()
     return DumpSummary(store.location, config.teacher_name, len(source), int(written), seconds,
-                       teacher.nbytes_stored(), num_classes, teacher.codec.name, top1, top5, int(done.sum()))
+                       teacher.nbytes_stored(), num_classes, teacher.codec.name, metrics["top1"], metrics["top5"],
+                       int(done.sum()))
 
 
 def _settings(config: DumpConfig, source, model, num_classes: int, device) -> tuple[dict, dict]:
     """What determines the stored bytes (compared on resume), and what describes the teacher."""
-    codec = get_codec(config.codec)
-    layout = choose_layout(len(source), num_classes, np.dtype(codec.arrays["logits"].dtype).itemsize,
-                           rows_per_shard=config.rows_per_shard)
+    codec = get_codec(config.codec).for_classes(num_classes)
+    layout = choose_layout(len(source), num_classes, 0, rows_per_shard=config.rows_per_shard,
+                           row_bytes=codec.bytes_per_sample(num_classes))
     weights_file = config.weights or _file_in_spec(config.teacher)
     settings = {
         "teacher": config.teacher,
@@ -273,7 +275,7 @@ def _is_absent_or_unfinished(location: str, err: Exception, options: dict) -> bo
 
 def _open_or_create_teacher(store, config: DumpConfig, num_classes, settings, provenance) -> Teacher:
     name = config.teacher_name
-    codec = get_codec(config.codec)
+    codec = get_codec(config.codec).for_classes(num_classes)
     if store.has_teacher(name):
         teacher = store.teacher(name)
         if config.overwrite:
@@ -305,25 +307,29 @@ def _open_or_create_teacher(store, config: DumpConfig, num_classes, settings, pr
 
 
 class _AccuracyCounts:
-    """Top-1/top-5 hits per shard, from the decoded logits as students will see them."""
+    """Per shard: top-1/top-5 hits from the decoded logits (what students will see), and the
+    probability mass the codec stores exactly (below 1 only for sparse codecs)."""
 
     def __init__(self, labels: np.ndarray, teacher: Teacher):
         self.labels = labels
         self.teacher = teacher
-        self.by_shard: dict[int, tuple[int, int]] = {}
+        self.by_shard: dict[int, tuple[int, int, float]] = {}
 
-    def __call__(self, shard: int, logits: np.ndarray) -> None:
+    def __call__(self, shard: int, stored: dict[str, np.ndarray]) -> None:
         start, stop = self.teacher.layout.shard_rows(shard, len(self.labels))
+        codec = self.teacher.codec
+        if not codec.rows_ok(stored).all():
+            raise StoreIncompleteError(f"teacher {self.teacher.name!r}: shard {shard} holds rows never written")
         labels = self.labels[start:stop]
-        k = min(5, logits.shape[1])
-        top = np.argpartition(-logits, k - 1, axis=1)[:, :k] if k < logits.shape[1] else np.argsort(-logits, axis=1)
-        top1 = logits.argmax(axis=1) == labels
+        top = codec.top_classes(stored, 5)
+        top1 = top[:, 0] == labels
         top5 = (top == labels[:, None]).any(axis=1)
-        self.by_shard[shard] = (int(top1.sum()), int(top5.sum()))
+        mass = float(self.teacher.codec.stored_mass(stored).sum())
+        self.by_shard[shard] = (int(top1.sum()), int(top5.sum()), mass)
 
-    def hits(self) -> tuple[int, int]:
-        """Top-1 and top-5 hits over the shards counted so far."""
-        return sum(h[0] for h in self.by_shard.values()), sum(h[1] for h in self.by_shard.values())
+    def totals(self) -> list[float]:
+        """Top-1 hits, top-5 hits and stored mass, summed over the shards counted so far."""
+        return [float(sum(h[i] for h in self.by_shard.values())) for i in range(3)]
 
 
 def _run_teacher(model, source, teacher: Teacher, pending: list[int], config, device, counts, show: bool) -> int:

@@ -61,6 +61,9 @@ def format_description(d: dict) -> str:
         ]
         if metrics:
             lines.append(f"  accuracy  top-1 {metrics['top1']:.2%}, top-5 {metrics['top5']:.2%} on the dumped labels")
+            if metrics.get("mass_stored", 1.0) < 1.0:
+                lines.append(f"  mass      {metrics['mass_stored']:.2%} of the probability mass is stored exactly "
+                             "(the rest as one tail bucket)")
         if run.get("finished_at"):
             lines.append(f"  written   {run['started_at']} .. {run['finished_at']}, {run['sessions']} session(s), "
                          f"{run['seconds']:.1f} s of teacher time")

@@ -4,6 +4,7 @@
     >>> dist_loss(student_logits, teacher_logits, temperature=1.0)      # DIST, Huang et al. 2022
     >>> dkd_loss(student_logits, teacher_logits, labels, alpha=1.0, beta=8.0, temperature=4.0)
     >>> get_loss("dist", temperature=4.0)(student_logits, teacher_logits, labels, epoch=1)
+    >>> topk_kd_loss(...), sampled_kd_loss(...)   # KD from sparse stores (topk:K, sample:K)
 
 All arithmetic runs in float32 whatever the inputs' dtype: stored fp16/bf16 logits and autocast
 outputs are upcast first (DIST's 1e-8 epsilon vanishes in half precision). The training total is
@@ -11,6 +12,8 @@ outputs are upcast first (DIST's 1e-8 epsilon vanishes in half precision). The t
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +30,50 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float =
     log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
     p_teacher = F.softmax(teacher_logits.float() / temperature, dim=1)
     return F.kl_div(log_p_student, p_teacher, reduction="none").sum(1).mean() * temperature**2
+
+
+def topk_kd_loss(student_logits: Tensor, indices: Tensor, logprobs: Tensor, tail: Tensor,
+                 temperature: float = 1.0) -> Tensor:
+    """KD from a ``topk:K`` store without a dense teacher: KL(teacher || student) with both
+    distributions coarsened to the teacher's K classes plus one tail bucket, times T^2.
+
+    indices, logprobs: (B, K) the teacher's top classes and log-probabilities; tail: (B,) log of
+    the remaining mass. At T=1 the teacher side is exact. At other temperatures the kept classes
+    are tempered exactly and the tail as if its mass were spread evenly (the dense decoding's view).
+    """
+    num_classes, k = student_logits.shape[1], indices.shape[1]
+    s = student_logits.float() / temperature
+    norm_s = s.logsumexp(1)
+    log_q_top = s.gather(1, indices) - norm_s[:, None]
+    log_q_tail = s.scatter(1, indices, float("-inf")).logsumexp(1) - norm_s
+    spread = math.log(num_classes - k)
+    t_top = logprobs.float() / temperature
+    t_tail = (tail.float() - spread) / temperature + spread
+    norm_t = torch.cat([t_top, t_tail[:, None]], 1).logsumexp(1)
+    log_p_top, log_p_tail = t_top - norm_t[:, None], t_tail - norm_t
+    kl = (log_p_top.exp() * (log_p_top - log_q_top)).sum(1) + log_p_tail.exp() * (log_p_tail - log_q_tail)
+    return kl.mean() * temperature**2
+
+
+def sampled_kd_loss(student_logits: Tensor, indices: Tensor, weights: Tensor, logprobs: Tensor,
+                    temperature: float = 1.0) -> Tensor:
+    """KD from a ``sample:K`` store: ``sum_k w_k (log p_k - log q_k)``, an unbiased estimate of
+    KL(p_T || q_T) (and of its gradient), where the classes were drawn from p_T and w_k = count/K.
+
+    indices, weights, logprobs: (B, K); padding entries have weight 0. ``temperature`` must be the
+    one the samples were drawn at (train checks this at start-up).
+    """
+    log_q = (student_logits.float() / temperature).log_softmax(1).gather(1, indices)
+    return (weights * (logprobs - log_q)).sum(1).mean() * temperature**2
+
+
+def kd_from_targets(student_logits: Tensor, targets, temperature: float) -> Tensor:
+    """Hinton KD from dense teacher logits, or from a sparse codec's targets (a dict)."""
+    if not isinstance(targets, dict):
+        return kd_loss(student_logits, targets, temperature)
+    if "tail" in targets:
+        return topk_kd_loss(student_logits, targets["indices"], targets["logprobs"], targets["tail"], temperature)
+    return sampled_kd_loss(student_logits, targets["indices"], targets["weights"], targets["logprobs"], temperature)
 
 
 def _pearson_distance(a: Tensor, b: Tensor, eps: float) -> Tensor:
@@ -92,19 +139,21 @@ def dkd_loss(
 class KLDiv(nn.Module):
     """Hinton KD. Holds the temperature; ``forward`` calls ``kd_loss``."""
 
-    needs_labels = False
+    accepts_sparse = True  # topk:K and sample:K stores, without building dense targets
 
     def __init__(self, temperature: float = 4.0):
         super().__init__()
         self.temperature = temperature
 
     def forward(self, student_logits, teacher_logits, labels=None, epoch: int = 1):
-        return kd_loss(student_logits, teacher_logits, self.temperature)
+        return kd_from_targets(student_logits, teacher_logits, self.temperature)
 
 
 @LOSSES.register("dist")
 class DIST(nn.Module):
     """DIST. Holds temperature, beta (inter-class) and gamma (intra-class)."""
+
+    accepts_sparse = False  # needs whole distributions (Pearson correlations over classes)
 
     def __init__(self, temperature: float = 1.0, beta: float = 1.0, gamma: float = 1.0):
         super().__init__()
@@ -117,6 +166,8 @@ class DIST(nn.Module):
 @LOSSES.register("dkd")
 class DKD(nn.Module):
     """DKD with the paper's linear warm-up: the loss is scaled by min(epoch / warmup, 1)."""
+
+    accepts_sparse = False  # needs whole distributions (target vs. every non-target class)
 
     def __init__(self, temperature: float = 4.0, alpha: float = 1.0, beta: float = 8.0, warmup: int = 20):
         super().__init__()

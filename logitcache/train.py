@@ -29,7 +29,7 @@ from .data import EpochSampler, PairedDataset, TeacherLogits, check_teacher_iden
 from .devices import resolve_device
 from .distributed import Distributed, distributed
 from .errors import CheckpointError, ConfigError, ModelError
-from .losses import get_loss
+from .losses import LOSSES, get_loss
 from .run_files import RunFiles
 from .sources import get_dataset, get_model
 from .sources.checkpoints import load_checkpoint, save_checkpoint
@@ -150,7 +150,7 @@ def train_one_epoch(model, loader, optimizer, kd, online, config: TrainConfig, e
         ce = F.cross_entropy(student_logits.float(), labels)
         loss, kd_value = config.ce_weight * ce, torch.zeros(())
         if kd is not None:
-            kd_value = kd(student_logits, teacher_logits.to(device, non_blocking=True), labels, epoch=epoch)
+            kd_value = kd(student_logits, _to_device(teacher_logits, device), labels, epoch=epoch)
             loss = loss + config.kd_weight * kd_value
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -166,6 +166,12 @@ def _epoch_record(epoch: int, losses: list[tuple]) -> dict:
     means = {f"train_{name}": sum(x[i] for x in losses) / max(len(losses), 1)
              for i, name in ((2, "loss"), (3, "ce"), (4, "kd"))}
     return {"epoch": epoch, "lr": losses[-1][1] if losses else None, **means}
+
+
+def _to_device(targets, device):
+    if isinstance(targets, dict):
+        return {key: value.to(device, non_blocking=True) for key, value in targets.items()}
+    return targets.to(device, non_blocking=True)
 
 
 def _quiet(*_):
@@ -240,15 +246,23 @@ def _open_teacher_logits(config: TrainConfig, source, log) -> TeacherLogits | No
         return None
     store = open_store(config.store, storage_options=config.storage_options)
     store.check_dataset(source.keys, source.labels)
+    sparse = LOSSES.get(config.loss).accepts_sparse
     logits = TeacherLogits.open(config.store, config.teacher, config.cache_budget, workers=config.workers,
                                 allow_partial=config.allow_partial, temperature=config.temperature,
-                                storage_options=config.storage_options)
+                                storage_options=config.storage_options, sparse=sparse)
+    sampled_at = getattr(logits.codec, "temperature", None) if logits.codec.sparse_only else None
+    if sampled_at is not None and sampled_at != config.temperature:
+        raise ConfigError(
+            f"--temperature {config.temperature:g} differs from the temperature {sampled_at:g} the store's classes "
+            f"were sampled at ({logits.codec.name}); sampled targets estimate the KL at that temperature only"
+        )
     if config.expect_teacher:
         check_teacher_identity(store, logits.teacher_names, config.expect_teacher)
     if source.random_views:
         log(f"warning: {source.transform!r} draws random views, but the store holds one fixed view per "
             "sample: the teacher never saw the views the student trains on")
     mode = "in memory" if logits.in_memory else f"streamed, {logits.window_blocks} chunks per window"
+    mode += f", sparse {logits.codec.name} targets" if logits.sparse else ""
     log(f"teacher {logits.teacher_name!r} from {config.store}: {len(logits.rows)} samples x "
         f"{logits.num_classes} classes, {mode}")
     return logits

@@ -179,3 +179,18 @@ def test_summary_reports_throughput_size_and_accuracy(tmp_path):
     assert summary.bytes_per_sample < 40 and summary.ratio_vs_fp32 > 1
     for word in ("samples/s", "bytes/sample", "smaller than raw fp32", "teacher top-1"):
         assert word in text
+
+
+def test_topk_store_dumps_verifies_and_trains(tmp_path):
+    from logitcache.train import TrainConfig, train
+
+    path = make_store(tmp_path / "topk.zarr", codec="topk:3")
+    store = open_store(path)
+    teacher = store.teacher()
+    assert teacher.codec.name == "topk:3" and 0.5 < teacher.attrs["metrics"]["mass_stored"] < 1
+    assert verify_store(path).ok
+    assert teacher.read(0, 5).shape == (5, 10)
+    for loss in ("kl", "dist"):
+        summary = train(TrainConfig(out=str(tmp_path / loss), student="mlp:hidden=8", dataset="digits@train",
+                                    store=str(path), loss=loss, epochs=1, progress=False), log=lambda *_: None)
+        assert summary.last["train_kd"] > 0

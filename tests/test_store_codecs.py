@@ -82,5 +82,48 @@ def test_fill_values_decode_to_nan():
 
 
 def test_unknown_codec_lists_choices():
-    with pytest.raises(SpecError, match="bf16, fp16, fp32, u8"):
+    with pytest.raises(SpecError, match="bf16, fp16, fp32, u8, topk:K"):
         get_codec("int4")
+
+
+@pytest.mark.parametrize("c, k", [(10, 3), (1000, 50), (70_000, 10)])
+def test_topk_keeps_the_top_classes_and_the_tail_mass_exactly(c, k):
+    logits = realistic_logits(16, c, seed=3)
+    codec = get_codec(f"topk:{k}").for_classes(c)
+    stored = codec.encode(logits)
+    assert stored["indices"].dtype == (np.uint16 if c <= 65536 else np.uint32)
+    assert stored["indices"].shape == stored["logprobs"].shape == (16, k)
+    exact = torch.log_softmax(torch.from_numpy(logits).double(), 1).numpy()
+    top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    assert np.array_equal(stored["indices"], top)
+    assert np.allclose(stored["logprobs"], np.take_along_axis(exact, top, 1), atol=2e-2, rtol=1e-3)
+    tail_mass = 1 - np.exp(np.take_along_axis(exact, top, 1)).sum(1)
+    assert np.allclose(np.exp(stored["tail"].astype(np.float64)), tail_mass, rtol=1e-5, atol=1e-12)
+    decoded = codec.decode(stored)
+    assert np.allclose(np.exp(decoded.astype(np.float64)).sum(1), 1, atol=1e-2)  # a distribution again
+    assert np.array_equal(decoded.argmax(1), logits.argmax(1))
+    assert np.allclose(codec.stored_mass(stored), 1 - tail_mass, atol=1e-2)
+    assert codec.bytes_per_sample(c) == k * (stored["indices"].dtype.itemsize + 2) + 4
+
+
+def test_topk_is_exact_on_the_kept_classes_at_any_temperature():
+    logits = realistic_logits(8, 100)
+    codec = get_codec("topk:20").for_classes(100)
+    decoded = codec.decode(codec.encode(logits))
+    top = np.argsort(-logits, axis=1)[:, :20]
+    for t in (1.0, 4.0):  # ratios among the kept classes survive tempering
+        kept = np.take_along_axis(decoded, top, 1) / t
+        original = np.take_along_axis(logits, top, 1) / t
+        assert np.allclose(kept - kept[:, :1], original - original[:, :1], atol=0.05)
+
+
+def test_topk_unwritten_rows_decode_to_nan_and_bad_k_is_refused():
+    codec = get_codec("topk:4").for_classes(10)
+    unwritten = {k: np.full((2, s.width) if s.per_class else (2,), s.fill_value, dtype=s.dtype)
+                 for k, s in codec.arrays.items()}
+    assert np.isnan(codec.decode(unwritten)).all()
+    for name in ("topk:0", "topk:x", "topk:"):
+        with pytest.raises(SpecError, match="positive number"):
+            get_codec(name)
+    with pytest.raises(SpecError, match="keeps 10 of only 10 classes"):
+        get_codec("topk:10").for_classes(10)

@@ -33,6 +33,7 @@ STATUS_COMPLETE = "complete"
 CHUNK_TARGET_BYTES = 128 * 1024
 SHARD_TARGET_BYTES = 8 * 1024 * 1024
 MAX_SHARD_ROWS = 16384
+RAW_SHARD_BYTES = 256 * 1024 * 1024  # the float32 logits a dump holds for one shard before encoding
 
 
 @dataclass(frozen=True)
@@ -77,16 +78,18 @@ def choose_layout(
     itemsize: int,
     rows_per_chunk: int | None = None,
     rows_per_shard: int | None = None,
+    row_bytes: int | None = None,
 ) -> Layout:
-    """Pick chunk and shard rows for N samples of C classes at ``itemsize`` bytes per value."""
-    row_bytes = max(1, num_classes * itemsize)
+    """Pick chunk and shard rows for N samples of C classes at ``itemsize`` bytes per value
+    (or ``row_bytes`` per sample, for codecs whose rows are not C values)."""
+    row_bytes = max(1, row_bytes if row_bytes is not None else num_classes * itemsize)
     if rows_per_chunk is None:
         rows_per_chunk = _power_of_two_at_most(CHUNK_TARGET_BYTES / row_bytes)
         if rows_per_shard is not None:  # the largest power of two that divides the shard
             rows_per_chunk = math.gcd(rows_per_chunk, rows_per_shard)
         rows_per_chunk = min(rows_per_chunk, _power_of_two_at_most(max(num_samples, 1)))
     if rows_per_shard is None:
-        target = min(SHARD_TARGET_BYTES / row_bytes, MAX_SHARD_ROWS)
+        target = min(SHARD_TARGET_BYTES / row_bytes, MAX_SHARD_ROWS, max(1, RAW_SHARD_BYTES // (4 * num_classes)))
         chunks = max(1, int(target // rows_per_chunk))
         needed = -(-max(num_samples, 1) // rows_per_chunk)
         rows_per_shard = rows_per_chunk * min(chunks, needed)

@@ -70,7 +70,7 @@ def create_teacher_arrays(
         "run": {},
     }})
     for array_name, spec in codec.arrays.items():
-        row = (num_classes,) if spec.per_class else ()
+        row = (spec.width or num_classes,) if spec.per_class else ()
         group.create_array(
             array_name,
             shape=(num_samples, *row),
@@ -118,7 +118,7 @@ class Teacher:
 
     @cached_property
     def codec(self) -> Codec:
-        return get_codec(self.group.attrs[TEACHER_ATTR]["codec"])
+        return get_codec(self.group.attrs[TEACHER_ATTR]["codec"]).for_classes(self.num_classes)
 
     @cached_property
     def layout(self) -> Layout:
@@ -168,15 +168,22 @@ class Teacher:
             CorruptStoreError: a chunk fails its checksum.
             StoreIncompleteError: rows that were never written (they decode to NaN).
         """
-        logits = self.codec.decode(self.read_stored(start, stop))
-        missing = ~np.isfinite(logits).all(axis=1)
+        stored = self.read_stored(start, stop)
+        missing = ~self.codec.rows_ok(stored)
         if missing.any():
             first = start + int(np.flatnonzero(missing)[0])
             raise StoreIncompleteError(
                 f"teacher {self.name!r}: {int(missing.sum())} rows in {start}-{stop} hold no logits "
                 f"(first: row {first}); the dump did not finish — rerun it to resume"
             )
-        return logits
+        return self.codec.decode(stored)
+
+    def read_targets(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Rows [start, stop) as the codec's sparse training targets (checked like ``read``)."""
+        stored = self.read_stored(start, stop)
+        if not self.codec.rows_ok(stored).all():
+            raise StoreIncompleteError(f"teacher {self.name!r}: rows {start}-{stop} are not all written")
+        return self.codec.sparse_targets(stored)
 
     def take(self, indices) -> np.ndarray:
         """Decoded float32 logits (len(indices), C) for any rows, in the order given."""
@@ -192,8 +199,8 @@ class Teacher:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def write_shard(self, shard: int, logits: np.ndarray) -> np.ndarray:
-        """Encode and write one whole shard, read it back, record it done; return it decoded.
+    def write_shard(self, shard: int, logits: np.ndarray) -> dict[str, np.ndarray]:
+        """Encode and write one whole shard, read it back, record it done; return what was stored.
 
         Raises:
             NonFiniteLogitsError: a row holds NaN or inf; the message names the sample keys.
@@ -210,20 +217,19 @@ class Teacher:
                 f"(keys: {', '.join(map(repr, keys))}{', …' if bad.size > 5 else ''}); "
                 "nothing was marked complete"
             )
-        encoded = self.codec.encode(logits)
+        encoded = self.codec.encode_shard(logits, shard)
 
         def write_and_check():  # idempotent: a retry after a network error rewrites the same bytes
             for name, values in encoded.items():
                 self.arrays[name][start:stop] = values
             stored = self.read_stored(start, stop)
             for name, values in encoded.items():
-                if not np.array_equal(stored[name], values):
+                if not np.array_equal(stored[name], values, equal_nan=values.dtype.kind == "f"):
                     raise CorruptStoreError(f"teacher {self.name!r}: shard {shard} of {name!r} read back differently")
             self.group[SHARD_DONE_ARRAY][shard] = 1
             return stored
 
-        stored = retry_transient(write_and_check, self.store.location)
-        return self.codec.decode(stored)
+        return retry_transient(write_and_check, self.store.location)
 
     def remove_partial_objects(self) -> int:
         """Delete temp files a killed writer left behind (zarr's LocalStore writes ``*.partial``

@@ -1,6 +1,6 @@
 """A background shard writer: compression and I/O run beside the teacher, never in its way.
 
-    >>> with BackgroundWriter(teacher, on_written=count_correct) as writer:
+    >>> with BackgroundWriter(teacher, on_written=count_correct) as writer:   # called with (shard, stored)
     ...     for shard, logits in produce_shards():
     ...         writer.submit(shard, logits)        # blocks only when `max_pending` shards wait
 
@@ -43,9 +43,9 @@ class BackgroundWriter:
                 continue  # drain without writing after a failure
             shard, logits = item
             try:
-                decoded = self.teacher.write_shard(shard, logits)
+                stored = self.teacher.write_shard(shard, logits)
                 if self.on_written is not None:
-                    self.on_written(shard, decoded)
+                    self.on_written(shard, stored)
             except BaseException as err:  # handed to the producer thread, re-raised there
                 self._error = err
 
