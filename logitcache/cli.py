@@ -35,7 +35,8 @@ def friendly_errors(command):
         except LogitCacheError as err:
             raise click.ClickException(str(err)) from None
         except KeyboardInterrupt:
-            click.echo("interrupted: what was written is kept; rerun the same command to resume", err=True)
+            click.echo("interrupted: what was written is kept; rerun the same command to resume "
+                       "(for train, add --resume)", err=True)
             sys.exit(130)
 
     return wrapper
@@ -112,7 +113,7 @@ def dump(store, no_progress, **options):
 @friendly_errors
 def info(store, as_json, storage_options):
     """Describe a store: dataset, teachers, provenance, codec, size, accuracy."""
-    from .inspect import describe_store, format_description
+    from .store_info import describe_store, format_description
 
     description = describe_store(store, storage_options)
     click.echo(json.dumps(description, indent=2) if as_json else format_description(description))
