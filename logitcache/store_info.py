@@ -51,7 +51,7 @@ def format_description(d: dict) -> str:
             f"teacher   {name!r}: {t['status']}",
             f"  model     {prov['teacher']['spec']} ({prov['teacher']['num_parameters']:,} parameters)",
             f"  weights   file {settings.get('weights_sha256') or '-'}; parameters {settings['parameters_sha256']}",
-            f"  logits    {data['num_samples']} x {num_classes} raw pre-softmax, codec {t['codec']}: "
+            f"  logits    {data['num_samples']} x {num_classes}, {_kind(t['codec'])}, codec {t['codec']}: "
             f"{t['bytes_on_disk']:,} bytes = {t['bytes_per_sample']:.1f} bytes/sample "
             f"({data['num_samples'] * num_classes * 4 / max(t['bytes_on_disk'], 1):.2f}x smaller than fp32)",
             f"  layout    {layout['rows_per_chunk']} rows/chunk, {layout['rows_per_shard']} rows/shard; "
@@ -62,11 +62,19 @@ def format_description(d: dict) -> str:
         if metrics:
             lines.append(f"  accuracy  top-1 {metrics['top1']:.2%}, top-5 {metrics['top5']:.2%} on the dumped labels")
             if metrics.get("mass_stored", 1.0) < 1.0:
-                lines.append(f"  mass      {metrics['mass_stored']:.2%} of the probability mass is stored exactly "
-                             "(the rest as one tail bucket)")
+                rest = "(the rest as one tail bucket)" if t["codec"].startswith("topk") else "(in the sampled classes)"
+                lines.append(f"  mass      {metrics['mass_stored']:.2%} of the probability mass is stored exactly {rest}")
         if run.get("finished_at"):
             lines.append(f"  written   {run['started_at']} .. {run['finished_at']}, {run['sessions']} session(s), "
                          f"{run['seconds']:.1f} s of teacher time")
         software = prov.get("software", {})
         lines.append("  software  " + ", ".join(f"{k} {v}" for k, v in software.items()))
     return "\n".join(lines)
+
+
+def _kind(codec: str) -> str:
+    if codec.startswith("topk"):
+        return "the top classes' log-probabilities and a tail bucket"
+    if codec.startswith("sample"):
+        return "classes sampled from the teacher, with counts"
+    return "raw pre-softmax logits"
