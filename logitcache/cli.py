@@ -2,7 +2,7 @@
 
     $ logitcache dump STORE --teacher SPEC --dataset SPEC [--codec fp16]
     $ logitcache info STORE [--json]
-    $ logitcache verify STORE [--dataset SPEC]
+    $ logitcache verify STORE [--dataset SPEC]      # with SPEC: rebuild and check hashed views
     $ logitcache train --out RUN --student SPEC --dataset SPEC [--store STORE --loss dist]
     $ logitcache pack STORE STORE.zip
     $ logitcache run pipelines/digits.toml
@@ -91,6 +91,14 @@ def cli():
 @click.option("--bf16", is_flag=True, help="Run the teacher under bf16 autocast (logits are cast to fp32).")
 @click.option("--num-classes", type=int, help="Teacher head size (default: the dataset's class count).")
 @click.option("--rows-per-shard", type=int, help="Rows per shard, the unit of writing and resuming.")
+@click.option("--augment", metavar="SPEC", help="Dump random views the students will replay: comma-separated "
+              "crop=SMIN-SMAX[:RMIN-RMAX], shift=F, flip[=P], size=N; or a preset: imagenet, fkd, cifar "
+              "(see docs/FORMAT.md).")
+@click.option("--views", type=int, help="Views per sample with --augment (default 1); --batch-size counts views.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the view draws.")
+@click.option("--record-view-hashes", is_flag=True,
+              help="Store a hash of every view's input, so verify --dataset and train --check-views can prove "
+              "the replay exact.")
 @click.option("--overwrite", is_flag=True, help="Replace this teacher if the store already holds it.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @storage_option
@@ -121,23 +129,19 @@ def info(store, as_json, storage_options):
 
 @cli.command()
 @click.argument("store")
-@click.option("--dataset", help="Also check that this dataset spec matches the store's fingerprint.")
+@click.option("--dataset", help="Also check that this dataset spec matches the store's fingerprint, and "
+              "rebuild every view whose hash the store recorded.")
 @click.option("--split", help="Dataset split, unless the spec ends with @SPLIT.")
 @click.option("--teacher", "teachers", help="Check only these teachers (comma-separated); default: all.")
+@click.option("--workers", default=0, show_default=True, type=int, help="Processes rebuilding views.")
 @storage_option
 @friendly_errors
-def verify(store, dataset, split, teachers, storage_options):
+def verify(store, dataset, split, teachers, workers, storage_options):
     """Read every chunk of STORE and check checksums, completeness, values and fingerprint."""
-    from .store import verify_store
+    from .verify import verify_with_dataset
 
-    keys = labels = None
-    if dataset:
-        from .sources import get_dataset
-
-        source = get_dataset(dataset, split=split)
-        keys, labels = source.keys, source.labels
-    report = verify_store(store, dataset_keys=keys, dataset_labels=labels, storage_options=storage_options,
-                          teachers=[t for t in (teachers or "").split(",") if t] or None)
+    report = verify_with_dataset(store, dataset, split=split, storage_options=storage_options, workers=workers,
+                                 teachers=[t for t in (teachers or "").split(",") if t] or None)
     for line in report.checked:
         click.echo(f"ok    {line}")
     for line in report.problems:
@@ -205,6 +209,15 @@ class ByteSize(click.ParamType):
 @click.option("--transform", help="Training input transform (default: the dataset's eval transform).")
 @click.option("--augment", help="Random steps before the transform, e.g. random_crop=32:4,flip.")
 @click.option("--val-transform", help="Validation transform (default: the dataset's eval transform).")
+@click.option("--view-order", default="random", show_default=True, type=click.Choice(["random", "cycle"]),
+              help="Multi-view stores: which stored view each sample shows per epoch (cycle: all K over K epochs).")
+@click.option("--view-size", type=int, help="Multi-view stores: replay views at N x N pixels (default: the dump's).")
+@click.option("--check-views", is_flag=True, help="Before training, rebuild every stored view and check it "
+              "against the hash the dump recorded.")
+@click.option("--mixup", default=0.0, show_default=True, type=float,
+              help="Mixup Beta alpha (0: off); cached teacher probabilities are mixed with the same weight.")
+@click.option("--cutmix", default=0.0, show_default=True, type=float,
+              help="CutMix Beta alpha (0: off); with --mixup too, each batch uses one of them.")
 @click.option("--cache-budget", default="4GiB", show_default=True, type=ByteSize(),
               help="Decode the logits into memory up to this size, else stream them by chunk.")
 @click.option("--allow-partial", is_flag=True, help="Train on the written part of an unfinished store.")

@@ -9,6 +9,10 @@ Sample i of the dataset is row i of the store: the caller checks the dataset aga
 fingerprint first (``LogitStore.check_dataset``). When the decoded logits fit the budget they are
 read once into one tensor shared by all workers; otherwise each worker keeps a small cache of
 decoded chunks and the sampler visits chunks in a shuffled, windowed order so the cache hits.
+
+A multi-view store holds K views per sample. The sampler then picks one view per sample and
+epoch and yields ``row * K + view``; the paired dataset rebuilds that view from the raw sample
+(``replay.ViewReplay``) and pairs it with that view's logits.
 """
 
 from __future__ import annotations
@@ -51,9 +55,12 @@ class TeacherLogits:
         self.teacher_name = ",".join(self.teacher_names)
         self.codec = teachers[0].codec
         self.num_classes, self.temperature = teachers[0].num_classes, temperature
+        self.views = teachers[0].views  # the first teacher's views record (all teachers share it), or None
+        self.transform = teachers[0].attrs["settings"]["transform"]  # what made the inputs the teacher saw
         self.sparse = sparse and len(teachers) == 1 and self.codec.sparse_form
         self.rows = _written_rows(teachers)
-        row_bytes = 16 * self.codec.k + 8 if self.sparse else 4 * self.num_classes * len(teachers)
+        per_view = 16 * self.codec.k + 8 if self.sparse else 4 * self.num_classes * len(teachers)
+        row_bytes = per_view * teachers[0].views_per_sample
         self.in_memory = store.num_samples * row_bytes <= budget_bytes
         self.block_rows = min(t.layout.rows_per_chunk for t in teachers)
         self.window_blocks = max(1, budget_bytes // (self.block_rows * row_bytes * max(workers, 1)))
@@ -80,7 +87,7 @@ class TeacherLogits:
         pieces = {start: self._read(teachers, start, stop)
                   for start, stop in _contiguous_ranges(self.rows, teachers[0].layout.rows_per_shard)}
         if not self.sparse:
-            table = torch.full((teachers[0].num_samples, self.num_classes), float("nan"))
+            table = torch.full((teachers[0].num_samples, *teachers[0].row_shape), float("nan"))
             for start, piece in pieces.items():
                 table[start:start + len(piece)] = piece
             return table
@@ -129,6 +136,17 @@ def _check_combinable(teachers, sparse: bool) -> None:
     if len(classes) > 1:
         detail = ", ".join(f"{t.name}: {t.num_classes}" for t in teachers)
         raise StoreMismatchError(f"an ensemble needs teachers with one class count; these have {detail}")
+    first = teachers[0]
+    for other in teachers[1:]:  # an ensemble of multi-view teachers must have seen the very same views
+        same = other.views_per_sample == first.views_per_sample and bool(other.views) == bool(first.views)
+        if same and first.views:
+            same = np.array_equal(first.read_view_params(0, first.num_samples),
+                                  other.read_view_params(0, other.num_samples), equal_nan=True)
+        if not same:
+            raise StoreMismatchError(
+                f"teachers {first.name!r} and {other.name!r} saw different views of the samples; an ensemble "
+                "needs teachers dumped with the same --augment, --views and --seed"
+            )
     for teacher in teachers:
         if teacher.codec.sparse_only and (len(teachers) > 1 or not sparse):
             use = "an ensemble" if len(teachers) > 1 else "this loss"
@@ -194,19 +212,26 @@ def _contiguous_ranges(rows: np.ndarray, max_len: int):
 
 
 class PairedDataset(Dataset):
-    """(input, label, teacher_logits) by store row; without logits, (input, label, empty)."""
+    """(input, label, teacher_logits) by store row; without logits, (input, label, empty).
 
-    def __init__(self, dataset, logits: TeacherLogits | None):
+    With a ``replay`` (multi-view stores) indices are ``row * K + view``: the input is that view,
+    rebuilt from the raw sample, and the targets are that view's."""
+
+    def __init__(self, dataset, logits: TeacherLogits | None, replay=None):
         self.dataset = dataset
         self.logits = logits
+        self.replay = replay
 
     def __len__(self):
         return len(self.dataset)
 
-    def __getitem__(self, row: int):
-        inputs, label = self.dataset[row]
-        targets = self.logits[row] if self.logits is not None else torch.empty(0)
-        return inputs, label, targets
+    def __getitem__(self, index: int):
+        if self.replay is None:
+            inputs, label = self.dataset[index]
+            return inputs, label, self.logits[index] if self.logits is not None else torch.empty(0)
+        row, view = divmod(index, self.replay.views)
+        image, label = self.dataset[row]
+        return self.replay.build(image, row, view), label, _row(self.logits[row], view)
 
 
 class EpochSampler(Sampler[int]):
@@ -216,14 +241,20 @@ class EpochSampler(Sampler[int]):
     With ``block_rows`` it is a block shuffle: blocks of consecutive rows are visited in random
     order, ``window_blocks`` at a time, with the rows of each window shuffled together. Every
     row still comes exactly once per epoch, and a reader needs only one window of blocks.
+
+    With ``views`` = K > 0 it yields ``row * K + view``: one view per row and epoch, ``random``
+    (seeded by (seed, epoch, row)) or ``cycle`` (view (epoch - 1 + row) mod K, so over K epochs
+    every sample shows every view once).
     """
 
     def __init__(self, rows, seed: int, shuffle: bool = True, block_rows: int | None = None,
-                 window_blocks: int = 1, rank: int = 0, world_size: int = 1):
+                 window_blocks: int = 1, rank: int = 0, world_size: int = 1, views: int = 0,
+                 view_order: str = "random"):
         self.rows = np.asarray(rows, dtype=np.int64)
         self.seed, self.shuffle = seed, shuffle
         self.block_rows, self.window_blocks = block_rows, max(1, window_blocks)
         self.rank, self.world_size = rank, world_size
+        self.views, self.view_order = views, view_order
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -257,5 +288,19 @@ class EpochSampler(Sampler[int]):
             windows.append(rng.permutation(window))
         return np.concatenate(windows) if windows else self.rows
 
+    def view_of(self, rows: np.ndarray) -> np.ndarray:
+        """The view each of ``rows`` shows this epoch."""
+        if self.view_order == "cycle":
+            return (self.epoch - 1 + rows) % self.views
+        choice = np.random.default_rng([self.seed, self.epoch, VIEW_CHOICE_TAG]).integers(
+            self.views, size=int(self.rows.max(initial=-1)) + 1)
+        return choice[rows]
+
     def __iter__(self):
-        return iter(self.rank_order().tolist())
+        order = self.rank_order()
+        if self.views:
+            order = order * self.views + self.view_of(order)
+        return iter(order.tolist())
+
+
+VIEW_CHOICE_TAG = 0x71E6  # keeps the view choice's random stream apart from the order's

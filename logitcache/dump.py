@@ -8,6 +8,10 @@
 The teacher runs batch by batch; batches never cross a shard, so a resumed dump feeds the teacher
 exactly the batches an uninterrupted one would and writes the same bytes. Finished shards go to a
 background writer (compress, write, read back, record done) while the teacher computes the next.
+
+With ``--augment SPEC --views K`` the teacher sees K random views of every sample (drawn from
+(seed, sample index) alone) and the store keeps each view's logits and parameters, so students
+can replay exactly those views (``replay.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from .devices import resolve_device
 from .distributed import Distributed, distributed
 from .errors import (
     ConfigError,
+    SpecError,
     DatasetError,
     LogitCacheError,
     ModelError,
@@ -37,8 +42,12 @@ from .errors import (
     StoreMismatchError,
     StoreNotFoundError,
 )
+from .replay import DumpViews
 from .sources import file_sha256, get_dataset, get_model, num_parameters, parameters_sha256
+from .sources.views import HASH_NAME, PARAM_DTYPE, PARAM_NAMES, VIEW_SEED_TAG, ViewAugment, parse_augment
 from .store import (
+    VIEW_HASHES_ARRAY,
+    VIEW_PARAMS_ARRAY,
     BackgroundWriter,
     Layout,
     LogitStore,
@@ -73,9 +82,18 @@ class DumpConfig:
     bf16: bool = False
     num_classes: int | None = None
     rows_per_shard: int | None = None
+    augment: str | None = None  # a view spec (sources/views.py): the teacher sees random views
+    views: int | None = None  # views per sample (default 1 with --augment)
+    seed: int = 0  # the view draws' seed
+    record_view_hashes: bool = False
     overwrite: bool = False
     progress: bool = True
     storage_options: dict = field(default_factory=dict)
+
+    @property
+    def view_count(self) -> int:
+        """Views per sample: 0 for a single-view (unaugmented) dump."""
+        return (self.views or 1) if self.augment else 0
 
 
 @dataclass
@@ -91,6 +109,12 @@ class DumpSummary:
     top1: float
     top5: float
     resumed_shards: int
+    views: int = 0
+
+    @property
+    def rows(self) -> int:
+        """Teacher outputs stored: samples x views."""
+        return self.samples * max(self.views, 1)
 
     @property
     def bytes_per_sample(self) -> float:
@@ -98,18 +122,21 @@ class DumpSummary:
 
     @property
     def ratio_vs_fp32(self) -> float:
-        return self.samples * self.num_classes * 4 / max(self.bytes_on_disk, 1)
+        return self.rows * self.num_classes * 4 / max(self.bytes_on_disk, 1)
 
     def lines(self) -> list[str]:
         rate = self.samples_this_run / self.seconds if self.seconds else float("nan")
         resumed = f" (resumed: {self.resumed_shards} shards were already written)" if self.resumed_shards else ""
+        views = f" x {self.views} views" if self.views else ""
+        per_view = f", {self.bytes_on_disk / self.rows:.1f} bytes/view" if self.views else ""
         return [
-            f"dumped {self.samples} samples x {self.num_classes} classes into {self.store} "
+            f"dumped {self.samples} samples{views} x {self.num_classes} classes into {self.store} "
             f"[teacher {self.teacher_name!r}, codec {self.codec}]{resumed}",
             f"  {self.samples_this_run} samples in {self.seconds:.1f} s = {rate:.0f} samples/s",
-            f"  {self.bytes_on_disk} bytes on disk = {self.bytes_per_sample:.1f} bytes/sample "
+            f"  {self.bytes_on_disk} bytes on disk = {self.bytes_per_sample:.1f} bytes/sample{per_view} "
             f"({self.ratio_vs_fp32:.2f}x smaller than raw fp32)",
-            f"  teacher top-1 {self.top1:.2%}, top-5 {self.top5:.2%} on the dumped labels",
+            f"  teacher top-1 {self.top1:.2%}, top-5 {self.top5:.2%} on the dumped labels"
+            + (" (all views)" if self.views else ""),
         ]
 
 
@@ -131,12 +158,15 @@ def dump(config: DumpConfig, log=print) -> DumpSummary:
 
 def _dump(config: DumpConfig, dist: Distributed, log) -> DumpSummary:
     # Every rank builds the same data and teacher; only rank 0 writes the store's metadata.
-    source = get_dataset(config.dataset, split=config.split, transform=config.transform)
+    augment = parse_augment(config.augment) if config.augment else None
+    source = get_dataset(config.dataset, split=config.split, transform=config.transform, for_views=bool(augment))
+    inputs = (DumpViews(source.dataset, augment, config.view_count, config.seed, config.record_view_hashes)
+              if augment else source.dataset)
     device = resolve_device(dist.device(config.device))
     model = get_model(config.teacher, config.num_classes or len(source.classes), weights=config.weights)
     model.to(device).eval()
-    num_classes = _probe(model, source, device, config.bf16)
-    settings, provenance = _settings(config, source, model, num_classes, device)
+    num_classes = _probe(model, source, inputs, device, config.bf16)
+    settings, provenance = _settings(config, source, model, num_classes, device, augment)
     store = teacher = error = None
     if dist.is_main:
         try:
@@ -161,13 +191,14 @@ def _dump(config: DumpConfig, dist: Distributed, log) -> DumpSummary:
         for shard in (s for s in mine if done[s]):  # re-read what a previous run wrote: checks it, counts it
             counts(shard, teacher.read_stored(*teacher.layout.shard_rows(shard, len(source))))
         pending = [s for s in mine if not done[s]]
-        written = _run_teacher(model, source, teacher, pending, config, device, counts, dist.is_main)
+        written = _run_teacher(model, inputs, source.spec, teacher, pending, config, device, counts, dist.is_main)
     except LogitCacheError as err:
         error = err
     dist.agree(error)
     hits1, hits5, mass, written = dist.sum([*counts.totals(), written])
     seconds = time.perf_counter() - started
-    metrics = {"top1": hits1 / len(source), "top5": hits5 / len(source), "mass_stored": mass / len(source)}
+    rows = len(source) * teacher.views_per_sample  # accuracy and mass are over every stored view
+    metrics = {"top1": hits1 / rows, "top5": hits5 / rows, "mass_stored": mass / rows}
     if dist.is_main:
         run = teacher.attrs["run"]
         run.update(finished_at=_now(), sessions=run["sessions"] + 1, seconds=round(run["seconds"] + seconds, 3),
@@ -176,14 +207,17 @@ def _dump(config: DumpConfig, dist: Distributed, log) -> DumpSummary:
     dist.agree()
     return DumpSummary(store.location, config.teacher_name, len(source), int(written), seconds,
                        teacher.nbytes_stored(), num_classes, teacher.codec.name, metrics["top1"], metrics["top5"],
-                       int(done.sum()))
+                       int(done.sum()), config.view_count)
 
 
-def _settings(config: DumpConfig, source, model, num_classes: int, device) -> tuple[dict, dict]:
+def _settings(config: DumpConfig, source, model, num_classes: int, device,
+              augment: ViewAugment | None) -> tuple[dict, dict]:
     """What determines the stored bytes (compared on resume), and what describes the teacher."""
     codec = get_codec(config.codec).for_classes(num_classes)
-    layout = choose_layout(len(source), num_classes, 0, rows_per_shard=config.rows_per_shard,
-                           row_bytes=codec.bytes_per_sample(num_classes))
+    views = max(config.view_count, 1)
+    row_bytes = views * (codec.bytes_per_sample(num_classes) + (2 * len(PARAM_NAMES) + 8 if augment else 0))
+    layout = choose_layout(len(source), num_classes * views, 0, rows_per_shard=config.rows_per_shard,
+                           row_bytes=row_bytes)
     weights_file = config.weights or _file_in_spec(config.teacher)
     settings = {
         "teacher": config.teacher,
@@ -196,6 +230,8 @@ def _settings(config: DumpConfig, source, model, num_classes: int, device) -> tu
         "bf16": config.bf16,
         "device_type": device.type,
     }
+    if augment:
+        settings["views"] = view_record(config, augment)
     provenance = {
         "teacher": {"spec": config.teacher, "weights": config.weights, "num_parameters": num_parameters(model)},
         "dataset": source.describe(),
@@ -204,7 +240,29 @@ def _settings(config: DumpConfig, source, model, num_classes: int, device) -> tu
     return settings, provenance
 
 
+def view_record(config: DumpConfig, augment: ViewAugment) -> dict:
+    """The teacher's ``views`` record (docs/FORMAT.md): what a replay needs to rebuild every view."""
+    return {
+        "count": config.view_count,
+        "augment": augment.spec,
+        "size": list(augment.size) if augment.size else None,
+        "seed": config.seed,
+        "draw": f"numpy default_rng([{VIEW_SEED_TAG:#x}, seed, sample index])",
+        "params": list(PARAM_NAMES),
+        "dtype": PARAM_DTYPE,
+        "hashes": HASH_NAME if config.record_view_hashes else None,
+    }
+
+
 def _validate(config: DumpConfig) -> None:
+    if config.views is not None and config.views < 1:
+        raise ConfigError(f"--views must be at least 1, got {config.views}")
+    if config.views is not None and not config.augment:
+        raise ConfigError("--views needs --augment: without it every view of a sample would be the same")
+    if config.record_view_hashes and not config.augment:
+        raise ConfigError("--record-view-hashes hashes the views of --augment; add --augment")
+    if config.augment:
+        parse_augment(config.augment)
     if config.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {config.batch_size}")
     if config.workers < 0:
@@ -225,12 +283,16 @@ def _autocast(device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def _probe(model, source, device, bf16: bool) -> int:
-    """Run one sample through the teacher: its output must be (batch, classes)."""
+def _probe(model, source, inputs, device, bf16: bool) -> int:
+    """Run one sample (its first view) through the teacher: its output must be (batch, classes)."""
     try:
-        sample = source.dataset[0][0]
+        sample = inputs[0][0]
+    except SpecError:
+        raise
     except Exception as err:
         raise DatasetError(f"cannot load the first sample of {source.spec}: {err}") from None
+    if isinstance(inputs, DumpViews):
+        sample = sample[0]
     with torch.inference_mode(), _autocast(device, bf16):
         try:
             output = model(sample.unsqueeze(0).to(device))
@@ -301,7 +363,7 @@ def _open_or_create_teacher(store, config: DumpConfig, num_classes, settings, pr
             return teacher
     teacher = store.create_teacher(name, num_classes=num_classes, codec=codec,
                                    layout=Layout.from_dict(settings["layout"]),
-                                   settings=settings, provenance=provenance)
+                                   settings=settings, provenance=provenance, views=settings.get("views"))
     teacher.update_attrs(run={"started_at": _now(), "sessions": 0, "seconds": 0.0})
     return teacher
 
@@ -316,15 +378,15 @@ class _AccuracyCounts:
         self.by_shard: dict[int, tuple[int, int, float]] = {}
 
     def __call__(self, shard: int, stored: dict[str, np.ndarray]) -> None:
-        start, stop = self.teacher.layout.shard_rows(shard, len(self.labels))
-        codec = self.teacher.codec
-        if not codec.rows_ok(stored).all():
-            raise StoreIncompleteError(f"teacher {self.teacher.name!r}: shard {shard} holds rows never written")
-        labels = self.labels[start:stop]
-        top = codec.top_classes(stored, 5)
+        teacher = self.teacher
+        start, stop = teacher.layout.shard_rows(shard, len(self.labels))
+        if not teacher.rows_ok(stored).all():
+            raise StoreIncompleteError(f"teacher {teacher.name!r}: shard {shard} holds rows never written")
+        labels = np.repeat(self.labels[start:stop], teacher.views_per_sample)  # one row per view
+        top = teacher.codec.top_classes(teacher.flat(stored), 5)
         top1 = top[:, 0] == labels
         top5 = (top == labels[:, None]).any(axis=1)
-        mass = float(self.teacher.codec.stored_mass(stored).sum())
+        mass = float(teacher.codec.stored_mass(teacher.flat(stored)).sum())
         self.by_shard[shard] = (int(top1.sum()), int(top5.sum()), mass)
 
     def totals(self) -> list[float]:
@@ -332,36 +394,54 @@ class _AccuracyCounts:
         return [float(sum(h[i] for h in self.by_shard.values())) for i in range(3)]
 
 
-def _run_teacher(model, source, teacher: Teacher, pending: list[int], config, device, counts, show: bool) -> int:
-    """Feed the pending shards through the teacher, batch by batch, into the background writer."""
-    layout, total = teacher.layout, len(source)
+def _run_teacher(model, inputs, spec: str, teacher: Teacher, pending: list[int], config, device, counts,
+                 show: bool) -> int:
+    """Feed the pending shards through the teacher, batch by batch, into the background writer.
+
+    ``--batch-size`` counts teacher inputs, so a batch holds batch_size // K samples of K views."""
+    layout, total, views = teacher.layout, len(inputs), teacher.views_per_sample
+    samples_per_batch = max(1, config.batch_size // views) if teacher.views else config.batch_size
     batches, owners = [], []
     for shard in pending:
         start, stop = layout.shard_rows(shard, total)
-        for lo in range(start, stop, config.batch_size):
-            batches.append(list(range(lo, min(lo + config.batch_size, stop))))
+        for lo in range(start, stop, samples_per_batch):
+            batches.append(list(range(lo, min(lo + samples_per_batch, stop))))
             owners.append(shard)
     if not batches:
         return 0
-    loader = DataLoader(source.dataset, batch_sampler=batches, num_workers=config.workers,
-                        pin_memory=device.type == "cuda")
-    buffers: dict[int, np.ndarray] = {}
+    loader = DataLoader(inputs, batch_sampler=batches, num_workers=config.workers, pin_memory=device.type == "cuda")
+    buffers: dict[int, dict[str, np.ndarray]] = {}
     filled: dict[int, int] = {}
     todo = sum(len(b) for b in batches)
     bar = tqdm(total=todo, unit="sample", disable=not (config.progress and show),
                desc=f"dump {teacher.name}", dynamic_ncols=True)
     with BackgroundWriter(teacher, on_written=counts) as writer, bar:
-        for shard, indices, (inputs, _) in zip(owners, batches, _checked(loader, source.spec)):
+        for shard, indices, batch in zip(owners, batches, _checked(loader, spec)):
+            images = batch[0].flatten(0, 1) if teacher.views else batch[0]  # (B, K, ...) -> (B * K, ...)
             with torch.inference_mode(), _autocast(device, config.bf16):
-                logits = model(inputs.to(device, non_blocking=True))
+                logits = model(images.to(device, non_blocking=True))
             start, stop = layout.shard_rows(shard, total)
-            buffer = buffers.setdefault(shard, np.empty((stop - start, teacher.num_classes), np.float32))
-            buffer[indices[0] - start : indices[-1] + 1 - start] = logits.float().cpu().numpy()
+            buffer = buffers.setdefault(shard, _shard_buffer(teacher, stop - start))
+            rows = slice(indices[0] - start, indices[-1] + 1 - start)
+            buffer["logits"][rows] = logits.float().cpu().numpy().reshape(len(indices), *teacher.row_shape)
+            if teacher.views:
+                buffer[VIEW_PARAMS_ARRAY][rows] = batch[2].numpy()
+                if VIEW_HASHES_ARRAY in buffer:
+                    buffer[VIEW_HASHES_ARRAY][rows] = batch[3].numpy().view(np.uint64)
             filled[shard] = filled.get(shard, 0) + len(indices)
             if filled[shard] == stop - start:
-                writer.submit(shard, buffers.pop(shard))
+                done = buffers.pop(shard)
+                writer.submit(shard, done.pop("logits"), done or None)
             bar.update(len(indices))
     return todo
+
+
+def _shard_buffer(teacher: Teacher, rows: int) -> dict[str, np.ndarray]:
+    """Empty arrays for one shard: logits, and a multi-view teacher's view arrays."""
+    buffer = {"logits": np.empty((rows, *teacher.row_shape), np.float32)}
+    for name, array in teacher.view_arrays.items():
+        buffer[name] = np.empty((rows, *array.shape[1:]), array.dtype)
+    return buffer
 
 
 def _checked(loader, spec: str):

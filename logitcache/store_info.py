@@ -16,12 +16,17 @@ def describe_store(location, storage_options: dict | None = None) -> dict:
     for name in store.all_teacher_names:
         teacher = store.teacher(name)
         stored = teacher.nbytes_stored()
+        view_bytes = sum(int(array.nbytes_stored()) for array in teacher.view_arrays.values())
+        views = teacher.views_per_sample
         teachers[name] = {
             **teacher.attrs,
             "shards_done": int(teacher.shard_done().sum()),
             "num_shards": teacher.num_shards,
             "bytes_on_disk": stored,
             "bytes_per_sample": stored / store.num_samples,
+            "views_per_sample": views,
+            "bytes_per_view": stored / (store.num_samples * views),
+            "view_param_bytes": view_bytes,
         }
     return {
         "location": store.location,
@@ -46,21 +51,33 @@ def format_description(d: dict) -> str:
         lines.append("teachers  none yet")
     for name, t in d["teachers"].items():
         prov, settings, metrics, run = t["provenance"], t["settings"], t.get("metrics") or {}, t.get("run") or {}
-        num_classes, layout = t["num_classes"], t["layout"]
+        num_classes, layout, views = t["num_classes"], t["layout"], t["views_per_sample"]
+        outputs = data["num_samples"] * views
+        shape = f"{data['num_samples']} x {views} views x {num_classes}" if t.get("views") else \
+            f"{data['num_samples']} x {num_classes}"
         lines += [
             f"teacher   {name!r}: {t['status']}",
             f"  model     {prov['teacher']['spec']} ({prov['teacher']['num_parameters']:,} parameters)",
             f"  weights   file {settings.get('weights_sha256') or '-'}; parameters {settings['parameters_sha256']}",
-            f"  logits    {data['num_samples']} x {num_classes}, {_kind(t['codec'])}, codec {t['codec']}: "
-            f"{t['bytes_on_disk']:,} bytes = {t['bytes_per_sample']:.1f} bytes/sample "
-            f"({data['num_samples'] * num_classes * 4 / max(t['bytes_on_disk'], 1):.2f}x smaller than fp32)",
+            f"  logits    {shape}, {_kind(t['codec'])}, codec {t['codec']}: "
+            f"{t['bytes_on_disk']:,} bytes = {t['bytes_per_sample']:.1f} bytes/sample"
+            + (f", {t['bytes_per_view']:.1f} bytes/view" if t.get("views") else "")
+            + f" ({outputs * num_classes * 4 / max(t['bytes_on_disk'], 1):.2f}x smaller than fp32)",
             f"  layout    {layout['rows_per_chunk']} rows/chunk, {layout['rows_per_shard']} rows/shard; "
             f"{t['shards_done']}/{t['num_shards']} shards written",
             f"  dump      batch {settings['batch_size']}, device {settings['device_type']}, "
             f"bf16 autocast {'on' if settings['bf16'] else 'off'}, transform {settings['transform']}",
         ]
+        if t.get("views"):
+            v = t["views"]
+            size = f"{v['size'][0]}x{v['size'][1]} px" if v.get("size") else "the input's size"
+            hashes = f"{v['hashes']} hashes" if v.get("hashes") else "no hashes"
+            lines.append(f"  views     {views} per sample, augment {v['augment']}, at {size}, seed {v['seed']}; "
+                         f"parameters and {hashes}: {t['view_param_bytes']:,} bytes "
+                         f"= {t['view_param_bytes'] / outputs:.1f} bytes/view")
         if metrics:
-            lines.append(f"  accuracy  top-1 {metrics['top1']:.2%}, top-5 {metrics['top5']:.2%} on the dumped labels")
+            over = " (every view)" if t.get("views") else ""
+            lines.append(f"  accuracy  top-1 {metrics['top1']:.2%}, top-5 {metrics['top5']:.2%} on the dumped labels{over}")
             if metrics.get("mass_stored", 1.0) < 1.0:
                 rest = "(the rest as one tail bucket)" if t["codec"].startswith("topk") else "(in the sampled classes)"
                 lines.append(f"  mass      {metrics['mass_stored']:.2%} of the probability mass is stored exactly {rest}")

@@ -6,9 +6,11 @@
     ...                             store="data/stores/digits.zarr", loss="dist"))
 
 The loop: build the student, open the store and check it matches the dataset, then per epoch:
-set the order, step through batches (lr from ``get_lr``, forward, ce_weight*CE + kd_weight*KD,
-backward, step), evaluate, write metrics and checkpoints. Randomness is a function of
-(seed, epoch), so ``--resume`` from an epoch checkpoint continues the very same run.
+set the order, step through batches (lr from ``get_lr``, optional Mixup/CutMix, forward,
+ce_weight*CE + kd_weight*KD, backward, step), evaluate, write metrics and checkpoints. Randomness
+is a function of (seed, epoch), so ``--resume`` from an epoch checkpoint continues the very same run.
+A multi-view store's views are replayed: each epoch every sample shows one stored view, rebuilt
+from the raw sample, with that view's logits.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -28,10 +31,12 @@ from tqdm import tqdm
 from .data import EpochSampler, PairedDataset, TeacherLogits, check_teacher_identity
 from .devices import resolve_device
 from .distributed import Distributed, distributed
-from .errors import CheckpointError, ConfigError, ModelError
+from .errors import CheckpointError, ConfigError, DatasetError, ModelError
 from .losses import LOSSES, get_loss
+from .mixing import Mixer
+from .replay import ViewReplay, check_view_hashes
 from .run_files import RunFiles
-from .sources import get_dataset, get_model
+from .sources import get_dataset, get_model, transforms
 from .sources.checkpoints import load_checkpoint, save_checkpoint
 from .store import open_store
 from .train_config import TrainConfig, validate
@@ -76,37 +81,44 @@ def _train(config: TrainConfig, dist: Distributed, log) -> TrainSummary:
     device = resolve_device(dist.device(config.device))
     run = RunFiles(Path(config.out))
 
-    # Data: the training set (with any augmentation), the validation set, the teacher's logits.
-    train_source = get_dataset(config.dataset, transform=config.transform, augment=config.augment)
+    # Data: the teacher's logits, the training set (replayed views, or any augmentation), validation.
+    logits = _open_teacher_logits(config)
+    train_source, replay = _training_data(config, logits, log)
     val_source = get_dataset(config.val_dataset, transform=config.val_transform) if config.val_dataset else None
-    logits = _open_teacher_logits(config, train_source, log)
     num_classes = logits.num_classes if logits is not None else len(train_source.classes)
+    rows = logits.rows if logits is not None else np.arange(len(train_source))
+    paired = PairedDataset(train_source.dataset, logits, replay)
 
     # The student, checked against the data before any step.
     torch.manual_seed(config.seed)
     student = get_model(config.student, num_classes).to(device)
-    _check_head(student, train_source, num_classes, "store" if logits is not None else "dataset", device)
+    first = int(rows[0]) * (replay.views if replay else 1)
+    _check_head(student, paired[first][0], num_classes, "store" if logits is not None else "dataset", device)
+    if val_source is not None:
+        _check_head(student, val_source.dataset[0][0], num_classes, "store" if logits is not None else "dataset",
+                    device, what="validation inputs", hint="; give a --val-transform that matches the training inputs")
     model = _wrap_ddp(student, dist, device)
     online = _online_teacher(config, num_classes, device)
     optimizer = _optimizer(config, student)
     kd = get_loss(config.loss, **_loss_settings(config)) if config.loss != "ce" else None
+    mixer = Mixer(config.mixup, config.cutmix, config.temperature)
     start_epoch, history = _prepare_run(run, config, student, optimizer, dist, log)
 
-    rows = logits.rows if logits is not None else range(len(train_source))
     streamed = logits is not None and not logits.in_memory
     sampler = EpochSampler(rows, config.seed, block_rows=logits.block_rows if streamed else None,
                            window_blocks=logits.window_blocks if streamed else 1,
-                           rank=dist.rank, world_size=dist.world_size)
+                           rank=dist.rank, world_size=dist.world_size,
+                           views=replay.views if replay else 0, view_order=config.view_order)
     drop_last = config.loss == "dist" and len(sampler) % config.batch_size == 1  # DIST needs batches of >= 2
-    loader = DataLoader(PairedDataset(train_source.dataset, logits), batch_size=config.batch_size,
-                        sampler=sampler, num_workers=config.workers, drop_last=drop_last,
-                        pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
+    loader = DataLoader(paired, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
+                        drop_last=drop_last, pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs + 1):
         sampler.set_epoch(epoch)
         torch.manual_seed(config.seed * 100_003 + epoch + 1_000_003 * dist.rank)  # a function of (seed, epoch, rank)
+        mix_rng = np.random.default_rng([config.seed, epoch, dist.rank, MIX_TAG]) if mixer.enabled else None
         epoch_start = time.perf_counter()
-        losses = train_one_epoch(model, loader, optimizer, kd, online, config, epoch, device, dist)
+        losses = train_one_epoch(model, loader, optimizer, kd, online, config, epoch, device, dist, mixer, mix_rng)
         record = None
         if dist.is_main:
             run.append_steps(epoch, losses)
@@ -127,8 +139,11 @@ def _train(config: TrainConfig, dist: Distributed, log) -> TrainSummary:
     return summary
 
 
+MIX_TAG = 0x313C  # keeps the Mixup/CutMix random stream apart from the others
+
+
 def train_one_epoch(model, loader, optimizer, kd, online, config: TrainConfig, epoch: int, device,
-                    dist: Distributed) -> list[tuple]:
+                    dist: Distributed, mixer: Mixer | None = None, mix_rng=None) -> list[tuple]:
     """One pass over the loader; returns (step, lr, loss, ce, kd) per step, averaged over ranks."""
     model.train()
     steps_per_epoch = len(loader)
@@ -141,13 +156,18 @@ def train_one_epoch(model, loader, optimizer, kd, online, config: TrainConfig, e
         for group in optimizer.param_groups:
             group["lr"] = lr
         inputs, labels = inputs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        if online is not None:
+        mixed = None
+        if mixer is not None and mixer.enabled:
+            cached = _to_device(teacher_logits, device) if kd is not None and online is None else None
+            mixed = mixer(inputs, labels, cached, mix_rng)
+            inputs, teacher_logits = mixed.inputs, mixed.teacher
+        if online is not None:  # the teacher in the loop sees the (mixed) inputs themselves
             with torch.inference_mode():
                 teacher_logits = online(inputs).float()
             teacher_logits = teacher_logits.clone()  # a normal tensor: losses may save it for backward
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
             student_logits = model(inputs)
-        ce = F.cross_entropy(student_logits.float(), labels)
+        ce = mixed.cross_entropy(student_logits) if mixed else F.cross_entropy(student_logits.float(), labels)
         loss, kd_value = config.ce_weight * ce, torch.zeros(())
         if kd is not None:
             kd_value = kd(student_logits, _to_device(teacher_logits, device), labels, epoch=epoch)
@@ -240,13 +260,12 @@ def evaluate(model, source, config: TrainConfig, device) -> dict:
     return {"val_loss": loss / total, "val_top1": top1 / total, "val_top5": top5 / total}
 
 
-def _open_teacher_logits(config: TrainConfig, source, log) -> TeacherLogits | None:
-    """Open the store, check it was made from this very dataset, and load or stream its logits."""
+def _open_teacher_logits(config: TrainConfig) -> TeacherLogits | None:
+    """Open the store's teacher(s), check them against the options, and load or stream their logits."""
     if not config.store or config.loss == "ce":
         return None
     store = open_store(config.store, storage_options=config.storage_options)
-    store.check_dataset(source.keys, source.labels)
-    sparse = LOSSES.get(config.loss).accepts_sparse
+    sparse = LOSSES.get(config.loss).accepts_sparse and not (config.mixup or config.cutmix)  # mixing needs dense
     logits = TeacherLogits.open(config.store, config.teacher, config.cache_budget, workers=config.workers,
                                 allow_partial=config.allow_partial, temperature=config.temperature,
                                 storage_options=config.storage_options, sparse=sparse)
@@ -258,25 +277,87 @@ def _open_teacher_logits(config: TrainConfig, source, log) -> TeacherLogits | No
         )
     if config.expect_teacher:
         check_teacher_identity(store, logits.teacher_names, config.expect_teacher)
-    if source.random_views:
-        log(f"warning: {source.transform!r} draws random views, but the store holds one fixed view per "
-            "sample: the teacher never saw the views the student trains on")
-    mode = "in memory" if logits.in_memory else f"streamed, {logits.window_blocks} chunks per window"
-    mode += f", sparse {logits.codec.name} targets" if logits.sparse else ""
-    log(f"teacher {logits.teacher_name!r} from {config.store}: {len(logits.rows)} samples x "
-        f"{logits.num_classes} classes, {mode}")
     return logits
 
 
-def _check_head(student, source, num_classes: int, where: str, device) -> None:
+def _training_data(config: TrainConfig, logits: TeacherLogits | None, log) -> tuple:
+    """The training source, checked against the store, and the view replay of a multi-view store."""
+    if logits is None or not logits.views:
+        if config.view_size or config.check_views:
+            raise ConfigError("--view-size and --check-views replay the views of a multi-view store "
+                              "(dump --augment SPEC --views K); this run has none")
+        source = get_dataset(config.dataset, transform=config.transform, augment=config.augment)
+        replay = None
+    else:
+        source, replay = _replayed_views(config, logits, log)
+    if logits is None:
+        return source, None
+    store = open_store(config.store, storage_options=config.storage_options)
+    store.check_dataset(source.keys, source.labels)
+    if config.check_views:
+        _check_views(store, logits, source, config.workers, log)
+    if source.random_views and not replay:
+        log(f"warning: {source.transform!r} draws random views, but the store holds one fixed view per "
+            "sample: the teacher never saw the views the student trains on (dump with --augment to fix that)")
+    mode = "in memory" if logits.in_memory else f"streamed, {logits.window_blocks} chunks per window"
+    mode += f", sparse {logits.codec.name} targets" if logits.sparse else ""
+    views = f" x {replay.views} views" if replay else ""
+    log(f"teacher {logits.teacher_name!r} from {config.store}: {len(logits.rows)} samples{views} x "
+        f"{logits.num_classes} classes, {mode}")
+    return source, replay
+
+
+def _replayed_views(config: TrainConfig, logits: TeacherLogits, log) -> tuple:
+    """The dataset the store's views were cut from, and a replay of them at the student's size."""
+    views, recorded = logits.views, logits.transform
+    if config.transform and transforms.canonical(config.transform) != recorded:
+        raise ConfigError(f"the store's views were cut from inputs made by transform {recorded!r}; --transform "
+                          f"{config.transform!r} would change them (leave it out)")
+    extras = None
+    if config.augment:
+        replayed = sorted({name for name, _ in transforms.expand(config.augment)} & transforms.GEOMETRIC_STEPS)
+        if replayed:
+            raise ConfigError(f"--augment {', '.join(replayed)} would move the student off the views the teacher saw; "
+                              f"the store replays its own ({views['augment']}); --augment may only add steps it "
+                              f"does not replay: {', '.join(sorted(transforms.TENSOR_STEPS))}")
+        extras = transforms.build_transform(config.augment)
+    source = get_dataset(config.dataset, transform=recorded)
+    size = (config.view_size, config.view_size) if config.view_size else views["size"]
+    teacher = open_store(config.store, storage_options=config.storage_options).teacher(logits.teacher_names[0])
+    replay = ViewReplay(teacher.read_view_params(0, teacher.num_samples), tuple(size) if size else None, extras)
+    at = f"{size[0]}x{size[1]} px" if size else "the input's size"
+    log(f"replaying {replay.views} stored views per sample ({views['augment']}) at {at}, "
+        f"a {config.view_order} view each epoch; student-side only, not replayed: {config.augment or 'none'}")
+    return source, replay
+
+
+def _check_views(store, logits: TeacherLogits, source, workers: int, log) -> None:
+    """--check-views: rebuild every stored view and compare its hash with the dump's."""
+    teachers = [store.teacher(name) for name in logits.teacher_names]
+    hashed = [t for t in teachers if t.has_view_hashes]
+    if not hashed:
+        raise ConfigError("--check-views: the store recorded no view hashes (dump with --record-view-hashes)")
+    for teacher in hashed:
+        problems = check_view_hashes(teacher, source.dataset, workers)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise DatasetError(f"--check-views: teacher {teacher.name!r}: {problems[0]}{more}; the data or the "
+                               "augmentation code changed since the dump")
+        log(f"checked {teacher.num_samples * teacher.views_per_sample} views of teacher {teacher.name!r}: "
+            "all replay exactly")
+
+
+def _check_head(student, sample, num_classes: int, where: str, device, what: str = "an input",
+                hint: str = "") -> None:
     """One forward pass: sizes lazy layers and checks the head has one output per class."""
-    inputs = source.dataset[0][0].unsqueeze(0).to(device)
+    inputs = sample.unsqueeze(0).to(device)
     student.eval()
     with torch.no_grad():
         try:
             out = student(inputs)
         except Exception as err:
-            raise ModelError(f"the student fails on an input of shape {tuple(inputs.shape[1:])}: {err}") from None
+            raise ModelError(f"the student fails on {what} of shape {tuple(inputs.shape[1:])}: "
+                             f"{str(err).strip().splitlines()[0]}{hint}") from None
     if out.ndim != 2 or out.shape[1] != num_classes:
         raise ModelError(f"the student outputs {tuple(out.shape[1:])} per sample but the {where} has {num_classes} classes")
 

@@ -56,6 +56,11 @@ class TrainConfig:
     transform: str | None = None  # training inputs; default: the dataset's eval transform
     augment: str | None = None  # random steps put before the training transform
     val_transform: str | None = None  # default: the validation dataset's eval transform
+    view_order: str = "random"  # multi-view stores: which stored view a sample shows each epoch
+    view_size: int | None = None  # multi-view stores: replay views at N x N (default: the dump's size)
+    check_views: bool = False  # recompute every stored view's hash before training
+    mixup: float = 0.0  # Beta alpha for Mixup (0: off); teachers' probabilities are mixed alike
+    cutmix: float = 0.0  # Beta alpha for CutMix (0: off)
     cache_budget: int = 4 << 30
     allow_partial: bool = False
     resume: bool = False
@@ -94,6 +99,12 @@ def validate(config: TrainConfig) -> None:
          f"--schedule must be cosine, step or constant, got {config.schedule!r}"),
         (config.warmup_epochs >= 0 and config.workers >= 0, "--warmup-epochs and --workers must be >= 0"),
         (config.cache_budget >= 0, "--cache-budget must be >= 0"),
+        (config.view_order in ("random", "cycle"), f"--view-order must be random or cycle, got {config.view_order!r}"),
+        (config.view_size is None or config.view_size >= 1, f"--view-size must be at least 1, got {config.view_size}"),
+        (config.mixup >= 0 and config.cutmix >= 0, "--mixup and --cutmix take a Beta alpha >= 0 (0 is off)"),
+        (config.loss != "dkd" or not (config.mixup or config.cutmix),
+         "--loss dkd splits the target class from the rest, but a mixed sample has two: use kl or dist with "
+         "--mixup/--cutmix"),
         (not (config.resume and config.overwrite), "give --resume or --overwrite, not both"),
     ]
     for ok, message in checks:

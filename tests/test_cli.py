@@ -142,7 +142,7 @@ BAD_INPUTS = [
     ("info on a non-store", ["info", "{tmp}"], "not a logitcache store"),
     ("info on a missing path", ["info", "{tmp}/missing.zarr"], "does not exist"),
     ("verify on a non-store", ["verify", "{tmp}"], "not a logitcache store"),
-    ("newer format version", ["info", "{newer}"], "newer than the v1"),
+    ("newer format version", ["info", "{newer}"], "newer than the v2"),
     ("verify a newer format", ["verify", "{newer}"], "upgrade logitcache"),
 ]
 

@@ -89,6 +89,7 @@ def get_dataset(
     split: str | None = None,
     transform: str | None = None,
     augment: str | None = None,
+    for_views: bool = False,
 ) -> DatasetSource:
     """Build a dataset source from a spec.
 
@@ -96,7 +97,10 @@ def get_dataset(
         spec: ``NAME[:ARG][@SPLIT]`` for registered datasets, or ``package.module:factory``.
         split: the split, unless the spec names one.
         transform: a transform preset or step list; default: the dataset's eval transform.
-        augment: random steps put before the transform (train-time augmentation).
+        augment: random steps put before the transform (train-time augmentation); tensor steps
+            such as erasing go after it.
+        for_views: the inputs views are cut from (``--augment`` of a dump): the default transform
+            loses its center crop (views see the whole image), and random steps are refused.
 
     Raises:
         SpecError: unknown dataset, split or transform.
@@ -112,8 +116,13 @@ def get_dataset(
     if entry.splits and split not in entry.splits:
         raise SpecError(f"dataset {name!r} has no split {split!r}; splits: {', '.join(entry.splits)}")
     steps = transform or entry.default_transform
+    if for_views:
+        steps = transform or transforms.without(entry.default_transform, "center_crop")
+        if transforms.is_random(steps):
+            raise SpecError(f"transform {steps!r} draws random views; with --augment the views are the only "
+                            "randomness, so the transform must be deterministic")
     if augment:
-        steps = f"{augment},{transforms.canonical(steps)}"
+        steps = transforms.with_augment(steps, augment)
     dataset, keys, labels, classes = entry.builder(arg, split, transforms.build_transform(steps))
     if len(keys) == 0:
         raise DatasetError(f"dataset {spec!r} is empty")

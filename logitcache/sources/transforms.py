@@ -5,7 +5,11 @@
     >>> is_random("flip,to_tensor")               # True: the teacher never saw these exact views
 
 Steps: resize=N, center_crop=N, to_tensor, normalize=imagenet|cifar10|cifar100|mnist,
-flip (random horizontal flip), random_crop=SIZE[:PAD], random_resized_crop=SIZE, none.
+flip (random horizontal flip), random_crop=SIZE[:PAD], random_resized_crop=SIZE,
+erasing[=P] (random erasing on the tensor, probability P, default 0.5), none.
+
+Replayable multi-view augmentation for dumps (``--augment`` of ``logitcache dump``) has its own
+grammar, in ``views.py``.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ NORMALIZATION = {  # (mean, std) per channel, as published with each dataset's u
     "mnist": ((0.1307,), (0.3081,)),
 }
 
-RANDOM_STEPS = {"flip", "random_crop", "random_resized_crop"}
+GEOMETRIC_STEPS = {"flip", "random_crop", "random_resized_crop"}  # change which pixels a view holds
+TENSOR_STEPS = {"erasing"}  # act on the finished tensor, so they go after the transform
+RANDOM_STEPS = GEOMETRIC_STEPS | TENSOR_STEPS
 
 
 def expand(spec: str) -> list[tuple[str, str]]:
@@ -53,9 +59,26 @@ def is_random(spec: str) -> bool:
     return any(name in RANDOM_STEPS for name, _ in expand(spec))
 
 
+def with_augment(spec: str, augment: str) -> str:
+    """The steps of ``spec`` with augmentation added: image steps before it, tensor steps after."""
+    steps = expand(augment)
+    before = [_join(n, a) for n, a in steps if n not in TENSOR_STEPS]
+    after = [_join(n, a) for n, a in steps if n in TENSOR_STEPS]
+    return ",".join([*before, canonical(spec), *after])
+
+
+def without(spec: str, step: str) -> str:
+    """``spec`` with every ``step`` removed (e.g. the center crop, for multi-view dumps)."""
+    return ",".join(_join(n, a) for n, a in expand(spec) if n != step) or "none"
+
+
+def _join(name: str, arg: str) -> str:
+    return f"{name}={arg}" if arg else name
+
+
 def canonical(spec: str) -> str:
     """The step list a spec stands for, as stored in a store's provenance."""
-    return ",".join(f"{n}={a}" if a else n for n, a in expand(spec))
+    return ",".join(_join(n, a) for n, a in expand(spec))
 
 
 def build_transform(spec: str):
@@ -123,6 +146,18 @@ def _random_resized_crop(arg, spec):
     return T.RandomResizedCrop(_int(arg, "random_resized_crop", spec), antialias=True)
 
 
+def _erasing(arg, spec):
+    from torchvision import transforms as T
+
+    try:
+        probability = float(arg) if arg else 0.5
+    except ValueError:
+        probability = -1.0
+    if not 0 <= probability <= 1:
+        raise SpecError(f"transform {spec!r}: erasing takes a probability in [0, 1], got {arg!r}")
+    return T.RandomErasing(p=probability)
+
+
 def _none(arg, spec):
     return None
 
@@ -135,5 +170,6 @@ _BUILDERS = {
     "flip": _flip,
     "random_crop": _random_crop,
     "random_resized_crop": _random_resized_crop,
+    "erasing": _erasing,
     "none": _none,
 }

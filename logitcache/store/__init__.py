@@ -1,4 +1,4 @@
-"""The logitcache store format (v1): a self-describing, checksummed Zarr v3 group of logits.
+"""The logitcache store format (v1, v2 for multi-view teachers): a self-describing, checksummed Zarr v3 group of logits.
 
     >>> from logitcache.store import open_store
     >>> store = open_store("data/stores/digits.zarr")
@@ -13,7 +13,16 @@ from ._backend import local_path, storage_options_for
 from ._codecs import CODECS, Codec, get_codec, list_codecs
 from ._fingerprint import dataset_fingerprint, describe_mismatch
 from ._pack import pack_store
-from ._schema import FORMAT_NAME, FORMAT_VERSION, STATUS_COMPLETE, STATUS_WRITING, Layout, choose_layout
+from ._schema import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    STATUS_COMPLETE,
+    STATUS_WRITING,
+    VIEW_HASHES_ARRAY,
+    VIEW_PARAMS_ARRAY,
+    Layout,
+    choose_layout,
+)
 from ._store import (
     LogitStore,
     create_store,
@@ -31,6 +40,8 @@ __all__ = [
     "FORMAT_VERSION",
     "STATUS_COMPLETE",
     "STATUS_WRITING",
+    "VIEW_HASHES_ARRAY",
+    "VIEW_PARAMS_ARRAY",
     "BackgroundWriter",
     "Codec",
     "Layout",

@@ -29,7 +29,7 @@ from ..errors import (
 )
 from ._backend import local_path, probe_remote, remote_errors, zarr_store
 from ._fingerprint import dataset_fingerprint, describe_mismatch
-from ._schema import FORMAT_NAME, FORMAT_VERSION, ROOT_ATTR, STATUS_COMPLETE, TEACHERS_GROUP
+from ._schema import BASE_VERSION, FORMAT_NAME, FORMAT_VERSION, ROOT_ATTR, STATUS_COMPLETE, TEACHERS_GROUP, VIEWS_VERSION
 from ._teacher import Teacher, compressors, create_teacher_arrays, teacher_exists, teacher_status
 
 INDEX_CHUNK_ROWS = 65536  # keys and labels: small, read whole, one checksummed chunk per 64k rows
@@ -146,9 +146,18 @@ class LogitStore:
         if self.read_only:
             raise StoreWriteError(f"{self.location} was opened read-only")
         with remote_errors(self.location):
+            if kwargs.get("views"):  # before the teacher exists: a v1 reader must refuse the store first
+                self._require_version(VIEWS_VERSION)
             teachers = self.group.require_group(TEACHERS_GROUP)
             group = create_teacher_arrays(teachers, name, num_samples=self.num_samples, **kwargs)
         return Teacher(group, name, self)
+
+    def _require_version(self, version: int) -> None:
+        """Raise the store's recorded format version to ``version`` (never lower it)."""
+        info = dict(self.group.attrs[ROOT_ATTR])
+        if info["version"] < version:
+            self.group.attrs[ROOT_ATTR] = {**info, "version": version}
+            self._cache.pop("info", None)
 
     def delete_teacher(self, name: str) -> None:
         with remote_errors(self.location):
@@ -248,7 +257,7 @@ def create_store(location, *, keys, labels, dataset: dict, class_names=None, sto
             label_array[:] = labels
             group.attrs[ROOT_ATTR] = {
                 "format": FORMAT_NAME,
-                "version": FORMAT_VERSION,
+                "version": BASE_VERSION,
                 "dataset": {
                     **dataset,
                     "num_samples": len(keys),

@@ -9,6 +9,11 @@
 A shard is the unit of writing. ``shard_done`` (one chunk per shard, so concurrent writers of
 disjoint shards never touch the same object) records the shards whose every array was written
 and read back intact; ``status`` turns ``complete`` only once every shard is done.
+
+A multi-view teacher (format v2) holds K views per sample: every codec array gains a view axis,
+(N, K, ...), and ``view_params`` (N, K, P) float16 records how each view was cut (optionally with
+``view_hashes`` (N, K) uint64 of each view's input). Reads then return (n, K, C); the codec itself
+always sees flat (n * K, ...) rows.
 """
 
 from __future__ import annotations
@@ -29,7 +34,16 @@ from ..errors import (
 )
 from ._backend import retry_transient
 from ._codecs import Codec, get_codec
-from ._schema import SHARD_DONE_ARRAY, STATUS_COMPLETE, STATUS_WRITING, TEACHER_ATTR, TEACHERS_GROUP, Layout
+from ._schema import (
+    SHARD_DONE_ARRAY,
+    STATUS_COMPLETE,
+    STATUS_WRITING,
+    TEACHER_ATTR,
+    TEACHERS_GROUP,
+    VIEW_HASHES_ARRAY,
+    VIEW_PARAMS_ARRAY,
+    Layout,
+)
 
 
 def compressors(shuffle: str = "shuffle") -> list:
@@ -55,8 +69,13 @@ def create_teacher_arrays(
     layout: Layout,
     settings: dict,
     provenance: dict,
+    views: dict | None = None,
 ) -> zarr.Group:
-    """Create a teacher's empty arrays and its attribute with status ``writing``."""
+    """Create a teacher's empty arrays and its attribute with status ``writing``.
+
+    ``views`` (for multi-view teachers): ``count`` K, ``params`` (the view_params column names),
+    ``hashes`` (the hash name, or None for no view_hashes array), plus what describes the views.
+    """
     # The attribute is part of the group's first metadata write, so a reader never sees a
     # teacher group without a status; the arrays follow, and status stays "writing" until done.
     group = teachers.create_group(name, attributes={TEACHER_ATTR: {
@@ -68,17 +87,25 @@ def create_teacher_arrays(
         "provenance": provenance,
         "metrics": None,
         "run": {},
+        **({"views": views} if views else {}),
     }})
-    for array_name, spec in codec.arrays.items():
-        row = (spec.width or num_classes,) if spec.per_class else ()
+    per_sample = (views["count"],) if views else ()
+    arrays = {name: (spec.dtype, (spec.width or num_classes,) if spec.per_class else (), spec.fill_value)
+              for name, spec in codec.arrays.items()}
+    if views:
+        arrays[VIEW_PARAMS_ARRAY] = (views.get("dtype", "float16"), (len(views["params"]),), float("nan"))
+        if views.get("hashes"):
+            arrays[VIEW_HASHES_ARRAY] = ("uint64", (), 0)
+    for array_name, (dtype, row, fill_value) in arrays.items():
+        row = (*per_sample, *row)
         group.create_array(
             array_name,
             shape=(num_samples, *row),
-            dtype=spec.dtype,
+            dtype=dtype,
             chunks=(layout.rows_per_chunk, *row),
             shards=(layout.rows_per_shard, *row),
             compressors=compressors(),
-            fill_value=spec.fill_value,
+            fill_value=fill_value,
         )
     group.create_array(
         SHARD_DONE_ARRAY, shape=(layout.num_shards(num_samples),), dtype="uint8", chunks=(1,),
@@ -133,8 +160,48 @@ class Teacher:
         return self.layout.num_shards(self.num_samples)
 
     @cached_property
+    def views(self) -> dict | None:
+        """A multi-view teacher's ``views`` record (count, params, hashes, augment, ...); else None."""
+        return self.group.attrs[TEACHER_ATTR].get("views")
+
+    @property
+    def views_per_sample(self) -> int:
+        return int(self.views["count"]) if self.views else 1
+
+    @property
+    def has_view_hashes(self) -> bool:
+        return bool(self.views and self.views.get("hashes"))
+
+    @cached_property
     def arrays(self) -> dict[str, zarr.Array]:
+        """The codec's arrays, which hold the logits."""
         return {name: self.group[name] for name in self.codec.arrays}
+
+    @cached_property
+    def view_arrays(self) -> dict[str, zarr.Array]:
+        """``view_params`` (and ``view_hashes``, if recorded) of a multi-view teacher; else empty."""
+        names = [VIEW_PARAMS_ARRAY, VIEW_HASHES_ARRAY] if self.has_view_hashes else [VIEW_PARAMS_ARRAY]
+        return {name: self.group[name] for name in names} if self.views else {}
+
+    def flat(self, stored: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Stored codec arrays with views folded into rows, (n, K, ...) -> (n * K, ...), as the
+        codec reads them (unchanged for a single-view teacher)."""
+        if not self.views:
+            return stored
+        return {name: values.reshape(-1, *values.shape[2:]) for name, values in stored.items()
+                if name in self.codec.arrays}
+
+    def _unflat(self, values: np.ndarray) -> np.ndarray:
+        return values.reshape(-1, self.views_per_sample, *values.shape[1:]) if self.views else values
+
+    def decode(self, stored: dict[str, np.ndarray]) -> np.ndarray:
+        """Stored arrays -> float32 logits: (n, C), or (n, K, C) for a multi-view teacher."""
+        return self._unflat(self.codec.decode(self.flat(stored)))
+
+    def rows_ok(self, stored: dict[str, np.ndarray]) -> np.ndarray:
+        """(n,) True where a sample's row (every view of it) was written."""
+        ok = self.codec.rows_ok(self.flat(stored))
+        return ok.reshape(-1, self.views_per_sample).all(axis=1)
 
     def shard_done(self) -> np.ndarray:
         """bool (num_shards,): which shards were written and read back intact."""
@@ -146,10 +213,11 @@ class Teacher:
 
     # -- reading -------------------------------------------------------------------------------
 
-    def read_stored(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        """The raw stored arrays for rows [start, stop), checksums verified by zarr."""
+    def read_stored(self, start: int, stop: int, arrays: dict | None = None) -> dict[str, np.ndarray]:
+        """The raw stored arrays (default: the codec's) for rows [start, stop), checksums verified by zarr."""
+        arrays = self.arrays if arrays is None else arrays
         try:
-            return retry_transient(lambda: {name: array[start:stop] for name, array in self.arrays.items()},
+            return retry_transient(lambda: {name: array[start:stop] for name, array in arrays.items()},
                                    self.store.location)
         except (StoreConnectionError, StoreAccessError):
             raise
@@ -169,47 +237,67 @@ class Teacher:
             StoreIncompleteError: rows that were never written (they decode to NaN).
         """
         stored = self.read_stored(start, stop)
-        missing = ~self.codec.rows_ok(stored)
+        missing = ~self.rows_ok(stored)
         if missing.any():
             first = start + int(np.flatnonzero(missing)[0])
             raise StoreIncompleteError(
                 f"teacher {self.name!r}: {int(missing.sum())} rows in {start}-{stop} hold no logits "
                 f"(first: row {first}); the dump did not finish — rerun it to resume"
             )
-        return self.codec.decode(stored)
+        return self.decode(stored)
+
+    def read_view_params(self, start: int, stop: int) -> np.ndarray:
+        """float16 (stop - start, K, P): how each stored view was cut (see docs/FORMAT.md)."""
+        params = self.read_stored(start, stop, {VIEW_PARAMS_ARRAY: self.view_arrays[VIEW_PARAMS_ARRAY]})
+        return params[VIEW_PARAMS_ARRAY]
+
+    def read_view_hashes(self, start: int, stop: int) -> np.ndarray:
+        """uint64 (stop - start, K): the recorded hash of each view's input tensor."""
+        return self.read_stored(start, stop, {VIEW_HASHES_ARRAY: self.view_arrays[VIEW_HASHES_ARRAY]})[VIEW_HASHES_ARRAY]
 
     def read_targets(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Rows [start, stop) as the codec's sparse training targets (checked like ``read``)."""
         stored = self.read_stored(start, stop)
-        if not self.codec.rows_ok(stored).all():
+        if not self.rows_ok(stored).all():
             raise StoreIncompleteError(f"teacher {self.name!r}: rows {start}-{stop} are not all written")
-        return self.codec.sparse_targets(stored)
+        return {key: self._unflat(values) for key, values in self.codec.sparse_targets(self.flat(stored)).items()}
 
     def take(self, indices) -> np.ndarray:
-        """Decoded float32 logits (len(indices), C) for any rows, in the order given."""
+        """Decoded float32 logits (len(indices), C) — (len(indices), K, C) for a multi-view
+        teacher — for any rows, in the order given."""
         indices = np.asarray(indices, dtype=np.int64)
         if indices.size == 0:
-            return np.empty((0, self.num_classes), dtype=np.float32)
+            return np.empty((0, *self.row_shape), dtype=np.float32)
         lo, hi = int(indices.min()), int(indices.max()) + 1
         if hi - lo <= 4 * indices.size:  # dense enough: one contiguous read
             return self.read(lo, hi)[indices - lo]
         unique, inverse = np.unique(indices, return_inverse=True)
         stored = {name: array.get_orthogonal_selection((unique,)) for name, array in self.arrays.items()}
-        return self.codec.decode(stored)[inverse]
+        return self.decode(stored)[inverse]
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        """The decoded shape of one sample: (C,), or (K, C) for a multi-view teacher."""
+        return (self.views_per_sample, self.num_classes) if self.views else (self.num_classes,)
 
     # -- writing -------------------------------------------------------------------------------
 
-    def write_shard(self, shard: int, logits: np.ndarray) -> dict[str, np.ndarray]:
+    def write_shard(self, shard: int, logits: np.ndarray, views: dict | None = None) -> dict[str, np.ndarray]:
         """Encode and write one whole shard, read it back, record it done; return what was stored.
+
+        ``logits`` is float32 (n, C), or (n, K, C) with ``views`` = {"view_params": (n, K, P),
+        "view_hashes": (n, K) uint64 if recorded} for a multi-view teacher.
 
         Raises:
             NonFiniteLogitsError: a row holds NaN or inf; the message names the sample keys.
             CorruptStoreError: what was read back differs from what was written.
         """
         start, stop = self.layout.shard_rows(shard, self.num_samples)
-        if logits.shape != (stop - start, self.num_classes):
-            raise ValueError(f"shard {shard} needs shape {(stop - start, self.num_classes)}, got {logits.shape}")
-        bad = np.flatnonzero(~np.isfinite(logits).all(axis=1))
+        if logits.shape != (stop - start, *self.row_shape):
+            raise ValueError(f"shard {shard} needs shape {(stop - start, *self.row_shape)}, got {logits.shape}")
+        if sorted(views or {}) != sorted(self.view_arrays):
+            raise ValueError(f"shard {shard} needs view arrays {sorted(self.view_arrays)}, got {sorted(views or {})}")
+        bad = np.flatnonzero(~np.isfinite(logits.reshape(len(logits), -1)).all(axis=1))
         if bad.size:
             keys = self.store.keys[start + bad[:5]]
             raise NonFiniteLogitsError(
@@ -217,12 +305,16 @@ class Teacher:
                 f"(keys: {', '.join(map(repr, keys))}{', …' if bad.size > 5 else ''}); "
                 "nothing was marked complete"
             )
-        encoded = self.codec.encode_shard(logits, shard)
+        encoded = self.codec.encode_shard(logits.reshape(-1, self.num_classes), shard)
+        encoded = {name: self._unflat(values) for name, values in encoded.items()}
+        encoded.update({name: np.asarray(values, dtype=self.view_arrays[name].dtype) for name, values in
+                        (views or {}).items()})
+        arrays = {**self.arrays, **self.view_arrays}
 
         def write_and_check():  # idempotent: a retry after a network error rewrites the same bytes
             for name, values in encoded.items():
-                self.arrays[name][start:stop] = values
-            stored = self.read_stored(start, stop)
+                arrays[name][start:stop] = values
+            stored = self.read_stored(start, stop, arrays)
             for name, values in encoded.items():
                 if not np.array_equal(stored[name], values, equal_nan=values.dtype.kind == "f"):
                     raise CorruptStoreError(f"teacher {self.name!r}: shard {shard} of {name!r} read back differently")

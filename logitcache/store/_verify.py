@@ -77,7 +77,12 @@ def _verify_teacher(teacher, report: VerifyReport) -> None:
             report.problems.append(f"{where} was never written")
             continue
         try:
-            rows = np.flatnonzero(~teacher.codec.rows_ok(teacher.read_stored(start, stop)))
+            rows = np.flatnonzero(~teacher.rows_ok(teacher.read_stored(start, stop)))
+            if teacher.views:
+                params = teacher.read_view_params(start, stop)
+                rows = np.union1d(rows, np.flatnonzero(~np.isfinite(params).reshape(len(params), -1).all(axis=1)))
+                if teacher.has_view_hashes:
+                    teacher.read_view_hashes(start, stop)  # checksums only: values need the dataset
         except LogitCacheError as err:
             report.problems.append(f"{err} [shard {shard}]")
             continue

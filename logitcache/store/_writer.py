@@ -41,9 +41,9 @@ class BackgroundWriter:
                 return
             if self._error is not None:
                 continue  # drain without writing after a failure
-            shard, logits = item
+            shard, logits, views = item
             try:
-                stored = self.teacher.write_shard(shard, logits)
+                stored = self.teacher.write_shard(shard, logits, views)
                 if self.on_written is not None:
                     self.on_written(shard, stored)
             except BaseException as err:  # handed to the producer thread, re-raised there
@@ -53,10 +53,10 @@ class BackgroundWriter:
         if self._error is not None:
             raise self._error
 
-    def submit(self, shard: int, logits: np.ndarray) -> None:
-        """Queue one whole shard of float32 logits for writing."""
+    def submit(self, shard: int, logits: np.ndarray, views: dict | None = None) -> None:
+        """Queue one whole shard of float32 logits (and, for a multi-view teacher, its view arrays)."""
         self._raise_if_failed()
-        self._queue.put((shard, logits))
+        self._queue.put((shard, logits, views))
 
     def close(self) -> None:
         """Wait until every queued shard is written; raise the writer's error if it had one."""
