@@ -454,6 +454,9 @@ def _checked(loader, spec: str):
             return
         except (OSError, ValueError, RuntimeError) as err:
             first = str(err).strip().splitlines()
+            if "stack expects each tensor to be equal size" in str(err):
+                raise DatasetError(f"the inputs of {spec} differ in size, so they cannot be batched: give the views "
+                                   "one size with size=N in --augment (or resize in --transform)") from None
             raise DatasetError(f"loading a sample of {spec} failed: {first[-1] if first else type(err).__name__}") from None
 
 

@@ -87,3 +87,67 @@ def shuffled_digits(split=None):
 def seven_class_student(num_classes: int = 10) -> nn.Module:
     """Ignores ``num_classes``: a head that cannot fit a 10-class store."""
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 7))
+
+
+class _Recording(nn.Module):
+    """Keeps a copy of every batch it is given, so a test can compare them with replayed views."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        RECORDED.append(x.detach().clone())
+        return self.inner(x)
+
+
+RECORDED: list[torch.Tensor] = []
+
+
+def recording_teacher(num_classes: int = 10) -> nn.Module:
+    """``linear_teacher`` that records its inputs in ``RECORDED`` (in-process dumps only)."""
+    return _Recording(linear_teacher(num_classes))
+
+
+class _FailsAfter(nn.Module):
+    """Raises on batch LOGITCACHE_TEST_FAIL_AFTER (if set): a dump cut short at a known point."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, x):
+        self.calls += 1
+        limit = os.environ.get("LOGITCACHE_TEST_FAIL_AFTER")
+        if limit and self.calls > int(limit):
+            raise KeyboardInterrupt
+        return self.inner(x)
+
+
+def interrupted_teacher(num_classes: int = 10) -> nn.Module:
+    return _FailsAfter(linear_teacher(num_classes))
+
+
+def image_teacher(num_classes: int = 3) -> nn.Module:
+    """A fixed (seeded) teacher for small RGB images of any size: average-pool to 4x4, then linear."""
+    generator = torch.Generator().manual_seed(99)
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(48, num_classes))
+    with torch.no_grad():
+        model[2].weight.copy_(torch.randn(num_classes, 48, generator=generator))
+        model[2].bias.zero_()
+    return model
+
+
+def write_image_folder(root, classes: int = 3, per_class: int = 4, size: int = 20, seed: int = 0) -> None:
+    """Real PNG files in ImageFolder's layout (class folders), random but seeded."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        folder = Path(root) / f"class{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 256, size=(size, size + 4 * c, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"img{i}.png")

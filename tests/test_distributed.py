@@ -94,3 +94,23 @@ def test_ddp_training_checkpoints_and_repeats_exactly(tmp_path, digits_store):
     assert (tmp_path / "a" / "last.pt").exists() and (tmp_path / "a" / "best.pt").exists()
     steps = (tmp_path / "a" / "steps.csv").read_text().splitlines()
     assert len(steps) == 1 + 2 * 23  # ceil(1437 / 2) = 719 samples per rank, 23 batches of 32
+
+
+def test_multi_view_dump_and_training_under_torchrun(tmp_path):
+    from tests.conftest import make_store
+
+    views = ["--augment", "crop=0.4-1,flip", "--views", "3", "--record-view-hashes"]
+    single = make_store(tmp_path / "one.zarr", augment="crop=0.4-1,flip", views=3, record_view_hashes=True)
+    result = torchrun("dump", tmp_path / "two.zarr", "--teacher", "tests.factories:linear_teacher", "--dataset",
+                      "digits@train", "--rows-per-shard", "256", "--batch-size", "64", "--no-progress", *views)
+    assert result.returncode == 0, result.stderr
+    assert store_contents(tmp_path / "two.zarr") == store_contents(single)
+
+    def run(name):
+        result = torchrun("train", "--out", tmp_path / name, "--student", "mlp:hidden=16", "--dataset", "digits@train",
+                          "--store", single, "--loss", "kl", "--epochs", "2", "--batch-size", "32", "--mixup", "0.2",
+                          "--no-progress")
+        assert result.returncode == 0, result.stderr
+        return (tmp_path / name / "steps.csv").read_text()
+
+    assert run("a") == run("b")
