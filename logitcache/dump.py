@@ -160,7 +160,7 @@ def _dump(config: DumpConfig, dist: Distributed, log) -> DumpSummary:
     # Every rank builds the same data and teacher; only rank 0 writes the store's metadata.
     augment = parse_augment(config.augment) if config.augment else None
     source = get_dataset(config.dataset, split=config.split, transform=config.transform, for_views=bool(augment))
-    inputs = (DumpViews(source.dataset, augment, config.view_count, config.seed, config.record_view_hashes)
+    inputs = (DumpViews(source, augment, config.view_count, config.seed, config.record_view_hashes)
               if augment else source.dataset)
     device = resolve_device(dist.device(config.device))
     model = get_model(config.teacher, config.num_classes or len(source.classes), weights=config.weights)

@@ -1,10 +1,15 @@
 """Multi-view stores at work: draw views for the teacher, replay them for the student, check them.
 
-    >>> views = DumpViews(source.dataset, parse_augment("cifar"), views=4, seed=0, hashes=True)
+    >>> source = get_dataset("cifar100:data@train", for_views=True)   # normalisation left for the views
+    >>> views = DumpViews(source, parse_augment("cifar"), views=4, seed=0, hashes=True)
     >>> inputs, label, params, hashes = views[17]           # (4, C, H, W), int, (4, 5), (4,)
-    >>> replay = ViewReplay(teacher.read_view_params(0, N), size=(160, 160))
+    >>> replay = ViewReplay(teacher.read_view_params(0, N), size=(160, 160), normalize=source.view_normalize)
     >>> replay.build(source.dataset[17][0], row=17, view=2) # view 2 of sample 17, at 160 px
-    >>> problems = check_view_hashes(teacher, source.dataset)
+    >>> problems = check_view_hashes(teacher, source)
+
+A view is cut from the sample as the transform leaves it before its final ``normalize``, then
+normalised; student-side colour steps (``color_jitter``) go between the two, tensor steps
+(``erasing``) after.
 
 The teacher's inputs and the student's replays go through the same function (``apply_view``)
 with the same float16 parameters read back from the store, so at the dump's size they are the
@@ -18,17 +23,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .errors import DatasetError
+from .sources import transforms
 from .sources.views import ViewAugment, apply_view, view_hash
 
 
 class DumpViews(Dataset):
-    """Sample i -> (its K views stacked, label, float16 (K, P) params, int64 (K,) view hashes).
+    """Sample i of a ``for_views`` source -> (its K views stacked, label, float16 (K, P) params,
+    int64 (K,) view hashes).
 
     Hashes are uint64 values carried as int64 (a DataLoader cannot collate uint64); all zeros
     when not recorded."""
 
-    def __init__(self, dataset, augment: ViewAugment, views: int, seed: int, hashes: bool):
-        self.dataset, self.augment, self.views, self.seed, self.hashes = dataset, augment, views, seed, hashes
+    def __init__(self, source, augment: ViewAugment, views: int, seed: int, hashes: bool):
+        self.dataset, self.augment, self.views, self.seed, self.hashes = source.dataset, augment, views, seed, hashes
+        self.replay = ViewReplay(None, augment.size, normalize=source.view_normalize)
 
     def __len__(self):
         return len(self.dataset)
@@ -36,24 +44,36 @@ class DumpViews(Dataset):
     def __getitem__(self, index: int):
         image, label = self.dataset[index]
         params = self.augment.draw(self.seed, index, self.views)
-        built = [apply_view(image, row, self.augment.size) for row in params]
+        built = [self.replay.cut(image, row) for row in params]
         hashes = np.array([view_hash(v) for v in built] if self.hashes else [0] * self.views, dtype=np.uint64)
         return torch.stack(built), label, torch.from_numpy(params), torch.from_numpy(hashes.view(np.int64))
 
 
 class ViewReplay:
-    """Rebuild stored views: params (N, K, P) from the store, at ``size`` (default: the dump's),
-    then ``extras`` (student-side steps the store does not replay, e.g. random erasing)."""
+    """Rebuild stored views: params (N, K, P) from the store, cut at ``size`` (default: the
+    input's), then student-side steps the store does not replay: ``colour`` (e.g. color_jitter),
+    the source's ``normalize``, then ``extras`` (e.g. erasing). Steps are transform specs."""
 
-    def __init__(self, params: np.ndarray, size: tuple[int, int] | None, extras=None):
-        self.params, self.size, self.extras = params, size, extras
+    def __init__(self, params: np.ndarray | None, size: tuple[int, int] | None, *, normalize: str | None = None,
+                 colour: str | None = None, extras: str | None = None):
+        self.params, self.size = params, size
+        self.colour, self.normalize, self.extras = (transforms.build_transform(s) if s else None
+                                                    for s in (colour, normalize, extras))
 
     @property
     def views(self) -> int:
         return self.params.shape[1]
 
+    def cut(self, image, params, colour: bool = False):
+        """The view ``params`` describes: crop, resize, flip, [colour], normalize."""
+        out = apply_view(image, params, self.size)
+        if colour and self.colour is not None:
+            out = self.colour(out)
+        return self.normalize(out) if self.normalize is not None else out
+
     def build(self, image, row: int, view: int):
-        out = apply_view(image, self.params[row, view], self.size)
+        """Stored view ``view`` of sample ``row``, with every student-side step."""
+        out = self.cut(image, self.params[row, view], colour=True)
         return self.extras(out) if self.extras is not None else out
 
 
@@ -68,18 +88,19 @@ class _ReplayAll(Dataset):
 
     def __getitem__(self, row: int):
         image = self.dataset[row][0]
-        hashes = [view_hash(self.replay.build(image, row, view)) for view in range(self.replay.views)]
+        hashes = [view_hash(self.replay.cut(image, self.replay.params[row, view])) for view in range(self.replay.views)]
         return torch.from_numpy(np.array(hashes, dtype=np.uint64).view(np.int64))
 
 
-def check_view_hashes(teacher, dataset, workers: int = 0, limit: int = 10) -> list[str]:
-    """Rebuild every stored view of ``teacher`` from ``dataset`` and compare it with the recorded
-    hash; returns one line per differing sample (at most ``limit``, then a count)."""
+def check_view_hashes(teacher, source, workers: int = 0, limit: int = 10) -> list[str]:
+    """Rebuild every stored view of ``teacher`` from a ``for_views`` source of its dataset and
+    compare it with the recorded hash; returns one line per differing sample (at most ``limit``,
+    then a count)."""
     size = tuple(teacher.views["size"]) if teacher.views.get("size") else None
     n = teacher.num_samples
-    replay = ViewReplay(teacher.read_view_params(0, n), size)
+    replay = ViewReplay(teacher.read_view_params(0, n), size, normalize=source.view_normalize)
     recorded = teacher.read_view_hashes(0, n)
-    loader = DataLoader(_ReplayAll(dataset, replay), batch_size=64, num_workers=workers)
+    loader = DataLoader(_ReplayAll(source.dataset, replay), batch_size=64, num_workers=workers)
     problems, start = [], 0
     try:
         for batch in loader:

@@ -313,18 +313,20 @@ def _replayed_views(config: TrainConfig, logits: TeacherLogits, log) -> tuple:
     if config.transform and transforms.canonical(config.transform) != recorded:
         raise ConfigError(f"the store's views were cut from inputs made by transform {recorded!r}; --transform "
                           f"{config.transform!r} would change them (leave it out)")
-    extras = None
-    if config.augment:
-        replayed = sorted({name for name, _ in transforms.expand(config.augment)} & transforms.GEOMETRIC_STEPS)
-        if replayed:
-            raise ConfigError(f"--augment {', '.join(replayed)} would move the student off the views the teacher saw; "
-                              f"the store replays its own ({views['augment']}); --augment may only add steps it "
-                              f"does not replay: {', '.join(sorted(transforms.TENSOR_STEPS))}")
-        extras = transforms.build_transform(config.augment)
-    source = get_dataset(config.dataset, transform=recorded)
+    steps = transforms.expand(config.augment) if config.augment else []
+    allowed = transforms.COLOR_STEPS | transforms.TENSOR_STEPS
+    replayed = sorted({name for name, _ in steps} - allowed)
+    if replayed:
+        raise ConfigError(f"--augment {', '.join(replayed)} would move the student off the views the teacher saw; "
+                          f"the store replays its own ({views['augment']}); --augment may only add steps it does "
+                          f"not replay: {', '.join(sorted(allowed))}")
+    colour = ",".join(f"{n}={a}" if a else n for n, a in steps if n in transforms.COLOR_STEPS) or None
+    extras = ",".join(f"{n}={a}" if a else n for n, a in steps if n not in transforms.COLOR_STEPS) or None
+    source = get_dataset(config.dataset, transform=recorded, for_views=True)
     size = (config.view_size, config.view_size) if config.view_size else views["size"]
     teacher = open_store(config.store, storage_options=config.storage_options).teacher(logits.teacher_names[0])
-    replay = ViewReplay(teacher.read_view_params(0, teacher.num_samples), tuple(size) if size else None, extras)
+    replay = ViewReplay(teacher.read_view_params(0, teacher.num_samples), tuple(size) if size else None,
+                        normalize=source.view_normalize, colour=colour, extras=extras)
     at = f"{size[0]}x{size[1]} px" if size else "the input's size"
     log(f"replaying {replay.views} stored views per sample ({views['augment']}) at {at}, "
         f"a {config.view_order} view each epoch; student-side only, not replayed: {config.augment or 'none'}")
@@ -338,7 +340,7 @@ def _check_views(store, logits: TeacherLogits, source, workers: int, log) -> Non
     if not hashed:
         raise ConfigError("--check-views: the store recorded no view hashes (dump with --record-view-hashes)")
     for teacher in hashed:
-        problems = check_view_hashes(teacher, source.dataset, workers)
+        problems = check_view_hashes(teacher, source, workers)
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise DatasetError(f"--check-views: teacher {teacher.name!r}: {problems[0]}{more}; the data or the "

@@ -33,8 +33,8 @@ def verify_with_dataset(location, dataset: str | None = None, *, split: str | No
             continue
         transform = teacher.attrs["settings"]["transform"]
         try:
-            views_source = get_dataset(dataset, split=split, transform=transform)
-            problems = check_view_hashes(teacher, views_source.dataset, workers)
+            views_source = get_dataset(dataset, split=split, transform=transform, for_views=True)
+            problems = check_view_hashes(teacher, views_source, workers)
         except LogitCacheError as err:
             report.problems.append(f"teacher {name!r}: {err}")
             continue

@@ -96,6 +96,35 @@ def test_a_view_is_the_crop_resized_then_flipped():
         apply_view(np.zeros((8, 8)), whole)
 
 
+def test_views_are_cut_before_the_final_normalisation(tmp_path):
+    folder = tmp_path / "images"
+    factories.write_image_folder(folder)
+    source = get_dataset(f"imagefolder:{folder}", for_views=True)
+    assert source.transform == "resize=256,to_tensor,normalize=imagenet"  # the default, less its center crop
+    assert source.view_normalize == "normalize=imagenet"
+    image = source.dataset[0][0]
+    assert image.shape[1] == 256 and 0 <= float(image.min()) and float(image.max()) <= 1  # not normalised yet
+    whole = np.array([0, 0, 1, 1, 0], dtype=np.float16)
+    view = ViewReplay(None, (32, 32), normalize=source.view_normalize).cut(image, whole)
+    assert float(view.min()) < 0  # normalised after the cut
+    with pytest.raises(SpecError, match="must be deterministic"):
+        get_dataset("digits", transform="flip", for_views=True)
+
+
+def test_student_side_colour_and_erasing_leave_the_replay_exact(tmp_path):
+    folder = tmp_path / "images"
+    factories.write_image_folder(folder)
+    source = get_dataset(f"imagefolder:{folder}", transform="to_tensor,normalize=imagenet", for_views=True)
+    params = parse_augment("crop=0.5-1,size=12").draw(0, 0, 2)[None]
+    plain = ViewReplay(params, (12, 12), normalize=source.view_normalize)
+    student = ViewReplay(params, (12, 12), normalize=source.view_normalize, colour="color_jitter=0.8:0.8",
+                         extras="erasing=1")
+    image = source.dataset[0][0]
+    torch.manual_seed(0)
+    assert not torch.equal(student.build(image, 0, 1), plain.build(image, 0, 1))
+    assert torch.equal(student.cut(image, params[0, 1]), plain.build(image, 0, 1))  # what hashes are checked on
+
+
 # -- exact replay --------------------------------------------------------------------------------
 
 def test_replayed_views_equal_the_teachers_inputs_bit_for_bit(tmp_path):
@@ -381,6 +410,8 @@ BAD_TRAIN = [
     ("zero view size", "{views}", ["--view-size", "0"], "--view-size must be at least 1"),
     ("bad view order", "{views}", ["--view-order", "zigzag"], "Invalid value for '--view-order'"),
     ("geometric student augment", "{views}", ["--augment", "random_crop=8:1,flip"], "would move the student off"),
+    ("resizing student augment", "{views}", ["--augment", "resize=12"], "may only add steps it does not replay"),
+    ("bad colour jitter", "{views}", ["--augment", "color_jitter=a"], "color_jitter takes B[:C[:S[:H]]]"),
     ("other transform", "{views}", ["--transform", "resize=8"], "would change them"),
     ("check views without hashes", "{nohash}", ["--check-views"], "recorded no view hashes"),
     ("negative mixup", "{views}", ["--mixup", "-1"], "Beta alpha >= 0"),

@@ -50,6 +50,7 @@ class DatasetSource:
     transform: str  # canonical transform steps (or 'factory' for user datasets)
     random_views: bool = False
     extra: dict = field(default_factory=dict)
+    view_normalize: str | None = None  # for_views: the final normalize step, left for the cut view
 
     def __len__(self):
         return len(self.keys)
@@ -100,7 +101,8 @@ def get_dataset(
         augment: random steps put before the transform (train-time augmentation); tensor steps
             such as erasing go after it.
         for_views: the inputs views are cut from (``--augment`` of a dump): the default transform
-            loses its center crop (views see the whole image), and random steps are refused.
+            loses its center crop (views see the whole image), random steps are refused, and a
+            final ``normalize`` step is not applied but kept in ``view_normalize``, for the view.
 
     Raises:
         SpecError: unknown dataset, split or transform.
@@ -123,7 +125,8 @@ def get_dataset(
                             "randomness, so the transform must be deterministic")
     if augment:
         steps = transforms.with_augment(steps, augment)
-    dataset, keys, labels, classes = entry.builder(arg, split, transforms.build_transform(steps))
+    before, normalize = transforms.split_normalize(steps) if for_views else (steps, None)
+    dataset, keys, labels, classes = entry.builder(arg, split, transforms.build_transform(before))
     if len(keys) == 0:
         raise DatasetError(f"dataset {spec!r} is empty")
     return DatasetSource(
@@ -135,6 +138,7 @@ def get_dataset(
         classes=[str(c) for c in classes],
         transform=transforms.canonical(steps),
         random_views=transforms.is_random(steps),
+        view_normalize=normalize,
     )
 
 

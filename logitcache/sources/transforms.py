@@ -6,7 +6,8 @@
 
 Steps: resize=N, center_crop=N, to_tensor, normalize=imagenet|cifar10|cifar100|mnist,
 flip (random horizontal flip), random_crop=SIZE[:PAD], random_resized_crop=SIZE,
-erasing[=P] (random erasing on the tensor, probability P, default 0.5), none.
+color_jitter=B[:C[:S[:H]]] (random brightness, contrast, saturation, hue), erasing[=P] (random
+erasing on the tensor, probability P, default 0.5), none.
 
 Replayable multi-view augmentation for dumps (``--augment`` of ``logitcache dump``) has its own
 grammar, in ``views.py``.
@@ -34,7 +35,8 @@ NORMALIZATION = {  # (mean, std) per channel, as published with each dataset's u
 
 GEOMETRIC_STEPS = {"flip", "random_crop", "random_resized_crop"}  # change which pixels a view holds
 TENSOR_STEPS = {"erasing"}  # act on the finished tensor, so they go after the transform
-RANDOM_STEPS = GEOMETRIC_STEPS | TENSOR_STEPS
+COLOR_STEPS = {"color_jitter"}  # change pixel values, not positions: before normalisation
+RANDOM_STEPS = GEOMETRIC_STEPS | TENSOR_STEPS | COLOR_STEPS
 
 
 def expand(spec: str) -> list[tuple[str, str]]:
@@ -65,6 +67,15 @@ def with_augment(spec: str, augment: str) -> str:
     before = [_join(n, a) for n, a in steps if n not in TENSOR_STEPS]
     after = [_join(n, a) for n, a in steps if n in TENSOR_STEPS]
     return ",".join([*before, canonical(spec), *after])
+
+
+def split_normalize(spec: str) -> tuple[str, str | None]:
+    """``"to_tensor,normalize=cifar10"`` -> ``("to_tensor", "normalize=cifar10")``: a final
+    normalize step split off (views are cut before it, so colour steps can act in [0, 1])."""
+    steps = expand(spec)
+    if len(steps) > 1 and steps[-1][0] == "normalize":
+        return ",".join(_join(n, a) for n, a in steps[:-1]), _join(*steps[-1])
+    return canonical(spec), None
 
 
 def without(spec: str, step: str) -> str:
@@ -158,6 +169,18 @@ def _erasing(arg, spec):
     return T.RandomErasing(p=probability)
 
 
+def _color_jitter(arg, spec):
+    from torchvision import transforms as T
+
+    try:
+        values = [float(v) for v in arg.split(":")] if arg else []
+    except ValueError:
+        values = []
+    if not 1 <= len(values) <= 4 or min(values) < 0 or (len(values) == 4 and values[3] > 0.5):
+        raise SpecError(f"transform {spec!r}: color_jitter takes B[:C[:S[:H]]], each >= 0 and H <= 0.5, got {arg!r}")
+    return T.ColorJitter(*values)
+
+
 def _none(arg, spec):
     return None
 
@@ -171,5 +194,6 @@ _BUILDERS = {
     "random_crop": _random_crop,
     "random_resized_crop": _random_resized_crop,
     "erasing": _erasing,
+    "color_jitter": _color_jitter,
     "none": _none,
 }
