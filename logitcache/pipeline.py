@@ -111,7 +111,8 @@ def _train_step(name: str, config: TrainConfig, log) -> StepResult:
 
 
 def _dump_step(config: DumpConfig, log) -> StepResult:
-    what = f"{config.codec} logits -> {config.store}"
+    views = f" x {config.view_count} views" if config.view_count else ""
+    what = f"{config.codec} logits{views} -> {config.store}"
     started = time.perf_counter()
     try:
         summary = dump(config, log=log)
