@@ -207,7 +207,8 @@ class ByteSize(click.ParamType):
 @click.option("--bf16", is_flag=True, help="bf16 autocast for the student's forward pass.")
 @click.option("--workers", default=0, show_default=True, type=int)
 @click.option("--transform", help="Training input transform (default: the dataset's eval transform).")
-@click.option("--augment", help="Random steps before the transform, e.g. random_crop=32:4,flip.")
+@click.option("--augment", help="Random steps added to the transform, e.g. random_crop=32:4,flip,erasing=0.25; "
+              "from a multi-view store only steps it does not replay: color_jitter=B[:C[:S[:H]]], erasing=P.")
 @click.option("--val-transform", help="Validation transform (default: the dataset's eval transform).")
 @click.option("--view-order", default="random", show_default=True, type=click.Choice(["random", "cycle"]),
               help="Multi-view stores: which stored view each sample shows per epoch (cycle: all K over K epochs).")

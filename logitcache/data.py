@@ -46,10 +46,10 @@ class TeacherLogits:
 
     def __init__(self, location: str, teacher_names=None, budget_bytes: int = 4 << 30, workers: int = 0,
                  allow_partial: bool = False, temperature: float = 1.0, storage_options: dict | None = None,
-                 sparse: bool = False):
+                 sparse: bool = False, dense_for: str | None = None):
         store = open_store(location, storage_options=storage_options)
         teachers = _resolve_teachers(store, teacher_names, allow_partial)
-        _check_combinable(teachers, sparse)
+        _check_combinable(teachers, sparse, dense_for)
         self.location, self.storage_options = location, dict(storage_options or {})
         self.teacher_names = [t.name for t in teachers]
         self.teacher_name = ",".join(self.teacher_names)
@@ -131,7 +131,7 @@ def _row(table, index: int):
     return {key: values[index] for key, values in table.items()} if isinstance(table, dict) else table[index]
 
 
-def _check_combinable(teachers, sparse: bool) -> None:
+def _check_combinable(teachers, sparse: bool, dense_for: str | None = None) -> None:
     classes = {t.num_classes for t in teachers}
     if len(classes) > 1:
         detail = ", ".join(f"{t.name}: {t.num_classes}" for t in teachers)
@@ -149,7 +149,7 @@ def _check_combinable(teachers, sparse: bool) -> None:
             )
     for teacher in teachers:
         if teacher.codec.sparse_only and (len(teachers) > 1 or not sparse):
-            use = "an ensemble" if len(teachers) > 1 else "this loss"
+            use = "an ensemble" if len(teachers) > 1 else dense_for or "this loss"
             raise ConfigError(
                 f"teacher {teacher.name!r} is stored as {teacher.codec.name} (sampled classes, no distribution), "
                 f"which {use} cannot use: train it alone with --loss kl"

@@ -32,11 +32,11 @@ from .devices import resolve_device
 from .distributed import Distributed, distributed
 from .errors import (
     ConfigError,
-    SpecError,
     DatasetError,
     LogitCacheError,
     ModelError,
     NotAStoreError,
+    SpecError,
     StoreExistsError,
     StoreIncompleteError,
     StoreMismatchError,
@@ -110,6 +110,7 @@ class DumpSummary:
     top5: float
     resumed_shards: int
     views: int = 0
+    view_bytes: int = 0  # view_params and view_hashes, beside the logits' bytes_on_disk
 
     @property
     def rows(self) -> int:
@@ -137,7 +138,8 @@ class DumpSummary:
             f"({self.ratio_vs_fp32:.2f}x smaller than raw fp32)",
             f"  teacher top-1 {self.top1:.2%}, top-5 {self.top5:.2%} on the dumped labels"
             + (" (all views)" if self.views else ""),
-        ]
+        ] + ([f"  view parameters: {self.view_bytes} bytes = {self.view_bytes / self.rows:.1f} bytes/view"]
+             if self.views else [])
 
 
 def dump(config: DumpConfig, log=print) -> DumpSummary:
@@ -207,7 +209,7 @@ def _dump(config: DumpConfig, dist: Distributed, log) -> DumpSummary:
     dist.agree()
     return DumpSummary(store.location, config.teacher_name, len(source), int(written), seconds,
                        teacher.nbytes_stored(), num_classes, teacher.codec.name, metrics["top1"], metrics["top5"],
-                       int(done.sum()), config.view_count)
+                       int(done.sum()), config.view_count, teacher.nbytes_views())
 
 
 def _settings(config: DumpConfig, source, model, num_classes: int, device,

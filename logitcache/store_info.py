@@ -16,7 +16,7 @@ def describe_store(location, storage_options: dict | None = None) -> dict:
     for name in store.all_teacher_names:
         teacher = store.teacher(name)
         stored = teacher.nbytes_stored()
-        view_bytes = sum(int(array.nbytes_stored()) for array in teacher.view_arrays.values())
+        view_bytes = teacher.nbytes_views()
         views = teacher.views_per_sample
         teachers[name] = {
             **teacher.attrs,

@@ -265,10 +265,12 @@ def _open_teacher_logits(config: TrainConfig) -> TeacherLogits | None:
     if not config.store or config.loss == "ce":
         return None
     store = open_store(config.store, storage_options=config.storage_options)
-    sparse = LOSSES.get(config.loss).accepts_sparse and not (config.mixup or config.cutmix)  # mixing needs dense
+    mixing = bool(config.mixup or config.cutmix)  # mixing needs whole distributions
+    sparse = LOSSES.get(config.loss).accepts_sparse and not mixing
     logits = TeacherLogits.open(config.store, config.teacher, config.cache_budget, workers=config.workers,
                                 allow_partial=config.allow_partial, temperature=config.temperature,
-                                storage_options=config.storage_options, sparse=sparse)
+                                storage_options=config.storage_options, sparse=sparse,
+                                dense_for="--mixup/--cutmix" if mixing else None)
     sampled_at = getattr(logits.codec, "temperature", None) if logits.codec.sparse_only else None
     if sampled_at is not None and sampled_at != config.temperature:
         raise ConfigError(

@@ -416,6 +416,7 @@ BAD_TRAIN = [
     ("check views without hashes", "{nohash}", ["--check-views"], "recorded no view hashes"),
     ("negative mixup", "{views}", ["--mixup", "-1"], "Beta alpha >= 0"),
     ("dkd with mixup", "{views}", ["--loss", "dkd", "--cutmix", "1"], "a mixed sample has two"),
+    ("mixup from sampled classes", "{sampled}", ["--loss", "kl", "--mixup", "0.2"], "which --mixup/--cutmix cannot"),
     ("student at another size without val transform", "{views}",
      ["--view-size", "12", "--val-dataset", "digits@val"], "give a --val-transform"),
 ]
@@ -423,10 +424,12 @@ BAD_TRAIN = [
 
 @pytest.mark.parametrize("name, store, extra, needle", BAD_TRAIN, ids=[b[0] for b in BAD_TRAIN])
 def test_bad_view_train_input_is_one_line(tmp_path, views_store, digits_store, name, store, extra, needle):
-    nohash = tmp_path / "nohash.zarr"
-    if store == "{nohash}":
-        make_store(nohash, augment="flip", views=2)
-    store = store.format(plain=digits_store, views=views_store, nohash=nohash)
+    made = {"nohash": dict(augment="flip", views=2), "sampled": dict(codec="sample:4")}
+    name_of = store.strip("{}")
+    if name_of in made:
+        make_store(tmp_path / f"{name_of}.zarr", **made[name_of])
+    store = store.format(plain=digits_store, views=views_store, nohash=tmp_path / "nohash.zarr",
+                         sampled=tmp_path / "sampled.zarr")
     result = invoke(*[a.format(tmp=tmp_path) for a in TRAIN], store, *extra)
     errors = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert result.exit_code != 0 and "Traceback" not in result.output

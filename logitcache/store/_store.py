@@ -29,7 +29,15 @@ from ..errors import (
 )
 from ._backend import local_path, probe_remote, remote_errors, zarr_store
 from ._fingerprint import dataset_fingerprint, describe_mismatch
-from ._schema import BASE_VERSION, FORMAT_NAME, FORMAT_VERSION, ROOT_ATTR, STATUS_COMPLETE, TEACHERS_GROUP, VIEWS_VERSION
+from ._schema import (
+    BASE_VERSION,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    ROOT_ATTR,
+    STATUS_COMPLETE,
+    TEACHERS_GROUP,
+    VIEWS_VERSION,
+)
 from ._teacher import Teacher, compressors, create_teacher_arrays, teacher_exists, teacher_status
 
 INDEX_CHUNK_ROWS = 65536  # keys and labels: small, read whole, one checksummed chunk per 64k rows

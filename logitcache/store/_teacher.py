@@ -211,6 +211,10 @@ class Teacher:
         """Bytes the logit arrays take in the store (compressed, with shard indexes)."""
         return sum(int(array.nbytes_stored()) for array in self.arrays.values())
 
+    def nbytes_views(self) -> int:
+        """Bytes ``view_params`` and ``view_hashes`` take (0 for a single-view teacher)."""
+        return sum(int(array.nbytes_stored()) for array in self.view_arrays.values())
+
     # -- reading -------------------------------------------------------------------------------
 
     def read_stored(self, start: int, stop: int, arrays: dict | None = None) -> dict[str, np.ndarray]:
