@@ -45,6 +45,20 @@ def test_dump_info_verify_and_train_on_s3(s3, bucket, digits_store, tmp_path):
     assert (tmp_path / "s3" / "steps.csv").read_text() == (tmp_path / "local" / "steps.csv").read_text()
 
 
+def test_multi_view_store_on_s3_matches_local_and_replays(s3, bucket, tmp_path):
+    views = dict(codec="fp32", augment="crop=0.4-1,flip", views=2, record_view_hashes=True)
+    url = f"{bucket}/views.zarr"
+    make_store(url, **views)
+    local = make_store(tmp_path / "views.zarr", **views)
+    assert s3.contents(url) == store_contents(local)
+    checked = invoke("verify", url, "--dataset", "digits@train")
+    assert checked.exit_code == 0 and "every hash matches" in checked.output
+    for name, store in (("s3", url), ("local", str(local))):
+        train(TrainConfig(out=str(tmp_path / name), student="mlp:hidden=8", dataset="digits@train", store=store,
+                          loss="kl", epochs=1, progress=False), log=lambda *_: None)
+    assert (tmp_path / "s3" / "steps.csv").read_text() == (tmp_path / "local" / "steps.csv").read_text()
+
+
 def _shards_done(s3, url: str) -> int:
     bucket, _, prefix = url.removeprefix("s3://").partition("/")
     listing = s3.client().list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/teachers/default/shard_done/c/")

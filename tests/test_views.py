@@ -435,3 +435,15 @@ def test_bad_view_train_input_is_one_line(tmp_path, views_store, digits_store, n
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert len(errors) == 1 and needle in errors[0], result.output
     assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_a_packed_multi_view_store_verifies_and_replays(tmp_path, views_store):
+    from logitcache.store import pack_store
+
+    packed = tmp_path / "views.zip"
+    pack_store(str(views_store), str(packed))
+    assert verify_store(str(packed)).ok
+    result = invoke("verify", packed, "--dataset", "digits@train")
+    assert result.exit_code == 0 and "4311 views rebuilt from the dataset, every hash matches" in result.output
+    teacher = open_store(str(packed)).teacher()
+    assert np.array_equal(teacher.read_view_params(0, 100), open_store(views_store).teacher().read_view_params(0, 100))
