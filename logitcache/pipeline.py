@@ -125,7 +125,7 @@ def _dump_step(config: DumpConfig, log) -> StepResult:
     from .store import open_store
 
     metrics = open_store(config.store).teacher(config.teacher_name).attrs["metrics"]
-    result = f"teacher top-1 {metrics['top1']:.2%} on the dumped set"
+    result = f"teacher top-1 {metrics['top1']:.2%} on the dumped {'views' if config.view_count else 'set'}"
     return StepResult("dump", what, result, None if skipped else time.perf_counter() - started, skipped)
 
 

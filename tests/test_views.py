@@ -213,6 +213,18 @@ def test_an_interrupted_view_dump_resumes_to_the_same_bytes(tmp_path, monkeypatc
     assert store_contents(tmp_path / "cut.zarr") == store_contents(reference)
 
 
+def test_a_partial_view_store_checks_and_trains_on_its_written_shards(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOGITCACHE_TEST_FAIL_AFTER", "30")
+    with pytest.raises(KeyboardInterrupt):
+        make_store(tmp_path / "cut.zarr", teacher="tests.factories:interrupted_teacher", **VIEWS)
+    lines = []
+    summary = train(view_run(tmp_path, "run", tmp_path / "cut.zarr", epochs=1, allow_partial=True, check_views=True),
+                    log=lines.append)
+    done = int(open_store(tmp_path / "cut.zarr").teacher("default").shard_done().sum())
+    assert any("all replay exactly" in line for line in lines) and summary.last["train_kd"] > 0
+    assert any(f"{done * 256} samples x 3 views" in line for line in lines)
+
+
 def test_other_view_settings_do_not_resume(tmp_path, monkeypatch):
     monkeypatch.setenv("LOGITCACHE_TEST_FAIL_AFTER", "3")
     with pytest.raises(KeyboardInterrupt):
@@ -443,7 +455,7 @@ def test_a_packed_multi_view_store_verifies_and_replays(tmp_path, views_store):
     packed = tmp_path / "views.zip"
     pack_store(str(views_store), str(packed))
     assert verify_store(str(packed)).ok
-    result = invoke("verify", packed, "--dataset", "digits@train")
+    result = invoke("verify", packed, "--dataset", "digits@train", "--workers", "2")  # forked readers of a zip
     assert result.exit_code == 0 and "4311 views rebuilt from the dataset, every hash matches" in result.output
     teacher = open_store(str(packed)).teacher()
     assert np.array_equal(teacher.read_view_params(0, 100), open_store(views_store).teacher().read_view_params(0, 100))
