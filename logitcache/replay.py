@@ -51,8 +51,8 @@ class DumpViews(Dataset):
 
 class ViewReplay:
     """Rebuild stored views: params (N, K, P) from the store, cut at ``size`` (default: the
-    input's), then student-side steps the store does not replay: ``colour`` (e.g. color_jitter),
-    the source's ``normalize``, then ``extras`` (e.g. erasing). Steps are transform specs."""
+    input's), then ``colour`` (student-side, e.g. color_jitter), the source's ``normalize`` (as at
+    the dump), then ``extras`` (student-side, e.g. erasing). Steps are transform specs."""
 
     def __init__(self, params: np.ndarray | None, size: tuple[int, int] | None, *, normalize: str | None = None,
                  colour: str | None = None, extras: str | None = None):

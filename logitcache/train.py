@@ -285,8 +285,8 @@ def _open_teacher_logits(config: TrainConfig) -> TeacherLogits | None:
 def _training_data(config: TrainConfig, logits: TeacherLogits | None, log) -> tuple:
     """The training source, checked against the store, and the view replay of a multi-view store."""
     if logits is None or not logits.views:
-        if config.view_size or config.check_views:
-            raise ConfigError("--view-size and --check-views replay the views of a multi-view store "
+        if config.view_size or config.check_views or config.view_order != "random":
+            raise ConfigError("--view-order, --view-size and --check-views replay the views of a multi-view store "
                               "(dump --augment SPEC --views K); this run has none")
         source = get_dataset(config.dataset, transform=config.transform, augment=config.augment)
         replay = None

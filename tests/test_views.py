@@ -419,6 +419,7 @@ TRAIN = ["train", "--out", "{tmp}/run", "--student", "mlp:hidden=8", "--dataset"
 BAD_TRAIN = [
     ("view size on a single-view store", "{plain}", ["--view-size", "12"], "this run has none"),
     ("check views on a single-view store", "{plain}", ["--check-views"], "this run has none"),
+    ("view order on a single-view store", "{plain}", ["--view-order", "cycle"], "this run has none"),
     ("zero view size", "{views}", ["--view-size", "0"], "--view-size must be at least 1"),
     ("bad view order", "{views}", ["--view-order", "zigzag"], "Invalid value for '--view-order'"),
     ("geometric student augment", "{views}", ["--augment", "random_crop=8:1,flip"], "would move the student off"),
