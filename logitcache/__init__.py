@@ -6,4 +6,4 @@
 Importing ``logitcache`` is light (no torch, no zarr); the stages import what they need.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
