@@ -69,8 +69,6 @@ def mix_logits(a: torch.Tensor, b: torch.Tensor, lam: float, temperature: float)
 def cutmix_inputs(inputs: torch.Tensor, perm: torch.Tensor, lam: float, rng) -> tuple[torch.Tensor, float]:
     """Paste a box of the permuted batch into (B, C, H, W) inputs; the box covers about 1 - lam
     of the image. Returns the inputs and lam corrected to the box actually pasted (after clipping)."""
-    if inputs.ndim != 4:
-        raise ValueError(f"CutMix needs image batches (B, C, H, W), got {tuple(inputs.shape)}")
     height, width = inputs.shape[2:]
     cut_h, cut_w = int(height * math.sqrt(1 - lam)), int(width * math.sqrt(1 - lam))
     cy, cx = int(rng.integers(height)), int(rng.integers(width))

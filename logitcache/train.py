@@ -93,7 +93,11 @@ def _train(config: TrainConfig, dist: Distributed, log) -> TrainSummary:
     torch.manual_seed(config.seed)
     student = get_model(config.student, num_classes).to(device)
     first = int(rows[0]) * (replay.views if replay else 1)
-    _check_head(student, paired[first][0], num_classes, "store" if logits is not None else "dataset", device)
+    sample = paired[first][0]
+    if config.cutmix and sample.ndim != 3:
+        raise ConfigError(f"--cutmix pastes boxes between images (C, H, W), but the inputs are {tuple(sample.shape)}; "
+                          "use --mixup")
+    _check_head(student, sample, num_classes, "store" if logits is not None else "dataset", device)
     if val_source is not None:
         _check_head(student, val_source.dataset[0][0], num_classes, "store" if logits is not None else "dataset",
                     device, what="validation inputs", hint="; give a --val-transform that matches the training inputs")
@@ -322,8 +326,8 @@ def _replayed_views(config: TrainConfig, logits: TeacherLogits, log) -> tuple:
         raise ConfigError(f"--augment {', '.join(replayed)} would move the student off the views the teacher saw; "
                           f"the store replays its own ({views['augment']}); --augment may only add steps it does "
                           f"not replay: {', '.join(sorted(allowed))}")
-    colour = ",".join(f"{n}={a}" if a else n for n, a in steps if n in transforms.COLOR_STEPS) or None
-    extras = ",".join(f"{n}={a}" if a else n for n, a in steps if n not in transforms.COLOR_STEPS) or None
+    colour = transforms.only(config.augment, transforms.COLOR_STEPS)
+    extras = transforms.only(config.augment, transforms.TENSOR_STEPS)
     source = get_dataset(config.dataset, transform=recorded, for_views=True)
     size = (config.view_size, config.view_size) if config.view_size else views["size"]
     teacher = open_store(config.store, storage_options=config.storage_options).teacher(logits.teacher_names[0])

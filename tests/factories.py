@@ -151,3 +151,24 @@ def write_image_folder(root, classes: int = 3, per_class: int = 4, size: int = 2
         for i in range(per_class):
             pixels = rng.integers(0, 256, size=(size, size + 4 * c, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(folder / f"img{i}.png")
+
+
+class FlatDigits(torch.utils.data.Dataset):
+    """digits@train as flat (64,) vectors: same keys and labels, inputs that are not images."""
+
+    def __init__(self, split=None):
+        from logitcache.sources import get_dataset
+
+        self.inner = get_dataset("digits@train")
+        self.keys, self.targets = self.inner.keys, self.inner.labels.tolist()
+
+    def __len__(self):
+        return len(self.keys)
+
+    def __getitem__(self, index):
+        image, label = self.inner.dataset[index]
+        return image.flatten(), label
+
+
+def flat_digits(split=None):
+    return FlatDigits(split)

@@ -292,6 +292,26 @@ def test_a_changed_image_is_caught_by_verify_and_train(tmp_path, image_views):
     assert "Traceback" not in result.output and not (tmp_path / "run" / "last.pt").exists()
 
 
+def test_views_need_tensor_inputs(tmp_path):
+    folder = tmp_path / "images"
+    factories.write_image_folder(folder)
+    result = invoke("dump", tmp_path / "s.zarr", "--teacher", "tests.factories:image_teacher", "--dataset",
+                    f"imagefolder:{folder}", "--transform", "resize=16", "--augment", "flip", "--no-progress")
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert result.exit_code == 1 and len(errors) == 1 and "end --transform with to_tensor" in errors[0], result.output
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_multi_view_ensemble_of_other_views_is_one_line_on_the_cli(tmp_path):
+    store = make_store(tmp_path / "e.zarr", teacher_name="a", augment="flip", views=2)
+    make_store(store, teacher_name="c", augment="flip", views=2, seed=5)
+    result = invoke("train", "--out", tmp_path / "run", "--student", "mlp:hidden=8", "--dataset", "digits@train",
+                    "--store", store, "--teacher", "a,c", "--epochs", "1", "--no-progress")
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert result.exit_code == 1 and len(errors) == 1 and "saw different views" in errors[0], result.output
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
 def test_images_of_different_sizes_need_a_view_size(tmp_path):
     folder = tmp_path / "images"
     factories.write_image_folder(folder)
@@ -429,6 +449,8 @@ BAD_TRAIN = [
     ("negative mixup", "{views}", ["--mixup", "-1"], "Beta alpha >= 0"),
     ("dkd with mixup", "{views}", ["--loss", "dkd", "--cutmix", "1"], "a mixed sample has two"),
     ("mixup from sampled classes", "{sampled}", ["--loss", "kl", "--mixup", "0.2"], "which --mixup/--cutmix cannot"),
+    ("cutmix on flat inputs", "{plain}", ["--loss", "kl", "--cutmix", "1", "--dataset",
+                                          "tests.factories:flat_digits"], "use --mixup"),
     ("student at another size without val transform", "{views}",
      ["--view-size", "12", "--val-dataset", "digits@val"], "give a --val-transform"),
 ]
@@ -442,7 +464,10 @@ def test_bad_view_train_input_is_one_line(tmp_path, views_store, digits_store, n
         make_store(tmp_path / f"{name_of}.zarr", **made[name_of])
     store = store.format(plain=digits_store, views=views_store, nohash=tmp_path / "nohash.zarr",
                          sampled=tmp_path / "sampled.zarr")
-    result = invoke(*[a.format(tmp=tmp_path) for a in TRAIN], store, *extra)
+    argv = [a.format(tmp=tmp_path) for a in TRAIN]
+    if "--dataset" in extra:  # a later --dataset replaces the default one
+        del argv[argv.index("--dataset"):argv.index("--dataset") + 2]
+    result = invoke(*argv, store, *extra)
     errors = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert len(errors) == 1 and needle in errors[0], result.output

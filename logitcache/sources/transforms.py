@@ -78,6 +78,13 @@ def split_normalize(spec: str) -> tuple[str, str | None]:
     return canonical(spec), None
 
 
+def only(spec: str | None, steps: set[str]) -> str | None:
+    """The steps of ``spec`` named in ``steps``, in order, as a spec (None if there are none)."""
+    if not spec:
+        return None
+    return ",".join(_join(n, a) for n, a in expand(spec) if n in steps) or None
+
+
 def without(spec: str, step: str) -> str:
     """``spec`` with every ``step`` removed (e.g. the center crop, for multi-view dumps)."""
     return ",".join(_join(n, a) for n, a in expand(spec) if n != step) or "none"

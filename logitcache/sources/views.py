@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -118,7 +118,7 @@ def parse_augment(spec: str) -> ViewAugment:
     scale, ratio = fields.get("crop", (None, (3 / 4, 4 / 3)))
     augment = ViewAugment("", scale=scale, ratio=ratio, shift=fields.get("shift"), flip=fields.get("flip", 0.0),
                           size=fields.get("size"))
-    return ViewAugment(_canonical(augment), augment.scale, augment.ratio, augment.shift, augment.flip, augment.size)
+    return replace(augment, spec=_canonical(augment))
 
 
 def _canonical(a: ViewAugment) -> str:
