@@ -293,12 +293,12 @@ def _training_data(config: TrainConfig, logits: TeacherLogits | None, log) -> tu
             raise ConfigError("--view-order, --view-size and --check-views replay the views of a multi-view store "
                               "(dump --augment SPEC --views K); this run has none")
         source = get_dataset(config.dataset, transform=config.transform, augment=config.augment)
-        replay = None
+        if logits is None:
+            return source, None
+        store, replay = open_store(config.store, storage_options=config.storage_options), None
     else:
-        source, replay = _replayed_views(config, logits, log)
-    if logits is None:
-        return source, None
-    store = open_store(config.store, storage_options=config.storage_options)
+        store = open_store(config.store, storage_options=config.storage_options)
+        source, replay = _replayed_views(config, store, logits, log)
     store.check_dataset(source.keys, source.labels)
     if config.check_views:
         _check_views(store, logits, source, config.workers, log)
@@ -313,7 +313,7 @@ def _training_data(config: TrainConfig, logits: TeacherLogits | None, log) -> tu
     return source, replay
 
 
-def _replayed_views(config: TrainConfig, logits: TeacherLogits, log) -> tuple:
+def _replayed_views(config: TrainConfig, store, logits: TeacherLogits, log) -> tuple:
     """The dataset the store's views were cut from, and a replay of them at the student's size."""
     views, recorded = logits.views, logits.transform
     if config.transform and transforms.canonical(config.transform) != recorded:
@@ -330,7 +330,7 @@ def _replayed_views(config: TrainConfig, logits: TeacherLogits, log) -> tuple:
     extras = transforms.only(config.augment, transforms.TENSOR_STEPS)
     source = get_dataset(config.dataset, transform=recorded, for_views=True)
     size = (config.view_size, config.view_size) if config.view_size else views["size"]
-    teacher = open_store(config.store, storage_options=config.storage_options).teacher(logits.teacher_names[0])
+    teacher = store.teacher(logits.teacher_names[0])
     replay = ViewReplay(teacher.read_view_params(0, teacher.num_samples), tuple(size) if size else None,
                         normalize=source.view_normalize, colour=colour, extras=extras)
     at = f"{size[0]}x{size[1]} px" if size else "the input's size"
