@@ -56,7 +56,7 @@ class TeacherLogits:
         self.codec = teachers[0].codec
         self.num_classes, self.temperature = teachers[0].num_classes, temperature
         self.views = teachers[0].views  # the first teacher's views record (all teachers share it), or None
-        self.transform = teachers[0].attrs["settings"]["transform"]  # what made the inputs the teacher saw
+        self.transform = teachers[0].attrs["settings"].get("transform")  # what made the inputs the teacher saw
         self.sparse = sparse and len(teachers) == 1 and self.codec.sparse_form
         self.rows = _written_rows(teachers)
         per_view = 16 * self.codec.k + 8 if self.sparse else 4 * self.num_classes * len(teachers)
