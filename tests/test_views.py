@@ -484,3 +484,17 @@ def test_a_packed_multi_view_store_verifies_and_replays(tmp_path, views_store):
     assert result.exit_code == 0 and "4311 views rebuilt from the dataset, every hash matches" in result.output
     teacher = open_store(str(packed)).teacher()
     assert np.array_equal(teacher.read_view_params(0, 100), open_store(views_store).teacher().read_view_params(0, 100))
+
+
+def test_a_teacher_written_through_the_api_without_settings_loads(tmp_path):
+    """Stores made by other tools through create_teacher need not record a transform."""
+    from logitcache.store import choose_layout, create_store, get_codec
+
+    store = create_store(tmp_path / "api.zarr", keys=["a", "b", "c"], labels=[0, 1, 0], dataset={"spec": "api"})
+    codec = get_codec("fp32")
+    teacher = store.create_teacher("t", num_classes=2, codec=codec, layout=choose_layout(3, 2, 4), settings={},
+                                   provenance={})
+    teacher.write_shard(0, np.array([[1, 2], [3, 4], [5, 6]], dtype=np.float32))
+    teacher.mark_complete()
+    logits = TeacherLogits.open(str(tmp_path / "api.zarr"))
+    assert logits.transform is None and logits.views is None and torch.equal(logits[1], torch.tensor([3.0, 4.0]))
