@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import signal
 import sys
-import threading
 
 import click
 
@@ -274,25 +271,14 @@ def run_command(pipeline, no_progress):
     click.echo(format_results(results))
 
 
-def _unraisable(unraisable):
-    """Exceptions Python cannot raise (in finalizers, callbacks) come here.
-
-    A Ctrl-C that lands while a finalizer runs becomes a KeyboardInterrupt there, which Python
-    drops, and the command would run on as if never interrupted: the signal is sent again, so it
-    is raised at the next ordinary point of the main thread (a moment later, from a timer: sent at
-    once, it would be raised inside this hook and dropped again). Async requests a failed remote
-    operation left behind raise again when collected; that failure was already reported as one
-    line, so their cleanup noise is dropped."""
-    if unraisable.exc_type is KeyboardInterrupt:
-        resend = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
-        resend.daemon = True
-        resend.start()
-        return
+def _quiet_abandoned_requests(unraisable):
+    """Async requests a failed remote operation left behind raise again when collected; the
+    failure was already reported as one line, so their cleanup noise is dropped."""
     if type(unraisable.object).__name__ == "coroutine":
         return
     sys.__unraisablehook__(unraisable)
 
 
 def main():
-    sys.unraisablehook = _unraisable
+    sys.unraisablehook = _quiet_abandoned_requests
     cli(prog_name="logitcache")

@@ -165,28 +165,3 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path, name, argv, expected):
     if argv[0] == "dump" and (tmp_path / "s.zarr").exists():  # no half-made store that reads as complete
         store = open_store(tmp_path / "s.zarr")
         assert all(not store.teacher(n).is_complete for n in store.teacher_names)
-
-
-def test_a_ctrl_c_that_lands_in_a_finalizer_still_interrupts(monkeypatch):
-    """Python drops a KeyboardInterrupt raised inside __del__; the CLI's hook delivers it again."""
-    import signal
-    import sys
-    import threading
-    import time
-
-    from logitcache.cli import _unraisable
-
-    class SlowToCollect:
-        def __del__(self):
-            time.sleep(0.5)  # the Ctrl-C arrives here
-
-    monkeypatch.setattr(sys, "unraisablehook", _unraisable)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        victim = SlowToCollect()
-        threading.Timer(0.1, lambda: signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)).start()
-        with pytest.raises(KeyboardInterrupt):
-            del victim  # the interrupt is raised in __del__ and dropped there ...
-            time.sleep(2)  # ... and must arrive again here
-    finally:
-        signal.signal(signal.SIGINT, previous)
