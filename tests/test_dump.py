@@ -78,8 +78,10 @@ def test_interrupts_at_random_points_then_resume_give_identical_bytes(tmp_path, 
     env = {**os.environ, "PYTHONPATH": str(REPO), "LOGITCACHE_TEST_SLEEP": "0.15"}
     rng = np.random.default_rng(7)
     for interrupt in (signal.SIGINT, signal.SIGKILL):
+        # Ctrl-C as a terminal delivers it, even when the test run itself was started in the background
+        # by a shell, whose children inherit SIGINT as ignored.
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                   text=True)
+                                   text=True, preexec_fn=_default_sigint)
         written_before = _shards_done(store)
         target = written_before + int(rng.integers(1, 3))
         deadline = time.time() + 120
@@ -89,7 +91,7 @@ def test_interrupts_at_random_points_then_resume_give_identical_bytes(tmp_path, 
         process.send_signal(interrupt)
         _, stderr = process.communicate(timeout=60)
         if interrupt == signal.SIGINT:
-            assert process.returncode == 130 and "rerun the same command to resume" in stderr
+            assert process.returncode == 130 and "rerun the same command to resume" in stderr, stderr
             assert "Traceback" not in stderr
         assert not open_store(store).teacher("default").is_complete
     finished = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -98,6 +100,10 @@ def test_interrupts_at_random_points_then_resume_give_identical_bytes(tmp_path, 
     # Every object, metadata included (less the run's timestamps), and no temp files left over.
     assert store_contents(store) == store_contents(slow_teacher_reference)
     assert verify_store(store).ok
+
+
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _shards_done(store: Path) -> int:
