@@ -4,19 +4,38 @@
     RUN_DIR/metrics.jsonl   one JSON object per epoch       RUN_DIR/best.pt   best val top-1
     RUN_DIR/metrics.csv     the same, as a table            RUN_DIR/steps.csv every step's lr and losses
     RUN_DIR/summary.json    written last: {"complete": true, ...}
+    RUN_DIR/.lock           held (flock) by the one process writing the run; holds its pid and host
+
+One process writes a run directory at a time: ``RunFiles.lock`` takes an exclusive, non-blocking
+``flock`` on ``.lock`` for the run's whole life. The kernel drops it when the process ends, however
+it ends, so a crash never leaves a stale lock. ``.lock`` is not one of the run's files (a directory
+holding only ``.lock`` holds no run) and is never deleted: deleting a lock file that another
+process may already have opened would let two processes each hold "the" lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import os
+import socket
 from pathlib import Path
 
-from .errors import ConfigError
+from .errors import ConfigError, LogitCacheError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so no lock (logitcache's multi-process paths are POSIX)
+    fcntl = None
 
 RUN_FILES = ("config.json", "metrics.jsonl", "metrics.csv", "steps.csv", "summary.json", "last.pt", "best.pt")
+LOCK_FILE = ".lock"
+
+
+class RunInUseError(LogitCacheError, BlockingIOError):
+    """Another process holds the run directory's lock: it is training into the same --out."""
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -53,6 +72,34 @@ class RunFiles:
             raise ConfigError(f"cannot write the run directory {self.root}: {err.strerror or err}") from None
         self.steps.write_text("epoch,step,lr,loss,ce,kd\n")
 
+    def write_config(self, config: dict) -> None:
+        write_atomic(self.root / "config.json", json.dumps(config, indent=2) + "\n")
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the run directory's exclusive lock for the ``with`` block, or raise RunInUseError at once."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise ConfigError(f"cannot write the run directory {self.root}: {err.strerror or err}") from None
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise RunInUseError(
+                        f"{self.root} is in use: another training run ({_holder(fd)}) is writing it; "
+                        "wait for it to end, or give another --out"
+                    ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            yield
+        finally:
+            if fcntl is not None:  # DataLoader workers forked meanwhile share the lock: drop it for all
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
     def append_steps(self, epoch: int, losses: list) -> None:
         with self.steps.open("a") as handle:
             for step, lr, loss, ce, kd in losses:
@@ -77,8 +124,24 @@ class RunFiles:
     def finish(self, summary: dict) -> None:
         write_atomic(self.summary, json.dumps(summary, indent=2) + "\n")
 
+    def read_config(self) -> dict | None:
+        """The recorded options (config.json), or None when there is none to read."""
+        try:
+            return json.loads((self.root / "config.json").read_text())
+        except (OSError, ValueError):
+            return None
+
     def is_complete(self, epochs: int) -> bool:
         if not self.summary.exists():
             return False
         summary = json.loads(self.summary.read_text())
         return bool(summary.get("complete")) and summary.get("epochs") == epochs
+
+
+def _holder(fd: int) -> str:
+    """Who holds the lock, as its holder wrote it into the lock file."""
+    try:
+        text = os.pread(fd, 256, 0).decode(errors="replace").strip()
+    except OSError:
+        text = ""
+    return text or "its pid and host not written yet"

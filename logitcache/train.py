@@ -15,11 +15,8 @@ from the raw sample, with that view's logits.
 
 from __future__ import annotations
 
-import json
-import math
-import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,15 +28,15 @@ from tqdm import tqdm
 from .data import EpochSampler, PairedDataset, TeacherLogits, check_teacher_identity
 from .devices import resolve_device
 from .distributed import Distributed, distributed
-from .errors import CheckpointError, ConfigError, DatasetError, ModelError
+from .errors import ConfigError, DatasetError, ModelError
 from .losses import LOSSES, get_loss
 from .mixing import Mixer
 from .replay import ViewReplay, check_view_hashes
 from .run_files import RunFiles
 from .sources import get_dataset, get_model, transforms
-from .sources.checkpoints import load_checkpoint, save_checkpoint
 from .store import open_store
-from .train_config import TrainConfig, validate
+from .train_config import TrainConfig, get_lr, validate
+from .train_run import best, check_step_loss, hold_run, open_resume, prepare_run, save_epoch, weights_error
 
 
 @dataclass
@@ -70,16 +67,19 @@ def train(config: TrainConfig, log=print) -> TrainSummary:
 
     Under torchrun the student is wrapped in DistributedDataParallel, each rank takes every
     world_size-th sample of the epoch's order, and rank 0 alone evaluates, logs and checkpoints.
+    Rank 0 holds the run directory's lock throughout; see ``train_run`` for that, for what a
+    ``--resume`` may change, and for stopping at a non-finite loss (TrainingDivergedError).
     """
     config = config.resolved()
     validate(config)
-    with distributed(config.device) as dist:
-        return _train(config, dist, log if dist.is_main else _quiet)
-
-
-def _train(config: TrainConfig, dist: Distributed, log) -> TrainSummary:
-    device = resolve_device(dist.device(config.device))
     run = RunFiles(Path(config.out))
+    with distributed(config.device) as dist, hold_run(run, dist):
+        return _train(config, run, dist, log if dist.is_main else _quiet)
+
+
+def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainSummary:
+    device = resolve_device(dist.device(config.device))
+    resumed = open_resume(run, config, dist, log)  # before any data is read: refuses a changed run at once
 
     # Data: the teacher's logits, the training set (replayed views, or any augmentation), validation.
     logits = _open_teacher_logits(config)
@@ -106,7 +106,7 @@ def _train(config: TrainConfig, dist: Distributed, log) -> TrainSummary:
     optimizer = _optimizer(config, student)
     kd = get_loss(config.loss, **_loss_settings(config)) if config.loss != "ce" else None
     mixer = Mixer(config.mixup, config.cutmix, config.temperature)
-    start_epoch, history = _prepare_run(run, config, student, optimizer, dist, log)
+    start_epoch, history = prepare_run(run, config, resumed, student, optimizer, dist, log)
 
     streamed = logits is not None and not logits.in_memory
     sampler = EpochSampler(rows, config.seed, block_rows=logits.block_rows if streamed else None,
@@ -123,20 +123,21 @@ def _train(config: TrainConfig, dist: Distributed, log) -> TrainSummary:
         mix_rng = np.random.default_rng([config.seed, epoch, dist.rank, MIX_TAG]) if mixer.enabled else None
         epoch_start = time.perf_counter()
         losses = train_one_epoch(model, loader, optimizer, kd, online, config, epoch, device, dist, mixer, mix_rng)
+        dist.agree(weights_error(student, config, epoch))
         record = None
         if dist.is_main:
             run.append_steps(epoch, losses)
             record = {**_epoch_record(epoch, losses), **evaluate(student, val_source, config, device),
                       "epoch_seconds": round(time.perf_counter() - epoch_start, 3)}
             history.append(record)
-            _save_epoch(run, config, student, optimizer, num_classes, history)
+            save_epoch(run, config, student, optimizer, num_classes, history)
             log(_epoch_line(record, config.epochs))
         else:
             history.append(None)
         history[-1] = dist.broadcast(record)
         dist.agree()
     summary = TrainSummary(config.out, config.epochs, time.perf_counter() - started, history[-1],
-                           _best(history), history)
+                           best(history), history)
     if dist.is_main:
         run.finish(summary_record(summary))
     dist.agree()
@@ -148,7 +149,8 @@ MIX_TAG = 0x313C  # keeps the Mixup/CutMix random stream apart from the others
 
 def train_one_epoch(model, loader, optimizer, kd, online, config: TrainConfig, epoch: int, device,
                     dist: Distributed, mixer: Mixer | None = None, mix_rng=None) -> list[tuple]:
-    """One pass over the loader; returns (step, lr, loss, ce, kd) per step, averaged over ranks."""
+    """One pass over the loader; returns (step, lr, loss, ce, kd) per step, averaged over ranks.
+    Stops (TrainingDivergedError) at the first step whose loss is not finite, on every rank."""
     model.train()
     steps_per_epoch = len(loader)
     losses = []
@@ -181,6 +183,7 @@ def train_one_epoch(model, loader, optimizer, kd, online, config: TrainConfig, e
         optimizer.step()
         values = dist.sum([loss.item(), ce.item(), kd_value.item()])
         losses.append((step, lr, *(v / dist.world_size for v in values)))
+        check_step_loss(losses[-1], config, epoch, step_in_epoch, steps_per_epoch)
         bar.set_postfix(loss=f"{losses[-1][2]:.4f}")
     return losses
 
@@ -208,40 +211,6 @@ def _wrap_ddp(student, dist: Distributed, device):
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def _prepare_run(run: RunFiles, config: TrainConfig, student, optimizer, dist: Distributed, log) -> tuple[int, list]:
-    """Where to start: a fresh run directory, or (--resume) after the last checkpoint of this one."""
-    resuming = config.resume and run.last.exists()
-    error = None
-    if dist.is_main and not resuming:
-        try:
-            run.start(overwrite=config.overwrite or config.resume, config=_config_record(config))
-        except ConfigError as err:
-            error = err
-    dist.agree(error)
-    if not resuming:
-        return 1, []
-    start_epoch, history = _resume(run, config, student, optimizer)
-    if dist.is_main:
-        run.truncate_steps(start_epoch - 1)
-        run.summary.unlink(missing_ok=True)
-        log(f"resuming {config.out} after epoch {start_epoch - 1}")
-    return start_epoch, history
-
-
-def get_lr(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Learning rate at a global step: linear warm-up, then cosine, step decay or constant."""
-    warmup = config.warmup_epochs * steps_per_epoch
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
-    if config.schedule == "cosine":
-        total = max(config.epochs * steps_per_epoch - warmup, 1)
-        return 0.5 * config.lr * (1 + math.cos(math.pi * (step - warmup) / total))
-    if config.schedule == "step":
-        epoch = step // steps_per_epoch + 1
-        return config.lr * config.lr_gamma ** sum(epoch > m for m in config.milestones)
-    return config.lr
 
 
 @torch.no_grad()
@@ -391,44 +360,6 @@ def _loss_settings(config: TrainConfig) -> dict:
         return {"temperature": config.temperature, "alpha": config.dkd_alpha, "beta": config.dkd_beta,
                 "warmup": config.dkd_warmup}
     return {"temperature": config.temperature}
-
-
-def _config_record(config: TrainConfig) -> dict:
-    record = asdict(config)
-    record["milestones"] = list(config.milestones)
-    return record
-
-
-def _resume(run: RunFiles, config: TrainConfig, student, optimizer) -> tuple[int, list]:
-    checkpoint = load_checkpoint(run.last)
-    if checkpoint["model_spec"] != config.student:
-        raise CheckpointError(
-            f"{run.last} is a checkpoint of {checkpoint['model_spec']!r}, not --student {config.student!r}"
-        )
-    try:
-        student.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-    except (RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{run.last} does not fit this student: {str(err).splitlines()[0]}") from None
-    history = json.loads(checkpoint["history"])
-    return history[-1]["epoch"] + 1, history
-
-
-def _save_epoch(run: RunFiles, config, student, optimizer, num_classes, history) -> None:
-    state = {"optimizer": optimizer.state_dict(), "epoch": history[-1]["epoch"],
-             "history": json.dumps(history), "config": json.dumps(_config_record(config))}
-    save_checkpoint(run.last, model=student, model_spec=config.student, num_classes=num_classes, state=state)
-    if _best(history) is history[-1]:
-        shutil.copyfile(run.last, run.best)
-    run.write_metrics(history)
-
-
-def _best(history: list) -> dict:
-    """The epoch with the best validation top-1 (the last one when there is no validation)."""
-    scored = [h for h in history if h.get("val_top1") is not None]
-    if not scored:
-        return history[-1]
-    return max(reversed(scored), key=lambda h: h["val_top1"])
 
 
 def _epoch_line(record: dict, epochs: int) -> str:

@@ -1,20 +1,25 @@
-"""``logitcache train``'s options: one dataclass, its defaults, and the checks it must pass.
+"""``logitcache train``'s options: one dataclass, its defaults, the checks it must pass, the lr
+schedule it sets, and which options a ``--resume`` may change.
 
     >>> config = TrainConfig(out="runs/r20", student="resnet20", dataset="cifar100:data@train",
     ...                      store="stores/r56.zarr").resolved()      # loss dist, temperature 1
     >>> validate(config)                                                 # ConfigError on bad values
+    >>> resume_changes(recorded_options, config)                        # [] when --resume may go on
 
 The CLI options map one to one onto the fields; a pipeline file's student tables are these fields.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import json
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from .errors import ConfigError
 from .losses import list_losses
 
 DEFAULT_TEMPERATURE = {"kl": 4.0, "dkd": 4.0, "dist": 1.0}
+FLOAT32_MAX = 3.4028234663852886e38  # options scale float32 weights and losses: larger is inf to them
 
 
 @dataclass
@@ -80,6 +85,18 @@ class TrainConfig:
 
 def validate(config: TrainConfig) -> None:
     """Raise ConfigError (one line, naming the option) for any out-of-range or contradictory option."""
+    for item in fields(config):  # nan and inf pass every comparison below, or fail them with a confusing message
+        value = getattr(config, item.name)
+        if isinstance(value, float) and not abs(value) <= FLOAT32_MAX:
+            raise ConfigError(f"{_flag(item.name)} must be a finite number within float32's range (3.4e38), "
+                              f"got {value:g}")
+    peak = _peak_lr(config)
+    if not peak <= FLOAT32_MAX:
+        raise ConfigError(f"--lr {config.lr:g} times --lr-gamma {config.lr_gamma:g} at each of the "
+                          f"{len(config.milestones)} --milestones leaves float32's range (3.4e38)")
+    if config.optimizer == "adamw" and not peak * config.weight_decay <= FLOAT32_MAX:
+        raise ConfigError(f"--lr {peak:g} times --weight-decay {config.weight_decay:g} (AdamW's decay per step) "
+                          "leaves float32's range (3.4e38)")
     checks = [
         (config.loss == "ce" or config.loss in list_losses(),
          f"--loss {config.loss!r} is unknown; choose ce, {', '.join(list_losses())}"),
@@ -94,6 +111,7 @@ def validate(config: TrainConfig) -> None:
         (config.kd_weight >= 0 and config.ce_weight >= 0, "--kd-weight and --ce-weight must be >= 0"),
         (config.kd_weight + config.ce_weight > 0, "--kd-weight and --ce-weight cannot both be 0"),
         (config.weight_decay >= 0, f"--weight-decay must be >= 0, got {config.weight_decay}"),
+        (config.momentum >= 0, f"--momentum must be >= 0, got {config.momentum}"),
         (config.optimizer in ("sgd", "adamw"), f"--optimizer must be sgd or adamw, got {config.optimizer!r}"),
         (config.schedule in ("cosine", "step", "constant"),
          f"--schedule must be cosine, step or constant, got {config.schedule!r}"),
@@ -110,3 +128,106 @@ def validate(config: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def _peak_lr(config: TrainConfig) -> float:
+    """The largest lr the schedule reaches (--lr, unless step decay's gamma is above 1)."""
+    if config.schedule != "step":
+        return config.lr
+    try:
+        return config.lr * max(1.0, config.lr_gamma ** len(config.milestones))
+    except OverflowError:
+        return math.inf
+
+
+def get_lr(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Learning rate at a global step: linear warm-up, then cosine, step decay or constant."""
+    warmup = config.warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    if config.schedule == "cosine":
+        total = max(config.epochs * steps_per_epoch - warmup, 1)
+        return 0.5 * config.lr * (1 + math.cos(math.pi * (step - warmup) / total))
+    if config.schedule == "step":
+        epoch = step // steps_per_epoch + 1
+        return config.lr * config.lr_gamma ** sum(epoch > m for m in config.milestones)
+    return config.lr
+
+
+def _any(recorded, new) -> bool:
+    return True
+
+
+# The one list of options a --resume may give values other than the run's recorded ones; every
+# other option must be the same, or the resumed run would not be the run its files describe.
+MAY_CHANGE_ON_RESUME = {
+    "out": _any,  # the run directory itself, however it is spelled
+    "resume": _any,  # how this command starts, not what the run computes
+    "overwrite": _any,
+    "progress": _any,
+    "workers": _any,  # batches and their order do not depend on who loads them
+    "device": _any,  # where the same computation runs (the last bits differ between devices, as between two GPUs)
+    "storage_options": _any,  # how the store is reached (endpoint, credentials), not which store
+    "check_views": _any,  # checks before step 0; they change nothing they pass
+    "expect_teacher": _any,
+    # More epochs extend the run. With --schedule step or constant the extended run is exactly the
+    # one started with the larger --epochs; with cosine it is not (the curve stretches: the lr of
+    # the epochs still to come rises again), which --resume says in a note (see cosine_extension).
+    # Fewer epochs are refused: the cosine of the epochs already trained assumed the longer run.
+    "epochs": lambda recorded, new: new >= recorded,
+}
+
+
+def resume_changes(recorded: dict, config: TrainConfig) -> list[str]:
+    """What a --resume with ``config`` would change in the run whose options were ``recorded``,
+    as "name (old -> new)"; empty when it may go on. Options missing from an older record count
+    as their defaults (they did not exist, so the run behaved as their default does)."""
+    new = options_record(config)
+    defaults = {item.name: None if item.default is MISSING else item.default for item in fields(TrainConfig)}
+    changes = []
+    for name, value in new.items():
+        old = recorded.get(name, defaults.get(name))
+        if isinstance(old, tuple):
+            old = list(old)
+        if old != value and not MAY_CHANGE_ON_RESUME.get(name, _never)(old, value):
+            changes.append(f"{_flag(name).removeprefix('--')} ({_show(old)} -> {_show(value)})")
+    return changes
+
+
+def cosine_extension(recorded: dict, config: TrainConfig, done: int, last_lr: float | None) -> str | None:
+    """The note a --resume that adds epochs to a cosine run logs; None when it does not."""
+    before = recorded.get("epochs", config.epochs)
+    if config.schedule != "cosine" or config.epochs <= before or done < 1:
+        return None
+    jump = ""
+    if done >= config.warmup_epochs and last_lr is not None:  # then the phase, and so the lr, is exact at any steps per epoch
+        jump = f" (from lr {last_lr:.3g} at the end of epoch {done} to {get_lr(config, done, 1):.3g})"
+    rest = f"epoch {config.epochs}" if done + 1 == config.epochs else f"epochs {done + 1}-{config.epochs}"
+    return (f"note: --epochs {config.epochs} extends this {before}-epoch run: with --schedule cosine the lr of "
+            f"{rest} follows the {config.epochs}-epoch curve{jump}, so the result is not the run "
+            f"--epochs {config.epochs} would have trained from the start")
+
+
+def options_record(config: TrainConfig) -> dict:
+    """The options as JSON values, as config.json and every checkpoint record them."""
+    return json.loads(json.dumps(asdict(config)))
+
+
+def _never(recorded, new) -> bool:
+    return False
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _show(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(_show(v) for v in value) or "none"
+    return str(value)

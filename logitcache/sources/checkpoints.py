@@ -5,7 +5,7 @@
 
 A checkpoint is a dict of tensors and plain values (no pickled objects), so it loads with
 ``torch.load(weights_only=True)``. Writes go to a temp file and are renamed into place, so a
-crash never leaves a torn checkpoint.
+crash never leaves a torn checkpoint, and a model whose weights are not finite is never written.
 """
 
 from __future__ import annotations
@@ -21,10 +21,17 @@ CHECKPOINT_VERSION = 1
 
 
 def save_checkpoint(path, *, model, model_spec: str, num_classes: int, state: dict) -> None:
-    """Atomically write model weights, how to rebuild the model, and any training ``state``."""
+    """Atomically write model weights, how to rebuild the model, and any training ``state``.
+
+    Raises:
+        CheckpointError: a parameter holds NaN or inf, or a buffer NaN (nothing is written).
+    """
     import torch
 
     path = Path(path)
+    bad = non_finite_weights(model)
+    if bad:
+        raise CheckpointError(f"not writing {path}: {describe_non_finite(bad)}")
     payload = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -36,6 +43,22 @@ def save_checkpoint(path, *, model, model_spec: str, num_classes: int, state: di
     partial = path.with_name(f".{path.name}.partial")
     torch.save(payload, partial)
     os.replace(partial, path)
+
+
+def non_finite_weights(model) -> list[str]:
+    """Names of the parameters holding NaN or inf, and of the buffers holding NaN, in order.
+
+    Buffers may hold inf on purpose (attention masks of -inf), never NaN.
+    """
+    import torch
+
+    bad = [name for name, p in model.named_parameters() if p.is_floating_point() and not torch.isfinite(p).all()]
+    return bad + [name for name, b in model.named_buffers() if b.is_floating_point() and torch.isnan(b).any()]
+
+
+def describe_non_finite(names: list[str]) -> str:
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return f"the weights are not finite ({', '.join(names[:3])}{more})"
 
 
 def load_checkpoint(path) -> dict:

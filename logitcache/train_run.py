@@ -1,0 +1,174 @@
+"""A training run's integrity: one writer per run directory, ``--resume`` only of the very same run,
+and checkpoints only of finite weights.
+
+    with hold_run(run, dist):                                # RunInUseError at once: another process writes RUN
+        checkpoint = open_resume(run, config, dist, log)     # CheckpointError: --resume would change the run
+        start, history = prepare_run(run, config, checkpoint, student, optimizer, dist, log)
+        check_step_loss(losses[-1], config, epoch, batch, batches)   # every step: TrainingDivergedError
+        dist.agree(weights_error(student, config, epoch))            # every epoch, before its checkpoint
+        save_epoch(run, config, student, optimizer, num_classes, history)
+
+- **One writer.** Rank 0 holds ``RUN/.lock`` (``RunFiles.lock``) from before the first file is read
+  until the command ends; a second command on the same ``--out`` (fresh, ``--overwrite`` or
+  ``--resume``) fails at once, naming the holder's pid and host.
+- **Resume the same run or nothing.** The new options are compared with those the last checkpoint
+  recorded (config.json when it has none); every difference is named in one line, except the
+  options in ``train_config.MAY_CHANGE_ON_RESUME``: how the command executes (workers, progress,
+  device, ...) and more ``--epochs``. More epochs extend a step or constant schedule exactly; a
+  cosine schedule stretches, so the lr of the epochs still to come rises again and the result is
+  not the run those epochs would give from the start. That is allowed (extending a run is common
+  and the epochs already done keep their results) and said in a note line. A resume rewrites
+  config.json with the options it continues with; every checkpoint records its own.
+- **Stop at the first non-finite step.** The per-step loss is summed over ranks before the check,
+  so every rank sees the same value and all raise together; the weights are checked (through
+  ``Distributed.agree``) before each epoch's checkpoint. ``last.pt`` keeps the last finished epoch,
+  and no checkpoint is ever written from non-finite weights (``save_checkpoint`` refuses them too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+from pathlib import Path
+
+from .distributed import Distributed
+from .errors import CheckpointError, ConfigError, LogitCacheError
+from .run_files import RunFiles
+from .sources.checkpoints import describe_non_finite, load_checkpoint, non_finite_weights, save_checkpoint
+from .train_config import TrainConfig, cosine_extension, options_record, resume_changes
+
+
+class TrainingDivergedError(LogitCacheError, FloatingPointError):
+    """Training produced a non-finite loss or non-finite weights and stopped; no checkpoint holds them."""
+
+
+@contextlib.contextmanager
+def hold_run(run: RunFiles, dist: Distributed):
+    """Rank 0 holds the run directory's lock for the block; if it cannot, every rank raises why."""
+    with contextlib.ExitStack() as stack:
+        error = None
+        if dist.is_main:
+            try:
+                stack.enter_context(run.lock())
+            except LogitCacheError as err:
+                error = err
+        dist.agree(error)
+        yield
+
+
+def open_resume(run: RunFiles, config: TrainConfig, dist: Distributed, log) -> dict | None:
+    """The checkpoint a ``--resume`` continues from, once it is known to be this very run; None
+    for a fresh run (no --resume, or nothing finished to resume)."""
+    if not (config.resume and run.last.exists()):
+        return None
+    checkpoint, note, error = None, None, None
+    try:
+        checkpoint = load_checkpoint(run.last)
+        note = _check_same_run(run, config, checkpoint)
+    except LogitCacheError as err:
+        error = err
+    dist.agree(error)
+    if note:
+        log(note)
+    return checkpoint
+
+
+def _check_same_run(run: RunFiles, config: TrainConfig, checkpoint: dict) -> str | None:
+    if checkpoint["model_spec"] != config.student:
+        raise CheckpointError(
+            f"{run.last} is a checkpoint of {checkpoint['model_spec']!r}, not --student {config.student!r}"
+        )
+    recorded = _json_entry(run, checkpoint, "config") if "config" in checkpoint else run.read_config()
+    if not isinstance(recorded, dict):
+        raise CheckpointError(f"{run.root} records no options to check --resume against; "
+                              "start a new --out or pass --overwrite (instead of --resume)")
+    changes = resume_changes(recorded, config)
+    if changes:
+        raise CheckpointError(f"--resume would change the run: {', '.join(changes)}; "
+                              "start a new --out or pass --overwrite (instead of --resume)")
+    last = _json_entry(run, checkpoint, "history")[-1]
+    return cosine_extension(recorded, config, last["epoch"], last.get("lr"))
+
+
+def _json_entry(run: RunFiles, checkpoint: dict, key: str):
+    try:
+        return json.loads(checkpoint[key])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{run.last} has no readable {key!r} record") from None
+
+
+def prepare_run(run: RunFiles, config: TrainConfig, checkpoint: dict | None, student, optimizer,
+                dist: Distributed, log) -> tuple[int, list]:
+    """Where to start: a fresh run directory, or after the epoch of ``checkpoint`` (from open_resume)."""
+    if checkpoint is None:
+        error = None
+        if dist.is_main:
+            try:
+                run.start(overwrite=config.overwrite or config.resume, config=options_record(config))
+            except ConfigError as err:
+                error = err
+        dist.agree(error)
+        return 1, []
+    try:
+        student.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{run.last} does not fit this student: {str(err).splitlines()[0]}") from None
+    history = _json_entry(run, checkpoint, "history")
+    start_epoch = history[-1]["epoch"] + 1
+    if dist.is_main:
+        run.truncate_steps(start_epoch - 1)
+        run.summary.unlink(missing_ok=True)
+        run.write_config(options_record(config))
+        log(f"resuming {config.out} after epoch {start_epoch - 1}")
+    return start_epoch, history
+
+
+def check_step_loss(record: tuple, config: TrainConfig, epoch: int, batch: int, batches: int) -> None:
+    """Stop at a step whose loss is not finite. ``record`` is (step, lr, loss, ce, kd), averaged
+    over ranks, so under torchrun every rank sees the same loss and raises here at the same step."""
+    step, lr, loss, ce, kd = record
+    if math.isfinite(loss):
+        return
+    raise TrainingDivergedError(
+        f"epoch {epoch}, step {step} (batch {batch + 1} of {batches}, lr {lr:.3g}): the training loss is {loss:g} "
+        f"(ce {ce:g}, kd {kd:g}); training stopped. {_what_is_kept(config, epoch)}"
+    )
+
+
+def weights_error(student, config: TrainConfig, epoch: int) -> TrainingDivergedError | None:
+    """The error to stop with when the weights are no longer finite after ``epoch``'s last step
+    (its losses were all finite, but a last update overflowed); None when they are finite."""
+    bad = non_finite_weights(student)
+    if not bad:
+        return None
+    return TrainingDivergedError(f"epoch {epoch}: after its last step {describe_non_finite(bad)}; training stopped. "
+                                 f"{_what_is_kept(config, epoch)}")
+
+
+def _what_is_kept(config: TrainConfig, epoch: int) -> str:
+    if epoch > 1:
+        kept = f"{Path(config.out) / 'last.pt'} keeps the weights of epoch {epoch - 1}, the last finished one"
+    else:
+        kept = "No epoch finished, so there is no checkpoint"
+    return (f"{kept}; no checkpoint is written from non-finite weights (lower --lr, or check the data and "
+            "options, then start again with --overwrite)")
+
+
+def save_epoch(run: RunFiles, config: TrainConfig, student, optimizer, num_classes: int, history: list) -> None:
+    state = {"optimizer": optimizer.state_dict(), "epoch": history[-1]["epoch"],
+             "history": json.dumps(history), "config": json.dumps(options_record(config))}
+    save_checkpoint(run.last, model=student, model_spec=config.student, num_classes=num_classes, state=state)
+    if best(history) is history[-1]:
+        shutil.copyfile(run.last, run.best)
+    run.write_metrics(history)
+
+
+def best(history: list) -> dict:
+    """The epoch with the best validation top-1 (the last one when there is no validation)."""
+    scored = [h for h in history if h.get("val_top1") is not None]
+    if not scored:
+        return history[-1]
+    return max(reversed(scored), key=lambda h: h["val_top1"])
