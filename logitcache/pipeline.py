@@ -11,8 +11,11 @@
     [students.NAME]                 # one table per student; out defaults to RUNS/NAME
 
 Keys are exactly the CLI's option names (with _ for -), so a pipeline holds no logic of its own:
-each step is one ``train``/``dump`` call. A step whose outputs are already complete is skipped,
-an unfinished one resumes, and the closing table reads every result back from disk.
+each step is one ``train``/``dump`` call. The whole file is checked before the first step runs
+(every key against the options, every value against the option's type, then the checks each
+stage makes before it starts), so a typo in the last student stops nothing half-way. A step
+whose outputs are already complete is skipped, an unfinished one resumes, and the closing table
+reads every result back from disk.
 Relative paths are relative to the directory ``run`` is started in.
 """
 
@@ -21,13 +24,20 @@ from __future__ import annotations
 import json
 import time
 import tomllib
-from dataclasses import dataclass, fields
+import types
+import typing
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 from .dump import DumpConfig, dump
-from .errors import ConfigError, LogitCacheError, StoreExistsError
+from .errors import LogitCacheError, StoreExistsError
 from .run_files import RunFiles
 from .train import TrainConfig, train
+
+
+class PipelineError(LogitCacheError, ValueError):
+    """A pipeline file is missing or malformed, or one of its options has the wrong name, type or
+    value. Not a ConfigError: the command line was fine, so the CLI shows one line, no usage."""
 
 
 @dataclass
@@ -39,54 +49,175 @@ class StepResult:
     skipped: bool = False
 
 
+TABLES = ("pipeline", "teacher", "dump", "defaults", "students")
+PIPELINE_KEYS = {"name": str, "runs": str}
+
+
 def load_pipeline(path) -> dict:
-    """Parse and check a pipeline file; unknown tables or keys are errors, not silently ignored."""
+    """Parse and check a pipeline file's shape: its tables, and the [pipeline] table's keys.
+
+    Unknown tables or keys are errors, not silently ignored; ``plan`` checks the options.
+    """
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"pipeline file {path} does not exist")
+        raise PipelineError(f"pipeline file {path} does not exist")
     try:
         spec = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"pipeline {path} is not valid TOML: {err}") from None
-    unknown = set(spec) - {"pipeline", "teacher", "dump", "defaults", "students"}
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise PipelineError(f"pipeline {path} is not valid TOML: {err}") from None
+    unknown = set(spec) - set(TABLES)
     if unknown:
-        raise ConfigError(f"pipeline {path}: unknown table(s) {', '.join(sorted(unknown))}")
+        raise PipelineError(f"pipeline {path}: unknown table(s) {', '.join(sorted(unknown))}")
+    for table in (t for t in TABLES if t in spec):
+        _require_table(spec[table], f"[{table}]", path)
+    for name, options in spec.get("students", {}).items():
+        _require_table(options, f"[students.{name}]", path)
     if "dump" not in spec or not spec.get("students"):
-        raise ConfigError(f"pipeline {path} needs a [dump] table and at least one [students.NAME] table")
+        raise PipelineError(f"pipeline {path} needs a [dump] table and at least one [students.NAME] table")
+    for key, value in spec.get("pipeline", {}).items():
+        if key not in PIPELINE_KEYS:
+            raise PipelineError(f"pipeline {path}: [pipeline] has unknown key {key!r}; keys: name, runs")
+        if not isinstance(value, PIPELINE_KEYS[key]):
+            raise PipelineError(f"pipeline {path}: [pipeline] {key} = {_show(value)} is {_kind(value)}; "
+                              "expected a string")
     return spec
 
 
+def _require_table(value, where: str, path) -> None:
+    if not isinstance(value, dict):
+        raise PipelineError(f"pipeline {path}: {where} must be a table of options, but it is {_show(value)} "
+                          f"({_kind(value)})")
+
+
+@dataclass
+class Plan:
+    """Every step of a pipeline as the config it runs with, all checked before the first step."""
+
+    runs: Path
+    teacher: TrainConfig | None
+    dump: DumpConfig
+    students: dict[str, TrainConfig]
+
+
+def plan(path, progress: bool = True) -> Plan:
+    """Read a pipeline and build (and check) the config of every step; nothing runs.
+
+    Raises:
+        PipelineError: one line naming the table, key, value and what was expected.
+    """
+    spec, at = load_pipeline(path), f"pipeline {path}:"
+    runs = Path(spec.get("pipeline", {}).get("runs", f"data/runs/{Path(path).stem}"))
+    teacher = None
+    if "teacher" in spec:
+        options = {"loss": "ce", "progress": progress, "out": str(runs / "teacher"), **spec["teacher"]}
+        teacher = _checked(_config(TrainConfig, options, f"{at} [teacher]"), f"{at} [teacher]")
+    dump_config = _checked(_config(DumpConfig, {"progress": progress, **spec["dump"]}, f"{at} [dump]"),
+                           f"{at} [dump]")
+    students = {}
+    for name, options in spec["students"].items():
+        merged = {"progress": progress, "out": str(runs / name), **spec.get("defaults", {}), **options}
+        if merged.get("loss", "dist") != "ce":
+            merged.setdefault("store", dump_config.store)
+        where = f"{at} [students.{name}]"
+        students[name] = _checked(_config(TrainConfig, merged, where), where)
+    return Plan(runs, teacher, dump_config, students)
+
+
 def _config(cls, options: dict, where: str):
-    allowed = {f.name for f in fields(cls)}
-    unknown = set(options) - allowed
+    """``cls(**options)``, once every key is a field and every value has the field's type."""
+    hints = typing.get_type_hints(cls)
+    unknown = set(options) - set(hints)
     if unknown:
-        raise ConfigError(f"{where}: unknown option(s) {', '.join(sorted(unknown))}")
+        raise PipelineError(f"{where}: unknown option(s) {', '.join(sorted(unknown))}")
+    missing = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+               and f.name not in options]
+    if missing:
+        raise PipelineError(f"{where}: missing option(s) {', '.join(missing)}")
+    for key, value in options.items():
+        if not _fits(value, hints[key]):
+            raise PipelineError(f"{where} {key} = {_show(value)} is {_kind(value)}; expected {_describe(hints[key])}")
     if "milestones" in options:
         options = {**options, "milestones": tuple(options["milestones"])}
+    return cls(**options)
+
+
+def _checked(config, where: str):
+    """``config`` once it passes the checks its stage makes before it starts (ranges, specs)."""
     try:
-        return cls(**options)
-    except TypeError as err:
-        raise ConfigError(f"{where}: {err}") from None
+        _stage_checks(config)
+    except LogitCacheError as err:
+        raise PipelineError(f"{where} {err}") from None
+    return config
+
+
+def _stage_checks(config) -> None:
+    """What dump and train check before they start (ranges, codecs, view and transform specs)."""
+    from .dump import _validate as validate_dump
+    from .sources.transforms import build_transform
+    from .train_config import validate as validate_train
+
+    if isinstance(config, DumpConfig):
+        validate_dump(config)
+        specs = [config.transform]
+    else:
+        validate_train(config.resolved())
+        specs = [config.transform, config.val_transform, config.augment]
+    for spec in filter(None, specs):
+        build_transform(spec)
+
+
+def _fits(value, annotation) -> bool:
+    """Does a TOML value have the type a config field is annotated with? (ints fit floats; bools
+    are not numbers; arrays fit tuples)"""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return any(_fits(value, arm) for arm in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if typing.get_origin(annotation) is tuple:
+        item = typing.get_args(annotation)[0]
+        return isinstance(value, (list, tuple)) and all(_fits(v, item) for v in value)
+    return isinstance(value, typing.get_origin(annotation) or annotation)
+
+
+_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a table",
+          list: "an array"}
+_KINDS = {**_NAMES, bool: "a boolean"}
+
+
+def _describe(annotation) -> str:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return " or ".join(_describe(arm) for arm in typing.get_args(annotation) if arm is not type(None))
+    if typing.get_origin(annotation) is tuple:
+        return f"an array of {_describe(typing.get_args(annotation)[0]).partition(' ')[2]}s"
+    return _NAMES.get(typing.get_origin(annotation) or annotation, str(annotation))
+
+
+def _show(value) -> str:
+    """A value as the pipeline file spells it (TOML's strings, true/false and arrays are JSON's)."""
+    return json.dumps(value, default=str)
+
+
+def _kind(value) -> str:
+    return _KINDS.get(type(value), f"a {type(value).__name__}")
 
 
 def run_pipeline(path, log=print, progress: bool = True) -> list[StepResult]:
-    """Run every step of a pipeline that is not complete yet; return one result per step."""
-    spec = load_pipeline(path)
-    meta = spec.get("pipeline", {})
-    runs = Path(meta.get("runs", f"data/runs/{Path(path).stem}"))
+    """Run every step of a pipeline that is not complete yet; return one result per step.
+    The whole file is checked first: a bad option in the last student stops nothing half-way."""
+    steps = plan(path, progress)
     results = []
-    if "teacher" in spec:
-        options = {"loss": "ce", "progress": progress, **spec["teacher"]}
-        options.setdefault("out", str(runs / "teacher"))
-        results.append(_train_step("teacher", _config(TrainConfig, options, "[teacher]"), log))
-    results.append(_dump_step(_config(DumpConfig, {"progress": progress, **spec["dump"]}, "[dump]"), log))
-    for name, options in spec["students"].items():
-        merged = {"progress": progress, **spec.get("defaults", {}), **options}
-        merged.setdefault("out", str(runs / name))
-        if merged.get("loss", "dist") != "ce":
-            merged.setdefault("store", spec["dump"]["store"])
-        results.append(_train_step(name, _config(TrainConfig, merged, f"[students.{name}]"), log))
-    _write_results(runs, results)
+    if steps.teacher is not None:
+        results.append(_train_step("teacher", steps.teacher, log))
+    results.append(_dump_step(steps.dump, log))
+    for name, config in steps.students.items():
+        results.append(_train_step(name, config, log))
+    _write_results(steps.runs, results)
     return results
 
 
@@ -115,13 +246,15 @@ def _dump_step(config: DumpConfig, log) -> StepResult:
     what = f"{config.codec} logits{views} -> {config.store}"
     started = time.perf_counter()
     try:
-        summary = dump(config, log=log)
+        summary = dump(config, log=lambda line: log(f"[dump] {line}"))
+        skipped = summary.samples_this_run == 0  # the same dump again finds every shard written: nothing ran
+    except StoreExistsError:
+        summary, skipped = None, True
+    if skipped:
+        log(f"[dump] {config.store} already holds a complete teacher {config.teacher_name!r}: skipped")
+    else:
         for line in summary.lines():
             log(f"[dump] {line}")
-        skipped = False
-    except StoreExistsError:
-        log(f"[dump] {config.store} already holds a complete teacher {config.teacher_name!r}: skipped")
-        skipped = True
     from .store import open_store
 
     metrics = open_store(config.store).teacher(config.teacher_name).attrs["metrics"]

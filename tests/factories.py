@@ -172,3 +172,81 @@ class FlatDigits(torch.utils.data.Dataset):
 
 def flat_digits(split=None):
     return FlatDigits(split)
+
+
+def transformable_digits(split=None, transform=None):
+    """digits@train from a factory that takes ``transform`` (applied to its (1, 8, 8) tensors)."""
+    from logitcache.sources.digits import DigitsDataset, split_indices
+
+    return DigitsDataset(split_indices(split or "train"), transform)
+
+
+class _Items(torch.utils.data.Dataset):
+    """``count`` flat inputs with the given targets/keys/classes attributes (None: attribute absent)."""
+
+    def __init__(self, count, targets=None, keys=None, classes=None, label=0):
+        self.count, self.label = count, label
+        for name, value in (("targets", targets), ("keys", keys), ("classes", classes)):
+            if value is not None:
+                setattr(self, name, value)
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, index):
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        return torch.zeros(64), self.label
+
+
+def empty_dataset(split=None):
+    """No samples, and no classes attribute (a filter that matched nothing)."""
+    return _Items(0)
+
+
+def text_label_dataset(split=None):
+    """Samples whose label is a class name, not an index (and no targets attribute)."""
+    return _Items(3, label="cat")
+
+
+def negative_label_dataset(split=None):
+    return _Items(3, targets=[0, -1, 1])
+
+
+def out_of_range_label_dataset(split=None):
+    """Labels up to 5, but only two classes named."""
+    return _Items(3, targets=[0, 1, 5], classes=["a", "b"])
+
+
+def duplicate_key_dataset(split=None):
+    return _Items(3, targets=[0, 1, 0], keys=["a", "b", "a"])
+
+
+def short_keys_dataset(split=None):
+    """Three samples, one key."""
+    return _Items(3, targets=[0, 1, 0], keys=["a"])
+
+
+def failing_dataset(split=None):
+    raise OSError("the share /mnt/data is not mounted")
+
+
+def splitless_dataset():
+    """A factory that does not take ``split=``."""
+    return _Items(3, targets=[0, 1, 0])
+
+
+def lengthless_dataset(split=None):
+    return object()
+
+
+NOT_A_FACTORY = 42
+
+
+def not_a_module_teacher(num_classes: int = 10):
+    """Returns a plain function, not an nn.Module."""
+    return lambda x: x
+
+
+def failing_teacher(num_classes: int = 10):
+    raise ValueError(f"no pretrained head for {num_classes} classes")

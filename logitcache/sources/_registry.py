@@ -14,6 +14,7 @@ import fnmatch
 from collections.abc import Callable
 
 from ..errors import SpecError
+from ._loading import first_line
 
 
 class Registry:
@@ -57,12 +58,16 @@ def import_object(path: str, kind: str):
         raise SpecError(f"{kind} {path!r} is not of the form package.module:factory")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise SpecError(f"{kind} {path!r}: cannot import {module_name!r} ({err})") from None
+    except Exception as err:  # a module may fail to import any way: ImportError, SyntaxError, its own code
+        raise SpecError(f"{kind} {path!r}: cannot import {module_name!r} "
+                        f"({type(err).__name__}: {first_line(err)})") from None
     try:
-        return getattr(module, attribute)
+        found = getattr(module, attribute)
     except AttributeError:
         raise SpecError(f"{kind} {path!r}: module {module_name!r} has no {attribute!r}") from None
+    if not callable(found):
+        raise SpecError(f"{kind} {path!r}: {attribute!r} is not callable (it is of type {type(found).__name__})")
+    return found
 
 
 def parse_kwargs(text: str, where: str) -> dict:

@@ -11,10 +11,10 @@ crash never leaves a torn checkpoint, and a model whose weights are not finite i
 from __future__ import annotations
 
 import os
-import pickle
 from pathlib import Path
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, LogitCacheError
+from ._loading import load_failure, quiet_torch
 
 CHECKPOINT_FORMAT = "logitcache-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -72,24 +72,63 @@ def load_checkpoint(path) -> dict:
     if not Path(path).is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(err).splitlines()[0]}") from None
+        with quiet_torch():
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch's unpickler raises anything (KeyError, IndexError...) on junk
+        raise CheckpointError(f"cannot read checkpoint {path}: {load_failure(err)}") from None
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a logitcache checkpoint")
-    if data.get("version", 0) > CHECKPOINT_VERSION:
+    version = data.get("version")
+    if not _is_int(version) or version < 1:
+        raise CheckpointError(f"{path} is a logitcache checkpoint with an unreadable version {version!r}")
+    if version > CHECKPOINT_VERSION:
         raise CheckpointError(f"{path} is checkpoint v{data['version']}, newer than this logitcache reads")
+    _check_fields(path, data)
     return data
+
+
+def _check_fields(path, data: dict) -> None:
+    """The fields a later stage rebuilds the model from have the types save_checkpoint writes."""
+    import torch
+
+    model = data.get("model")
+    problems = [
+        (isinstance(data.get("model_spec"), str) and data["model_spec"], "model_spec is not a model spec"),
+        (_is_int(data.get("num_classes")) and data["num_classes"] >= 1, "num_classes is not a positive integer"),
+        (isinstance(model, dict) and all(isinstance(v, torch.Tensor) for v in model.values()),
+         "model is not a state dict of tensors"),
+    ]
+    for ok, problem in problems:
+        if not ok:
+            raise CheckpointError(f"checkpoint {path} is damaged: {problem}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_OPENING: set[str] = set()  # checkpoints being rebuilt now: one whose model_spec leads back to itself is refused
 
 
 def model_from_checkpoint(path):
     """Rebuild the model a checkpoint was trained as, with its weights loaded."""
-    from .models import get_model
+    from .models import get_model, misfit
 
     data = load_checkpoint(path)
-    model = get_model(data["model_spec"], data["num_classes"])
+    key = str(Path(path).resolve())
+    if key in _OPENING:
+        raise CheckpointError(f"checkpoint {path}: its model_spec {data['model_spec']!r} leads back to itself")
+    _OPENING.add(key)
+    try:
+        model = get_model(data["model_spec"], data["num_classes"])
+    except CheckpointError:
+        raise
+    except LogitCacheError as err:
+        raise CheckpointError(f"checkpoint {path}: cannot rebuild its model: {err}") from None
+    finally:
+        _OPENING.discard(key)
     try:
         model.load_state_dict(data["model"], strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"checkpoint {path} does not fit {data['model_spec']}: {str(err).splitlines()[0]}") from None
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {path} does not fit {data['model_spec']}: {misfit(err)}") from None
     return model

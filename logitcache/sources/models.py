@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import inspect
 from pathlib import Path
 
 from ..errors import ModelError, SpecError
+from ._loading import call_user, first_line, load_failure, quiet_torch
 from ._registry import Registry, import_object, parse_kwargs
 
 MODELS = Registry("model")
@@ -53,11 +55,63 @@ def get_model(spec: str, num_classes: int, weights: str | None = None):
 
         model = model_from_checkpoint(rest)
     elif scheme not in MODELS and "." in scheme and rest:
-        model = import_object(spec, "model")(num_classes=num_classes)
+        factory = import_object(spec, "model")
+        model = _checked_module(call_user(factory, f"model {spec!r}", ModelError, num_classes=num_classes), spec)
     else:
-        model = MODELS.get(scheme)(num_classes, **parse_kwargs(rest, f"model {spec!r}"))
+        model = _registered_model(spec, scheme, rest, num_classes)
     if weights:
         load_weights(model, weights)
+    return model
+
+
+def _registered_model(spec: str, name: str, args: str, num_classes: int):
+    builder = MODELS.get(name)
+    kwargs = parse_kwargs(args, f"model {spec!r}")
+    _check_arguments(builder, kwargs, spec)
+    return call_user(builder, f"cannot build model {spec!r}", ModelError, num_classes, **kwargs)
+
+
+def _check_arguments(builder, kwargs: dict, spec: str) -> None:
+    """Arguments a builder does not take are refused by name, with the ones it does."""
+    try:
+        parameters = inspect.signature(builder).parameters
+    except (TypeError, ValueError):  # a builder without a signature Python can read: it checks its own
+        return
+    takes = [n for n, p in parameters.items()
+             if n != "num_classes" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = [k for k in kwargs if k not in takes]
+    if unknown:
+        raise SpecError(f"model {spec!r}: unknown argument(s) {', '.join(unknown)}; "
+                        f"it takes {', '.join(takes) or 'none'}")
+    for key, value in kwargs.items():
+        default = parameters[key].default
+        if not _same_kind(value, default):
+            raise SpecError(f"model {spec!r}: {key} takes {_kind_name(default)}, got {value!r}")
+
+
+def _same_kind(value, default) -> bool:
+    """A spec value fits an int/float/bool default only if it is of that kind (ints fit floats)."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return True
+
+
+def _kind_name(default) -> str:
+    return "true or false" if isinstance(default, bool) else "an integer" if isinstance(default, int) else "a number"
+
+
+def _checked_module(model, spec: str):
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model {spec!r}: the factory returned an object of type {type(model).__name__}, "
+                         "not a torch.nn.Module")
     return model
 
 
@@ -70,7 +124,12 @@ def _torchvision_model(name: str, num_classes: int):
         close = difflib.get_close_matches(name, known, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see torchvision.models.list_models()"
         raise SpecError(f"unknown torchvision model {name!r}{hint}")
-    return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **parse_kwargs(args, name))
+    kwargs = parse_kwargs(args, name)
+    if "weights" in kwargs or "num_classes" in kwargs:
+        raise SpecError(f"torchvision model {name!r}: give weights with --weights and classes with "
+                        "--num-classes, not in the spec")
+    return call_user(torchvision.models.get_model, f"cannot build torchvision model {name!r}", ModelError, name,
+                     weights=None, num_classes=num_classes, **kwargs)
 
 
 def _torchscript_model(path: str):
@@ -79,9 +138,10 @@ def _torchscript_model(path: str):
     if not Path(path).is_file():
         raise ModelError(f"TorchScript file {path} does not exist")
     try:
-        return torch.jit.load(path, map_location="cpu")
-    except RuntimeError as err:
-        raise ModelError(f"{path} is not a TorchScript module ({str(err).splitlines()[0]})") from None
+        with quiet_torch():
+            return torch.jit.load(path, map_location="cpu")
+    except Exception as err:
+        raise ModelError(f"{path} is not a TorchScript module ({first_line(err)})") from None
 
 
 def _exported_model(path: str):
@@ -91,25 +151,36 @@ def _exported_model(path: str):
     if not Path(path).is_file():
         raise ModelError(f"exported program {path} does not exist")
     try:
-        return torch.export.load(path).module()
+        with quiet_torch():
+            return torch.export.load(path).module()
     except Exception as err:  # torch.export raises several types for files it cannot read
-        raise ModelError(f"{path} is not a torch.export program ({str(err).splitlines()[0]})") from None
+        raise ModelError(f"{path} is not a torch.export program ({_export_failure(path, err)})") from None
+
+
+def _export_failure(path: str, err: Exception) -> str:
+    """Why torch.export.load failed, in words (its own message points at log lines we silenced)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return "not a zip archive"
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    if not any(n.rpartition("/")[2] == "archive_format" for n in names):
+        return "a zip archive with no torch.export program in it (torch.save and TorchScript files are not)"
+    return first_line(err)
 
 
 def read_state_dict(path: str) -> dict:
     """Tensors from a weights file (a state dict, or a dict holding one under model/state_dict)."""
-    import pickle
-
     import torch
 
     if not Path(path).is_file():
         raise ModelError(f"weights file {path} does not exist")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        raise ModelError(
-            f"cannot read weights {path} safely (weights_only=True): {str(err).splitlines()[0]}"
-        ) from None
+        with quiet_torch():
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch's unpickler raises anything (KeyError, IndexError...) on junk
+        raise ModelError(f"cannot read weights {path} safely (weights_only=True): {load_failure(err)}") from None
     for key in ("model", "state_dict"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]
@@ -123,9 +194,14 @@ def load_weights(model, path: str) -> None:
     state = read_state_dict(path)
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        details = " ".join(line.strip() for line in str(err).splitlines()[1:3])
-        raise ModelError(f"weights {path} do not fit the model: {details[:300]}") from None
+    except Exception as err:
+        raise ModelError(f"weights {path} do not fit the model: {misfit(err)}") from None
+
+
+def misfit(err: Exception) -> str:
+    """What ``load_state_dict`` found wrong, in one line (its message starts with a header line)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return " ".join(lines[1:3] if len(lines) > 1 else lines)[:300] or type(err).__name__
 
 
 def file_sha256(path: str) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DatasetError
+from ._loading import first_line
 from .datasets import register_dataset
 
 
@@ -21,9 +22,11 @@ def _load(name, root, build):
     try:
         return build()
     except (RuntimeError, FileNotFoundError, OSError) as err:
-        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
-        first_line = first_line.replace(" You can use download=True to download it", "")
-        raise DatasetError(f"{name} data not found under {root} ({first_line}); put the files there first") from None
+        line = first_line(err).replace(" You can use download=True to download it", "")
+        raise DatasetError(f"{name} data not found under {root} ({line}); put the files there first") from None
+    except Exception as err:  # files that are there but damaged fail in any way torchvision's parsers do
+        raise DatasetError(f"{name} data under {root} cannot be read, the files may be damaged "
+                           f"({type(err).__name__}: {first_line(err)})") from None
 
 
 def _indexed(name, dataset, split):

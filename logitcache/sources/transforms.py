@@ -133,6 +133,7 @@ def _center_crop(arg, spec):
 def _to_tensor(arg, spec):
     from torchvision import transforms as T
 
+    _no_value(arg, "to_tensor", spec)
     return T.ToTensor()
 
 
@@ -148,6 +149,7 @@ def _normalize(arg, spec):
 def _flip(arg, spec):
     from torchvision import transforms as T
 
+    _no_value(arg, "flip", spec)
     return T.RandomHorizontalFlip()
 
 
@@ -189,7 +191,14 @@ def _color_jitter(arg, spec):
 
 
 def _none(arg, spec):
+    _no_value(arg, "none", spec)
     return None
+
+
+def _no_value(arg: str, step: str, spec: str) -> None:
+    """Steps without a value refuse one rather than drop it (flip=0.1 is not a flip of p=0.1)."""
+    if arg:
+        raise SpecError(f"transform {spec!r}: {step} takes no value, got {step}={arg}")
 
 
 _BUILDERS = {

@@ -1,0 +1,68 @@
+"""What users hand the sources (files torch reads, code we call), turned into one-line errors.
+
+    >>> with quiet_torch():                      # torch's warnings and log lines stay off the terminal
+    ...     program = torch.export.load(path)
+    >>> first_line(err)                          # the one line of an exception worth showing
+    >>> call_user(factory, "dataset 'pkg.mod:build'", DatasetError, split="train")
+
+torch reports a file it cannot read twice: once as log lines and warnings (a dozen lines of its
+internals on stderr) and once as the exception. The exception is what a user needs, so loads run
+under ``quiet_torch`` and their failures become one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import pickle
+import warnings
+
+from ..errors import LogitCacheError
+
+# torch's own advice, appended to every zip-reader error: noise in a one-line message.
+_TORCH_BOILERPLATE = (" This is an internal miniz error.", " Please check the warnings above")
+
+
+@contextlib.contextmanager
+def quiet_torch():
+    """Silence warnings and logging (torch logs through the logging module) for the block."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none), without torch's
+    boilerplate advice."""
+    text = str(err).strip()
+    line = text.splitlines()[0].strip() if text else ""
+    for noise in _TORCH_BOILERPLATE:
+        line = line.split(noise)[0].rstrip()
+    return line or type(err).__name__
+
+
+def load_failure(err: BaseException) -> str:
+    """Why ``torch.load`` could not read a file, in one line. Its unpickler meets junk with any
+    exception (KeyError: 174812789, EOFError), which alone says nothing to a user."""
+    if isinstance(err, (RuntimeError, pickle.UnpicklingError)) and str(err).strip():
+        return first_line(err)
+    detail = f": {first_line(err)}" if str(err).strip() else ""
+    return f"not a file torch.save wrote ({type(err).__name__}{detail})"
+
+
+def call_user(function, what: str, error: type[LogitCacheError], *args, **kwargs):
+    """Call user code (a factory, a builder); anything it raises becomes one ``error`` line.
+
+    logitcache's own errors pass through unchanged: they are one line already.
+    """
+    try:
+        return function(*args, **kwargs)
+    except LogitCacheError:
+        raise
+    except Exception as err:
+        raise error(f"{what}: {type(err).__name__}: {first_line(err)}") from None
