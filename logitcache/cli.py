@@ -165,9 +165,12 @@ class ByteSize(click.ParamType):
         number = text.rstrip("abcdefghijklmnopqrstuvwxyz")
         unit = text[len(number):].strip()
         try:
-            return int(float(number) * self.UNITS[unit])
-        except (ValueError, KeyError):
+            size = int(float(number) * self.UNITS[unit])
+        except (ValueError, KeyError, OverflowError):
             self.fail(f"{value!r} is not a size like 512MiB, 4GiB or 1000000", param, ctx)
+        if size < 0:
+            self.fail(f"{value!r} is negative; give a size like 512MiB, 4GiB or 1000000", param, ctx)
+        return size
 
 
 @cli.command()

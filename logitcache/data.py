@@ -157,15 +157,17 @@ def _check_combinable(teachers, sparse: bool, dense_for: str | None = None) -> N
 
 
 def check_teacher_identity(store, names: list[str], expected: str) -> None:
-    """Refuse teachers whose weights/parameters sha256 do not start with the expected digests."""
+    """Refuse teachers whose weights/parameters sha256 or (format v3) teacher digest do not start
+    with the expected digests: the teacher digest pins the exact stored logits and metadata."""
     wanted = [e.strip().lower().removeprefix("sha256:") for e in expected.split(",")]
     if len(wanted) != len(names):
         raise ConfigError(f"--expect-teacher names {len(wanted)} digests for {len(names)} teachers ({', '.join(names)})")
     for name, digest in zip(names, wanted):
         if len(digest) < 8:
             raise ConfigError(f"--expect-teacher {digest!r} is too short: give at least 8 hex digits")
-        settings = store.teacher(name).attrs["settings"]
-        recorded = [settings.get("weights_sha256"), settings.get("parameters_sha256")]
+        teacher = store.teacher(name)
+        settings = teacher.attrs["settings"]
+        recorded = [settings.get("weights_sha256"), settings.get("parameters_sha256"), teacher.digest]
         if not any(r and r.removeprefix("sha256:").startswith(digest) for r in recorded):
             shown = ", ".join(r for r in recorded if r)
             raise StoreMismatchError(

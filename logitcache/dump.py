@@ -16,18 +16,16 @@ can replay exactly those views (``replay.py``).
 
 from __future__ import annotations
 
-import platform
+import contextlib
 import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import __version__
 from .devices import resolve_device
 from .distributed import Distributed, distributed
 from .errors import (
@@ -35,30 +33,22 @@ from .errors import (
     DatasetError,
     LogitCacheError,
     ModelError,
-    NotAStoreError,
     SpecError,
-    StoreExistsError,
     StoreIncompleteError,
-    StoreMismatchError,
-    StoreNotFoundError,
 )
+from .dump_settings import dump_settings
+from .dump_store import now_utc, open_for_dump
 from .replay import DumpViews
-from .sources import file_sha256, get_dataset, get_model, num_parameters, parameters_sha256
-from .sources.views import HASH_NAME, PARAM_DTYPE, PARAM_NAMES, VIEW_SEED_TAG, ViewAugment, parse_augment
+from .sources import get_dataset, get_model
+from .sources.views import parse_augment
 from .store import (
     VIEW_HASHES_ARRAY,
     VIEW_PARAMS_ARRAY,
     BackgroundWriter,
-    Layout,
-    LogitStore,
     Teacher,
-    choose_layout,
-    create_store,
     get_codec,
-    is_unfinished_creation,
-    local_path,
     open_store,
-    remove_location,
+    writer_lock,
 )
 
 TEACHER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -153,7 +143,7 @@ def dump(config: DumpConfig, log=print) -> DumpSummary:
         LogitCacheError subclasses for every bad input; the store is never marked complete
         unless every shard was written and read back.
     """
-    _validate(config)
+    validate(config)
     with distributed(config.device) as dist:
         return _dump(config, dist, log)
 
@@ -168,19 +158,35 @@ def _dump(config: DumpConfig, dist: Distributed, log) -> DumpSummary:
     model = get_model(config.teacher, config.num_classes or len(source.classes), weights=config.weights)
     model.to(device).eval()
     num_classes = _probe(model, source, inputs, device, config.bf16)
-    settings, provenance = _settings(config, source, model, num_classes, device, augment)
-    store = teacher = error = None
-    if dist.is_main:
-        try:
-            store = _open_or_create_store(config, source)
-            teacher = _open_or_create_teacher(store, config, num_classes, settings, provenance)
-        except LogitCacheError as err:
-            error = err
-    dist.agree(error)
-    if not dist.is_main:
-        store = open_store(config.store, read_only=False, storage_options=config.storage_options)
-        teacher = store.teacher(config.teacher_name)
+    if config.num_classes is not None and num_classes != config.num_classes:
+        raise ModelError(f"--num-classes {config.num_classes} was given, but the teacher outputs {num_classes} "
+                         "classes (its builder ignored the number); drop --num-classes or fix the teacher")
+    settings, provenance = dump_settings(config, source, model, num_classes, device, augment)
+    with contextlib.ExitStack() as held:
+        store = teacher = error = None
+        if dist.is_main:  # rank 0 holds the teacher's lock for the whole dump, for every rank
+            try:
+                lock = held.enter_context(writer_lock(
+                    config.store, f"teacher-{config.teacher_name}", config.storage_options,
+                    what=f"teacher {config.teacher_name!r} of {config.store}"))
+                store, teacher = open_for_dump(config, source, num_classes, settings, provenance)
+            except LogitCacheError as err:
+                error = err
+        dist.agree(error)
+        if not dist.is_main:
+            store = open_store(config.store, read_only=False, storage_options=config.storage_options)
+            teacher = store.teacher(config.teacher_name)
+        if teacher.is_complete:
+            log(f"teacher {config.teacher_name!r} in {config.store} is already complete, from these same "
+                "settings: nothing to do")
+            return _summary(config, store, teacher, teacher.attrs["metrics"], written=0, seconds=0.0)
+        return _write_teacher(config, dist, source, inputs, model, device, store, teacher,
+                              lock if dist.is_main else None, log)
 
+
+def _write_teacher(config: DumpConfig, dist: Distributed, source, inputs, model, device, store, teacher, lock,
+                   log) -> DumpSummary:
+    """Write every pending shard (each rank its own), then mark the teacher complete."""
     if dist.is_main and teacher.num_shards < 2 * dist.world_size and dist.enabled:
         log(f"warning: {teacher.num_shards} shards for {dist.world_size} processes leaves some idle; "
             "a smaller --rows-per-shard spreads the work (shards are the unit each process writes)")
@@ -188,7 +194,7 @@ def _dump(config: DumpConfig, dist: Distributed, log) -> DumpSummary:
     counts = _AccuracyCounts(store.labels, teacher)
     done = teacher.shard_done()
     mine = [s for s in range(teacher.num_shards) if s % dist.world_size == dist.rank]
-    written = 0
+    written, error = 0, None
     try:
         for shard in (s for s in mine if done[s]):  # re-read what a previous run wrote: checks it, counts it
             counts(shard, teacher.read_stored(*teacher.layout.shard_rows(shard, len(source))))
@@ -201,62 +207,30 @@ def _dump(config: DumpConfig, dist: Distributed, log) -> DumpSummary:
     seconds = time.perf_counter() - started
     rows = len(source) * teacher.views_per_sample  # accuracy and mass are over every stored view
     metrics = {"top1": hits1 / rows, "top5": hits5 / rows, "mass_stored": mass / rows}
+    error = None
     if dist.is_main:
-        run = teacher.attrs["run"]
-        run.update(finished_at=_now(), sessions=run["sessions"] + 1, seconds=round(run["seconds"] + seconds, 3),
-                   processes=dist.world_size)
-        teacher.mark_complete(metrics=metrics, run=run)
-    dist.agree()
-    return DumpSummary(store.location, config.teacher_name, len(source), int(written), seconds,
-                       teacher.nbytes_stored(), num_classes, teacher.codec.name, metrics["top1"], metrics["top5"],
-                       int(done.sum()), config.view_count, teacher.nbytes_views())
+        try:
+            lock.ensure_held()
+            run = teacher.attrs["run"]
+            run.update(finished_at=now_utc(), sessions=run["sessions"] + 1,
+                       seconds=round(run["seconds"] + seconds, 3), processes=dist.world_size)
+            teacher.mark_complete(metrics=metrics, run=run)
+        except LogitCacheError as err:
+            error = err
+    dist.agree(error)
+    return _summary(config, store, teacher, metrics, int(written), seconds, resumed=int(done.sum()))
 
 
-def _settings(config: DumpConfig, source, model, num_classes: int, device,
-              augment: ViewAugment | None) -> tuple[dict, dict]:
-    """What determines the stored bytes (compared on resume), and what describes the teacher."""
-    codec = get_codec(config.codec).for_classes(num_classes)
-    views = max(config.view_count, 1)
-    row_bytes = views * (codec.bytes_per_sample(num_classes) + (2 * len(PARAM_NAMES) + 8 if augment else 0))
-    layout = choose_layout(len(source), num_classes * views, 0, rows_per_shard=config.rows_per_shard,
-                           row_bytes=row_bytes)
-    weights_file = config.weights or _file_in_spec(config.teacher)
-    settings = {
-        "teacher": config.teacher,
-        "weights_sha256": file_sha256(weights_file) if weights_file else None,
-        "parameters_sha256": parameters_sha256(model),
-        "transform": source.transform,
-        "codec": codec.name,
-        "layout": layout.to_dict(),
-        "batch_size": config.batch_size,
-        "bf16": config.bf16,
-        "device_type": device.type,
-    }
-    if augment:
-        settings["views"] = view_record(config, augment)
-    provenance = {
-        "teacher": {"spec": config.teacher, "weights": config.weights, "num_parameters": num_parameters(model)},
-        "dataset": source.describe(),
-        "software": _software(),
-    }
-    return settings, provenance
+def _summary(config: DumpConfig, store, teacher: Teacher, metrics: dict, written: int, seconds: float,
+             resumed: int | None = None) -> DumpSummary:
+    return DumpSummary(store.location, config.teacher_name, store.num_samples, written, seconds,
+                       teacher.nbytes_stored(), teacher.num_classes, teacher.codec.name, metrics["top1"],
+                       metrics["top5"], teacher.num_shards if resumed is None else resumed, config.view_count,
+                       teacher.nbytes_views())
 
 
-def view_record(config: DumpConfig, augment: ViewAugment) -> dict:
-    """The teacher's ``views`` record (docs/FORMAT.md): what a replay needs to rebuild every view."""
-    return {
-        "count": config.view_count,
-        "augment": augment.spec,
-        "size": list(augment.size) if augment.size else None,
-        "seed": config.seed,
-        "draw": f"numpy default_rng([{VIEW_SEED_TAG:#x}, seed, sample index])",
-        "params": list(PARAM_NAMES),
-        "dtype": PARAM_DTYPE,
-        "hashes": HASH_NAME if config.record_view_hashes else None,
-    }
-
-
-def _validate(config: DumpConfig) -> None:
+def validate(config: DumpConfig) -> None:
+    """Refuse option values a dump cannot use (ConfigError), before anything is built."""
     if config.views is not None and config.views < 1:
         raise ConfigError(f"--views must be at least 1, got {config.views}")
     if config.views is not None and not config.augment:
@@ -274,11 +248,6 @@ def _validate(config: DumpConfig) -> None:
     if not TEACHER_NAME.match(config.teacher_name):
         raise ConfigError(f"--teacher-name {config.teacher_name!r} must be letters, digits, '_', '.', '-'")
     get_codec(config.codec)
-
-
-def _file_in_spec(spec: str) -> str | None:
-    scheme, _, rest = spec.partition(":")
-    return rest if scheme in ("torchscript", "export", "checkpoint") else None
 
 
 def _autocast(device, enabled: bool):
@@ -309,65 +278,6 @@ def _probe(model, source, inputs, device, bf16: bool) -> int:
             f"the teacher has {num_classes} outputs but the dataset's labels reach {int(source.labels.max())}"
         )
     return num_classes
-
-
-def _open_or_create_store(config: DumpConfig, source) -> LogitStore:
-    location, options = config.store, config.storage_options
-    try:
-        store = open_store(location, read_only=False, storage_options=options)
-    except LogitCacheError as err:
-        if not _is_absent_or_unfinished(location, err, options):
-            raise
-        if is_unfinished_creation(location, options):
-            remove_location(location, options)
-        return create_store(location, keys=source.keys, labels=source.labels, dataset=source.describe(),
-                            class_names=source.classes, storage_options=options)
-    try:
-        store.check_dataset(source.keys, source.labels)
-    except StoreMismatchError as err:
-        raise StoreMismatchError(f"{err}; a store holds one dataset — dump into another STORE path") from None
-    return store
-
-
-def _is_absent_or_unfinished(location: str, err: Exception, options: dict) -> bool:
-    if isinstance(err, StoreNotFoundError):
-        return True
-    path = local_path(location)
-    empty_dir = path is not None and path.is_dir() and not any(path.iterdir())
-    return isinstance(err, NotAStoreError) and (empty_dir or is_unfinished_creation(location, options))
-
-
-def _open_or_create_teacher(store, config: DumpConfig, num_classes, settings, provenance) -> Teacher:
-    name = config.teacher_name
-    codec = get_codec(config.codec).for_classes(num_classes)
-    if store.has_teacher(name):
-        teacher = store.teacher(name)
-        if config.overwrite:
-            store.delete_teacher(name)
-        elif teacher.is_complete:
-            raise StoreExistsError(
-                f"{store.location} already holds a complete teacher {name!r}; "
-                "pass --overwrite to replace it or --teacher-name to add another"
-            )
-        elif teacher.num_classes != num_classes:
-            raise StoreMismatchError(
-                f"teacher {name!r} in {store.location} has {teacher.num_classes} classes but the model outputs {num_classes}"
-            )
-        elif teacher.attrs["settings"] != settings:
-            old = teacher.attrs["settings"]
-            differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            raise StoreMismatchError(
-                f"an unfinished dump of teacher {name!r} in {store.location} used other settings "
-                f"({', '.join(differ)} differ); rerun the original command, or pass --overwrite"
-            )
-        else:
-            teacher.remove_partial_objects()
-            return teacher
-    teacher = store.create_teacher(name, num_classes=num_classes, codec=codec,
-                                   layout=Layout.from_dict(settings["layout"]),
-                                   settings=settings, provenance=provenance, views=settings.get("views"))
-    teacher.update_attrs(run={"started_at": _now(), "sessions": 0, "seconds": 0.0})
-    return teacher
 
 
 class _AccuracyCounts:
@@ -460,18 +370,3 @@ def _checked(loader, spec: str):
                 raise DatasetError(f"the inputs of {spec} differ in size, so they cannot be batched: give the views "
                                    "one size with size=N in --augment (or resize in --transform)") from None
             raise DatasetError(f"loading a sample of {spec} failed: {first[-1] if first else type(err).__name__}") from None
-
-
-def _software() -> dict:
-    import numcodecs
-    import torchvision
-    import zarr
-
-    return {"logitcache": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "zarr": zarr.__version__, "numcodecs": numcodecs.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-

@@ -47,6 +47,18 @@ class StoreWriteError(LogitCacheError, OSError):
     """The store location cannot be written."""
 
 
+class StoreLockedError(LogitCacheError, BlockingIOError):
+    """Another process is writing the same teacher right now."""
+
+
+class RunInUseError(LogitCacheError, BlockingIOError):
+    """Another process holds the run directory's lock: it is training into the same --out."""
+
+
+class TrainingDivergedError(LogitCacheError, FloatingPointError):
+    """Training produced a non-finite loss or non-finite weights and stopped; no checkpoint holds them."""
+
+
 class SpecError(LogitCacheError, ValueError):
     """A dataset, model, transform, codec or loss spec string is not understood."""
 

@@ -152,7 +152,7 @@ def _checked(config, where: str):
 
 def _stage_checks(config) -> None:
     """What dump and train check before they start (ranges, codecs, view and transform specs)."""
-    from .dump import _validate as validate_dump
+    from .dump import validate as validate_dump
     from .sources.transforms import build_transform
     from .train_config import validate as validate_train
 

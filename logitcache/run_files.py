@@ -23,7 +23,7 @@ import os
 import socket
 from pathlib import Path
 
-from .errors import ConfigError, LogitCacheError
+from .errors import ConfigError, RunInUseError
 
 try:
     import fcntl
@@ -32,10 +32,6 @@ except ImportError:  # Windows: no flock, so no lock (logitcache's multi-process
 
 RUN_FILES = ("config.json", "metrics.jsonl", "metrics.csv", "steps.csv", "summary.json", "last.pt", "best.pt")
 LOCK_FILE = ".lock"
-
-
-class RunInUseError(LogitCacheError, BlockingIOError):
-    """Another process holds the run directory's lock: it is training into the same --out."""
 
 
 def write_atomic(path: Path, text: str) -> None:

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from .errors import LogitCacheError, StoreIncompleteError
 from .store import FORMAT_VERSION, open_store
 
 
@@ -14,7 +15,12 @@ def describe_store(location, storage_options: dict | None = None) -> dict:
     store = open_store(location, storage_options=storage_options)
     teachers = {}
     for name in store.all_teacher_names:
-        teacher = store.teacher(name)
+        try:
+            teacher = store.teacher(name)
+        except LogitCacheError as err:  # being created, or damaged: say so, and describe the rest
+            teachers[name] = {"status": "creating" if isinstance(err, StoreIncompleteError) else "damaged",
+                              "problem": str(err)}
+            continue
         stored = teacher.nbytes_stored()
         view_bytes = teacher.nbytes_views()
         views = teacher.views_per_sample
@@ -50,6 +56,9 @@ def format_description(d: dict) -> str:
     if not d["teachers"]:
         lines.append("teachers  none yet")
     for name, t in d["teachers"].items():
+        if "problem" in t:
+            lines.append(f"teacher   {name!r}: {t['status']}: {t['problem']}")
+            continue
         prov, settings, metrics, run = t["provenance"], t["settings"], t.get("metrics") or {}, t.get("run") or {}
         num_classes, layout, views = t["num_classes"], t["layout"], t["views_per_sample"]
         outputs = data["num_samples"] * views
@@ -84,6 +93,10 @@ def format_description(d: dict) -> str:
         if run.get("finished_at"):
             lines.append(f"  written   {run['started_at']} .. {run['finished_at']}, {run['sessions']} session(s), "
                          f"{run['seconds']:.1f} s of teacher time")
+        digest = (t.get("integrity") or {}).get("teacher")
+        lines.append(f"  digest    {digest}" if digest else
+                     "  digest    none (written before format v3: chunk checksums only)" if "integrity" not in t else
+                     "  digest    recorded when the dump completes")
         software = prov.get("software", {})
         lines.append("  software  " + ", ".join(f"{k} {v}" for k, v in software.items()))
     return "\n".join(lines)

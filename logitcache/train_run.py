@@ -34,14 +34,10 @@ import shutil
 from pathlib import Path
 
 from .distributed import Distributed
-from .errors import CheckpointError, ConfigError, LogitCacheError
+from .errors import CheckpointError, ConfigError, LogitCacheError, TrainingDivergedError
 from .run_files import RunFiles
 from .sources.checkpoints import describe_non_finite, load_checkpoint, non_finite_weights, save_checkpoint
 from .train_config import TrainConfig, cosine_extension, options_record, resume_changes
-
-
-class TrainingDivergedError(LogitCacheError, FloatingPointError):
-    """Training produced a non-finite loss or non-finite weights and stopped; no checkpoint holds them."""
 
 
 @contextlib.contextmanager

@@ -89,7 +89,8 @@ def s3():
     import logging
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request log lines
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "LOGITCACHE_LEASE_SECONDS": "2"}  # a dead writer's lease runs out in 2 s, not 60
     saved = {key: os.environ.get(key) for key in (*env, "AWS_ENDPOINT_URL")}
     os.environ.update(env)
     server = S3Server()
@@ -120,3 +121,25 @@ def slow_teacher_reference(tmp_path_factory) -> Path:
                           teacher="tests.factories:slow_teacher")
     finally:
         os.environ.pop("LOGITCACHE_TEST_SLEEP")
+
+
+def _untracked(repo: Path) -> set[str]:
+    """Files git would show as new in the repository (ignored build outputs excluded)."""
+    import subprocess
+
+    listed = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=all"],
+                            capture_output=True, text=True, check=True).stdout
+    return {line[3:] for line in listed.splitlines() if line.startswith("??")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_stays_clean():
+    """The suite writes only under temporary directories: fail if it leaves files in the repository."""
+    repo = Path(__file__).resolve().parents[1]
+    if not (repo / ".git").exists():
+        yield
+        return
+    before = _untracked(repo)
+    yield
+    left = sorted(_untracked(repo) - before)
+    assert not left, f"the test suite left files in the repository: {', '.join(left[:10])}"

@@ -250,3 +250,34 @@ def not_a_module_teacher(num_classes: int = 10):
 
 def failing_teacher(num_classes: int = 10):
     raise ValueError(f"no pretrained head for {num_classes} classes")
+
+
+def ten_class_teacher(num_classes: int = 10) -> nn.Module:
+    """A teacher whose builder ignores the class count it is asked for: always 10 outputs."""
+    return linear_teacher(10)
+
+
+class PositionalDigits(torch.utils.data.Dataset):
+    """The digits training split with no keys of its own (so keys are positions), maybe reversed."""
+
+    def __init__(self, reverse: bool):
+        from logitcache.sources import get_dataset
+
+        self.inner = get_dataset("digits@train")
+        self.order = np.arange(len(self.inner))[::-1 if reverse else 1]
+        self.targets = [int(self.inner.labels[i]) for i in self.order]
+        self.classes = list(self.inner.classes)
+
+    def __len__(self):
+        return len(self.order)
+
+    def __getitem__(self, index):
+        return self.inner.dataset[int(self.order[index])]
+
+
+def positional_digits(split=None):
+    return PositionalDigits(reverse=False)
+
+
+def reversed_positional_digits(split=None):
+    return PositionalDigits(reverse=True)

@@ -27,11 +27,11 @@ def assert_one_line_error(result, *needles):
 def test_info_human_and_json(digits_store):
     result = invoke("info", digits_store)
     assert result.exit_code == 0
-    for needle in ("logitcache format v1", "1437 samples", "teacher   'default': complete", "codec fp32",
+    for needle in ("logitcache format v3", "1437 samples", "teacher   'default': complete", "codec fp32",
                    "top-1", "tests.factories:linear_teacher"):
         assert needle in result.output
     data = json.loads(invoke("info", digits_store, "--json").output)
-    assert data["version"] == 1 and data["dataset"]["num_samples"] == 1437
+    assert data["version"] == 3 and data["dataset"]["num_samples"] == 1437
     assert data["teachers"]["default"]["status"] == "complete"
     assert data["teachers"]["default"]["shards_done"] == data["teachers"]["default"]["num_shards"] == 6
 
@@ -61,7 +61,7 @@ def test_verify_names_a_missing_shard_and_a_dataset_mismatch(tmp_path):
         file.unlink()
     result = invoke("verify", path, "--dataset", "tests.factories:shuffled_digits")
     assert_one_line_error(result, "failed verification")
-    assert "shard 2 (rows 512-768): 256 rows are not finite" in result.output
+    assert "shard 2 of array 'logits' is missing" in result.output
     assert "same samples in another order" in result.output
 
 
@@ -120,9 +120,9 @@ BAD_INPUTS = [
     ("missing weights file", DUMP + ["--weights", "{tmp}/none.pt"], "does not exist"),
     ("output not (B, C)", ["dump", "{tmp}/s.zarr", "--teacher", "tests.factories:spatial_teacher", "--dataset",
                            "digits"], "(batch, classes)"),
-    ("complete store without --overwrite", ["dump", "{complete}", "--teacher", "tests.factories:linear_teacher",
-                                            "--dataset", "digits@train", "--rows-per-shard", "256",
-                                            "--batch-size", "64"], "--overwrite"),
+    ("complete store, other settings", ["dump", "{complete}", "--teacher", "tests.factories:linear_teacher",
+                                        "--dataset", "digits@train", "--rows-per-shard", "256",
+                                        "--batch-size", "32"], "--overwrite"),
     ("unwritable output path", ["dump", "{tmp}/file/s.zarr", "--teacher", "tests.factories:linear_teacher",
                                 "--dataset", "digits"], "{tmp}/file/s.zarr"),
     ("batch size 0", DUMP + ["--batch-size", "0"], "--batch-size must be at least 1"),
@@ -142,8 +142,11 @@ BAD_INPUTS = [
     ("info on a non-store", ["info", "{tmp}"], "not a logitcache store"),
     ("info on a missing path", ["info", "{tmp}/missing.zarr"], "does not exist"),
     ("verify on a non-store", ["verify", "{tmp}"], "not a logitcache store"),
-    ("newer format version", ["info", "{newer}"], "newer than the v2"),
+    ("newer format version", ["info", "{newer}"], "newer than the v3"),
     ("verify a newer format", ["verify", "{newer}"], "upgrade logitcache"),
+    *[(f"cache budget {size}", ["train", "--out", "{tmp}/r", "--student", "mlp", "--dataset", "digits@train",
+                                "--store", "{complete}", "--cache-budget", size], "is not a size" if size != "-1GiB"
+       else "is negative") for size in ("inf", "nan", "lots", "-1GiB")],
 ]
 
 

@@ -1,4 +1,5 @@
-"""The logitcache store format (v1, v2 for multi-view teachers): a self-describing, checksummed Zarr v3 group of logits.
+"""The logitcache store format (v3): a self-describing, checksummed Zarr v3 group of logits, every
+chunk bound to its place by a digest.
 
     >>> from logitcache.store import open_store
     >>> store = open_store("data/stores/digits.zarr")
@@ -10,6 +11,7 @@ specification; this package is its reference implementation.
 """
 
 from ._backend import local_path, storage_options_for
+from ._checks import check_teacher
 from ._codecs import CODECS, Codec, get_codec, list_codecs
 from ._fingerprint import dataset_fingerprint, describe_mismatch
 from ._pack import pack_store
@@ -17,6 +19,7 @@ from ._schema import (
     FORMAT_NAME,
     FORMAT_VERSION,
     STATUS_COMPLETE,
+    STATUS_CREATING,
     STATUS_WRITING,
     VIEW_HASHES_ARRAY,
     VIEW_PARAMS_ARRAY,
@@ -30,6 +33,7 @@ from ._store import (
     open_store,
     remove_location,
 )
+from ._lock import LOCK_DIR, writer_lock
 from ._teacher import Teacher
 from ._verify import VerifyReport, verify_store
 from ._writer import BackgroundWriter
@@ -38,7 +42,9 @@ __all__ = [
     "CODECS",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "LOCK_DIR",
     "STATUS_COMPLETE",
+    "STATUS_CREATING",
     "STATUS_WRITING",
     "VIEW_HASHES_ARRAY",
     "VIEW_PARAMS_ARRAY",
@@ -48,6 +54,7 @@ __all__ = [
     "LogitStore",
     "Teacher",
     "VerifyReport",
+    "check_teacher",
     "choose_layout",
     "create_store",
     "dataset_fingerprint",
@@ -61,4 +68,5 @@ __all__ = [
     "remove_location",
     "storage_options_for",
     "verify_store",
+    "writer_lock",
 ]

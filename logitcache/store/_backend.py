@@ -19,7 +19,7 @@ from pathlib import Path
 
 import zarr.storage
 
-from ..errors import StoreAccessError, StoreConnectionError, StoreNotFoundError, StoreWriteError
+from ..errors import NotAStoreError, StoreAccessError, StoreConnectionError, StoreNotFoundError, StoreWriteError
 
 # Errors a remote filesystem raises when the network, not the request, failed.
 _TRANSIENT = {
@@ -63,6 +63,7 @@ def zarr_store(location: str, *, read_only: bool, storage_options: dict | None =
     if path is not None and is_zip(location):
         if not read_only:
             raise StoreWriteError(f"{location}: zip stores are read-only; dump into a directory, then `logitcache pack`")
+        _check_zip_names(path, location)
         return zarr.storage.ZipStore(path, mode="r", read_only=True)
     if path is not None:
         return zarr.storage.LocalStore(path, read_only=read_only)
@@ -72,6 +73,22 @@ def zarr_store(location: str, *, read_only: bool, storage_options: dict | None =
         )
     except (ImportError, ValueError) as err:
         raise StoreNotFoundError(f"cannot open {location}: {err} (for s3:// install s3fs)") from None
+
+
+def _check_zip_names(path: Path, location: str) -> None:
+    """Refuse a zip that is not a zip, or names an entry outside the store (``..``, absolute paths)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except FileNotFoundError:
+        raise StoreNotFoundError(f"no store at {location}: the path does not exist") from None
+    except (zipfile.BadZipFile, OSError) as err:
+        raise NotAStoreError(f"{location} is not a readable zip file ({err})") from None
+    for name in names:
+        if name.startswith("/") or "\\" in name or ".." in name.split("/"):
+            raise NotAStoreError(f"{location} names an entry outside the store ({name!r}); refusing to read it")
 
 
 def probe_remote(location: str, storage_options: dict | None = None) -> bool:
@@ -102,6 +119,9 @@ def remote_errors(location: str):
     except Exception as err:
         if is_transient(err):
             raise StoreConnectionError(f"cannot reach {location}: {_first_line(err)}") from None
+        if type(err).__name__ == "NoCredentialsError":
+            raise StoreAccessError(f"{location}: no credentials found; set AWS_ACCESS_KEY_ID and "
+                                   "AWS_SECRET_ACCESS_KEY (or an AWS profile)") from None
         if type(err).__name__ == "ClientError" and "InvalidAccessKeyId" in str(err) + repr(err):
             raise StoreAccessError(f"{location}: the access key is not valid; check the credentials") from None
         raise

@@ -63,8 +63,11 @@ def describe_mismatch(
     differ = np.flatnonzero(np.asarray(store_labels) != np.asarray(labels))
     if differ.size:
         i = int(differ[0])
+        same_counts = np.array_equal(np.sort(np.asarray(store_labels)), np.sort(np.asarray(labels)))
+        kind = ("reordered or relabelled (its keys are positions, so the two cannot be told apart; the label "
+                "counts agree, which suggests reordered)" if same_counts else "relabelled")
         return (
-            f"the dataset is relabelled: {differ.size} labels differ, first at index {i} "
+            f"the dataset is {kind}: {differ.size} labels differ, first at index {i} "
             f"(key {keys[i]!r}: dataset {int(labels[i])}, store {int(store_labels[i])})"
         )
     return None

@@ -1,14 +1,14 @@
 """The store format's names, version and layout rules (docs/FORMAT.md is the prose version).
 
     >>> FORMAT_NAME, FORMAT_VERSION
-    ('logitcache', 2)
+    ('logitcache', 3)
     >>> choose_layout(num_samples=50_000, num_classes=100, itemsize=2)
     Layout(rows_per_chunk=512, rows_per_shard=16384)
 
 Everything a reader needs to interpret a store is written into the store's Zarr attributes
 under the keys defined here; bump FORMAT_VERSION on any change an older reader would misread.
-A store records the lowest version that describes everything in it, so stores that use no v2
-feature stay readable by v1 readers.
+A store records the lowest version that describes everything in it: stores written before v3 keep
+their version (and open as before); every teacher written now carries v3's position-bound digests.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from dataclasses import asdict, dataclass
 from ..errors import ConfigError
 
 FORMAT_NAME = "logitcache"
-FORMAT_VERSION = 2  # the newest version this code reads and writes
-BASE_VERSION = 1  # what a new store is created as
+FORMAT_VERSION = 3  # the newest version this code reads and writes
 VIEWS_VERSION = 2  # the first version with multi-view teachers (view_params, a view axis)
+INTEGRITY_VERSION = 3  # the first version with position-bound digests (chunk_digests, integrity)
+BASE_VERSION = INTEGRITY_VERSION  # what a new store is created as: its teachers will carry digests
 
 ROOT_ATTR = "logitcache"  # root group attribute: format, version, dataset
 TEACHER_ATTR = "logitcache_teacher"  # teacher group attribute: provenance and status
@@ -30,6 +31,7 @@ SHARD_DONE_ARRAY = "shard_done"
 VIEW_PARAMS_ARRAY = "view_params"
 VIEW_HASHES_ARRAY = "view_hashes"
 
+STATUS_CREATING = "creating"  # arrays being made: not yet resumable, redone by the next dump
 STATUS_WRITING = "writing"
 STATUS_COMPLETE = "complete"
 

@@ -29,16 +29,20 @@ from ..errors import (
 )
 from ._backend import local_path, probe_remote, remote_errors, zarr_store
 from ._fingerprint import dataset_fingerprint, describe_mismatch
+from ._lock import LOCK_DIR
+from ._checks import check_root, check_teacher
 from ._schema import (
     BASE_VERSION,
     FORMAT_NAME,
     FORMAT_VERSION,
+    INTEGRITY_VERSION,
     ROOT_ATTR,
     STATUS_COMPLETE,
     TEACHERS_GROUP,
     VIEWS_VERSION,
 )
-from ._teacher import Teacher, compressors, create_teacher_arrays, teacher_exists, teacher_status
+from ._create import compressors, create_teacher_arrays, teacher_exists, teacher_status
+from ._teacher import Teacher
 
 INDEX_CHUNK_ROWS = 65536  # keys and labels: small, read whole, one checksummed chunk per 64k rows
 
@@ -86,6 +90,10 @@ class LogitStore:
         return self.info["dataset"]
 
     @property
+    def version(self) -> int:
+        return int(self.info["version"])
+
+    @property
     def num_samples(self) -> int:
         return int(self.dataset["num_samples"])
 
@@ -107,20 +115,42 @@ class LogitStore:
 
     @property
     def all_teacher_names(self) -> list[str]:
-        """Every teacher group, complete or still being written."""
+        """Every teacher group, complete, being written or damaged (listed, not opened)."""
+        store, root = self.group.store_path.store, self.group.store_path.path
+        prefix = "/".join(p for p in (root, TEACHERS_GROUP) if p)
+
+        async def names() -> list[str]:
+            children = [name async for name in store.list_dir(prefix)]
+            return sorted([name for name in children if await store.exists(f"{prefix}/{name}/zarr.json")])
+
         with remote_errors(self.location):
-            if TEACHERS_GROUP not in self.group:
-                return []
-            return sorted(name for name, _ in self.group[TEACHERS_GROUP].groups())
+            return zarr.core.sync.sync(names())
 
     @property
     def teacher_names(self) -> list[str]:
         """The complete teachers: a teacher being dumped appears here only once it is complete."""
-        teachers = self.group[TEACHERS_GROUP] if self.all_teacher_names else None
-        return [n for n in self.all_teacher_names if teacher_status(teachers[n]) == STATUS_COMPLETE]
+        complete = []
+        for name in self.all_teacher_names:
+            try:
+                with remote_errors(self.location):
+                    status = teacher_status(self.group[TEACHERS_GROUP][name])
+            except (KeyError, ValueError) as err:
+                raise CorruptStoreError(f"teacher {name!r} in {self.location} cannot be read ({err}); "
+                                       "the store was damaged or edited") from None
+            if status == STATUS_COMPLETE:
+                complete.append(name)
+        return complete
 
-    def teacher(self, name: str | None = None) -> Teacher:
-        """The teacher called ``name`` (complete or not); without a name, the only complete one."""
+    def teacher(self, name: str | None = None, *, check: bool = True) -> Teacher:
+        """The teacher called ``name`` (complete or not); without a name, the only complete one.
+
+        Its metadata, ledger and (v3) digests are checked first (``_checks.check_teacher``);
+        ``check=False`` is for the dump that holds the teacher's lock and may redo it.
+
+        Raises:
+            StoreMismatchError: no such teacher. StoreIncompleteError: it is still being created.
+            CorruptStoreError: its metadata or ledger was damaged or edited.
+        """
         if name is None:
             names = self.teacher_names
             if len(names) != 1:
@@ -133,14 +163,27 @@ class LogitStore:
             raise StoreMismatchError(
                 f"{self.location} has no teacher {name!r}; it has: {', '.join(self.all_teacher_names) or 'none'}"
             )
-        return Teacher(self.group[TEACHERS_GROUP][name], name, self)
+        try:
+            with remote_errors(self.location):
+                group = self.group[TEACHERS_GROUP][name]
+        except (KeyError, ValueError) as err:
+            raise CorruptStoreError(f"teacher {name!r} in {self.location} cannot be read ({err}); "
+                                       "the store was damaged or edited") from None
+        teacher = Teacher(group, name, self)
+        if check:
+            check_teacher(teacher)
+        return teacher
 
     def check_dataset(self, keys, labels) -> None:
-        """Refuse a dataset whose keys, order, length or labels differ from the store's.
+        """Refuse a dataset whose keys, order, length or labels differ from the store's (and a store
+        whose own keys and labels no longer match its recorded fingerprint).
 
         Raises:
-            StoreMismatchError: with a message saying what differs.
+            StoreMismatchError: with a message saying what differs. CorruptStoreError: the store's own.
         """
+        if dataset_fingerprint(self.keys, self.labels) != self.fingerprint:
+            raise CorruptStoreError(f"{self.location}: the stored keys and labels do not match the store's "
+                                    "recorded fingerprint; the store was damaged or edited")
         if dataset_fingerprint(keys, labels) == self.fingerprint:
             return
         why = describe_mismatch(self.keys, self.labels, keys, labels)
@@ -154,8 +197,8 @@ class LogitStore:
         if self.read_only:
             raise StoreWriteError(f"{self.location} was opened read-only")
         with remote_errors(self.location):
-            if kwargs.get("views"):  # before the teacher exists: a v1 reader must refuse the store first
-                self._require_version(VIEWS_VERSION)
+            # Before the teacher exists, so an older reader refuses the store rather than misread it.
+            self._require_version(max(INTEGRITY_VERSION, VIEWS_VERSION if kwargs.get("views") else 0))
             teachers = self.group.require_group(TEACHERS_GROUP)
             group = create_teacher_arrays(teachers, name, num_samples=self.num_samples, **kwargs)
         return Teacher(group, name, self)
@@ -167,9 +210,28 @@ class LogitStore:
             self.group.attrs[ROOT_ATTR] = {**info, "version": version}
             self._cache.pop("info", None)
 
-    def delete_teacher(self, name: str) -> None:
+    def remove_partial_metadata(self) -> int:
+        """Delete temp files (``*.partial``) a killed writer left beside the root's and ``teachers``'
+        metadata; only for the holder of the store's lock. Returns how many were removed."""
+        store = self.group.store_path.store
+        shared = ("", "keys/", "labels/", f"{TEACHERS_GROUP}/")
+
+        async def sweep() -> int:
+            orphans = [key async for key in store.list() if key.endswith(".partial")
+                       and key[:key.rfind("/") + 1] in shared]
+            for key in orphans:
+                await store.delete(key)
+            return len(orphans)
+
         with remote_errors(self.location):
-            del self.group[TEACHERS_GROUP][name]
+            return zarr.core.sync.sync(sweep())
+
+    def delete_teacher(self, name: str) -> None:
+        """Delete everything under the teacher's path (nothing there is fine): only for the holder of
+        the teacher's lock, which is why a broken or half-made group is deleted all the same."""
+        prefix = "/".join(p for p in (self.group.store_path.path, TEACHERS_GROUP, name) if p)
+        with remote_errors(self.location):
+            zarr.core.sync.sync(self.group.store_path.store.delete_dir(prefix))
 
 
 def _read_checked(store: LogitStore, name: str) -> np.ndarray:
@@ -197,6 +259,8 @@ def _open_group(location: str, *, read_only: bool, storage_options: dict | None 
             group = zarr.open_group(zarr_store(location, read_only=read_only, storage_options=storage_options),
                                     mode="r" if read_only else "r+")
             info = group.attrs.get(ROOT_ATTR)
+    except (NotAStoreError, StoreNotFoundError):
+        raise
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
         if path is None:
             raise StoreNotFoundError(f"no store at {location}") from None
@@ -228,7 +292,9 @@ def open_store(location, *, read_only: bool = True, storage_options: dict | None
         StoreNotFoundError, NotAStoreError, StoreVersionError, StoreConnectionError, StoreAccessError.
     """
     store = LogitStore(location, read_only=read_only, storage_options=storage_options)
-    store.group  # noqa: B018 - validates now, so errors surface at open
+    with remote_errors(store.location):
+        store.group  # noqa: B018 - validates now, so errors surface at open
+        check_root(store)
     return store
 
 
@@ -247,12 +313,15 @@ def create_store(location, *, keys, labels, dataset: dict, class_names=None, sto
     keys = [str(k) for k in keys]
     labels = np.asarray(labels, dtype=np.int64)
     path = local_path(location)
-    if path is not None and path.exists() and (not path.is_dir() or any(path.iterdir())):
+    if path is not None and path.exists() and (not path.is_dir() or _holds_files(path)):
         raise StoreExistsError(f"{location} already exists and is not empty")
     try:
         with remote_errors(location):
-            group = zarr.open_group(zarr_store(location, read_only=False, storage_options=storage_options),
-                                    mode="w-", zarr_format=3)
+            # Mode "a", not "w-": the caller holds the store's lock, whose file already sits there.
+            store = zarr_store(location, read_only=False, storage_options=storage_options)
+            if zarr.core.sync.sync(store.exists("zarr.json")):
+                raise StoreExistsError(f"{location} already holds Zarr data")
+            group = zarr.open_group(store, mode="a", zarr_format=3)
             rows = max(1, min(INDEX_CHUNK_ROWS, len(keys)))
             key_array = group.create_array(
                 "keys", shape=(len(keys),), dtype=str, chunks=(rows,),
@@ -284,17 +353,38 @@ def create_store(location, *, keys, labels, dataset: dict, class_names=None, sto
     return open_store(location, read_only=False, storage_options=storage_options)
 
 
+def _holds_files(path) -> bool:
+    """Any file in a directory tree but the writers' locks (empty folders a deletion left don't count)."""
+    return any(p.is_file() or p.is_symlink() for p in path.rglob("*") if LOCK_DIR not in p.relative_to(path).parts)
+
+
 def is_unfinished_creation(location, storage_options=None) -> bool:
-    """True for a Zarr group left by a ``create_store`` that stopped before its root attribute."""
+    """True for what a ``create_store`` cut short leaves: a root group without its attribute, holding
+    nothing but (some of) the keys and labels."""
+    store = zarr_store(str(location), read_only=True, storage_options=storage_options)
+
+    async def look() -> bool:
+        if not await store.exists("zarr.json"):
+            return False
+        allowed = ("zarr.json", "keys/", "labels/", LOCK_DIR + "/")
+        return all([key.startswith(allowed) async for key in store.list()])
+
     try:
-        group = zarr.open_group(zarr_store(str(location), read_only=True, storage_options=storage_options), mode="r")
-        members = {name for name, _ in group.members()}
-        return ROOT_ATTR not in group.attrs and members <= {"keys", "labels"}
+        if not zarr.core.sync.sync(look()):
+            return False
+        group = zarr.open_group(store, mode="r")
+        return ROOT_ATTR not in group.attrs
     except Exception:
         return False
 
 
 def remove_location(location, storage_options=None) -> None:
-    """Delete everything at a store location (used to redo an unfinished creation)."""
+    """Delete everything at a store location but its locks (used, holding the store's lock, to redo
+    an unfinished creation)."""
     store = zarr_store(str(location), read_only=False, storage_options=storage_options)
-    zarr.core.sync.sync(store.delete_dir(""))
+
+    async def remove() -> None:
+        for key in [key async for key in store.list() if not key.startswith(LOCK_DIR + "/")]:
+            await store.delete(key)
+
+    zarr.core.sync.sync(remove())

@@ -18,6 +18,8 @@ always sees flat (n * K, ...) rows.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 from functools import cached_property
 
@@ -33,85 +35,31 @@ from ..errors import (
     StoreIncompleteError,
 )
 from ._backend import retry_transient
+from ._checks import teacher_metadata_digest
 from ._codecs import Codec, get_codec
+from ._create import teacher_status
+from ._integrity import CHUNK_DIGESTS_ARRAY, content_digest, integrity_record, shard_chunk_digests
 from ._schema import (
     SHARD_DONE_ARRAY,
     STATUS_COMPLETE,
-    STATUS_WRITING,
     TEACHER_ATTR,
-    TEACHERS_GROUP,
     VIEW_HASHES_ARRAY,
     VIEW_PARAMS_ARRAY,
     Layout,
 )
 
 
-def compressors(shuffle: str = "shuffle") -> list:
-    """Blosc/zstd then a crc32c checksum on every chunk (the sharding index has its own)."""
-    return [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle=shuffle), zarr.codecs.Crc32cCodec()]
+def _settle_pending_reads(timeout: float = 5.0) -> None:
+    """After one chunk read failed, let zarr's other reads of that request finish on its event loop,
+    so none is left pending when the process exits (asyncio would print a warning for each)."""
 
+    async def settle() -> None:
+        others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        if others:
+            await asyncio.wait(others, timeout=timeout)
 
-def teacher_status(group: zarr.Group) -> str:
-    return (group.attrs.get(TEACHER_ATTR) or {}).get("status", "creating")
-
-
-def teacher_exists(root: zarr.Group, name: str) -> bool:
-    return TEACHERS_GROUP in root and name in root[TEACHERS_GROUP]
-
-
-def create_teacher_arrays(
-    teachers: zarr.Group,
-    name: str,
-    *,
-    num_samples: int,
-    num_classes: int,
-    codec: Codec,
-    layout: Layout,
-    settings: dict,
-    provenance: dict,
-    views: dict | None = None,
-) -> zarr.Group:
-    """Create a teacher's empty arrays and its attribute with status ``writing``.
-
-    ``views`` (for multi-view teachers): ``count`` K, ``params`` (the view_params column names),
-    ``hashes`` (the hash name, or None for no view_hashes array), plus what describes the views.
-    """
-    # The attribute is part of the group's first metadata write, so a reader never sees a
-    # teacher group without a status; the arrays follow, and status stays "writing" until done.
-    group = teachers.create_group(name, attributes={TEACHER_ATTR: {
-        "status": STATUS_WRITING,
-        "num_classes": num_classes,
-        "codec": codec.name,
-        "layout": layout.to_dict(),
-        "settings": settings,
-        "provenance": provenance,
-        "metrics": None,
-        "run": {},
-        **({"views": views} if views else {}),
-    }})
-    per_sample = (views["count"],) if views else ()
-    arrays = {name: (spec.dtype, (spec.width or num_classes,) if spec.per_class else (), spec.fill_value)
-              for name, spec in codec.arrays.items()}
-    if views:
-        arrays[VIEW_PARAMS_ARRAY] = (views.get("dtype", "float16"), (len(views["params"]),), float("nan"))
-        if views.get("hashes"):
-            arrays[VIEW_HASHES_ARRAY] = ("uint64", (), 0)
-    for array_name, (dtype, row, fill_value) in arrays.items():
-        row = (*per_sample, *row)
-        group.create_array(
-            array_name,
-            shape=(num_samples, *row),
-            dtype=dtype,
-            chunks=(layout.rows_per_chunk, *row),
-            shards=(layout.rows_per_shard, *row),
-            compressors=compressors(),
-            fill_value=fill_value,
-        )
-    group.create_array(
-        SHARD_DONE_ARRAY, shape=(layout.num_shards(num_samples),), dtype="uint8", chunks=(1,),
-        compressors=[zarr.codecs.Crc32cCodec()], fill_value=0,
-    )
-    return group
+    with contextlib.suppress(Exception):
+        zarr.core.sync.sync(settle())
 
 
 class Teacher:
@@ -129,6 +77,26 @@ class Teacher:
     def attrs(self) -> dict:
         """A copy of the teacher attribute (provenance, settings, status, metrics, run)."""
         return copy.deepcopy(dict(self.group.attrs[TEACHER_ATTR]))
+
+    @property
+    def raw_attrs(self) -> dict:
+        """The teacher attribute as stored, or {} when there is none yet."""
+        return dict(self.group.attrs.get(TEACHER_ATTR) or {})
+
+    @property
+    def has_digests(self) -> bool:
+        """True for a format-v3 teacher: chunk digests and an integrity record (``_integrity.py``)."""
+        return "integrity" in self.raw_attrs
+
+    @property
+    def digest(self) -> str | None:
+        """The complete teacher's digest (``integrity.teacher``), or None before v3 or completion."""
+        return (self.raw_attrs.get("integrity") or {}).get("teacher")
+
+    @cached_property
+    def chunk_digests(self) -> np.ndarray:
+        """(n_chunks, 32) uint8: each inner chunk's digest, zero where not written yet."""
+        return self.group[CHUNK_DIGESTS_ARRAY][:]
 
     @property
     def status(self) -> str:
@@ -178,6 +146,11 @@ class Teacher:
         return {name: self.group[name] for name in self.codec.arrays}
 
     @cached_property
+    def content_arrays(self) -> dict[str, zarr.Array]:
+        """Every array the chunk digests cover: the codec's and the views'."""
+        return {**self.arrays, **self.view_arrays}
+
+    @cached_property
     def view_arrays(self) -> dict[str, zarr.Array]:
         """``view_params`` (and ``view_hashes``, if recorded) of a multi-view teacher; else empty."""
         names = [VIEW_PARAMS_ARRAY, VIEW_HASHES_ARRAY] if self.has_view_hashes else [VIEW_PARAMS_ARRAY]
@@ -218,20 +191,44 @@ class Teacher:
     # -- reading -------------------------------------------------------------------------------
 
     def read_stored(self, start: int, stop: int, arrays: dict | None = None) -> dict[str, np.ndarray]:
-        """The raw stored arrays (default: the codec's) for rows [start, stop), checksums verified by zarr."""
-        arrays = self.arrays if arrays is None else arrays
+        """The raw stored arrays (default: the codec's) for rows [start, stop), checked: zarr checks
+        each chunk's CRC-32C, and a v3 teacher's chunks must match their position-bound digests."""
+        names = list(self.arrays if arrays is None else arrays)
+        if not self.has_digests:
+            return self._read_raw(start, stop, {name: self.content_arrays[name] for name in names})
+        rows = self.layout.rows_per_chunk
+        lo, hi = start // rows * rows, min(-(-stop // rows) * rows, self.num_samples)
+        stored = self._read_raw(lo, hi, self.content_arrays)
+        self._check_digests(lo, hi, stored)
+        return {name: stored[name][start - lo:stop - lo] for name in names}
+
+    def _read_raw(self, start: int, stop: int, arrays: dict) -> dict[str, np.ndarray]:
         try:
             return retry_transient(lambda: {name: array[start:stop] for name, array in arrays.items()},
                                    self.store.location)
         except (StoreConnectionError, StoreAccessError):
             raise
         except Exception as err:  # zarr raises several types for a bad checksum or truncated shard
+            _settle_pending_reads()
             reason = (
                 "checksum mismatch (corrupted or truncated bytes)"
                 if "checksum" in str(err).lower()
                 else f"{type(err).__name__}: {err}"
             )
             raise CorruptStoreError(f"teacher {self.name!r}, rows {start}-{stop}: {reason}") from None
+
+    def _check_digests(self, lo: int, hi: int, stored: dict[str, np.ndarray]) -> None:
+        """Compare chunk-aligned rows [lo, hi) with their recorded digests (unwritten chunks: none)."""
+        rows = self.layout.rows_per_chunk
+        found = shard_chunk_digests(stored, lo, hi, rows)
+        recorded = self.chunk_digests[lo // rows:lo // rows + len(found)]
+        bad = np.flatnonzero(recorded.any(axis=1) & (recorded != found).any(axis=1))
+        if bad.size:
+            chunk = lo // rows + int(bad[0])
+            raise CorruptStoreError(
+                f"teacher {self.name!r}, rows {chunk * rows}-{min((chunk + 1) * rows, self.num_samples)}: the stored "
+                "values are not the ones the dump wrote there (digest mismatch: moved, swapped or edited chunks)"
+            )
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Decoded float32 logits (stop - start, C) for a contiguous row range.
@@ -241,14 +238,20 @@ class Teacher:
             StoreIncompleteError: rows that were never written (they decode to NaN).
         """
         stored = self.read_stored(start, stop)
-        missing = ~self.rows_ok(stored)
-        if missing.any():
-            first = start + int(np.flatnonzero(missing)[0])
-            raise StoreIncompleteError(
-                f"teacher {self.name!r}: {int(missing.sum())} rows in {start}-{stop} hold no logits "
-                f"(first: row {first}); the dump did not finish — rerun it to resume"
-            )
+        self._require_rows(stored, start, stop)
         return self.decode(stored)
+
+    def _require_rows(self, stored: dict[str, np.ndarray], start: int, stop: int) -> None:
+        """Unwritten rows: an unfinished dump (rerun it), or, in a complete teacher, damage."""
+        missing = ~self.rows_ok(stored)
+        if not missing.any():
+            return
+        what = f"teacher {self.name!r}: {int(missing.sum())} rows in {start}-{stop} hold no logits " \
+               f"(first: row {start + int(np.flatnonzero(missing)[0])})"
+        if self.is_complete:
+            raise CorruptStoreError(f"{what}, though it is marked complete: the store was damaged after the dump "
+                                    "(a chunk is missing); restore it, or dump again with --overwrite")
+        raise StoreIncompleteError(f"{what}; the dump did not finish — rerun it to resume")
 
     def read_view_params(self, start: int, stop: int) -> np.ndarray:
         """float16 (stop - start, K, P): how each stored view was cut (see docs/FORMAT.md)."""
@@ -262,22 +265,22 @@ class Teacher:
     def read_targets(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Rows [start, stop) as the codec's sparse training targets (checked like ``read``)."""
         stored = self.read_stored(start, stop)
-        if not self.rows_ok(stored).all():
-            raise StoreIncompleteError(f"teacher {self.name!r}: rows {start}-{stop} are not all written")
+        self._require_rows(stored, start, stop)
         return {key: self._unflat(values) for key, values in self.codec.sparse_targets(self.flat(stored)).items()}
 
     def take(self, indices) -> np.ndarray:
         """Decoded float32 logits (len(indices), C) — (len(indices), K, C) for a multi-view
-        teacher — for any rows, in the order given."""
+        teacher — for any rows, in the order given (each inner chunk touched is read once)."""
         indices = np.asarray(indices, dtype=np.int64)
         if indices.size == 0:
             return np.empty((0, *self.row_shape), dtype=np.float32)
-        lo, hi = int(indices.min()), int(indices.max()) + 1
-        if hi - lo <= 4 * indices.size:  # dense enough: one contiguous read
-            return self.read(lo, hi)[indices - lo]
-        unique, inverse = np.unique(indices, return_inverse=True)
-        stored = {name: array.get_orthogonal_selection((unique,)) for name, array in self.arrays.items()}
-        return self.decode(stored)[inverse]
+        rows = self.layout.rows_per_chunk
+        out = np.empty((indices.size, *self.row_shape), dtype=np.float32)
+        for chunk in np.unique(indices // rows):
+            picked = np.flatnonzero(indices // rows == chunk)
+            start = int(chunk) * rows
+            out[picked] = self.read(start, min(start + rows, self.num_samples))[indices[picked] - start]
+        return out
 
     @property
     def row_shape(self) -> tuple[int, ...]:
@@ -318,23 +321,36 @@ class Teacher:
         def write_and_check():  # idempotent: a retry after a network error rewrites the same bytes
             for name, values in encoded.items():
                 arrays[name][start:stop] = values
-            stored = self.read_stored(start, stop, arrays)
+            stored = self._read_raw(start, stop, arrays)
             for name, values in encoded.items():
                 if not np.array_equal(stored[name], values, equal_nan=values.dtype.kind == "f"):
                     raise CorruptStoreError(f"teacher {self.name!r}: shard {shard} of {name!r} read back differently")
+            if self.has_digests:  # digests of what was read back, then the ledger: done means checkable
+                rows = self.layout.rows_per_chunk
+                digests = shard_chunk_digests(stored, start, stop, rows)
+                self.group[CHUNK_DIGESTS_ARRAY][start // rows:start // rows + len(digests)] = digests
+                self.chunk_digests[start // rows:start // rows + len(digests)] = digests
             self.group[SHARD_DONE_ARRAY][shard] = 1
             return stored
 
         return retry_transient(write_and_check, self.store.location)
 
-    def remove_partial_objects(self) -> int:
-        """Delete temp files a killed writer left behind (zarr's LocalStore writes ``*.partial``
-        then renames); they are never read, but a resumed store should hold exactly the bytes of
-        an uninterrupted one. Returns how many were removed."""
+    def clear_unfinished(self, pending: list[int]) -> int:
+        """Delete what a killed writer may have left of the shards still to write: zarr's ``*.partial``
+        temp files and any chunk objects of those shards (even corrupt ones), so each is written
+        from nothing and the resumed store holds exactly an uninterrupted dump's bytes. Only for the
+        holder of the teacher's lock. Returns how many objects were removed."""
         store, prefix = self.group.store_path.store, self.group.store_path.path
+        pending_keys = {str(shard) for shard in pending}
+
+        def unfinished(key: str) -> bool:
+            if key.endswith(".partial"):
+                return True
+            parts = key[len(prefix):].strip("/").split("/")  # ARRAY/c/SHARD[/...]
+            return len(parts) >= 3 and parts[1] == "c" and parts[2] in pending_keys and parts[0] != SHARD_DONE_ARRAY
 
         async def sweep() -> int:
-            orphans = [key async for key in store.list_prefix(prefix) if key.endswith(".partial")]
+            orphans = [key async for key in store.list_prefix(prefix) if unfinished(key)]
             for key in orphans:
                 await store.delete(key)
             return len(orphans)
@@ -352,7 +368,8 @@ class Teacher:
         retry_transient(write, self.store.location)
 
     def mark_complete(self, **changes) -> None:
-        """Set status ``complete`` once every shard is done, with any final fields.
+        """Set status ``complete`` once every shard is done, with any final fields and (v3) the
+        integrity record: the metadata digest and the digest of every chunk digest.
 
         Raises:
             StoreIncompleteError: some shard is not done.
@@ -362,4 +379,8 @@ class Teacher:
             raise StoreIncompleteError(
                 f"teacher {self.name!r}: {pending.size} shards are not written (first: {int(pending[0])})"
             )
+        if self.has_digests:
+            final = {**self.attrs, **changes, "status": STATUS_COMPLETE}
+            digests = self.group[CHUNK_DIGESTS_ARRAY][:]  # as every rank wrote them, not this process's copy
+            changes["integrity"] = integrity_record(teacher_metadata_digest(self, final), content_digest(digests))
         self.update_attrs(status=STATUS_COMPLETE, **changes)

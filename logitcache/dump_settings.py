@@ -1,0 +1,76 @@
+"""What a dump records about itself: the settings that determine the stored bytes (a resumed dump
+must match them exactly) and the provenance that describes the teacher.
+
+    >>> settings, provenance = dump_settings(config, source, model, num_classes, device, augment)
+"""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+import torch
+
+from . import __version__
+from .sources import file_sha256, num_parameters, parameters_sha256
+from .sources.views import HASH_NAME, PARAM_DTYPE, PARAM_NAMES, VIEW_SEED_TAG, ViewAugment
+from .store import choose_layout, get_codec
+
+
+def dump_settings(config, source, model, num_classes: int, device,
+              augment: ViewAugment | None) -> tuple[dict, dict]:
+    """What determines the stored bytes (compared on resume), and what describes the teacher."""
+    codec = get_codec(config.codec).for_classes(num_classes)
+    views = max(config.view_count, 1)
+    row_bytes = views * (codec.bytes_per_sample(num_classes) + (2 * len(PARAM_NAMES) + 8 if augment else 0))
+    layout = choose_layout(len(source), num_classes * views, 0, rows_per_shard=config.rows_per_shard,
+                           row_bytes=row_bytes)
+    weights_file = config.weights or _file_in_spec(config.teacher)
+    settings = {
+        "teacher": config.teacher,
+        "weights_sha256": file_sha256(weights_file) if weights_file else None,
+        "parameters_sha256": parameters_sha256(model),
+        "transform": source.transform,
+        "codec": codec.name,
+        "layout": layout.to_dict(),
+        "batch_size": config.batch_size,
+        "bf16": config.bf16,
+        "device_type": device.type,
+    }
+    if augment:
+        settings["views"] = view_record(config, augment)
+    provenance = {
+        "teacher": {"spec": config.teacher, "weights": config.weights, "num_parameters": num_parameters(model)},
+        "dataset": source.describe(),
+        "software": _software(),
+    }
+    return settings, provenance
+
+
+def view_record(config, augment: ViewAugment) -> dict:
+    """The teacher's ``views`` record (docs/FORMAT.md): what a replay needs to rebuild every view."""
+    return {
+        "count": config.view_count,
+        "augment": augment.spec,
+        "size": list(augment.size) if augment.size else None,
+        "seed": config.seed,
+        "draw": f"numpy default_rng([{VIEW_SEED_TAG:#x}, seed, sample index])",
+        "params": list(PARAM_NAMES),
+        "dtype": PARAM_DTYPE,
+        "hashes": HASH_NAME if config.record_view_hashes else None,
+    }
+
+
+def _file_in_spec(spec: str) -> str | None:
+    scheme, _, rest = spec.partition(":")
+    return rest if scheme in ("torchscript", "export", "checkpoint") else None
+
+
+def _software() -> dict:
+    import numcodecs
+    import torchvision
+    import zarr
+
+    return {"logitcache": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "zarr": zarr.__version__, "numcodecs": numcodecs.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}

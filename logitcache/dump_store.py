@@ -1,0 +1,128 @@
+"""Where a dump writes: the store and the teacher, opened or made under their locks, and what a
+rerun of the same command continues.
+
+    >>> store, teacher = open_for_dump(config, source, num_classes, settings, provenance)
+
+Called by the holder of the teacher's lock (``dump._dump``), so whatever stands at the teacher's
+path is its own to delete: an ``--overwrite``, or a creation a killed dump left unfinished.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import numpy as np
+
+from .errors import (
+    CorruptStoreError,
+    LogitCacheError,
+    NotAStoreError,
+    StoreExistsError,
+    StoreMismatchError,
+    StoreNotFoundError,
+)
+from .store import (
+    LOCK_DIR,
+    STATUS_CREATING,
+    Layout,
+    LogitStore,
+    Teacher,
+    check_teacher,
+    create_store,
+    get_codec,
+    is_unfinished_creation,
+    local_path,
+    open_store,
+    remove_location,
+    writer_lock,
+)
+
+
+def open_for_dump(config, source, num_classes: int, settings: dict, provenance: dict) -> tuple:
+    """Open or create the store and the teacher, holding the store's metadata lock meanwhile
+    (another teacher's dump may be creating the same new store this instant)."""
+    with writer_lock(config.store, "store", config.storage_options, wait=120,
+                     what=f"the metadata of {config.store}"):
+        store = _open_or_create_store(config, source)
+        store.remove_partial_metadata()
+        return store, _open_or_create_teacher(store, config, num_classes, settings, provenance)
+
+
+def _open_or_create_store(config, source) -> LogitStore:
+    location, options = config.store, config.storage_options
+    try:
+        store = open_store(location, read_only=False, storage_options=options)
+    except LogitCacheError as err:
+        if not _is_absent_or_unfinished(location, err, options):
+            raise
+        if is_unfinished_creation(location, options):
+            remove_location(location, options)
+        return create_store(location, keys=source.keys, labels=source.labels, dataset=source.describe(),
+                            class_names=source.classes, storage_options=options)
+    try:
+        store.check_dataset(source.keys, source.labels)
+    except StoreMismatchError as err:
+        raise StoreMismatchError(f"{err}; a store holds one dataset — dump into another STORE path") from None
+    return store
+
+
+def _is_absent_or_unfinished(location: str, err: Exception, options: dict) -> bool:
+    if isinstance(err, StoreNotFoundError):
+        return True
+    path = local_path(location)
+    empty_dir = path is not None and path.is_dir() and not any(
+        p.is_file() for p in path.rglob("*") if LOCK_DIR not in p.relative_to(path).parts)
+    return isinstance(err, NotAStoreError) and (empty_dir or is_unfinished_creation(location, options))
+
+
+def _open_or_create_teacher(store, config, num_classes, settings, provenance) -> Teacher:
+    """Resume the teacher, or (re)make it. Called with the teacher's lock held, so whatever is at
+    its path is ours to delete: an overwrite, or a creation a killed dump left unfinished."""
+    name = config.teacher_name
+    if store.has_teacher(name) and not config.overwrite:
+        existing = store.teacher(name, check=False)
+        if existing.status != STATUS_CREATING:
+            return _resumable_teacher(store, existing, num_classes, settings)
+    store.delete_teacher(name)  # also any leftovers of a deletion or creation cut short
+    codec = get_codec(config.codec).for_classes(num_classes)
+    return store.create_teacher(name, num_classes=num_classes, codec=codec,
+                                layout=Layout.from_dict(settings["layout"]), settings=settings,
+                                provenance=provenance, run={"started_at": now_utc(), "sessions": 0, "seconds": 0.0},
+                                views=settings.get("views"))
+
+
+def _resumable_teacher(store, teacher: Teacher, num_classes: int, settings: dict) -> Teacher:
+    """An existing teacher this dump may continue: unfinished, valid, made with the same settings."""
+    name = teacher.name
+    try:
+        check_teacher(teacher)
+    except CorruptStoreError as err:
+        raise StoreExistsError(f"{err} (pass --overwrite to dump teacher {name!r} again)") from None
+    same = teacher.num_classes == num_classes and teacher.attrs["settings"] == settings
+    if teacher.is_complete and same:
+        return teacher  # the same command again, after it finished (or was killed just after): nothing to do
+    if teacher.is_complete:
+        raise StoreExistsError(
+            f"{store.location} already holds a complete teacher {name!r} made with other settings; "
+            "pass --overwrite to replace it or --teacher-name to add another"
+        )
+    if teacher.num_classes != num_classes:
+        raise StoreMismatchError(
+            f"teacher {name!r} in {store.location} has {teacher.num_classes} classes but the model outputs {num_classes}"
+        )
+    if teacher.attrs["settings"] != settings:
+        old = teacher.attrs["settings"]
+        differ = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        raise StoreMismatchError(
+            f"an unfinished dump of teacher {name!r} in {store.location} used other settings "
+            f"({', '.join(differ)} differ); rerun the original command, or pass --overwrite"
+        )
+    teacher.clear_unfinished([int(s) for s in np.flatnonzero(~teacher.shard_done())])
+    return teacher
+
+
+
+
+def now_utc() -> str:
+    """UTC now, as the run record writes times."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,104 @@
+"""Make a teacher's group: its attribute, its empty arrays, and the order that keeps a kill safe.
+
+    >>> group = create_teacher_arrays(store.group["teachers"], "default", num_samples=N, num_classes=C,
+    ...                               codec=get_codec("fp16"), layout=layout, settings={}, provenance={})
+
+The group starts as ``creating`` and becomes ``writing`` only when every array exists, so a dump
+killed half-way leaves something readers skip and the next dump (holding the lock) remakes.
+"""
+
+from __future__ import annotations
+
+import zarr
+import zarr.codecs
+
+from ._codecs import Codec
+from ._integrity import CHUNK_DIGESTS_ARRAY, DIGEST_BYTES
+from ._schema import (
+    SHARD_DONE_ARRAY,
+    STATUS_CREATING,
+    STATUS_WRITING,
+    TEACHER_ATTR,
+    TEACHERS_GROUP,
+    VIEW_HASHES_ARRAY,
+    VIEW_PARAMS_ARRAY,
+    Layout,
+)
+
+
+def compressors(shuffle: str = "shuffle") -> list:
+    """Blosc/zstd then a crc32c checksum on every chunk (the sharding index has its own)."""
+    return [zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle=shuffle), zarr.codecs.Crc32cCodec()]
+
+
+def teacher_status(group: zarr.Group) -> str:
+    attrs = group.attrs.get(TEACHER_ATTR)
+    return str(attrs.get("status")) if isinstance(attrs, dict) else STATUS_CREATING
+
+
+def teacher_exists(root: zarr.Group, name: str) -> bool:
+    return TEACHERS_GROUP in root and name in root[TEACHERS_GROUP]
+
+
+def create_teacher_arrays(
+    teachers: zarr.Group,
+    name: str,
+    *,
+    num_samples: int,
+    num_classes: int,
+    codec: Codec,
+    layout: Layout,
+    settings: dict,
+    provenance: dict,
+    run: dict | None = None,
+    views: dict | None = None,
+) -> zarr.Group:
+    """Create a teacher's empty arrays, then mark it ``writing`` (resumable) as the last step.
+
+    ``views`` (for multi-view teachers): ``count`` K, ``params`` (the view_params column names),
+    ``hashes`` (the hash name, or None for no view_hashes array), plus what describes the views.
+    """
+    # Status "creating" until every array exists: a dump killed part-way leaves a group that
+    # readers skip and the next dump (holding the teacher's lock) deletes and makes again.
+    attrs = {
+        "status": STATUS_CREATING,
+        "num_classes": num_classes,
+        "codec": codec.name,
+        "layout": layout.to_dict(),
+        "settings": settings,
+        "provenance": provenance,
+        "metrics": None,
+        "run": run or {},
+        "integrity": {"algorithm": "sha256", "metadata": None, "content": None, "teacher": None},
+        **({"views": views} if views else {}),
+    }
+    group = teachers.create_group(name, attributes={TEACHER_ATTR: attrs})
+    per_sample = (views["count"],) if views else ()
+    arrays = {name: (spec.dtype, (spec.width or num_classes,) if spec.per_class else (), spec.fill_value)
+              for name, spec in codec.arrays.items()}
+    if views:
+        arrays[VIEW_PARAMS_ARRAY] = (views.get("dtype", "float16"), (len(views["params"]),), float("nan"))
+        if views.get("hashes"):
+            arrays[VIEW_HASHES_ARRAY] = ("uint64", (), 0)
+    for array_name, (dtype, row, fill_value) in arrays.items():
+        row = (*per_sample, *row)
+        group.create_array(
+            array_name,
+            shape=(num_samples, *row),
+            dtype=dtype,
+            chunks=(layout.rows_per_chunk, *row),
+            shards=(layout.rows_per_shard, *row),
+            compressors=compressors(),
+            fill_value=fill_value,
+        )
+    chunks_per_shard = layout.rows_per_shard // layout.rows_per_chunk
+    group.create_array(  # one zarr chunk per shard: the shard's writer writes its digests whole
+        CHUNK_DIGESTS_ARRAY, shape=(-(-num_samples // layout.rows_per_chunk), DIGEST_BYTES), dtype="uint8",
+        chunks=(chunks_per_shard, DIGEST_BYTES), compressors=[zarr.codecs.Crc32cCodec()], fill_value=0,
+    )
+    group.create_array(
+        SHARD_DONE_ARRAY, shape=(layout.num_shards(num_samples),), dtype="uint8", chunks=(1,),
+        compressors=[zarr.codecs.Crc32cCodec()], fill_value=0,
+    )
+    group.attrs[TEACHER_ATTR] = {**attrs, "status": STATUS_WRITING}
+    return group

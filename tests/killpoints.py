@@ -1,0 +1,45 @@
+"""Run the ``logitcache`` CLI and kill the process right after its K-th metadata write.
+
+    $ python -m tests.killpoints K dump STORE --teacher ... # exit 137 right after write K
+    $ python -m tests.killpoints 0 dump STORE ...           # no kill; prints "metadata writes: N"
+
+A real kill (``os._exit``: no cleanup, no finally blocks, no flushing), at an exact point: the
+crash tests use it to stop a dump after every one of its ``zarr.json`` writes in turn.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import zarr.storage
+
+from logitcache.cli import cli
+
+
+def _install(target: int) -> list[int]:
+    count = [0]
+    original = zarr.storage.LocalStore.set
+
+    async def set_then_maybe_die(self, key, value):
+        await original(self, key, value)
+        if key.endswith("zarr.json"):
+            count[0] += 1
+            if count[0] == target:
+                os._exit(137)
+
+    zarr.storage.LocalStore.set = set_then_maybe_die
+    return count
+
+
+def main() -> None:
+    count = _install(int(sys.argv[1]))
+    try:
+        cli.main(sys.argv[2:], prog_name="logitcache", standalone_mode=True)
+    except SystemExit as done:
+        print(f"metadata writes: {count[0]}", file=sys.stderr)
+        raise SystemExit(done.code) from None
+
+
+if __name__ == "__main__":
+    main()
