@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .errors import ConfigError, StoreIncompleteError, StoreMismatchError
+from .errors import ConfigError, CorruptStoreError, StoreIncompleteError, StoreMismatchError
 from .store import open_store
 
 
@@ -59,6 +59,9 @@ class TeacherLogits:
         self.transform = teachers[0].attrs["settings"].get("transform")  # what made the inputs the teacher saw
         self.sparse = sparse and len(teachers) == 1 and self.codec.sparse_form
         self.rows = _written_rows(teachers)
+        self.identities = [t.identity for t in teachers]  # a reopen (worker, later block) must find the same
+        self.recorded = {t.name: [t.attrs["settings"].get("weights_sha256"), t.attrs["settings"].get(
+            "parameters_sha256"), t.digest] for t in teachers}
         per_view = 16 * self.codec.k + 8 if self.sparse else 4 * self.num_classes * len(teachers)
         row_bytes = per_view * teachers[0].views_per_sample
         self.in_memory = store.num_samples * row_bytes <= budget_bytes
@@ -117,7 +120,14 @@ class TeacherLogits:
     def _read_block(self, block: int):
         if self._teachers is None or self._pid != os.getpid():
             store = open_store(self.location, storage_options=self.storage_options)
-            self._teachers, self._pid = [store.teacher(n) for n in self.teacher_names], os.getpid()
+            teachers = [store.teacher(n) for n in self.teacher_names]
+            for teacher, identity in zip(teachers, self.identities):
+                if teacher.identity != identity:
+                    raise CorruptStoreError(
+                        f"teacher {teacher.name!r} in {self.location} changed while this run was reading it (it "
+                        f"was {identity[:24]}…, it is now {teacher.identity[:24]}…: overwritten?); start the run again"
+                    )
+            self._teachers, self._pid = teachers, os.getpid()
         start = block * self.block_rows
         stop = min(start + self.block_rows, self._teachers[0].num_samples)
         chunk = self._read(self._teachers, start, stop)
@@ -156,22 +166,22 @@ def _check_combinable(teachers, sparse: bool, dense_for: str | None = None) -> N
             )
 
 
-def check_teacher_identity(store, names: list[str], expected: str) -> None:
+def check_teacher_identity(logits: TeacherLogits, expected: str) -> None:
     """Refuse teachers whose weights/parameters sha256 or (format v3) teacher digest do not start
-    with the expected digests: the teacher digest pins the exact stored logits and metadata."""
+    with the expected digests: the teacher digest pins the exact stored logits and metadata. Checked
+    against the teachers ``logits`` opened, which every later read is held to (``identities``)."""
+    names = logits.teacher_names
     wanted = [e.strip().lower().removeprefix("sha256:") for e in expected.split(",")]
     if len(wanted) != len(names):
         raise ConfigError(f"--expect-teacher names {len(wanted)} digests for {len(names)} teachers ({', '.join(names)})")
     for name, digest in zip(names, wanted):
         if len(digest) < 8:
             raise ConfigError(f"--expect-teacher {digest!r} is too short: give at least 8 hex digits")
-        teacher = store.teacher(name)
-        settings = teacher.attrs["settings"]
-        recorded = [settings.get("weights_sha256"), settings.get("parameters_sha256"), teacher.digest]
+        recorded = logits.recorded[name]
         if not any(r and r.removeprefix("sha256:").startswith(digest) for r in recorded):
             shown = ", ".join(r for r in recorded if r)
             raise StoreMismatchError(
-                f"teacher {name!r} in {store.location} is not the expected teacher {digest[:16]}…: it has {shown}"
+                f"teacher {name!r} in {logits.location} is not the expected teacher {digest[:16]}…: it has {shown}"
             )
 
 

@@ -245,8 +245,10 @@ def validate(config: DumpConfig) -> None:
         raise ConfigError(f"--workers must be 0 or more, got {config.workers}")
     if config.rows_per_shard is not None and config.rows_per_shard < 1:
         raise ConfigError(f"--rows-per-shard must be at least 1, got {config.rows_per_shard}")
-    if not TEACHER_NAME.match(config.teacher_name):
-        raise ConfigError(f"--teacher-name {config.teacher_name!r} must be letters, digits, '_', '.', '-'")
+    name = config.teacher_name
+    if not TEACHER_NAME.match(name) or len(name) > 100 or name == "zarr.json" or name.endswith(".partial"):
+        raise ConfigError(f"--teacher-name {name[:40]!r} must be up to 100 letters, digits, '_', '.', '-' "
+                          "(and not 'zarr.json' or '*.partial', which the store uses)")
     get_codec(config.codec)
 
 

@@ -237,7 +237,6 @@ def _open_teacher_logits(config: TrainConfig) -> TeacherLogits | None:
     """Open the store's teacher(s), check them against the options, and load or stream their logits."""
     if not config.store or config.loss == "ce":
         return None
-    store = open_store(config.store, storage_options=config.storage_options)
     mixing = bool(config.mixup or config.cutmix)  # mixing needs whole distributions
     sparse = LOSSES.get(config.loss).accepts_sparse and not mixing
     logits = TeacherLogits.open(config.store, config.teacher, config.cache_budget, workers=config.workers,
@@ -251,7 +250,7 @@ def _open_teacher_logits(config: TrainConfig) -> TeacherLogits | None:
             f"were sampled at ({logits.codec.name}); sampled targets estimate the KL at that temperature only"
         )
     if config.expect_teacher:
-        check_teacher_identity(store, logits.teacher_names, config.expect_teacher)
+        check_teacher_identity(logits, config.expect_teacher)
     return logits
 
 

@@ -281,3 +281,12 @@ def positional_digits(split=None):
 
 def reversed_positional_digits(split=None):
     return PositionalDigits(reverse=True)
+
+
+def nan_free_other_teacher(num_classes: int = 10) -> nn.Module:
+    """A second fixed linear teacher, different from ``linear_teacher``."""
+    torch.manual_seed(999)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
+    with torch.no_grad():
+        model[1].weight.mul_(3.0)
+    return model

@@ -151,6 +151,7 @@ MATRIX = [
     ("edit status bogus", "u8", teacher_attr("status", "done")),
     ("edit views", "u8", teacher_attr("views", {"count": 1, "size": [30000, 30000], "params": ["x0"]})),
     ("edit content digest", "u8", teacher_attr("integrity.content", "sha256:" + "0" * 64)),
+    ("edit teacher digest", "u8", teacher_attr("integrity.teacher", "sha256:" + "5" * 64)),
     ("remove integrity", "u8", teacher_attr("integrity", DELETE)),
     ("edit teacher attr type", "u8", edit(f"{TEACHER}/zarr.json",
                                           lambda d: d["attributes"].update(logitcache_teacher="complete"))),
@@ -240,3 +241,37 @@ def test_info_says_a_damaged_teacher_is_damaged(pristine, tmp_path):
     delete(chunk("shard_done", 2))(store)
     result = invoke("info", store)
     assert "'default': damaged" in result.output and "complete" not in result.output.split("damaged")[1][:40]
+
+
+def test_a_forged_teacher_digest_cannot_pass_for_the_pinned_teacher(pristine, tmp_path):
+    """Another teacher's group under this one's published digest: the stored digest is recomputed
+    from the metadata and content digests, so the forgery fails verify and --expect-teacher."""
+    other = make_store(tmp_path / "other.zarr", codec="u8", teacher="tests.factories:nan_free_other_teacher")
+    forged = tmp_path / "forged.zarr"
+    shutil.copytree(pristine["u8"], forged)
+    published = json.loads((forged / TEACHER / "zarr.json").read_text())["attributes"]["logitcache_teacher"][
+        "integrity"]["teacher"]
+    shutil.rmtree(forged / TEACHER)
+    shutil.copytree(other / TEACHER, forged / TEACHER)
+    teacher_attr("integrity.teacher", published)(forged)
+    verified = invoke("verify", forged)
+    one_error(verified)
+    assert "teacher digest mismatch" in verified.output
+    line = one_error(invoke("train", "--out", tmp_path / "run", "--student", "mlp:hidden=8", "--dataset",
+                            "digits@train", "--store", forged, "--loss", "kl", "--epochs", "1", "--no-progress",
+                            "--expect-teacher", published))
+    assert "teacher digest mismatch" in line
+
+
+def test_a_teacher_overwritten_while_a_run_streams_it_stops_the_run(pristine, tmp_path):
+    """Workers and later chunk reads reopen the store; they must find the teacher the run began with."""
+    from logitcache.data import TeacherLogits
+    from logitcache.errors import CorruptStoreError
+
+    store = tmp_path / "s.zarr"
+    shutil.copytree(pristine["u8"], store)
+    logits = TeacherLogits.open(str(store), budget_bytes=1024)  # streamed: nothing read yet
+    assert not logits.in_memory
+    make_store(store, codec="u8", teacher="tests.factories:nan_free_other_teacher", overwrite=True)
+    with pytest.raises(CorruptStoreError, match="changed while this run was reading it"):
+        logits[0]

@@ -211,3 +211,10 @@ def test_a_chunk_lost_from_a_complete_legacy_teacher_is_damage_not_an_unfinished
         chunk.unlink()
     line = one_error(invoke(*train_args(store, tmp_path / "run")))
     assert "marked complete" in line and "is missing" in line and "rerun it to resume" not in line
+
+
+@pytest.mark.parametrize("name", ["zarr.json", "a" * 300, "x.partial"])
+def test_teacher_names_the_store_uses_or_the_filesystem_refuses_are_one_line(tmp_path, name):
+    line = one_error(invoke("dump", tmp_path / "s.zarr", "--teacher", "tests.factories:linear_teacher",
+                            "--dataset", "digits@train", "--teacher-name", name, "--no-progress"))
+    assert "--teacher-name" in line and not (tmp_path / "s.zarr").exists()

@@ -16,7 +16,14 @@ import numpy as np
 import zarr
 
 from ..errors import CorruptStoreError, LogitCacheError, StoreIncompleteError
-from ._integrity import CHUNK_DIGESTS_ARRAY, DIGEST_BYTES, content_digest, describe_array, metadata_digest
+from ._integrity import (
+    CHUNK_DIGESTS_ARRAY,
+    DIGEST_BYTES,
+    content_digest,
+    describe_array,
+    metadata_digest,
+    teacher_digest,
+)
 from ._schema import (
     SHARD_DONE_ARRAY,
     STATUS_COMPLETE,
@@ -175,6 +182,8 @@ def _check_complete(teacher, attrs: dict) -> None:
         raise _Bad(f"{empty.size} chunk digests are missing (first: chunk {empty[0]})")
     if content_digest(digests) != integrity.get("content"):
         raise _Bad("its chunk digests differ from what its dump recorded (content digest mismatch)")
+    if integrity.get("teacher") != teacher_digest(integrity["metadata"], integrity["content"]):
+        raise _Bad("its teacher digest is not the digest of its metadata and content (teacher digest mismatch)")
 
 
 def _check_objects(teacher, attrs: dict) -> None:

@@ -26,7 +26,7 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from ..errors import StoreLockedError, StoreWriteError
+from ..errors import StoreConnectionError, StoreLockedError, StoreWriteError
 from ._backend import is_zip, local_path, remote_errors, storage_options_for
 
 LOCK_DIR = ".logitcache-locks"
@@ -75,8 +75,13 @@ def writer_lock(location: str, name: str, storage_options: dict | None = None, w
             time.sleep(0.2)
     try:
         yield lock
-    finally:
+    except StoreConnectionError:
+        lock.release(reachable=False)  # the store is unreachable: a lease would outwait nothing; it expires
+        raise
+    except BaseException:
         lock.release()
+        raise
+    lock.release()
 
 
 class _LocalLock:
@@ -119,7 +124,7 @@ class _LocalLock:
     def ensure_held(self) -> None:
         """The kernel keeps an flock for as long as its process lives: nothing can take it away."""
 
-    def release(self) -> None:
+    def release(self, reachable: bool = True) -> None:
         if self.fd is None:
             return
         with contextlib.suppress(OSError):
@@ -211,11 +216,13 @@ class _Lease:
             raise StoreLockedError(f"{self.location}: this dump lost its lease to another process; "
                                    "it stopped without marking anything complete")
 
-    def release(self) -> None:
+    def release(self, reachable: bool = True) -> None:
+        """Stop renewing and delete this lease (and older generations); with the store unreachable,
+        just stop renewing: the lease then runs out by itself."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
-        if self.generation is None or self.lost:
+            self._thread.join(timeout=None if reachable else 1.0)
+        if self.generation is None or self.lost or not reachable:
             return
         with contextlib.suppress(Exception), remote_errors(self.location):
             stale = [path for gen, path in self._generations().items() if gen <= self.generation]

@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import hashlib
+import json
 from functools import cached_property
 
 import numpy as np
@@ -90,8 +92,20 @@ class Teacher:
 
     @property
     def digest(self) -> str | None:
-        """The complete teacher's digest (``integrity.teacher``), or None before v3 or completion."""
+        """The complete teacher's digest (``integrity.teacher``, checked on open), or None before v3
+        or completion."""
         return (self.raw_attrs.get("integrity") or {}).get("teacher")
+
+    @property
+    def identity(self) -> str:
+        """What this teacher is, for noticing that it changed under a reader: the teacher digest, or
+        (before v3, or before completion) a digest of its settings and when its dump started."""
+        if self.digest:
+            return self.digest
+        record = {"settings": self.raw_attrs.get("settings"), "started": (self.raw_attrs.get("run") or {})
+                  .get("started_at")}
+        text = json.dumps(record, sort_keys=True, default=str)
+        return "attributes:" + hashlib.sha256(text.encode()).hexdigest()
 
     @cached_property
     def chunk_digests(self) -> np.ndarray:
