@@ -27,7 +27,7 @@ def trained_digits_logits() -> np.ndarray:
     with tempfile.TemporaryDirectory() as folder:
         train(TrainConfig(out=folder, student="cnn:width=32", dataset="digits@train", loss="ce", epochs=15,
                           progress=False), log=lambda *_: None)
-        from logitcache.sources.checkpoints import model_from_checkpoint
+        from logitcache.sources.models import model_from_checkpoint
 
         model = model_from_checkpoint(f"{folder}/last.pt").eval()
     images = get_dataset("digits@all").dataset.images

@@ -4,7 +4,8 @@
   dump's own per-shard work) and against a plain memory copy (the physical floor);
 - reading: every chunk of a teacher read with its digest checked (what ``train`` and ``verify``
   do) against the same reads without the check (what a v2 reader did);
-- writing: a whole dump of a near-free teacher, digests and all, against encoding alone.
+- writing: every shard of a teacher written as v3 writes it (encode, write, read back, digests,
+  ledger) against the same writes without digests, as a v2 writer did, interleaved.
 
     python -m benchmarks.integrity [--n 65536] [--classes 1000] [--codec fp16] [--rounds 3]
 
@@ -48,15 +49,23 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         store = create_store(f"{folder}/s.zarr", keys=[str(i) for i in range(args.n)], labels=np.zeros(args.n),
                              dataset={"spec": "synthetic"})
-        teacher = store.create_teacher("t", num_classes=args.classes, codec=codec, layout=layout, settings={},
-                                       provenance={})
+        teachers = {}
 
-        def write_all():
-            for shard in range(teacher.num_shards):
-                start, stop = layout.shard_rows(shard, args.n)
-                teacher.write_shard(shard, logits[start:stop])
+        def write_all(name: str, digests: bool):
+            def write():
+                teacher = _new_teacher(store, name, codec, layout, args.classes, digests)
+                for shard in range(teacher.num_shards):
+                    start, stop = layout.shard_rows(shard, args.n)
+                    teacher.write_shard(shard, logits[start:stop])
+                teachers[name] = teacher
+            return write
 
-        write_seconds = _best(write_all, 1)
+        write_rates = {}
+        for round_ in range(args.rounds):  # interleaved, so both see the same machine
+            for name, digests in (("v3", True), ("v2", False)):
+                seconds = _best(write_all(f"{name}-{round_}", digests), 1)
+                write_rates.setdefault(name, []).append(seconds)
+        teacher = teachers[f"v3-{args.rounds - 1}"]
         encoded = [codec.encode(logits[s:s + layout.rows_per_shard]) for s in range(0, args.n, layout.rows_per_shard)]
         raw_bytes = sum(v.nbytes for shard in encoded for v in shard.values())
 
@@ -95,7 +104,24 @@ def main(argv=None) -> None:
         print(f"{name:<24} {rate:>8.2f}")
     print(f"digests / encode time:        {rates['codec encode'] / rates['sha256 digests']:.3f}")
     print(f"checked / unchecked read time: {rates['read, no digest check'] / rates['read + check digests']:.3f}")
-    print(f"whole write (encode, write, read back, digests, ledger): {raw_bytes / write_seconds / 1e9:.2f} GB/s")
+    v3, v2 = (statistics.median(write_rates[k]) for k in ("v3", "v2"))
+    print(f"whole shard writes (encode, compress, write, read back, ledger): v3 {raw_bytes / v3 / 1e9:.3f} GB/s, "
+          f"without digests {raw_bytes / v2 / 1e9:.3f} GB/s; v3 / v2 time: {v3 / v2:.3f}")
+
+
+def _new_teacher(store, name, codec, layout, classes, digests: bool):
+    """A teacher written as v3 does, or (``digests=False``) as a v2 writer did: no digests at all."""
+    from logitcache.store._schema import TEACHER_ATTR
+
+    teacher = store.create_teacher(name, num_classes=classes, codec=codec, layout=layout, settings={},
+                                   provenance={})
+    if not digests:
+        attrs = dict(teacher.group.attrs[TEACHER_ATTR])
+        del attrs["integrity"]
+        teacher.group.attrs[TEACHER_ATTR] = attrs
+        del teacher.group["chunk_digests"]
+        teacher = store.teacher(name, check=False)
+    return teacher
 
 
 if __name__ == "__main__":

@@ -19,6 +19,9 @@ from .models import (
     register_model,
 )
 
+# The built-in families register their datasets and models on import (one module each).
+from . import cifar_resnet, digits, imagefolder, small_nets, torchvision_datasets, wide_resnet  # noqa: E402,F401
+
 __all__ = [
     "DatasetSource",
     "file_sha256",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from ..errors import SpecError
 from ._loading import first_line
@@ -91,3 +92,35 @@ def _parse_value(raw: str):
         except ValueError:
             pass
     return raw
+
+
+@dataclass
+class DatasetEntry:
+    """What a registered dataset provides: a builder and its defaults."""
+
+    builder: Callable  # (arg, split, transform) -> (dataset, keys, labels, classes)
+    default_transform: str
+    splits: tuple[str, ...]
+    default_split: str | None
+    needs_arg: bool = True
+
+
+# The two registries. Families register into them from their own modules, which the package's
+# __init__ imports; the modules that look names up (datasets.py, models.py) import only this one.
+DATASETS = Registry("dataset")
+MODELS = Registry("model")
+
+
+def register_dataset(name, *, default_transform, splits=(), default_split=None, needs_arg=True):
+    """Decorator: register ``builder(arg, split, transform)`` as dataset ``name``."""
+
+    def decorate(builder):
+        DATASETS.register(name)(DatasetEntry(builder, default_transform, tuple(splits), default_split, needs_arg))
+        return builder
+
+    return decorate
+
+
+def register_model(name: str | None = None):
+    """Decorator: register ``builder(num_classes, **kwargs) -> nn.Module``."""
+    return MODELS.register(name)

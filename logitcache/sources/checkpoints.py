@@ -1,7 +1,7 @@
-"""The checkpoints ``logitcache train`` writes, and how a later stage rebuilds their model.
+"""The checkpoints ``logitcache train`` writes, and how a later stage reads them back.
 
     >>> save_checkpoint("runs/t/last.pt", model=model, model_spec="cnn", num_classes=10, state={...})
-    >>> model = model_from_checkpoint("runs/t/best.pt")          # also: --teacher checkpoint:PATH
+    >>> data = load_checkpoint("runs/t/best.pt")     # models.model_from_checkpoint rebuilds the model
 
 A checkpoint is a dict of tensors and plain values (no pickled objects), so it loads with
 ``torch.load(weights_only=True)``. Writes go to a temp file and are renamed into place, so a
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import CheckpointError, LogitCacheError
+from ..errors import CheckpointError
 from ._loading import load_failure, quiet_torch
 
 CHECKPOINT_FORMAT = "logitcache-checkpoint"
@@ -105,30 +105,3 @@ def _check_fields(path, data: dict) -> None:
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-_OPENING: set[str] = set()  # checkpoints being rebuilt now: one whose model_spec leads back to itself is refused
-
-
-def model_from_checkpoint(path):
-    """Rebuild the model a checkpoint was trained as, with its weights loaded."""
-    from .models import get_model, misfit
-
-    data = load_checkpoint(path)
-    key = str(Path(path).resolve())
-    if key in _OPENING:
-        raise CheckpointError(f"checkpoint {path}: its model_spec {data['model_spec']!r} leads back to itself")
-    _OPENING.add(key)
-    try:
-        model = get_model(data["model_spec"], data["num_classes"])
-    except CheckpointError:
-        raise
-    except LogitCacheError as err:
-        raise CheckpointError(f"checkpoint {path}: cannot rebuild its model: {err}") from None
-    finally:
-        _OPENING.discard(key)
-    try:
-        model.load_state_dict(data["model"], strict=True)
-    except Exception as err:
-        raise CheckpointError(f"checkpoint {path} does not fit {data['model_spec']}: {misfit(err)}") from None
-    return model

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from .models import register_model
+from ._registry import register_model
 
 
 class BasicBlock(nn.Module):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .datasets import register_dataset
+from ._registry import register_dataset
 
 
 class DigitsDataset:

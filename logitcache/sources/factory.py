@@ -24,7 +24,7 @@ from ..errors import DatasetError, SpecError
 from . import transforms
 from ._loading import call_user
 from ._registry import import_object
-from .datasets import FACTORY, DatasetSource, make_source, resolve_steps
+from ._source import FACTORY, DatasetSource, make_source, resolve_steps
 
 MAX_NUMBERED_CLASSES = 1 << 22  # labels beyond this need a classes list (0..max would be a huge list)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DatasetError
-from .datasets import register_dataset
+from ._registry import register_dataset
 
 
 @register_dataset("imagefolder", default_transform="imagenet")

@@ -18,17 +18,15 @@ import hashlib
 import inspect
 from pathlib import Path
 
-from ..errors import ModelError, SpecError
+from ..errors import CheckpointError, LogitCacheError, ModelError, SpecError
 from ._loading import call_user, first_line, load_failure, quiet_torch
-from ._registry import Registry, import_object, parse_kwargs
+from ._registry import MODELS, import_object, parse_kwargs, register_model
+from .checkpoints import load_checkpoint
 
-MODELS = Registry("model")
+__all__ = ["SCHEMES", "file_sha256", "get_model", "list_models", "load_weights", "model_from_checkpoint",
+           "num_parameters", "parameters_sha256", "register_model"]
+
 SCHEMES = ("torchvision", "torchscript", "export", "checkpoint")
-
-
-def register_model(name: str | None = None):
-    """Decorator: register ``builder(num_classes, **kwargs) -> nn.Module``."""
-    return MODELS.register(name)
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -51,8 +49,6 @@ def get_model(spec: str, num_classes: int, weights: str | None = None):
     elif scheme == "export":
         model = _exported_model(rest)
     elif scheme == "checkpoint":
-        from .checkpoints import model_from_checkpoint
-
         model = model_from_checkpoint(rest)
     elif scheme not in MODELS and "." in scheme and rest:
         factory = import_object(spec, "model")
@@ -228,5 +224,26 @@ def num_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-# Register the built-in architectures (each family in its own module).
-from . import cifar_resnet, small_nets, wide_resnet  # noqa: E402,F401
+_OPENING: set[str] = set()  # checkpoints being rebuilt now: one whose model_spec leads back to itself is refused
+
+
+def model_from_checkpoint(path):
+    """Rebuild the model a checkpoint was trained as, with its weights loaded."""
+    data = load_checkpoint(path)
+    key = str(Path(path).resolve())
+    if key in _OPENING:
+        raise CheckpointError(f"checkpoint {path}: its model_spec {data['model_spec']!r} leads back to itself")
+    _OPENING.add(key)
+    try:
+        model = get_model(data["model_spec"], data["num_classes"])
+    except CheckpointError:
+        raise
+    except LogitCacheError as err:
+        raise CheckpointError(f"checkpoint {path}: cannot rebuild its model: {err}") from None
+    finally:
+        _OPENING.discard(key)
+    try:
+        model.load_state_dict(data["model"], strict=True)
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {path} does not fit {data['model_spec']}: {misfit(err)}") from None
+    return model

@@ -9,7 +9,7 @@ shape or channel count; logitcache runs one probe batch before training or dumpi
 
 from __future__ import annotations
 
-from .models import register_model
+from ._registry import register_model
 
 
 @register_model()

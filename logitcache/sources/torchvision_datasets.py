@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import DatasetError
 from ._loading import first_line
-from .datasets import register_dataset
+from ._registry import register_dataset
 
 
 def _load(name, root, build):

@@ -16,6 +16,7 @@ import numpy as np
 import zarr
 
 from ..errors import CorruptStoreError, LogitCacheError, StoreIncompleteError
+from ._codecs import get_codec
 from ._integrity import (
     CHUNK_DIGESTS_ARRAY,
     DIGEST_BYTES,
@@ -98,8 +99,6 @@ def check_teacher(teacher) -> None:
 
 
 def _check_attrs(attrs: dict) -> None:
-    from ._codecs import get_codec  # the codec registry imports the sparse codecs; keep this module light
-
     if attrs.get("status") not in (STATUS_WRITING, STATUS_COMPLETE):
         raise _Bad(f"status is {attrs.get('status')!r}")
     num_classes = _int(attrs.get("num_classes"), "num_classes", 1, MAX_CLASSES)

@@ -11,81 +11,13 @@ a missing chunk can never pass for real logits. This module needs numpy only.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from dataclasses import dataclass
-
 import numpy as np
 
 from ..errors import SpecError
+from ._codec_base import BFLOAT16_NAN_BITS, FLOAT16_MAX, ArraySpec, Codec
+from ._sparse_codecs import parse_sparse_codec
 
-FLOAT16_MAX = float(np.finfo(np.float16).max)
-BFLOAT16_NAN_BITS = 0x7FC0
-
-
-@dataclass(frozen=True)
-class ArraySpec:
-    """One stored array: its dtype, its per-row shape, and its fill value."""
-
-    dtype: str
-    per_class: bool  # True: (N, width or C); False: (N,)
-    fill_value: float | int
-    width: int | None = None  # a row of `width` entries instead of C (sparse codecs)
-
-
-class Codec(ABC):
-    """Base class. Subclasses set ``name``, ``arrays``, and implement encode/decode."""
-
-    name: str
-    description: str
-    arrays: dict[str, ArraySpec]
-
-    @abstractmethod
-    def encode(self, logits: np.ndarray) -> dict[str, np.ndarray]:
-        """float32 (n, C) finite logits -> one numpy array per name in ``arrays``."""
-
-    def encode_shard(self, logits: np.ndarray, shard: int) -> dict[str, np.ndarray]:
-        """Encode one shard (codecs that draw random numbers seed them by shard)."""
-        return self.encode(logits)
-
-    @abstractmethod
-    def decode(self, stored: dict[str, np.ndarray]) -> np.ndarray:
-        """The arrays ``encode`` made -> float32 (n, C) logits (u8: up to a per-row constant)."""
-
-    def for_classes(self, num_classes: int) -> Codec:
-        """This codec configured for C classes (sparse codecs pick their index dtype by C)."""
-        return self
-
-    def bytes_per_sample(self, num_classes: int) -> int:
-        """Uncompressed bytes one sample takes in this codec."""
-        return sum(
-            np.dtype(spec.dtype).itemsize * ((spec.width or num_classes) if spec.per_class else 1)
-            for spec in self.arrays.values()
-        )
-
-    def stored_mass(self, stored: dict[str, np.ndarray]) -> np.ndarray:
-        """(n,) fraction of each row's probability mass held exactly (1 for dense codecs)."""
-        return np.ones(len(next(iter(stored.values()))), dtype=np.float64)
-
-    #: True for codecs with sparse training targets (topk:K, sample:K); see ``sparse_targets``.
-    sparse_form = False
-    #: True for codecs with no dense form (sample:K): only losses that take sparse targets use them.
-    sparse_only = False
-
-    def rows_ok(self, stored: dict[str, np.ndarray]) -> np.ndarray:
-        """(n,) True where a row was written (unwritten rows decode to NaN)."""
-        return np.isfinite(self.decode(stored)).all(axis=1)
-
-    def top_classes(self, stored: dict[str, np.ndarray], k: int) -> np.ndarray:
-        """(n, k) class indices, most probable first (ties: lower index first)."""
-        logits = self.decode(stored)
-        k = min(k, logits.shape[1])
-        top = np.sort(np.argpartition(-logits, k - 1, axis=1)[:, :k], axis=1)  # O(C), not a full sort
-        order = np.argsort(-np.take_along_axis(logits, top, axis=1), axis=1, kind="stable")
-        return np.take_along_axis(top, order, axis=1)
-
-    def sparse_targets(self, stored: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
-        """The rows as sparse training targets, for codecs that have them (else None)."""
-        return None
+__all__ = ["ArraySpec", "Codec", "CODECS", "get_codec", "list_codecs"]
 
 
 class Float32Codec(Codec):
@@ -189,8 +121,6 @@ def get_codec(name: str) -> Codec:
     Raises:
         SpecError: no codec has that name; the message lists the ones that do.
     """
-    from ._sparse_codecs import parse_sparse_codec
-
     if name in CODECS:
         return CODECS[name]
     codec = parse_sparse_codec(name)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SpecError
-from ._codecs import ArraySpec, Codec
+from ._codec_base import ArraySpec, Codec
 
 SAMPLE_SEED = 0x5EED  # draws are a pure function of (this seed, shard, logits): resumable and repeatable
 

@@ -274,7 +274,8 @@ class Teacher:
 
     def read_view_hashes(self, start: int, stop: int) -> np.ndarray:
         """uint64 (stop - start, K): the recorded hash of each view's input tensor."""
-        return self.read_stored(start, stop, {VIEW_HASHES_ARRAY: self.view_arrays[VIEW_HASHES_ARRAY]})[VIEW_HASHES_ARRAY]
+        hashes = self.read_stored(start, stop, {VIEW_HASHES_ARRAY: self.view_arrays[VIEW_HASHES_ARRAY]})
+        return hashes[VIEW_HASHES_ARRAY]
 
     def read_targets(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Rows [start, stop) as the codec's sparse training targets (checked like ``read``)."""
