@@ -44,7 +44,7 @@ def friendly_errors(command):
 
 def _storage_options(ctx, param, values) -> dict:
     """``--storage-option k=v`` (repeatable) -> fsspec options; ``a.b=v`` nests as {"a": {"b": v}}."""
-    from .sources._registry import parse_kwargs
+    from .registry import parse_kwargs
 
     options: dict = {}
     for item in values:
@@ -173,6 +173,19 @@ class ByteSize(click.ParamType):
         return size
 
 
+class LossName(click.ParamType):
+    """A registered loss (losses.py), looked up only when given, so --help never imports torch."""
+
+    name = "loss"
+
+    def convert(self, value, param, ctx):
+        from .losses import LOSSES, loss_names
+
+        if value not in LOSSES:
+            self.fail(f"{value!r} is not one of {', '.join(loss_names())}", param, ctx)
+        return value
+
+
 @cli.command()
 @click.option("--out", required=True, help="Run directory: checkpoints, metrics.jsonl/csv, steps.csv.")
 @click.option("--student", required=True, help="Student spec (resnet20, mlp:hidden=32, torchvision:resnet18, ...).")
@@ -185,9 +198,9 @@ class ByteSize(click.ParamType):
               "starts with this (comma-separated for an ensemble).")
 @click.option("--online-teacher", help="Run this teacher spec in the loop instead of a store (for comparison).")
 @click.option("--online-teacher-weights", type=click.Path(dir_okay=False))
-@click.option("--loss", type=click.Choice(["ce", "kl", "dist", "dkd"]),
-              help="KD loss; default dist with a teacher, ce without.")
-@click.option("--temperature", type=float, help="Softmax temperature (default: kl 4, dkd 4, dist 1).")
+@click.option("--loss", type=LossName(), help="ce (labels only), kl, dist or dkd (the registered losses); "
+              "default dist with a teacher, ce without.")
+@click.option("--temperature", type=float, help="Softmax temperature (default: the loss's own: kl 4, dkd 4, dist 1).")
 @click.option("--kd-weight", default=1.0, show_default=True, type=float)
 @click.option("--ce-weight", default=1.0, show_default=True, type=float)
 @click.option("--dist-beta", default=1.0, show_default=True, type=float, help="DIST inter-class weight.")

@@ -5,6 +5,11 @@
     >>> dkd_loss(student_logits, teacher_logits, labels, alpha=1.0, beta=8.0, temperature=4.0)
     >>> get_loss("dist", temperature=4.0)(student_logits, teacher_logits, labels, epoch=1)
     >>> topk_kd_loss(...), sampled_kd_loss(...)   # KD from sparse stores (topk:K, sample:K)
+    >>> loss_spec("dist").build(config), loss_spec("dist").min_batch   # what the trainer asks
+
+Every loss ``train`` takes, ``ce`` included, is one registered ``Loss``: its module, its default
+temperature, the smallest batch it is defined on, whether it reads sparse targets or mixed
+samples, and which options it takes. Adding a loss touches this file (and its test) only.
 
 All arithmetic runs in float32 whatever the inputs' dtype: stored fp16/bf16 logits and autocast
 outputs are upcast first (DIST's 1e-8 epsilon vanishes in half precision). The training total is
@@ -14,13 +19,14 @@ outputs are upcast first (DIST's 1e-8 epsilon vanishes in half precision). The t
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import ConfigError
-from .sources._registry import Registry
+from .errors import ConfigError, SpecError
+from .registry import Registry
 
 LOSSES = Registry("loss")
 
@@ -135,11 +141,8 @@ def dkd_loss(
     return (alpha * tckd + beta * nckd).mean() * temperature**2
 
 
-@LOSSES.register("kl")
 class KLDiv(nn.Module):
     """Hinton KD. Holds the temperature; ``forward`` calls ``kd_loss``."""
-
-    accepts_sparse = True  # topk:K and sample:K stores, without building dense targets
 
     def __init__(self, temperature: float = 4.0):
         super().__init__()
@@ -149,11 +152,8 @@ class KLDiv(nn.Module):
         return kd_from_targets(student_logits, teacher_logits, self.temperature)
 
 
-@LOSSES.register("dist")
 class DIST(nn.Module):
     """DIST. Holds temperature, beta (inter-class) and gamma (intra-class)."""
-
-    accepts_sparse = False  # needs whole distributions (Pearson correlations over classes)
 
     def __init__(self, temperature: float = 1.0, beta: float = 1.0, gamma: float = 1.0):
         super().__init__()
@@ -163,11 +163,8 @@ class DIST(nn.Module):
         return dist_loss(student_logits, teacher_logits, self.temperature, self.beta, self.gamma)
 
 
-@LOSSES.register("dkd")
 class DKD(nn.Module):
     """DKD with the paper's linear warm-up: the loss is scaled by min(epoch / warmup, 1)."""
-
-    accepts_sparse = False  # needs whole distributions (target vs. every non-target class)
 
     def __init__(self, temperature: float = 4.0, alpha: float = 1.0, beta: float = 8.0, warmup: int = 20):
         super().__init__()
@@ -178,15 +175,62 @@ class DKD(nn.Module):
         return ramp * dkd_loss(student_logits, teacher_logits, labels, self.alpha, self.beta, self.temperature)
 
 
+@dataclass(frozen=True)
+class Loss:
+    """A loss ``train`` takes, and what the trainer needs to know about it."""
+
+    name: str
+    module: type[nn.Module] | None  # None: the labels' cross-entropy alone, no teacher
+    temperature: float = 1.0  # the default --temperature
+    min_batch: int = 1  # the smallest batch its value is defined on (the last batch is dropped below it)
+    reads_sparse: bool = False  # learns from topk:K / sample:K targets without building a dense row
+    mixes: bool = True  # defined on Mixup/CutMix samples, which have two classes each
+    options: dict[str, str] = field(default_factory=dict)  # module argument -> TrainConfig field
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.module is not None
+
+    def build(self, config) -> nn.Module | None:
+        """The module for a run's options (``config``: a TrainConfig), or None for ``ce``."""
+        if self.module is None:
+            return None
+        return self.module(temperature=config.temperature,
+                           **{argument: getattr(config, option) for argument, option in self.options.items()})
+
+
+for _loss in (
+    Loss("ce", None),
+    Loss("kl", KLDiv, temperature=4.0, reads_sparse=True),
+    Loss("dist", DIST, temperature=1.0, min_batch=2,  # the intra-class term correlates over the batch
+         options={"beta": "dist_beta", "gamma": "dist_gamma"}),
+    Loss("dkd", DKD, temperature=4.0, mixes=False,  # splits the target class from the rest: one per sample
+         options={"alpha": "dkd_alpha", "beta": "dkd_beta", "warmup": "dkd_warmup"}),
+):
+    LOSSES.register(_loss.name)(_loss)
+
+
+def loss_spec(name: str) -> Loss:
+    """The registered loss ``name`` (SpecError listing the known ones if there is none)."""
+    return LOSSES.get(name)
+
+
+def loss_names() -> list[str]:
+    """Every loss ``train`` takes, ``ce`` included."""
+    return LOSSES.names()
+
+
 def list_losses(pattern: str = "*") -> list[str]:
-    """KD loss names; ``ce`` (labels only, no teacher) is accepted by train besides these."""
-    return LOSSES.names(pattern)
+    """The KD losses: the ones that learn from a teacher (``ce`` is the labels alone)."""
+    return [name for name in LOSSES.names(pattern) if LOSSES.get(name).needs_teacher]
 
 
 def get_loss(name: str, **kwargs) -> nn.Module:
     """The KD loss module called ``name`` with its settings.
 
     Raises:
-        SpecError: unknown name (the message lists the known ones).
+        SpecError: not a KD loss (``ce`` has no module); the message lists the KD losses.
     """
-    return LOSSES.get(name)(**kwargs)
+    if name not in list_losses():
+        raise SpecError(f"unknown loss {name!r}; known: {', '.join(list_losses())}")
+    return LOSSES.get(name).module(**kwargs)

@@ -116,7 +116,7 @@ def plan(path, progress: bool = True) -> Plan:
     students = {}
     for name, options in spec["students"].items():
         merged = {"progress": progress, "out": str(runs / name), **spec.get("defaults", {}), **options}
-        if merged.get("loss", "dist") != "ce":
+        if _learns_from_teacher(merged.get("loss", "dist")):
             merged.setdefault("store", dump_config.store)
         where = f"{at} [students.{name}]"
         students[name] = _checked(_config(TrainConfig, merged, where), where)
@@ -221,10 +221,18 @@ def run_pipeline(path, log=print, progress: bool = True) -> list[StepResult]:
     return results
 
 
+def _learns_from_teacher(loss) -> bool:
+    """An unknown loss counts as one (the student's checks then name it)."""
+    from .losses import LOSSES
+
+    return not (isinstance(loss, str) and loss in LOSSES and not LOSSES.get(loss).needs_teacher)
+
+
 def _train_step(name: str, config: TrainConfig, log) -> StepResult:
     config = config.resolved()
     run = RunFiles(Path(config.out))
-    what = f"{config.student}, {config.loss}" + (f" T={config.temperature:g}" if config.loss != "ce" else "")
+    what = f"{config.student}, {config.loss}" + (f" T={config.temperature:g}" if _learns_from_teacher(config.loss)
+                                                  else "")
     if run.is_complete(config.epochs):
         log(f"[{name}] complete in {config.out}: skipped")
         summary, seconds, skipped = json.loads(run.summary.read_text()), None, True

@@ -29,7 +29,7 @@ from .data import EpochSampler, PairedDataset, TeacherLogits, check_teacher_iden
 from .devices import resolve_device
 from .distributed import Distributed, distributed
 from .errors import ConfigError, DatasetError, ModelError
-from .losses import LOSSES, get_loss
+from .losses import loss_spec
 from .mixing import Mixer
 from .replay import ViewReplay, check_view_hashes
 from .run_files import RunFiles
@@ -104,7 +104,7 @@ def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainS
     model = _wrap_ddp(student, dist, device)
     online = _online_teacher(config, num_classes, device)
     optimizer = _optimizer(config, student)
-    kd = get_loss(config.loss, **_loss_settings(config)) if config.loss != "ce" else None
+    kd = loss_spec(config.loss).build(config)
     mixer = Mixer(config.mixup, config.cutmix, config.temperature)
     start_epoch, history = prepare_run(run, config, resumed, student, optimizer, dist, log)
 
@@ -113,7 +113,7 @@ def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainS
                            window_blocks=logits.window_blocks if streamed else 1,
                            rank=dist.rank, world_size=dist.world_size,
                            views=replay.views if replay else 0, view_order=config.view_order)
-    drop_last = config.loss == "dist" and len(sampler) % config.batch_size == 1  # DIST needs batches of >= 2
+    drop_last = 0 < len(sampler) % config.batch_size < loss_spec(config.loss).min_batch  # a batch it is defined on
     loader = DataLoader(paired, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
                         drop_last=drop_last, pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
     started = time.perf_counter()
@@ -235,10 +235,10 @@ def evaluate(model, source, config: TrainConfig, device) -> dict:
 
 def _open_teacher_logits(config: TrainConfig) -> TeacherLogits | None:
     """Open the store's teacher(s), check them against the options, and load or stream their logits."""
-    if not config.store or config.loss == "ce":
+    if not config.store or not loss_spec(config.loss).needs_teacher:
         return None
     mixing = bool(config.mixup or config.cutmix)  # mixing needs whole distributions
-    sparse = LOSSES.get(config.loss).accepts_sparse and not mixing
+    sparse = loss_spec(config.loss).reads_sparse and not mixing
     logits = TeacherLogits.open(config.store, config.teacher, config.cache_budget, workers=config.workers,
                                 allow_partial=config.allow_partial, temperature=config.temperature,
                                 storage_options=config.storage_options, sparse=sparse,
@@ -351,14 +351,6 @@ def _optimizer(config: TrainConfig, model):
     return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                            weight_decay=config.weight_decay, nesterov=config.momentum > 0)
 
-
-def _loss_settings(config: TrainConfig) -> dict:
-    if config.loss == "dist":
-        return {"temperature": config.temperature, "beta": config.dist_beta, "gamma": config.dist_gamma}
-    if config.loss == "dkd":
-        return {"temperature": config.temperature, "alpha": config.dkd_alpha, "beta": config.dkd_beta,
-                "warmup": config.dkd_warmup}
-    return {"temperature": config.temperature}
 
 
 def _epoch_line(record: dict, epochs: int) -> str:

@@ -16,9 +16,8 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from .errors import ConfigError
-from .losses import list_losses
+from .losses import LOSSES, loss_names, loss_spec
 
-DEFAULT_TEMPERATURE = {"kl": 4.0, "dkd": 4.0, "dist": 1.0}
 FLOAT32_MAX = 3.4028234663852886e38  # options scale float32 weights and losses: larger is inf to them
 
 
@@ -36,7 +35,7 @@ class TrainConfig:
     online_teacher: str | None = None  # a teacher spec run in the loop (for comparisons)
     online_teacher_weights: str | None = None
     loss: str | None = None  # default: dist with a teacher, ce without
-    temperature: float | None = None  # default per loss: kl 4, dkd 4, dist 1
+    temperature: float | None = None  # default: the loss's own (losses.py: kl 4, dkd 4, dist 1)
     kd_weight: float = 1.0
     ce_weight: float = 1.0
     dist_beta: float = 1.0
@@ -77,7 +76,8 @@ class TrainConfig:
         """Fill the defaults that depend on other options."""
         has_teacher = bool(self.store or self.online_teacher)
         loss = self.loss or ("dist" if has_teacher else "ce")
-        temperature = self.temperature if self.temperature is not None else DEFAULT_TEMPERATURE.get(loss, 1.0)
+        default = loss_spec(loss).temperature if loss in LOSSES else 1.0  # an unknown loss: validate says so
+        temperature = self.temperature if self.temperature is not None else default
         return TrainConfig(**{**asdict(self), "loss": loss, "temperature": temperature,
                               "milestones": tuple(self.milestones)})
 
@@ -97,15 +97,17 @@ def validate(config: TrainConfig) -> None:
     if config.optimizer == "adamw" and not peak * config.weight_decay <= FLOAT32_MAX:
         raise ConfigError(f"--lr {peak:g} times --weight-decay {config.weight_decay:g} (AdamW's decay per step) "
                           "leaves float32's range (3.4e38)")
+    if config.loss not in LOSSES:
+        raise ConfigError(f"--loss {config.loss!r} is unknown; choose {', '.join(loss_names())}")
+    loss = loss_spec(config.loss)
     checks = [
-        (config.loss == "ce" or config.loss in list_losses(),
-         f"--loss {config.loss!r} is unknown; choose ce, {', '.join(list_losses())}"),
-        (config.loss == "ce" or config.store or config.online_teacher,
+        (not loss.needs_teacher or config.store or config.online_teacher,
          f"--loss {config.loss} distils from a teacher: give --store (or --online-teacher)"),
         (not (config.store and config.online_teacher), "give --store or --online-teacher, not both"),
         (config.epochs >= 1, f"--epochs must be at least 1, got {config.epochs}"),
         (config.batch_size >= 1, f"--batch-size must be at least 1, got {config.batch_size}"),
-        (config.loss != "dist" or config.batch_size >= 2, "--loss dist needs --batch-size of at least 2"),
+        (config.batch_size >= loss.min_batch,
+         f"--loss {config.loss} needs --batch-size of at least {loss.min_batch}"),
         (config.lr > 0, f"--lr must be positive, got {config.lr}"),
         (config.temperature > 0, f"--temperature must be positive, got {config.temperature}"),
         (config.kd_weight >= 0 and config.ce_weight >= 0, "--kd-weight and --ce-weight must be >= 0"),
@@ -120,9 +122,10 @@ def validate(config: TrainConfig) -> None:
         (config.view_order in ("random", "cycle"), f"--view-order must be random or cycle, got {config.view_order!r}"),
         (config.view_size is None or config.view_size >= 1, f"--view-size must be at least 1, got {config.view_size}"),
         (config.mixup >= 0 and config.cutmix >= 0, "--mixup and --cutmix take a Beta alpha >= 0 (0 is off)"),
-        (config.loss != "dkd" or not (config.mixup or config.cutmix),
-         "--loss dkd splits the target class from the rest, but a mixed sample has two: use kl or dist with "
-         "--mixup/--cutmix"),
+        (loss.mixes or not (config.mixup or config.cutmix),
+         f"--loss {config.loss} needs one class per sample, but a mixed sample has two: use "
+         f"{' or '.join(n for n in loss_names() if LOSSES.get(n).needs_teacher and LOSSES.get(n).mixes)} "
+         "with --mixup/--cutmix"),
         (not (config.resume and config.overwrite), "give --resume or --overwrite, not both"),
     ]
     for ok, message in checks:

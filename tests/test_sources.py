@@ -9,7 +9,7 @@ from PIL import Image
 
 from logitcache.errors import DatasetError, ModelError, SpecError
 from logitcache.sources import get_dataset, get_model, list_datasets, list_models, load_weights, parse_spec
-from logitcache.sources._registry import Registry
+from logitcache.registry import Registry
 from logitcache.sources.transforms import build_transform, canonical, is_random
 
 

@@ -1,53 +1,21 @@
-"""A small name -> builder registry, one per extension point (datasets, models, losses).
+"""The sources' registries (datasets, models) and how specs name Python objects.
 
-    >>> MODELS = Registry("model")
-    >>> @MODELS.register()
+    >>> @register_model()
     ... def mlp(num_classes, hidden=256): ...
-    >>> MODELS.get("mlp"), MODELS.names("res*")
+    >>> MODELS.get("mlp"), DATASETS.names("cifar*")
+    >>> import_object("mypackage.nets:build", "model")
 
-Registering a name twice raises; an unknown name raises a SpecError that lists the known ones.
+The ``Registry`` class itself is ``logitcache.registry`` (losses use it too).
 """
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import SpecError
+from ..registry import Registry, parse_kwargs  # noqa: F401 - parse_kwargs: models.py
 from ._loading import first_line
-
-
-class Registry:
-    def __init__(self, kind: str):
-        self.kind = kind
-        self._builders: dict[str, Callable] = {}
-
-    def register(self, name: str | None = None) -> Callable[[Callable], Callable]:
-        """Decorator: register a builder under ``name`` (default: the function's name)."""
-
-        def decorate(builder: Callable) -> Callable:
-            key = name or builder.__name__
-            if key in self._builders:
-                raise ValueError(f"{self.kind} {key!r} is already registered")
-            self._builders[key] = builder
-            return builder
-
-        return decorate
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._builders
-
-    def get(self, name: str) -> Callable:
-        try:
-            return self._builders[name]
-        except KeyError:
-            raise SpecError(
-                f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}"
-            ) from None
-
-    def names(self, pattern: str = "*") -> list[str]:
-        return sorted(n for n in self._builders if fnmatch.fnmatch(n, pattern))
 
 
 def import_object(path: str, kind: str):
@@ -69,29 +37,6 @@ def import_object(path: str, kind: str):
     if not callable(found):
         raise SpecError(f"{kind} {path!r}: {attribute!r} is not callable (it is of type {type(found).__name__})")
     return found
-
-
-def parse_kwargs(text: str, where: str) -> dict:
-    """``"hidden=32,depth=2"`` -> ``{"hidden": 32, "depth": 2}`` (ints, floats, bools, strings)."""
-    kwargs = {}
-    for item in filter(None, text.split(",")):
-        key, sep, raw = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise SpecError(f"{where}: {item!r} is not of the form name=value")
-        kwargs[key] = _parse_value(raw)
-    return kwargs
-
-
-def _parse_value(raw: str):
-    lowered = raw.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for cast in (int, float):
-        try:
-            return cast(raw)
-        except ValueError:
-            pass
-    return raw
 
 
 @dataclass

@@ -367,7 +367,7 @@ def is_unfinished_creation(location, storage_options=None) -> bool:
         if not await store.exists("zarr.json"):
             return False
         allowed = ("zarr.json", "keys/", "labels/", LOCK_DIR + "/")
-        return all([key.startswith(allowed) async for key in store.list()])
+        return all([key.startswith(allowed) or key.endswith(".partial") async for key in store.list()])
 
     try:
         if not zarr.core.sync.sync(look()):
