@@ -13,6 +13,7 @@ the commands so ``--help`` stays fast.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
@@ -20,7 +21,17 @@ import sys
 import click
 
 from . import __version__
+from .dump_config import DumpConfig
 from .errors import ConfigError, LogitCacheError
+from .train_config import TrainConfig
+
+
+def _defaults(config_class) -> dict:
+    """Each option's default, read from the stage's dataclass: the one place defaults are set."""
+    return {f.name: f.default for f in dataclasses.fields(config_class) if f.default is not dataclasses.MISSING}
+
+
+DUMP, TRAIN = _defaults(DumpConfig), _defaults(TrainConfig)
 
 
 def friendly_errors(command):
@@ -81,13 +92,14 @@ def cli():
               "mnist:ROOT, imagenet:ROOT, package.module:factory; optionally @SPLIT.")
 @click.option("--split", help="Dataset split, unless the spec ends with @SPLIT.")
 @click.option("--transform", help="Input transform preset or steps (default: the dataset's eval transform).")
-@click.option("--teacher-name", default="default", show_default=True, help="Name of the teacher inside the store.")
-@click.option("--codec", default="fp16", show_default=True,
+@click.option("--teacher-name", default=DUMP["teacher_name"], show_default=True,
+              help="Name of the teacher inside the store.")
+@click.option("--codec", default=DUMP["codec"], show_default=True,
               help="fp32, fp16, bf16, u8; for large label spaces topk:K (the K most probable classes plus a "
               "tail bucket) or sample:K[:T] (K draws from the teacher at temperature T).")
-@click.option("--batch-size", default=256, show_default=True, type=int)
-@click.option("--workers", default=0, show_default=True, type=int, help="DataLoader worker processes.")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--batch-size", default=DUMP["batch_size"], show_default=True, type=int)
+@click.option("--workers", default=DUMP["workers"], show_default=True, type=int, help="DataLoader worker processes.")
+@click.option("--device", default=DUMP["device"], show_default=True)
 @click.option("--bf16", is_flag=True, help="Run the teacher under bf16 autocast (logits are cast to fp32).")
 @click.option("--num-classes", type=int, help="Teacher head size (default: the dataset's class count).")
 @click.option("--rows-per-shard", type=int, help="Rows per shard, the unit of writing and resuming.")
@@ -95,7 +107,7 @@ def cli():
               "crop=SMIN-SMAX[:RMIN-RMAX], shift=F, flip[=P], size=N; or a preset: imagenet, fkd, cifar "
               "(see docs/FORMAT.md).")
 @click.option("--views", type=int, help="Views per sample with --augment (default 1); --batch-size counts views.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the view draws.")
+@click.option("--seed", default=DUMP["seed"], show_default=True, type=int, help="Seed of the view draws.")
 @click.option("--record-view-hashes", is_flag=True,
               help="Store a hash of every view's input, so verify --dataset and train --check-views can prove "
               "the replay exact.")
@@ -106,7 +118,6 @@ def cli():
 def dump(store, no_progress, **options):
     """Run a teacher over a dataset and write its raw logits into STORE (resumable)."""
     from .distributed import is_main_process
-    from .dump import DumpConfig
     from .dump import dump as run_dump
 
     summary = run_dump(DumpConfig(store=store, progress=not no_progress, **options))
@@ -201,41 +212,45 @@ class LossName(click.ParamType):
 @click.option("--loss", type=LossName(), help="ce (labels only), kl, dist or dkd (the registered losses); "
               "default dist with a teacher, ce without.")
 @click.option("--temperature", type=float, help="Softmax temperature (default: the loss's own: kl 4, dkd 4, dist 1).")
-@click.option("--kd-weight", default=1.0, show_default=True, type=float)
-@click.option("--ce-weight", default=1.0, show_default=True, type=float)
-@click.option("--dist-beta", default=1.0, show_default=True, type=float, help="DIST inter-class weight.")
-@click.option("--dist-gamma", default=1.0, show_default=True, type=float, help="DIST intra-class weight.")
-@click.option("--dkd-alpha", default=1.0, show_default=True, type=float)
-@click.option("--dkd-beta", default=8.0, show_default=True, type=float)
-@click.option("--dkd-warmup", default=20, show_default=True, type=int, help="Epochs of DKD warm-up.")
-@click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adamw"]))
-@click.option("--lr", default=0.05, show_default=True, type=float)
-@click.option("--momentum", default=0.9, show_default=True, type=float)
-@click.option("--weight-decay", default=5e-4, show_default=True, type=float)
-@click.option("--schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "step", "constant"]))
-@click.option("--milestones", default="", help="Epochs after which --schedule step multiplies lr by --lr-gamma, e.g. 150,180,210.")
-@click.option("--lr-gamma", default=0.1, show_default=True, type=float)
-@click.option("--warmup-epochs", default=0, show_default=True, type=int)
-@click.option("--epochs", default=10, show_default=True, type=int)
-@click.option("--batch-size", default=64, show_default=True, type=int)
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--kd-weight", default=TRAIN["kd_weight"], show_default=True, type=float)
+@click.option("--ce-weight", default=TRAIN["ce_weight"], show_default=True, type=float)
+@click.option("--dist-beta", default=TRAIN["dist_beta"], show_default=True, type=float,
+              help="DIST inter-class weight.")
+@click.option("--dist-gamma", default=TRAIN["dist_gamma"], show_default=True, type=float,
+              help="DIST intra-class weight.")
+@click.option("--dkd-alpha", default=TRAIN["dkd_alpha"], show_default=True, type=float)
+@click.option("--dkd-beta", default=TRAIN["dkd_beta"], show_default=True, type=float)
+@click.option("--dkd-warmup", default=TRAIN["dkd_warmup"], show_default=True, type=int, help="Epochs of DKD warm-up.")
+@click.option("--optimizer", default=TRAIN["optimizer"], show_default=True, type=click.Choice(["sgd", "adamw"]))
+@click.option("--lr", default=TRAIN["lr"], show_default=True, type=float)
+@click.option("--momentum", default=TRAIN["momentum"], show_default=True, type=float)
+@click.option("--weight-decay", default=TRAIN["weight_decay"], show_default=True, type=float)
+@click.option("--schedule", default=TRAIN["schedule"], show_default=True,
+              type=click.Choice(["cosine", "step", "constant"]))
+@click.option("--milestones", default="",
+              help="Epochs after which --schedule step multiplies lr by --lr-gamma, e.g. 150,180,210.")
+@click.option("--lr-gamma", default=TRAIN["lr_gamma"], show_default=True, type=float)
+@click.option("--warmup-epochs", default=TRAIN["warmup_epochs"], show_default=True, type=int)
+@click.option("--epochs", default=TRAIN["epochs"], show_default=True, type=int)
+@click.option("--batch-size", default=TRAIN["batch_size"], show_default=True, type=int)
+@click.option("--seed", default=TRAIN["seed"], show_default=True, type=int)
+@click.option("--device", default=TRAIN["device"], show_default=True)
 @click.option("--bf16", is_flag=True, help="bf16 autocast for the student's forward pass.")
-@click.option("--workers", default=0, show_default=True, type=int)
+@click.option("--workers", default=TRAIN["workers"], show_default=True, type=int)
 @click.option("--transform", help="Training input transform (default: the dataset's eval transform).")
 @click.option("--augment", help="Random steps added to the transform, e.g. random_crop=32:4,flip,erasing=0.25; "
               "from a multi-view store only steps it does not replay: color_jitter=B[:C[:S[:H]]], erasing=P.")
 @click.option("--val-transform", help="Validation transform (default: the dataset's eval transform).")
-@click.option("--view-order", default="random", show_default=True, type=click.Choice(["random", "cycle"]),
+@click.option("--view-order", default=TRAIN["view_order"], show_default=True, type=click.Choice(["random", "cycle"]),
               help="Multi-view stores: which stored view each sample shows per epoch (cycle: all K over K epochs).")
 @click.option("--view-size", type=int, help="Multi-view stores: replay views at N x N pixels (default: the dump's).")
 @click.option("--check-views", is_flag=True, help="Before training, rebuild every stored view and check it "
               "against the hash the dump recorded.")
-@click.option("--mixup", default=0.0, show_default=True, type=float,
+@click.option("--mixup", default=TRAIN["mixup"], show_default=True, type=float,
               help="Mixup Beta alpha (0: off); cached teacher probabilities are mixed with the same weight.")
-@click.option("--cutmix", default=0.0, show_default=True, type=float,
+@click.option("--cutmix", default=TRAIN["cutmix"], show_default=True, type=float,
               help="CutMix Beta alpha (0: off); with --mixup too, each batch uses one of them.")
-@click.option("--cache-budget", default="4GiB", show_default=True, type=ByteSize(),
+@click.option("--cache-budget", default=TRAIN["cache_budget"], show_default=True, type=ByteSize(),
               help="Decode the logits into memory up to this size, else stream them by chunk.")
 @click.option("--allow-partial", is_flag=True, help="Train on the written part of an unfinished store.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
@@ -245,7 +260,6 @@ class LossName(click.ParamType):
 @friendly_errors
 def train(milestones, no_progress, **options):
     """Train a student from a store's cached logits (or from labels alone with --loss ce)."""
-    from .train import TrainConfig
     from .train import train as run_train
 
     try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from .errors import (
     SpecError,
     StoreIncompleteError,
 )
+from .dump_config import DumpConfig
 from .dump_settings import dump_settings
 from .dump_store import now_utc, open_for_dump
 from .replay import DumpViews
@@ -52,38 +53,6 @@ from .store import (
 )
 
 TEACHER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-@dataclass
-class DumpConfig:
-    """Everything ``logitcache dump`` takes; the CLI options map one to one."""
-
-    store: str
-    teacher: str
-    dataset: str
-    weights: str | None = None
-    split: str | None = None
-    transform: str | None = None
-    teacher_name: str = "default"
-    codec: str = "fp16"
-    batch_size: int = 256
-    workers: int = 0
-    device: str = "cpu"
-    bf16: bool = False
-    num_classes: int | None = None
-    rows_per_shard: int | None = None
-    augment: str | None = None  # a view spec (sources/views.py): the teacher sees random views
-    views: int | None = None  # views per sample (default 1 with --augment)
-    seed: int = 0  # the view draws' seed
-    record_view_hashes: bool = False
-    overwrite: bool = False
-    progress: bool = True
-    storage_options: dict = field(default_factory=dict)
-
-    @property
-    def view_count(self) -> int:
-        """Views per sample: 0 for a single-view (unaugmented) dump."""
-        return (self.views or 1) if self.augment else 0
 
 
 @dataclass

@@ -1,0 +1,42 @@
+"""``logitcache dump``'s options: one dataclass, the single source of their defaults (the CLI and
+pipeline files read them from here). Imports nothing heavy, so ``logitcache --help`` stays fast.
+
+    >>> DumpConfig(store="s.zarr", teacher="cnn", dataset="digits@train").batch_size
+    256
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DumpConfig:
+    """Everything ``logitcache dump`` takes; the CLI options map one to one."""
+
+    store: str
+    teacher: str
+    dataset: str
+    weights: str | None = None
+    split: str | None = None
+    transform: str | None = None
+    teacher_name: str = "default"
+    codec: str = "fp16"
+    batch_size: int = 256
+    workers: int = 0
+    device: str = "cpu"
+    bf16: bool = False
+    num_classes: int | None = None
+    rows_per_shard: int | None = None
+    augment: str | None = None  # a view spec (sources/views.py): the teacher sees random views
+    views: int | None = None  # views per sample (default 1 with --augment)
+    seed: int = 0  # the view draws' seed
+    record_view_hashes: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    storage_options: dict = field(default_factory=dict)
+
+    @property
+    def view_count(self) -> int:
+        """Views per sample: 0 for a single-view (unaugmented) dump."""
+        return (self.views or 1) if self.augment else 0
