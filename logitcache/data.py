@@ -25,7 +25,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from .errors import ConfigError, CorruptStoreError, StoreIncompleteError, StoreMismatchError
-from .store import open_store
+from .store import LogitStore, open_store
 
 
 def ensemble_logits(stack: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -44,13 +44,14 @@ class TeacherLogits:
     gives its sparse targets instead (a dict of (K,) tensors), so no dense row is ever built.
     A K-teacher ensemble is combined with ``ensemble_logits``."""
 
-    def __init__(self, location: str, teacher_names=None, budget_bytes: int = 4 << 30, workers: int = 0,
+    def __init__(self, location, teacher_names=None, budget_bytes: int = 4 << 30, workers: int = 0,
                  allow_partial: bool = False, temperature: float = 1.0, storage_options: dict | None = None,
                  sparse: bool = False, dense_for: str | None = None):
-        store = open_store(location, storage_options=storage_options)
+        # ``location``: a path or URL, or a store the caller opened already (train opens it once).
+        store = location if isinstance(location, LogitStore) else open_store(location, storage_options=storage_options)
         teachers = _resolve_teachers(store, teacher_names, allow_partial)
         _check_combinable(teachers, sparse, dense_for)
-        self.location, self.storage_options = location, dict(storage_options or {})
+        self.store, self.location = store, store.location  # a LogitStore reopens itself in each worker
         self.teacher_names = [t.name for t in teachers]
         self.teacher_name = ",".join(self.teacher_names)
         self.codec = teachers[0].codec
@@ -119,8 +120,7 @@ class TeacherLogits:
 
     def _read_block(self, block: int):
         if self._teachers is None or self._pid != os.getpid():
-            store = open_store(self.location, storage_options=self.storage_options)
-            teachers = [store.teacher(n) for n in self.teacher_names]
+            teachers = [self.store.teacher(n) for n in self.teacher_names]
             for teacher, identity in zip(teachers, self.identities):
                 if teacher.identity != identity:
                     raise CorruptStoreError(

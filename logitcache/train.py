@@ -82,8 +82,10 @@ def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainS
     resumed = open_resume(run, config, dist, log)  # before any data is read: refuses a changed run at once
 
     # Data: the teacher's logits, the training set (replayed views, or any augmentation), validation.
-    logits = _open_teacher_logits(config)
-    train_source, replay = _training_data(config, logits, log)
+    uses_store = config.store and loss_spec(config.loss).needs_teacher
+    store = open_store(config.store, storage_options=config.storage_options) if uses_store else None  # once
+    logits = _open_teacher_logits(config, store)
+    train_source, replay = _training_data(config, store, logits, log)
     val_source = get_dataset(config.val_dataset, transform=config.val_transform) if config.val_dataset else None
     num_classes = logits.num_classes if logits is not None else len(train_source.classes)
     rows = logits.rows if logits is not None else np.arange(len(train_source))
@@ -233,13 +235,13 @@ def evaluate(model, source, config: TrainConfig, device) -> dict:
     return {"val_loss": loss / total, "val_top1": top1 / total, "val_top5": top5 / total}
 
 
-def _open_teacher_logits(config: TrainConfig) -> TeacherLogits | None:
+def _open_teacher_logits(config: TrainConfig, store) -> TeacherLogits | None:
     """Open the store's teacher(s), check them against the options, and load or stream their logits."""
     if not config.store or not loss_spec(config.loss).needs_teacher:
         return None
     mixing = bool(config.mixup or config.cutmix)  # mixing needs whole distributions
     sparse = loss_spec(config.loss).reads_sparse and not mixing
-    logits = TeacherLogits.open(config.store, config.teacher, config.cache_budget, workers=config.workers,
+    logits = TeacherLogits.open(store, config.teacher, config.cache_budget, workers=config.workers,
                                 allow_partial=config.allow_partial, temperature=config.temperature,
                                 storage_options=config.storage_options, sparse=sparse,
                                 dense_for="--mixup/--cutmix" if mixing else None)
@@ -254,7 +256,7 @@ def _open_teacher_logits(config: TrainConfig) -> TeacherLogits | None:
     return logits
 
 
-def _training_data(config: TrainConfig, logits: TeacherLogits | None, log) -> tuple:
+def _training_data(config: TrainConfig, store, logits: TeacherLogits | None, log) -> tuple:
     """The training source, checked against the store, and the view replay of a multi-view store."""
     if logits is None or not logits.views:
         if config.view_size or config.check_views or config.view_order != "random":
@@ -263,9 +265,8 @@ def _training_data(config: TrainConfig, logits: TeacherLogits | None, log) -> tu
         source = get_dataset(config.dataset, transform=config.transform, augment=config.augment)
         if logits is None:
             return source, None
-        store, replay = open_store(config.store, storage_options=config.storage_options), None
+        replay = None
     else:
-        store = open_store(config.store, storage_options=config.storage_options)
         source, replay = _replayed_views(config, store, logits, log)
     store.check_dataset(source.keys, source.labels)
     if config.check_views:
