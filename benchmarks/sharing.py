@@ -60,9 +60,10 @@ def dump_comparison(args, folder: str) -> None:
 
 
 def loader_comparison(args, folder: str) -> None:
+    from logitcache.train.data import EpochSampler, PairedDataset, TeacherLogits
+
     from benchmarks.synthetic import realistic_logits
     from benchmarks.train_throughput import NoInputs
-    from logitcache.data import EpochSampler, PairedDataset, TeacherLogits
     from logitcache.store import choose_layout, create_store, get_codec
 
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")

@@ -65,8 +65,9 @@ class NoInputs(torch.utils.data.Dataset):
 
 
 def loader_comparison(args, folder: str) -> None:
+    from logitcache.train.data import EpochSampler, PairedDataset, TeacherLogits
+
     from benchmarks.synthetic import realistic_logits
-    from logitcache.data import EpochSampler, PairedDataset, TeacherLogits
     from logitcache.store import choose_layout, create_store, get_codec
 
     n, c = args.loader_n, 1000

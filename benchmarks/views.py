@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from benchmarks.synthetic import realistic_logits
-from logitcache.sources.views import parse_augment
+from logitcache.views.grammar import parse_augment
 
 # Digits are not mirror-symmetric, so no flip. --augment replaces it; the environment carries it to
 # FreshCrops, which train() imports as a module of its own.
@@ -166,8 +166,8 @@ def trained_teacher(folder: Path, epochs: int) -> str:
 
 
 def digits_view_logits(teacher: str, views: int) -> np.ndarray:
-    from logitcache.replay import DumpViews
     from logitcache.sources import get_dataset, get_model
+    from logitcache.views.replay import DumpViews
 
     model = get_model(teacher, 10).eval()
     dataset = DumpViews(get_dataset("digits@train", for_views=True), CROPS, views, seed=0, hashes=False)
@@ -191,7 +191,7 @@ class FreshCrops(torch.utils.data.Dataset):
         return len(self.keys)
 
     def __getitem__(self, index):
-        from logitcache.sources.views import apply_view
+        from logitcache.views.grammar import apply_view
 
         image, label = self.inner.dataset[index]
         seed = int(torch.randint(0, 2**31 - 1, ()))  # from torch's generator: seeded per epoch by train

@@ -21,9 +21,9 @@ import sys
 import click
 
 from . import __version__
-from .dump_config import DumpConfig
+from .dump.config import DumpConfig
 from .errors import ConfigError, LogitCacheError
-from .train_config import TrainConfig
+from .train.config import TrainConfig
 
 
 def _defaults(config_class) -> dict:

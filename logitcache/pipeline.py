@@ -31,8 +31,8 @@ from pathlib import Path
 
 from .dump import DumpConfig, dump
 from .errors import LogitCacheError, StoreExistsError
-from .run_files import RunFiles
 from .train import TrainConfig, train
+from .train.run_files import RunFiles
 
 
 class PipelineError(LogitCacheError, ValueError):
@@ -154,7 +154,7 @@ def _stage_checks(config) -> None:
     """What dump and train check before they start (ranges, codecs, view and transform specs)."""
     from .dump import validate as validate_dump
     from .sources.transforms import build_transform
-    from .train_config import validate as validate_train
+    from .train.config import validate as validate_train
 
     if isinstance(config, DumpConfig):
         validate_dump(config)

@@ -10,9 +10,9 @@ The store layer cannot do the second part: rebuilding views needs the data and t
 from __future__ import annotations
 
 from .errors import LogitCacheError
-from .replay import check_view_hashes
 from .sources import get_dataset
 from .store import VerifyReport, open_store, verify_store
+from .views.replay import check_view_hashes
 
 
 def verify_with_dataset(location, dataset: str | None = None, *, split: str | None = None, storage_options=None,

@@ -3,10 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from logitcache.train.data import EpochSampler, PairedDataset, TeacherLogits
 from torch.utils.data import DataLoader
 
-from logitcache.data import EpochSampler, PairedDataset, TeacherLogits
-from logitcache.errors import NonFiniteLogitsError, StoreIncompleteError, StoreMismatchError
+from logitcache.errors import (
+    NonFiniteLogitsError,
+    StoreIncompleteError,
+    StoreMismatchError,
+)
 from logitcache.sources import get_dataset
 from logitcache.store import open_store
 from tests.conftest import make_store

@@ -265,7 +265,8 @@ def test_a_forged_teacher_digest_cannot_pass_for_the_pinned_teacher(pristine, tm
 
 def test_a_teacher_overwritten_while_a_run_streams_it_stops_the_run(pristine, tmp_path):
     """Workers and later chunk reads reopen the store; they must find the teacher the run began with."""
-    from logitcache.data import TeacherLogits
+    from logitcache.train.data import TeacherLogits
+
     from logitcache.errors import CorruptStoreError
 
     store = tmp_path / "s.zarr"

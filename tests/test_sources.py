@@ -8,8 +8,15 @@ import torch
 from PIL import Image
 
 from logitcache.errors import DatasetError, ModelError, SpecError
-from logitcache.sources import get_dataset, get_model, list_datasets, list_models, load_weights, parse_spec
 from logitcache.registry import Registry
+from logitcache.sources import (
+    get_dataset,
+    get_model,
+    list_datasets,
+    list_models,
+    load_weights,
+    parse_spec,
+)
 from logitcache.sources.transforms import build_transform, canonical, is_random
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from logitcache.train.data import TeacherLogits, ensemble_logits
 
 from logitcache.cli import cli
-from logitcache.data import TeacherLogits, ensemble_logits
 from logitcache.store import open_store
 from tests.conftest import make_store
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from logitcache.train.run_files import RunFiles
+from logitcache.train.config import TrainConfig
 from torch import nn
 
 from logitcache.cli import cli
 from logitcache.errors import CheckpointError
-from logitcache.run_files import RunFiles
 from logitcache.sources.checkpoints import load_checkpoint, save_checkpoint
-from logitcache.train_config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -166,7 +166,7 @@ def test_resume_may_change_how_it_runs_and_extend_a_step_schedule_exactly(tmp_pa
 
 
 def test_the_options_a_resume_may_change_are_real_options():
-    from logitcache.train_config import MAY_CHANGE_ON_RESUME
+    from logitcache.train.config import MAY_CHANGE_ON_RESUME
 
     names = {item.name for item in fields(TrainConfig)}
     assert set(MAY_CHANGE_ON_RESUME) <= names

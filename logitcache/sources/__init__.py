@@ -8,7 +8,22 @@ Extension points are small registries: ``register_dataset`` / ``register_model``
 ``list_datasets`` / ``list_models`` show what is there.
 """
 
-from .datasets import DatasetSource, get_dataset, list_datasets, parse_spec, register_dataset
+# The built-in families register their datasets and models on import (one module each).
+from . import (  # noqa: E402,F401
+    cifar_resnet,
+    digits,
+    imagefolder,
+    small_nets,
+    torchvision_datasets,
+    wide_resnet,
+)
+from .datasets import (
+    DatasetSource,
+    get_dataset,
+    list_datasets,
+    parse_spec,
+    register_dataset,
+)
 from .models import (
     file_sha256,
     get_model,
@@ -18,9 +33,6 @@ from .models import (
     parameters_sha256,
     register_model,
 )
-
-# The built-in families register their datasets and models on import (one module each).
-from . import cifar_resnet, digits, imagefolder, small_nets, torchvision_datasets, wide_resnet  # noqa: E402,F401
 
 __all__ = [
     "DatasetSource",

@@ -14,6 +14,7 @@ from ._backend import local_path, storage_options_for
 from ._checks import check_teacher
 from ._codecs import CODECS, Codec, get_codec, list_codecs
 from ._fingerprint import dataset_fingerprint, describe_mismatch
+from ._lock import LOCK_DIR, writer_lock
 from ._pack import pack_store
 from ._schema import (
     FORMAT_NAME,
@@ -33,7 +34,6 @@ from ._store import (
     open_store,
     remove_location,
 )
-from ._lock import LOCK_DIR, writer_lock
 from ._teacher import Teacher
 from ._verify import VerifyReport, verify_store
 from ._writer import BackgroundWriter

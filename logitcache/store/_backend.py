@@ -19,7 +19,13 @@ from pathlib import Path
 
 import zarr.storage
 
-from ..errors import NotAStoreError, StoreAccessError, StoreConnectionError, StoreNotFoundError, StoreWriteError
+from ..errors import (
+    NotAStoreError,
+    StoreAccessError,
+    StoreConnectionError,
+    StoreNotFoundError,
+    StoreWriteError,
+)
 
 # Errors a remote filesystem raises when the network, not the request, failed.
 _TRANSIENT = {

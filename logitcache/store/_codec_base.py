@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 BFLOAT16_NAN_BITS = 0x7FC0
 

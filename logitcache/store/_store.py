@@ -28,9 +28,10 @@ from ..errors import (
     StoreWriteError,
 )
 from ._backend import local_path, probe_remote, remote_errors, zarr_store
+from ._checks import check_root, check_teacher
+from ._create import compressors, create_teacher_arrays, teacher_exists, teacher_status
 from ._fingerprint import dataset_fingerprint, describe_mismatch
 from ._lock import LOCK_DIR
-from ._checks import check_root, check_teacher
 from ._schema import (
     BASE_VERSION,
     FORMAT_NAME,
@@ -41,7 +42,6 @@ from ._schema import (
     TEACHERS_GROUP,
     VIEWS_VERSION,
 )
-from ._create import compressors, create_teacher_arrays, teacher_exists, teacher_status
 from ._teacher import Teacher
 
 INDEX_CHUNK_ROWS = 65536  # keys and labels: small, read whole, one checksummed chunk per 64k rows

@@ -40,7 +40,12 @@ from ._backend import retry_transient
 from ._checks import teacher_metadata_digest
 from ._codecs import Codec, get_codec
 from ._create import teacher_status
-from ._integrity import CHUNK_DIGESTS_ARRAY, content_digest, integrity_record, shard_chunk_digests
+from ._integrity import (
+    CHUNK_DIGESTS_ARRAY,
+    content_digest,
+    integrity_record,
+    shard_chunk_digests,
+)
 from ._schema import (
     SHARD_DONE_ARRAY,
     STATUS_COMPLETE,

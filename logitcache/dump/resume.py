@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from .errors import (
+from ..errors import (
     CorruptStoreError,
     LogitCacheError,
     NotAStoreError,
@@ -21,7 +21,7 @@ from .errors import (
     StoreMismatchError,
     StoreNotFoundError,
 )
-from .store import (
+from ..store import (
     LOCK_DIR,
     STATUS_CREATING,
     Layout,

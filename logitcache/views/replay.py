@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .errors import DatasetError
-from .sources import transforms
-from .sources.views import ViewAugment, apply_view, view_hash
+from ..errors import DatasetError
+from ..sources import transforms
+from .grammar import ViewAugment, apply_view, view_hash
 
 
 class DumpViews(Dataset):

@@ -25,18 +25,26 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..devices import resolve_device
+from ..distributed import Distributed, distributed
+from ..errors import ConfigError, DatasetError, ModelError
+from ..losses import loss_spec
+from ..mixing import Mixer
+from ..sources import get_dataset, get_model, transforms
+from ..store import open_store
+from ..views.replay import ViewReplay, check_view_hashes
+from .config import TrainConfig, get_lr, validate
 from .data import EpochSampler, PairedDataset, TeacherLogits, check_teacher_identity
-from .devices import resolve_device
-from .distributed import Distributed, distributed
-from .errors import ConfigError, DatasetError, ModelError
-from .losses import loss_spec
-from .mixing import Mixer
-from .replay import ViewReplay, check_view_hashes
+from .resume import (
+    best,
+    check_step_loss,
+    hold_run,
+    open_resume,
+    prepare_run,
+    save_epoch,
+    weights_error,
+)
 from .run_files import RunFiles
-from .sources import get_dataset, get_model, transforms
-from .store import open_store
-from .train_config import TrainConfig, get_lr, validate
-from .train_run import best, check_step_loss, hold_run, open_resume, prepare_run, save_epoch, weights_error
 
 
 @dataclass

@@ -24,8 +24,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .errors import ConfigError, CorruptStoreError, StoreIncompleteError, StoreMismatchError
-from .store import LogitStore, open_store
+from ..errors import (
+    ConfigError,
+    CorruptStoreError,
+    StoreIncompleteError,
+    StoreMismatchError,
+)
+from ..store import LogitStore, open_store
 
 
 def ensemble_logits(stack: torch.Tensor, temperature: float) -> torch.Tensor:

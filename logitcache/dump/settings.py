@@ -11,10 +11,11 @@ import platform
 import numpy as np
 import torch
 
-from . import __version__
-from .sources import file_sha256, num_parameters, parameters_sha256
-from .sources.views import HASH_NAME, PARAM_DTYPE, PARAM_NAMES, VIEW_SEED_TAG, ViewAugment
-from .store import choose_layout, get_codec
+from .. import __version__
+from ..sources import file_sha256, num_parameters, parameters_sha256
+from ..store import choose_layout, get_codec
+from ..views.grammar import ViewAugment
+from ..views.record import bytes_per_view, view_record
 
 
 def dump_settings(config, source, model, num_classes: int, device,
@@ -22,7 +23,8 @@ def dump_settings(config, source, model, num_classes: int, device,
     """What determines the stored bytes (compared on resume), and what describes the teacher."""
     codec = get_codec(config.codec).for_classes(num_classes)
     views = max(config.view_count, 1)
-    row_bytes = views * (codec.bytes_per_sample(num_classes) + (2 * len(PARAM_NAMES) + 8 if augment else 0))
+    record = view_record(config, augment) if augment else None
+    row_bytes = views * (codec.bytes_per_sample(num_classes) + (bytes_per_view(record) if record else 0))
     layout = choose_layout(len(source), num_classes * views, 0, rows_per_shard=config.rows_per_shard,
                            row_bytes=row_bytes)
     weights_file = config.weights or _file_in_spec(config.teacher)
@@ -37,28 +39,14 @@ def dump_settings(config, source, model, num_classes: int, device,
         "bf16": config.bf16,
         "device_type": device.type,
     }
-    if augment:
-        settings["views"] = view_record(config, augment)
+    if record:
+        settings["views"] = record
     provenance = {
         "teacher": {"spec": config.teacher, "weights": config.weights, "num_parameters": num_parameters(model)},
         "dataset": source.describe(),
         "software": _software(),
     }
     return settings, provenance
-
-
-def view_record(config, augment: ViewAugment) -> dict:
-    """The teacher's ``views`` record (docs/FORMAT.md): what a replay needs to rebuild every view."""
-    return {
-        "count": config.view_count,
-        "augment": augment.spec,
-        "size": list(augment.size) if augment.size else None,
-        "seed": config.seed,
-        "draw": f"numpy default_rng([{VIEW_SEED_TAG:#x}, seed, sample index])",
-        "params": list(PARAM_NAMES),
-        "dtype": PARAM_DTYPE,
-        "hashes": HASH_NAME if config.record_view_hashes else None,
-    }
 
 
 def _file_in_spec(spec: str) -> str | None:

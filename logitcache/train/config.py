@@ -15,7 +15,7 @@ import json
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 FLOAT32_MAX = 3.4028234663852886e38  # options scale float32 weights and losses: larger is inf to them
 
@@ -75,7 +75,9 @@ class TrainConfig:
         """Fill the defaults that depend on other options."""
         has_teacher = bool(self.store or self.online_teacher)
         loss = self.loss or ("dist" if has_teacher else "ce")
-        from .losses import LOSSES  # here, not at the top: the CLI reads this module's defaults without torch
+        from ..losses import (
+            LOSSES,  # here, not at the top: the CLI reads this module's defaults without torch
+        )
 
         default = LOSSES.get(loss).temperature if loss in LOSSES else 1.0  # an unknown loss: validate says so
         temperature = self.temperature if self.temperature is not None else default
@@ -98,7 +100,7 @@ def validate(config: TrainConfig) -> None:
     if config.optimizer == "adamw" and not peak * config.weight_decay <= FLOAT32_MAX:
         raise ConfigError(f"--lr {peak:g} times --weight-decay {config.weight_decay:g} (AdamW's decay per step) "
                           "leaves float32's range (3.4e38)")
-    from .losses import LOSSES, loss_names, loss_spec
+    from ..losses import LOSSES, loss_names, loss_spec
 
     if config.loss not in LOSSES:
         raise ConfigError(f"--loss {config.loss!r} is unknown; choose {', '.join(loss_names())}")

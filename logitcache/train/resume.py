@@ -33,11 +33,21 @@ import math
 import shutil
 from pathlib import Path
 
-from .distributed import Distributed
-from .errors import CheckpointError, ConfigError, LogitCacheError, TrainingDivergedError
+from ..distributed import Distributed
+from ..errors import (
+    CheckpointError,
+    ConfigError,
+    LogitCacheError,
+    TrainingDivergedError,
+)
+from ..sources.checkpoints import (
+    describe_non_finite,
+    load_checkpoint,
+    non_finite_weights,
+    save_checkpoint,
+)
+from .config import TrainConfig, cosine_extension, options_record, resume_changes
 from .run_files import RunFiles
-from .sources.checkpoints import describe_non_finite, load_checkpoint, non_finite_weights, save_checkpoint
-from .train_config import TrainConfig, cosine_extension, options_record, resume_changes
 
 
 @contextlib.contextmanager

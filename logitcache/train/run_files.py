@@ -23,7 +23,7 @@ import os
 import socket
 from pathlib import Path
 
-from .errors import ConfigError, RunInUseError
+from ..errors import ConfigError, RunInUseError
 
 try:
     import fcntl

@@ -1,0 +1,111 @@
+"""The dump's loop: batches that never cross a shard go through the teacher, and each finished
+shard goes to the background writer (compress, write, read back, digests, ledger).
+
+    >>> written = run_teacher(model, inputs, spec, teacher, pending_shards, config, device, counts, show=True)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..errors import DatasetError, StoreIncompleteError
+from ..store import VIEW_HASHES_ARRAY, VIEW_PARAMS_ARRAY, BackgroundWriter, Teacher
+
+
+def autocast(device, enabled: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+class AccuracyCounts:
+    """Per shard: top-1/top-5 hits from the decoded logits (what students will see), and the
+    probability mass the codec stores exactly (below 1 only for sparse codecs)."""
+
+    def __init__(self, labels: np.ndarray, teacher: Teacher):
+        self.labels = labels
+        self.teacher = teacher
+        self.by_shard: dict[int, tuple[int, int, float]] = {}
+
+    def __call__(self, shard: int, stored: dict[str, np.ndarray]) -> None:
+        teacher = self.teacher
+        start, stop = teacher.layout.shard_rows(shard, len(self.labels))
+        if not teacher.rows_ok(stored).all():
+            raise StoreIncompleteError(f"teacher {teacher.name!r}: shard {shard} holds rows never written")
+        labels = np.repeat(self.labels[start:stop], teacher.views_per_sample)  # one row per view
+        top = teacher.codec.top_classes(teacher.flat(stored), 5)
+        top1 = top[:, 0] == labels
+        top5 = (top == labels[:, None]).any(axis=1)
+        mass = float(teacher.codec.stored_mass(teacher.flat(stored)).sum())
+        self.by_shard[shard] = (int(top1.sum()), int(top5.sum()), mass)
+
+    def totals(self) -> list[float]:
+        """Top-1 hits, top-5 hits and stored mass, summed over the shards counted so far."""
+        return [float(sum(h[i] for h in self.by_shard.values())) for i in range(3)]
+
+
+def run_teacher(model, inputs, spec: str, teacher: Teacher, pending: list[int], config, device, counts,
+                 show: bool) -> int:
+    """Feed the pending shards through the teacher, batch by batch, into the background writer.
+
+    ``--batch-size`` counts teacher inputs, so a batch holds batch_size // K samples of K views."""
+    layout, total, views = teacher.layout, len(inputs), teacher.views_per_sample
+    samples_per_batch = max(1, config.batch_size // views) if teacher.views else config.batch_size
+    batches, owners = [], []
+    for shard in pending:
+        start, stop = layout.shard_rows(shard, total)
+        for lo in range(start, stop, samples_per_batch):
+            batches.append(list(range(lo, min(lo + samples_per_batch, stop))))
+            owners.append(shard)
+    if not batches:
+        return 0
+    loader = DataLoader(inputs, batch_sampler=batches, num_workers=config.workers, pin_memory=device.type == "cuda")
+    buffers: dict[int, dict[str, np.ndarray]] = {}
+    filled: dict[int, int] = {}
+    todo = sum(len(b) for b in batches)
+    bar = tqdm(total=todo, unit="sample", disable=not (config.progress and show),
+               desc=f"dump {teacher.name}", dynamic_ncols=True)
+    with BackgroundWriter(teacher, on_written=counts) as writer, bar:
+        for shard, indices, batch in zip(owners, batches, _checked(loader, spec)):
+            images = batch[0].flatten(0, 1) if teacher.views else batch[0]  # (B, K, ...) -> (B * K, ...)
+            with torch.inference_mode(), autocast(device, config.bf16):
+                logits = model(images.to(device, non_blocking=True))
+            start, stop = layout.shard_rows(shard, total)
+            buffer = buffers.setdefault(shard, _shard_buffer(teacher, stop - start))
+            rows = slice(indices[0] - start, indices[-1] + 1 - start)
+            buffer["logits"][rows] = logits.float().cpu().numpy().reshape(len(indices), *teacher.row_shape)
+            if teacher.views:
+                buffer[VIEW_PARAMS_ARRAY][rows] = batch[2].numpy()
+                if VIEW_HASHES_ARRAY in buffer:
+                    buffer[VIEW_HASHES_ARRAY][rows] = batch[3].numpy().view(np.uint64)
+            filled[shard] = filled.get(shard, 0) + len(indices)
+            if filled[shard] == stop - start:
+                done = buffers.pop(shard)
+                writer.submit(shard, done.pop("logits"), done or None)
+            bar.update(len(indices))
+    return todo
+
+
+def _shard_buffer(teacher: Teacher, rows: int) -> dict[str, np.ndarray]:
+    """Empty arrays for one shard: logits, and a multi-view teacher's view arrays."""
+    buffer = {"logits": np.empty((rows, *teacher.row_shape), np.float32)}
+    for name, array in teacher.view_arrays.items():
+        buffer[name] = np.empty((rows, *array.shape[1:]), array.dtype)
+    return buffer
+
+
+def _checked(loader, spec: str):
+    """Iterate a DataLoader, turning a sample that fails to load into one clear error."""
+    iterator = iter(loader)
+    while True:
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
+        except (OSError, ValueError, RuntimeError) as err:
+            first = str(err).strip().splitlines()
+            if "stack expects each tensor to be equal size" in str(err):
+                raise DatasetError(f"the inputs of {spec} differ in size, so they cannot be batched: give the views "
+                                   "one size with size=N in --augment (or resize in --transform)") from None
+            raise DatasetError(f"loading a sample of {spec} failed: {first[-1] if first else type(err).__name__}") from None

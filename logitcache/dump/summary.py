@@ -1,0 +1,54 @@
+"""What a dump says when it ends: samples, rate, bytes on disk, teacher accuracy (``lines()``).
+
+    >>> print("\n".join(dump(config).lines()))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class DumpSummary:
+    store: str
+    teacher_name: str
+    samples: int
+    samples_this_run: int
+    seconds: float
+    bytes_on_disk: int
+    num_classes: int
+    codec: str
+    top1: float
+    top5: float
+    resumed_shards: int
+    views: int = 0
+    view_bytes: int = 0  # view_params and view_hashes, beside the logits' bytes_on_disk
+
+    @property
+    def rows(self) -> int:
+        """Teacher outputs stored: samples x views."""
+        return self.samples * max(self.views, 1)
+
+    @property
+    def bytes_per_sample(self) -> float:
+        return self.bytes_on_disk / self.samples
+
+    @property
+    def ratio_vs_fp32(self) -> float:
+        return self.rows * self.num_classes * 4 / max(self.bytes_on_disk, 1)
+
+    def lines(self) -> list[str]:
+        rate = self.samples_this_run / self.seconds if self.seconds else float("nan")
+        resumed = f" (resumed: {self.resumed_shards} shards were already written)" if self.resumed_shards else ""
+        views = f" x {self.views} views" if self.views else ""
+        per_view = f", {self.bytes_on_disk / self.rows:.1f} bytes/view" if self.views else ""
+        return [
+            f"dumped {self.samples} samples{views} x {self.num_classes} classes into {self.store} "
+            f"[teacher {self.teacher_name!r}, codec {self.codec}]{resumed}",
+            f"  {self.samples_this_run} samples in {self.seconds:.1f} s = {rate:.0f} samples/s",
+            f"  {self.bytes_on_disk} bytes on disk = {self.bytes_per_sample:.1f} bytes/sample{per_view} "
+            f"({self.ratio_vs_fp32:.2f}x smaller than raw fp32)",
+            f"  teacher top-1 {self.top1:.2%}, top-5 {self.top5:.2%} on the dumped labels"
+            + (" (all views)" if self.views else ""),
+        ] + ([f"  view parameters: {self.view_bytes} bytes = {self.view_bytes / self.rows:.1f} bytes/view"]
+             if self.views else [])
