@@ -75,7 +75,7 @@ def train(config: TrainConfig, log=print) -> TrainSummary:
 
     Under torchrun the student is wrapped in DistributedDataParallel, each rank takes every
     world_size-th sample of the epoch's order, and rank 0 alone evaluates, logs and checkpoints.
-    Rank 0 holds the run directory's lock throughout; see ``train_run`` for that, for what a
+    Rank 0 holds the run directory's lock throughout; see ``resume.py`` for that, for what a
     ``--resume`` may change, and for stopping at a non-finite loss (TrainingDivergedError).
     """
     config = config.resolved()
@@ -100,17 +100,8 @@ def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainS
     paired = PairedDataset(train_source.dataset, logits, replay)
 
     # The student, checked against the data before any step.
-    torch.manual_seed(config.seed)
-    student = get_model(config.student, num_classes).to(device)
-    first = int(rows[0]) * (replay.views if replay else 1)
-    sample = paired[first][0]
-    if config.cutmix and sample.ndim != 3:
-        raise ConfigError(f"--cutmix pastes boxes between images (C, H, W), but the inputs are {tuple(sample.shape)}; "
-                          "use --mixup")
-    _check_head(student, sample, num_classes, "store" if logits is not None else "dataset", device)
-    if val_source is not None:
-        _check_head(student, val_source.dataset[0][0], num_classes, "store" if logits is not None else "dataset",
-                    device, what="validation inputs", hint="; give a --val-transform that matches the training inputs")
+    student = _checked_student(config, paired[int(rows[0]) * (replay.views if replay else 1)][0], val_source,
+                               num_classes, "store" if logits is not None else "dataset", device)
     model = _wrap_ddp(student, dist, device)
     online = _online_teacher(config, num_classes, device)
     optimizer = _optimizer(config, student)
@@ -118,14 +109,7 @@ def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainS
     mixer = Mixer(config.mixup, config.cutmix, config.temperature)
     start_epoch, history = prepare_run(run, config, resumed, student, optimizer, dist, log)
 
-    streamed = logits is not None and not logits.in_memory
-    sampler = EpochSampler(rows, config.seed, block_rows=logits.block_rows if streamed else None,
-                           window_blocks=logits.window_blocks if streamed else 1,
-                           rank=dist.rank, world_size=dist.world_size,
-                           views=replay.views if replay else 0, view_order=config.view_order)
-    drop_last = 0 < len(sampler) % config.batch_size < loss_spec(config.loss).min_batch  # a batch it is defined on
-    loader = DataLoader(paired, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
-                        drop_last=drop_last, pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
+    sampler, loader = _epoch_loader(config, paired, rows, logits, replay, dist, device)
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs + 1):
         sampler.set_epoch(epoch)
@@ -152,6 +136,34 @@ def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainS
         run.finish(summary_record(summary))
     dist.agree()
     return summary
+
+
+def _checked_student(config: TrainConfig, sample, val_source, num_classes: int, source: str, device):
+    """The student, built under the run's seed and checked against a training sample (and a
+    validation one) before any step: its head must fit the classes, its input the data."""
+    torch.manual_seed(config.seed)
+    student = get_model(config.student, num_classes).to(device)
+    if config.cutmix and sample.ndim != 3:
+        raise ConfigError(f"--cutmix pastes boxes between images (C, H, W), but the inputs are {tuple(sample.shape)}; "
+                          "use --mixup")
+    _check_head(student, sample, num_classes, source, device)
+    if val_source is not None:
+        _check_head(student, val_source.dataset[0][0], num_classes, source, device, what="validation inputs",
+                    hint="; give a --val-transform that matches the training inputs")
+    return student
+
+
+def _epoch_loader(config: TrainConfig, paired, rows, logits, replay, dist: Distributed, device) -> tuple:
+    """The epoch sampler (block-shuffled when logits are streamed) and the DataLoader over it."""
+    streamed = logits is not None and not logits.in_memory
+    sampler = EpochSampler(rows, config.seed, block_rows=logits.block_rows if streamed else None,
+                           window_blocks=logits.window_blocks if streamed else 1,
+                           rank=dist.rank, world_size=dist.world_size,
+                           views=replay.views if replay else 0, view_order=config.view_order)
+    drop_last = 0 < len(sampler) % config.batch_size < loss_spec(config.loss).min_batch  # a batch it is defined on
+    loader = DataLoader(paired, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
+                        drop_last=drop_last, pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
+    return sampler, loader
 
 
 MIX_TAG = 0x313C  # keeps the Mixup/CutMix random stream apart from the others
