@@ -20,6 +20,24 @@ def make_store(path: Path, **overrides) -> Path:
     return path
 
 
+def invoke(*args):
+    """The CLI in this process; an exception that escapes it fails the test (no traceback allowed)."""
+    from click.testing import CliRunner
+
+    from logitcache.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def one_error(result) -> str:
+    """The run failed with exactly one `Error:` line and no traceback; returns that line."""
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
 def store_contents(path: Path) -> dict[str, bytes]:
     """Every file of a store, with the volatile ``run`` record (timestamps) removed from metadata."""
     contents = {}

@@ -8,25 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from logitcache.cli import cli
-from tests.conftest import make_store
+from tests.conftest import invoke, make_store, one_error
 
 TEACHER = "teachers/default"
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_error(result) -> str:
-    """The run failed with exactly one `Error:` line and no traceback; returns that line."""
-    assert result.exit_code != 0, result.output
-    assert "Traceback" not in result.output, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
-    assert len(errors) == 1, result.output
-    return errors[0]
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from logitcache.cli import cli
 from logitcache.store import open_store, verify_store
-from tests.conftest import make_store
+from tests.conftest import invoke, make_store, one_error
 
 REPO = Path(__file__).resolve().parents[1]
 LEGACY = REPO / "tests" / "data" / "legacy"  # made by logitcache 0.2.0 (format v1 and v2), see its README
@@ -27,18 +25,6 @@ LEGACY = REPO / "tests" / "data" / "legacy"  # made by logitcache 0.2.0 (format 
 def child_env(**extra) -> dict:
     """The environment for a CLI subprocess, read now (the S3 fixture sets its variables late)."""
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **extra}
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_error(result) -> str:
-    assert result.exit_code != 0, result.output
-    assert "Traceback" not in result.output, result.output
-    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
-    assert len(errors) == 1, result.output
-    return errors[0]
 
 
 def train_args(store, out, *extra):
@@ -153,15 +139,20 @@ def s3_dump(url, *extra):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def wait_for_objects(s3, bucket: str, prefix: str, writer, seconds: float = 120) -> None:
+    """Until an object under ``prefix`` exists (or the writer ended, or time ran out)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and writer.poll() is None and not s3.client().list_objects_v2(
+            Bucket=bucket.removeprefix("s3://"), Prefix=prefix).get("KeyCount"):
+        time.sleep(0.1)
+
+
 def test_s3_two_dumps_of_one_teacher_one_is_refused(s3, bucket):
     """The second waits out one lease time (2 s here) in case the holder is dead; the holder
     (about 7 s of teacher time) keeps renewing, so the second is refused."""
     url = f"{bucket}/race.zarr"
     first = s3_dump(url)
-    deadline = time.time() + 120
-    while time.time() < deadline and first.poll() is None and not s3.client().list_objects_v2(
-            Bucket=bucket[5:], Prefix="race.zarr/.logitcache-locks/teacher-default/").get("KeyCount"):
-        time.sleep(0.1)
+    wait_for_objects(s3, bucket, "race.zarr/.logitcache-locks/teacher-default/", first)
     second = s3_dump(url)
     assert second.wait(timeout=300) == 1
     assert "being written by another process" in second.stderr.read()
@@ -172,10 +163,7 @@ def test_s3_two_dumps_of_one_teacher_one_is_refused(s3, bucket):
 def test_s3_a_killed_holders_lease_runs_out_and_the_rerun_finishes(s3, bucket):
     url = f"{bucket}/killed.zarr"
     first = s3_dump(url)
-    deadline = time.time() + 120
-    while time.time() < deadline and first.poll() is None and not s3.client().list_objects_v2(
-            Bucket=bucket[5:], Prefix="killed.zarr/teachers/default/shard_done/c/").get("KeyCount"):
-        time.sleep(0.1)
+    wait_for_objects(s3, bucket, "killed.zarr/teachers/default/shard_done/c/", first)
     first.send_signal(signal.SIGKILL)
     first.wait()
     rerun = s3_dump(url)
