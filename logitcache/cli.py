@@ -250,7 +250,8 @@ class LossName(click.ParamType):
               help="Mixup Beta alpha (0: off); cached teacher probabilities are mixed with the same weight.")
 @click.option("--cutmix", default=TRAIN["cutmix"], show_default=True, type=float,
               help="CutMix Beta alpha (0: off); with --mixup too, each batch uses one of them.")
-@click.option("--cache-budget", default=TRAIN["cache_budget"], show_default=True, type=ByteSize(),
+@click.option("--cache-budget", default=TRAIN["cache_budget"], show_default=f"{TRAIN['cache_budget'] / 2**30:g}GiB",
+              type=ByteSize(),
               help="Decode the logits into memory up to this size, else stream them by chunk.")
 @click.option("--allow-partial", is_flag=True, help="Train on the written part of an unfinished store.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")

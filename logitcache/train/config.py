@@ -17,6 +17,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from ..errors import ConfigError
 
+CACHE_BUDGET = 4 << 30  # bytes of decoded logits held in memory before they are streamed by chunk
+
 FLOAT32_MAX = 3.4028234663852886e38  # options scale float32 weights and losses: larger is inf to them
 
 
@@ -64,7 +66,7 @@ class TrainConfig:
     check_views: bool = False  # recompute every stored view's hash before training
     mixup: float = 0.0  # Beta alpha for Mixup (0: off); teachers' probabilities are mixed alike
     cutmix: float = 0.0  # Beta alpha for CutMix (0: off)
-    cache_budget: int = 4 << 30
+    cache_budget: int = CACHE_BUDGET
     allow_partial: bool = False
     resume: bool = False
     overwrite: bool = False

@@ -31,6 +31,7 @@ from ..errors import (
     StoreMismatchError,
 )
 from ..store import LogitStore, open_store
+from .config import CACHE_BUDGET
 
 
 def ensemble_logits(stack: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -49,7 +50,7 @@ class TeacherLogits:
     gives its sparse targets instead (a dict of (K,) tensors), so no dense row is ever built.
     A K-teacher ensemble is combined with ``ensemble_logits``."""
 
-    def __init__(self, location, teacher_names=None, budget_bytes: int = 4 << 30, workers: int = 0,
+    def __init__(self, location, teacher_names=None, budget_bytes: int = CACHE_BUDGET, workers: int = 0,
                  allow_partial: bool = False, temperature: float = 1.0, storage_options: dict | None = None,
                  sparse: bool = False, dense_for: str | None = None):
         # ``location``: a path or URL, or a store the caller opened already (train opens it once).
@@ -78,7 +79,7 @@ class TeacherLogits:
         self._cache: OrderedDict = OrderedDict()
 
     @classmethod
-    def open(cls, location, teacher_names=None, budget_bytes=4 << 30, **kwargs) -> TeacherLogits:
+    def open(cls, location, teacher_names=None, budget_bytes=CACHE_BUDGET, **kwargs) -> TeacherLogits:
         if isinstance(teacher_names, str):
             teacher_names = [n for n in teacher_names.split(",") if n]
         return cls(location, teacher_names, budget_bytes, **kwargs)
