@@ -84,6 +84,8 @@ class S3Server:
         client, contents = self.client(), {}
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/"):
             for item in page.get("Contents", []):
+                if item["Key"][len(prefix) + 1:].startswith(".logitcache-locks/"):
+                    continue  # the writers' leases: beside the store, not part of it
                 data = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
                 contents[item["Key"][len(prefix) + 1:]] = _normalised(item["Key"], data)
         return contents
@@ -108,7 +110,7 @@ def s3():
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request log lines
     env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "LOGITCACHE_LEASE_SECONDS": "2"}  # a dead writer's lease runs out in 2 s, not 60
+           "LOGITCACHE_LEASE_SECONDS": "6"}  # a dead writer's lease runs out in 6 s, not 60
     saved = {key: os.environ.get(key) for key in (*env, "AWS_ENDPOINT_URL")}
     os.environ.update(env)
     server = S3Server()

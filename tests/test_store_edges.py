@@ -135,7 +135,7 @@ def s3_dump(url, *extra):
     return subprocess.Popen([sys.executable, "-m", "logitcache", "dump", url, "--teacher",
                              "tests.factories:slow_teacher", "--dataset", "digits@train", "--rows-per-shard", "128",
                              "--batch-size", "16", "--no-progress", *extra],
-                            env=child_env(LOGITCACHE_TEST_SLEEP="0.08"), cwd=REPO,
+                            env=child_env(LOGITCACHE_TEST_SLEEP="0.15"), cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -148,8 +148,8 @@ def wait_for_objects(s3, bucket: str, prefix: str, writer, seconds: float = 120)
 
 
 def test_s3_two_dumps_of_one_teacher_one_is_refused(s3, bucket):
-    """The second waits out one lease time (2 s here) in case the holder is dead; the holder
-    (about 7 s of teacher time) keeps renewing, so the second is refused."""
+    """The second waits out one lease time (6 s here) in case the holder is dead; the holder
+    (about 13 s of teacher time) keeps renewing, so the second is refused."""
     url = f"{bucket}/race.zarr"
     first = s3_dump(url)
     wait_for_objects(s3, bucket, "race.zarr/.logitcache-locks/teacher-default/", first)
@@ -169,8 +169,33 @@ def test_s3_a_killed_holders_lease_runs_out_and_the_rerun_finishes(s3, bucket):
     rerun = s3_dump(url)
     assert rerun.wait(timeout=300) == 0, rerun.stderr.read()
     assert verify_store(url).ok
-    left = s3.client().list_objects_v2(Bucket=bucket[5:], Prefix="killed.zarr/.logitcache-locks/")
-    assert not left.get("KeyCount"), left  # the rerun removed every generation of the lease
+    left = s3.client().list_objects_v2(Bucket=bucket[5:], Prefix="killed.zarr/.logitcache-locks/teacher-default/")
+    assert [item["Key"].rsplit("/", 1)[1] for item in left["Contents"]] == ["000000000002.json"]  # a tombstone
+    tombstone = s3.client().get_object(Bucket=bucket[5:], Key=left["Contents"][0]["Key"])["Body"].read()
+    assert json.loads(tombstone)["expires"] == 0
+
+
+def test_s3_a_stalled_holder_that_was_overtaken_stops_before_writing(s3, bucket, monkeypatch):
+    """A holder that stops renewing (a paused machine) is overtaken once its lease runs out; when it
+    wakes, it must find out before it writes another shard, even after the taker finished."""
+    from logitcache.errors import StoreLockedError
+    from logitcache.store._lock import _Lease
+
+    monkeypatch.setenv("LOGITCACHE_LEASE_SECONDS", "1")
+    url = f"{bucket}/stall.zarr"
+    stalled = _Lease(url, "teacher-default", None)
+    stalled.acquire()
+    stalled._stop.set()  # its heartbeat stops, as in a paused VM
+    time.sleep(1.5)  # past the 1 s lease
+    taker = _Lease(url, "teacher-default", None)
+    taker.acquire()
+    taker.release()  # finished: leaves a tombstone, never lower generation numbers
+    with pytest.raises(StoreLockedError, match="lease"):
+        stalled.ensure_held()
+    again = _Lease(url, "teacher-default", None)
+    again.acquire()
+    assert again.generation == 3  # generations only grow, so the stalled holder's 1 never returns
+    again.release()
 
 
 def test_s3_without_any_credentials_is_one_line(s3, bucket):

@@ -46,8 +46,9 @@ class AccuracyCounts:
 
 
 def run_teacher(model, inputs, spec: str, teacher: Teacher, pending: list[int], config, device, counts,
-                 show: bool) -> int:
+                show: bool, held=None) -> int:
     """Feed the pending shards through the teacher, batch by batch, into the background writer.
+    ``held``: called before each shard is written; raises if this process no longer holds the lock.
 
     ``--batch-size`` counts teacher inputs, so a batch holds batch_size // K samples of K views."""
     layout, total, views = teacher.layout, len(inputs), teacher.views_per_sample
@@ -66,7 +67,7 @@ def run_teacher(model, inputs, spec: str, teacher: Teacher, pending: list[int], 
     todo = sum(len(b) for b in batches)
     bar = tqdm(total=todo, unit="sample", disable=not (config.progress and show),
                desc=f"dump {teacher.name}", dynamic_ncols=True)
-    with BackgroundWriter(teacher, on_written=counts) as writer, bar:
+    with BackgroundWriter(teacher, on_written=counts, before_write=held) as writer, bar:
         for shard, indices, batch in zip(owners, batches, _checked(loader, spec)):
             images = batch[0].flatten(0, 1) if teacher.views else batch[0]  # (B, K, ...) -> (B * K, ...)
             with torch.inference_mode(), autocast(device, config.bf16):

@@ -114,7 +114,8 @@ def _write_teacher(config: DumpConfig, dist: Distributed, source, inputs, model,
         for shard in (s for s in mine if done[s]):  # re-read what a previous run wrote: checks it, counts it
             counts(shard, teacher.read_stored(*teacher.layout.shard_rows(shard, len(source))))
         pending = [s for s in mine if not done[s]]
-        written = run_teacher(model, inputs, source.spec, teacher, pending, config, device, counts, dist.is_main)
+        written = run_teacher(model, inputs, source.spec, teacher, pending, config, device, counts, dist.is_main,
+                              held=lock.ensure_held if lock is not None else None)
     except LogitCacheError as err:
         error = err
     dist.agree(error)

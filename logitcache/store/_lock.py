@@ -156,6 +156,7 @@ class _Lease:
         self.prefix = f"{root.rstrip('/')}/{LOCK_DIR}/{name}"
         self.generation = None
         self.lost = False
+        self.renewed = 0.0  # time.monotonic() of the last write of our record
         self._stop = threading.Event()
         self._thread = None
 
@@ -195,36 +196,46 @@ class _Lease:
             raise StoreLockedError("another process took the lease at the same moment") from None
         except FileNotFoundError as err:  # e.g. the bucket does not exist
             raise StoreWriteError(f"cannot write a store at {self.location}: {err}") from None
-        self.generation = generation
+        self.generation, self.renewed = generation, time.monotonic()
         self._thread = threading.Thread(target=self._heartbeat, name="logitcache-lease", daemon=True)
         self._thread.start()
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(lease_seconds() / 4):
             try:
-                if max(self._generations(), default=0) > self.generation:
+                generations = self._generations()
+                # Taken over: a newer generation, or ours gone (a taker finished and tidied up).
+                if max(generations, default=0) > self.generation or self.generation not in generations:
                     self.lost = True
                     return
+                started = time.monotonic()
                 with remote_errors(self.location):
                     self.fs.pipe_file(f"{self.prefix}/{self.generation:012d}.json", self._record())
+                self.renewed = started
             except Exception:  # a missed renewal is retried next beat; expiry is the safety net
                 continue
 
     def ensure_held(self) -> None:
-        """Raise if the lease was lost (expired and taken over while this process was stalled)."""
-        if self.lost:
-            raise StoreLockedError(f"{self.location}: this dump lost its lease to another process; "
-                                   "it stopped without marking anything complete")
+        """Raise unless the lease is surely ours: not taken over, and renewed recently enough that
+        it cannot have expired (a stalled process finds out here, before it writes on)."""
+        stale = time.monotonic() - self.renewed > 0.9 * lease_seconds()
+        if self.lost or stale:
+            raise StoreLockedError(f"{self.location}: this dump {'lost' if self.lost else 'could not renew'} its "
+                                   "lease, so another process may be writing; it stopped without marking anything "
+                                   "complete — rerun the same command")
 
     def release(self, reachable: bool = True) -> None:
-        """Stop renewing and delete this lease (and older generations); with the store unreachable,
-        just stop renewing: the lease then runs out by itself."""
+        """Stop renewing; mark our generation expired (a tombstone, so generation numbers only ever
+        grow) and delete the older ones. With the store unreachable, just stop: it runs out by itself."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=None if reachable else 1.0)
         if self.generation is None or self.lost or not reachable:
             return
         with contextlib.suppress(Exception), remote_errors(self.location):
-            stale = [path for gen, path in self._generations().items() if gen <= self.generation]
-            self.fs.rm(stale)
+            tombstone = json.dumps({**_holder(), "expires": 0}).encode()
+            self.fs.pipe_file(f"{self.prefix}/{self.generation:012d}.json", tombstone)
+            older = [path for gen, path in self._generations().items() if gen < self.generation]
+            if older:
+                self.fs.rm(older)
         self.generation = None

@@ -26,9 +26,11 @@ class BackgroundWriter:
         teacher,
         on_written: Callable[[int, np.ndarray], None] | None = None,
         max_pending: int = 2,
+        before_write: Callable[[], None] | None = None,
     ):
         self.teacher = teacher
         self.on_written = on_written
+        self.before_write = before_write  # e.g. the writer's lock: raise if it is no longer held
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="logitcache-writer", daemon=True)
@@ -43,6 +45,8 @@ class BackgroundWriter:
                 continue  # drain without writing after a failure
             shard, logits, views = item
             try:
+                if self.before_write is not None:
+                    self.before_write()
                 stored = self.teacher.write_shard(shard, logits, views)
                 if self.on_written is not None:
                     self.on_written(shard, stored)
