@@ -205,8 +205,9 @@ class LossName(click.ParamType):
 @click.option("--store", help="Store with the teacher's logits (not needed for --loss ce).")
 @click.option("--teacher", help="Teacher name inside the store (default: its only complete teacher); "
               "a,b trains from the ensemble: the mean of the teachers' probabilities at --temperature.")
-@click.option("--expect-teacher", help="Refuse the store unless its teacher's weights or parameters sha256 "
-              "starts with this (comma-separated for an ensemble).")
+@click.option("--expect-teacher", help="Refuse the store unless its teacher digest (info prints it; give all "
+              "64 hex digits to pin the exact logits) or its weights or parameters sha256 starts with this "
+              "(comma-separated for an ensemble).")
 @click.option("--online-teacher", help="Run this teacher spec in the loop instead of a store (for comparison).")
 @click.option("--online-teacher-weights", type=click.Path(dir_okay=False))
 @click.option("--loss", type=LossName(), help="ce (labels only), kl, dist or dkd (the registered losses); "

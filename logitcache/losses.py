@@ -13,7 +13,7 @@ samples, and which options it takes. Adding a loss touches this file (and its te
 
 All arithmetic runs in float32 whatever the inputs' dtype: stored fp16/bf16 logits and autocast
 outputs are upcast first (DIST's 1e-8 epsilon vanishes in half precision). The training total is
-``ce_weight * CE + kd_weight * KD`` (see train.py). Shapes: logits (B, C), labels (B,).
+``ce_weight * CE + kd_weight * KD`` (see train/loop.py). Shapes: logits (B, C), labels (B,).
 """
 
 from __future__ import annotations

@@ -66,22 +66,23 @@ def format_description(d: dict) -> str:
             f"{data['num_samples']} x {num_classes}"
         lines += [
             f"teacher   {name!r}: {t['status']}",
-            f"  model     {prov['teacher']['spec']} ({prov['teacher']['num_parameters']:,} parameters)",
-            f"  weights   file {settings.get('weights_sha256') or '-'}; parameters {settings['parameters_sha256']}",
+            f"  model     {_field(prov, 'teacher', 'spec')} ({_field(prov, 'teacher', 'num_parameters', fmt=',')} "
+            "parameters)",
+            f"  weights   file {settings.get('weights_sha256') or '-'}; parameters {_field(settings, 'parameters_sha256')}",
             f"  logits    {shape}, {_kind(t['codec'])}, codec {t['codec']}: "
             f"{t['bytes_on_disk']:,} bytes = {t['bytes_per_sample']:.1f} bytes/sample"
             + (f", {t['bytes_per_view']:.1f} bytes/view" if t.get("views") else "")
             + f" ({outputs * num_classes * 4 / max(t['bytes_on_disk'], 1):.2f}x smaller than fp32)",
             f"  layout    {layout['rows_per_chunk']} rows/chunk, {layout['rows_per_shard']} rows/shard; "
             f"{t['shards_done']}/{t['num_shards']} shards written",
-            f"  dump      batch {settings['batch_size']}, device {settings['device_type']}, "
-            f"bf16 autocast {'on' if settings['bf16'] else 'off'}, transform {settings['transform']}",
+            f"  dump      batch {_field(settings, 'batch_size')}, device {_field(settings, 'device_type')}, "
+            f"bf16 autocast {'on' if settings.get('bf16') else 'off'}, transform {_field(settings, 'transform')}",
         ]
         if t.get("views"):
             v = t["views"]
             size = f"{v['size'][0]}x{v['size'][1]} px" if v.get("size") else "the input's size"
             hashes = f"{v['hashes']} hashes" if v.get("hashes") else "no hashes"
-            lines.append(f"  views     {views} per sample, augment {v['augment']}, at {size}, seed {v['seed']}; "
+            lines.append(f"  views     {views} per sample, augment {v.get('augment')}, at {size}, seed {v.get('seed')}; "
                          f"parameters and {hashes}: {t['view_param_bytes']:,} bytes "
                          f"= {t['view_param_bytes'] / outputs:.1f} bytes/view")
         if metrics:
@@ -91,8 +92,8 @@ def format_description(d: dict) -> str:
                 rest = "(the rest as one tail bucket)" if t["codec"].startswith("topk") else "(in the sampled classes)"
                 lines.append(f"  mass      {metrics['mass_stored']:.2%} of the probability mass is stored exactly {rest}")
         if run.get("finished_at"):
-            lines.append(f"  written   {run['started_at']} .. {run['finished_at']}, {run['sessions']} session(s), "
-                         f"{run['seconds']:.1f} s of teacher time")
+            lines.append(f"  written   {run.get('started_at')} .. {run['finished_at']}, {run.get('sessions')} "
+                         f"session(s), {_field(run, 'seconds', fmt='.1f')} s of teacher time")
         digest = (t.get("integrity") or {}).get("teacher")
         lines.append(f"  digest    {digest}" if digest else
                      "  digest    none (written before format v3: chunk checksums only)" if "integrity" not in t else
@@ -100,6 +101,14 @@ def format_description(d: dict) -> str:
         software = prov.get("software", {})
         lines.append("  software  " + ", ".join(f"{k} {v}" for k, v in software.items()))
     return "\n".join(lines)
+
+
+def _field(record: dict, *path: str, fmt: str = "") -> str:
+    """A nested field of a provenance or settings record, or '-' (stores written through the API, or
+    by other tools, may leave them out)."""
+    for key in path:
+        record = record.get(key) if isinstance(record, dict) else None
+    return "-" if record is None else format(record, fmt)
 
 
 def _kind(codec: str) -> str:

@@ -231,3 +231,44 @@ def test_teacher_names_the_store_uses_or_the_filesystem_refuses_are_one_line(tmp
     line = one_error(invoke("dump", tmp_path / "s.zarr", "--teacher", "tests.factories:linear_teacher",
                             "--dataset", "digits@train", "--teacher-name", name, "--no-progress"))
     assert "--teacher-name" in line and not (tmp_path / "s.zarr").exists()
+
+
+def test_info_describes_a_teacher_written_through_the_api_without_settings(tmp_path):
+    """Stores made by other tools may leave out provenance and settings: info shows '-', no traceback."""
+    import numpy as np
+
+    from logitcache.store import choose_layout, create_store, get_codec
+
+    store = create_store(tmp_path / "api.zarr", keys=["a", "b", "c"], labels=[0, 1, 0], dataset={"spec": "mine"})
+    teacher = store.create_teacher("t", num_classes=2, codec=get_codec("fp16"), layout=choose_layout(3, 2, 2),
+                                   settings={}, provenance={})
+    teacher.write_shard(0, np.arange(6, dtype=np.float32).reshape(3, 2))
+    teacher.mark_complete(metrics={"top1": 0.5, "top5": 1.0})
+    result = invoke("info", tmp_path / "api.zarr")
+    assert result.exit_code == 0 and "model     - (- parameters)" in result.output, result.output
+    assert invoke("verify", tmp_path / "api.zarr").exit_code == 0
+
+
+def test_allow_partial_with_nothing_written_is_one_line(tmp_path):
+    store = tmp_path / "empty.zarr"
+    from tests.killpoints import main  # noqa: F401 - the same kill points as the crash tests
+
+    result = subprocess.run([sys.executable, "-m", "tests.killpoints", "10", "dump", str(store), "--teacher",
+                             "tests.factories:linear_teacher", "--dataset", "digits@train", "--no-progress"],
+                            env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 137  # the teacher is made, no shard written
+    line = one_error(invoke(*train_args(store, tmp_path / "run", "--allow-partial")))
+    assert "no shard is written" in line
+
+
+def test_an_unfinished_teacher_whose_done_shard_lost_its_digests_is_refused(tmp_path):
+    """Otherwise a resume would trust that shard unchecked and seal it into the teacher digest."""
+    store = make_store(tmp_path / "s.zarr")
+    meta = json.loads((store / "teachers/default/zarr.json").read_text())
+    meta["attributes"]["logitcache_teacher"]["status"] = "writing"  # as if killed before completion
+    (store / "teachers/default/zarr.json").write_text(json.dumps(meta))
+    (store / "teachers/default/chunk_digests/c/1/0").unlink()
+    assert "chunk digests are missing" in one_error(invoke(*train_args(store, tmp_path / "r", "--allow-partial")))
+    line = one_error(invoke("dump", store, "--teacher", "tests.factories:linear_teacher", "--dataset",
+                            "digits@train", "--rows-per-shard", "256", "--batch-size", "64", "--no-progress"))
+    assert "--overwrite" in line

@@ -3,7 +3,7 @@ rerun of the same command continues.
 
     >>> store, teacher = open_for_dump(config, source, num_classes, settings, provenance)
 
-Called by the holder of the teacher's lock (``dump._dump``), so whatever stands at the teacher's
+Called by the holder of the teacher's lock (``dump.run._dump``), so whatever stands at the teacher's
 path is its own to delete: an ``--overwrite``, or a creation a killed dump left unfinished.
 """
 

@@ -10,7 +10,7 @@ color_jitter=B[:C[:S[:H]]] (random brightness, contrast, saturation, hue), erasi
 erasing on the tensor, probability P, default 0.5), none.
 
 Replayable multi-view augmentation for dumps (``--augment`` of ``logitcache dump``) has its own
-grammar, in ``views.py``.
+grammar, in ``views/grammar.py``.
 """
 
 from __future__ import annotations

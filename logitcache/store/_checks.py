@@ -88,6 +88,8 @@ def check_teacher(teacher) -> None:
         _check_arrays(teacher, attrs)
         if attrs["status"] == STATUS_COMPLETE:
             _check_complete(teacher, attrs)
+        elif teacher.has_digests:
+            _check_done_shards_have_digests(teacher)
     except _Bad as bad:
         raise CorruptStoreError(f"{where}: {bad}; the store was damaged or edited after the dump — "
                                 "restore it, or dump again with --overwrite") from None
@@ -206,6 +208,16 @@ def _check_objects(teacher, attrs: dict) -> None:
         if lost:
             raise _Bad(f"it is marked complete but shard {lost[0]} of array {name!r} is missing"
                        + (f" (and {len(lost) - 1} more)" if len(lost) > 1 else ""))
+
+
+def _check_done_shards_have_digests(teacher) -> None:
+    """A shard in the ledger of an unfinished v3 teacher has the digests of every one of its chunks."""
+    rows = teacher.layout.rows_per_chunk
+    written = teacher.chunk_digests.any(axis=1)
+    for shard in np.flatnonzero(teacher.shard_done()):
+        start, stop = teacher.layout.shard_rows(int(shard), teacher.store.num_samples)
+        if not written[start // rows:-(-stop // rows)].all():
+            raise _Bad(f"shard {shard} is in its ledger but its chunk digests are missing")
 
 
 def teacher_metadata_digest(teacher, attrs: dict) -> str:

@@ -1,6 +1,6 @@
 """One writer at a time: the lock a dump holds on its teacher (and, briefly, on the store's metadata).
 
-    >>> with writer_lock("data/stores/digits.zarr", "teacher-default"):   # a second dump fails at once
+    >>> with writer_lock("data/stores/digits.zarr", "teacher-default"):   # a second dump is refused
     ...     write_the_teacher()
 
 - Local stores: ``flock`` on ``STORE/.logitcache-locks/NAME.lock``. The kernel drops the lock when
@@ -99,7 +99,10 @@ class _LocalLock:
             raise StoreWriteError(f"{os.path.dirname(self.directory)} exists and is not a directory") from None
         except OSError as err:
             raise StoreWriteError(f"cannot write in {os.path.dirname(self.directory)}: {err.strerror}") from None
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # the last holder removed the folder between our makedirs and open
+            raise StoreLockedError("the previous holder was just releasing it") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:

@@ -40,7 +40,6 @@ from ._schema import (
     ROOT_ATTR,
     STATUS_COMPLETE,
     TEACHERS_GROUP,
-    VIEWS_VERSION,
 )
 from ._teacher import Teacher
 
@@ -198,7 +197,7 @@ class LogitStore:
             raise StoreWriteError(f"{self.location} was opened read-only")
         with remote_errors(self.location):
             # Before the teacher exists, so an older reader refuses the store rather than misread it.
-            self._require_version(max(INTEGRITY_VERSION, VIEWS_VERSION if kwargs.get("views") else 0))
+            self._require_version(INTEGRITY_VERSION)  # v3 >= VIEWS_VERSION: views need nothing more
             teachers = self.group.require_group(TEACHERS_GROUP)
             group = create_teacher_arrays(teachers, name, num_samples=self.num_samples, **kwargs)
         return Teacher(group, name, self)

@@ -370,7 +370,7 @@ class Teacher:
             return len(parts) >= 3 and parts[1] == "c" and parts[2] in pending_keys and parts[0] != SHARD_DONE_ARRAY
 
         async def sweep() -> int:
-            orphans = [key async for key in store.list_prefix(prefix) if unfinished(key)]
+            orphans = [key async for key in store.list_prefix(prefix + "/") if unfinished(key)]
             for key in orphans:
                 await store.delete(key)
             return len(orphans)
@@ -402,5 +402,9 @@ class Teacher:
         if self.has_digests:
             final = {**self.attrs, **changes, "status": STATUS_COMPLETE}
             digests = self.group[CHUNK_DIGESTS_ARRAY][:]  # as every rank wrote them, not this process's copy
+            if not digests.any(axis=1).all():
+                raise CorruptStoreError(f"teacher {self.name!r}: {int((~digests.any(axis=1)).sum())} chunk digests "
+                                        "are missing though every shard is marked done; pass --overwrite to dump "
+                                        "it again")
             changes["integrity"] = integrity_record(teacher_metadata_digest(self, final), content_digest(digests))
         self.update_attrs(status=STATUS_COMPLETE, **changes)

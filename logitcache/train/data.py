@@ -12,7 +12,7 @@ decoded chunks and the sampler visits chunks in a shuffled, windowed order so th
 
 A multi-view store holds K views per sample. The sampler then picks one view per sample and
 epoch and yields ``row * K + view``; the paired dataset rebuilds that view from the raw sample
-(``replay.ViewReplay``) and pairs it with that view's logits.
+(``views.replay.ViewReplay``) and pairs it with that view's logits.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class TeacherLogits:
 
     def __init__(self, location, teacher_names=None, budget_bytes: int = CACHE_BUDGET, workers: int = 0,
                  allow_partial: bool = False, temperature: float = 1.0, storage_options: dict | None = None,
-                 sparse: bool = False, dense_for: str | None = None):
+                 sparse: bool = False, dense_for: str | None = None, expect_teacher: str | None = None):
         # ``location``: a path or URL, or a store the caller opened already (train opens it once).
         store = location if isinstance(location, LogitStore) else open_store(location, storage_options=storage_options)
         teachers = _resolve_teachers(store, teacher_names, allow_partial)
@@ -66,6 +66,9 @@ class TeacherLogits:
         self.transform = teachers[0].attrs["settings"].get("transform")  # what made the inputs the teacher saw
         self.sparse = sparse and len(teachers) == 1 and self.codec.sparse_form
         self.rows = _written_rows(teachers)
+        if self.rows.size == 0:
+            raise StoreIncompleteError(f"{', '.join(self.teacher_names)} in {store.location}: no shard is written "
+                                       "yet, so there is nothing to train on; let the dump run first")
         self.identities = [t.identity for t in teachers]  # a reopen (worker, later block) must find the same
         self.recorded = {t.name: [t.attrs["settings"].get("weights_sha256"), t.attrs["settings"].get(
             "parameters_sha256"), t.digest] for t in teachers}
@@ -74,6 +77,8 @@ class TeacherLogits:
         self.in_memory = store.num_samples * row_bytes <= budget_bytes
         self.block_rows = min(t.layout.rows_per_chunk for t in teachers)
         self.window_blocks = max(1, budget_bytes // (self.block_rows * row_bytes * max(workers, 1)))
+        if expect_teacher:  # before a byte of logits is read
+            check_teacher_identity(self, expect_teacher)
         self._table = self._load_all(teachers) if self.in_memory else None
         self._teachers = None
         self._cache: OrderedDict = OrderedDict()

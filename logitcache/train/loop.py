@@ -34,7 +34,7 @@ from ..sources import get_dataset, get_model, transforms
 from ..store import open_store
 from ..views.replay import ViewReplay, check_view_hashes
 from .config import TrainConfig, get_lr, validate
-from .data import EpochSampler, PairedDataset, TeacherLogits, check_teacher_identity
+from .data import EpochSampler, PairedDataset, TeacherLogits
 from .resume import (
     best,
     check_step_loss,
@@ -264,15 +264,14 @@ def _open_teacher_logits(config: TrainConfig, store) -> TeacherLogits | None:
     logits = TeacherLogits.open(store, config.teacher, config.cache_budget, workers=config.workers,
                                 allow_partial=config.allow_partial, temperature=config.temperature,
                                 storage_options=config.storage_options, sparse=sparse,
-                                dense_for="--mixup/--cutmix" if mixing else None)
+                                dense_for="--mixup/--cutmix" if mixing else None,
+                                expect_teacher=config.expect_teacher)
     sampled_at = getattr(logits.codec, "temperature", None) if logits.codec.sparse_only else None
     if sampled_at is not None and sampled_at != config.temperature:
         raise ConfigError(
             f"--temperature {config.temperature:g} differs from the temperature {sampled_at:g} the store's classes "
             f"were sampled at ({logits.codec.name}); sampled targets estimate the KL at that temperature only"
         )
-    if config.expect_teacher:
-        check_teacher_identity(logits, config.expect_teacher)
     return logits
 
 

@@ -13,7 +13,7 @@ and checkpoints only of finite weights.
   ``--resume``) fails at once, naming the holder's pid and host.
 - **Resume the same run or nothing.** The new options are compared with those the last checkpoint
   recorded (config.json when it has none); every difference is named in one line, except the
-  options in ``train_config.MAY_CHANGE_ON_RESUME``: how the command executes (workers, progress,
+  options in ``train/config.py: MAY_CHANGE_ON_RESUME``: how the command executes (workers, progress,
   device, ...) and more ``--epochs``. More epochs extend a step or constant schedule exactly; a
   cosine schedule stretches, so the lr of the epochs still to come rises again and the result is
   not the run those epochs would give from the start. That is allowed (extending a run is common
