@@ -28,6 +28,7 @@ from ..store import (
     LogitStore,
     Teacher,
     check_teacher,
+    clear_unfinished,
     create_store,
     get_codec,
     is_unfinished_creation,
@@ -117,7 +118,7 @@ def _resumable_teacher(store, teacher: Teacher, num_classes: int, settings: dict
             f"an unfinished dump of teacher {name!r} in {store.location} used other settings "
             f"({', '.join(differ)} differ); rerun the original command, or pass --overwrite"
         )
-    teacher.clear_unfinished([int(s) for s in np.flatnonzero(~teacher.shard_done())])
+    clear_unfinished(teacher, [int(s) for s in np.flatnonzero(~teacher.shard_done())])
     return teacher
 
 

@@ -13,6 +13,7 @@ specification; this package is its reference implementation.
 from ._backend import local_path, storage_options_for
 from ._checks import check_teacher
 from ._codecs import CODECS, Codec, get_codec, list_codecs
+from ._create import clear_unfinished
 from ._fingerprint import dataset_fingerprint, describe_mismatch
 from ._lock import LOCK_DIR, writer_lock
 from ._pack import pack_store
@@ -55,6 +56,7 @@ __all__ = [
     "Teacher",
     "VerifyReport",
     "check_teacher",
+    "clear_unfinished",
     "choose_layout",
     "create_store",
     "dataset_fingerprint",

@@ -1,4 +1,5 @@
-"""Make a teacher's group: its attribute, its empty arrays, and the order that keeps a kill safe.
+"""Make a teacher's group (its attribute, its empty arrays, in the order that keeps a kill safe), and
+clear what a killed writer left of the shards still to write.
 
     >>> group = create_teacher_arrays(store.group["teachers"], "default", num_samples=N, num_classes=C,
     ...                               codec=get_codec("fp16"), layout=layout, settings={}, provenance={})
@@ -102,3 +103,26 @@ def create_teacher_arrays(
     )
     group.attrs[TEACHER_ATTR] = {**attrs, "status": STATUS_WRITING}
     return group
+
+
+def clear_unfinished(teacher, pending: list[int]) -> int:
+    """Delete what a killed writer may have left of the shards still to write: zarr's ``*.partial``
+    temp files and any chunk objects of those shards (even corrupt ones), so each is written
+    from nothing and the resumed store holds exactly an uninterrupted dump's bytes. Only for the
+    holder of the teacher's lock. Returns how many objects were removed."""
+    store, prefix = teacher.group.store_path.store, teacher.group.store_path.path
+    pending_keys = {str(shard) for shard in pending}
+
+    def unfinished(key: str) -> bool:
+        if key.endswith(".partial"):
+            return True
+        parts = key[len(prefix):].strip("/").split("/")  # ARRAY/c/SHARD[/...]
+        return len(parts) >= 3 and parts[1] == "c" and parts[2] in pending_keys and parts[0] != SHARD_DONE_ARRAY
+
+    async def sweep() -> int:
+        orphans = [key async for key in store.list_prefix(prefix + "/") if unfinished(key)]
+        for key in orphans:
+            await store.delete(key)
+        return len(orphans)
+
+    return zarr.core.sync.sync(sweep())

@@ -355,28 +355,6 @@ class Teacher:
 
         return retry_transient(write_and_check, self.store.location)
 
-    def clear_unfinished(self, pending: list[int]) -> int:
-        """Delete what a killed writer may have left of the shards still to write: zarr's ``*.partial``
-        temp files and any chunk objects of those shards (even corrupt ones), so each is written
-        from nothing and the resumed store holds exactly an uninterrupted dump's bytes. Only for the
-        holder of the teacher's lock. Returns how many objects were removed."""
-        store, prefix = self.group.store_path.store, self.group.store_path.path
-        pending_keys = {str(shard) for shard in pending}
-
-        def unfinished(key: str) -> bool:
-            if key.endswith(".partial"):
-                return True
-            parts = key[len(prefix):].strip("/").split("/")  # ARRAY/c/SHARD[/...]
-            return len(parts) >= 3 and parts[1] == "c" and parts[2] in pending_keys and parts[0] != SHARD_DONE_ARRAY
-
-        async def sweep() -> int:
-            orphans = [key async for key in store.list_prefix(prefix + "/") if unfinished(key)]
-            for key in orphans:
-                await store.delete(key)
-            return len(orphans)
-
-        return zarr.core.sync.sync(sweep())
-
     def update_attrs(self, **changes) -> None:
         """Replace top-level fields of the teacher attribute (one metadata write)."""
         attrs = self.attrs
