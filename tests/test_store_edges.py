@@ -272,3 +272,24 @@ def test_an_unfinished_teacher_whose_done_shard_lost_its_digests_is_refused(tmp_
     line = one_error(invoke("dump", store, "--teacher", "tests.factories:linear_teacher", "--dataset",
                             "digits@train", "--rows-per-shard", "256", "--batch-size", "64", "--no-progress"))
     assert "--overwrite" in line
+
+
+def test_completion_refuses_a_teacher_whose_chunk_digests_were_lost(tmp_path):
+    """The last guard: a teacher is never sealed with digests missing (they would hash as zeros)."""
+    import numpy as np
+
+    from logitcache.errors import CorruptStoreError
+    from logitcache.store import choose_layout, create_store, get_codec, open_store
+
+    store = create_store(tmp_path / "s.zarr", keys=[str(i) for i in range(8)], labels=[0] * 8,
+                         dataset={"spec": "mine"})
+    teacher = store.create_teacher("t", num_classes=2, codec=get_codec("fp32"),
+                                   layout=choose_layout(8, 2, 4, rows_per_chunk=2, rows_per_shard=4),
+                                   settings={}, provenance={})
+    for shard in range(2):
+        teacher.write_shard(shard, np.ones((4, 2), np.float32))
+    (tmp_path / "s.zarr/teachers/t/chunk_digests/c/1/0").unlink()
+    reopened = open_store(tmp_path / "s.zarr", read_only=False).teacher("t", check=False)
+    with pytest.raises(CorruptStoreError, match="chunk digests are missing"):
+        reopened.mark_complete(metrics={})
+    assert not open_store(tmp_path / "s.zarr").teacher("t", check=False).is_complete

@@ -22,7 +22,6 @@ from ..errors import (
     StoreNotFoundError,
 )
 from ..store import (
-    LOCK_DIR,
     STATUS_CREATING,
     Layout,
     LogitStore,
@@ -31,6 +30,7 @@ from ..store import (
     clear_unfinished,
     create_store,
     get_codec,
+    holds_files,
     is_unfinished_creation,
     local_path,
     open_store,
@@ -71,8 +71,7 @@ def _is_absent_or_unfinished(location: str, err: Exception, options: dict) -> bo
     if isinstance(err, StoreNotFoundError):
         return True
     path = local_path(location)
-    empty_dir = path is not None and path.is_dir() and not any(
-        p.is_file() for p in path.rglob("*") if LOCK_DIR not in p.relative_to(path).parts)
+    empty_dir = path is not None and path.is_dir() and not holds_files(path)
     return isinstance(err, NotAStoreError) and (empty_dir or is_unfinished_creation(location, options))
 
 

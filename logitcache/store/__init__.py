@@ -31,6 +31,7 @@ from ._schema import (
 from ._store import (
     LogitStore,
     create_store,
+    holds_files,
     is_unfinished_creation,
     open_store,
     remove_location,
@@ -62,6 +63,7 @@ __all__ = [
     "dataset_fingerprint",
     "describe_mismatch",
     "get_codec",
+    "holds_files",
     "is_unfinished_creation",
     "list_codecs",
     "local_path",

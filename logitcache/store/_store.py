@@ -312,7 +312,7 @@ def create_store(location, *, keys, labels, dataset: dict, class_names=None, sto
     keys = [str(k) for k in keys]
     labels = np.asarray(labels, dtype=np.int64)
     path = local_path(location)
-    if path is not None and path.exists() and (not path.is_dir() or _holds_files(path)):
+    if path is not None and path.exists() and (not path.is_dir() or holds_files(path)):
         raise StoreExistsError(f"{location} already exists and is not empty")
     try:
         with remote_errors(location):
@@ -352,8 +352,9 @@ def create_store(location, *, keys, labels, dataset: dict, class_names=None, sto
     return open_store(location, read_only=False, storage_options=storage_options)
 
 
-def _holds_files(path) -> bool:
-    """Any file in a directory tree but the writers' locks (empty folders a deletion left don't count)."""
+def holds_files(path) -> bool:
+    """Any file in a local directory tree but the writers' locks (empty folders a deletion left, and
+    the locks a dump takes before it creates the store, don't count)."""
     return any(p.is_file() or p.is_symlink() for p in path.rglob("*") if LOCK_DIR not in p.relative_to(path).parts)
 
 
