@@ -336,7 +336,24 @@ class Teacher:
         encoded = {name: self._unflat(values) for name, values in encoded.items()}
         encoded.update({name: np.asarray(values, dtype=self.view_arrays[name].dtype) for name, values in
                         (views or {}).items()})
-        arrays = {**self.arrays, **self.view_arrays}
+        return self.write_encoded(shard, encoded)
+
+    def write_encoded(self, shard: int, encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Write one whole shard of already-encoded arrays (one per content array), read it back,
+        record its digests and mark it done; return what was stored. ``write_shard`` encodes on the
+        host; a token dump reduces on the device and hands its arrays here.
+
+        Raises:
+            CorruptStoreError: what was read back differs from what was written.
+        """
+        start, stop = self.layout.shard_rows(shard, self.num_samples)
+        arrays = self.content_arrays
+        if sorted(encoded) != sorted(arrays):
+            raise ValueError(f"shard {shard} needs arrays {sorted(arrays)}, got {sorted(encoded)}")
+        for name, values in encoded.items():
+            if values.shape != (stop - start, *arrays[name].shape[1:]) or values.dtype != arrays[name].dtype:
+                raise ValueError(f"shard {shard} of {name!r} needs {(stop - start, *arrays[name].shape[1:])} "
+                                 f"{arrays[name].dtype}, got {values.shape} {values.dtype}")
 
         def write_and_check():  # idempotent: a retry after a network error rewrites the same bytes
             for name, values in encoded.items():
