@@ -31,21 +31,14 @@ import zarr.codecs
 
 from ..errors import (
     CorruptStoreError,
-    NonFiniteLogitsError,
     StoreAccessError,
     StoreConnectionError,
     StoreIncompleteError,
 )
 from ._backend import retry_transient
-from ._checks import teacher_metadata_digest
 from ._codecs import Codec, get_codec
 from ._create import teacher_status
-from ._integrity import (
-    CHUNK_DIGESTS_ARRAY,
-    content_digest,
-    integrity_record,
-    shard_chunk_digests,
-)
+from ._integrity import CHUNK_DIGESTS_ARRAY, chunk_digest, shard_chunk_digests
 from ._schema import (
     SHARD_DONE_ARRAY,
     STATUS_COMPLETE,
@@ -54,6 +47,8 @@ from ._schema import (
     VIEW_PARAMS_ARRAY,
     Layout,
 )
+from ._shard_io import ShardIO, parallel_map
+from ._teacher_writes import TeacherWrites
 
 
 def _settle_pending_reads(timeout: float = 5.0) -> None:
@@ -69,8 +64,8 @@ def _settle_pending_reads(timeout: float = 5.0) -> None:
         zarr.core.sync.sync(settle())
 
 
-class Teacher:
-    """Read (and, for a writable store, write) one teacher's logits."""
+class Teacher(TeacherWrites):
+    """Read (and, for a writable store, write: ``_teacher_writes.py``) one teacher's logits."""
 
     def __init__(self, group: zarr.Group, name: str, store):
         self.group = group
@@ -170,6 +165,12 @@ class Teacher:
         return {**self.arrays, **self.view_arrays}
 
     @cached_property
+    def _io(self) -> ShardIO | None:
+        """Whole-shard writes and chunk-run reads without zarr's per-chunk pipeline (``_shard_io.py``),
+        for arrays laid out as logitcache makes them; None leaves every read and write to zarr."""
+        return ShardIO.for_arrays(self.content_arrays, self.num_samples)
+
+    @cached_property
     def view_arrays(self) -> dict[str, zarr.Array]:
         """``view_params`` (and ``view_hashes``, if recorded) of a multi-view teacher; else empty."""
         names = [VIEW_PARAMS_ARRAY, VIEW_HASHES_ARRAY] if self.has_view_hashes else [VIEW_PARAMS_ARRAY]
@@ -217,14 +218,45 @@ class Teacher:
             return self._read_raw(start, stop, {name: self.content_arrays[name] for name in names})
         rows = self.layout.rows_per_chunk
         lo, hi = start // rows * rows, min(-(-stop // rows) * rows, self.num_samples)
-        stored = self._read_raw(lo, hi, self.content_arrays)
-        self._check_digests(lo, hi, stored)
+        if self._io is not None:  # digests checked chunk by chunk as they are decoded, on the pool
+            stored = self._reading(lambda: self._io.read(lo, hi, list(self.content_arrays), self._check_chunk), lo, hi)
+        else:
+            stored = self._read_raw(lo, hi, self.content_arrays)
+            self._check_digests(lo, hi, stored)
         return {name: stored[name][start - lo:stop - lo] for name in names}
 
+    def read_chunks(self, chunks) -> list[dict[str, np.ndarray]]:
+        """The codec's stored arrays of whole inner chunks (the rows of each), checked like
+        ``read_stored``; many chunks are fetched and checked together (one request per array and
+        shard, decompression and digests on the thread pool)."""
+        rows = self.layout.rows_per_chunk
+        ranges = [(int(c) * rows, min((int(c) + 1) * rows, self.num_samples)) for c in chunks]
+        if self._io is None or not self.has_digests:
+            return [self.read_stored(start, stop) for start, stop in ranges]
+        first, last = (ranges[0][0], ranges[-1][1]) if ranges else (0, 0)
+        stored = self._reading(lambda: self._io.read_ranges(ranges, list(self.content_arrays), self._check_chunk),
+                               first, last)
+        return [{name: arrays[name] for name in self.arrays} for arrays in stored]
+
+    def _check_chunk(self, start: int, stop: int, stored: dict[str, np.ndarray]) -> None:
+        """One inner chunk's rows against its recorded digest (none recorded: not written yet)."""
+        chunk = start // self.layout.rows_per_chunk
+        recorded = self.chunk_digests[chunk]
+        if recorded.any() and bytes(recorded) != chunk_digest(chunk, start, stop, stored):
+            raise CorruptStoreError(
+                f"teacher {self.name!r}, rows {start}-{stop}: the stored values are not the ones the dump wrote "
+                "there (digest mismatch: moved, swapped or edited chunks)")
+
     def _read_raw(self, start: int, stop: int, arrays: dict) -> dict[str, np.ndarray]:
+        io = self._io if all(self.content_arrays.get(name) is array for name, array in arrays.items()) else None
+        if io is not None:
+            return self._reading(lambda: io.read(start, stop, list(arrays)), start, stop)
+        return self._reading(lambda: {name: array[start:stop] for name, array in arrays.items()}, start, stop)
+
+    def _reading(self, read, start: int, stop: int):
+        """``read()``, retried after transient network errors; damage becomes one CorruptStoreError."""
         try:
-            return retry_transient(lambda: {name: array[start:stop] for name, array in arrays.items()},
-                                   self.store.location)
+            return retry_transient(read, self.store.location)
         except (StoreConnectionError, StoreAccessError):
             raise
         except Exception as err:  # zarr raises several types for a bad checksum or truncated shard
@@ -239,7 +271,7 @@ class Teacher:
     def _check_digests(self, lo: int, hi: int, stored: dict[str, np.ndarray]) -> None:
         """Compare chunk-aligned rows [lo, hi) with their recorded digests (unwritten chunks: none)."""
         rows = self.layout.rows_per_chunk
-        found = shard_chunk_digests(stored, lo, hi, rows)
+        found = shard_chunk_digests(stored, lo, hi, rows, map=parallel_map)
         recorded = self.chunk_digests[lo // rows:lo // rows + len(found)]
         bad = np.flatnonzero(recorded.any(axis=1) & (recorded != found).any(axis=1))
         if bad.size:
@@ -306,100 +338,3 @@ class Teacher:
     def row_shape(self) -> tuple[int, ...]:
         """The decoded shape of one sample: (C,), or (K, C) for a multi-view teacher."""
         return (self.views_per_sample, self.num_classes) if self.views else (self.num_classes,)
-
-    # -- writing -------------------------------------------------------------------------------
-
-    def write_shard(self, shard: int, logits: np.ndarray, views: dict | None = None) -> dict[str, np.ndarray]:
-        """Encode and write one whole shard, read it back, record it done; return what was stored.
-
-        ``logits`` is float32 (n, C), or (n, K, C) with ``views`` = {"view_params": (n, K, P),
-        "view_hashes": (n, K) uint64 if recorded} for a multi-view teacher.
-
-        Raises:
-            NonFiniteLogitsError: a row holds NaN or inf; the message names the sample keys.
-            CorruptStoreError: what was read back differs from what was written.
-        """
-        start, stop = self.layout.shard_rows(shard, self.num_samples)
-        if logits.shape != (stop - start, *self.row_shape):
-            raise ValueError(f"shard {shard} needs shape {(stop - start, *self.row_shape)}, got {logits.shape}")
-        if sorted(views or {}) != sorted(self.view_arrays):
-            raise ValueError(f"shard {shard} needs view arrays {sorted(self.view_arrays)}, got {sorted(views or {})}")
-        bad = np.flatnonzero(~np.isfinite(logits.reshape(len(logits), -1)).all(axis=1))
-        if bad.size:
-            keys = self.store.keys[start + bad[:5]]
-            raise NonFiniteLogitsError(
-                f"the teacher produced NaN/inf logits for {bad.size} samples in rows {start}-{stop} "
-                f"(keys: {', '.join(map(repr, keys))}{', …' if bad.size > 5 else ''}); "
-                "nothing was marked complete"
-            )
-        encoded = self.codec.encode_shard(logits.reshape(-1, self.num_classes), shard)
-        encoded = {name: self._unflat(values) for name, values in encoded.items()}
-        encoded.update({name: np.asarray(values, dtype=self.view_arrays[name].dtype) for name, values in
-                        (views or {}).items()})
-        return self.write_encoded(shard, encoded)
-
-    def write_encoded(self, shard: int, encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Write one whole shard of already-encoded arrays (one per content array), read it back,
-        record its digests and mark it done; return what was stored. ``write_shard`` encodes on the
-        host; a token dump reduces on the device and hands its arrays here.
-
-        Raises:
-            CorruptStoreError: what was read back differs from what was written.
-        """
-        start, stop = self.layout.shard_rows(shard, self.num_samples)
-        arrays = self.content_arrays
-        if sorted(encoded) != sorted(arrays):
-            raise ValueError(f"shard {shard} needs arrays {sorted(arrays)}, got {sorted(encoded)}")
-        for name, values in encoded.items():
-            if values.shape != (stop - start, *arrays[name].shape[1:]) or values.dtype != arrays[name].dtype:
-                raise ValueError(f"shard {shard} of {name!r} needs {(stop - start, *arrays[name].shape[1:])} "
-                                 f"{arrays[name].dtype}, got {values.shape} {values.dtype}")
-
-        def write_and_check():  # idempotent: a retry after a network error rewrites the same bytes
-            for name, values in encoded.items():
-                arrays[name][start:stop] = values
-            stored = self._read_raw(start, stop, arrays)
-            for name, values in encoded.items():
-                if not np.array_equal(stored[name], values, equal_nan=values.dtype.kind == "f"):
-                    raise CorruptStoreError(f"teacher {self.name!r}: shard {shard} of {name!r} read back differently")
-            if self.has_digests:  # digests of what was read back, then the ledger: done means checkable
-                rows = self.layout.rows_per_chunk
-                digests = shard_chunk_digests(stored, start, stop, rows)
-                self.group[CHUNK_DIGESTS_ARRAY][start // rows:start // rows + len(digests)] = digests
-                self.chunk_digests[start // rows:start // rows + len(digests)] = digests
-            self.group[SHARD_DONE_ARRAY][shard] = 1
-            return stored
-
-        return retry_transient(write_and_check, self.store.location)
-
-    def update_attrs(self, **changes) -> None:
-        """Replace top-level fields of the teacher attribute (one metadata write)."""
-        attrs = self.attrs
-        attrs.update(changes)
-
-        def write():
-            self.group.attrs[TEACHER_ATTR] = attrs
-
-        retry_transient(write, self.store.location)
-
-    def mark_complete(self, **changes) -> None:
-        """Set status ``complete`` once every shard is done, with any final fields and (v3) the
-        integrity record: the metadata digest and the digest of every chunk digest.
-
-        Raises:
-            StoreIncompleteError: some shard is not done.
-        """
-        pending = np.flatnonzero(~self.shard_done())
-        if pending.size:
-            raise StoreIncompleteError(
-                f"teacher {self.name!r}: {pending.size} shards are not written (first: {int(pending[0])})"
-            )
-        if self.has_digests:
-            final = {**self.attrs, **changes, "status": STATUS_COMPLETE}
-            digests = self.group[CHUNK_DIGESTS_ARRAY][:]  # as every rank wrote them, not this process's copy
-            if not digests.any(axis=1).all():
-                raise CorruptStoreError(f"teacher {self.name!r}: {int((~digests.any(axis=1)).sum())} chunk digests "
-                                        "are missing though every shard is marked done; pass --overwrite to dump "
-                                        "it again")
-            changes["integrity"] = integrity_record(teacher_metadata_digest(self, final), content_digest(digests))
-        self.update_attrs(status=STATUS_COMPLETE, **changes)
