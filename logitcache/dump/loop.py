@@ -21,7 +21,8 @@ def autocast(device, enabled: bool):
 
 class AccuracyCounts:
     """Per shard: top-1/top-5 hits from the decoded logits (what students will see), and the
-    probability mass the codec stores exactly (below 1 only for sparse codecs)."""
+    probability mass the codec stores exactly (below 1 only for sparse codecs). Called from the
+    writer threads, one shard each."""
 
     def __init__(self, labels: np.ndarray, teacher: Teacher):
         self.labels = labels
@@ -34,15 +35,15 @@ class AccuracyCounts:
         if not teacher.rows_ok(stored).all():
             raise StoreIncompleteError(f"teacher {teacher.name!r}: shard {shard} holds rows never written")
         labels = np.repeat(self.labels[start:stop], teacher.views_per_sample)  # one row per view
-        top = teacher.codec.top_classes(teacher.flat(stored), 5)
-        top1 = top[:, 0] == labels
-        top5 = (top == labels[:, None]).any(axis=1)
+        top1, top5 = teacher.codec.label_hits(teacher.flat(stored), labels, 5)
         mass = float(teacher.codec.stored_mass(teacher.flat(stored)).sum())
         self.by_shard[shard] = (int(top1.sum()), int(top5.sum()), mass)
 
     def totals(self) -> list[float]:
-        """Top-1 hits, top-5 hits and stored mass, summed over the shards counted so far."""
-        return [float(sum(h[i] for h in self.by_shard.values())) for i in range(3)]
+        """Top-1 hits, top-5 hits and stored mass, summed over the shards counted so far, in shard
+        order (writers finish shards in any order; the float sum of the mass must not follow them)."""
+        counted = [self.by_shard[shard] for shard in sorted(self.by_shard)]
+        return [float(sum(h[i] for h in counted)) for i in range(3)]
 
 
 def run_teacher(model, inputs, spec: str, teacher: Teacher, pending: list[int], config, device, counts,
@@ -83,6 +84,7 @@ def run_teacher(model, inputs, spec: str, teacher: Teacher, pending: list[int], 
             filled[shard] = filled.get(shard, 0) + len(indices)
             if filled[shard] == stop - start:
                 done = buffers.pop(shard)
+                teacher.require_finite(shard, done["logits"])  # here, so no later shard is written after it
                 writer.submit(shard, done.pop("logits"), done or None)
             bar.update(len(indices))
     return todo
