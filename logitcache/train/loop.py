@@ -161,8 +161,8 @@ def _epoch_loader(config: TrainConfig, paired, rows, logits, replay, dist: Distr
                            rank=dist.rank, world_size=dist.world_size,
                            views=replay.views if replay else 0, view_order=config.view_order)
     drop_last = 0 < len(sampler) % config.batch_size < loss_spec(config.loss).min_batch  # a batch it is defined on
-    loader = DataLoader(paired, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
-                        drop_last=drop_last, pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
+    loader = paired.loader(sampler, config.batch_size, workers=config.workers, drop_last=drop_last,
+                           pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
     return sampler, loader
 
 
