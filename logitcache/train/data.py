@@ -221,13 +221,31 @@ class BatchDecoder:
         if name == "fp32":
             return torch.from_numpy(stored["logits"])
         if name == "fp16":
-            return torch.from_numpy(stored["logits"]).float()
+            return _float32(torch.from_numpy(stored["logits"]))
         if name == "bf16":  # the stored upper 16 bits of each float32
-            return torch.from_numpy(stored["logits"].view(np.int16)).view(torch.bfloat16).float()
+            return _float32(torch.from_numpy(stored["logits"].view(np.int16)).view(torch.bfloat16))
         if name == "u8":  # offset + scale * code, in float32 as the codec decodes
             scale, offset = (torch.from_numpy(stored[k])[:, None] for k in ("scale", "offset"))
-            return offset + scale * torch.from_numpy(stored["logits"]).float()
+            return _float32(torch.from_numpy(stored["logits"]), lambda rows, part: part.mul_(scale[rows]).add_(
+                offset[rows]))
         return torch.from_numpy(self.codec.decode(stored))
+
+
+GRAIN = 32768  # torch's parallel grain (at::internal::GRAIN_SIZE): smaller ops run on the calling thread
+
+
+def _float32(values: torch.Tensor, then=None) -> torch.Tensor:
+    """``values.float()`` (and ``then(rows, part)`` on each part) on the calling thread, in slices under
+    torch's parallel grain: a memory-bound cast gains nothing from an intra-op parallel region, and
+    one stalls for a whole time slice whenever the cores are busy (DataLoader workers, other jobs)."""
+    out = torch.empty(values.shape, dtype=torch.float32)
+    step = max(1, GRAIN // max(1, values[0].numel() if len(values) else 1))
+    for start in range(0, len(values), step):
+        rows = slice(start, start + step)
+        part = out[rows].copy_(values[rows])
+        if then is not None:
+            then(rows, part)
+    return out
 
 
 def _row(targets, index: int):
