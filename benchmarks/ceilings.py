@@ -289,7 +289,8 @@ def measure(args) -> dict:
 # -- the driver: rounds x configurations x checkouts, each in a fresh process ------------------------
 
 def rows_for(classes: int, n: int | None) -> int:
-    return n or int(min(200_000, 2e8 // classes))
+    """N for C classes: at most 2e8 logits (1.6 GB of float32 teacher outputs), so C = 32000 fits."""
+    return int(min(n or 200_000, 2e8 // classes))
 
 
 # This file, loaded as ``benchmarks.ceilings`` whichever checkout's logitcache is on the path.
@@ -379,7 +380,7 @@ def main():
     parser.add_argument("--classes", default="100,1000,32000")
     parser.add_argument("--codecs", default="fp16,u8,topk:50")
     parser.add_argument("--codec", default="fp16", help=argparse.SUPPRESS)
-    parser.add_argument("--n", type=int, default=None, help="rows (default min(200000, 2e8 / C))")
+    parser.add_argument("--n", type=int, default=None, help="rows (default 200000; at most 2e8 / C)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--parts", default="dump,train,loader", help="dump is always run; add train, loader")
