@@ -1,8 +1,8 @@
-"""The sources' registries (datasets, models) and how specs name Python objects.
+"""The sources' registries (datasets, models, token datasets) and how specs name Python objects.
 
     >>> @register_model()
     ... def mlp(num_classes, hidden=256): ...
-    >>> MODELS.get("mlp"), DATASETS.names("cifar*")
+    >>> MODELS.get("mlp"), DATASETS.names("cifar*"), TOKEN_DATASETS.names()
     >>> import_object("mypackage.nets:build", "model")
 
 The ``Registry`` class itself is ``logitcache.registry`` (losses use it too).
@@ -50,10 +50,11 @@ class DatasetEntry:
     needs_arg: bool = True
 
 
-# The two registries. Families register into them from their own modules, which the package's
-# __init__ imports; the modules that look names up (datasets.py, models.py) import only this one.
+# The registries. Families register into them from their own modules, which the package's
+# __init__ imports; the modules that look names up (datasets.py, models.py, tokens.py) import only this one.
 DATASETS = Registry("dataset")
 MODELS = Registry("model")
+TOKEN_DATASETS = Registry("token dataset")
 
 
 def register_dataset(name, *, default_transform, splits=(), default_split=None, needs_arg=True):
@@ -69,3 +70,9 @@ def register_dataset(name, *, default_transform, splits=(), default_split=None, 
 def register_model(name: str | None = None):
     """Decorator: register ``builder(num_classes, **kwargs) -> nn.Module``."""
     return MODELS.register(name)
+
+
+def register_token_dataset(name: str | None = None):
+    """Decorator: register ``reader(spec, arg, split) -> Corpus`` as token dataset kind ``name``
+    (``sources/_token_corpora.py`` defines Corpus and the built-in kinds)."""
+    return TOKEN_DATASETS.register(name)
