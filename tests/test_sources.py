@@ -14,6 +14,7 @@ from logitcache.sources import (
     get_model,
     list_datasets,
     list_models,
+    lm_context_length,
     load_weights,
     parse_spec,
 )
@@ -23,9 +24,10 @@ from logitcache.sources.transforms import build_transform, canonical, is_random
 @pytest.mark.parametrize("name", list_models())
 def test_every_registered_model_builds_and_outputs_logits(name):
     model = get_model(name, num_classes=7).eval()
+    language_model = lm_context_length(model) is not None  # takes token ids (B, T), gives logits (B, T, V)
     with torch.no_grad():
-        out = model(torch.randn(2, 3, 32, 32))
-    assert out.shape == (2, 7)
+        out = model(torch.randint(0, 7, (2, 5)) if language_model else torch.randn(2, 3, 32, 32))
+    assert out.shape == ((2, 5, 7) if language_model else (2, 7))
 
 
 def test_registry_refuses_duplicates_and_lists_names_on_unknown():
