@@ -7,6 +7,8 @@
     >>> get_model("export:teacher.pt2", 10)                           # a torch.export program
     >>> get_model("checkpoint:runs/teacher/best.pt", 10)              # what `logitcache train` wrote
     >>> get_model("mypkg.nets:build", 10)                             # called as build(num_classes=10)
+    >>> get_model("hf:models/qwen", 151936)                            # a local Hugging Face causal LM
+    >>> get_model("hf-config:models/small/config.json", 151936)        # its architecture, random init
 
 Weight files are read with ``torch.load(weights_only=True)``: no arbitrary unpickling.
 """
@@ -26,7 +28,7 @@ from .checkpoints import load_checkpoint
 __all__ = ["SCHEMES", "file_sha256", "get_model", "list_models", "load_weights", "model_from_checkpoint",
            "num_parameters", "parameters_sha256", "register_model"]
 
-SCHEMES = ("torchvision", "torchscript", "export", "checkpoint")
+SCHEMES = ("torchvision", "torchscript", "export", "checkpoint", "hf", "hf-config")
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -50,6 +52,10 @@ def get_model(spec: str, num_classes: int, weights: str | None = None):
         model = _exported_model(rest)
     elif scheme == "checkpoint":
         model = model_from_checkpoint(rest)
+    elif scheme in ("hf", "hf-config"):
+        from .hf_models import hf_model
+
+        model = hf_model(scheme, rest, num_classes)
     elif scheme not in MODELS and "." in scheme and rest:
         factory = import_object(spec, "model")
         model = _checked_module(call_user(factory, f"model {spec!r}", ModelError, num_classes=num_classes), spec)
