@@ -248,7 +248,8 @@ def test_text_with_a_hf_tokenizer_is_deterministic_and_unpacked_rows_stay_in_the
     check_rows(first, 64)
     assert all(np.array_equal(getattr(first, a), getattr(again, a)) for a in ("tokens", "loss_mask", "lengths"))
     assert first.keys == again.keys and first.description == again.description
-    assert tokenizer.eos_id not in first.tokens[first.loss_mask].tolist()  # no separator: documents stay apart
+    real = np.arange(64)[None, :] < first.lengths[:, None]
+    assert tokenizer.eos_id not in first.tokens[real].tolist()  # no separator: documents stay apart
     macbeth = [i for i, key in enumerate(first.keys) if key.startswith("macbeth.md#")]
     short = [i for i in range(len(first.keys)) if first.lengths[i] < 64]
     assert len(short) == 2 and macbeth[-1] in short  # each document's last row is padded
@@ -261,7 +262,8 @@ def test_split_names_and_at_signs_in_paths(tmp_path):
     every = get_token_dataset(f"text:{tmp_path}/notes@v2.txt", tokenizer, 32)
     val = get_token_dataset(f"text:{tmp_path}/notes@v2.txt@val", tokenizer, 32)
     assert every.description["split"] == "all" and val.description["split"] == "val"
-    assert val.description["corpus_tokens"] == 84 and val.description["tokens"] == 32 + 32 + 22 and list_token_datasets() == ["hf", "jsonl", "parquet", "text"]
+    assert val.description["corpus_tokens"] == 84 and val.description["tokens"] == 32 + 32 + 22  # rows overlap
+    assert list_token_datasets() == ["hf", "jsonl", "parquet", "text"]
     with pytest.raises(SpecError) as excinfo:
         get_token_dataset(f"text:{tmp_path}/notes@v2.txt@val", tokenizer, 32, split="train")
     assert "names split 'val' but --split is 'train'" in one_line(excinfo)
@@ -316,6 +318,11 @@ def test_chat_records_train_on_the_assistant_tokens_only(tmp_path, hf_dir):
             assert targets_of(source, row) == flat(tokenizer.encode(r) for r in replies)
             rendered = tokenizer.decode(source.tokens[row, : source.lengths[row]])
             assert rendered.startswith("<|system|>" if row == 0 else "<|user|>") and rendered.endswith(end)
+        packed = get_token_dataset(f"jsonl:{path}", tokenizer, 24, pack=True)  # chats end themselves: no separator
+        check_rows(packed, 24)
+        assert stream_of(packed).tolist() == flat(source.tokens[i, : source.lengths[i]].tolist() for i in range(3))
+        assert flat(targets_of(packed, row) for row in range(len(packed.keys))) == flat(
+            targets_of(source, row) for row in range(3))
 
 
 def test_jsonl_text_records_fields_packing_and_val_every_tenth(tmp_path):
@@ -376,17 +383,21 @@ def test_saved_hugging_face_datasets(tmp_path):
 
     speeches = [f"{i}: " + s for i, s in enumerate(["Fair is foul", "and foul is fair"] * 6)]
     datasets.Dataset.from_dict({"text": speeches}).save_to_disk(str(tmp_path / "flat"))
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": speeches[:8]}),
-                          "test": datasets.Dataset.from_dict({"text": speeches[8:]})}).save_to_disk(str(tmp_path / "dict"))
+    parts = {"train": speeches[:8], "test": speeches[8:]}
+    datasets.DatasetDict({name: datasets.Dataset.from_dict({"text": part}) for name, part in parts.items()}
+                         ).save_to_disk(str(tmp_path / "dict"))
     tokenizer = get_tokenizer("bytes")
-    flat = get_token_dataset(f"hf:{tmp_path}/flat", tokenizer, 32)
-    check_rows(flat, 32)
-    assert flat.keys == [str(i) for i in range(12)]
+    every = get_token_dataset(f"hf:{tmp_path}/flat", tokenizer, 32)
+    check_rows(every, 32)
+    assert every.keys == [str(i) for i in range(12)]
     assert get_token_dataset(f"hf:{tmp_path}/flat:text@val", tokenizer, 32).keys == ["9"]
     val = get_token_dataset(f"hf:{tmp_path}/dict@val", tokenizer, 32)
     assert val.keys == ["test/0", "test/1", "test/2", "test/3"]
     assert tokenizer.decode(val.tokens[0, : val.lengths[0]]) == speeches[8]
     assert len(get_token_dataset(f"hf:{tmp_path}/dict", tokenizer, 32).keys) == 12
+    datasets.Dataset.from_dict({"messages": CHATS[1:], "n": [1, 2]}).save_to_disk(str(tmp_path / "chats"))
+    chats = get_token_dataset(f"hf:{tmp_path}/chats", tokenizer, 80)
+    assert chats.description["field"] == "messages" and targets_of(chats, 0) == tokenizer.encode("A piece of him.\0")
     with pytest.raises(DatasetError) as excinfo:
         get_token_dataset(f"hf:{tmp_path}/nowhere", tokenizer, 32)
     assert "does not exist" in one_line(excinfo)

@@ -153,9 +153,12 @@ def read_hf(spec: str, arg: str, split: str | None) -> Corpus:
         loaded = call_user(datasets.load_from_disk, f"token dataset {spec!r}: cannot load {path}", DatasetError,
                            path)
     if not isinstance(loaded, datasets.DatasetDict):
-        return Corpus(_columns(spec, loaded, name, path, ""), "records", pack=False, about={"field": name})
-    parts = _dict_parts(spec, loaded, split)
-    records = [r for part, data in parts for r in _columns(spec, data, name, f"{path} split {part!r}", f"{part}/")]
+        name, records = _columns(spec, loaded, name, path, "")
+        return Corpus(records, "records", pack=False, about={"field": name})
+    parts, records = _dict_parts(spec, loaded, split), []
+    for part, data in parts:
+        name, found = _columns(spec, data, name, f"{path} split {part!r}", f"{part}/")
+        records += found
     return Corpus(records, "done", pack=False, about={"field": name, "splits": [part for part, _ in parts]})
 
 
@@ -171,11 +174,12 @@ def _dict_parts(spec: str, loaded, split: str | None) -> list:
     return [(found, loaded[found])]
 
 
-def _columns(spec: str, data, name: str | None, where: str, prefix: str) -> list[Record]:
+def _columns(spec: str, data, name: str | None, where: str, prefix: str) -> tuple[str, list[Record]]:
+    """(the field read, a record per row) of one Hugging Face Dataset."""
     chosen = choose_field(spec, name, data.column_names, where)
     values = list(data[chosen])
     masks = list(data["loss_mask"]) if chosen == "input_ids" and "loss_mask" in data.column_names else None
-    return [Record(f"{prefix}{i}", value, masks[i] if masks else None) for i, value in enumerate(values)]
+    return chosen, [Record(f"{prefix}{i}", value, masks[i] if masks else None) for i, value in enumerate(values)]
 
 
 @register_token_dataset("parquet")

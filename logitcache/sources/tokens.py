@@ -26,10 +26,11 @@ of the path). Splits are deterministic and disjoint:
 
 Rows (``tokens`` of shape (N, L), L = ``seq_len``):
 
-- packed: documents are joined into one stream with the end-of-text id between them (nothing
-  between them for a tokenizer without one) and cut into rows of L tokens that overlap by one:
-  row k starts at token k·(L-1), so every token after the first is a target in exactly one row
-  (a row's first token has nothing before it in the row). The last row is right-padded.
+- packed: documents are joined into one stream, each text followed by the end-of-text id (a
+  target; nothing for a tokenizer without one; chats and given ids bring their own ends), and
+  cut into rows of L tokens that overlap by one: row k starts at token k·(L-1), so every token
+  after the first is a target in exactly one row (a row's first token has nothing before it in
+  the row). The last row is right-padded.
 - not packed: rows never cross documents. A record must fit one row (a longer one is refused);
   a text file is cut as above, its last row padded.
 
@@ -176,13 +177,13 @@ def _rows(documents: list[Document], seq_len: int, tokenizer, pack: bool, cut_do
 
 
 def _cut(documents: list[Document], separator: int | None, seq_len: int, pad_id: int):
-    """Documents joined into one stream (``separator`` between them), cut into rows of ``seq_len``
-    that start every ``seq_len - 1`` tokens, so each target is in exactly one row."""
+    """Documents joined into one stream (``separator`` after each text but the last), cut into rows
+    of ``seq_len`` that start every ``seq_len - 1`` tokens, so each target is in exactly one row."""
     pieces, targets, begins, position = [], [], [], 0
     for index, document in enumerate(documents):
-        if index and separator is not None:
+        if index and separator is not None and documents[index - 1].plain:  # chats and given ids end themselves
             pieces.append(np.array([separator], dtype=np.int64))
-            targets.append(np.array([documents[index - 1].plain]))  # a text's end is worth predicting
+            targets.append(np.ones(1, dtype=bool))  # a text's end is worth predicting
             position += 1
         begins.append(position)
         position += len(document.ids)
