@@ -25,6 +25,7 @@ from ._schema import (
     VIEW_PARAMS_ARRAY,
     Layout,
 )
+from ._tokens import SHARD_STATS, SHARD_STATS_ARRAY, token_extra_arrays
 
 
 def compressors(shuffle: str = "shuffle") -> list:
@@ -53,11 +54,14 @@ def create_teacher_arrays(
     provenance: dict,
     run: dict | None = None,
     views: dict | None = None,
+    tokens: bool = False,
 ) -> zarr.Group:
     """Create a teacher's empty arrays, then mark it ``writing`` (resumable) as the last step.
 
     ``views`` (for multi-view teachers): ``count`` K, ``params`` (the view_params column names),
     ``hashes`` (the hash name, or None for no view_hashes array), plus what describes the views.
+    ``tokens``: a token store's teacher, whose rows are positions and which may keep more per row
+    (``_tokens.token_extra_arrays``) and its shards' statistics.
     """
     # Status "creating" until every array exists: a dump killed part-way leaves a group that
     # readers skip and the next dump (holding the teacher's lock) deletes and makes again.
@@ -81,6 +85,8 @@ def create_teacher_arrays(
         arrays[VIEW_PARAMS_ARRAY] = (views.get("dtype", "float16"), (len(views["params"]),), float("nan"))
         if views.get("hashes"):
             arrays[VIEW_HASHES_ARRAY] = ("uint64", (), 0)
+    if tokens:
+        arrays.update({name: (dtype, (), fill) for name, (dtype, fill) in token_extra_arrays(codec.name).items()})
     for array_name, (dtype, row, fill_value) in arrays.items():
         row = (*per_sample, *row)
         group.create_array(
@@ -101,6 +107,11 @@ def create_teacher_arrays(
         SHARD_DONE_ARRAY, shape=(layout.num_shards(num_samples),), dtype="uint8", chunks=(1,),
         compressors=[zarr.codecs.Crc32cCodec()], fill_value=0,
     )
+    if tokens:  # one chunk per shard, written by the shard's writer just before its ledger entry
+        group.create_array(
+            SHARD_STATS_ARRAY, shape=(layout.num_shards(num_samples), len(SHARD_STATS)), dtype="float64",
+            chunks=(1, len(SHARD_STATS)), compressors=[zarr.codecs.Crc32cCodec()], fill_value=float("nan"),
+        )
     group.attrs[TEACHER_ATTR] = {**attrs, "status": STATUS_WRITING}
     return group
 
@@ -117,7 +128,8 @@ def clear_unfinished(teacher, pending: list[int]) -> int:
         if key.endswith(".partial"):
             return True
         parts = key[len(prefix):].strip("/").split("/")  # ARRAY/c/SHARD[/...]
-        return len(parts) >= 3 and parts[1] == "c" and parts[2] in pending_keys and parts[0] != SHARD_DONE_ARRAY
+        return (len(parts) >= 3 and parts[1] == "c" and parts[2] in pending_keys
+                and parts[0] not in (SHARD_DONE_ARRAY, SHARD_STATS_ARRAY))
 
     async def sweep() -> int:
         orphans = [key async for key in store.list_prefix(prefix + "/") if unfinished(key)]

@@ -54,6 +54,7 @@ from ._schema import (
     VIEW_PARAMS_ARRAY,
     Layout,
 )
+from ._tokens import SHARD_STATS_ARRAY, token_extra_arrays
 
 
 def _settle_pending_reads(timeout: float = 5.0) -> None:
@@ -140,7 +141,8 @@ class Teacher:
 
     @property
     def num_samples(self) -> int:
-        return self.store.num_samples
+        """Rows: the store's samples, or (token store) its token positions."""
+        return self.store.num_rows
 
     @property
     def num_shards(self) -> int:
@@ -166,8 +168,14 @@ class Teacher:
 
     @cached_property
     def content_arrays(self) -> dict[str, zarr.Array]:
-        """Every array the chunk digests cover: the codec's and the views'."""
-        return {**self.arrays, **self.view_arrays}
+        """Every array the chunk digests cover: the codec's, the views' and a token teacher's extras."""
+        return {**self.arrays, **self.view_arrays, **self.token_arrays}
+
+    @cached_property
+    def token_arrays(self) -> dict[str, zarr.Array]:
+        """A token teacher's per-row arrays beside its codec's (``_tokens.token_extra_arrays``)."""
+        names = token_extra_arrays(self.codec.name) if self.store.is_tokens else {}
+        return {name: self.group[name] for name in names}
 
     @cached_property
     def view_arrays(self) -> dict[str, zarr.Array]:
@@ -195,13 +203,19 @@ class Teacher:
         ok = self.codec.rows_ok(self.flat(stored))
         return ok.reshape(-1, self.views_per_sample).all(axis=1)
 
+    def shard_stats(self) -> np.ndarray:
+        """float64 (num_shards, 4) of a token teacher: per shard the teacher's own statistics over
+        its target positions (``_tokens.SHARD_STATS``), NaN where not written."""
+        return self.group[SHARD_STATS_ARRAY][:]
+
     def shard_done(self) -> np.ndarray:
         """bool (num_shards,): which shards were written and read back intact."""
         return self.group[SHARD_DONE_ARRAY][:].astype(bool)
 
     def nbytes_stored(self) -> int:
-        """Bytes the logit arrays take in the store (compressed, with shard indexes)."""
-        return sum(int(array.nbytes_stored()) for array in self.arrays.values())
+        """Bytes the logit arrays (and a token teacher's extras) take in the store, compressed, with
+        shard indexes."""
+        return sum(int(array.nbytes_stored()) for array in {**self.arrays, **self.token_arrays}.values())
 
     def nbytes_views(self) -> int:
         """Bytes ``view_params`` and ``view_hashes`` take (0 for a single-view teacher)."""
@@ -338,10 +352,12 @@ class Teacher:
                         (views or {}).items()})
         return self.write_encoded(shard, encoded)
 
-    def write_encoded(self, shard: int, encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def write_encoded(self, shard: int, encoded: dict[str, np.ndarray],
+                      stats: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Write one whole shard of already-encoded arrays (one per content array), read it back,
         record its digests and mark it done; return what was stored. ``write_shard`` encodes on the
-        host; a token dump reduces on the device and hands its arrays here.
+        host; a token dump reduces on the device and hands its arrays here, with the shard's
+        ``stats`` (``_tokens.SHARD_STATS``).
 
         Raises:
             CorruptStoreError: what was read back differs from what was written.
@@ -367,6 +383,8 @@ class Teacher:
                 digests = shard_chunk_digests(stored, start, stop, rows)
                 self.group[CHUNK_DIGESTS_ARRAY][start // rows:start // rows + len(digests)] = digests
                 self.chunk_digests[start // rows:start // rows + len(digests)] = digests
+            if stats is not None:
+                self.group[SHARD_STATS_ARRAY][shard] = np.asarray(stats, dtype=np.float64)
             self.group[SHARD_DONE_ARRAY][shard] = 1
             return stored
 
