@@ -111,6 +111,11 @@ def cli():
 @click.option("--record-view-hashes", is_flag=True,
               help="Store a hash of every view's input, so verify --dataset and train --check-views can prove "
               "the replay exact.")
+@click.option("--tokenizer", metavar="SPEC", help="Make a token store (language models): bytes, hf:DIR (a local "
+              "Hugging Face tokenizer) or package.module:factory; --dataset is then text:GLOB, jsonl:FILE[:FIELD], "
+              "hf:DIR, parquet:GLOB or package.module:factory, and --batch-size counts sequences.")
+@click.option("--seq-len", type=int, help="Token dumps: positions per stored sequence (packed blocks, or one "
+              "padded sample each).")
 @click.option("--overwrite", is_flag=True, help="Replace this teacher if the store already holds it.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @storage_option

@@ -46,6 +46,8 @@ def describe_store(location, storage_options: dict | None = None) -> dict:
 def format_description(d: dict) -> str:
     """A readable, aligned summary of ``describe_store``'s result."""
     data = d["dataset"]
+    if data.get("kind") == "tokens":
+        return format_token_description(d)
     lines = [
         f"store     {d['location']}  (logitcache format v{d['version']}; this logitcache reads v{FORMAT_VERSION})",
         f"dataset   {data.get('spec')}  split {data.get('split')}: {data['num_samples']} samples, "
@@ -117,3 +119,49 @@ def _kind(codec: str) -> str:
     if codec.startswith("sample"):
         return "classes sampled from the teacher, with counts"
     return "raw pre-softmax logits"
+
+
+def format_token_description(d: dict) -> str:
+    """The summary of a token store (format v4): sequences, tokens, tokenizer; per teacher its
+    bytes per token and its own perplexity on the dumped targets."""
+    data, tokenizer = d["dataset"], d["dataset"].get("tokenizer") or {}
+    positions = data["num_samples"] * data["seq_len"]
+    lines = [
+        f"store     {d['location']}  (logitcache token store, format v{d['version']})",
+        f"tokens    {data.get('spec')}  split {data.get('split') or 'all'}: {data['num_samples']} sequences x "
+        f"{data['seq_len']} positions = {data['num_tokens']:,} tokens, {data['num_targets']:,} of them targets",
+        f"          vocabulary {data['vocab_size']:,}; tokenizer {tokenizer.get('spec')} "
+        f"({tokenizer.get('vocab_size')} ids, {tokenizer.get('identity')})",
+        f"          fingerprint {data['fingerprint']}",
+    ]
+    if not d["teachers"]:
+        lines.append("teachers  none yet")
+    for name, t in d["teachers"].items():
+        if "problem" in t:
+            lines.append(f"teacher   {name!r}: {t['status']}: {t['problem']}")
+            continue
+        prov, settings, metrics, run = t["provenance"], t["settings"], t.get("metrics") or {}, t.get("run") or {}
+        lines += [
+            f"teacher   {name!r}: {t['status']}",
+            f"  model     {_field(prov, 'teacher', 'spec')} ({_field(prov, 'teacher', 'num_parameters', fmt=',')} "
+            "parameters)",
+            f"  weights   file {settings.get('weights_sha256') or '-'}; parameters {_field(settings, 'parameters_sha256')}",
+            f"  targets   {_kind(t['codec'])}, codec {t['codec']}: {t['bytes_on_disk']:,} bytes = "
+            f"{t['bytes_on_disk'] / max(data['num_tokens'], 1):.1f} bytes/token "
+            f"({positions * t['num_classes'] * 4 / max(t['bytes_on_disk'], 1):.0f}x smaller than fp32 logits)",
+            f"  layout    {t['layout']['rows_per_chunk']} positions/chunk, {t['layout']['rows_per_shard']} positions/shard; "
+            f"{t['shards_done']}/{t['num_shards']} shards written",
+            f"  dump      batch {_field(settings, 'batch_size')} sequences, device {_field(settings, 'device_type')}, "
+            f"bf16 autocast {'on' if settings.get('bf16') else 'off'}",
+        ]
+        if metrics.get("targets"):
+            lines.append(f"  teacher   perplexity {metrics['perplexity']:.3f} ({metrics['nll']:.4f} nats/token), "
+                         f"next-token top-1 {metrics['top1']:.2%} over {metrics['targets']:,} targets")
+            if metrics["mass_stored"] < 1.0:
+                lines.append(f"  mass      the stored targets hold {metrics['mass_stored']:.2%} of the teacher's "
+                             "probability mass (mean over targets)")
+        if run.get("finished_at"):
+            lines.append(f"  written   {run.get('started_at')} .. {run['finished_at']}, {run.get('sessions')} "
+                         f"session(s), {_field(run, 'seconds', fmt='.1f')} s of teacher time")
+        lines.append(f"  digest    {(t.get('integrity') or {}).get('teacher') or 'recorded when the dump completes'}")
+    return "\n".join(lines)

@@ -485,8 +485,8 @@ def test_hugging_face_causal_lm_wrapper(gpt2_dir, hf_dir):
 
 
 @pytest.mark.parametrize("spec, num_classes, error, message", [
-    ("hf:{gpt2}", 256, ModelError, "predicts 302 tokens, but 256 were asked for"),
-    ("hf-config:{gpt2}/config.json", 300, ModelError, "predicts 302 tokens, but 300 were asked for"),
+    ("hf:{gpt2}", 400, ModelError, "predicts 302 tokens, but 400 were asked for"),
+    ("hf-config:{gpt2}/config.json", 303, ModelError, "predicts 302 tokens, but 303 were asked for"),
     ("hf:{gpt2}/nowhere", 302, ModelError, "does not exist"),
     ("hf:{tok}", 302, ModelError, "holds no config.json"),
 ])

@@ -31,6 +31,8 @@ class DumpConfig:
     augment: str | None = None  # a view spec (views/grammar.py): the teacher sees random views
     views: int | None = None  # views per sample (default 1 with --augment)
     seed: int = 0  # the view draws' seed
+    tokenizer: str | None = None  # a token dump (language models): sources/tokenizers.py spec
+    seq_len: int | None = None  # positions per stored sequence of a token dump
     record_view_hashes: bool = False
     overwrite: bool = False
     progress: bool = True

@@ -43,11 +43,12 @@ from .loop import AccuracyCounts, autocast, run_teacher
 from .resume import now_utc, open_for_dump
 from .settings import dump_settings
 from .summary import DumpSummary
+from .tokens import TokenJob
 
 TEACHER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def dump(config: DumpConfig, log=print) -> DumpSummary:
+def dump(config: DumpConfig, log=print):
     """Run the teacher over the dataset and write (or resume writing) one teacher's logits.
 
     Under torchrun, ranks split the pending shards (shard s goes to rank s % world_size), so no two
@@ -63,28 +64,17 @@ def dump(config: DumpConfig, log=print) -> DumpSummary:
         return _dump(config, dist, log)
 
 
-def _dump(config: DumpConfig, dist: Distributed, log) -> DumpSummary:
+def _dump(config: DumpConfig, dist: Distributed, log):
     # Every rank builds the same data and teacher; only rank 0 writes the store's metadata.
-    augment = parse_augment(config.augment) if config.augment else None
-    source = get_dataset(config.dataset, split=config.split, transform=config.transform, for_views=bool(augment))
-    inputs = (DumpViews(source, augment, config.view_count, config.seed, config.record_view_hashes)
-              if augment else source.dataset)
-    device = resolve_device(dist.device(config.device))
-    model = get_model(config.teacher, config.num_classes or len(source.classes), weights=config.weights)
-    model.to(device).eval()
-    num_classes = _probe(model, source, inputs, device, config.bf16)
-    if config.num_classes is not None and num_classes != config.num_classes:
-        raise ModelError(f"--num-classes {config.num_classes} was given, but the teacher outputs {num_classes} "
-                         "classes (its builder ignored the number); drop --num-classes or fix the teacher")
-    settings, provenance = dump_settings(config, source, model, num_classes, device, augment)
+    job = TokenJob(config, dist) if config.tokenizer else ImageJob(config, dist)
     with contextlib.ExitStack() as held:
-        store = teacher = error = None
+        store = teacher = lock = error = None
         if dist.is_main:  # rank 0 holds the teacher's lock for the whole dump, for every rank
             try:
                 lock = held.enter_context(writer_lock(
                     config.store, f"teacher-{config.teacher_name}", config.storage_options,
                     what=f"teacher {config.teacher_name!r} of {config.store}"))
-                store, teacher = open_for_dump(config, source, num_classes, settings, provenance)
+                store, teacher = open_for_dump(config, job.source, job.num_classes, job.settings, job.provenance)
             except LogitCacheError as err:
                 error = err
         dist.agree(error)
@@ -94,17 +84,46 @@ def _dump(config: DumpConfig, dist: Distributed, log) -> DumpSummary:
         if teacher.is_complete:
             log(f"teacher {config.teacher_name!r} in {config.store} is already complete, from these same "
                 "settings: nothing to do")
-            return _summary(config, store, teacher, teacher.attrs["metrics"], written=0, seconds=0.0)
-        return _write_teacher(config, dist, source, inputs, model, device, store, teacher,
-                              lock if dist.is_main else None, log)
+            return job.summary(store, teacher, written=0, seconds=0.0)
+        if dist.is_main and teacher.num_shards < 2 * dist.world_size and dist.enabled:
+            log(f"warning: {teacher.num_shards} shards for {dist.world_size} processes leaves some idle; "
+                "a smaller --rows-per-shard spreads the work (shards are the unit each process writes)")
+        return job.write(dist, store, teacher, lock, log)
+
+
+class ImageJob:
+    """What ``dump`` needs of an image (labelled-sample) dump: the inputs (views too), the teacher,
+    its settings; then ``write`` and ``summary``."""
+
+    def __init__(self, config: DumpConfig, dist: Distributed):
+        self.config = config
+        augment = parse_augment(config.augment) if config.augment else None
+        self.source = get_dataset(config.dataset, split=config.split, transform=config.transform,
+                                  for_views=bool(augment))
+        self.inputs = (DumpViews(self.source, augment, config.view_count, config.seed, config.record_view_hashes)
+                       if augment else self.source.dataset)
+        self.device = resolve_device(dist.device(config.device))
+        model = get_model(config.teacher, config.num_classes or len(self.source.classes), weights=config.weights)
+        self.model = model.to(self.device).eval()
+        self.num_classes = _probe(self.model, self.source, self.inputs, self.device, config.bf16)
+        if config.num_classes is not None and self.num_classes != config.num_classes:
+            raise ModelError(f"--num-classes {config.num_classes} was given, but the teacher outputs "
+                             f"{self.num_classes} classes (its builder ignored the number); drop --num-classes or "
+                             "fix the teacher")
+        self.settings, self.provenance = dump_settings(config, self.source, self.model, self.num_classes,
+                                                       self.device, augment)
+
+    def write(self, dist, store, teacher, lock, log) -> DumpSummary:
+        return _write_teacher(self.config, dist, self.source, self.inputs, self.model, self.device, store, teacher,
+                              lock, log)
+
+    def summary(self, store, teacher, written: int, seconds: float) -> DumpSummary:
+        return _summary(self.config, store, teacher, teacher.attrs["metrics"], written, seconds)
 
 
 def _write_teacher(config: DumpConfig, dist: Distributed, source, inputs, model, device, store, teacher, lock,
                    log) -> DumpSummary:
     """Write every pending shard (each rank its own), then mark the teacher complete."""
-    if dist.is_main and teacher.num_shards < 2 * dist.world_size and dist.enabled:
-        log(f"warning: {teacher.num_shards} shards for {dist.world_size} processes leaves some idle; "
-            "a smaller --rows-per-shard spreads the work (shards are the unit each process writes)")
     started = time.perf_counter()
     counts = AccuracyCounts(store.labels, teacher)
     done = teacher.shard_done()
@@ -155,6 +174,13 @@ def validate(config: DumpConfig) -> None:
         raise ConfigError("--record-view-hashes hashes the views of --augment; add --augment")
     if config.augment:
         parse_augment(config.augment)
+    if config.tokenizer and (config.augment or config.transform or config.num_classes is not None):
+        raise ConfigError("a token dump (--tokenizer) takes no --augment, --transform or --num-classes: the "
+                          "teacher reads token ids, and its head's width is the vocabulary")
+    if config.seq_len is not None and not config.tokenizer:
+        raise ConfigError("--seq-len is for token dumps: add --tokenizer (e.g. bytes)")
+    if config.tokenizer and (config.seq_len is None or config.seq_len < 2):
+        raise ConfigError(f"a token dump needs --seq-len N (positions per sequence, N >= 2), got {config.seq_len}")
     if config.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {config.batch_size}")
     if config.workers < 0:

@@ -27,11 +27,9 @@ def dump_settings(config, source, model, num_classes: int, device,
     row_bytes = views * (codec.bytes_per_sample(num_classes) + (bytes_per_view(record) if record else 0))
     layout = choose_layout(len(source), num_classes * views, 0, rows_per_shard=config.rows_per_shard,
                            row_bytes=row_bytes)
-    weights_file = config.weights or _file_in_spec(config.teacher)
     settings = {
         "teacher": config.teacher,
-        "weights_sha256": file_sha256(weights_file) if weights_file else None,
-        "parameters_sha256": parameters_sha256(model),
+        **weights_digest(config, model),
         "transform": source.transform,
         "codec": codec.name,
         "layout": layout.to_dict(),
@@ -44,9 +42,16 @@ def dump_settings(config, source, model, num_classes: int, device,
     provenance = {
         "teacher": {"spec": config.teacher, "weights": config.weights, "num_parameters": num_parameters(model)},
         "dataset": source.describe(),
-        "software": _software(),
+        "software": software(),
     }
     return settings, provenance
+
+
+def weights_digest(config, model) -> dict:
+    """The teacher's identity in the settings: its weights file's and its parameters' sha256."""
+    weights_file = config.weights or _file_in_spec(config.teacher)
+    return {"weights_sha256": file_sha256(weights_file) if weights_file else None,
+            "parameters_sha256": parameters_sha256(model)}
 
 
 def _file_in_spec(spec: str) -> str | None:
@@ -54,7 +59,7 @@ def _file_in_spec(spec: str) -> str | None:
     return rest if scheme in ("torchscript", "export", "checkpoint") else None
 
 
-def _software() -> dict:
+def software() -> dict:
     import numcodecs
     import torchvision
     import zarr

@@ -1,4 +1,5 @@
-"""What a dump says when it ends: samples, rate, bytes on disk, teacher accuracy (``lines()``).
+"""What a dump says when it ends: samples, rate, bytes on disk, teacher accuracy (``lines()``); a
+token dump: tokens, bytes per token, the teacher's perplexity (``TokenDumpSummary``).
 
     >>> print("\n".join(dump(config).lines()))
 """
@@ -52,3 +53,41 @@ class DumpSummary:
             + (" (all views)" if self.views else ""),
         ] + ([f"  view parameters: {self.view_bytes} bytes = {self.view_bytes / self.rows:.1f} bytes/view"]
              if self.views else [])
+
+
+@dataclass
+class TokenDumpSummary:
+    """What a token dump says: sequences, tokens, rate, bytes per token, the teacher's perplexity."""
+
+    store: str
+    teacher_name: str
+    sequences: int
+    seq_len: int
+    tokens: int  # real tokens (padding excluded)
+    positions_this_run: int
+    seconds: float
+    bytes_on_disk: int
+    vocab_size: int
+    codec: str
+    metrics: dict  # targets, nll, perplexity, top1, mass_stored (dump/tokens.py token_metrics)
+    resumed_shards: int
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.bytes_on_disk / max(self.tokens, 1)
+
+    def lines(self) -> list[str]:
+        rate = self.positions_this_run / self.seconds if self.seconds else float("nan")
+        resumed = f" (resumed: {self.resumed_shards} shards were already written)" if self.resumed_shards else ""
+        metrics, lines = self.metrics, [
+            f"dumped {self.sequences} sequences x {self.seq_len} positions ({self.tokens} tokens) x {self.vocab_size} "
+            f"vocabulary into {self.store} [teacher {self.teacher_name!r}, codec {self.codec}]{resumed}",
+            f"  {self.positions_this_run} positions in {self.seconds:.1f} s = {rate:.0f} tokens/s",
+            f"  {self.bytes_on_disk} bytes on disk = {self.bytes_per_token:.1f} bytes/token "
+            f"({self.tokens * self.vocab_size * 4 / max(self.bytes_on_disk, 1):.0f}x smaller than raw fp32)",
+        ]
+        if metrics.get("targets"):
+            lines.append(f"  teacher perplexity {metrics['perplexity']:.3f} ({metrics['nll']:.4f} nats/token), next-token "
+                         f"top-1 {metrics['top1']:.2%} over {metrics['targets']} targets; the stored targets hold "
+                         f"{metrics['mass_stored']:.2%} of its probability mass")
+        return lines

@@ -9,8 +9,9 @@
 (bf16 is the dump's and train's ``--bf16`` autocast, as for every model); ``hf-config:`` takes a
 directory holding ``config.json`` or the file itself and builds the same architecture with weights
 drawn from torch's generator (``torch.manual_seed`` fixes them). Nothing is downloaded. Either is
-wrapped so that ``forward(idx)`` returns the logits tensor. ``num_classes`` must equal the model's
-vocabulary (the rows of its output layer): a tokenizer that does not fit the head is refused.
+wrapped so that ``forward(idx)`` returns the logits tensor. The model's head (the rows of its output
+layer) must cover ``num_classes`` ids; a wider head is fine (models often pad it beyond the
+tokenizer, as Qwen's 151,936 rows for ~151,665 ids), and the store records the head's width.
 Needs ``pip install 'logitcache[lm]'``.
 """
 
@@ -72,7 +73,7 @@ def hf_model(scheme: str, location: str, num_classes: int) -> CausalLM:
             model = call_user(AutoModelForCausalLM.from_config, f"model {spec!r}: cannot build it", ModelError,
                               config)
     wrapped = CausalLM(model.float())
-    if wrapped.vocab_size != num_classes:
+    if wrapped.vocab_size < num_classes:
         raise ModelError(f"model {spec!r} predicts {wrapped.vocab_size} tokens, but {num_classes} were asked for "
                          "(the tokenizer's or store's vocabulary): use the tokenizer saved with the model")
     return wrapped
