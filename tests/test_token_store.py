@@ -153,6 +153,14 @@ def test_a_packed_token_store_opens_and_verifies_from_its_zip(stores, tmp_path):
     assert verify_store(packed).ok
 
 
+def test_a_token_store_on_s3_holds_the_same_bytes_and_verifies(s3, bucket, stores, text):
+    url = f"{bucket}/lm.zarr"
+    assert invoke(*dump_args(url, text, codec="sample:12")).exit_code == 0
+    assert s3.contents(url) == store_contents(stores["sample:12"])
+    checked = invoke("verify", url, "--dataset", f"text:{text}")
+    assert checked.exit_code == 0 and "gives exactly the stored sequences" in checked.output
+
+
 def test_edited_tokens_are_refused(stores, tmp_path):
     import shutil
 
@@ -196,6 +204,22 @@ def test_bad_token_dumps_fail_with_one_line_and_nothing_complete(text, tmp_path,
     assert expected in one_error(invoke(*dump_args(store, text, *extra, teacher=teacher)))
     if store.exists() and (store / "zarr.json").exists():
         assert open_store(store).teacher_names == []
+
+
+@pytest.mark.parametrize("dataset, tokenizer, expected", [
+    ("text:{tmp}/nothing-here/*.md", "bytes", "no file"),
+    ("text:{empty}", "bytes", "empty"),
+    ("text:{text}", "no-such-tokenizer", "no-such-tokenizer"),
+    ("nosuchkind:{text}", "bytes", "nosuchkind"),
+])
+def test_bad_corpora_and_tokenizers_are_one_line(text, tmp_path, dataset, tokenizer, expected):
+    empty = tmp_path / "empty.md"
+    empty.write_text("")
+    spec = dataset.format(tmp=tmp_path, empty=empty, text=text)
+    error = one_error(invoke("dump", tmp_path / "s.zarr", "--teacher", "tests.factories:tiny_lm", "--dataset", spec,
+                             "--tokenizer", tokenizer, "--seq-len", "64"))
+    assert expected in error.lower()
+    assert not (tmp_path / "s.zarr").exists()
 
 
 def test_seq_len_without_a_tokenizer_is_refused(tmp_path):
