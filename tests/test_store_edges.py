@@ -131,11 +131,11 @@ def test_a_checksum_error_in_train_is_one_line_and_no_asyncio_noise(tmp_path):
 
 # -- S3: leases and credentials ----------------------------------------------------------------
 
-def s3_dump(url, *extra):
+def s3_dump(url, *extra, sleep: float = 0.15):
     return subprocess.Popen([sys.executable, "-m", "logitcache", "dump", url, "--teacher",
                              "tests.factories:slow_teacher", "--dataset", "digits@train", "--rows-per-shard", "128",
                              "--batch-size", "16", "--no-progress", *extra],
-                            env=child_env(LOGITCACHE_TEST_SLEEP="0.15"), cwd=REPO,
+                            env=child_env(LOGITCACHE_TEST_SLEEP=str(sleep)), cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -149,9 +149,10 @@ def wait_for_objects(s3, bucket: str, prefix: str, writer, seconds: float = 120)
 
 def test_s3_two_dumps_of_one_teacher_one_is_refused(s3, bucket):
     """The second waits out one lease time (6 s here) in case the holder is dead; the holder
-    (about 13 s of teacher time) keeps renewing, so the second is refused."""
+    (about 30 s of teacher time, longer than the second's start-up and wait even on a loaded
+    machine) keeps renewing, so the second is refused."""
     url = f"{bucket}/race.zarr"
-    first = s3_dump(url)
+    first = s3_dump(url, sleep=0.35)
     wait_for_objects(s3, bucket, "race.zarr/.logitcache-locks/teacher-default/", first)
     second = s3_dump(url)
     assert second.wait(timeout=300) == 1

@@ -225,8 +225,12 @@ def _check_objects(teacher, attrs: dict) -> None:
 def _check_done_shards_have_digests(teacher) -> None:
     """A shard in the ledger of an unfinished v3 teacher has the digests of every one of its chunks."""
     rows = teacher.layout.rows_per_chunk
-    written = teacher.chunk_digests.any(axis=1)
-    for shard in np.flatnonzero(teacher.shard_done()):
+    # The ledger first, then the digests, read fresh: writers write a shard's digests before its
+    # ledger entry, so every shard this ledger shows has its digests visible, even while other
+    # processes (torchrun ranks) are writing.
+    done = teacher.shard_done()
+    written = teacher.group[CHUNK_DIGESTS_ARRAY][:].any(axis=1)
+    for shard in np.flatnonzero(done):
         start, stop = teacher.layout.shard_rows(int(shard), teacher.store.num_rows)
         if not written[start // rows:-(-stop // rows)].all():
             raise _Bad(f"shard {shard} is in its ledger but its chunk digests are missing")
