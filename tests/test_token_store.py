@@ -138,7 +138,7 @@ def test_a_dump_killed_after_a_shard_resumes_to_identical_bytes(stores, text, tm
 
 def test_a_two_process_token_dump_equals_one_process(stores, text, tmp_path):
     store = tmp_path / "two.zarr"
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                              "-m", "logitcache", *[str(a) for a in dump_args(store, text, codec="sample:12")]],
                             cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
