@@ -29,7 +29,7 @@ from ..errors import (
     ModelError,
     SpecError,
 )
-from ..sources import get_dataset, get_model
+from ..sources import get_dataset, get_model, model_transform
 from ..store import (
     Teacher,
     get_codec,
@@ -66,7 +66,7 @@ def dump(config: DumpConfig, log=print):
 
 def _dump(config: DumpConfig, dist: Distributed, log):
     # Every rank builds the same data and teacher; only rank 0 writes the store's metadata.
-    job = TokenJob(config, dist) if config.tokenizer else ImageJob(config, dist)
+    job = TokenJob(config, dist) if config.tokenizer else ImageJob(config, dist, log)
     with contextlib.ExitStack() as held:
         store = teacher = lock = error = None
         if dist.is_main:  # rank 0 holds the teacher's lock for the whole dump, for every rank
@@ -95,11 +95,14 @@ class ImageJob:
     """What ``dump`` needs of an image (labelled-sample) dump: the inputs (views too), the teacher,
     its settings; then ``write`` and ``summary``."""
 
-    def __init__(self, config: DumpConfig, dist: Distributed):
+    def __init__(self, config: DumpConfig, dist: Distributed, log=print):
         self.config = config
         augment = parse_augment(config.augment) if config.augment else None
+        model_steps = None if config.transform else model_transform(config.teacher)  # a timm teacher's data config
         self.source = get_dataset(config.dataset, split=config.split, transform=config.transform,
-                                  for_views=bool(augment))
+                                  for_views=bool(augment), default_transform=model_steps)
+        if self.source.extra.get("transform_from") == "model" and dist.is_main:
+            log(f"inputs: {self.source.transform} (the teacher's data config; --transform overrides it)")
         self.inputs = (DumpViews(self.source, augment, config.view_count, config.seed, config.record_view_hashes)
                        if augment else self.source.dataset)
         self.device = resolve_device(dist.device(config.device))
