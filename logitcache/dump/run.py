@@ -121,7 +121,8 @@ class ImageJob:
                               lock, log)
 
     def summary(self, store, teacher, written: int, seconds: float) -> DumpSummary:
-        return _summary(self.config, store, teacher, teacher.attrs["metrics"], written, seconds)
+        return _summary(self.config, store, teacher, teacher.attrs["metrics"], written, seconds,
+                        outputs=(teacher.attrs.get("run") or {}).get("teacher_outputs"))
 
 
 def _write_teacher(config: DumpConfig, dist: Distributed, source, inputs, model, device, store, teacher, lock,
@@ -141,30 +142,31 @@ def _write_teacher(config: DumpConfig, dist: Distributed, source, inputs, model,
     except LogitCacheError as err:
         error = err
     dist.agree(error)
-    hits1, hits5, mass, written = dist.sum([*counts.totals(), written])
+    *totals, written = dist.sum([*counts.totals(), written])
     seconds = time.perf_counter() - started
     rows = len(source) * teacher.views_per_sample  # accuracy and mass are over every stored view
-    metrics = {"top1": hits1 / rows, "top5": hits5 / rows, "mass_stored": mass / rows}
+    metrics, outputs = AccuracyCounts.records(totals, rows)
     error = None
     if dist.is_main:
         try:
             lock.ensure_held()
             run = teacher.attrs["run"]
             run.update(finished_at=now_utc(), sessions=run["sessions"] + 1,
-                       seconds=round(run["seconds"] + seconds, 3), processes=dist.world_size)
+                       seconds=round(run["seconds"] + seconds, 3), processes=dist.world_size,
+                       teacher_outputs=outputs)
             teacher.mark_complete(metrics=metrics, run=run)
         except LogitCacheError as err:
             error = err
     dist.agree(error)
-    return _summary(config, store, teacher, metrics, int(written), seconds, resumed=int(done.sum()))
+    return _summary(config, store, teacher, metrics, int(written), seconds, resumed=int(done.sum()), outputs=outputs)
 
 
 def _summary(config: DumpConfig, store, teacher: Teacher, metrics: dict, written: int, seconds: float,
-             resumed: int | None = None) -> DumpSummary:
+             resumed: int | None = None, outputs: dict | None = None) -> DumpSummary:
     return DumpSummary(store.location, config.teacher_name, store.num_samples, written, seconds,
                        teacher.nbytes_stored(), teacher.num_classes, teacher.codec.name, metrics["top1"],
                        metrics["top5"], teacher.num_shards if resumed is None else resumed, config.view_count,
-                       teacher.nbytes_views())
+                       teacher.nbytes_views(), teacher_outputs=outputs)
 
 
 def validate(config: DumpConfig) -> None:
