@@ -32,6 +32,7 @@ def _defaults(config_class) -> dict:
 
 
 DUMP, TRAIN = _defaults(DumpConfig), _defaults(TrainConfig)
+DEVICE_HELP = "cpu, cuda, cuda:N, mps, or auto (cuda when a GPU is visible, else cpu)."
 
 
 def friendly_errors(command):
@@ -99,7 +100,7 @@ def cli():
               "tail bucket) or sample:K[:T] (K draws from the teacher at temperature T).")
 @click.option("--batch-size", default=DUMP["batch_size"], show_default=True, type=int)
 @click.option("--workers", default=DUMP["workers"], show_default=True, type=int, help="DataLoader worker processes.")
-@click.option("--device", default=DUMP["device"], show_default=True)
+@click.option("--device", default=DUMP["device"], show_default=True, help=DEVICE_HELP)
 @click.option("--bf16", is_flag=True, help="Run the teacher under bf16 autocast (logits are cast to fp32).")
 @click.option("--num-classes", type=int, help="Teacher head size (default: the dataset's class count).")
 @click.option("--rows-per-shard", type=int, help="Rows per shard, the unit of writing and resuming.")
@@ -240,7 +241,7 @@ class LossName(click.ParamType):
 @click.option("--epochs", default=TRAIN["epochs"], show_default=True, type=int)
 @click.option("--batch-size", default=TRAIN["batch_size"], show_default=True, type=int)
 @click.option("--seed", default=TRAIN["seed"], show_default=True, type=int)
-@click.option("--device", default=TRAIN["device"], show_default=True)
+@click.option("--device", default=TRAIN["device"], show_default=True, help=DEVICE_HELP)
 @click.option("--bf16", is_flag=True, help="bf16 autocast for the student's forward pass.")
 @click.option("--workers", default=TRAIN["workers"], show_default=True, type=int)
 @click.option("--transform", help="Training input transform (default: the dataset's eval transform).")
@@ -262,7 +263,9 @@ class LossName(click.ParamType):
 @click.option("--allow-partial", is_flag=True, help="Train on the written part of an unfinished store.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
-@click.option("--no-progress", is_flag=True)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--tensorboard", is_flag=True, help="Also write the run's scalars (every step and epoch) as "
+              "TensorBoard event files in RUN/tensorboard (needs the tensorboard package).")
 @storage_option
 @friendly_errors
 def train(milestones, no_progress, **options):
@@ -297,10 +300,12 @@ def pack(store, destination, overwrite, storage_options):
 
 @cli.command(name="run")
 @click.argument("pipeline", type=click.Path(dir_okay=False))
-@click.option("--no-progress", is_flag=True)
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
 @friendly_errors
 def run_command(pipeline, no_progress):
-    """Run a pipeline file: teacher, dump, students; complete steps are skipped."""
+    """Run a pipeline file: teacher, dump, students; complete steps are skipped.
+
+    Relative paths in the file are relative to the directory run is started in, not to the file's."""
     from .pipeline import format_results, run_pipeline
 
     results = run_pipeline(pipeline, log=click.echo, progress=not no_progress)

@@ -229,7 +229,9 @@ def _learns_from_teacher(loss) -> bool:
 
 
 def _train_step(name: str, config: TrainConfig, log) -> StepResult:
-    config = config.resolved()
+    from .train.loop import with_store_temperature
+
+    config = with_store_temperature(config, lambda line: log(f"[{name}] {line}")).resolved()
     run = RunFiles(Path(config.out))
     what = f"{config.student}, {config.loss}" + (f" T={config.temperature:g}" if _learns_from_teacher(config.loss)
                                                   else "")

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from ..errors import DatasetError, StoreIncompleteError
+from ..progress import progress_bar
 from ..store import VIEW_HASHES_ARRAY, VIEW_PARAMS_ARRAY, BackgroundWriter, Teacher
 
 
@@ -103,8 +103,7 @@ def run_teacher(model, inputs, spec: str, teacher: Teacher, pending: list[int], 
     buffers: dict[int, dict[str, np.ndarray]] = {}
     filled: dict[int, int] = {}
     todo = sum(len(b) for b in batches)
-    bar = tqdm(total=todo, unit="sample", disable=not (config.progress and show),
-               desc=f"dump {teacher.name}", dynamic_ncols=True)
+    bar = progress_bar(total=todo, unit="sample", enabled=config.progress and show, desc=f"dump {teacher.name}")
     with BackgroundWriter(teacher, on_written=counts, before_write=held) as writer, bar:
         for shard, indices, batch in zip(owners, batches, _checked(loader, spec)):
             images = batch[0].flatten(0, 1) if teacher.views else batch[0]  # (B, K, ...) -> (B * K, ...)
