@@ -6,6 +6,7 @@
     $ logitcache train --out RUN --student SPEC --dataset SPEC [--store STORE --loss dist]
     $ logitcache pack STORE STORE.zip
     $ logitcache run pipelines/digits.toml
+    $ logitcache runs data/runs/digits              # a table of runs; plot RUN... -o FILE.png draws them
 
 Library errors become one-line messages with a non-zero exit; torch and zarr are imported inside
 the commands so ``--help`` stays fast.
@@ -311,6 +312,28 @@ def run_command(pipeline, no_progress):
     results = run_pipeline(pipeline, log=click.echo, progress=not no_progress)
     click.echo("")
     click.echo(format_results(results))
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True)
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="The PNG file to write.")
+@friendly_errors
+def plot(runs, out):
+    """Plot RUNS (train --out directories, or directories of them) into one PNG: validation top-1
+    (or loss) and training loss per epoch, a line per run. Needs matplotlib."""
+    from .reports import plot_runs, read_runs
+
+    click.echo(f"wrote {plot_runs(read_runs(runs), out)}")
+
+
+@cli.command(name="runs")
+@click.argument("runs", nargs=-1, required=True)
+@friendly_errors
+def runs_command(runs):
+    """A table of RUNS (train --out directories, or directories of them): settings, best and last results."""
+    from .reports import format_runs, read_runs
+
+    click.echo(format_runs(read_runs(runs)))
 
 
 def _quiet_abandoned_requests(unraisable):
