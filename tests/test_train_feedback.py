@@ -6,8 +6,11 @@ import json
 import math
 
 import pytest
+import torch
+from torch import nn
 
 from logitcache.errors import TrainingDivergedError
+from logitcache.sources import get_dataset
 from logitcache.train import TrainConfig, train
 from logitcache.train.resume import collapse_error
 from tests.conftest import make_store
@@ -98,12 +101,35 @@ def test_a_dkd_warmup_longer_than_the_run_is_said_first(tmp_path, digits_store):
                                "20 epochs and ends at 5% of its weight")
 
 
-def test_a_student_that_collapses_after_the_dkd_warmup_stops(tmp_path, digits_store):
-    """--dkd-warmup 1 at a high lr sends the student to chance: the run stops with what to change."""
+class _Oracle(nn.Module):
+    """A teacher that knows every digit's label (looked up by its pixels): 100% top-1, with a fixed
+    (seeded) shape over the other classes."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        source = get_dataset("digits@all")
+        self.labels = {image.numpy().tobytes(): int(label)
+                       for image, label in zip(source.dataset.images, source.dataset.targets)}
+        self.others = torch.randn(num_classes, num_classes, generator=torch.Generator().manual_seed(0))
+
+    def forward(self, x):
+        labels = torch.tensor([self.labels[row.numpy().tobytes()] for row in x])
+        return 8.0 * nn.functional.one_hot(labels, len(self.others)).float() + self.others[labels]
+
+
+def oracle_teacher(num_classes: int = 10) -> nn.Module:
+    return _Oracle(num_classes)
+
+
+def test_a_student_that_collapses_after_the_dkd_warmup_stops(tmp_path):
+    """--dkd-warmup 1 at a high lr sends the student to chance under a perfect teacher: the run
+    stops after the warm-up with what to change, instead of training on at 10 %."""
+    store = make_store(tmp_path / "s.zarr", teacher="tests.test_train_feedback:oracle_teacher")
     lines = []
     with pytest.raises(TrainingDivergedError, match="epoch 2: the student sits at chance after the dkd warm-up "
-                                                    r"\(its training cross-entropy .* it collapsed.* Lower --lr"):
-        train(config(tmp_path, student="mlp:hidden=32", store=str(digits_store), loss="dkd", dkd_warmup=1, lr=0.5,
+                                                    r"\(its training cross-entropy .* while its teacher's top-1 is "
+                                                    r"100.00%: it collapsed.* Lower --lr \(0.5\)"):
+        train(config(tmp_path, student="mlp:hidden=32", store=str(store), loss="dkd", dkd_warmup=1, lr=0.5,
                      epochs=4), log=lines.append)
     assert any(line.startswith("epoch 2/4") for line in lines) and not any("epoch 3/4" in line for line in lines)
 
@@ -111,13 +137,15 @@ def test_a_student_that_collapses_after_the_dkd_warmup_stops(tmp_path, digits_st
 def test_the_collapse_check_waits_for_the_warmup_and_needs_chance():
     dkd = TrainConfig(out="x", student="mlp", dataset="digits", store="s", loss="dkd", dkd_warmup=3).resolved()
     at_chance = {"epoch": 4, "train_ce": math.log(10) + 0.01, "val_top1": 0.5}
-    assert collapse_error({**at_chance, "epoch": 3}, dkd, 10, None) is None  # still warming up
-    assert "cross-entropy" in str(collapse_error(at_chance, dkd, 10, None))
-    assert collapse_error({**at_chance, "train_ce": 1.0}, dkd, 10, 0.2) is None  # learning
+    assert collapse_error({**at_chance, "epoch": 3}, dkd, 10, None, 0.9) is None  # still warming up
+    assert "cross-entropy" in str(collapse_error(at_chance, dkd, 10, None, 0.9))
+    assert collapse_error({**at_chance, "train_ce": 1.0}, dkd, 10, 0.2, 0.9) is None  # learning
     assert "most frequent class (20.00%)" in str(collapse_error({**at_chance, "train_ce": 1.0, "val_top1": 0.2},
-                                                                  dkd, 10, 0.2))
+                                                                  dkd, 10, 0.2, 0.9))
+    assert collapse_error(at_chance, dkd, 10, 0.2, 0.15) is None  # its teacher is at chance too: it follows it
+    assert collapse_error(at_chance, dkd, 10, 0.2, None) is None  # an online teacher: no recorded accuracy
     kl = TrainConfig(out="x", student="mlp", dataset="digits", store="s", loss="kl").resolved()
-    assert collapse_error(at_chance, kl, 10, 0.2) is None  # only losses with a warm-up are checked
+    assert collapse_error(at_chance, kl, 10, 0.2, 0.9) is None  # only losses with a warm-up are checked
 
 
 def test_a_run_without_validation_says_so(tmp_path):

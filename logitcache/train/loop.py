@@ -84,8 +84,8 @@ def train(config: TrainConfig, log=print) -> TrainSummary:
     Rank 0 holds the run directory's lock throughout; see ``resume.py`` for that, for what a
     ``--resume`` may change, and for stopping at a non-finite loss (TrainingDivergedError).
     """
+    validate(config.resolved())  # every option checked before the store is opened
     config = with_store_temperature(config, log if is_main_process() else _quiet).resolved()
-    validate(config)
     run = RunFiles(Path(config.out))
     with distributed(config.device) as dist, hold_run(run, dist):
         return _train(config, run, dist, log if dist.is_main else _quiet)
@@ -134,7 +134,7 @@ def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainS
 
     sampler, loader = _epoch_loader(config, paired, rows, logits, replay, dist, device)
     board = open_board(config, (start_epoch - 1) * len(loader), log) if dist.is_main else None
-    chance = _majority_share(val_source)
+    chance, teacher_top1 = _majority_share(val_source), _teacher_top1(store, logits)
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs + 1):
         sampler.set_epoch(epoch)
@@ -157,7 +157,7 @@ def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainS
         else:
             history.append(None)
         history[-1] = dist.broadcast(record)
-        dist.agree(collapse_error(history[-1], config, num_classes, chance))
+        dist.agree(collapse_error(history[-1], config, num_classes, chance, teacher_top1))
     summary = TrainSummary(config.out, config.epochs, time.perf_counter() - started, history[-1],
                            best(history), history)
     if dist.is_main:
@@ -166,6 +166,15 @@ def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainS
             board.close()
     dist.agree()
     return summary
+
+
+def _teacher_top1(store, logits: TeacherLogits | None) -> float | None:
+    """The recorded top-1 of the store's teacher(s) on the training labels (their mean for an
+    ensemble); None without a store (an online teacher's is not known before training)."""
+    if logits is None:
+        return None
+    scores = [(store.teacher(name).attrs.get("metrics") or {}).get("top1") for name in logits.teacher_names]
+    return None if None in scores else sum(scores) / len(scores)
 
 
 def _majority_share(source) -> float | None:
