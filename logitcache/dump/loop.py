@@ -44,11 +44,11 @@ class AccuracyCounts:
         start, stop = self.teacher.layout.shard_rows(shard, len(self.labels))
         views = self.teacher.views_per_sample
         own = self.own.setdefault(shard, [0, 0, np.empty((stop - start) * views, np.int64)])
-        labels = torch.from_numpy(np.repeat(self.labels[start:stop][rows], views)).to(logits.device)
-        top = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
+        labels = np.repeat(self.labels[start:stop][rows], views)
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices.cpu().numpy()  # on the device; (R, 5) come back
         own[0] += int((top[:, 0] == labels).sum())
-        own[1] += int((top == labels[:, None]).any(1).sum())
-        own[2][rows.start * views:rows.stop * views] = top[:, 0].cpu().numpy()
+        own[1] += int((top == labels[:, None]).any(axis=1).sum())
+        own[2][rows.start * views:rows.stop * views] = top[:, 0]
 
     def __call__(self, shard: int, stored: dict[str, np.ndarray]) -> None:
         teacher = self.teacher

@@ -1,6 +1,6 @@
 """``train --tensorboard``: the run's scalars as TensorBoard event files, in ``RUN/tensorboard``.
 
-    >>> board = open_board(config, start_step=0, log=print)    # says how to open it; None without --tensorboard
+    >>> board = open_board(config, start_step=0, log=print)    # says how to open it (writes nothing without --tensorboard)
     >>> board.step(step, lr, loss, ce, kd)                     # every step: train/loss, train/ce, train/kd, train/lr
     >>> board.epoch(record, step)                              # every epoch: val/top1, epoch/train_loss, ...
     >>> board.close()
@@ -22,18 +22,23 @@ BOARD_DIR = "tensorboard"
 
 
 class Board:
-    """A SummaryWriter with the scalars a run writes, under fixed names."""
+    """A SummaryWriter with the scalars a run writes, under fixed names; without one (no
+    --tensorboard, or not rank 0) every method does nothing."""
 
-    def __init__(self, writer):
+    def __init__(self, writer=None):
         self.writer = writer
 
     def step(self, step: int, lr: float, loss: float, ce: float, kd: float) -> None:
+        if self.writer is None:
+            return
         for name, value in (("loss", loss), ("ce", ce), ("kd", kd), ("lr", lr)):
             self.writer.add_scalar(f"train/{name}", value, step)
 
     def epoch(self, record: dict, step: int) -> None:
         """Every number of an epoch's record at global ``step``: val_top1 -> val/top1, train_loss ->
         epoch/train_loss, epoch -> epoch/epoch."""
+        if self.writer is None:
+            return
         for key, value in record.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue  # a metric without a value (no validation set): None
@@ -42,17 +47,19 @@ class Board:
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
-def open_board(config, start_step: int, log) -> Board | None:
-    """The run's board when ``config.tensorboard`` is on (rank 0 only), after one line on how to open it.
+def open_board(config, start_step: int, log, enabled: bool = True) -> Board:
+    """The run's board, writing when ``config.tensorboard`` is on and ``enabled`` (rank 0), after one
+    line on how to open it.
 
     Raises:
         ConfigError: the tensorboard package is not installed.
     """
-    if not config.tensorboard:
-        return None
+    if not (config.tensorboard and enabled):
+        return Board()
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:

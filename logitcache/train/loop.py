@@ -108,8 +108,7 @@ def with_store_temperature(config: TrainConfig, log) -> TrainConfig:
 def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainSummary:
     device = resolve_device(dist.device(config.device))
     resumed = open_resume(run, config, dist, log)  # before any data is read: refuses a changed run at once
-    note = warmup_note(config)
-    if note:
+    if note := warmup_note(config):
         log(note)
 
     # Data: the teacher's logits, the training set (replayed views, or any augmentation), validation.
@@ -133,7 +132,7 @@ def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainS
     start_epoch, history = prepare_run(run, config, resumed, student, optimizer, dist, log)
 
     sampler, loader = _epoch_loader(config, paired, rows, logits, replay, dist, device)
-    board = open_board(config, (start_epoch - 1) * len(loader), log) if dist.is_main else None
+    board = open_board(config, (start_epoch - 1) * len(loader), log, enabled=dist.is_main)
     chance, teacher_top1 = _majority_share(val_source), _teacher_top1(store, logits)
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs + 1):
@@ -150,8 +149,7 @@ def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainS
             record = {**_epoch_record(epoch, losses), **evaluate(student, val_source, config, device),
                       "epoch_seconds": round(time.perf_counter() - epoch_start, 3)}
             history.append(record)
-            if board is not None:  # flushed before the checkpoint: a resume purges what it redoes
-                board.epoch(record, epoch * len(loader) - 1)
+            board.epoch(record, epoch * len(loader) - 1)  # flushed before the checkpoint: a resume purges what it redoes
             save_epoch(run, config, student, optimizer, num_classes, history)
             log(_epoch_line(record, config.epochs))
         else:
@@ -162,8 +160,7 @@ def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainS
                            best(history), history)
     if dist.is_main:
         run.finish(summary_record(summary))
-        if board is not None:
-            board.close()
+    board.close()
     dist.agree()
     return summary
 
@@ -254,7 +251,7 @@ def train_one_epoch(model, loader, optimizer, kd, online, config: TrainConfig, e
         losses.append((step, lr, *(v / dist.world_size for v in values)))
         check_step_loss(losses[-1], config, epoch, step_in_epoch, steps_per_epoch)
         bar.set_postfix(loss=f"{losses[-1][2]:.4f}", refresh=False)  # shown at the bar's next redraw
-        if board is not None:
+        if board is not None:  # the run's TensorBoard (train_one_epoch is also called without one)
             board.step(*losses[-1])
     return losses
 
