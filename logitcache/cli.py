@@ -319,8 +319,10 @@ def run_command(pipeline, no_progress):
 @click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="The PNG file to write.")
 @friendly_errors
 def plot(runs, out):
-    """Plot RUNS (train --out directories, or directories of them) into one PNG: validation top-1
-    (or loss) and training loss per epoch, a line per run. Needs matplotlib."""
+    """Draw runs' validation top-1 (or loss) and training loss per epoch into one PNG.
+
+    RUNS are train --out directories, or directories of them (a pipeline's runs); a line per run.
+    Needs matplotlib."""
     from .reports import plot_runs, read_runs
 
     click.echo(f"wrote {plot_runs(read_runs(runs), out)}")
@@ -330,7 +332,9 @@ def plot(runs, out):
 @click.argument("runs", nargs=-1, required=True)
 @friendly_errors
 def runs_command(runs):
-    """A table of RUNS (train --out directories, or directories of them): settings, best and last results."""
+    """Print a table of runs: their settings, best and last results.
+
+    RUNS are train --out directories, or directories of them (a pipeline's runs)."""
     from .reports import format_runs, read_runs
 
     click.echo(format_runs(read_runs(runs)))

@@ -45,6 +45,7 @@ def test_a_timm_model_loads_local_weights_with_weights_or_pretrained_file(vit_we
 @pytest.mark.parametrize("spec, error, says", [
     ("timm:resnet10", SpecError, "unknown timm model 'resnet10'; did you mean"),
     ("timm:test_vit:num_classes=4", SpecError, "num_classes is set by logitcache"),
+    ("timm:test_vit:checkpoint_path=/w.pth", SpecError, "checkpoint_path is set by logitcache"),
     ("timm:test_vit:pretrained_file=/nonexistent.pth", ModelError, "pretrained_file /nonexistent.pth does not exist"),
 ])
 def test_bad_timm_specs(spec, error, says):

@@ -114,7 +114,7 @@ def _parse(rest: str) -> tuple[str, dict]:
         hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
         raise SpecError(f"unknown timm model {name!r}{hint}")
     kwargs = parse_kwargs(args, f"timm model {name!r}")
-    for key in ("num_classes", "pretrained", "pretrained_cfg_overlay"):
+    for key in ("num_classes", "pretrained", "pretrained_cfg_overlay", "pretrained_cfg", "checkpoint_path"):
         if key in kwargs:
             raise SpecError(f"timm model {name!r}: {key} is set by logitcache (classes with --num-classes or the "
                             "dataset, weights with --weights or pretrained_file=PATH), not in the spec")
