@@ -85,7 +85,8 @@ def test_a_stores_bytes_depend_on_the_logits_alone_not_the_thread_counts(tmp_pat
         for threads in (1, 2):
             torch.set_num_threads(threads)
             numcodecs.blosc.set_nthreads(threads)
-            store = make_store(tmp_path / f"{threads}.zarr", codec="u8", teacher="tests.test_dump_accuracy:pixel_teacher")
+            store = make_store(tmp_path / f"{threads}.zarr", codec="u8",
+                               teacher="tests.test_dump_accuracy:pixel_teacher")
             contents.append(store_contents(store))
     finally:
         torch.set_num_threads(torch_threads)

@@ -110,7 +110,8 @@ def _image_source(data, split, options: dict, transform, where: str) -> tuple:
         raise DatasetError(f"{where}: label column {label!r} holds {labels.dtype} values, not class indices; "
                            "name the label column with :label=COL")
     feature = data.features[label]
-    classes = list(feature.names) if hasattr(feature, "names") else [str(c) for c in range(int(labels.max(initial=-1)) + 1)]
+    numbered = [str(c) for c in range(int(labels.max(initial=-1)) + 1)]  # no ClassLabel: 0 to the largest label
+    classes = list(feature.names) if hasattr(feature, "names") else numbered
     keys = _keys(data, options.get("key"), image, split, where)
     mode = None if options.get("mode") == "keep" else options.get("mode", "RGB")
     return HFImages(data, image, label, mode, transform), keys, labels, classes

@@ -1,6 +1,6 @@
 """``train --tensorboard``: the run's scalars as TensorBoard event files, in ``RUN/tensorboard``.
 
-    >>> board = open_board(config, start_step=0, log=print)    # says how to open it (writes nothing without --tensorboard)
+    >>> board = open_board(config, start_step=0, log=print)    # says how to open it; without --tensorboard: a no-op
     >>> board.step(step, lr, loss, ce, kd)                     # every step: train/loss, train/ce, train/kd, train/lr
     >>> board.epoch(record, step)                              # every epoch: val/top1, epoch/train_loss, ...
     >>> board.close()

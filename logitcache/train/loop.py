@@ -149,7 +149,7 @@ def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainS
             record = {**_epoch_record(epoch, losses), **evaluate(student, val_source, config, device),
                       "epoch_seconds": round(time.perf_counter() - epoch_start, 3)}
             history.append(record)
-            board.epoch(record, epoch * len(loader) - 1)  # flushed before the checkpoint: a resume purges what it redoes
+            board.epoch(record, epoch * len(loader) - 1)  # flushed before the checkpoint: a resume purges the rest
             save_epoch(run, config, student, optimizer, num_classes, history)
             log(_epoch_line(record, config.epochs))
         else:

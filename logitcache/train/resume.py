@@ -175,8 +175,9 @@ def collapse_error(record: dict, config: TrainConfig, num_classes: int, chance: 
         return None
     return TrainingDivergedError(
         f"epoch {record['epoch']}: the student sits at chance after the {config.loss} warm-up ({' and '.join(why)}), "
-        f"while its teacher's top-1 is {teacher_top1:.2%}: it collapsed, so training stopped. Lower --lr ({config.lr:g}) or --kd-weight ({config.kd_weight:g}), or "
-        f"lengthen --{option.replace('_', '-')} ({warmup}), then start again with --overwrite"
+        f"while its teacher's top-1 is {teacher_top1:.2%}: it collapsed, so training stopped. Lower --lr "
+        f"({config.lr:g}) or --kd-weight ({config.kd_weight:g}), or lengthen --{option.replace('_', '-')} ({warmup}), "
+        "then start again with --overwrite"
     )
 
 
