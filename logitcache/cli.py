@@ -6,6 +6,7 @@
     $ logitcache train --out RUN --student SPEC --dataset SPEC [--store STORE --loss dist]
     $ logitcache pack STORE STORE.zip
     $ logitcache run pipelines/digits.toml
+    $ logitcache runs data/runs/digits              # a table of runs; plot RUN... -o FILE.png draws them
 
 Library errors become one-line messages with a non-zero exit; torch and zarr are imported inside
 the commands so ``--help`` stays fast.
@@ -32,6 +33,7 @@ def _defaults(config_class) -> dict:
 
 
 DUMP, TRAIN = _defaults(DumpConfig), _defaults(TrainConfig)
+DEVICE_HELP = "cpu, cuda, cuda:N, mps, or auto (cuda when a GPU is visible, else cpu)."
 
 
 def friendly_errors(command):
@@ -99,7 +101,7 @@ def cli():
               "tail bucket) or sample:K[:T] (K draws from the teacher at temperature T).")
 @click.option("--batch-size", default=DUMP["batch_size"], show_default=True, type=int)
 @click.option("--workers", default=DUMP["workers"], show_default=True, type=int, help="DataLoader worker processes.")
-@click.option("--device", default=DUMP["device"], show_default=True)
+@click.option("--device", default=DUMP["device"], show_default=True, help=DEVICE_HELP)
 @click.option("--bf16", is_flag=True, help="Run the teacher under bf16 autocast (logits are cast to fp32).")
 @click.option("--num-classes", type=int, help="Teacher head size (default: the dataset's class count).")
 @click.option("--rows-per-shard", type=int, help="Rows per shard, the unit of writing and resuming.")
@@ -240,7 +242,7 @@ class LossName(click.ParamType):
 @click.option("--epochs", default=TRAIN["epochs"], show_default=True, type=int)
 @click.option("--batch-size", default=TRAIN["batch_size"], show_default=True, type=int)
 @click.option("--seed", default=TRAIN["seed"], show_default=True, type=int)
-@click.option("--device", default=TRAIN["device"], show_default=True)
+@click.option("--device", default=TRAIN["device"], show_default=True, help=DEVICE_HELP)
 @click.option("--bf16", is_flag=True, help="bf16 autocast for the student's forward pass.")
 @click.option("--workers", default=TRAIN["workers"], show_default=True, type=int)
 @click.option("--transform", help="Training input transform (default: the dataset's eval transform).")
@@ -262,7 +264,9 @@ class LossName(click.ParamType):
 @click.option("--allow-partial", is_flag=True, help="Train on the written part of an unfinished store.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
-@click.option("--no-progress", is_flag=True)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--tensorboard", is_flag=True, help="Also write the run's scalars (every step and epoch) as "
+              "TensorBoard event files in RUN/tensorboard (needs the tensorboard package).")
 @storage_option
 @friendly_errors
 def train(milestones, no_progress, **options):
@@ -297,15 +301,43 @@ def pack(store, destination, overwrite, storage_options):
 
 @cli.command(name="run")
 @click.argument("pipeline", type=click.Path(dir_okay=False))
-@click.option("--no-progress", is_flag=True)
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
 @friendly_errors
 def run_command(pipeline, no_progress):
-    """Run a pipeline file: teacher, dump, students; complete steps are skipped."""
+    """Run a pipeline file: teacher, dump, students; complete steps are skipped.
+
+    Relative paths in the file are relative to the directory run is started in, not to the file's."""
     from .pipeline import format_results, run_pipeline
 
     results = run_pipeline(pipeline, log=click.echo, progress=not no_progress)
     click.echo("")
     click.echo(format_results(results))
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True)
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="The PNG file to write.")
+@friendly_errors
+def plot(runs, out):
+    """Draw runs' validation top-1 (or loss) and training loss per epoch into one PNG.
+
+    RUNS are train --out directories, or directories of them (a pipeline's runs); a line per run.
+    Needs matplotlib."""
+    from .reports import plot_runs, read_runs
+
+    click.echo(f"wrote {plot_runs(read_runs(runs), out)}")
+
+
+@cli.command(name="runs")
+@click.argument("runs", nargs=-1, required=True)
+@friendly_errors
+def runs_command(runs):
+    """Print a table of runs: their settings, best and last results.
+
+    RUNS are train --out directories, or directories of them (a pipeline's runs)."""
+    from .reports import format_runs, read_runs
+
+    click.echo(format_runs(read_runs(runs)))
 
 
 def _quiet_abandoned_requests(unraisable):

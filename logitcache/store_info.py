@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from .errors import LogitCacheError, StoreIncompleteError
-from .store import FORMAT_VERSION, open_store
+from .store import BASE_VERSION, open_store
 
 
 def describe_store(location, storage_options: dict | None = None) -> dict:
@@ -48,9 +48,10 @@ def format_description(d: dict) -> str:
     data = d["dataset"]
     if data.get("kind") == "tokens":
         return format_token_description(d)
+    split = f"  split {data['split']}" if data.get("split") else ""
     lines = [
-        f"store     {d['location']}  (logitcache format v{d['version']}; this logitcache reads v{FORMAT_VERSION})",
-        f"dataset   {data.get('spec')}  split {data.get('split')}: {data['num_samples']} samples, "
+        f"store     {d['location']}  (logitcache format v{d['version']}{_older(d['version'])})",
+        f"dataset   {data.get('spec')}{split}: {data['num_samples']} samples, "
         f"{len(data.get('class_names') or [])} classes",
         f"          fingerprint {data['fingerprint']}",
         f"          transform {data.get('transform')}",
@@ -88,8 +89,7 @@ def format_description(d: dict) -> str:
                          f"parameters and {hashes}: {t['view_param_bytes']:,} bytes "
                          f"= {t['view_param_bytes'] / outputs:.1f} bytes/view")
         if metrics:
-            over = " (every view)" if t.get("views") else ""
-            lines.append(f"  accuracy  top-1 {metrics['top1']:.2%}, top-5 {metrics['top5']:.2%} on the dumped labels{over}")
+            lines += _accuracy(metrics, run.get("teacher_outputs"), bool(t.get("views")), outputs)
             if metrics.get("mass_stored", 1.0) < 1.0:
                 rest = "(the rest as one tail bucket)" if t["codec"].startswith("topk") else "(in the sampled classes)"
                 lines.append(f"  mass      {metrics['mass_stored']:.2%} of the probability mass is stored exactly {rest}")
@@ -103,6 +103,28 @@ def format_description(d: dict) -> str:
         software = prov.get("software", {})
         lines.append("  software  " + ", ".join(f"{k} {v}" for k, v in software.items()))
     return "\n".join(lines)
+
+
+def _older(version: int) -> str:
+    """A word on stores older than the version this logitcache makes stores of samples as (it reads
+    them as they are)."""
+    if version >= BASE_VERSION:
+        return ""
+    return f": an older format, still read; stores made now are v{BASE_VERSION}"
+
+
+def _accuracy(metrics: dict, own: dict | None, views: bool, outputs: int) -> list[str]:
+    """The teacher's own accuracy (its outputs before encoding, which the dump's run record keeps),
+    and apart from it the stored targets' accuracy and their top-1 agreement with the teacher's."""
+    over = " (every view)" if views else ""
+    stored = f"top-1 {metrics['top1']:.2%}, top-5 {metrics['top5']:.2%} on the dumped labels{over}"
+    if own is None:  # written before the teacher's own outputs were counted, or every shard by a resumed-from run
+        return [f"  accuracy  {stored}, of the stored targets"]
+    rows = "" if own["rows"] == outputs else f", on the {own['rows']} rows the completing session computed"
+    return [f"  accuracy  teacher top-1 {own['top1']:.2%}, top-5 {own['top5']:.2%} on the dumped labels{over} "
+            f"(its own outputs, before encoding{rows})",
+            f"  targets   stored targets' top-1 {metrics['top1']:.2%}; it agrees with the teacher's top-1 on "
+            f"{own['agreement']:.2%}"]
 
 
 def _field(record: dict, *path: str, fmt: str = "") -> str:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from ..errors import DatasetError, StoreIncompleteError
+from ..progress import progress_bar
 from ..store import VIEW_HASHES_ARRAY, VIEW_PARAMS_ARRAY, BackgroundWriter, Teacher
 
 
@@ -20,13 +20,35 @@ def autocast(device, enabled: bool):
 
 
 class AccuracyCounts:
-    """Per shard: top-1/top-5 hits from the decoded logits (what students will see), and the
-    probability mass the codec stores exactly (below 1 only for sparse codecs)."""
+    """Per shard, once it is written and read back: the stored targets' top-1/top-5 hits (what
+    students will see) and the probability mass the codec stores exactly (below 1 only for sparse
+    codecs). For the shards this session runs the teacher on, also the teacher's own top-1/top-5
+    hits, from its outputs before encoding (``teacher_outputs``, called by the loop), and how often
+    the stored targets' top-1 agrees with the teacher's own.
+
+    The stored counts are a function of the store's bytes, so they go into the teacher's digested
+    ``metrics`` (a resumed dump writes the same metadata as an uninterrupted one). The teacher's own
+    outputs are seen only by the session that computes them, so theirs go into the volatile ``run``
+    record, over the rows this session computed (all of them, unless it resumed)."""
+
+    NAMES = ("top1", "top5", "mass_stored", "own_rows", "own_top1", "own_top5", "agreement")
 
     def __init__(self, labels: np.ndarray, teacher: Teacher):
         self.labels = labels
         self.teacher = teacher
-        self.by_shard: dict[int, tuple[int, int, float]] = {}
+        self.by_shard: dict[int, tuple] = {}
+        self.own: dict[int, list] = {}  # shard -> [top-1 hits, top-5 hits, the top-1 class of every row]
+
+    def teacher_outputs(self, shard: int, rows: slice, logits) -> None:
+        """Count the teacher's own hits on ``rows`` (of the shard, in samples) from its logits (R, C)."""
+        start, stop = self.teacher.layout.shard_rows(shard, len(self.labels))
+        views = self.teacher.views_per_sample
+        own = self.own.setdefault(shard, [0, 0, np.empty((stop - start) * views, np.int64)])
+        labels = np.repeat(self.labels[start:stop][rows], views)
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices.cpu().numpy()  # on the device; (R, 5) come back
+        own[0] += int((top[:, 0] == labels).sum())
+        own[1] += int((top == labels[:, None]).any(axis=1).sum())
+        own[2][rows.start * views:rows.stop * views] = top[:, 0]
 
     def __call__(self, shard: int, stored: dict[str, np.ndarray]) -> None:
         teacher = self.teacher
@@ -35,14 +57,30 @@ class AccuracyCounts:
             raise StoreIncompleteError(f"teacher {teacher.name!r}: shard {shard} holds rows never written")
         labels = np.repeat(self.labels[start:stop], teacher.views_per_sample)  # one row per view
         top = teacher.codec.top_classes(teacher.flat(stored), 5)
-        top1 = top[:, 0] == labels
-        top5 = (top == labels[:, None]).any(axis=1)
+        top1 = int((top[:, 0] == labels).sum())
+        top5 = int((top == labels[:, None]).any(axis=1).sum())
         mass = float(teacher.codec.stored_mass(teacher.flat(stored)).sum())
-        self.by_shard[shard] = (int(top1.sum()), int(top5.sum()), mass)
+        own = self.own.pop(shard, None)  # None: written by an earlier session, whose outputs are gone
+        mine = (len(labels), own[0], own[1], int((top[:, 0] == own[2]).sum())) if own else (0, 0, 0, 0)
+        self.by_shard[shard] = (top1, top5, mass, *mine)
 
     def totals(self) -> list[float]:
-        """Top-1 hits, top-5 hits and stored mass, summed over the shards counted so far."""
-        return [float(sum(h[i] for h in self.by_shard.values())) for i in range(3)]
+        """The NAMES, summed over the shards counted so far (to be summed over ranks)."""
+        return [float(sum(h[i] for h in self.by_shard.values())) for i in range(len(self.NAMES))]
+
+    @classmethod
+    def records(cls, totals: list[float], rows: int) -> tuple[dict, dict | None]:
+        """(the teacher's ``metrics``: the stored targets' top-1, top-5 and stored mass over all
+        ``rows``; the run's ``teacher_outputs``: the teacher's own top-1 and top-5 and the stored
+        targets' top-1 agreement with it, over the rows this session computed, or None if none)."""
+        counts = dict(zip(cls.NAMES, totals))
+        metrics = {"top1": counts["top1"] / rows, "top5": counts["top5"] / rows,
+                   "mass_stored": counts["mass_stored"] / rows}
+        own = int(counts["own_rows"])
+        if not own:
+            return metrics, None
+        return metrics, {"rows": own, "top1": counts["own_top1"] / own, "top5": counts["own_top5"] / own,
+                         "agreement": counts["agreement"] / own}
 
 
 def run_teacher(model, inputs, spec: str, teacher: Teacher, pending: list[int], config, device, counts,
@@ -65,8 +103,7 @@ def run_teacher(model, inputs, spec: str, teacher: Teacher, pending: list[int], 
     buffers: dict[int, dict[str, np.ndarray]] = {}
     filled: dict[int, int] = {}
     todo = sum(len(b) for b in batches)
-    bar = tqdm(total=todo, unit="sample", disable=not (config.progress and show),
-               desc=f"dump {teacher.name}", dynamic_ncols=True)
+    bar = progress_bar(total=todo, unit="sample", enabled=config.progress and show, desc=f"dump {teacher.name}")
     with BackgroundWriter(teacher, on_written=counts, before_write=held) as writer, bar:
         for shard, indices, batch in zip(owners, batches, _checked(loader, spec)):
             images = batch[0].flatten(0, 1) if teacher.views else batch[0]  # (B, K, ...) -> (B * K, ...)
@@ -75,6 +112,7 @@ def run_teacher(model, inputs, spec: str, teacher: Teacher, pending: list[int], 
             start, stop = layout.shard_rows(shard, total)
             buffer = buffers.setdefault(shard, _shard_buffer(teacher, stop - start))
             rows = slice(indices[0] - start, indices[-1] + 1 - start)
+            counts.teacher_outputs(shard, rows, logits)
             buffer["logits"][rows] = logits.float().cpu().numpy().reshape(len(indices), *teacher.row_shape)
             if teacher.views:
                 buffer[VIEW_PARAMS_ARRAY][rows] = batch[2].numpy()

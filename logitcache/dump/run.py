@@ -29,7 +29,7 @@ from ..errors import (
     ModelError,
     SpecError,
 )
-from ..sources import get_dataset, get_model
+from ..sources import get_dataset, get_model, model_transform
 from ..store import (
     Teacher,
     get_codec,
@@ -66,7 +66,7 @@ def dump(config: DumpConfig, log=print):
 
 def _dump(config: DumpConfig, dist: Distributed, log):
     # Every rank builds the same data and teacher; only rank 0 writes the store's metadata.
-    job = TokenJob(config, dist) if config.tokenizer else ImageJob(config, dist)
+    job = TokenJob(config, dist) if config.tokenizer else ImageJob(config, dist, log)
     with contextlib.ExitStack() as held:
         store = teacher = lock = error = None
         if dist.is_main:  # rank 0 holds the teacher's lock for the whole dump, for every rank
@@ -95,11 +95,14 @@ class ImageJob:
     """What ``dump`` needs of an image (labelled-sample) dump: the inputs (views too), the teacher,
     its settings; then ``write`` and ``summary``."""
 
-    def __init__(self, config: DumpConfig, dist: Distributed):
+    def __init__(self, config: DumpConfig, dist: Distributed, log=print):
         self.config = config
         augment = parse_augment(config.augment) if config.augment else None
+        model_steps = None if config.transform else model_transform(config.teacher)  # a timm teacher's data config
         self.source = get_dataset(config.dataset, split=config.split, transform=config.transform,
-                                  for_views=bool(augment))
+                                  for_views=bool(augment), default_transform=model_steps)
+        if self.source.extra.get("transform_from") == "model" and dist.is_main:
+            log(f"inputs: {self.source.transform} (the teacher's data config; --transform overrides it)")
         self.inputs = (DumpViews(self.source, augment, config.view_count, config.seed, config.record_view_hashes)
                        if augment else self.source.dataset)
         self.device = resolve_device(dist.device(config.device))
@@ -118,7 +121,8 @@ class ImageJob:
                               lock, log)
 
     def summary(self, store, teacher, written: int, seconds: float) -> DumpSummary:
-        return _summary(self.config, store, teacher, teacher.attrs["metrics"], written, seconds)
+        return _summary(self.config, store, teacher, teacher.attrs["metrics"], written, seconds,
+                        outputs=(teacher.attrs.get("run") or {}).get("teacher_outputs"))
 
 
 def _write_teacher(config: DumpConfig, dist: Distributed, source, inputs, model, device, store, teacher, lock,
@@ -138,30 +142,31 @@ def _write_teacher(config: DumpConfig, dist: Distributed, source, inputs, model,
     except LogitCacheError as err:
         error = err
     dist.agree(error)
-    hits1, hits5, mass, written = dist.sum([*counts.totals(), written])
+    *totals, written = dist.sum([*counts.totals(), written])
     seconds = time.perf_counter() - started
     rows = len(source) * teacher.views_per_sample  # accuracy and mass are over every stored view
-    metrics = {"top1": hits1 / rows, "top5": hits5 / rows, "mass_stored": mass / rows}
+    metrics, outputs = AccuracyCounts.records(totals, rows)
     error = None
     if dist.is_main:
         try:
             lock.ensure_held()
             run = teacher.attrs["run"]
             run.update(finished_at=now_utc(), sessions=run["sessions"] + 1,
-                       seconds=round(run["seconds"] + seconds, 3), processes=dist.world_size)
+                       seconds=round(run["seconds"] + seconds, 3), processes=dist.world_size,
+                       teacher_outputs=outputs)
             teacher.mark_complete(metrics=metrics, run=run)
         except LogitCacheError as err:
             error = err
     dist.agree(error)
-    return _summary(config, store, teacher, metrics, int(written), seconds, resumed=int(done.sum()))
+    return _summary(config, store, teacher, metrics, int(written), seconds, resumed=int(done.sum()), outputs=outputs)
 
 
 def _summary(config: DumpConfig, store, teacher: Teacher, metrics: dict, written: int, seconds: float,
-             resumed: int | None = None) -> DumpSummary:
+             resumed: int | None = None, outputs: dict | None = None) -> DumpSummary:
     return DumpSummary(store.location, config.teacher_name, store.num_samples, written, seconds,
                        teacher.nbytes_stored(), teacher.num_classes, teacher.codec.name, metrics["top1"],
                        metrics["top5"], teacher.num_shards if resumed is None else resumed, config.view_count,
-                       teacher.nbytes_views())
+                       teacher.nbytes_views(), teacher_outputs=outputs)
 
 
 def validate(config: DumpConfig) -> None:

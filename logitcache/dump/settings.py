@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..sources import file_sha256, num_parameters, parameters_sha256
+from ..sources import file_sha256, num_parameters, parameters_sha256, weights_in_spec
 from ..store import choose_layout, get_codec
 from ..views.grammar import ViewAugment
 from ..views.record import bytes_per_view, view_record
@@ -42,28 +42,28 @@ def dump_settings(config, source, model, num_classes: int, device,
     provenance = {
         "teacher": {"spec": config.teacher, "weights": config.weights, "num_parameters": num_parameters(model)},
         "dataset": source.describe(),
-        "software": software(),
+        "software": software(config.teacher),
     }
     return settings, provenance
 
 
 def weights_digest(config, model) -> dict:
     """The teacher's identity in the settings: its weights file's and its parameters' sha256."""
-    weights_file = config.weights or _file_in_spec(config.teacher)
+    weights_file = config.weights or weights_in_spec(config.teacher)
     return {"weights_sha256": file_sha256(weights_file) if weights_file else None,
             "parameters_sha256": parameters_sha256(model)}
 
 
-def _file_in_spec(spec: str) -> str | None:
-    scheme, _, rest = spec.partition(":")
-    return rest if scheme in ("torchscript", "export", "checkpoint") else None
-
-
-def software() -> dict:
+def software(teacher: str = "") -> dict:
     import numcodecs
     import torchvision
     import zarr
 
-    return {"logitcache": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "zarr": zarr.__version__, "numcodecs": numcodecs.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
+    versions = {"logitcache": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+                "zarr": zarr.__version__, "numcodecs": numcodecs.__version__, "numpy": np.__version__,
+                "python": platform.python_version()}
+    if teacher.startswith("timm:"):  # the architecture's code is timm's: its version is part of the teacher
+        import timm
+
+        versions["timm"] = timm.__version__
+    return versions

@@ -17,6 +17,7 @@ from . import (  # noqa: E402,F401
     cifar_resnet,
     digits,
     gpt,
+    hf_datasets,
     imagefolder,
     small_nets,
     torchvision_datasets,
@@ -35,9 +36,11 @@ from .models import (
     get_model,
     list_models,
     load_weights,
+    model_transform,
     num_parameters,
     parameters_sha256,
     register_model,
+    weights_in_spec,
 )
 from .tokenizers import Tokenizer, get_tokenizer
 from .tokens import TokenSource, get_token_dataset, list_token_datasets, register_token_dataset
@@ -56,10 +59,12 @@ __all__ = [
     "list_token_datasets",
     "lm_context_length",
     "load_weights",
+    "model_transform",
     "num_parameters",
     "parameters_sha256",
     "parse_spec",
     "register_dataset",
     "register_model",
     "register_token_dataset",
+    "weights_in_spec",
 ]

@@ -25,6 +25,7 @@ from ._root import (
     remove_location,
 )
 from ._schema import (
+    BASE_VERSION,
     FORMAT_NAME,
     FORMAT_VERSION,
     STATUS_COMPLETE,
@@ -42,6 +43,7 @@ from ._verify import VerifyReport, verify_store
 from ._writer import BackgroundWriter
 
 __all__ = [
+    "BASE_VERSION",
     "CODECS",
     "FORMAT_NAME",
     "FORMAT_VERSION",

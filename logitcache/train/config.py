@@ -71,6 +71,7 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
+    tensorboard: bool = False  # also write the scalars as TensorBoard event files in RUN/tensorboard
     storage_options: dict = field(default_factory=dict)
 
     def resolved(self) -> TrainConfig:
@@ -140,6 +141,19 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(message)
 
 
+def warmup_note(config: TrainConfig) -> str | None:
+    """The note ``train`` starts with when the loss's own warm-up (DKD's) outlasts the run; None otherwise."""
+    from ..losses import loss_spec
+
+    option = loss_spec(config.loss).warmup
+    warmup = getattr(config, option) if option else 0
+    if warmup <= config.epochs:
+        return None
+    return (f"note: {_flag(option)} {warmup} is longer than this {config.epochs}-epoch run: the {config.loss} term "
+            f"ramps up over {warmup} epochs and ends at {config.epochs / warmup:.0%} of its weight "
+            f"(give {_flag(option)} {config.epochs} or less for the full term)")
+
+
 def _peak_lr(config: TrainConfig) -> float:
     """The largest lr the schedule reaches (--lr, unless step decay's gamma is above 1)."""
     if config.schedule != "step":
@@ -175,6 +189,7 @@ MAY_CHANGE_ON_RESUME = {
     "resume": _any,  # how this command starts, not what the run computes
     "overwrite": _any,
     "progress": _any,
+    "tensorboard": _any,  # what else the run writes, not what it computes
     "workers": _any,  # batches and their order do not depend on who loads them
     "device": _any,  # where the same computation runs (the last bits differ between devices, as between two GPUs)
     "storage_options": _any,  # how the store is reached (endpoint, credentials), not which store

@@ -196,6 +196,17 @@ def check_teacher_identity(logits: TeacherLogits, expected: str) -> None:
             )
 
 
+def sampled_codec(location, teacher_names: str | None, allow_partial: bool, storage_options: dict | None):
+    """The codec of the one teacher a run would read, if it stores sampled classes (``sample:K:T``,
+    which fixes the temperature); None for every other store and for ensembles."""
+    store = location if isinstance(location, LogitStore) else open_store(location, storage_options=storage_options)
+    names = [n for n in (teacher_names or "").split(",") if n]
+    if len(names) > 1:
+        return None
+    codec = _resolve_teachers(store, names, allow_partial)[0].codec
+    return codec if codec.sparse_only else None
+
+
 def _resolve_teachers(store, names, allow_partial: bool) -> list:
     if not names:  # the only complete teacher; or the only teacher, if none is complete yet
         only_one = not store.teacher_names and len(store.all_teacher_names) == 1

@@ -16,28 +16,30 @@ from the raw sample, with that view's logits.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from ..devices import resolve_device
-from ..distributed import Distributed, distributed
+from ..distributed import Distributed, distributed, is_main_process
 from ..errors import ConfigError, DatasetError, ModelError
-from ..losses import loss_spec
+from ..losses import LOSSES, loss_spec
 from ..mixing import Mixer
+from ..progress import progress_bar
 from ..sources import get_dataset, get_model, transforms
 from ..store import open_store
 from ..views.replay import ViewReplay, check_view_hashes
-from .config import TrainConfig, get_lr, validate
-from .data import EpochSampler, PairedDataset, TeacherLogits
+from .board import open_board
+from .config import TrainConfig, get_lr, validate, warmup_note
+from .data import EpochSampler, PairedDataset, TeacherLogits, sampled_codec
 from .resume import (
     best,
     check_step_loss,
+    collapse_error,
     hold_run,
     open_resume,
     prepare_run,
@@ -58,6 +60,10 @@ class TrainSummary:
 
     def lines(self) -> list[str]:
         last, best = self.last, self.best
+        if last.get("val_top1") is None:  # no --val-dataset: nothing to call best
+            return [f"trained {self.epochs} epochs in {self.seconds:.1f} s -> {self.out}",
+                    f"  last epoch: train loss {last['train_loss']:.4f}",
+                    "  no validation set (--val-dataset), so best.pt is the last epoch's weights"]
         return [
             f"trained {self.epochs} epochs in {self.seconds:.1f} s -> {self.out}",
             f"  last epoch: val top-1 {_pct(last.get('val_top1'))}, top-5 {_pct(last.get('val_top5'))}, "
@@ -78,16 +84,32 @@ def train(config: TrainConfig, log=print) -> TrainSummary:
     Rank 0 holds the run directory's lock throughout; see ``resume.py`` for that, for what a
     ``--resume`` may change, and for stopping at a non-finite loss (TrainingDivergedError).
     """
-    config = config.resolved()
-    validate(config)
+    validate(config.resolved())  # every option checked before the store is opened
+    config = with_store_temperature(config, log if is_main_process() else _quiet).resolved()
     run = RunFiles(Path(config.out))
     with distributed(config.device) as dist, hold_run(run, dist):
         return _train(config, run, dist, log if dist.is_main else _quiet)
 
 
+def with_store_temperature(config: TrainConfig, log) -> TrainConfig:
+    """``config`` with ``--temperature`` set to the one a ``sample:K:T`` store's classes were drawn
+    at, when none is given and the loss reads sampled targets (KL from sampled classes estimates
+    the KL at that temperature only); said in one line. Otherwise ``config`` as it is."""
+    loss = config.loss or "dist"
+    if config.temperature is not None or not config.store or loss not in LOSSES or not loss_spec(loss).reads_sparse:
+        return config
+    codec = sampled_codec(config.store, config.teacher, config.allow_partial, config.storage_options)
+    if codec is None:
+        return config
+    log(f"--temperature {codec.temperature:g}: the temperature the store's classes were sampled at ({codec.name})")
+    return replace(config, temperature=codec.temperature)
+
+
 def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainSummary:
     device = resolve_device(dist.device(config.device))
     resumed = open_resume(run, config, dist, log)  # before any data is read: refuses a changed run at once
+    if note := warmup_note(config):
+        log(note)
 
     # Data: the teacher's logits, the training set (replayed views, or any augmentation), validation.
     uses_store = config.store and loss_spec(config.loss).needs_teacher
@@ -110,13 +132,16 @@ def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainS
     start_epoch, history = prepare_run(run, config, resumed, student, optimizer, dist, log)
 
     sampler, loader = _epoch_loader(config, paired, rows, logits, replay, dist, device)
+    board = open_board(config, (start_epoch - 1) * len(loader), log, enabled=dist.is_main)
+    chance, teacher_top1 = _majority_share(val_source), _teacher_top1(store, logits)
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs + 1):
         sampler.set_epoch(epoch)
         torch.manual_seed(config.seed * 100_003 + epoch + 1_000_003 * dist.rank)  # a function of (seed, epoch, rank)
         mix_rng = np.random.default_rng([config.seed, epoch, dist.rank, MIX_TAG]) if mixer.enabled else None
         epoch_start = time.perf_counter()
-        losses = train_one_epoch(model, loader, optimizer, kd, online, config, epoch, device, dist, mixer, mix_rng)
+        losses = train_one_epoch(model, loader, optimizer, kd, online, config, epoch, device, dist, mixer, mix_rng,
+                                 board)
         dist.agree(weights_error(student, config, epoch))
         record = None
         if dist.is_main:
@@ -124,18 +149,36 @@ def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainS
             record = {**_epoch_record(epoch, losses), **evaluate(student, val_source, config, device),
                       "epoch_seconds": round(time.perf_counter() - epoch_start, 3)}
             history.append(record)
+            board.epoch(record, epoch * len(loader) - 1)  # flushed before the checkpoint: a resume purges the rest
             save_epoch(run, config, student, optimizer, num_classes, history)
             log(_epoch_line(record, config.epochs))
         else:
             history.append(None)
         history[-1] = dist.broadcast(record)
-        dist.agree()
+        dist.agree(collapse_error(history[-1], config, num_classes, chance, teacher_top1))
     summary = TrainSummary(config.out, config.epochs, time.perf_counter() - started, history[-1],
                            best(history), history)
     if dist.is_main:
         run.finish(summary_record(summary))
+    board.close()
     dist.agree()
     return summary
+
+
+def _teacher_top1(store, logits: TeacherLogits | None) -> float | None:
+    """The recorded top-1 of the store's teacher(s) on the training labels (their mean for an
+    ensemble); None without a store (an online teacher's is not known before training)."""
+    if logits is None:
+        return None
+    scores = [(store.teacher(name).attrs.get("metrics") or {}).get("top1") for name in logits.teacher_names]
+    return None if None in scores else sum(scores) / len(scores)
+
+
+def _majority_share(source) -> float | None:
+    """The val top-1 of always answering the validation set's most frequent class (None without one)."""
+    if source is None:
+        return None
+    return float(np.bincount(source.labels).max() / len(source.labels))
 
 
 def _checked_student(config: TrainConfig, sample, val_source, num_classes: int, source: str, device):
@@ -170,14 +213,15 @@ MIX_TAG = 0x313C  # keeps the Mixup/CutMix random stream apart from the others
 
 
 def train_one_epoch(model, loader, optimizer, kd, online, config: TrainConfig, epoch: int, device,
-                    dist: Distributed, mixer: Mixer | None = None, mix_rng=None) -> list[tuple]:
-    """One pass over the loader; returns (step, lr, loss, ce, kd) per step, averaged over ranks.
+                    dist: Distributed, mixer: Mixer | None = None, mix_rng=None, board=None) -> list[tuple]:
+    """One pass over the loader; returns (step, lr, loss, ce, kd) per step, averaged over ranks
+    (and writes each to ``board``, the run's TensorBoard, if any).
     Stops (TrainingDivergedError) at the first step whose loss is not finite, on every rank."""
     model.train()
     steps_per_epoch = len(loader)
     losses = []
-    bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not (config.progress and dist.is_main),
-               leave=False, dynamic_ncols=True)
+    bar = progress_bar(loader, desc=f"epoch {epoch}/{config.epochs}", unit="step", leave=False,
+                       enabled=config.progress and dist.is_main)
     for step_in_epoch, (inputs, labels, teacher_logits) in enumerate(bar):
         step = (epoch - 1) * steps_per_epoch + step_in_epoch
         lr = get_lr(config, step, steps_per_epoch)
@@ -206,7 +250,9 @@ def train_one_epoch(model, loader, optimizer, kd, online, config: TrainConfig, e
         values = dist.sum([loss.item(), ce.item(), kd_value.item()])
         losses.append((step, lr, *(v / dist.world_size for v in values)))
         check_step_loss(losses[-1], config, epoch, step_in_epoch, steps_per_epoch)
-        bar.set_postfix(loss=f"{losses[-1][2]:.4f}")
+        bar.set_postfix(loss=f"{losses[-1][2]:.4f}", refresh=False)  # shown at the bar's next redraw
+        if board is not None:  # the run's TensorBoard (train_one_epoch is also called without one)
+            board.step(*losses[-1])
     return losses
 
 
