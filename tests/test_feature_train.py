@@ -107,6 +107,7 @@ def test_an_online_teacher_trains_the_same_run(tmp_path, feature_store):
     (["--feature-loss", "at", "--student-features", "s1=2", "--mixup", "0.2"], "--mixup/--cutmix mix the inputs"),
     (["--feature-loss", "at", "--student-features", "s1=2", "--features", "s1=2"], "--features names the layers of"),
     (["--student-features", "s1=2"], "read by --feature-loss"),
+    (["--feature-loss", "at", "--student-features", "s1=2", "--augment", "flip"], "would not line up"),
 ])
 def test_bad_feature_training_input_is_one_line(tmp_path, feature_store, extra, needle):
     result = invoke("train", "--out", tmp_path / "r", "--student", STUDENT, "--dataset", "digits@val",
@@ -118,3 +119,34 @@ def test_a_store_without_features_is_one_line(tmp_path, digits_store):
     result = invoke("train", "--out", tmp_path / "r", "--student", STUDENT, "--dataset", "digits@train",
                     "--store", digits_store, "--feature-loss", "at", "--student-features", "s1=2", "--no-progress")
     assert "holds no features; dump it with --features" in one_error(result)
+
+
+RECIPE_TEACHERS = {"cifar100_resnet56_resnet20": "resnet56", "cifar100_resnet56_resnet20_views": "resnet56",
+                   "cifar100_resnet32x4_resnet8x4": "resnet32x4", "digits": "cnn:width=32"}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPE_TEACHERS))
+def test_shipped_feature_students_fit_their_teachers(name):
+    """Every feature student of a shipped recipe: its teacher's layers exist and reduce as named, its own
+    layers exist, and every loss's connectors fit (the recipes cannot run here without CIFAR-100)."""
+    from pathlib import Path
+
+    from logitcache.features.distiller import FeatureDistiller
+    from logitcache.features.extract import tap_teacher
+    from logitcache.features.grammar import parse_feature_losses, parse_features, parse_student_features
+    from logitcache.pipeline import plan
+    from logitcache.sources import get_model
+
+    steps = plan(Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.toml")
+    students = {k: c for k, c in steps.students.items() if c.feature_loss}
+    assert students, f"{name} has no feature student"
+    sample = torch.rand(1, 8, 8) if name == "digits" else torch.rand(3, 32, 32)
+    classes = 10 if name == "digits" else 100
+    for config in students.values():
+        teacher = get_model(RECIPE_TEACHERS[name], classes).eval()
+        teacher(sample[None])  # sizes lazy layers
+        _, records = tap_teacher(teacher, parse_features(config.features or steps.dump.features), sample, "cpu")
+        student = get_model(config.student, classes)
+        student.eval()(sample[None])
+        FeatureDistiller(student, parse_student_features(config.student_features), {r["name"]: r for r in records},
+                         parse_feature_losses(config.feature_loss), sample, "cpu")

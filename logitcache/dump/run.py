@@ -23,8 +23,6 @@ import torch
 
 from ..devices import resolve_device
 from ..distributed import Distributed, distributed
-from ..features.extract import tap_teacher
-from ..features.grammar import parse_features
 from ..errors import (
     ConfigError,
     DatasetError,
@@ -32,6 +30,8 @@ from ..errors import (
     ModelError,
     SpecError,
 )
+from ..features.extract import tap_teacher
+from ..features.grammar import parse_features
 from ..sources import get_dataset, get_model
 from ..store import (
     Teacher,

@@ -92,7 +92,9 @@ class FeatureRun:
 
     @classmethod
     def build(cls, config, student, sample, device, *, store=None, teacher_name=None, rows=None,
-              online=None) -> FeatureRun | None:
+              online=None, random_views: bool = False) -> FeatureRun | None:
+        """``random_views``: the student's inputs are random views the store's single view never showed the
+        teacher; spatial features (attention, map) would then be misplaced, so they are refused."""
         if not config.feature_loss:
             return None
         losses = parse_feature_losses(config.feature_loss)
@@ -106,6 +108,12 @@ class FeatureRun:
                 raise ConfigError(f"the store's teacher {teacher_name!r} holds no features; dump it with --features "
                                   "NAME=LAYER[:REDUCE] (or train with --online-teacher and --features)")
         distiller = FeatureDistiller(student, student_layers, records, losses, sample, device)
+        spatial = sorted({n for ns in distiller.names.values() for n in ns if records[n]["reduce"] in ("attention", "map")})
+        if online is None and random_views and spatial:
+            raise ConfigError(f"the student trains on random views (--augment/--transform), but the store holds the "
+                              f"teacher's features of one fixed view per sample, so its spatial features "
+                              f"({', '.join(spatial)}) would not line up with the student's; dump a multi-view store "
+                              "(--augment SPEC --views K) and replay it, or use --online-teacher")
         if online is None:
             reader = TeacherFeatures(store, teacher_name, sorted({n for ns in distiller.names.values() for n in ns}),
                                      rows, config.cache_budget, config.workers)

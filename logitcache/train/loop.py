@@ -108,7 +108,8 @@ def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainS
     model = _wrap_ddp(student, dist, device)
     online = _online_teacher(config, num_classes, device)
     features = FeatureRun.build(config, student, sample, device, store=store, rows=rows, online=online,
-                                teacher_name=logits.teacher_names[0] if logits is not None else None)
+                                teacher_name=logits.teacher_names[0] if logits is not None else None,
+                                random_views=train_source.random_views and not replay)
     paired = features.pair(paired, replay.views if replay else 0) if features else paired
     optimizer = _optimizer(config, student if features is None else torch.nn.ModuleList([student, features.distiller]))
     kd = loss_spec(config.loss).build(config)
