@@ -143,3 +143,14 @@ def test_bad_feature_dumps_are_one_line(tmp_path, extra, needle):
                     *extra)
     assert needle in one_error(result)
     assert not (tmp_path / "s.zarr" / "teachers").exists()
+
+
+def test_a_teacher_with_features_raises_an_existing_store_to_v4(tmp_path, digits_store):
+    path = tmp_path / "shared.zarr"
+    shutil.copytree(digits_store, path)
+    before = open_store(path).teacher("default").read(0, 50)
+    make_store(path, teacher=TEACHER, teacher_name="feat", features="emb=11:pool")
+    store = open_store(path)
+    assert store.version == 4 and store.teacher_names == ["default", "feat"]
+    assert np.array_equal(store.teacher("default").read(0, 50), before) and not store.teacher("default").features
+    assert store.teacher("feat").read_features(0, 5)["emb"].shape == (5, 16)
