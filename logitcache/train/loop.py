@@ -190,7 +190,7 @@ def train_one_epoch(model, loader, optimizer, kd, online, config: TrainConfig, e
     losses = []
     bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not (config.progress and dist.is_main),
                leave=False, dynamic_ncols=True)
-    for step_in_epoch, (inputs, labels, teacher_logits, *cached) in enumerate(bar):
+    for step_in_epoch, (inputs, labels, teacher_logits, *stored_features) in enumerate(bar):
         step = (epoch - 1) * steps_per_epoch + step_in_epoch
         lr = get_lr(config, step, steps_per_epoch)
         for group in optimizer.param_groups:
@@ -214,7 +214,7 @@ def train_one_epoch(model, loader, optimizer, kd, online, config: TrainConfig, e
             kd_value = kd(student_logits, _to_device(teacher_logits, device), labels, epoch=epoch)
             loss = loss + config.kd_weight * kd_value
         if features is not None:  # each feature loss carries its own weight
-            loss = loss + features.loss(cached[0] if cached else None, device, epoch)
+            loss = loss + features.loss(stored_features[0] if stored_features else None, device, epoch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if features is not None:
