@@ -118,6 +118,11 @@ def cli():
               "hf:DIR, parquet:GLOB or package.module:factory, and --batch-size counts sequences.")
 @click.option("--seq-len", type=int, help="Token dumps: positions per stored sequence (packed blocks, or one "
               "padded sample each).")
+@click.option("--features", metavar="NAME=LAYER[:REDUCE],...", help="Also store these teacher features per "
+              "sample: LAYER is a module path of the teacher, REDUCE pool (C values), attention (HxW), gram (CxC) or "
+              "map (CxHxW, the default); for --feature-loss at, rkd, fitnet, ickd, reviewkd.")
+@click.option("--feature-codec", default=DUMP["feature_codec"], show_default=True,
+              type=click.Choice(["fp16", "bf16", "fp32"]), help="How --features are stored.")
 @click.option("--overwrite", is_flag=True, help="Replace this teacher if the store already holds it.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @storage_option
@@ -229,6 +234,12 @@ class LossName(click.ParamType):
 @click.option("--dkd-alpha", default=TRAIN["dkd_alpha"], show_default=True, type=float)
 @click.option("--dkd-beta", default=TRAIN["dkd_beta"], show_default=True, type=float)
 @click.option("--dkd-warmup", default=TRAIN["dkd_warmup"], show_default=True, type=int, help="Epochs of DKD warm-up.")
+@click.option("--feature-loss", metavar="NAME[=WEIGHT],...", help="Also learn from the teacher's features: at, rkd, "
+              "fitnet, ickd, reviewkd, each with its paper's weight unless one is given (added to --loss).")
+@click.option("--student-features", metavar="NAME=LAYER,...", help="The student's module for each teacher feature "
+              "(by the store's feature NAME) that --feature-loss learns from; in order, shallow to deep.")
+@click.option("--features", metavar="NAME=LAYER[:REDUCE],...", help="With --online-teacher and --feature-loss: the "
+              "teacher's features, as dump --features names them.")
 @click.option("--optimizer", default=TRAIN["optimizer"], show_default=True, type=click.Choice(["sgd", "adamw"]))
 @click.option("--lr", default=TRAIN["lr"], show_default=True, type=float)
 @click.option("--momentum", default=TRAIN["momentum"], show_default=True, type=float)

@@ -119,7 +119,8 @@ def plan(path, progress: bool = True) -> Plan:
     students = {}
     for name, options in spec["students"].items():
         merged = {"progress": progress, "out": str(runs / name), **spec.get("defaults", {}), **options}
-        if _learns_from_teacher(merged.get("loss", "dist")):
+        learns = _learns_from_teacher(merged.get("loss", "dist")) or merged.get("feature_loss")
+        if learns and not merged.get("online_teacher"):  # a teacher in the loop replaces the store
             merged.setdefault("store", dump_config.store)
         where = f"{at} [students.{name}]"
         students[name] = _checked(_config(TrainConfig, merged, where), where)
@@ -239,7 +240,7 @@ def _train_step(name: str, config: TrainConfig, log) -> StepResult:
     config = with_store_temperature(config, lambda line: log(f"[{name}] {line}")).resolved()
     run = RunFiles(Path(config.out))
     what = f"{config.student}, {config.loss}" + (f" T={config.temperature:g}" if _learns_from_teacher(config.loss)
-                                                  else "")
+                                                  else "") + (f" + {config.feature_loss}" if config.feature_loss else "")
     if run.is_complete(config.epochs):
         log(f"[{name}] complete in {config.out}: skipped")
         summary, seconds, skipped = json.loads(run.summary.read_text()), None, True

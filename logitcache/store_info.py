@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from .errors import LogitCacheError, StoreIncompleteError
-from .store import BASE_VERSION, open_store
+from .store import BASE_VERSION, nbytes_features, open_store
 
 
 def describe_store(location, storage_options: dict | None = None) -> dict:
@@ -33,6 +33,7 @@ def describe_store(location, storage_options: dict | None = None) -> dict:
             "views_per_sample": views,
             "bytes_per_view": stored / (store.num_samples * views),
             "view_param_bytes": view_bytes,
+            **({"feature_bytes": nbytes_features(teacher)} if teacher.features else {}),
         }
     return {
         "location": store.location,
@@ -88,6 +89,7 @@ def format_description(d: dict) -> str:
             lines.append(f"  views     {views} per sample, augment {v.get('augment')}, at {size}, seed {v.get('seed')}; "
                          f"parameters and {hashes}: {t['view_param_bytes']:,} bytes "
                          f"= {t['view_param_bytes'] / outputs:.1f} bytes/view")
+        lines += _feature_lines(t, data["num_samples"], views)
         if metrics:
             lines += _accuracy(metrics, run.get("teacher_outputs"), bool(t.get("views")), outputs)
             if metrics.get("mass_stored", 1.0) < 1.0:
@@ -125,6 +127,17 @@ def _accuracy(metrics: dict, own: dict | None, views: bool, outputs: int) -> lis
             f"(its own outputs, before encoding{rows})",
             f"  targets   stored targets' top-1 {metrics['top1']:.2%}; it agrees with the teacher's top-1 on "
             f"{own['agreement']:.2%}"]
+
+
+def _feature_lines(t: dict, num_samples: int, views: int) -> list[str]:
+    """One line per stored teacher feature: layer, reduce, shape, codec and bytes per sample (per view)."""
+    lines = []
+    for f in t.get("features") or []:
+        stored = t["feature_bytes"][f["name"]]
+        per_view = f", {stored / (num_samples * views):.1f} bytes/view" if t.get("views") else ""
+        lines.append(f"  feature   {f['name']}: layer {f['layer']}, {f['reduce']} {'x'.join(map(str, f['shape']))}, "
+                     f"codec {f['codec']}: {stored:,} bytes = {stored / num_samples:.1f} bytes/sample{per_view}")
+    return lines
 
 
 def _field(record: dict, *path: str, fmt: str = "") -> str:

@@ -34,6 +34,8 @@ class DumpConfig:
     tokenizer: str | None = None  # a token dump (language models): sources/tokenizers.py spec
     seq_len: int | None = None  # positions per stored sequence of a token dump
     record_view_hashes: bool = False
+    features: str | None = None  # NAME=LAYER[:REDUCE],...: teacher features stored beside the logits
+    feature_codec: str = "fp16"  # fp16, bf16 or fp32, for every feature
     overwrite: bool = False
     progress: bool = True
     storage_options: dict = field(default_factory=dict)

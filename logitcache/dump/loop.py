@@ -6,6 +6,8 @@ shard goes to the background writer (compress, write, read back, digests, ledger
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -84,9 +86,10 @@ class AccuracyCounts:
 
 
 def run_teacher(model, inputs, spec: str, teacher: Teacher, pending: list[int], config, device, counts,
-                show: bool, held=None) -> int:
+                show: bool, held=None, tap=None) -> int:
     """Feed the pending shards through the teacher, batch by batch, into the background writer.
     ``held``: called before each shard is written; raises if this process no longer holds the lock.
+    ``tap``: the teacher's feature tap (``features.extract.FeatureTap``) for a teacher with features.
 
     ``--batch-size`` counts teacher inputs, so a batch holds batch_size // K samples of K views."""
     layout, total, views = teacher.layout, len(inputs), teacher.views_per_sample
@@ -107,7 +110,7 @@ def run_teacher(model, inputs, spec: str, teacher: Teacher, pending: list[int], 
     with BackgroundWriter(teacher, on_written=counts, before_write=held) as writer, bar:
         for shard, indices, batch in zip(owners, batches, _checked(loader, spec)):
             images = batch[0].flatten(0, 1) if teacher.views else batch[0]  # (B, K, ...) -> (B * K, ...)
-            with torch.inference_mode(), autocast(device, config.bf16):
+            with torch.inference_mode(), autocast(device, config.bf16), tap or contextlib.nullcontext():
                 logits = model(images.to(device, non_blocking=True))
             start, stop = layout.shard_rows(shard, total)
             buffer = buffers.setdefault(shard, _shard_buffer(teacher, stop - start))
@@ -118,10 +121,14 @@ def run_teacher(model, inputs, spec: str, teacher: Teacher, pending: list[int], 
                 buffer[VIEW_PARAMS_ARRAY][rows] = batch[2].numpy()
                 if VIEW_HASHES_ARRAY in buffer:
                     buffer[VIEW_HASHES_ARRAY][rows] = batch[3].numpy().view(np.uint64)
+            for name, values in (tap.outputs if tap else {}).items():
+                buffer["features"][name][rows] = values.cpu().numpy().reshape(len(indices), *teacher.row_shape[:-1],
+                                                                              *values.shape[1:])
             filled[shard] = filled.get(shard, 0) + len(indices)
             if filled[shard] == stop - start:
                 done = buffers.pop(shard)
-                writer.submit(shard, done.pop("logits"), done or None)
+                features = done.pop("features", None)
+                writer.submit(shard, done.pop("logits"), done or None, features)
             bar.update(len(indices))
     return todo
 
@@ -131,6 +138,9 @@ def _shard_buffer(teacher: Teacher, rows: int) -> dict[str, np.ndarray]:
     buffer = {"logits": np.empty((rows, *teacher.row_shape), np.float32)}
     for name, array in teacher.view_arrays.items():
         buffer[name] = np.empty((rows, *array.shape[1:]), array.dtype)
+    if teacher.features:
+        buffer["features"] = {f["name"]: np.empty((rows, *teacher.row_shape[:-1], *f["shape"]), np.float32)
+                              for f in teacher.features}
     return buffer
 
 

@@ -113,7 +113,7 @@ def _open_or_create_teacher(store, config, num_classes, settings, provenance) ->
     return store.create_teacher(name, num_classes=num_classes, codec=codec,
                                 layout=Layout.from_dict(settings["layout"]), settings=settings,
                                 provenance=provenance, run={"started_at": now_utc(), "sessions": 0, "seconds": 0.0},
-                                views=settings.get("views"))
+                                views=settings.get("views"), features=settings.get("features"))
 
 
 def _resumable_teacher(store, teacher: Teacher, num_classes: int, settings: dict) -> Teacher:

@@ -9,7 +9,8 @@ background writer (compress, write, read back, record done) while the teacher co
 
 With ``--augment SPEC --views K`` the teacher sees K random views of every sample (drawn from
 (seed, sample index) alone) and the store keeps each view's logits and parameters, so students
-can replay exactly those views (``views/replay.py``).
+can replay exactly those views (``views/replay.py``). With ``--features NAME=LAYER[:REDUCE],...`` it
+also keeps those teacher features of every sample (and view), cut by forward hooks (``features/``).
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ from ..errors import (
     ModelError,
     SpecError,
 )
+from ..features.extract import tap_teacher
+from ..features.grammar import parse_features
 from ..sources import get_dataset, get_model, model_transform
 from ..store import (
     Teacher,
+    feature_codec,
     get_codec,
     open_store,
     writer_lock,
@@ -109,16 +113,17 @@ class ImageJob:
         model = get_model(config.teacher, config.num_classes or len(self.source.classes), weights=config.weights)
         self.model = model.to(self.device).eval()
         self.num_classes = _probe(self.model, self.source, self.inputs, self.device, config.bf16)
+        self.tap, features = _feature_tap(config, self.model, self.inputs, self.device)
         if config.num_classes is not None and self.num_classes != config.num_classes:
             raise ModelError(f"--num-classes {config.num_classes} was given, but the teacher outputs "
                              f"{self.num_classes} classes (its builder ignored the number); drop --num-classes or "
                              "fix the teacher")
         self.settings, self.provenance = dump_settings(config, self.source, self.model, self.num_classes,
-                                                       self.device, augment)
+                                                       self.device, augment, features)
 
     def write(self, dist, store, teacher, lock, log) -> DumpSummary:
         return _write_teacher(self.config, dist, self.source, self.inputs, self.model, self.device, store, teacher,
-                              lock, log)
+                              lock, log, self.tap)
 
     def summary(self, store, teacher, written: int, seconds: float) -> DumpSummary:
         return _summary(self.config, store, teacher, teacher.attrs["metrics"], written, seconds,
@@ -126,7 +131,7 @@ class ImageJob:
 
 
 def _write_teacher(config: DumpConfig, dist: Distributed, source, inputs, model, device, store, teacher, lock,
-                   log) -> DumpSummary:
+                   log, tap=None) -> DumpSummary:
     """Write every pending shard (each rank its own), then mark the teacher complete."""
     started = time.perf_counter()
     counts = AccuracyCounts(store.labels, teacher)
@@ -138,7 +143,7 @@ def _write_teacher(config: DumpConfig, dist: Distributed, source, inputs, model,
             counts(shard, teacher.read_stored(*teacher.layout.shard_rows(shard, len(source))))
         pending = [s for s in mine if not done[s]]
         written = run_teacher(model, inputs, source.spec, teacher, pending, config, device, counts, dist.is_main,
-                              held=lock.ensure_held if lock is not None else None)
+                              held=lock.ensure_held if lock is not None else None, tap=tap)
     except LogitCacheError as err:
         error = err
     dist.agree(error)
@@ -186,6 +191,11 @@ def validate(config: DumpConfig) -> None:
         raise ConfigError("--seq-len is for token dumps: add --tokenizer (e.g. bytes)")
     if config.tokenizer and (config.seq_len is None or config.seq_len < 2):
         raise ConfigError(f"a token dump needs --seq-len N (positions per sequence, N >= 2), got {config.seq_len}")
+    if config.features and config.tokenizer:
+        raise ConfigError("--features are for image dumps; a token dump (--tokenizer) stores logits only")
+    if config.features:
+        parse_features(config.features)
+        feature_codec(config.feature_codec)
     if config.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {config.batch_size}")
     if config.workers < 0:
@@ -197,6 +207,14 @@ def validate(config: DumpConfig) -> None:
         raise ConfigError(f"--teacher-name {name[:40]!r} must be up to 100 letters, digits, '_', '.', '-' "
                           "(and not 'zarr.json' or '*.partial', which the store uses)")
     get_codec(config.codec)
+
+
+def _feature_tap(config: DumpConfig, model, inputs, device) -> tuple:
+    """The teacher's feature tap and the record of each feature (None, None without --features)."""
+    if not config.features:
+        return None, None
+    sample = inputs[0][0][0] if isinstance(inputs, DumpViews) else inputs[0][0]
+    return tap_teacher(model, parse_features(config.features), sample, device, config.feature_codec, config.bf16)
 
 
 def _probe(model, source, inputs, device, bf16: bool) -> int:

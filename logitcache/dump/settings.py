@@ -13,18 +13,21 @@ import torch
 
 from .. import __version__
 from ..sources import file_sha256, num_parameters, parameters_sha256, weights_in_spec
+from ..store import bytes_per_sample as feature_bytes
 from ..store import choose_layout, get_codec
 from ..views.grammar import ViewAugment
 from ..views.record import bytes_per_view, view_record
 
 
 def dump_settings(config, source, model, num_classes: int, device,
-              augment: ViewAugment | None) -> tuple[dict, dict]:
-    """What determines the stored bytes (compared on resume), and what describes the teacher."""
+              augment: ViewAugment | None, features: list[dict] | None = None) -> tuple[dict, dict]:
+    """What determines the stored bytes (compared on resume), and what describes the teacher.
+    ``features``: the records of the teacher features the dump stores (``features/extract.py: tap_teacher``)."""
     codec = get_codec(config.codec).for_classes(num_classes)
     views = max(config.view_count, 1)
     record = view_record(config, augment) if augment else None
     row_bytes = views * (codec.bytes_per_sample(num_classes) + (bytes_per_view(record) if record else 0))
+    row_bytes += sum(feature_bytes(f, views) for f in features or [])
     layout = choose_layout(len(source), num_classes * views, 0, rows_per_shard=config.rows_per_shard,
                            row_bytes=row_bytes)
     settings = {
@@ -39,6 +42,8 @@ def dump_settings(config, source, model, num_classes: int, device,
     }
     if record:
         settings["views"] = record
+    if features:
+        settings["features"] = features
     provenance = {
         "teacher": {"spec": config.teacher, "weights": config.weights, "num_parameters": num_parameters(model)},
         "dataset": source.describe(),

@@ -132,7 +132,7 @@ class TokenJob:
         return self.summary(store, teacher, written, seconds, resumed=int(done.sum()))
 
     def _write_shards(self, teacher: Teacher, pending: list[int], show: bool, held) -> int:
-        source, length, batch = self.source, self.config.seq_len, self.config.batch_size
+        length, batch = self.config.seq_len, self.config.batch_size
         reducer = DeviceReducer(teacher.codec)
         sampled = hasattr(teacher.codec, "uniforms")
         bar = tqdm(total=sum(np.diff(teacher.layout.shard_rows(s, teacher.num_samples))[0] for s in pending),

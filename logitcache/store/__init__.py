@@ -1,5 +1,6 @@
 """The logitcache store format (v4): a self-describing, checksummed Zarr v3 group of logits, every
-chunk bound to its place by a digest; a token store also holds the token sequences themselves.
+chunk bound to its place by a digest; a token store also holds the token sequences themselves, and a
+teacher may hold named features beside its logits.
 
     >>> from logitcache.store import open_store
     >>> store = open_store("data/stores/digits.zarr")
@@ -14,6 +15,7 @@ from ._backend import local_path, storage_options_for
 from ._checks import check_teacher
 from ._codecs import CODECS, Codec, get_codec, list_codecs
 from ._create import clear_unfinished
+from ._features import FEATURE_CODECS, REDUCES, bytes_per_sample, feature_codec, nbytes_features
 from ._fingerprint import dataset_fingerprint, describe_mismatch
 from ._lock import LOCK_DIR, writer_lock
 from ._pack import pack_store
@@ -45,6 +47,11 @@ from ._writer import BackgroundWriter
 __all__ = [
     "BASE_VERSION",
     "CODECS",
+    "FEATURE_CODECS",
+    "REDUCES",
+    "bytes_per_sample",
+    "feature_codec",
+    "nbytes_features",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "LOCK_DIR",

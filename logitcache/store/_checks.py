@@ -17,6 +17,8 @@ import zarr
 
 from ..errors import CorruptStoreError, LogitCacheError, StoreIncompleteError
 from ._codecs import get_codec
+from ._create import chunk_key_shard
+from ._features import check_feature_records, feature_array_specs
 from ._integrity import (
     CHUNK_DIGESTS_ARRAY,
     DIGEST_BYTES,
@@ -133,6 +135,11 @@ def _check_attrs(attrs: dict) -> None:
             _int(side, "views.size", 1, MAX_VIEW_SIDE)
         if not isinstance(views.get("params"), list) or not views["params"]:
             raise _Bad("views.params is not a list of column names")
+    if "features" in attrs:
+        try:
+            check_feature_records(attrs["features"])
+        except ValueError as err:
+            raise _Bad(str(err)) from None
 
 
 def expected_arrays(teacher, attrs: dict) -> dict[str, tuple]:
@@ -148,6 +155,8 @@ def expected_arrays(teacher, attrs: dict) -> dict[str, tuple]:
             shapes[VIEW_HASHES_ARRAY] = ("uint64", (n, *per_sample))
     if teacher.store.is_tokens:
         shapes.update({name: (dtype, (n,)) for name, (dtype, _) in token_extra_arrays(teacher.codec.name).items()})
+    for name, (dtype, row, _) in feature_array_specs(attrs.get("features") or []).items():
+        shapes[name] = (dtype, (n, *per_sample, *row))
     return {name: (dtype, shape, layout.rows_per_chunk, layout.rows_per_shard) for name, (dtype, shape) in
             shapes.items()}
 
@@ -208,9 +217,9 @@ def _check_objects(teacher, attrs: dict) -> None:
     async def shards_present() -> dict[str, set[str]]:
         present: dict[str, set[str]] = {name: set() for name in arrays}
         async for key in store.list_prefix(prefix + "/"):
-            parts = key[len(prefix) + 1:].split("/")
-            if len(parts) >= 3 and parts[0] in present and parts[1] == "c":
-                present[parts[0]].add(parts[2])
+            array, shard = chunk_key_shard(key[len(prefix) + 1:], arrays)
+            if array is not None:
+                present[array].add(shard)
         return present
 
     present = zarr.core.sync.sync(shards_present())

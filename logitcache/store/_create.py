@@ -14,6 +14,7 @@ import zarr
 import zarr.codecs
 
 from ._codecs import Codec
+from ._features import feature_array_specs
 from ._integrity import CHUNK_DIGESTS_ARRAY, DIGEST_BYTES
 from ._schema import (
     SHARD_DONE_ARRAY,
@@ -55,6 +56,7 @@ def create_teacher_arrays(
     run: dict | None = None,
     views: dict | None = None,
     tokens: bool = False,
+    features: list[dict] | None = None,
 ) -> zarr.Group:
     """Create a teacher's empty arrays, then mark it ``writing`` (resumable) as the last step.
 
@@ -62,6 +64,7 @@ def create_teacher_arrays(
     ``hashes`` (the hash name, or None for no view_hashes array), plus what describes the views.
     ``tokens``: a token store's teacher, whose rows are positions and which may keep more per row
     (``_tokens.token_extra_arrays``) and its shards' statistics.
+    ``features`` (format v4): the records of the named features (``_features.py``), one array each.
     """
     # Status "creating" until every array exists: a dump killed part-way leaves a group that
     # readers skip and the next dump (holding the teacher's lock) deletes and makes again.
@@ -76,6 +79,7 @@ def create_teacher_arrays(
         "run": run or {},
         "integrity": {"algorithm": "sha256", "metadata": None, "content": None, "teacher": None},
         **({"views": views} if views else {}),
+        **({"features": features} if features else {}),
     }
     group = teachers.create_group(name, attributes={TEACHER_ATTR: attrs})
     per_sample = (views["count"],) if views else ()
@@ -87,6 +91,7 @@ def create_teacher_arrays(
             arrays[VIEW_HASHES_ARRAY] = ("uint64", (), 0)
     if tokens:
         arrays.update({name: (dtype, (), fill) for name, (dtype, fill) in token_extra_arrays(codec.name).items()})
+    arrays.update(feature_array_specs(features or []))  # the view axis is added below, as for the logits
     for array_name, (dtype, row, fill_value) in arrays.items():
         row = (*per_sample, *row)
         group.create_array(
@@ -116,6 +121,15 @@ def create_teacher_arrays(
     return group
 
 
+def chunk_key_shard(key: str, arrays) -> tuple[str | None, str | None]:
+    """(array, shard) of a chunk object's key relative to the teacher group (``ARRAY/c/SHARD/...``;
+    ARRAY may be a path, ``features/NAME``), or (None, None) for any other key."""
+    for array in arrays:
+        if key.startswith(array + "/c/"):
+            return array, key[len(array) + 3:].split("/")[0]
+    return None, None
+
+
 def clear_unfinished(teacher, pending: list[int]) -> int:
     """Delete what a killed writer may have left of the shards still to write: zarr's ``*.partial``
     temp files and any chunk objects of those shards (even corrupt ones), so each is written
@@ -123,13 +137,13 @@ def clear_unfinished(teacher, pending: list[int]) -> int:
     holder of the teacher's lock. Returns how many objects were removed."""
     store, prefix = teacher.group.store_path.store, teacher.group.store_path.path
     pending_keys = {str(shard) for shard in pending}
+    arrays = [*teacher.content_arrays, CHUNK_DIGESTS_ARRAY]
 
     def unfinished(key: str) -> bool:
         if key.endswith(".partial"):
             return True
-        parts = key[len(prefix):].strip("/").split("/")  # ARRAY/c/SHARD[/...]
-        return (len(parts) >= 3 and parts[1] == "c" and parts[2] in pending_keys
-                and parts[0] not in (SHARD_DONE_ARRAY, SHARD_STATS_ARRAY))
+        array, shard = chunk_key_shard(key[len(prefix):].strip("/"), arrays)  # ARRAY/c/SHARD[/...]
+        return array is not None and shard in pending_keys
 
     async def sweep() -> int:
         orphans = [key async for key in store.list_prefix(prefix + "/") if unfinished(key)]

@@ -9,7 +9,8 @@ Everything a reader needs to interpret a store is written into the store's Zarr 
 under the keys defined here; bump FORMAT_VERSION on any change an older reader would misread.
 A store records the lowest version that describes everything in it: stores written before v3 keep
 their version (and open as before); every teacher written now carries v3's position-bound digests;
-only token stores (language models, ``_tokens.py``) are v4, which older readers refuse.
+token stores (language models, ``_tokens.py``) and stores with a teacher that has features are v4,
+which older readers refuse.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ FORMAT_VERSION = 4  # the newest version this code reads and writes
 VIEWS_VERSION = 2  # the first version with multi-view teachers (view_params, a view axis)
 INTEGRITY_VERSION = 3  # the first version with position-bound digests (chunk_digests, integrity)
 TOKENS_VERSION = 4  # the first version with token stores (sequences in the store, rows = positions)
+FEATURES_VERSION = 4  # the first version with named teacher features (features/NAME arrays, `features`)
 BASE_VERSION = INTEGRITY_VERSION  # what a new store is created as: its teachers will carry digests
 
 ROOT_ATTR = "logitcache"  # root group attribute: format, version, dataset

@@ -31,6 +31,7 @@ from ._checks import check_root, check_teacher
 from ._create import create_teacher_arrays, teacher_exists, teacher_status
 from ._fingerprint import dataset_fingerprint, describe_mismatch
 from ._schema import (
+    FEATURES_VERSION,
     FORMAT_NAME,
     FORMAT_VERSION,
     INTEGRITY_VERSION,
@@ -242,6 +243,8 @@ class LogitStore:
         with remote_errors(self.location):
             # Before the teacher exists, so an older reader refuses the store rather than misread it.
             self._require_version(INTEGRITY_VERSION)  # v3 >= VIEWS_VERSION: views need nothing more
+            if kwargs.get("features"):  # only then: a store without features keeps its v3 bytes
+                self._require_version(FEATURES_VERSION)
             teachers = self.group.require_group(TEACHERS_GROUP)
             group = create_teacher_arrays(teachers, name, num_samples=self.num_rows, tokens=self.is_tokens, **kwargs)
         return Teacher(group, name, self)

@@ -40,6 +40,7 @@ from ._backend import retry_transient
 from ._checks import teacher_metadata_digest
 from ._codecs import Codec, get_codec
 from ._create import teacher_status
+from ._features import encode_features, feature_array_name, read_features
 from ._integrity import (
     CHUNK_DIGESTS_ARRAY,
     content_digest,
@@ -168,14 +169,24 @@ class Teacher:
 
     @cached_property
     def content_arrays(self) -> dict[str, zarr.Array]:
-        """Every array the chunk digests cover: the codec's, the views' and a token teacher's extras."""
-        return {**self.arrays, **self.view_arrays, **self.token_arrays}
+        """Every array the chunk digests cover: the codec's, the views', a token teacher's extras and the features'."""
+        return {**self.arrays, **self.view_arrays, **self.token_arrays, **self.feature_arrays}
 
     @cached_property
     def token_arrays(self) -> dict[str, zarr.Array]:
         """A token teacher's per-row arrays beside its codec's (``_tokens.token_extra_arrays``)."""
         names = token_extra_arrays(self.codec.name) if self.store.is_tokens else {}
         return {name: self.group[name] for name in names}
+
+    @cached_property
+    def features(self) -> list[dict]:
+        """The records of the teacher's named features (format v4, ``_features.py``), in order; else []."""
+        return list(self.group.attrs[TEACHER_ATTR].get("features") or [])
+
+    @cached_property
+    def feature_arrays(self) -> dict[str, zarr.Array]:
+        """``features/NAME`` for every named feature (empty for a teacher without features)."""
+        return {feature_array_name(f["name"]): self.group[feature_array_name(f["name"])] for f in self.features}
 
     @cached_property
     def view_arrays(self) -> dict[str, zarr.Array]:
@@ -271,15 +282,16 @@ class Teacher:
             StoreIncompleteError: rows that were never written (they decode to NaN).
         """
         stored = self.read_stored(start, stop)
-        self._require_rows(stored, start, stop)
+        self.require_rows(stored, start, stop)
         return self.decode(stored)
 
-    def _require_rows(self, stored: dict[str, np.ndarray], start: int, stop: int) -> None:
+    def require_rows(self, stored: dict[str, np.ndarray], start: int, stop: int, missing=None,
+                      kind: str = "logits") -> None:
         """Unwritten rows: an unfinished dump (rerun it), or, in a complete teacher, damage."""
-        missing = ~self.rows_ok(stored)
+        missing = ~self.rows_ok(stored) if missing is None else missing
         if not missing.any():
             return
-        what = f"teacher {self.name!r}: {int(missing.sum())} rows in {start}-{stop} hold no logits " \
+        what = f"teacher {self.name!r}: {int(missing.sum())} rows in {start}-{stop} hold no {kind} " \
                f"(first: row {start + int(np.flatnonzero(missing)[0])})"
         if self.is_complete:
             raise CorruptStoreError(f"{what}, though it is marked complete: the store was damaged after the dump "
@@ -299,7 +311,7 @@ class Teacher:
     def read_targets(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Rows [start, stop) as the codec's sparse training targets (checked like ``read``)."""
         stored = self.read_stored(start, stop)
-        self._require_rows(stored, start, stop)
+        self.require_rows(stored, start, stop)
         return {key: self._unflat(values) for key, values in self.codec.sparse_targets(self.flat(stored)).items()}
 
     def take(self, indices) -> np.ndarray:
@@ -323,11 +335,13 @@ class Teacher:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def write_shard(self, shard: int, logits: np.ndarray, views: dict | None = None) -> dict[str, np.ndarray]:
+    def write_shard(self, shard: int, logits: np.ndarray, views: dict | None = None,
+                    features: dict | None = None) -> dict[str, np.ndarray]:
         """Encode and write one whole shard, read it back, record it done; return what was stored.
 
         ``logits`` is float32 (n, C), or (n, K, C) with ``views`` = {"view_params": (n, K, P),
-        "view_hashes": (n, K) uint64 if recorded} for a multi-view teacher.
+        "view_hashes": (n, K) uint64 if recorded} for a multi-view teacher. ``features``: float32
+        (n, [K,] *shape) by feature name, for a teacher with features.
 
         Raises:
             NonFiniteLogitsError: a row holds NaN or inf; the message names the sample keys.
@@ -350,7 +364,12 @@ class Teacher:
         encoded = {name: self._unflat(values) for name, values in encoded.items()}
         encoded.update({name: np.asarray(values, dtype=self.view_arrays[name].dtype) for name, values in
                         (views or {}).items()})
+        encoded.update(encode_features(self.features, features or {}, self.store.keys[start:stop]))
         return self.write_encoded(shard, encoded)
+
+    def read_features(self, start: int, stop: int, names: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Decoded float32 features by name for rows [start, stop): (n, [K,] *shape), checked like ``read``."""
+        return read_features(self, start, stop, names)
 
     def write_encoded(self, shard: int, encoded: dict[str, np.ndarray],
                       stats: np.ndarray | None = None) -> dict[str, np.ndarray]:

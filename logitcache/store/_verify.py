@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import LogitCacheError
+from ._features import bad_feature_rows
 from ._fingerprint import dataset_fingerprint, describe_mismatch
 from ._store import open_store
 
@@ -106,6 +107,8 @@ def _verify_teacher(teacher, report: VerifyReport) -> None:
                 rows = np.union1d(rows, np.flatnonzero(~np.isfinite(params).reshape(len(params), -1).all(axis=1)))
                 if teacher.has_view_hashes:
                     teacher.read_view_hashes(start, stop)  # checksums only: values need the dataset
+            if teacher.features:
+                rows = np.union1d(rows, bad_feature_rows(teacher, start, stop))
         except LogitCacheError as err:
             report.problems.append(f"{err} [shard {shard}]")
             continue

@@ -43,14 +43,14 @@ class BackgroundWriter:
                 return
             if self._error is not None:
                 continue  # drain without writing after a failure
-            shard, logits, views, stats = item
+            shard, logits, views, stats, features = item
             try:
                 if self.before_write is not None:
                     self.before_write()
                 if logits is None:  # already encoded (a token dump's device reduction)
                     stored = self.teacher.write_encoded(shard, views, stats)
                 else:
-                    stored = self.teacher.write_shard(shard, logits, views)
+                    stored = self.teacher.write_shard(shard, logits, views, features)
                 if self.on_written is not None:
                     self.on_written(shard, stored)
             except BaseException as err:  # handed to the producer thread, re-raised there
@@ -60,15 +60,16 @@ class BackgroundWriter:
         if self._error is not None:
             raise self._error
 
-    def submit(self, shard: int, logits: np.ndarray, views: dict | None = None) -> None:
-        """Queue one whole shard of float32 logits (and, for a multi-view teacher, its view arrays)."""
+    def submit(self, shard: int, logits: np.ndarray, views: dict | None = None, features: dict | None = None) -> None:
+        """Queue one whole shard of float32 logits (and, for a multi-view teacher, its view arrays; for a
+        teacher with features, its float32 features by name)."""
         self._raise_if_failed()
-        self._queue.put((shard, logits, views, None))
+        self._queue.put((shard, logits, views, None, features))
 
     def submit_encoded(self, shard: int, encoded: dict[str, np.ndarray], stats: np.ndarray | None = None) -> None:
         """Queue one whole shard of already-encoded arrays (``Teacher.write_encoded``)."""
         self._raise_if_failed()
-        self._queue.put((shard, None, encoded, stats))
+        self._queue.put((shard, None, encoded, stats, None))
 
     def close(self) -> None:
         """Wait until every queued shard is written; raise the writer's error if it had one."""

@@ -44,6 +44,9 @@ class TrainConfig:
     dkd_alpha: float = 1.0
     dkd_beta: float = 8.0
     dkd_warmup: int = 20
+    feature_loss: str | None = None  # NAME[=WEIGHT],...: feature losses (at, rkd, fitnet, ickd, reviewkd)
+    student_features: str | None = None  # NAME=LAYER,...: the student's layer for each teacher feature
+    features: str | None = None  # NAME=LAYER[:REDUCE],...: the --online-teacher's features (a store has its own)
     optimizer: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
@@ -139,6 +142,9 @@ def validate(config: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    from ..features.grammar import check_feature_options
+
+    check_feature_options(config)
 
 
 def warmup_note(config: TrainConfig) -> str | None:

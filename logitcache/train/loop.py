@@ -15,6 +15,7 @@ from the raw sample, with that view's logits.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,6 +28,7 @@ from torch.utils.data import DataLoader
 from ..devices import resolve_device
 from ..distributed import Distributed, distributed, is_main_process
 from ..errors import ConfigError, DatasetError, ModelError
+from ..features.distiller import FeatureRun
 from ..losses import LOSSES, loss_spec
 from ..mixing import Mixer
 from ..progress import progress_bar
@@ -112,7 +114,7 @@ def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainS
         log(note)
 
     # Data: the teacher's logits, the training set (replayed views, or any augmentation), validation.
-    uses_store = config.store and loss_spec(config.loss).needs_teacher
+    uses_store = config.store and (loss_spec(config.loss).needs_teacher or config.feature_loss)
     store = open_store(config.store, storage_options=config.storage_options) if uses_store else None  # once
     logits = _open_teacher_logits(config, store)
     train_source, replay = _training_data(config, store, logits, log)
@@ -122,16 +124,22 @@ def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainS
     paired = PairedDataset(train_source.dataset, logits, replay)
 
     # The student, checked against the data before any step.
-    student = _checked_student(config, paired[int(rows[0]) * (replay.views if replay else 1)][0], val_source,
-                               num_classes, "store" if logits is not None else "dataset", device)
+    sample = paired[int(rows[0]) * (replay.views if replay else 1)][0]
+    student = _checked_student(config, sample, val_source, num_classes, "store" if logits is not None else "dataset",
+                               device)
     model = _wrap_ddp(student, dist, device)
     online = _online_teacher(config, num_classes, device)
-    optimizer = _optimizer(config, student)
+    features = FeatureRun.build(config, student, sample, device, store=store, rows=rows, online=online,
+                                teacher_name=logits.teacher_names[0] if logits is not None else None,
+                                random_views=train_source.random_views and not replay)
+    paired = features.pair(paired, replay.views if replay else 0) if features else paired
+    optimizer = _optimizer(config, student if features is None else torch.nn.ModuleList([student, features.distiller]))
     kd = loss_spec(config.loss).build(config)
     mixer = Mixer(config.mixup, config.cutmix, config.temperature)
-    start_epoch, history = prepare_run(run, config, resumed, student, optimizer, dist, log)
+    connectors = features.distiller if features else None  # trained with the student, saved beside it
+    start_epoch, history = prepare_run(run, config, resumed, student, optimizer, dist, log, connectors)
 
-    sampler, loader = _epoch_loader(config, paired, rows, logits, replay, dist, device)
+    sampler, loader = _epoch_loader(config, paired, rows, logits, replay, dist, device, features)
     board = open_board(config, (start_epoch - 1) * len(loader), log, enabled=dist.is_main)
     chance, teacher_top1 = _majority_share(val_source), _teacher_top1(store, logits)
     started = time.perf_counter()
@@ -141,7 +149,7 @@ def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainS
         mix_rng = np.random.default_rng([config.seed, epoch, dist.rank, MIX_TAG]) if mixer.enabled else None
         epoch_start = time.perf_counter()
         losses = train_one_epoch(model, loader, optimizer, kd, online, config, epoch, device, dist, mixer, mix_rng,
-                                 board)
+                                 board, features)
         dist.agree(weights_error(student, config, epoch))
         record = None
         if dist.is_main:
@@ -150,7 +158,7 @@ def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainS
                       "epoch_seconds": round(time.perf_counter() - epoch_start, 3)}
             history.append(record)
             board.epoch(record, epoch * len(loader) - 1)  # flushed before the checkpoint: a resume purges the rest
-            save_epoch(run, config, student, optimizer, num_classes, history)
+            save_epoch(run, config, student, optimizer, num_classes, history, connectors)
             log(_epoch_line(record, config.epochs))
         else:
             history.append(None)
@@ -196,14 +204,16 @@ def _checked_student(config: TrainConfig, sample, val_source, num_classes: int, 
     return student
 
 
-def _epoch_loader(config: TrainConfig, paired, rows, logits, replay, dist: Distributed, device) -> tuple:
+def _epoch_loader(config: TrainConfig, paired, rows, logits, replay, dist: Distributed, device,
+                  features=None) -> tuple:
     """The epoch sampler (block-shuffled when logits are streamed) and the DataLoader over it."""
     streamed = logits is not None and not logits.in_memory
     sampler = EpochSampler(rows, config.seed, block_rows=logits.block_rows if streamed else None,
                            window_blocks=logits.window_blocks if streamed else 1,
                            rank=dist.rank, world_size=dist.world_size,
                            views=replay.views if replay else 0, view_order=config.view_order)
-    drop_last = 0 < len(sampler) % config.batch_size < loss_spec(config.loss).min_batch  # a batch it is defined on
+    min_batch = max(loss_spec(config.loss).min_batch, features.min_batch if features else 1)
+    drop_last = 0 < len(sampler) % config.batch_size < min_batch  # a batch the losses are defined on
     loader = DataLoader(paired, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
                         drop_last=drop_last, pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
     return sampler, loader
@@ -213,16 +223,18 @@ MIX_TAG = 0x313C  # keeps the Mixup/CutMix random stream apart from the others
 
 
 def train_one_epoch(model, loader, optimizer, kd, online, config: TrainConfig, epoch: int, device,
-                    dist: Distributed, mixer: Mixer | None = None, mix_rng=None, board=None) -> list[tuple]:
+                    dist: Distributed, mixer: Mixer | None = None, mix_rng=None, board=None,
+                    features=None) -> list[tuple]:
     """One pass over the loader; returns (step, lr, loss, ce, kd) per step, averaged over ranks
-    (and writes each to ``board``, the run's TensorBoard, if any).
+    (and writes each to ``board``, the run's TensorBoard, if any). ``features`` (a FeatureRun):
+    feature losses, whose weighted sum is part of the loss.
     Stops (TrainingDivergedError) at the first step whose loss is not finite, on every rank."""
     model.train()
     steps_per_epoch = len(loader)
     losses = []
     bar = progress_bar(loader, desc=f"epoch {epoch}/{config.epochs}", unit="step", leave=False,
                        enabled=config.progress and dist.is_main)
-    for step_in_epoch, (inputs, labels, teacher_logits) in enumerate(bar):
+    for step_in_epoch, (inputs, labels, teacher_logits, *stored_features) in enumerate(bar):
         step = (epoch - 1) * steps_per_epoch + step_in_epoch
         lr = get_lr(config, step, steps_per_epoch)
         for group in optimizer.param_groups:
@@ -234,18 +246,23 @@ def train_one_epoch(model, loader, optimizer, kd, online, config: TrainConfig, e
             mixed = mixer(inputs, labels, cached, mix_rng)
             inputs, teacher_logits = mixed.inputs, mixed.teacher
         if online is not None:  # the teacher in the loop sees the (mixed) inputs themselves
-            with torch.inference_mode():
+            with torch.inference_mode(), features.online_tap() if features else contextlib.nullcontext():
                 teacher_logits = online(inputs).float()
             teacher_logits = teacher_logits.clone()  # a normal tensor: losses may save it for backward
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+        with (torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16),
+              features.student_tap() if features else contextlib.nullcontext()):
             student_logits = model(inputs)
         ce = mixed.cross_entropy(student_logits) if mixed else F.cross_entropy(student_logits.float(), labels)
         loss, kd_value = config.ce_weight * ce, torch.zeros(())
         if kd is not None:
             kd_value = kd(student_logits, _to_device(teacher_logits, device), labels, epoch=epoch)
             loss = loss + config.kd_weight * kd_value
+        if features is not None:  # each feature loss carries its own weight
+            loss = loss + features.loss(stored_features[0] if stored_features else None, device, epoch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if features is not None:
+            features.average_gradients(dist)
         optimizer.step()
         values = dist.sum([loss.item(), ce.item(), kd_value.item()])
         losses.append((step, lr, *(v / dist.world_size for v in values)))
@@ -303,7 +320,7 @@ def evaluate(model, source, config: TrainConfig, device) -> dict:
 
 def _open_teacher_logits(config: TrainConfig, store) -> TeacherLogits | None:
     """Open the store's teacher(s), check them against the options, and load or stream their logits."""
-    if not config.store or not loss_spec(config.loss).needs_teacher:
+    if not config.store or not (loss_spec(config.loss).needs_teacher or config.feature_loss):
         return None
     mixing = bool(config.mixup or config.cutmix)  # mixing needs whole distributions
     sparse = loss_spec(config.loss).reads_sparse and not mixing

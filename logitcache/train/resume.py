@@ -111,7 +111,7 @@ def _json_entry(run: RunFiles, checkpoint: dict, key: str):
 
 
 def prepare_run(run: RunFiles, config: TrainConfig, checkpoint: dict | None, student, optimizer,
-                dist: Distributed, log) -> tuple[int, list]:
+                dist: Distributed, log, connectors=None) -> tuple[int, list]:
     """Where to start: a fresh run directory, or after the epoch of ``checkpoint`` (from open_resume)."""
     if checkpoint is None:
         error = None
@@ -124,8 +124,10 @@ def prepare_run(run: RunFiles, config: TrainConfig, checkpoint: dict | None, stu
         return 1, []
     try:
         student.load_state_dict(checkpoint["model"])
+        if connectors is not None:  # feature losses' connectors: trained with the student, not part of it
+            connectors.load_state_dict(checkpoint["connectors"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-    except (RuntimeError, ValueError) as err:
+    except (RuntimeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{run.last} does not fit this student: {str(err).splitlines()[0]}") from None
     history = _json_entry(run, checkpoint, "history")
     start_epoch = history[-1]["epoch"] + 1
@@ -200,9 +202,12 @@ def _what_is_kept(config: TrainConfig, epoch: int) -> str:
             "options, then start again with --overwrite)")
 
 
-def save_epoch(run: RunFiles, config: TrainConfig, student, optimizer, num_classes: int, history: list) -> None:
+def save_epoch(run: RunFiles, config: TrainConfig, student, optimizer, num_classes: int, history: list,
+               connectors=None) -> None:
     state = {"optimizer": optimizer.state_dict(), "epoch": history[-1]["epoch"],
              "history": json.dumps(history), "config": json.dumps(options_record(config))}
+    if connectors is not None:  # the checkpoint's model stays the plain student
+        state["connectors"] = connectors.state_dict()
     save_checkpoint(run.last, model=student, model_spec=config.student, num_classes=num_classes, state=state)
     if best(history) is history[-1]:
         shutil.copyfile(run.last, run.best)
