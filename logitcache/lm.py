@@ -45,7 +45,7 @@ TEACHER_COLUMNS = ("teacher_logits", "teacher_indices", "teacher_logprobs", "tea
                    "teacher_temperature")
 
 __all__ = ["TEACHER_COLUMNS", "TeacherTargets", "TokenStoreDataset", "collate_tokens", "distillation_loss",
-           "teacher_of"]
+           "open_teacher", "teacher_of"]
 
 
 class TeacherTargets:
@@ -165,7 +165,7 @@ class TokenStoreDataset(Dataset):
             raise StoreMismatchError(f"{store.location} holds labelled samples, not token sequences; a token store "
                                      "is made by `logitcache dump --tokenizer ...`")
         self.store, self.vocab_size = store, store.vocab_size
-        self.teacher = _open_teacher(store, teacher, allow_partial) if targets else None
+        self.teacher = open_teacher(store, teacher, allow_partial) if targets else None
         sequences = _written_sequences(self.teacher, store.seq_len) if self.teacher is not None else None
         self._setup(store.tokens, store.loss_mask, store.lengths, sequences)
         self.targets = (TeacherTargets(self.teacher, store.seq_len, cache_budget, sequences)
@@ -180,12 +180,13 @@ class TokenStoreDataset(Dataset):
         return dataset
 
     def _setup(self, tokens, loss_mask, lengths, sequences) -> None:
-        self.tokens = torch.from_numpy(np.asarray(tokens, dtype=np.int64))
-        self.loss_mask = torch.from_numpy(np.asarray(loss_mask, dtype=bool))
-        self.lengths = torch.from_numpy(np.asarray(lengths, dtype=np.int64))
+        # numpy arrays: their fancy indexing costs microseconds where torch's may wait on its thread pool
+        self.tokens = np.asarray(tokens, dtype=np.int64)
+        self.loss_mask = np.asarray(loss_mask, dtype=bool)
+        self.lengths = np.asarray(lengths, dtype=np.int64)
         self.seq_len = self.tokens.shape[1]
         self.sequences = np.arange(len(self.tokens)) if sequences is None else np.asarray(sequences, dtype=np.int64)
-        self.targets_per_sequence = self.loss_mask[torch.from_numpy(self.sequences)].sum(1)
+        self.targets_per_sequence = self.loss_mask[self.sequences].sum(1)
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -200,13 +201,12 @@ class TokenStoreDataset(Dataset):
         """Items ``indices`` stacked, read and decoded at once: what ``collate_tokens`` of their
         items gives, faster (``teacher=False``: without the teacher's targets)."""
         sequences = self.sequences[np.asarray(indices, dtype=np.int64)]
-        picked = torch.from_numpy(sequences)
-        tokens, loss_mask = self.tokens[picked], self.loss_mask[picked]
-        labels = torch.full_like(tokens, IGNORE_INDEX)
-        labels[:, 1:] = torch.where(loss_mask[:, :-1], tokens[:, 1:], IGNORE_INDEX)
-        positions = torch.arange(self.seq_len)
-        batch = {"input_ids": tokens, "attention_mask": (positions < self.lengths[picked][:, None]).long(),
-                 "labels": labels}
+        tokens = self.tokens[sequences]
+        labels = np.full_like(tokens, IGNORE_INDEX)
+        labels[:, 1:] = np.where(self.loss_mask[sequences, :-1], tokens[:, 1:], IGNORE_INDEX)
+        attention = (np.arange(self.seq_len) < self.lengths[sequences][:, None]).astype(np.int64)
+        batch = {"input_ids": torch.from_numpy(tokens), "attention_mask": torch.from_numpy(attention),
+                 "labels": torch.from_numpy(labels)}
         if teacher and self.targets is not None:
             batch.update(self.targets.batch(sequences))
         return batch
@@ -248,7 +248,9 @@ def distillation_loss(student_logits: Tensor, batch: dict, temperature: float = 
     return sums.mean(ce_weight, kd_weight, count)
 
 
-def _open_teacher(store: LogitStore, name: str | None, allow_partial: bool) -> Teacher:
+def open_teacher(store: LogitStore, name: str | None = None, allow_partial: bool = False) -> Teacher:
+    """The teacher called ``name``; without one, the store's only complete teacher, or its only
+    teacher if none is complete yet (then refused unless ``allow_partial``)."""
     if name is None:  # the only complete teacher; or the only teacher, if none is complete yet
         only = not store.teacher_names and len(store.all_teacher_names) == 1
         name = store.all_teacher_names[0] if only else None

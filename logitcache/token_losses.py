@@ -4,9 +4,9 @@
     >>> sums = token_loss_sums(student_logits, labels, teacher, temperature=1.0)        # over a batch's targets
     >>> loss = sums.mean(ce_weight=1.0, kd_weight=1.0)                                  # per target token
 
-Every function here takes the student's logits at the target positions only, ``(P, V)``, and the
-teacher's targets for the same positions, and returns one value per position; ``token_loss_sums``
-picks the target positions of a batch out of its Hugging Face ``labels`` and sums. The training
+Every function here takes the student's logits at some positions, ``(..., V)``, and the teacher's
+targets for the same positions, and returns one value per position; ``token_loss_sums`` sums them
+over the target positions of a batch, which its Hugging Face ``labels`` name. The training
 loss is ``ce_weight * CE + kd_weight * KL``, each averaged over target tokens (not sequences).
 
 What each stored form serves (docs/FORMAT.md, "Token stores"):
@@ -77,18 +77,19 @@ def _log_q(student_logits: Tensor, temperature: float) -> Tensor:
     return (student_logits.float() / temperature).log_softmax(-1)
 
 
-def _kl(log_q: Tensor, teacher: dict, temperature: float) -> Tensor:
-    """``token_kl`` from the student's log-probabilities at T, (P, V)."""
+def _kl(log_q: Tensor, teacher: dict, temperature: float, picked: Tensor | None = None) -> Tensor:
+    """``token_kl`` from the student's log-probabilities at T, (..., V); ``picked``: those at the
+    teacher's indices, if gathered already."""
     if "logits" in teacher:
         return _dense_kl(log_q, teacher["logits"], temperature)
     if "tail" in teacher:
-        return _topk_kl(log_q, teacher["indices"], teacher["logprobs"], teacher["tail"], temperature)
+        return _topk_kl(log_q, teacher["indices"], teacher["logprobs"], teacher["tail"], temperature, picked)
     drawn_at = teacher.get("temperature")
     if drawn_at is not None and not torch.all(drawn_at == temperature):
         raise ConfigError(f"temperature {temperature:g} differs from the temperature "
                           f"{float(drawn_at.flatten()[0]):g} the teacher's tokens were sampled at; sampled "
                           "targets estimate the KL at that temperature only")
-    return _sampled_kl(log_q, teacher["indices"], teacher["weights"], teacher["logprobs"], temperature)
+    return _sampled_kl(log_q, teacher["indices"], teacher["weights"], teacher["logprobs"], temperature, picked)
 
 
 def _dense_kl(log_q: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -96,16 +97,17 @@ def _dense_kl(log_q: Tensor, teacher_logits: Tensor, temperature: float) -> Tens
     return (log_p.exp() * (log_p - log_q)).sum(-1) * temperature**2
 
 
-def _topk_kl(log_q: Tensor, indices: Tensor, logprobs: Tensor, tail: Tensor, temperature: float) -> Tensor:
+def _topk_kl(log_q: Tensor, indices: Tensor, logprobs: Tensor, tail: Tensor, temperature: float,
+             log_q_top: Tensor | None = None) -> Tensor:
     vocab, k = log_q.shape[-1], indices.shape[-1]
-    log_q_top = log_q.gather(-1, indices)
+    log_q_top = log_q.gather(-1, indices) if log_q_top is None else log_q_top
     log_q_tail = _log_tail(log_q, log_q_top, indices)
     t_top, t_tail = logprobs.float(), tail.float()
     if temperature != 1.0:
         spread = math.log(vocab - k)
         t_top, t_tail = t_top / temperature, (t_tail - spread) / temperature + spread
-        norm = torch.cat([t_top, t_tail[:, None]], -1).logsumexp(-1)
-        t_top, t_tail = t_top - norm[:, None], t_tail - norm
+        norm = torch.cat([t_top, t_tail[..., None]], -1).logsumexp(-1)
+        t_top, t_tail = t_top - norm[..., None], t_tail - norm
     top = (t_top.exp() * (t_top - log_q_top)).sum(-1)
     rest = torch.where(t_tail > float("-inf"), t_tail.exp() * (t_tail - log_q_tail), 0.0)  # 0 log 0 = 0
     return (top + rest) * temperature**2
@@ -122,8 +124,10 @@ def _log_tail(log_q: Tensor, log_q_top: Tensor, indices: Tensor) -> Tensor:
     return log_tail
 
 
-def _sampled_kl(log_q: Tensor, indices: Tensor, weights: Tensor, logprobs: Tensor, temperature: float) -> Tensor:
-    return (weights.float() * (logprobs.float() - log_q.gather(-1, indices))).sum(-1) * temperature**2
+def _sampled_kl(log_q: Tensor, indices: Tensor, weights: Tensor, logprobs: Tensor, temperature: float,
+                log_q_drawn: Tensor | None = None) -> Tensor:
+    log_q_drawn = log_q.gather(-1, indices) if log_q_drawn is None else log_q_drawn
+    return (weights.float() * (logprobs.float() - log_q_drawn)).sum(-1) * temperature**2
 
 
 @dataclass
@@ -158,18 +162,26 @@ def token_loss_sums(student_logits: Tensor, labels: Tensor, teacher: dict | None
     Args:
         student_logits: (B, L, V), position t predicting token t + 1.
         labels: (B, L) Hugging Face labels (-100 where the next token is not a target).
-        teacher: None, or the teacher's targets for all B x L positions, keys as in ``token_kl``.
+        teacher: None, or the teacher's targets for all B x L positions, keys as in ``token_kl``
+            (``temperature``: (B,), a sample store's).
         temperature: the KL's temperature (the cross-entropy is at 1).
     """
-    targets = target_positions(labels)
-    logits = student_logits[targets].float()  # (P, V): target positions only
-    log_q = logits.log_softmax(-1)  # one pass shared by CE and, at T = 1, the KL
-    next_tokens = labels[:, 1:][targets[:, :-1]]
-    ce = -log_q.gather(-1, next_tokens[:, None]).sum()
-    kd = logits.new_zeros(())
+    targets = target_positions(labels)  # (B, L)
+    # Every position is computed and the non-targets masked, as Hugging Face's own loss does: no
+    # (targets x V) copy of the logits, and packed text has almost only targets anyway.
+    log_q = student_logits.float().log_softmax(-1)  # (B, L, V), shared by CE and, at T = 1, the KL
+    next_tokens = torch.zeros_like(labels)
+    next_tokens[:, :-1] = labels[:, 1:].clamp_min(0)
+    shared = teacher is not None and temperature == 1.0 and "indices" in teacher
+    # One gather for the next token and a sparse teacher's K tokens: its backward fills one (B, L, V) buffer.
+    wanted = torch.cat([next_tokens[..., None], teacher["indices"]], -1) if shared else next_tokens[..., None]
+    picked = log_q.gather(-1, wanted)
+    ce = torch.where(targets, -picked[..., 0], 0.0).sum()
+    kd = log_q.new_zeros(())
     if teacher is not None:
-        rows = {name: value if name == "temperature" else value[targets] for name, value in teacher.items()}
-        kd = _kl(log_q if temperature == 1.0 else _log_q(logits, temperature), rows, temperature).sum()
+        log_q_t = log_q if temperature == 1.0 else _log_q(student_logits, temperature)
+        kd_per_position = _kl(log_q_t, teacher, temperature, picked[..., 1:] if shared else None)
+        kd = torch.where(targets, kd_per_position, 0.0).sum()
     return TokenLossSums(ce, kd, int(targets.sum()))
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from logitcache.errors import SpecError, StoreMismatchError
 from logitcache.lm import TokenStoreDataset, collate_tokens, distillation_loss
 from logitcache.sources import get_model
 from logitcache.sources.checkpoints import load_checkpoint
@@ -206,6 +207,65 @@ def test_token_options_with_an_image_store_or_without_a_store_are_refused(tmp_pa
     assert "--loss kl distils from a token store's teacher: give --store" in one_error(kl_without_store)
     no_dataset = invoke("train", "--out", tmp_path / "d", "--student", "mlp")
     assert "--dataset is required" in one_error(no_dataset)
+
+
+def flat_lm(num_classes: int = 256):
+    """Not a causal LM: one row of logits per sequence."""
+    return torch.nn.Sequential(torch.nn.Embedding(num_classes, 8), torch.nn.Flatten(), torch.nn.LazyLinear(num_classes))
+
+
+def xor_bytes():
+    """A tokenizer with the byte tokenizer's vocabulary size but other ids."""
+    class XorBytes:
+        vocab_size = 256
+
+        def encode(self, text):
+            return [b ^ 1 for b in text.encode("utf-8")]
+
+    return XorBytes()
+
+
+def test_students_that_are_not_causal_lms_and_mismatched_tokenizers_are_refused(tmp_path, stores, text):
+    flat = lm_train(tmp_path / "a", stores["topk:8"], student="tests.test_lm_training:flat_lm")
+    assert "the student outputs (1, 256) for one sequence of 64 tokens; token data needs a causal LM's" \
+        in one_error(flat)
+    tokenizer = lm_train(tmp_path / "b", stores["topk:8"], "--tokenizer", "tests.test_lm_training:xor_bytes")
+    assert "--tokenizer tests.test_lm_training:xor_bytes is not the tokenizer" in one_error(tokenizer)
+    other = tmp_path / "other.zarr"
+    result = invoke("dump", other, "--teacher", "tests.factories:tiny_lm", "--dataset", f"text:{text}@val",
+                    "--tokenizer", "tests.test_lm_training:xor_bytes", "--seq-len", "64", "--codec", "topk:8",
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    val = lm_train(tmp_path / "c", stores["topk:8"], "--val-store", other)
+    assert "has tokenizer 'tests.test_lm_training:xor_bytes'" in one_error(val)
+
+
+def test_an_unfinished_teacher_needs_allow_partial_and_trains_on_its_written_sequences(tmp_path, text):
+    store = tmp_path / "partial.zarr"  # nan_lm fails the dump in the second shard: only the first is written
+    failed = invoke("dump", store, "--teacher", "tests.factories:nan_lm", "--dataset", f"text:{text}@train",
+                    "--tokenizer", "bytes", "--seq-len", "64", "--codec", "topk:8", "--rows-per-shard", "256",
+                    "--no-progress")
+    assert "NaN/inf logits" in one_error(failed)
+    assert "finish the dump, or pass --allow-partial" in one_error(lm_train(tmp_path / "a", store))
+    partial = lm_train(tmp_path / "b", store, "--allow-partial", "--epochs", "1")
+    assert partial.exit_code == 0 and "training on" in partial.output and ": 4 sequences x 64 tokens" in partial.output
+    assert records(tmp_path / "b")[0]["train_tokens"] == 4 * 64
+
+
+def test_a_labelled_store_is_not_a_token_dataset(stores, digits_store, tmp_path):
+    with pytest.raises(StoreMismatchError, match="holds labelled samples, not token sequences"):
+        TokenStoreDataset(digits_store)
+    result = lm_train(tmp_path / "run", stores["topk:8"], "--val-store", digits_store)
+    assert f"--val-store {digits_store} holds labelled samples, not token sequences" in one_error(result)
+
+
+def test_the_trainer_says_what_to_install_without_transformers(monkeypatch):
+    import logitcache.hf as hf
+
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    monkeypatch.delitem(hf.__dict__, "DistillationTrainer", raising=False)
+    with pytest.raises(SpecError, match=r"logitcache.hf needs transformers .*pip install 'logitcache\[lm\]'"):
+        hf.DistillationTrainer  # noqa: B018
 
 
 def test_empty_validation_text_is_refused(tmp_path, stores):

@@ -25,12 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..devices import resolve_device
 from ..distributed import Distributed, distributed
-from ..errors import DatasetError, ModelError, StoreMismatchError
+from ..errors import ModelError, StoreMismatchError
 from ..lm import TokenStoreDataset, teacher_of
 from ..sources import get_model, get_token_dataset, get_tokenizer, lm_context_length
 from ..store import open_store
@@ -156,8 +155,6 @@ def _validation_data(config: TrainConfig, train_data: TokenStoreDataset, tokeniz
         teacher, where = "", config.val_dataset
     else:
         return None
-    if int(data.targets_per_sequence.sum()) == 0:
-        raise DatasetError(f"validation data {where} has no target token to evaluate on")
     log(f"validating on {where}: {len(data)} sequences, {int(data.targets_per_sequence.sum())} targets{teacher}")
     return data
 
@@ -208,7 +205,7 @@ def _sampler(config: TrainConfig, data: TokenStoreDataset, dist: Distributed) ->
 
 def _step_targets(sampler: EpochSampler, data: TokenStoreDataset, batch_size: int) -> list[int]:
     """Target tokens per step over every rank's batch: what each step's loss is divided by."""
-    counts = data.targets_per_sequence.numpy()
+    counts = data.targets_per_sequence
     total = None
     for rank in range(sampler.world_size):
         other = copy.copy(sampler)
@@ -265,19 +262,19 @@ def evaluate(model, data: TokenStoreDataset | None, config: TrainConfig, device)
     total, count, agree = 0.0, 0, 0
     for start in range(0, len(data), config.batch_size):
         indices = np.arange(start, min(start + config.batch_size, len(data)))
-        batch = data.batch(indices, teacher=False)
-        targets = target_positions(batch["labels"]).to(device)
+        batch = {name: value.to(device) for name, value in data.batch(indices, teacher=False).items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
-            logits = _logits(model(batch["input_ids"].to(device)))
-        picked = logits[targets].float()
-        total += F.cross_entropy(picked, batch["labels"].to(device)[:, 1:][targets[:, :-1]], reduction="sum").item()
-        count += int(targets.sum())
+            logits = _logits(model(batch["input_ids"]))
+        sums = token_loss_sums(logits, batch["labels"], None)
+        total, count = total + sums.ce.item(), count + sums.count
         if data.targets is not None:
             teacher_top = data.targets.top1(data.sequences[indices]).to(device)
-            agree += int((picked.argmax(-1) == teacher_top[targets]).sum())
-    loss = total / max(count, 1)
+            agree += int(((logits.argmax(-1) == teacher_top) & target_positions(batch["labels"])).sum())
+    if count == 0:
+        return {"val_loss": None, "val_ppl": None, "val_agreement": None}
+    loss = total / count
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)),
-            "val_agreement": agree / max(count, 1) if data.targets is not None else None}
+            "val_agreement": agree / count if data.targets is not None else None}
 
 
 def _logits(output):

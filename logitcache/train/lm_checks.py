@@ -15,6 +15,7 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 from ..errors import ConfigError, StoreMismatchError
+from ..lm import open_teacher
 from ..store import open_store
 from ..token_losses import token_loss
 from .config import TrainConfig
@@ -42,7 +43,7 @@ def token_config(config: TrainConfig, store) -> TrainConfig:
         StoreMismatchError: ``store`` holds labelled samples.
     """
     _check_data_options(config, store)
-    loss = config.loss or ("kl" if store is not None and store.teacher_names else "ce")
+    loss = config.loss or ("kl" if store is not None and store.all_teacher_names else "ce")
     if token_loss(loss).needs_teacher and store is None:
         raise ConfigError(f"--loss {loss} distils from a token store's teacher: give --store (or train label-only "
                           "with --loss ce)")
@@ -50,7 +51,7 @@ def token_config(config: TrainConfig, store) -> TrainConfig:
         raise ConfigError(f"--teacher {config.teacher}: a token run distils from one teacher; name one")
     drawn_at = None
     if token_loss(loss).needs_teacher:
-        codec = store.teacher(config.teacher).codec
+        codec = open_teacher(store, config.teacher, allow_partial=True).codec  # unfinished: refused when read
         drawn_at = getattr(codec, "temperature", None) if codec.sparse_only else None
     temperature = config.temperature if config.temperature is not None else drawn_at or 1.0
     if drawn_at is not None and temperature != drawn_at:
