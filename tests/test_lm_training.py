@@ -250,6 +250,10 @@ def test_an_unfinished_teacher_needs_allow_partial_and_trains_on_its_written_seq
     partial = lm_train(tmp_path / "b", store, "--allow-partial", "--epochs", "1")
     assert partial.exit_code == 0 and "training on" in partial.output and ": 4 sequences x 64 tokens" in partial.output
     assert records(tmp_path / "b")[0]["train_tokens"] == 4 * 64
+    empty = tmp_path / "empty.zarr"  # now the first shard holds the failing sequence: nothing is written
+    invoke("dump", empty, "--teacher", "tests.factories:nan_lm", "--dataset", f"text:{text}@train", "--tokenizer",
+           "bytes", "--seq-len", "64", "--codec", "topk:8", "--rows-per-shard", "512", "--no-progress")
+    assert "no shard is written yet" in one_error(lm_train(tmp_path / "c", empty, "--allow-partial"))
 
 
 def test_a_labelled_store_is_not_a_token_dataset(stores, digits_store, tmp_path):

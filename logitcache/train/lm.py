@@ -147,9 +147,7 @@ def _validation_data(config: TrainConfig, train_data: TokenStoreDataset, tokeniz
         teacher = f", agreement with teacher {data.teacher.name!r}" if data.teacher is not None else ""
         where = config.val_store
     elif config.val_dataset:
-        val_tokenizer = get_tokenizer(config.tokenizer or tokenizer["spec"])
-        _same_vocabulary(f"--tokenizer {val_tokenizer.spec}", val_tokenizer.describe(), train_data.vocab_size,
-                         tokenizer, train_data.vocab_size)
+        val_tokenizer = get_tokenizer(config.tokenizer or tokenizer["spec"])  # the training data's (lm_checks.py)
         source = get_token_dataset(config.val_dataset, val_tokenizer, config.seq_len or train_data.seq_len)
         data = TokenStoreDataset.from_arrays(source.tokens, source.loss_mask, source.lengths, train_data.vocab_size)
         teacher, where = "", config.val_dataset
