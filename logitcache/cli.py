@@ -4,6 +4,7 @@
     $ logitcache info STORE [--json]
     $ logitcache verify STORE [--dataset SPEC]      # with SPEC: rebuild and check hashed views
     $ logitcache train --out RUN --student SPEC --dataset SPEC [--store STORE --loss dist]
+    $ logitcache train --out RUN --student gpt:... --store LM.zarr [--val-store VAL.zarr --loss kl]
     $ logitcache pack STORE STORE.zip
     $ logitcache run pipelines/digits.toml
     $ logitcache runs data/runs/digits              # a table of runs; plot RUN... -o FILE.png draws them
@@ -211,10 +212,20 @@ class LossName(click.ParamType):
 
 @cli.command()
 @click.option("--out", required=True, help="Run directory: checkpoints, metrics.jsonl/csv, steps.csv.")
-@click.option("--student", required=True, help="Student spec (resnet20, mlp:hidden=32, torchvision:resnet18, ...).")
-@click.option("--dataset", required=True, help="Training dataset spec; must match the store's fingerprint.")
-@click.option("--val-dataset", help="Validation dataset spec, evaluated after every epoch.")
-@click.option("--store", help="Store with the teacher's logits (not needed for --loss ce).")
+@click.option("--student", required=True, help="Student spec (resnet20, mlp:hidden=32, torchvision:resnet18, ...; "
+              "language models: gpt:n_layer=4,..., hf:DIR, hf-config:DIR, checkpoint:FILE).")
+@click.option("--dataset", help="Training dataset spec; must match the store's fingerprint. Not with a token "
+              "store, which holds its sequences; without a store, token data (text:GLOB@train, jsonl:FILE, ...) "
+              "with --tokenizer and --seq-len.")
+@click.option("--val-dataset", help="Validation dataset spec, evaluated after every epoch (token data: "
+              "tokenised with --tokenizer, or the store's tokenizer).")
+@click.option("--store", help="Store with the teacher's logits (not needed for --loss ce); a token store is "
+              "also the training data.")
+@click.option("--val-store", help="Token data: a store the teacher dumped over held-out text; gives validation "
+              "loss, perplexity and the student's top-1 agreement with the teacher.")
+@click.option("--tokenizer", metavar="SPEC", help="Token data without a store (or for --val-dataset): bytes, "
+              "hf:DIR or package.module:factory.")
+@click.option("--seq-len", type=int, help="Token data without a store: tokens per training sequence.")
 @click.option("--teacher", help="Teacher name inside the store (default: its only complete teacher); "
               "a,b trains from the ensemble: the mean of the teachers' probabilities at --temperature.")
 @click.option("--expect-teacher", help="Refuse the store unless its teacher digest (info prints it; give all "
@@ -223,8 +234,9 @@ class LossName(click.ParamType):
 @click.option("--online-teacher", help="Run this teacher spec in the loop instead of a store (for comparison).")
 @click.option("--online-teacher-weights", type=click.Path(dir_okay=False))
 @click.option("--loss", type=LossName(), help="ce (labels only), kl, dist or dkd (the registered losses); "
-              "default dist with a teacher, ce without.")
-@click.option("--temperature", type=float, help="Softmax temperature (default: the loss's own: kl 4, dkd 4, dist 1).")
+              "default dist with a teacher, ce without. Token data: ce or kl (default kl with a teacher).")
+@click.option("--temperature", type=float, help="Softmax temperature (default: the loss's own: kl 4, dkd 4, dist 1; "
+              "token data 1, or the T a sample:K:T store was drawn at).")
 @click.option("--kd-weight", default=TRAIN["kd_weight"], show_default=True, type=float)
 @click.option("--ce-weight", default=TRAIN["ce_weight"], show_default=True, type=float)
 @click.option("--dist-beta", default=TRAIN["dist_beta"], show_default=True, type=float,
@@ -281,7 +293,8 @@ class LossName(click.ParamType):
 @storage_option
 @friendly_errors
 def train(milestones, no_progress, **options):
-    """Train a student from a store's cached logits (or from labels alone with --loss ce)."""
+    """Train a student from a store's cached logits (or from labels alone with --loss ce); a token
+    store trains a language model."""
     from .train import train as run_train
 
     try:

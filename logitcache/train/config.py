@@ -28,9 +28,12 @@ class TrainConfig:
 
     out: str
     student: str
-    dataset: str
+    dataset: str | None = None  # required, except for a token store, which holds its sequences
     val_dataset: str | None = None
     store: str | None = None
+    val_store: str | None = None  # token data: a store the teacher dumped over held-out text
+    tokenizer: str | None = None  # token data without a store (or for --val-dataset): tokenises the text
+    seq_len: int | None = None  # token data without a store: tokens per training sequence
     teacher: str | None = None  # teacher name inside the store; "a,b" for an ensemble
     expect_teacher: str | None = None  # sha256 prefix(es) the store's teacher(s) must have
     online_teacher: str | None = None  # a teacher spec run in the loop (for comparisons)

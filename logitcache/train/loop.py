@@ -49,6 +49,8 @@ from .resume import (
     weights_error,
 )
 from .run_files import RunFiles
+from .student import build_optimizer as _optimizer
+from .student import wrap_ddp as _wrap_ddp
 
 
 @dataclass
@@ -290,14 +292,6 @@ def _quiet(*_):
     pass
 
 
-def _wrap_ddp(student, dist: Distributed, device):
-    if not dist.enabled:
-        return student
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
-
-
 @torch.no_grad()
 def evaluate(model, source, config: TrainConfig, device) -> dict:
     """Validation loss, top-1 and top-5 of ``model`` on ``source`` (empty without one)."""
@@ -426,13 +420,6 @@ def _online_teacher(config: TrainConfig, num_classes: int, device):
         return None
     teacher = get_model(config.online_teacher, num_classes, weights=config.online_teacher_weights)
     return teacher.to(device).eval()
-
-
-def _optimizer(config: TrainConfig, model):
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay, nesterov=config.momentum > 0)
 
 
 

@@ -215,8 +215,10 @@ def save_epoch(run: RunFiles, config: TrainConfig, student, optimizer, num_class
 
 
 def best(history: list) -> dict:
-    """The epoch with the best validation top-1 (the last one when there is no validation)."""
+    """The epoch with the best validation top-1; for language models, which have no top-1, the
+    lowest validation loss; the last epoch when there is no validation."""
     scored = [h for h in history if h.get("val_top1") is not None]
-    if not scored:
-        return history[-1]
-    return max(reversed(scored), key=lambda h: h["val_top1"])
+    if scored:
+        return max(reversed(scored), key=lambda h: h["val_top1"])
+    losses = [h for h in history if h.get("val_loss") is not None]
+    return min(reversed(losses), key=lambda h: h["val_loss"]) if losses else history[-1]
