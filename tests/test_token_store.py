@@ -175,8 +175,9 @@ def test_edited_tokens_are_refused(stores, tmp_path):
     with pytest.raises(CorruptStoreError, match="token fingerprint"):
         open_store(copy).tokens
     assert not verify_store(copy).ok
-    assert "token fingerprint" in one_error(invoke("train", "--out", tmp_path / "run", "--student", "mlp",
-                                                    "--store", copy, "--dataset", "digits"))
+    assert "token fingerprint" in one_error(invoke("train", "--out", tmp_path / "run", "--student",
+                                                    "gpt:n_layer=1,n_head=1,n_embd=8,block_size=256",
+                                                    "--store", copy, "--epochs", "1", "--no-progress"))
 
 
 def test_a_store_newer_than_this_reader_is_refused(stores, tmp_path):
