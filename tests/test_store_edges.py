@@ -295,3 +295,27 @@ def test_completion_refuses_a_teacher_whose_chunk_digests_were_lost(tmp_path):
     with pytest.raises(CorruptStoreError, match="chunk digests are missing"):
         reopened.mark_complete(metrics={})
     assert not open_store(tmp_path / "s.zarr").teacher("t", check=False).is_complete
+
+
+def test_a_failing_producer_still_gets_the_shards_it_queued_written(tmp_path):
+    """A teacher that fails in shard 2 loses only shard 2: shards 0 and 1, already queued, are whole and kept."""
+    import threading
+
+    import numpy as np
+
+    from logitcache.store import BackgroundWriter, choose_layout, create_store, get_codec
+
+    store = create_store(tmp_path / "s.zarr", keys=[str(i) for i in range(12)], labels=[0] * 12,
+                         dataset={"spec": "mine"})
+    teacher = store.create_teacher("t", num_classes=2, codec=get_codec("fp32"),
+                                   layout=choose_layout(12, 2, 4, rows_per_chunk=4, rows_per_shard=4),
+                                   settings={}, provenance={})
+    producer_failed = threading.Event()
+    with pytest.raises(ValueError, match="teacher failed"):
+        # the writer holds shard 0 until the producer has failed, so shard 1 is still only queued
+        with BackgroundWriter(teacher, before_write=lambda: producer_failed.wait(2.0)) as writer:
+            writer.submit(0, np.zeros((4, 2), np.float32))
+            writer.submit(1, np.ones((4, 2), np.float32))
+            producer_failed.set()
+            raise ValueError("teacher failed in shard 2")
+    assert teacher.shard_done().tolist() == [True, True, False]

@@ -6,7 +6,9 @@
 
 The queue is bounded, so memory stays at most ``max_pending + 1`` shards. An error on the
 writer thread (non-finite logits, a failed write) is raised in the producer at its next
-``submit`` or at exit, and no later shard is written.
+``submit`` or at exit, and no later shard is written. When the producer fails instead, the shards
+it already queued are finished (they are whole and correct, and a resume need not redo them);
+an interrupt (Ctrl-C) finishes only the shard in hand.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ class BackgroundWriter:
         if exc_type is None:
             self.close()
             return
-        # The producer failed (or was interrupted): finish the shard in hand, drop the rest.
-        self._error = self._error or exc
+        if not isinstance(exc, Exception):  # interrupted: finish the shard in hand, drop the rest
+            self._error = self._error or exc
         self._queue.put(_STOP)
         self._thread.join()
