@@ -6,6 +6,7 @@ Real text (the start of Hamlet), the byte tokenizer, a seeded causal LM teacher
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -28,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 HAMLET = REPO / "data" / "text" / "shakespeare" / "hamlet.md"
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 STUDENT = "gpt:n_layer=1,n_head=2,n_embd=32,block_size=64"
+TENSORBOARD = importlib.util.find_spec("tensorboard") is not None  # the tensorboard extra
 FAST = ["--optimizer", "adamw", "--lr", "0.01", "--batch-size", "16", "--no-progress"]
 
 
@@ -73,8 +75,11 @@ def without_timing(rows):
 
 
 def test_kd_from_a_topk_store_reports_validation_loss_perplexity_and_agreement(tmp_path, stores):
-    result = lm_train(tmp_path / "kd", stores["topk:8"], "--val-store", stores["val"], "--epochs", "2")
+    result = lm_train(tmp_path / "kd", stores["topk:8"], "--val-store", stores["val"], "--epochs", "2",
+                      *(["--tensorboard"] if TENSORBOARD else []))
     assert result.exit_code == 0, result.output
+    if TENSORBOARD:
+        assert list((tmp_path / "kd" / "tensorboard").glob("events.out.tfevents.*"))
     rows = records(tmp_path / "kd")
     assert [r["epoch"] for r in rows] == [1, 2]
     for row in rows:
@@ -175,6 +180,7 @@ def test_two_processes_at_half_the_batch_train_what_one_process_does(tmp_path, s
     (["--dataset", "digits@train"], "holds its training sequences: leave out --dataset digits@train"),
     (["--seq-len", "32"], "--seq-len 32 differs from the store's sequences of 64 tokens"),
     (["--mixup", "0.2", "--transform", "tensor"], "--transform, --mixup apply to image data, not to token sequences"),
+    (["--feature-loss", "at"], "--feature-loss applies to image data, not to token sequences"),
     (["--val-store", "VAL", "--val-dataset", "text:x"], "give --val-store or --val-dataset, not both"),
     (["--teacher", "a,b"], "--teacher a,b: a token run distils from one teacher"),
     (["--expect-teacher", "0123456789abcdef"], "is not the expected teacher 0123456789abcdef"),

@@ -25,15 +25,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..devices import resolve_device
 from ..distributed import Distributed, distributed
 from ..errors import ModelError, StoreMismatchError
 from ..lm import TokenStoreDataset, teacher_of
+from ..progress import progress_bar
 from ..sources import get_model, get_token_dataset, get_tokenizer, lm_context_length
 from ..store import open_store
 from ..token_losses import target_positions, token_loss, token_loss_sums
+from .board import open_board
 from .config import TrainConfig, get_lr, validate
 from .data import EpochSampler
 from .lm_checks import check_expected_teacher, token_config
@@ -81,12 +82,14 @@ def _train(config: TrainConfig, store, run: RunFiles, dist: Distributed, log) ->
     start_epoch, history = prepare_run(run, config, resumed, student, optimizer, dist, log)
 
     sampler = _sampler(config, train_data, dist)
+    steps_per_epoch = -(-len(sampler) // config.batch_size)
+    board = open_board(config, (start_epoch - 1) * steps_per_epoch, log, enabled=dist.is_main)
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs + 1):
         sampler.set_epoch(epoch)
         torch.manual_seed(config.seed * 100_003 + epoch + 1_000_003 * dist.rank)  # a function of (seed, epoch, rank)
         epoch_start = time.perf_counter()
-        losses, tokens = train_one_epoch(model, train_data, sampler, optimizer, config, epoch, device, dist)
+        losses, tokens = train_one_epoch(model, train_data, sampler, optimizer, config, epoch, device, dist, board)
         train_seconds = time.perf_counter() - epoch_start
         dist.agree(weights_error(student, config, epoch))
         record = None
@@ -96,6 +99,7 @@ def _train(config: TrainConfig, store, run: RunFiles, dist: Distributed, log) ->
                       "train_tokens": tokens, "tokens_per_second": round(tokens / max(train_seconds, 1e-9), 1),
                       "epoch_seconds": round(time.perf_counter() - epoch_start, 3)}
             history.append(record)
+            board.epoch(record, epoch * steps_per_epoch - 1)  # flushed before the checkpoint: a resume purges the rest
             save_epoch(run, config, student, optimizer, train_data.vocab_size, history)
             log(_epoch_line(record, config.epochs))
         else:
@@ -106,6 +110,7 @@ def _train(config: TrainConfig, store, run: RunFiles, dist: Distributed, log) ->
                              best(history), history)
     if dist.is_main:
         run.finish(summary_record(summary))
+    board.close()
     dist.agree()
     return summary
 
@@ -215,17 +220,18 @@ def _step_targets(sampler: EpochSampler, data: TokenStoreDataset, batch_size: in
 
 
 def train_one_epoch(model, data: TokenStoreDataset, sampler: EpochSampler, optimizer, config: TrainConfig, epoch: int,
-                    device, dist: Distributed) -> tuple[list[tuple], int]:
+                    device, dist: Distributed, board=None) -> tuple[list[tuple], int]:
     """One pass over this rank's sequences; returns (step, lr, loss, ce, kd) per step (means over
-    every rank's target tokens) and the tokens read by all ranks. Stops at a non-finite loss."""
+    every rank's target tokens; also written to ``board``, the run's TensorBoard, if any) and the
+    tokens read by all ranks. Stops at a non-finite loss."""
     model.train()
     order = sampler.rank_order()
     batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
     step_targets = _step_targets(sampler, data, config.batch_size)
     reads_teacher = token_loss(config.loss).needs_teacher
     losses, tokens = [], 0
-    bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", disable=not (config.progress and dist.is_main),
-               leave=False, dynamic_ncols=True)
+    bar = progress_bar(batches, desc=f"epoch {epoch}/{config.epochs}", unit="step", leave=False,
+                       enabled=config.progress and dist.is_main)
     for step_in_epoch, indices in enumerate(bar):
         step = (epoch - 1) * len(batches) + step_in_epoch
         lr = get_lr(config, step, len(batches))
@@ -246,7 +252,9 @@ def train_one_epoch(model, data: TokenStoreDataset, sampler: EpochSampler, optim
         losses.append((step, lr, config.ce_weight * ce + config.kd_weight * kd, ce, kd))
         check_step_loss(losses[-1], config, epoch, step_in_epoch, len(batches))
         tokens += int(batch["attention_mask"].sum())
-        bar.set_postfix(loss=f"{losses[-1][2]:.4f}")
+        bar.set_postfix(loss=f"{losses[-1][2]:.4f}", refresh=False)  # shown at the bar's next redraw
+        if board is not None:
+            board.step(*losses[-1])
     return losses, int(dist.sum([tokens])[0])
 
 

@@ -21,10 +21,10 @@ from ..token_losses import token_loss
 from .config import TrainConfig
 from .data import check_teacher_identity
 
-# Image options and their defaults: a token run refuses any other value.
+# Image (and image feature) options and their defaults: a token run refuses any other value.
 IMAGE_ONLY = {"transform": None, "augment": None, "val_transform": None, "view_order": "random", "view_size": None,
               "check_views": False, "mixup": 0.0, "cutmix": 0.0, "online_teacher": None,
-              "online_teacher_weights": None}
+              "online_teacher_weights": None, "feature_loss": None, "student_features": None, "features": None}
 
 
 def is_token_run(config: TrainConfig) -> bool:
