@@ -258,3 +258,41 @@ def test_device_reduction_matches_the_host_codecs():
     host = sample.encode_shard(logits.numpy(), 3)
     same = (arrays["indices"] == host["indices"]).all(axis=1) & (arrays["counts"] == host["counts"]).all(axis=1)
     assert same.mean() > 0.99  # the same uniforms; only a draw on a float rounding boundary may differ
+
+
+def test_device_reduction_flags_exactly_the_non_finite_rows_and_leaves_the_logits_as_they_were():
+    """Rows with NaN, +inf or -inf are named (a finite row whose sum overflows is not); the logits
+    are given back unchanged; a non-contiguous input reduces to the same targets (up to rounding)."""
+    logits = torch.randn(120, 500, generator=torch.Generator().manual_seed(1)) * 4
+    logits[3, 7], logits[7, 0], logits[11, 499] = float("nan"), float("inf"), float("-inf")
+    logits[13] = 3e38
+    before = logits.clone()
+    next_tokens = torch.randint(0, 500, (120,), generator=torch.Generator().manual_seed(2))
+    ones = torch.ones(120, dtype=torch.bool)
+    topk = get_codec("topk:8").for_classes(500)
+    _, _, bad = DeviceReducer(topk, budget_bytes=1 << 16)(logits, next_tokens, ones, ones, None)
+    assert bad.tolist() == [3, 7, 11] and torch.equal(logits.view(torch.int32), before.view(torch.int32))
+
+    good = torch.cat([logits[:3], logits[4:7], logits[8:11], logits[12:]])[:, :300] * 1e-38 * 4e37
+    coin = torch.rand(len(good), generator=torch.Generator().manual_seed(3))
+    tokens = torch.where(coin < 0.5, good.argmax(1), next_tokens[: len(good)] % 300)  # some top-1 hits
+    mask = torch.rand(len(good), generator=torch.Generator().manual_seed(4)) < 0.7
+    real = torch.ones(len(good), dtype=torch.bool)
+    real[-5:] = False
+    for name in ("topk:8", "sample:12"):
+        codec = get_codec(name).for_classes(300)
+        uniforms = codec.uniforms(0, len(good)) if name.startswith("sample") else None
+        arrays, stats, _ = DeviceReducer(codec, budget_bytes=1 << 16)(good, tokens, mask & real, real, uniforms)
+        strided, again, _ = DeviceReducer(codec, budget_bytes=1 << 16)(good.t().contiguous().t(), tokens, mask & real,
+                                                                          real, uniforms)
+        np.testing.assert_allclose(stats, again, rtol=1e-6)
+        for key in arrays:
+            if arrays[key].dtype.kind == "f":
+                np.testing.assert_allclose(arrays[key].astype(np.float64), strided[key].astype(np.float64), rtol=1e-3)
+            else:
+                assert np.array_equal(arrays[key], strided[key])
+        wide, rows = good.double()[mask & real], tokens[mask & real]
+        nll = (torch.logsumexp(wide, 1) - wide.gather(1, rows[:, None]).squeeze(1)).sum()
+        hits = (wide.argmax(1) == rows).sum()
+        assert stats[0] == int((mask & real).sum()) and stats[2] == int(hits) > 0
+        assert abs(stats[1] - float(nll)) < 1e-3 * abs(float(nll))
