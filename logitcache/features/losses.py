@@ -10,7 +10,9 @@ registry. Each reads the teacher's cached (or live) features and the student's o
 
 Defaults are the papers' as the reference code runs them on CIFAR-100 (mdistiller; ICKD's official
 code): AT p=2 weight 1000; RKD distance 25, angle 50, weight 1; FitNet weight 100; ICKD weight 2.5;
-ReviewKD weight 5 with a 20-epoch linear warm-up. All arithmetic is float32.
+ReviewKD weight 5 with a 20-epoch linear warm-up. All arithmetic is float32. AT's loss is a mean over
+positions, so it scales as 1/(H·W): its 1000 suits CIFAR's 32x32 to 8x8 maps, and smaller maps want a
+smaller weight (``--feature-loss at=50`` on 8x8 digits; benchmarks/RESULTS.md).
 
 A loss module is built from its *levels*: one per feature it learns from, each with the student's
 per-sample shape and the teacher's cached reduce and shape, so connectors are sized (and impossible
