@@ -4,8 +4,10 @@
     $ logitcache info STORE [--json]
     $ logitcache verify STORE [--dataset SPEC]      # with SPEC: rebuild and check hashed views
     $ logitcache train --out RUN --student SPEC --dataset SPEC [--store STORE --loss dist]
+    $ logitcache train --out RUN --student gpt:... --store LM.zarr [--val-store VAL.zarr --loss kl]
     $ logitcache pack STORE STORE.zip
     $ logitcache run pipelines/digits.toml
+    $ logitcache runs data/runs/digits              # a table of runs; plot RUN... -o FILE.png draws them
 
 Library errors become one-line messages with a non-zero exit; torch and zarr are imported inside
 the commands so ``--help`` stays fast.
@@ -32,6 +34,7 @@ def _defaults(config_class) -> dict:
 
 
 DUMP, TRAIN = _defaults(DumpConfig), _defaults(TrainConfig)
+DEVICE_HELP = "cpu, cuda, cuda:N, mps, or auto (cuda when a GPU is visible, else cpu)."
 
 
 def friendly_errors(command):
@@ -99,7 +102,7 @@ def cli():
               "tail bucket) or sample:K[:T] (K draws from the teacher at temperature T).")
 @click.option("--batch-size", default=DUMP["batch_size"], show_default=True, type=int)
 @click.option("--workers", default=DUMP["workers"], show_default=True, type=int, help="DataLoader worker processes.")
-@click.option("--device", default=DUMP["device"], show_default=True)
+@click.option("--device", default=DUMP["device"], show_default=True, help=DEVICE_HELP)
 @click.option("--bf16", is_flag=True, help="Run the teacher under bf16 autocast (logits are cast to fp32).")
 @click.option("--num-classes", type=int, help="Teacher head size (default: the dataset's class count).")
 @click.option("--rows-per-shard", type=int, help="Rows per shard, the unit of writing and resuming.")
@@ -111,6 +114,16 @@ def cli():
 @click.option("--record-view-hashes", is_flag=True,
               help="Store a hash of every view's input, so verify --dataset and train --check-views can prove "
               "the replay exact.")
+@click.option("--tokenizer", metavar="SPEC", help="Make a token store (language models): bytes, hf:DIR (a local "
+              "Hugging Face tokenizer) or package.module:factory; --dataset is then text:GLOB, jsonl:FILE[:FIELD], "
+              "hf:DIR, parquet:GLOB or package.module:factory, and --batch-size counts sequences.")
+@click.option("--seq-len", type=int, help="Token dumps: positions per stored sequence (packed blocks, or one "
+              "padded sample each).")
+@click.option("--features", metavar="NAME=LAYER[:REDUCE],...", help="Also store these teacher features per "
+              "sample: LAYER is a module path of the teacher, REDUCE pool (C values), attention (HxW), gram (CxC) or "
+              "map (CxHxW, the default); for --feature-loss at, rkd, fitnet, ickd, reviewkd.")
+@click.option("--feature-codec", default=DUMP["feature_codec"], show_default=True,
+              type=click.Choice(["fp16", "bf16", "fp32"]), help="How --features are stored.")
 @click.option("--overwrite", is_flag=True, help="Replace this teacher if the store already holds it.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @storage_option
@@ -199,10 +212,20 @@ class LossName(click.ParamType):
 
 @cli.command()
 @click.option("--out", required=True, help="Run directory: checkpoints, metrics.jsonl/csv, steps.csv.")
-@click.option("--student", required=True, help="Student spec (resnet20, mlp:hidden=32, torchvision:resnet18, ...).")
-@click.option("--dataset", required=True, help="Training dataset spec; must match the store's fingerprint.")
-@click.option("--val-dataset", help="Validation dataset spec, evaluated after every epoch.")
-@click.option("--store", help="Store with the teacher's logits (not needed for --loss ce).")
+@click.option("--student", required=True, help="Student spec (resnet20, mlp:hidden=32, torchvision:resnet18, ...; "
+              "language models: gpt:n_layer=4,..., hf:DIR, hf-config:DIR, checkpoint:FILE).")
+@click.option("--dataset", help="Training dataset spec; must match the store's fingerprint. Not with a token "
+              "store, which holds its sequences; without a store, token data (text:GLOB@train, jsonl:FILE, ...) "
+              "with --tokenizer and --seq-len.")
+@click.option("--val-dataset", help="Validation dataset spec, evaluated after every epoch (token data: "
+              "tokenised with --tokenizer, or the store's tokenizer).")
+@click.option("--store", help="Store with the teacher's logits (not needed for --loss ce); a token store is "
+              "also the training data.")
+@click.option("--val-store", help="Token data: a store the teacher dumped over held-out text; gives validation "
+              "loss, perplexity and the student's top-1 agreement with the teacher.")
+@click.option("--tokenizer", metavar="SPEC", help="Token data without a store (or for --val-dataset): bytes, "
+              "hf:DIR or package.module:factory.")
+@click.option("--seq-len", type=int, help="Token data without a store: tokens per training sequence.")
 @click.option("--teacher", help="Teacher name inside the store (default: its only complete teacher); "
               "a,b trains from the ensemble: the mean of the teachers' probabilities at --temperature.")
 @click.option("--expect-teacher", help="Refuse the store unless its teacher digest (info prints it; give all "
@@ -211,8 +234,9 @@ class LossName(click.ParamType):
 @click.option("--online-teacher", help="Run this teacher spec in the loop instead of a store (for comparison).")
 @click.option("--online-teacher-weights", type=click.Path(dir_okay=False))
 @click.option("--loss", type=LossName(), help="ce (labels only), kl, dist or dkd (the registered losses); "
-              "default dist with a teacher, ce without.")
-@click.option("--temperature", type=float, help="Softmax temperature (default: the loss's own: kl 4, dkd 4, dist 1).")
+              "default dist with a teacher, ce without. Token data: ce or kl (default kl with a teacher).")
+@click.option("--temperature", type=float, help="Softmax temperature (default: the loss's own: kl 4, dkd 4, dist 1; "
+              "token data 1, or the T a sample:K:T store was drawn at).")
 @click.option("--kd-weight", default=TRAIN["kd_weight"], show_default=True, type=float)
 @click.option("--ce-weight", default=TRAIN["ce_weight"], show_default=True, type=float)
 @click.option("--dist-beta", default=TRAIN["dist_beta"], show_default=True, type=float,
@@ -222,6 +246,12 @@ class LossName(click.ParamType):
 @click.option("--dkd-alpha", default=TRAIN["dkd_alpha"], show_default=True, type=float)
 @click.option("--dkd-beta", default=TRAIN["dkd_beta"], show_default=True, type=float)
 @click.option("--dkd-warmup", default=TRAIN["dkd_warmup"], show_default=True, type=int, help="Epochs of DKD warm-up.")
+@click.option("--feature-loss", metavar="NAME[=WEIGHT],...", help="Also learn from the teacher's features: at, rkd, "
+              "fitnet, ickd, reviewkd, each with its paper's weight unless one is given (added to --loss).")
+@click.option("--student-features", metavar="NAME=LAYER,...", help="The student's module for each teacher feature "
+              "(by the store's feature NAME) that --feature-loss learns from; in order, shallow to deep.")
+@click.option("--features", metavar="NAME=LAYER[:REDUCE],...", help="With --online-teacher and --feature-loss: the "
+              "teacher's features, as dump --features names them.")
 @click.option("--optimizer", default=TRAIN["optimizer"], show_default=True, type=click.Choice(["sgd", "adamw"]))
 @click.option("--lr", default=TRAIN["lr"], show_default=True, type=float)
 @click.option("--momentum", default=TRAIN["momentum"], show_default=True, type=float)
@@ -235,7 +265,7 @@ class LossName(click.ParamType):
 @click.option("--epochs", default=TRAIN["epochs"], show_default=True, type=int)
 @click.option("--batch-size", default=TRAIN["batch_size"], show_default=True, type=int)
 @click.option("--seed", default=TRAIN["seed"], show_default=True, type=int)
-@click.option("--device", default=TRAIN["device"], show_default=True)
+@click.option("--device", default=TRAIN["device"], show_default=True, help=DEVICE_HELP)
 @click.option("--bf16", is_flag=True, help="bf16 autocast for the student's forward pass.")
 @click.option("--workers", default=TRAIN["workers"], show_default=True, type=int)
 @click.option("--transform", help="Training input transform (default: the dataset's eval transform).")
@@ -257,11 +287,14 @@ class LossName(click.ParamType):
 @click.option("--allow-partial", is_flag=True, help="Train on the written part of an unfinished store.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
-@click.option("--no-progress", is_flag=True)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--tensorboard", is_flag=True, help="Also write the run's scalars (every step and epoch) as "
+              "TensorBoard event files in RUN/tensorboard (needs the tensorboard package).")
 @storage_option
 @friendly_errors
 def train(milestones, no_progress, **options):
-    """Train a student from a store's cached logits (or from labels alone with --loss ce)."""
+    """Train a student from a store's cached logits (or from labels alone with --loss ce); a token
+    store trains a language model."""
     from .train import train as run_train
 
     try:
@@ -292,15 +325,43 @@ def pack(store, destination, overwrite, storage_options):
 
 @cli.command(name="run")
 @click.argument("pipeline", type=click.Path(dir_okay=False))
-@click.option("--no-progress", is_flag=True)
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
 @friendly_errors
 def run_command(pipeline, no_progress):
-    """Run a pipeline file: teacher, dump, students; complete steps are skipped."""
+    """Run a pipeline file: teacher, dump, students; complete steps are skipped.
+
+    Relative paths in the file are relative to the directory run is started in, not to the file's."""
     from .pipeline import format_results, run_pipeline
 
     results = run_pipeline(pipeline, log=click.echo, progress=not no_progress)
     click.echo("")
     click.echo(format_results(results))
+
+
+@cli.command()
+@click.argument("runs", nargs=-1, required=True)
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="The PNG file to write.")
+@friendly_errors
+def plot(runs, out):
+    """Draw runs' validation top-1 (or loss) and training loss per epoch into one PNG.
+
+    RUNS are train --out directories, or directories of them (a pipeline's runs); a line per run.
+    Needs matplotlib."""
+    from .reports import plot_runs, read_runs
+
+    click.echo(f"wrote {plot_runs(read_runs(runs), out)}")
+
+
+@cli.command(name="runs")
+@click.argument("runs", nargs=-1, required=True)
+@friendly_errors
+def runs_command(runs):
+    """Print a table of runs: their settings, best and last results.
+
+    RUNS are train --out directories, or directories of them (a pipeline's runs)."""
+    from .reports import format_runs, read_runs
+
+    click.echo(format_runs(read_runs(runs)))
 
 
 def _quiet_abandoned_requests(unraisable):

@@ -59,6 +59,10 @@ class TrainingDivergedError(LogitCacheError, FloatingPointError):
     """Training produced a non-finite loss or non-finite weights and stopped; no checkpoint holds them."""
 
 
+class RunNotFoundError(LogitCacheError, FileNotFoundError):
+    """A path given as a training run holds none (no metrics.jsonl), nor do the directories in it."""
+
+
 class SpecError(LogitCacheError, ValueError):
     """A dataset, model, transform, codec or loss spec string is not understood."""
 

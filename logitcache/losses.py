@@ -216,6 +216,7 @@ class Loss:
     reads_sparse: bool = False  # learns from topk:K / sample:K targets without building a dense row
     mixes: bool = True  # defined on Mixup/CutMix samples, which have two classes each
     options: dict[str, str] = field(default_factory=dict)  # module argument -> TrainConfig field
+    warmup: str | None = None  # the TrainConfig field of its warm-up epochs: a run checks it learns after them
 
     @property
     def needs_teacher(self) -> bool:
@@ -235,7 +236,7 @@ for _loss in (
     Loss("dist", DIST, temperature=1.0, min_batch=2,  # the intra-class term correlates over the batch
          options={"beta": "dist_beta", "gamma": "dist_gamma"}),
     Loss("dkd", DKD, temperature=4.0, mixes=False,  # splits the target class from the rest: one per sample
-         options={"alpha": "dkd_alpha", "beta": "dkd_beta", "warmup": "dkd_warmup"}),
+         options={"alpha": "dkd_alpha", "beta": "dkd_beta", "warmup": "dkd_warmup"}, warmup="dkd_warmup"),
 ):
     LOSSES.register(_loss.name)(_loss)
 

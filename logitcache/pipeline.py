@@ -15,8 +15,10 @@ each step is one ``train``/``dump`` call. The whole file is checked before the f
 (every key against the options, every value against the option's type, then the checks each
 stage makes before it starts), so a typo in the last student stops nothing half-way. A step
 whose outputs are already complete is skipped, an unfinished one resumes, and the closing table
-reads every result back from disk.
-Relative paths are relative to the directory ``run`` is started in.
+reads every result back from disk; it goes to RUNS/results.md (and results.json, whose times a
+rerun keeps for the steps it skips), with the runs' curves in RUNS/results.png when matplotlib is
+installed. Relative paths in the file are relative to the directory ``run`` is started in, not
+to the file's.
 """
 
 from __future__ import annotations
@@ -26,13 +28,13 @@ import time
 import tomllib
 import types
 import typing
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 
 from .dump import DumpConfig, dump
 from .errors import LogitCacheError, StoreExistsError
 from .train import TrainConfig, train
-from .train.run_files import RunFiles
+from .train.run_files import RunFiles, write_atomic
 
 
 class PipelineError(LogitCacheError, ValueError):
@@ -97,6 +99,7 @@ class Plan:
     teacher: TrainConfig | None
     dump: DumpConfig
     students: dict[str, TrainConfig]
+    name: str = ""
 
 
 def plan(path, progress: bool = True) -> Plan:
@@ -116,11 +119,12 @@ def plan(path, progress: bool = True) -> Plan:
     students = {}
     for name, options in spec["students"].items():
         merged = {"progress": progress, "out": str(runs / name), **spec.get("defaults", {}), **options}
-        if _learns_from_teacher(merged.get("loss", "dist")):
+        learns = _learns_from_teacher(merged.get("loss", "dist")) or merged.get("feature_loss")
+        if learns and not merged.get("online_teacher"):  # a teacher in the loop replaces the store
             merged.setdefault("store", dump_config.store)
         where = f"{at} [students.{name}]"
         students[name] = _checked(_config(TrainConfig, merged, where), where)
-    return Plan(runs, teacher, dump_config, students)
+    return Plan(runs, teacher, dump_config, students, spec.get("pipeline", {}).get("name", Path(path).stem))
 
 
 def _config(cls, options: dict, where: str):
@@ -217,7 +221,9 @@ def run_pipeline(path, log=print, progress: bool = True) -> list[StepResult]:
     results.append(_dump_step(steps.dump, log))
     for name, config in steps.students.items():
         results.append(_train_step(name, config, log))
+    results = _with_recorded_times(steps.runs, results)
     _write_results(steps.runs, results)
+    _plot(steps, log)
     return results
 
 
@@ -229,10 +235,12 @@ def _learns_from_teacher(loss) -> bool:
 
 
 def _train_step(name: str, config: TrainConfig, log) -> StepResult:
-    config = config.resolved()
+    from .train.loop import with_store_temperature
+
+    config = with_store_temperature(config, lambda line: log(f"[{name}] {line}")).resolved()
     run = RunFiles(Path(config.out))
     what = f"{config.student}, {config.loss}" + (f" T={config.temperature:g}" if _learns_from_teacher(config.loss)
-                                                  else "")
+                                                  else "") + (f" + {config.feature_loss}" if config.feature_loss else "")
     if run.is_complete(config.epochs):
         log(f"[{name}] complete in {config.out}: skipped")
         summary, seconds, skipped = json.loads(run.summary.read_text()), None, True
@@ -265,25 +273,61 @@ def _dump_step(config: DumpConfig, log) -> StepResult:
             log(f"[dump] {line}")
     from .store import open_store
 
-    metrics = open_store(config.store).teacher(config.teacher_name).attrs["metrics"]
-    result = f"teacher top-1 {metrics['top1']:.2%} on the dumped {'views' if config.view_count else 'set'}"
+    attrs = open_store(config.store).teacher(config.teacher_name).attrs
+    accuracy = ((attrs.get("run") or {}).get("teacher_outputs") or attrs["metrics"])["top1"]  # its own, if counted
+    result = f"teacher top-1 {accuracy:.2%} on the dumped {'views' if config.view_count else 'set'}"
     return StepResult("dump", what, result, None if skipped else time.perf_counter() - started, skipped)
 
 
 def format_results(results: list[StepResult]) -> str:
-    """The closing table: each step, what it ran, its accuracy and how long it took."""
+    """The closing table: each step, what it ran, its accuracy and how long it took (a step skipped
+    as complete: the time the run that did it recorded, or "done earlier" when none did)."""
     rows = [("step", "what", "result", "time")]
     for r in results:
-        rows.append((r.step, r.what, r.result, "done earlier" if r.skipped else f"{r.seconds:.1f} s"))
+        rows.append((r.step, r.what, r.result, "done earlier" if r.seconds is None else f"{r.seconds:.1f} s"))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
+RESULTS_JSON = "results.json"  # beside results.md: each step's result and time, for the next run to keep
+
+
+def _with_recorded_times(runs: Path, results: list[StepResult]) -> list[StepResult]:
+    """Steps skipped as complete keep the time recorded when they ran (same step, same what)."""
+    try:
+        recorded = {r["step"]: r for r in json.loads((runs / RESULTS_JSON).read_text())}
+    except (OSError, ValueError, TypeError, KeyError):
+        recorded = {}
+    kept = []
+    for result in results:
+        earlier = recorded.get(result.step, {})
+        if result.skipped and result.seconds is None and earlier.get("what") == result.what:
+            result = replace(result, seconds=earlier.get("seconds"))
+        kept.append(result)
+    return kept
+
+
 def _write_results(runs: Path, results: list[StepResult]) -> None:
+    record = [{"step": r.step, "what": r.what, "result": r.result, "seconds": r.seconds} for r in results]
     try:
         runs.mkdir(parents=True, exist_ok=True)
-        (runs / "results.md").write_text(format_results(results) + "\n")
+        write_atomic(runs / "results.md", format_results(results) + "\n")
+        write_atomic(runs / RESULTS_JSON, json.dumps(record, indent=2) + "\n")
     except OSError as err:
-        raise LogitCacheError(f"cannot write {runs / 'results.md'}: {err}") from None
+        raise LogitCacheError(f"cannot write the results into {runs}: {err}") from None
+
+
+def _plot(steps: Plan, log) -> None:
+    """The runs' curves beside results.md (results.png), when matplotlib is installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        log(f"(no curves: install matplotlib, or pip install 'logitcache[plot]', for {steps.runs / 'results.png'})")
+        return
+    from .reports import plot_runs, read_runs
+
+    outs = ([steps.teacher.out] if steps.teacher else []) + [c.out for c in steps.students.values()]
+    path = plot_runs(read_runs(outs), steps.runs / "results.png", title=f"pipeline {steps.name}")
+    log(f"curves: {path}")

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from .errors import LogitCacheError, StoreIncompleteError
-from .store import FORMAT_VERSION, open_store
+from .store import BASE_VERSION, nbytes_features, open_store
 
 
 def describe_store(location, storage_options: dict | None = None) -> dict:
@@ -33,6 +33,7 @@ def describe_store(location, storage_options: dict | None = None) -> dict:
             "views_per_sample": views,
             "bytes_per_view": stored / (store.num_samples * views),
             "view_param_bytes": view_bytes,
+            **({"feature_bytes": nbytes_features(teacher)} if teacher.features else {}),
         }
     return {
         "location": store.location,
@@ -46,9 +47,12 @@ def describe_store(location, storage_options: dict | None = None) -> dict:
 def format_description(d: dict) -> str:
     """A readable, aligned summary of ``describe_store``'s result."""
     data = d["dataset"]
+    if data.get("kind") == "tokens":
+        return format_token_description(d)
+    split = f"  split {data['split']}" if data.get("split") else ""
     lines = [
-        f"store     {d['location']}  (logitcache format v{d['version']}; this logitcache reads v{FORMAT_VERSION})",
-        f"dataset   {data.get('spec')}  split {data.get('split')}: {data['num_samples']} samples, "
+        f"store     {d['location']}  (logitcache format v{d['version']}{_older(d['version'])})",
+        f"dataset   {data.get('spec')}{split}: {data['num_samples']} samples, "
         f"{len(data.get('class_names') or [])} classes",
         f"          fingerprint {data['fingerprint']}",
         f"          transform {data.get('transform')}",
@@ -85,9 +89,9 @@ def format_description(d: dict) -> str:
             lines.append(f"  views     {views} per sample, augment {v.get('augment')}, at {size}, seed {v.get('seed')}; "
                          f"parameters and {hashes}: {t['view_param_bytes']:,} bytes "
                          f"= {t['view_param_bytes'] / outputs:.1f} bytes/view")
+        lines += _feature_lines(t, data["num_samples"], views)
         if metrics:
-            over = " (every view)" if t.get("views") else ""
-            lines.append(f"  accuracy  top-1 {metrics['top1']:.2%}, top-5 {metrics['top5']:.2%} on the dumped labels{over}")
+            lines += _accuracy(metrics, run.get("teacher_outputs"), bool(t.get("views")), outputs)
             if metrics.get("mass_stored", 1.0) < 1.0:
                 rest = "(the rest as one tail bucket)" if t["codec"].startswith("topk") else "(in the sampled classes)"
                 lines.append(f"  mass      {metrics['mass_stored']:.2%} of the probability mass is stored exactly {rest}")
@@ -101,6 +105,39 @@ def format_description(d: dict) -> str:
         software = prov.get("software", {})
         lines.append("  software  " + ", ".join(f"{k} {v}" for k, v in software.items()))
     return "\n".join(lines)
+
+
+def _older(version: int) -> str:
+    """A word on stores older than the version this logitcache makes stores of samples as (it reads
+    them as they are)."""
+    if version >= BASE_VERSION:
+        return ""
+    return f": an older format, still read; stores made now are v{BASE_VERSION}"
+
+
+def _accuracy(metrics: dict, own: dict | None, views: bool, outputs: int) -> list[str]:
+    """The teacher's own accuracy (its outputs before encoding, which the dump's run record keeps),
+    and apart from it the stored targets' accuracy and their top-1 agreement with the teacher's."""
+    over = " (every view)" if views else ""
+    stored = f"top-1 {metrics['top1']:.2%}, top-5 {metrics['top5']:.2%} on the dumped labels{over}"
+    if own is None:  # written before the teacher's own outputs were counted, or every shard by a resumed-from run
+        return [f"  accuracy  {stored}, of the stored targets"]
+    rows = "" if own["rows"] == outputs else f", on the {own['rows']} rows the completing session computed"
+    return [f"  accuracy  teacher top-1 {own['top1']:.2%}, top-5 {own['top5']:.2%} on the dumped labels{over} "
+            f"(its own outputs, before encoding{rows})",
+            f"  targets   stored targets' top-1 {metrics['top1']:.2%}; it agrees with the teacher's top-1 on "
+            f"{own['agreement']:.2%}"]
+
+
+def _feature_lines(t: dict, num_samples: int, views: int) -> list[str]:
+    """One line per stored teacher feature: layer, reduce, shape, codec and bytes per sample (per view)."""
+    lines = []
+    for f in t.get("features") or []:
+        stored = t["feature_bytes"][f["name"]]
+        per_view = f", {stored / (num_samples * views):.1f} bytes/view" if t.get("views") else ""
+        lines.append(f"  feature   {f['name']}: layer {f['layer']}, {f['reduce']} {'x'.join(map(str, f['shape']))}, "
+                     f"codec {f['codec']}: {stored:,} bytes = {stored / num_samples:.1f} bytes/sample{per_view}")
+    return lines
 
 
 def _field(record: dict, *path: str, fmt: str = "") -> str:
@@ -117,3 +154,49 @@ def _kind(codec: str) -> str:
     if codec.startswith("sample"):
         return "classes sampled from the teacher, with counts"
     return "raw pre-softmax logits"
+
+
+def format_token_description(d: dict) -> str:
+    """The summary of a token store (format v4): sequences, tokens, tokenizer; per teacher its
+    bytes per token and its own perplexity on the dumped targets."""
+    data, tokenizer = d["dataset"], d["dataset"].get("tokenizer") or {}
+    positions = data["num_samples"] * data["seq_len"]
+    lines = [
+        f"store     {d['location']}  (logitcache token store, format v{d['version']})",
+        f"tokens    {data.get('spec')}  split {data.get('split') or 'all'}: {data['num_samples']} sequences x "
+        f"{data['seq_len']} positions = {data['num_tokens']:,} tokens, {data['num_targets']:,} of them targets",
+        f"          vocabulary {data['vocab_size']:,}; tokenizer {tokenizer.get('spec')} "
+        f"({tokenizer.get('vocab_size')} ids, {tokenizer.get('identity')})",
+        f"          fingerprint {data['fingerprint']}",
+    ]
+    if not d["teachers"]:
+        lines.append("teachers  none yet")
+    for name, t in d["teachers"].items():
+        if "problem" in t:
+            lines.append(f"teacher   {name!r}: {t['status']}: {t['problem']}")
+            continue
+        prov, settings, metrics, run = t["provenance"], t["settings"], t.get("metrics") or {}, t.get("run") or {}
+        lines += [
+            f"teacher   {name!r}: {t['status']}",
+            f"  model     {_field(prov, 'teacher', 'spec')} ({_field(prov, 'teacher', 'num_parameters', fmt=',')} "
+            "parameters)",
+            f"  weights   file {settings.get('weights_sha256') or '-'}; parameters {_field(settings, 'parameters_sha256')}",
+            f"  targets   {_kind(t['codec'])}, codec {t['codec']}: {t['bytes_on_disk']:,} bytes = "
+            f"{t['bytes_on_disk'] / max(data['num_tokens'], 1):.1f} bytes/token "
+            f"({positions * t['num_classes'] * 4 / max(t['bytes_on_disk'], 1):.0f}x smaller than fp32 logits)",
+            f"  layout    {t['layout']['rows_per_chunk']} positions/chunk, {t['layout']['rows_per_shard']} positions/shard; "
+            f"{t['shards_done']}/{t['num_shards']} shards written",
+            f"  dump      batch {_field(settings, 'batch_size')} sequences, device {_field(settings, 'device_type')}, "
+            f"bf16 autocast {'on' if settings.get('bf16') else 'off'}",
+        ]
+        if metrics.get("targets"):
+            lines.append(f"  teacher   perplexity {metrics['perplexity']:.3f} ({metrics['nll']:.4f} nats/token), "
+                         f"next-token top-1 {metrics['top1']:.2%} over {metrics['targets']:,} targets")
+            if metrics["mass_stored"] < 1.0:
+                lines.append(f"  mass      the stored targets hold {metrics['mass_stored']:.2%} of the teacher's "
+                             "probability mass (mean over targets)")
+        if run.get("finished_at"):
+            lines.append(f"  written   {run.get('started_at')} .. {run['finished_at']}, {run.get('sessions')} "
+                         f"session(s), {_field(run, 'seconds', fmt='.1f')} s of teacher time")
+        lines.append(f"  digest    {(t.get('integrity') or {}).get('teacher') or 'recorded when the dump completes'}")
+    return "\n".join(lines)

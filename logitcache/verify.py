@@ -11,13 +11,19 @@ from __future__ import annotations
 
 from .errors import LogitCacheError
 from .sources import get_dataset
-from .store import VerifyReport, open_store, verify_store
+from .store import VerifyReport, open_store, token_fingerprint, verify_store
 from .views.replay import check_view_hashes
 
 
 def verify_with_dataset(location, dataset: str | None = None, *, split: str | None = None, storage_options=None,
                         workers: int = 0, teachers: list[str] | None = None) -> VerifyReport:
-    """Verify a store; with a dataset spec, also its fingerprint match and every hashed view."""
+    """Verify a store; with a dataset spec, also its fingerprint match and every hashed view (or, for
+    a token store, that tokenising the dataset again gives exactly the stored sequences)."""
+    if dataset and open_store(location, storage_options=storage_options).is_tokens:
+        report = verify_store(location, storage_options=storage_options, teachers=teachers)
+        if report.ok:
+            _check_retokenised(open_store(location, storage_options=storage_options), dataset, split, report)
+        return report
     source = get_dataset(dataset, split=split) if dataset else None
     report = verify_store(location, dataset_keys=source.keys if source else None,
                           dataset_labels=source.labels if source else None, storage_options=storage_options,
@@ -43,3 +49,28 @@ def verify_with_dataset(location, dataset: str | None = None, *, split: str | No
             report.checked.append(f"teacher {name!r}: {teacher.num_samples * teacher.views_per_sample} views "
                                   "rebuilt from the dataset, every hash matches")
     return report
+
+
+def _check_retokenised(store, dataset: str, split: str | None, report: VerifyReport) -> None:
+    """Tokenise ``dataset`` with the store's recorded tokenizer and length; it must give the stored
+    sequences exactly (the token fingerprint)."""
+    from .sources.tokenizers import get_tokenizer
+    from .sources.tokens import get_token_dataset
+
+    recorded = store.dataset["tokenizer"]
+    try:
+        tokenizer = get_tokenizer(str(recorded.get("spec")))
+        if tokenizer.identity != recorded.get("identity"):
+            report.problems.append(f"tokenizer {recorded.get('spec')!r} is not the one the store recorded (its "
+                                   "vocabulary or special tokens changed)")
+            return
+        source = get_token_dataset(dataset, tokenizer, store.seq_len, split=split)
+    except LogitCacheError as err:
+        report.problems.append(str(err))
+        return
+    found = token_fingerprint(source.keys, source.tokens, source.loss_mask, source.lengths, store.vocab_size)
+    if found != store.fingerprint:
+        report.problems.append(f"tokenising {dataset} with {recorded.get('spec')!r} gives other sequences than the "
+                               "store holds (another text, split, packing or tokenizer version)")
+    else:
+        report.checked.append(f"tokenising {dataset} again gives exactly the stored sequences")

@@ -290,3 +290,71 @@ def nan_free_other_teacher(num_classes: int = 10) -> nn.Module:
     with torch.no_grad():
         model[1].weight.mul_(3.0)
     return model
+
+
+class TinyLM(nn.Module):
+    """A seeded causal LM: embedding, one causal convolution over the last 4 tokens, a linear head.
+    Position t sees tokens <= t only, as a real causal LM; fast enough for every token-store test."""
+
+    def __init__(self, vocab: int, context: int = 512, width: int = 32):
+        super().__init__()
+        generator = torch.Generator().manual_seed(4321)
+        self.context_length = context
+        self.embed = nn.Embedding(vocab, width)
+        self.mix = nn.Conv1d(width, width, 4)
+        self.head = nn.Linear(width, vocab)
+        with torch.no_grad():
+            for parameter in self.parameters():
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+
+    def forward(self, idx):
+        h = self.embed(idx).transpose(1, 2)
+        h = torch.tanh(self.mix(nn.functional.pad(h, (3, 0))))
+        return self.head(h.transpose(1, 2)) * 2.0
+
+
+def tiny_lm(num_classes: int = 256) -> nn.Module:
+    return TinyLM(num_classes)
+
+
+def short_context_lm(num_classes: int = 256) -> nn.Module:
+    return TinyLM(num_classes, context=16)
+
+
+def small_head_lm(num_classes: int = 256) -> nn.Module:
+    """Ignores ``num_classes``: a 100-way head no byte tokenizer fits."""
+    return TinyLM(100)
+
+
+class _NaNAtSequence(nn.Module):
+    """A TinyLM whose logits are NaN at position 3 of every sequence holding NAN_TOKEN there."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.context_length = inner, inner.context_length
+
+    def forward(self, idx):
+        out = self.inner(idx)
+        out[idx[:, 3] == NAN_TOKEN, 3, 0] = float("nan")
+        return out
+
+
+NAN_TOKEN = ord("e")
+
+
+def nan_lm(num_classes: int = 256) -> nn.Module:
+    return _NaNAtSequence(TinyLM(num_classes))
+
+
+class _SlowLM(nn.Module):
+    def __init__(self, inner, seconds):
+        super().__init__()
+        self.inner, self.seconds, self.context_length = inner, seconds, inner.context_length
+
+    def forward(self, idx):
+        time.sleep(self.seconds)
+        return self.inner(idx)
+
+
+def slow_lm(num_classes: int = 256) -> nn.Module:
+    return _SlowLM(TinyLM(num_classes), float(os.environ.get("LOGITCACHE_TEST_SLEEP", "0.02")))

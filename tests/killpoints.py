@@ -2,6 +2,7 @@
 
     $ python -m tests.killpoints K dump STORE --teacher ... # exit 137 right after write K
     $ python -m tests.killpoints 0 dump STORE ...           # no kill; prints "metadata writes: N"
+    $ KILLPOINTS_KEY=shard_done/c/ python -m tests.killpoints 2 dump ...   # right after the 2nd shard's ledger entry
 
 A real kill (``os._exit``: no cleanup, no finally blocks, no flushing), at an exact point: the
 crash tests use it to stop a dump after every one of its ``zarr.json`` writes in turn.
@@ -21,9 +22,11 @@ def _install(target: int) -> list[int]:
     count = [0]
     original = zarr.storage.LocalStore.set
 
+    match = os.environ.get("KILLPOINTS_KEY")
+
     async def set_then_maybe_die(self, key, value):
         await original(self, key, value)
-        if key.endswith("zarr.json"):
+        if (match in key) if match else key.endswith("zarr.json"):
             count[0] += 1
             if count[0] == target:
                 os._exit(137)

@@ -142,7 +142,7 @@ BAD_INPUTS = [
     ("info on a non-store", ["info", "{tmp}"], "not a logitcache store"),
     ("info on a missing path", ["info", "{tmp}/missing.zarr"], "does not exist"),
     ("verify on a non-store", ["verify", "{tmp}"], "not a logitcache store"),
-    ("newer format version", ["info", "{newer}"], "newer than the v3"),
+    ("newer format version", ["info", "{newer}"], "newer than the v4"),
     ("verify a newer format", ["verify", "{newer}"], "upgrade logitcache"),
     *[(f"cache budget {size}", ["train", "--out", "{tmp}/r", "--student", "mlp", "--dataset", "digits@train",
                                 "--store", "{complete}", "--cache-budget", size], "is not a size" if size != "-1GiB"
@@ -168,3 +168,27 @@ def test_bad_input_is_one_line_and_non_zero(tmp_path, name, argv, expected):
     if argv[0] == "dump" and (tmp_path / "s.zarr").exists():  # no half-made store that reads as complete
         store = open_store(tmp_path / "s.zarr")
         assert all(not store.teacher(n).is_complete for n in store.teacher_names)
+
+
+def test_help_says_what_device_and_no_progress_take():
+    """--device takes auto too; --no-progress has help on train and run; run's --help says where
+    relative paths in a pipeline start (issue 14, item 11)."""
+    for verb in ("dump", "train"):
+        assert "auto (cuda when a GPU is visible, else cpu)" in " ".join(invoke(verb, "--help").output.split())
+    for verb in ("dump", "train", "run"):
+        assert "--no-progress No progress bar" in " ".join(invoke(verb, "--help").output.split())
+    run_help = " ".join(invoke("run", "--help").output.split())
+    assert "Relative paths in the file are relative to the directory run is started in, not to the file's" in run_help
+
+
+def test_info_reads_plainly_for_factory_datasets_and_older_stores(tmp_path):
+    """No 'split None', and an older format reads as still supported, not as a warning (item 9)."""
+    from pathlib import Path
+
+    store = make_store(tmp_path / "s.zarr", dataset="tests.factories:flat_digits")
+    out = invoke("info", store).output
+    assert "split None" not in out and "this logitcache reads" not in out
+    assert out.splitlines()[:2] == [f"store     {store}  (logitcache format v3)",
+                                    "dataset   tests.factories:flat_digits: 1437 samples, 10 classes"]
+    legacy = Path(__file__).resolve().parent / "data" / "legacy" / "v1.zarr"
+    assert "(logitcache format v1: an older format, still read; stores made now are v3)" in invoke("info", legacy).output

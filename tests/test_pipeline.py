@@ -68,8 +68,13 @@ def test_small_pipeline_runs_end_to_end_then_skips(tmp_path):
         assert f"\n{row} " in "\n" + table
     assert "val top-1" in table and "teacher top-1" in table
     assert (tmp_path / "runs" / "results.md").read_text().strip() == table.strip()
+    assert f"curves: {tmp_path / 'runs' / 'results.png'}" in first.output  # matplotlib is in the dev extra
+    assert (tmp_path / "runs" / "results.png").read_bytes().startswith(b"\x89PNG")
     again = CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False)
-    assert again.exit_code == 0 and again.output.count("done earlier") == 5
+    assert again.exit_code == 0 and again.output.count(": skipped") == 5
+    # every step was skipped, and the table keeps the results and times recorded when they ran
+    assert again.output[again.output.index("step  "):] == table
+    assert (tmp_path / "runs" / "results.md").read_text().strip() == table.strip()
 
 
 @pytest.mark.parametrize("text, says", [

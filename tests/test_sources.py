@@ -14,6 +14,7 @@ from logitcache.sources import (
     get_model,
     list_datasets,
     list_models,
+    lm_context_length,
     load_weights,
     parse_spec,
 )
@@ -23,9 +24,10 @@ from logitcache.sources.transforms import build_transform, canonical, is_random
 @pytest.mark.parametrize("name", list_models())
 def test_every_registered_model_builds_and_outputs_logits(name):
     model = get_model(name, num_classes=7).eval()
+    language_model = lm_context_length(model) is not None  # takes token ids (B, T), gives logits (B, T, V)
     with torch.no_grad():
-        out = model(torch.randn(2, 3, 32, 32))
-    assert out.shape == (2, 7)
+        out = model(torch.randint(0, 7, (2, 5)) if language_model else torch.randn(2, 3, 32, 32))
+    assert out.shape == ((2, 5, 7) if language_model else (2, 7))
 
 
 def test_registry_refuses_duplicates_and_lists_names_on_unknown():
@@ -38,7 +40,7 @@ def test_registry_refuses_duplicates_and_lists_names_on_unknown():
 
 
 def test_builtin_dataset_names():
-    assert list_datasets() == ["cifar10", "cifar100", "digits", "imagefolder", "imagenet", "mnist"]
+    assert list_datasets() == ["cifar10", "cifar100", "digits", "hf", "imagefolder", "imagenet", "mnist", "parquet"]
 
 
 def test_spec_parsing():
@@ -183,3 +185,66 @@ def test_model_spec_arguments():
     assert get_model("mlp:hidden=7,depth=2", 3)[3].in_features == 7
     with pytest.raises(SpecError, match="not of the form name=value"):
         get_model("mlp:7", 3)
+
+
+TOP_LEVEL = '''
+import torch
+from torch import nn
+
+
+class Tiny(torch.utils.data.Dataset):
+    classes = ["a", "b"]
+
+    def __init__(self, split):
+        self.split = split
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return torch.full((1, 8, 8), float(index)), index % 2
+
+
+def build(split=None):
+    return Tiny(split)
+
+
+def net(num_classes):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))
+'''
+
+
+def test_top_level_modules_in_specs_are_found_here(tmp_path, monkeypatch):
+    """``mydata:build`` with mydata.py in the current directory, as entry points and uvicorn take it
+    (the console script's sys.path holds its bin directory, not the one it runs in)."""
+    import os
+    import sys
+
+    name = f"topdata_{tmp_path.name}"  # a module per test run: sys.modules keeps modules once imported
+    (tmp_path / f"{name}.py").write_text(TOP_LEVEL)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p and os.path.abspath(p) != str(tmp_path)])
+    monkeypatch.chdir(tmp_path)
+    source = get_dataset(f"{name}:build@train")
+    assert source.keys == ["train/0", "train/1", "train/2", "train/3"] and source.classes == ["a", "b"]
+    assert get_model(f"{name}:net", 2)(torch.zeros(1, 1, 8, 8)).shape == (1, 2)
+
+
+@pytest.mark.parametrize("kind, spec", [("dataset", "nosuchmodule:build"), ("model", "nosuchmodule:net"),
+                                        ("dataset", "imagefoldr:/data/pets")])
+def test_an_unknown_name_with_a_colon_says_both_were_tried(kind, spec):
+    with pytest.raises(SpecError) as caught:
+        get_dataset(spec) if kind == "dataset" else get_model(spec, 2)
+    message = str(caught.value)
+    module = spec.partition(":")[0]
+    assert f"{module!r} is neither a registered {kind} (known: " in message
+    assert f"nor a module Python can import (cannot import {module!r}" in message
+    assert "current directory" in message
+
+
+def test_a_module_whose_own_import_is_missing_names_that_import(tmp_path, monkeypatch):
+    name = f"needs_missing_{tmp_path.name}"
+    (tmp_path / f"{name}.py").write_text("import surely_not_installed_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SpecError, match=f"cannot import '{name}' .ModuleNotFoundError: No module named "
+                                        "'surely_not_installed_xyz'"):
+        get_dataset(f"{name}:build")

@@ -31,7 +31,11 @@ class DumpConfig:
     augment: str | None = None  # a view spec (views/grammar.py): the teacher sees random views
     views: int | None = None  # views per sample (default 1 with --augment)
     seed: int = 0  # the view draws' seed
+    tokenizer: str | None = None  # a token dump (language models): sources/tokenizers.py spec
+    seq_len: int | None = None  # positions per stored sequence of a token dump
     record_view_hashes: bool = False
+    features: str | None = None  # NAME=LAYER[:REDUCE],...: teacher features stored beside the logits
+    feature_codec: str = "fp16"  # fp16, bf16 or fp32, for every feature
     overwrite: bool = False
     progress: bool = True
     storage_options: dict = field(default_factory=dict)

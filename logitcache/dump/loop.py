@@ -6,12 +6,14 @@ shard goes to the background writer (compress, write, read back, digests, ledger
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from ..errors import DatasetError, StoreIncompleteError
+from ..progress import progress_bar
 from ..store import VIEW_HASHES_ARRAY, VIEW_PARAMS_ARRAY, BackgroundWriter, Teacher
 
 
@@ -20,14 +22,36 @@ def autocast(device, enabled: bool):
 
 
 class AccuracyCounts:
-    """Per shard: top-1/top-5 hits from the decoded logits (what students will see), and the
-    probability mass the codec stores exactly (below 1 only for sparse codecs). Called from the
-    writer threads, one shard each."""
+    """Per shard, once it is written and read back: the stored targets' top-1/top-5 hits (what
+    students will see) and the probability mass the codec stores exactly (below 1 only for sparse
+    codecs). For the shards this session runs the teacher on, also the teacher's own top-1/top-5
+    hits, from its outputs before encoding (``teacher_outputs``, called by the loop), and how often
+    the stored targets' top-1 agrees with the teacher's own. Called from the writer threads, one
+    shard each, in any order.
+
+    The stored counts are a function of the store's bytes, so they go into the teacher's digested
+    ``metrics`` (a resumed dump writes the same metadata as an uninterrupted one). The teacher's own
+    outputs are seen only by the session that computes them, so theirs go into the volatile ``run``
+    record, over the rows this session computed (all of them, unless it resumed)."""
+
+    NAMES = ("top1", "top5", "mass_stored", "own_rows", "own_top1", "own_top5", "agreement")
 
     def __init__(self, labels: np.ndarray, teacher: Teacher):
         self.labels = labels
         self.teacher = teacher
-        self.by_shard: dict[int, tuple[int, int, float]] = {}
+        self.by_shard: dict[int, tuple] = {}
+        self.own: dict[int, list] = {}  # shard -> [top-1 hits, top-5 hits, the top-1 class of every row]
+
+    def teacher_outputs(self, shard: int, rows: slice, logits) -> None:
+        """Count the teacher's own hits on ``rows`` (of the shard, in samples) from its logits (R, C)."""
+        start, stop = self.teacher.layout.shard_rows(shard, len(self.labels))
+        views = self.teacher.views_per_sample
+        own = self.own.setdefault(shard, [0, 0, np.empty((stop - start) * views, np.int64)])
+        labels = np.repeat(self.labels[start:stop][rows], views)
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices.cpu().numpy()  # on the device; (R, 5) come back
+        own[0] += int((top[:, 0] == labels).sum())
+        own[1] += int((top == labels[:, None]).any(axis=1).sum())
+        own[2][rows.start * views:rows.stop * views] = top[:, 0]
 
     def __call__(self, shard: int, stored: dict[str, np.ndarray]) -> None:
         teacher = self.teacher
@@ -37,19 +61,39 @@ class AccuracyCounts:
         labels = np.repeat(self.labels[start:stop], teacher.views_per_sample)  # one row per view
         top1, top5 = teacher.codec.label_hits(teacher.flat(stored), labels, 5)
         mass = float(teacher.codec.stored_mass(teacher.flat(stored)).sum())
-        self.by_shard[shard] = (int(top1.sum()), int(top5.sum()), mass)
+        own = self.own.pop(shard, None)  # None: written by an earlier session, whose outputs are gone
+        mine = (0, 0, 0, 0)
+        if own:  # agreement: the stored top-1 "hits" the teacher's own top-1 class as it would a label
+            agree = teacher.codec.label_hits(teacher.flat(stored), own[2], 5)[0]
+            mine = (len(labels), own[0], own[1], int(agree.sum()))
+        self.by_shard[shard] = (int(top1.sum()), int(top5.sum()), mass, *mine)
 
     def totals(self) -> list[float]:
-        """Top-1 hits, top-5 hits and stored mass, summed over the shards counted so far, in shard
-        order (writers finish shards in any order; the float sum of the mass must not follow them)."""
+        """The NAMES, summed over the shards counted so far (to be summed over ranks), in shard order
+        (writers finish shards in any order; the float sum of the mass must not follow them)."""
         counted = [self.by_shard[shard] for shard in sorted(self.by_shard)]
-        return [float(sum(h[i] for h in counted)) for i in range(3)]
+        return [float(sum(h[i] for h in counted)) for i in range(len(self.NAMES))]
+
+    @classmethod
+    def records(cls, totals: list[float], rows: int) -> tuple[dict, dict | None]:
+        """(the teacher's ``metrics``: the stored targets' top-1, top-5 and stored mass over all
+        ``rows``; the run's ``teacher_outputs``: the teacher's own top-1 and top-5 and the stored
+        targets' top-1 agreement with it, over the rows this session computed, or None if none)."""
+        counts = dict(zip(cls.NAMES, totals))
+        metrics = {"top1": counts["top1"] / rows, "top5": counts["top5"] / rows,
+                   "mass_stored": counts["mass_stored"] / rows}
+        own = int(counts["own_rows"])
+        if not own:
+            return metrics, None
+        return metrics, {"rows": own, "top1": counts["own_top1"] / own, "top5": counts["own_top5"] / own,
+                         "agreement": counts["agreement"] / own}
 
 
 def run_teacher(model, inputs, spec: str, teacher: Teacher, pending: list[int], config, device, counts,
-                show: bool, held=None) -> int:
+                show: bool, held=None, tap=None) -> int:
     """Feed the pending shards through the teacher, batch by batch, into the background writer.
     ``held``: called before each shard is written; raises if this process no longer holds the lock.
+    ``tap``: the teacher's feature tap (``features.extract.FeatureTap``) for a teacher with features.
 
     ``--batch-size`` counts teacher inputs, so a batch holds batch_size // K samples of K views."""
     layout, total, views = teacher.layout, len(inputs), teacher.views_per_sample
@@ -66,26 +110,30 @@ def run_teacher(model, inputs, spec: str, teacher: Teacher, pending: list[int], 
     buffers: dict[int, dict[str, np.ndarray]] = {}
     filled: dict[int, int] = {}
     todo = sum(len(b) for b in batches)
-    bar = tqdm(total=todo, unit="sample", disable=not (config.progress and show),
-               desc=f"dump {teacher.name}", dynamic_ncols=True)
+    bar = progress_bar(total=todo, unit="sample", enabled=config.progress and show, desc=f"dump {teacher.name}")
     with BackgroundWriter(teacher, on_written=counts, before_write=held) as writer, bar:
         for shard, indices, batch in zip(owners, batches, _checked(loader, spec)):
             images = batch[0].flatten(0, 1) if teacher.views else batch[0]  # (B, K, ...) -> (B * K, ...)
-            with torch.inference_mode(), autocast(device, config.bf16):
+            with torch.inference_mode(), autocast(device, config.bf16), tap or contextlib.nullcontext():
                 logits = model(images.to(device, non_blocking=True))
             start, stop = layout.shard_rows(shard, total)
             buffer = buffers.setdefault(shard, _shard_buffer(teacher, stop - start))
             rows = slice(indices[0] - start, indices[-1] + 1 - start)
+            counts.teacher_outputs(shard, rows, logits)
             buffer["logits"][rows] = logits.float().cpu().numpy().reshape(len(indices), *teacher.row_shape)
             if teacher.views:
                 buffer[VIEW_PARAMS_ARRAY][rows] = batch[2].numpy()
                 if VIEW_HASHES_ARRAY in buffer:
                     buffer[VIEW_HASHES_ARRAY][rows] = batch[3].numpy().view(np.uint64)
+            for name, values in (tap.outputs if tap else {}).items():
+                buffer["features"][name][rows] = values.cpu().numpy().reshape(len(indices), *teacher.row_shape[:-1],
+                                                                              *values.shape[1:])
             filled[shard] = filled.get(shard, 0) + len(indices)
             if filled[shard] == stop - start:
                 done = buffers.pop(shard)
                 teacher.require_finite(shard, done["logits"])  # here, so no later shard is written after it
-                writer.submit(shard, done.pop("logits"), done or None)
+                features = done.pop("features", None)
+                writer.submit(shard, done.pop("logits"), done or None, features)
             bar.update(len(indices))
     return todo
 
@@ -95,6 +143,9 @@ def _shard_buffer(teacher: Teacher, rows: int) -> dict[str, np.ndarray]:
     buffer = {"logits": np.empty((rows, *teacher.row_shape), np.float32)}
     for name, array in teacher.view_arrays.items():
         buffer[name] = np.empty((rows, *array.shape[1:]), array.dtype)
+    if teacher.features:
+        buffer["features"] = {f["name"]: np.empty((rows, *teacher.row_shape[:-1], *f["shape"]), np.float32)
+                              for f in teacher.features}
     return buffer
 
 

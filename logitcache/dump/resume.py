@@ -29,12 +29,14 @@ from ..store import (
     check_teacher,
     clear_unfinished,
     create_store,
+    create_token_store,
     get_codec,
     holds_files,
     is_unfinished_creation,
     local_path,
     open_store,
     remove_location,
+    token_fingerprint,
     writer_lock,
 )
 
@@ -58,13 +60,36 @@ def _open_or_create_store(config, source) -> LogitStore:
             raise
         if is_unfinished_creation(location, options):
             remove_location(location, options)
+        if hasattr(source, "tokens"):
+            return create_token_store(location, tokens=source.tokens, loss_mask=source.loss_mask,
+                                      lengths=source.lengths, keys=source.keys, vocab_size=source.vocab_size,
+                                      tokenizer=source.tokenizer.describe(), dataset=source.description,
+                                      storage_options=options)
         return create_store(location, keys=source.keys, labels=source.labels, dataset=source.describe(),
                             class_names=source.classes, storage_options=options)
     try:
-        store.check_dataset(source.keys, source.labels)
+        if hasattr(source, "tokens"):
+            _check_same_tokens(store, source)
+        else:
+            store.check_dataset(source.keys, source.labels)
     except StoreMismatchError as err:
         raise StoreMismatchError(f"{err}; a store holds one dataset — dump into another STORE path") from None
     return store
+
+
+def _check_same_tokens(store: LogitStore, source) -> None:
+    """A token dump into an existing store must feed the teacher exactly the stored sequences."""
+    if not store.is_tokens:
+        raise StoreMismatchError(f"{store.location} holds labelled samples, not token sequences")
+    found = token_fingerprint(source.keys, source.tokens, source.loss_mask, source.lengths, source.vocab_size)
+    if found != store.fingerprint:
+        stored = store.dataset
+        why = (f"{len(source.tokens)} sequences of {source.tokens.shape[1]} tokens (vocabulary {source.vocab_size}) "
+               f"where the store has {stored['num_samples']} of {stored['seq_len']} ({stored['vocab_size']})")
+        same_shape = (len(source.tokens), source.tokens.shape[1], source.vocab_size) == (
+            stored["num_samples"], stored["seq_len"], stored["vocab_size"])
+        raise StoreMismatchError(f"the token sequences differ from store {store.location}'s: "
+                                 + ("same shape, other tokens, mask or keys" if same_shape else why))
 
 
 def _is_absent_or_unfinished(location: str, err: Exception, options: dict) -> bool:
@@ -88,7 +113,7 @@ def _open_or_create_teacher(store, config, num_classes, settings, provenance) ->
     return store.create_teacher(name, num_classes=num_classes, codec=codec,
                                 layout=Layout.from_dict(settings["layout"]), settings=settings,
                                 provenance=provenance, run={"started_at": now_utc(), "sessions": 0, "seconds": 0.0},
-                                views=settings.get("views"))
+                                views=settings.get("views"), features=settings.get("features"))
 
 
 def _resumable_teacher(store, teacher: Teacher, num_classes: int, settings: dict) -> Teacher:

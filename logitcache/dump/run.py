@@ -9,7 +9,8 @@ background writer (compress, write, read back, record done) while the teacher co
 
 With ``--augment SPEC --views K`` the teacher sees K random views of every sample (drawn from
 (seed, sample index) alone) and the store keeps each view's logits and parameters, so students
-can replay exactly those views (``views/replay.py``).
+can replay exactly those views (``views/replay.py``). With ``--features NAME=LAYER[:REDUCE],...`` it
+also keeps those teacher features of every sample (and view), cut by forward hooks (``features/``).
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ from ..errors import (
     ModelError,
     SpecError,
 )
-from ..sources import get_dataset, get_model
+from ..features.extract import tap_teacher
+from ..features.grammar import parse_features
+from ..sources import get_dataset, get_model, model_transform
 from ..store import (
     Teacher,
+    feature_codec,
     get_codec,
     open_store,
     writer_lock,
@@ -43,11 +47,12 @@ from .loop import AccuracyCounts, autocast, run_teacher
 from .resume import now_utc, open_for_dump
 from .settings import dump_settings
 from .summary import DumpSummary
+from .tokens import TokenJob
 
 TEACHER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def dump(config: DumpConfig, log=print) -> DumpSummary:
+def dump(config: DumpConfig, log=print):
     """Run the teacher over the dataset and write (or resume writing) one teacher's logits.
 
     Under torchrun, ranks split the pending shards (shard s goes to rank s % world_size), so no two
@@ -63,28 +68,17 @@ def dump(config: DumpConfig, log=print) -> DumpSummary:
         return _dump(config, dist, log)
 
 
-def _dump(config: DumpConfig, dist: Distributed, log) -> DumpSummary:
+def _dump(config: DumpConfig, dist: Distributed, log):
     # Every rank builds the same data and teacher; only rank 0 writes the store's metadata.
-    augment = parse_augment(config.augment) if config.augment else None
-    source = get_dataset(config.dataset, split=config.split, transform=config.transform, for_views=bool(augment))
-    inputs = (DumpViews(source, augment, config.view_count, config.seed, config.record_view_hashes)
-              if augment else source.dataset)
-    device = resolve_device(dist.device(config.device))
-    model = get_model(config.teacher, config.num_classes or len(source.classes), weights=config.weights)
-    model.to(device).eval()
-    num_classes = _probe(model, source, inputs, device, config.bf16)
-    if config.num_classes is not None and num_classes != config.num_classes:
-        raise ModelError(f"--num-classes {config.num_classes} was given, but the teacher outputs {num_classes} "
-                         "classes (its builder ignored the number); drop --num-classes or fix the teacher")
-    settings, provenance = dump_settings(config, source, model, num_classes, device, augment)
+    job = TokenJob(config, dist) if config.tokenizer else ImageJob(config, dist, log)
     with contextlib.ExitStack() as held:
-        store = teacher = error = None
+        store = teacher = lock = error = None
         if dist.is_main:  # rank 0 holds the teacher's lock for the whole dump, for every rank
             try:
                 lock = held.enter_context(writer_lock(
                     config.store, f"teacher-{config.teacher_name}", config.storage_options,
                     what=f"teacher {config.teacher_name!r} of {config.store}"))
-                store, teacher = open_for_dump(config, source, num_classes, settings, provenance)
+                store, teacher = open_for_dump(config, job.source, job.num_classes, job.settings, job.provenance)
             except LogitCacheError as err:
                 error = err
         dist.agree(error)
@@ -94,17 +88,51 @@ def _dump(config: DumpConfig, dist: Distributed, log) -> DumpSummary:
         if teacher.is_complete:
             log(f"teacher {config.teacher_name!r} in {config.store} is already complete, from these same "
                 "settings: nothing to do")
-            return _summary(config, store, teacher, teacher.attrs["metrics"], written=0, seconds=0.0)
-        return _write_teacher(config, dist, source, inputs, model, device, store, teacher,
-                              lock if dist.is_main else None, log)
+            return job.summary(store, teacher, written=0, seconds=0.0)
+        if dist.is_main and teacher.num_shards < 2 * dist.world_size and dist.enabled:
+            log(f"warning: {teacher.num_shards} shards for {dist.world_size} processes leaves some idle; "
+                "a smaller --rows-per-shard spreads the work (shards are the unit each process writes)")
+        return job.write(dist, store, teacher, lock, log)
+
+
+class ImageJob:
+    """What ``dump`` needs of an image (labelled-sample) dump: the inputs (views too), the teacher,
+    its settings; then ``write`` and ``summary``."""
+
+    def __init__(self, config: DumpConfig, dist: Distributed, log=print):
+        self.config = config
+        augment = parse_augment(config.augment) if config.augment else None
+        model_steps = None if config.transform else model_transform(config.teacher)  # a timm teacher's data config
+        self.source = get_dataset(config.dataset, split=config.split, transform=config.transform,
+                                  for_views=bool(augment), default_transform=model_steps)
+        if self.source.extra.get("transform_from") == "model" and dist.is_main:
+            log(f"inputs: {self.source.transform} (the teacher's data config; --transform overrides it)")
+        self.inputs = (DumpViews(self.source, augment, config.view_count, config.seed, config.record_view_hashes)
+                       if augment else self.source.dataset)
+        self.device = resolve_device(dist.device(config.device))
+        model = get_model(config.teacher, config.num_classes or len(self.source.classes), weights=config.weights)
+        self.model = model.to(self.device).eval()
+        self.num_classes = _probe(self.model, self.source, self.inputs, self.device, config.bf16)
+        self.tap, features = _feature_tap(config, self.model, self.inputs, self.device)
+        if config.num_classes is not None and self.num_classes != config.num_classes:
+            raise ModelError(f"--num-classes {config.num_classes} was given, but the teacher outputs "
+                             f"{self.num_classes} classes (its builder ignored the number); drop --num-classes or "
+                             "fix the teacher")
+        self.settings, self.provenance = dump_settings(config, self.source, self.model, self.num_classes,
+                                                       self.device, augment, features)
+
+    def write(self, dist, store, teacher, lock, log) -> DumpSummary:
+        return _write_teacher(self.config, dist, self.source, self.inputs, self.model, self.device, store, teacher,
+                              lock, log, self.tap)
+
+    def summary(self, store, teacher, written: int, seconds: float) -> DumpSummary:
+        return _summary(self.config, store, teacher, teacher.attrs["metrics"], written, seconds,
+                        outputs=(teacher.attrs.get("run") or {}).get("teacher_outputs"))
 
 
 def _write_teacher(config: DumpConfig, dist: Distributed, source, inputs, model, device, store, teacher, lock,
-                   log) -> DumpSummary:
+                   log, tap=None) -> DumpSummary:
     """Write every pending shard (each rank its own), then mark the teacher complete."""
-    if dist.is_main and teacher.num_shards < 2 * dist.world_size and dist.enabled:
-        log(f"warning: {teacher.num_shards} shards for {dist.world_size} processes leaves some idle; "
-            "a smaller --rows-per-shard spreads the work (shards are the unit each process writes)")
     started = time.perf_counter()
     counts = AccuracyCounts(store.labels, teacher)
     done = teacher.shard_done()
@@ -115,34 +143,35 @@ def _write_teacher(config: DumpConfig, dist: Distributed, source, inputs, model,
             counts(shard, teacher.read_stored(*teacher.layout.shard_rows(shard, len(source))))
         pending = [s for s in mine if not done[s]]
         written = run_teacher(model, inputs, source.spec, teacher, pending, config, device, counts, dist.is_main,
-                              held=lock.ensure_held if lock is not None else None)
+                              held=lock.ensure_held if lock is not None else None, tap=tap)
     except LogitCacheError as err:
         error = err
     dist.agree(error)
-    hits1, hits5, mass, written = dist.sum([*counts.totals(), written])
+    *totals, written = dist.sum([*counts.totals(), written])
     seconds = time.perf_counter() - started
     rows = len(source) * teacher.views_per_sample  # accuracy and mass are over every stored view
-    metrics = {"top1": hits1 / rows, "top5": hits5 / rows, "mass_stored": mass / rows}
+    metrics, outputs = AccuracyCounts.records(totals, rows)
     error = None
     if dist.is_main:
         try:
             lock.ensure_held()
             run = teacher.attrs["run"]
             run.update(finished_at=now_utc(), sessions=run["sessions"] + 1,
-                       seconds=round(run["seconds"] + seconds, 3), processes=dist.world_size)
+                       seconds=round(run["seconds"] + seconds, 3), processes=dist.world_size,
+                       teacher_outputs=outputs)
             teacher.mark_complete(metrics=metrics, run=run)
         except LogitCacheError as err:
             error = err
     dist.agree(error)
-    return _summary(config, store, teacher, metrics, int(written), seconds, resumed=int(done.sum()))
+    return _summary(config, store, teacher, metrics, int(written), seconds, resumed=int(done.sum()), outputs=outputs)
 
 
 def _summary(config: DumpConfig, store, teacher: Teacher, metrics: dict, written: int, seconds: float,
-             resumed: int | None = None) -> DumpSummary:
+             resumed: int | None = None, outputs: dict | None = None) -> DumpSummary:
     return DumpSummary(store.location, config.teacher_name, store.num_samples, written, seconds,
                        teacher.nbytes_stored(), teacher.num_classes, teacher.codec.name, metrics["top1"],
                        metrics["top5"], teacher.num_shards if resumed is None else resumed, config.view_count,
-                       teacher.nbytes_views())
+                       teacher.nbytes_views(), teacher_outputs=outputs)
 
 
 def validate(config: DumpConfig) -> None:
@@ -155,6 +184,18 @@ def validate(config: DumpConfig) -> None:
         raise ConfigError("--record-view-hashes hashes the views of --augment; add --augment")
     if config.augment:
         parse_augment(config.augment)
+    if config.tokenizer and (config.augment or config.transform or config.num_classes is not None):
+        raise ConfigError("a token dump (--tokenizer) takes no --augment, --transform or --num-classes: the "
+                          "teacher reads token ids, and its head's width is the vocabulary")
+    if config.seq_len is not None and not config.tokenizer:
+        raise ConfigError("--seq-len is for token dumps: add --tokenizer (e.g. bytes)")
+    if config.tokenizer and (config.seq_len is None or config.seq_len < 2):
+        raise ConfigError(f"a token dump needs --seq-len N (positions per sequence, N >= 2), got {config.seq_len}")
+    if config.features and config.tokenizer:
+        raise ConfigError("--features are for image dumps; a token dump (--tokenizer) stores logits only")
+    if config.features:
+        parse_features(config.features)
+        feature_codec(config.feature_codec)
     if config.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {config.batch_size}")
     if config.workers < 0:
@@ -166,6 +207,14 @@ def validate(config: DumpConfig) -> None:
         raise ConfigError(f"--teacher-name {name[:40]!r} must be up to 100 letters, digits, '_', '.', '-' "
                           "(and not 'zarr.json' or '*.partial', which the store uses)")
     get_codec(config.codec)
+
+
+def _feature_tap(config: DumpConfig, model, inputs, device) -> tuple:
+    """The teacher's feature tap and the record of each feature (None, None without --features)."""
+    if not config.features:
+        return None, None
+    sample = inputs[0][0][0] if isinstance(inputs, DumpViews) else inputs[0][0]
+    return tap_teacher(model, parse_features(config.features), sample, device, config.feature_codec, config.bf16)
 
 
 def _probe(model, source, inputs, device, bf16: bool) -> int:

@@ -12,26 +12,27 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..sources import file_sha256, num_parameters, parameters_sha256
+from ..sources import file_sha256, num_parameters, parameters_sha256, weights_in_spec
+from ..store import bytes_per_sample as feature_bytes
 from ..store import choose_layout, get_codec
 from ..views.grammar import ViewAugment
 from ..views.record import bytes_per_view, view_record
 
 
 def dump_settings(config, source, model, num_classes: int, device,
-              augment: ViewAugment | None) -> tuple[dict, dict]:
-    """What determines the stored bytes (compared on resume), and what describes the teacher."""
+              augment: ViewAugment | None, features: list[dict] | None = None) -> tuple[dict, dict]:
+    """What determines the stored bytes (compared on resume), and what describes the teacher.
+    ``features``: the records of the teacher features the dump stores (``features/extract.py: tap_teacher``)."""
     codec = get_codec(config.codec).for_classes(num_classes)
     views = max(config.view_count, 1)
     record = view_record(config, augment) if augment else None
     row_bytes = views * (codec.bytes_per_sample(num_classes) + (bytes_per_view(record) if record else 0))
+    row_bytes += sum(feature_bytes(f, views) for f in features or [])
     layout = choose_layout(len(source), num_classes * views, 0, rows_per_shard=config.rows_per_shard,
                            row_bytes=row_bytes)
-    weights_file = config.weights or _file_in_spec(config.teacher)
     settings = {
         "teacher": config.teacher,
-        "weights_sha256": file_sha256(weights_file) if weights_file else None,
-        "parameters_sha256": parameters_sha256(model),
+        **weights_digest(config, model),
         "transform": source.transform,
         "codec": codec.name,
         "layout": layout.to_dict(),
@@ -41,24 +42,33 @@ def dump_settings(config, source, model, num_classes: int, device,
     }
     if record:
         settings["views"] = record
+    if features:
+        settings["features"] = features
     provenance = {
         "teacher": {"spec": config.teacher, "weights": config.weights, "num_parameters": num_parameters(model)},
         "dataset": source.describe(),
-        "software": _software(),
+        "software": software(config.teacher),
     }
     return settings, provenance
 
 
-def _file_in_spec(spec: str) -> str | None:
-    scheme, _, rest = spec.partition(":")
-    return rest if scheme in ("torchscript", "export", "checkpoint") else None
+def weights_digest(config, model) -> dict:
+    """The teacher's identity in the settings: its weights file's and its parameters' sha256."""
+    weights_file = config.weights or weights_in_spec(config.teacher)
+    return {"weights_sha256": file_sha256(weights_file) if weights_file else None,
+            "parameters_sha256": parameters_sha256(model)}
 
 
-def _software() -> dict:
+def software(teacher: str = "") -> dict:
     import numcodecs
     import torchvision
     import zarr
 
-    return {"logitcache": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "zarr": zarr.__version__, "numcodecs": numcodecs.__version__, "numpy": np.__version__,
-            "python": platform.python_version()}
+    versions = {"logitcache": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+                "zarr": zarr.__version__, "numcodecs": numcodecs.__version__, "numpy": np.__version__,
+                "python": platform.python_version()}
+    if teacher.startswith("timm:"):  # the architecture's code is timm's: its version is part of the teacher
+        import timm
+
+        versions["timm"] = timm.__version__
+    return versions

@@ -4,6 +4,7 @@
     ...     program = torch.export.load(path)
     >>> first_line(err)                          # the one line of an exception worth showing
     >>> call_user(factory, "dataset 'pkg.mod:build'", DatasetError, split="train")
+    >>> read_state_dict("weights.pth")            # tensors only (weights_only=True), or one ModelError line
 
 torch reports a file it cannot read twice: once as log lines and warnings (a dozen lines of its
 internals on stderr) and once as the exception. The exception is what a user needs, so loads run
@@ -16,8 +17,9 @@ import contextlib
 import logging
 import pickle
 import warnings
+from pathlib import Path
 
-from ..errors import LogitCacheError
+from ..errors import LogitCacheError, ModelError
 
 # torch's own advice, appended to every zip-reader error: noise in a one-line message.
 _TORCH_BOILERPLATE = (" This is an internal miniz error.", " Please check the warnings above")
@@ -66,3 +68,28 @@ def call_user(function, what: str, error: type[LogitCacheError], *args, **kwargs
         raise
     except Exception as err:
         raise error(f"{what}: {type(err).__name__}: {first_line(err)}") from None
+
+
+def read_state_dict(path: str) -> dict:
+    """Tensors from a weights file (a state dict, or a dict holding one under model/state_dict)."""
+    import torch
+
+    if not Path(path).is_file():
+        raise ModelError(f"weights file {path} does not exist")
+    try:
+        with quiet_torch():
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch's unpickler raises anything (KeyError, IndexError...) on junk
+        raise ModelError(f"cannot read weights {path} safely (weights_only=True): {load_failure(err)}") from None
+    for key in ("model", "state_dict"):
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise ModelError(f"{path} holds no state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in data.items()}
+
+
+def misfit(err: Exception) -> str:
+    """What ``load_state_dict`` found wrong, in one line (its message starts with a header line)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return " ".join(lines[1:3] if len(lines) > 1 else lines)[:300] or type(err).__name__

@@ -1,9 +1,9 @@
-"""The sources' registries (datasets, models) and how specs name Python objects.
+"""The sources' registries (datasets, models, token datasets) and how specs name Python objects.
 
     >>> @register_model()
     ... def mlp(num_classes, hidden=256): ...
-    >>> MODELS.get("mlp"), DATASETS.names("cifar*")
-    >>> import_object("mypackage.nets:build", "model")
+    >>> MODELS.get("mlp"), DATASETS.names("cifar*"), TOKEN_DATASETS.names()
+    >>> import_object("mypackage.nets:build", "model")      # or a top-level module: "nets:build"
 
 The ``Registry`` class itself is ``logitcache.registry`` (losses use it too).
 """
@@ -18,16 +18,26 @@ from ..registry import Registry, parse_kwargs  # noqa: F401 - parse_kwargs: mode
 from ._loading import first_line
 
 
-def import_object(path: str, kind: str):
-    """Import ``package.module:attribute``; errors become one-line SpecErrors."""
-    import importlib
-
+def import_object(path: str, kind: str, registry: Registry | None = None):
+    """Import ``module:attribute`` (``mymodule:build`` or ``package.module:build``); errors become
+    one-line SpecErrors. A module not found on ``sys.path`` is looked for in the current directory
+    too, as entry points and uvicorn do. With ``registry``, a module that does not exist is an
+    unknown name: the error says both the registry and the import were tried."""
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
-        raise SpecError(f"{kind} {path!r} is not of the form package.module:factory")
+        raise SpecError(f"{kind} {path!r} is not of the form module:factory")
     try:
-        module = importlib.import_module(module_name)
-    except Exception as err:  # a module may fail to import any way: ImportError, SyntaxError, its own code
+        module = _import_module(module_name)
+    except ModuleNotFoundError as err:
+        if not _is_missing(module_name, err):  # the module exists; something it imports does not
+            raise SpecError(f"{kind} {path!r}: cannot import {module_name!r} "
+                            f"(ModuleNotFoundError: {first_line(err)})") from None
+        registered = (f"a registered {kind} (known: {', '.join(registry.names())}) nor "
+                      if registry is not None else "")
+        raise SpecError(f"{kind} {path!r}: {module_name!r} is neither {registered}a module Python can import "
+                        f"(cannot import {module_name!r}: {first_line(err)}; looked on sys.path and in the "
+                        "current directory)") from None
+    except Exception as err:  # a module may fail to import any way: SyntaxError, its own code
         raise SpecError(f"{kind} {path!r}: cannot import {module_name!r} "
                         f"({type(err).__name__}: {first_line(err)})") from None
     try:
@@ -37,6 +47,29 @@ def import_object(path: str, kind: str):
     if not callable(found):
         raise SpecError(f"{kind} {path!r}: {attribute!r} is not callable (it is of type {type(found).__name__})")
     return found
+
+
+def _import_module(name: str):
+    """``importlib.import_module``, retried with the current directory on ``sys.path`` (the console
+    script's ``sys.path`` starts with its own bin directory, not the one it is run in). The
+    directory stays there: DataLoader workers that unpickle the module's objects import it again."""
+    import importlib
+    import os
+    import sys
+
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        here = os.getcwd()
+        if not _is_missing(name, err) or any(os.path.abspath(p or ".") == here for p in sys.path):
+            raise
+        sys.path.append(here)
+        return importlib.import_module(name)
+
+
+def _is_missing(module_name: str, err: ModuleNotFoundError) -> bool:
+    """Is ``err`` about the module itself (or a package above it), not about something it imports?"""
+    return bool(err.name) and (module_name == err.name or module_name.startswith(err.name + "."))
 
 
 @dataclass
@@ -50,10 +83,11 @@ class DatasetEntry:
     needs_arg: bool = True
 
 
-# The two registries. Families register into them from their own modules, which the package's
-# __init__ imports; the modules that look names up (datasets.py, models.py) import only this one.
+# The registries. Families register into them from their own modules, which the package's
+# __init__ imports; the modules that look names up (datasets.py, models.py, tokens.py) import only this one.
 DATASETS = Registry("dataset")
 MODELS = Registry("model")
+TOKEN_DATASETS = Registry("token dataset")
 
 
 def register_dataset(name, *, default_transform, splits=(), default_split=None, needs_arg=True):
@@ -69,3 +103,9 @@ def register_dataset(name, *, default_transform, splits=(), default_split=None, 
 def register_model(name: str | None = None):
     """Decorator: register ``builder(num_classes, **kwargs) -> nn.Module``."""
     return MODELS.register(name)
+
+
+def register_token_dataset(name: str | None = None):
+    """Decorator: register ``reader(spec, arg, split) -> Corpus`` as token dataset kind ``name``
+    (``sources/_token_corpora.py`` defines Corpus and the built-in kinds)."""
+    return TOKEN_DATASETS.register(name)

@@ -29,7 +29,7 @@ class DatasetSource:
     classes: list[str]
     transform: str  # canonical transform steps (or FACTORY: a factory dataset's own)
     random_views: bool = False
-    extra: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)  # transform_from: "model" when the model's data config chose it
     view_normalize: str | None = None  # for_views: the final normalize step, left for the cut view
 
     def __len__(self):

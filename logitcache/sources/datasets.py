@@ -1,8 +1,10 @@
-"""Datasets by spec string: ``NAME[:ARG][@SPLIT]`` or ``package.module:factory[@SPLIT]``.
+"""Datasets by spec string: ``NAME[:ARG][@SPLIT]`` or ``module:factory[@SPLIT]``.
 
     >>> source = get_dataset("digits@train")                  # the embedded default
     >>> source = get_dataset("cifar100:/data/cifar@test")
     >>> source = get_dataset("imagefolder:/data/pets", transform="imagenet")
+    >>> source = get_dataset("parquet:/data/imagenet/validation-*.parquet@val")   # Hugging Face files
+    >>> source = get_dataset("mydata:build@train")            # mydata.py on the path, or here
     >>> source.dataset[0], source.keys[0], source.labels[0]
 
 Every source knows its sample keys and labels without loading a single input, so stores can
@@ -47,11 +49,13 @@ def get_dataset(
     transform: str | None = None,
     augment: str | None = None,
     for_views: bool = False,
+    default_transform: str | None = None,
 ) -> DatasetSource:
     """Build a dataset source from a spec.
 
     Args:
-        spec: ``NAME[:ARG][@SPLIT]`` for registered datasets, or ``package.module:factory``.
+        spec: ``NAME[:ARG][@SPLIT]`` for registered datasets, or ``module:factory`` (any module Python
+            can import, or one in the current directory).
         split: the split, unless the spec names one.
         transform: a transform preset or step list; default: the dataset's eval transform (a
             factory's own; a factory takes steps only if it has a ``transform`` parameter, see
@@ -61,6 +65,9 @@ def get_dataset(
         for_views: the inputs views are cut from (``--augment`` of a dump): the default transform
             loses its center crop (views see the whole image), random steps are refused, and a
             final ``normalize`` step is not applied but kept in ``view_normalize``, for the view.
+        default_transform: the model's own input transform (``sources.models.model_transform``: a
+            timm model's data config), used in place of the default of a dataset of images (one whose
+            own default converts images with ``to_tensor``); ``transform`` still wins.
 
     Raises:
         SpecError: unknown dataset, split or transform step, a bad step value, or steps a factory
@@ -69,9 +76,9 @@ def get_dataset(
             describe their samples (none, duplicate keys, labels that are not class indices).
     """
     name, arg, split = parse_spec(spec, split)
-    if name not in DATASETS and "." in name:
+    if name not in DATASETS and arg:  # module:factory; an unknown module is an unknown name
         return factory_dataset(spec, f"{name}:{arg}", split, transform=transform, augment=augment,
-                               for_views=for_views)
+                               for_views=for_views, registry=DATASETS)
     entry = DATASETS.get(name)
     if entry.needs_arg and not arg:
         raise SpecError(f"dataset {spec!r} needs a location: {name}:PATH")
@@ -80,7 +87,14 @@ def get_dataset(
     split = split or entry.default_split
     if entry.splits and split not in entry.splits:
         raise SpecError(f"dataset {name!r} has no split {split!r}; splits: {', '.join(entry.splits)}")
-    default = transforms.without(entry.default_transform, "center_crop") if for_views else entry.default_transform
+    default = entry.default_transform
+    from_model = bool(default_transform and not transform and "to_tensor" in dict(transforms.expand(default)))
+    if from_model:  # a dataset of images, which the model's steps take
+        default = default_transform
+    default = transforms.without(default, "center_crop") if for_views else default
     steps, before, normalize = resolve_steps(transform or default, augment, for_views)
     dataset, keys, labels, classes = entry.builder(arg, split, transforms.build_transform(before))
-    return make_source(spec, split, dataset, keys, labels, classes, steps, normalize)
+    source = make_source(spec, split, dataset, keys, labels, classes, steps, normalize)
+    if from_model:
+        source.extra["transform_from"] = "model"
+    return source

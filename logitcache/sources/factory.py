@@ -1,6 +1,7 @@
-"""Datasets from user code: ``package.module:factory[@SPLIT]``.
+"""Datasets from user code: ``module:factory[@SPLIT]``.
 
     >>> get_dataset("mypkg.data:build@train")      # build(split="train") returns a map-style Dataset
+    >>> get_dataset("mydata:build@train")          # a top-level module: mydata.py on sys.path or here
     >>> get_dataset("mypkg.data:build", transform="to_tensor,normalize=mnist")   # needs build(..., transform=None)
 
 The factory is called as ``factory(split=SPLIT)`` and returns a Dataset of (input, label). Keys
@@ -30,14 +31,15 @@ MAX_NUMBERED_CLASSES = 1 << 22  # labels beyond this need a classes list (0..max
 
 
 def factory_dataset(spec: str, target: str, split: str | None, *, transform: str | None,
-                    augment: str | None, for_views: bool) -> DatasetSource:
+                    augment: str | None, for_views: bool, registry=None) -> DatasetSource:
     """Call the factory ``target`` names and check what it returns (see the module docstring).
 
     Raises:
-        SpecError: the factory cannot be imported, or cannot apply the steps given.
+        SpecError: the factory cannot be imported (with ``registry``: nor is it a name there), or
+            cannot apply the steps given.
         DatasetError: the factory fails, or its dataset's keys or labels do not describe its samples.
     """
-    factory = import_object(target, "dataset")
+    factory = import_object(target, "dataset", registry)
     own = transform in (None, FACTORY)  # FACTORY: a store's record of the factory's own transform
     steps, kwargs, normalize = FACTORY, {"split": split}, None
     if not own or augment:

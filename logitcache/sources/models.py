@@ -6,7 +6,11 @@
     >>> get_model("torchscript:teacher.pt", 10)                       # a scripted/traced module
     >>> get_model("export:teacher.pt2", 10)                           # a torch.export program
     >>> get_model("checkpoint:runs/teacher/best.pt", 10)              # what `logitcache train` wrote
+    >>> get_model("timm:resnet10t", 10, weights="r10t.pth")           # timm (an optional extra), offline
     >>> get_model("mypkg.nets:build", 10)                             # called as build(num_classes=10)
+    >>> get_model("hf:models/qwen", 151936)                            # a local Hugging Face causal LM
+    >>> get_model("hf-config:models/small/config.json", 151936)        # its architecture, random init
+    >>> get_model("nets:build", 10)                                   # a top-level module (nets.py) too
 
 Weight files are read with ``torch.load(weights_only=True)``: no arbitrary unpickling.
 """
@@ -19,14 +23,15 @@ import inspect
 from pathlib import Path
 
 from ..errors import CheckpointError, LogitCacheError, ModelError, SpecError
-from ._loading import call_user, first_line, load_failure, quiet_torch
+from ._loading import call_user, first_line, misfit, quiet_torch, read_state_dict
 from ._registry import MODELS, import_object, parse_kwargs, register_model
 from .checkpoints import load_checkpoint
+from .timm_models import data_transform, timm_model, weights_file
 
 __all__ = ["SCHEMES", "file_sha256", "get_model", "list_models", "load_weights", "model_from_checkpoint",
-           "num_parameters", "parameters_sha256", "register_model"]
+           "model_transform", "num_parameters", "parameters_sha256", "register_model", "weights_in_spec"]
 
-SCHEMES = ("torchvision", "torchscript", "export", "checkpoint")
+SCHEMES = ("torchvision", "timm", "torchscript", "export", "checkpoint", "hf", "hf-config")
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -44,20 +49,41 @@ def get_model(spec: str, num_classes: int, weights: str | None = None):
     scheme, _, rest = spec.partition(":")
     if scheme == "torchvision":
         model = _torchvision_model(rest, num_classes)
+    elif scheme == "timm":
+        model = timm_model(rest, num_classes)
     elif scheme == "torchscript":
         model = _torchscript_model(rest)
     elif scheme == "export":
         model = _exported_model(rest)
     elif scheme == "checkpoint":
         model = model_from_checkpoint(rest)
-    elif scheme not in MODELS and "." in scheme and rest:
-        factory = import_object(spec, "model")
+    elif scheme in ("hf", "hf-config"):
+        from .hf_models import hf_model
+
+        model = hf_model(scheme, rest, num_classes)
+    elif scheme not in MODELS and rest:  # module:factory; an unknown module is an unknown name
+        factory = import_object(spec, "model", MODELS)
         model = _checked_module(call_user(factory, f"model {spec!r}", ModelError, num_classes=num_classes), spec)
     else:
         model = _registered_model(spec, scheme, rest, num_classes)
     if weights:
         load_weights(model, weights)
     return model
+
+
+def model_transform(spec: str) -> str | None:
+    """The input transform a model spec brings with it (a ``timm:`` model's data config, as
+    transform steps), or None: the dataset's own default then applies."""
+    scheme, _, rest = spec.partition(":")
+    return data_transform(rest) if scheme == "timm" else None
+
+
+def weights_in_spec(spec: str) -> str | None:
+    """The weights file a spec itself reads (``--weights`` aside), whose sha256 names the teacher."""
+    scheme, _, rest = spec.partition(":")
+    if scheme in ("torchscript", "export", "checkpoint"):
+        return rest
+    return weights_file(rest) if scheme == "timm" else None
 
 
 def _registered_model(spec: str, name: str, args: str, num_classes: int):
@@ -166,25 +192,6 @@ def _export_failure(path: str, err: Exception) -> str:
     return first_line(err)
 
 
-def read_state_dict(path: str) -> dict:
-    """Tensors from a weights file (a state dict, or a dict holding one under model/state_dict)."""
-    import torch
-
-    if not Path(path).is_file():
-        raise ModelError(f"weights file {path} does not exist")
-    try:
-        with quiet_torch():
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch's unpickler raises anything (KeyError, IndexError...) on junk
-        raise ModelError(f"cannot read weights {path} safely (weights_only=True): {load_failure(err)}") from None
-    for key in ("model", "state_dict"):
-        if isinstance(data, dict) and isinstance(data.get(key), dict):
-            data = data[key]
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise ModelError(f"{path} holds no state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in data.items()}
-
-
 def load_weights(model, path: str) -> None:
     """Load a weights file into a model, strictly; a misfit is one readable line."""
     state = read_state_dict(path)
@@ -192,12 +199,6 @@ def load_weights(model, path: str) -> None:
         model.load_state_dict(state, strict=True)
     except Exception as err:
         raise ModelError(f"weights {path} do not fit the model: {misfit(err)}") from None
-
-
-def misfit(err: Exception) -> str:
-    """What ``load_state_dict`` found wrong, in one line (its message starts with a header line)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    return " ".join(lines[1:3] if len(lines) > 1 else lines)[:300] or type(err).__name__
 
 
 def file_sha256(path: str) -> str:

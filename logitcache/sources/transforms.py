@@ -4,7 +4,9 @@
     >>> build_transform("random_crop=32:4,flip,to_tensor,normalize=cifar")
     >>> is_random("flip,to_tensor")               # True: the teacher never saw these exact views
 
-Steps: resize=N, center_crop=N, to_tensor, normalize=imagenet|cifar10|cifar100|mnist,
+Steps: resize=N[:INTERPOLATION] (the shorter side to N; bilinear unless bicubic, nearest,
+lanczos, box or hamming is named), center_crop=N, to_tensor,
+normalize=imagenet|cifar10|cifar100|mnist or normalize=MEAN/MEAN/MEAN:STD/STD/STD (per channel),
 flip (random horizontal flip), random_crop=SIZE[:PAD], random_resized_crop=SIZE,
 color_jitter=B[:C[:S[:H]]] (random brightness, contrast, saturation, hue), erasing[=P] (random
 erasing on the tensor, probability P, default 0.5), none.
@@ -99,6 +101,23 @@ def canonical(spec: str) -> str:
     return ",".join(_join(n, a) for n, a in expand(spec))
 
 
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
+
+
+def resize_step(size: int, interpolation: str = "bilinear") -> str:
+    """``resize=N``, naming the interpolation unless it is bilinear (the step's default)."""
+    return f"resize={size}" + ("" if interpolation == "bilinear" else f":{interpolation}")
+
+
+def normalize_step(mean, std) -> str:
+    """``normalize=NAME`` for a published (mean, std), else ``normalize=M/M/M:S/S/S``."""
+    pair = (tuple(float(m) for m in mean), tuple(float(s) for s in std))
+    for name, published in NORMALIZATION.items():
+        if pair == published:
+            return f"normalize={name}"
+    return "normalize=" + ":".join("/".join(repr(v) for v in values) for values in pair)
+
+
 def build_transform(spec: str):
     """A torchvision transform for a spec (preset name or steps)."""
     from torchvision import transforms as T
@@ -121,7 +140,13 @@ def _int(arg: str, step: str, spec: str) -> int:
 def _resize(arg, spec):
     from torchvision import transforms as T
 
-    return T.Resize(_int(arg, "resize", spec), antialias=True)
+    size, _, interpolation = arg.partition(":")
+    interpolation = interpolation or "bilinear"
+    if interpolation not in INTERPOLATIONS:
+        raise SpecError(f"transform {spec!r}: resize=N:INTERPOLATION takes one of {', '.join(INTERPOLATIONS)}, "
+                        f"got {interpolation!r}")
+    mode = T.InterpolationMode[interpolation.upper()]
+    return T.Resize(_int(size, "resize", spec), interpolation=mode, antialias=True)
 
 
 def _center_crop(arg, spec):
@@ -140,9 +165,15 @@ def _to_tensor(arg, spec):
 def _normalize(arg, spec):
     from torchvision import transforms as T
 
-    if arg not in NORMALIZATION:
-        raise SpecError(f"transform {spec!r}: normalize takes one of {', '.join(NORMALIZATION)}, got {arg!r}")
-    mean, std = NORMALIZATION[arg]
+    if arg in NORMALIZATION:
+        return T.Normalize(*NORMALIZATION[arg])
+    try:
+        mean, std = ([float(v) for v in part.split("/")] for part in arg.split(":"))
+    except ValueError:
+        mean = std = []
+    if not mean or len(mean) != len(std) or min(std) <= 0:
+        raise SpecError(f"transform {spec!r}: normalize takes one of {', '.join(NORMALIZATION)} or MEAN:STD per "
+                        f"channel (e.g. 0.5/0.5/0.5:0.5/0.5/0.5, std > 0), got {arg!r}")
     return T.Normalize(mean, std)
 
 

@@ -1,5 +1,6 @@
-"""The logitcache store format (v3): a self-describing, checksummed Zarr v3 group of logits, every
-chunk bound to its place by a digest.
+"""The logitcache store format (v4): a self-describing, checksummed Zarr v3 group of logits, every
+chunk bound to its place by a digest; a token store also holds the token sequences themselves, and a
+teacher may hold named features beside its logits.
 
     >>> from logitcache.store import open_store
     >>> store = open_store("data/stores/digits.zarr")
@@ -14,10 +15,19 @@ from ._backend import local_path, storage_options_for
 from ._checks import check_teacher
 from ._codecs import CODECS, Codec, get_codec, list_codecs
 from ._create import clear_unfinished
+from ._features import FEATURE_CODECS, REDUCES, bytes_per_sample, feature_codec, nbytes_features
 from ._fingerprint import dataset_fingerprint, describe_mismatch
 from ._lock import LOCK_DIR, writer_lock
 from ._pack import pack_store
+from ._root import (
+    create_store,
+    create_token_store,
+    holds_files,
+    is_unfinished_creation,
+    remove_location,
+)
 from ._schema import (
+    BASE_VERSION,
     FORMAT_NAME,
     FORMAT_VERSION,
     STATUS_COMPLETE,
@@ -28,23 +38,24 @@ from ._schema import (
     Layout,
     choose_layout,
 )
-from ._store import (
-    LogitStore,
-    create_store,
-    holds_files,
-    is_unfinished_creation,
-    open_store,
-    remove_location,
-)
+from ._store import LogitStore, open_store
 from ._teacher import Teacher
+from ._tokens import LOGSUMEXP_ARRAY, token_fingerprint
 from ._verify import VerifyReport, verify_store
 from ._writer import BackgroundWriter
 
 __all__ = [
+    "BASE_VERSION",
     "CODECS",
+    "FEATURE_CODECS",
+    "REDUCES",
+    "bytes_per_sample",
+    "feature_codec",
+    "nbytes_features",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "LOCK_DIR",
+    "LOGSUMEXP_ARRAY",
     "STATUS_COMPLETE",
     "STATUS_CREATING",
     "STATUS_WRITING",
@@ -57,9 +68,10 @@ __all__ = [
     "Teacher",
     "VerifyReport",
     "check_teacher",
-    "clear_unfinished",
     "choose_layout",
+    "clear_unfinished",
     "create_store",
+    "create_token_store",
     "dataset_fingerprint",
     "describe_mismatch",
     "get_codec",
@@ -71,6 +83,7 @@ __all__ = [
     "pack_store",
     "remove_location",
     "storage_options_for",
+    "token_fingerprint",
     "verify_store",
     "writer_lock",
 ]

@@ -17,6 +17,8 @@ import zarr
 
 from ..errors import CorruptStoreError, LogitCacheError, StoreIncompleteError
 from ._codecs import get_codec
+from ._create import chunk_key_shard
+from ._features import check_feature_records, feature_array_specs
 from ._integrity import (
     CHUNK_DIGESTS_ARRAY,
     DIGEST_BYTES,
@@ -34,6 +36,7 @@ from ._schema import (
     VIEW_PARAMS_ARRAY,
     Layout,
 )
+from ._tokens import SHARD_STATS, SHARD_STATS_ARRAY, check_token_root, token_extra_arrays
 
 MAX_VIEWS = 4096  # views per sample
 MAX_VIEW_SIDE = 8192  # pixels per side of a stored view size
@@ -51,7 +54,8 @@ def _int(value, what: str, low: int = 0, high: int | None = None) -> int:
 
 
 def check_root(store) -> None:
-    """The root's ``dataset`` record is well-formed and its N is the length of keys and labels."""
+    """The root's ``dataset`` record is well-formed and its N is the length of keys and labels (or,
+    in a token store, of its sequences)."""
     try:
         dataset = store.dataset
         if not isinstance(dataset, dict):
@@ -62,6 +66,9 @@ def check_root(store) -> None:
         names = dataset.get("class_names") or []
         if not isinstance(names, list) or not all(isinstance(c, str) for c in names):
             raise _Bad("dataset.class_names is not a list of names")
+        if store.is_tokens:
+            check_token_root(store, _Bad)
+            return
         for array in ("keys", "labels"):
             if array not in store.group:
                 raise _Bad(f"array {array!r} is missing")
@@ -85,6 +92,8 @@ def check_teacher(teacher) -> None:
             raise StoreIncompleteError(f"{where} is still being created (or its creation was cut short: "
                                        "rerun the dump to finish it)")
         _check_attrs(attrs)
+        if teacher.store.is_tokens and attrs.get("views") is not None:
+            raise _Bad("a token store's teacher has views")
         _check_arrays(teacher, attrs)
         if attrs["status"] == STATUS_COMPLETE:
             _check_complete(teacher, attrs)
@@ -126,11 +135,16 @@ def _check_attrs(attrs: dict) -> None:
             _int(side, "views.size", 1, MAX_VIEW_SIDE)
         if not isinstance(views.get("params"), list) or not views["params"]:
             raise _Bad("views.params is not a list of column names")
+    if "features" in attrs:
+        try:
+            check_feature_records(attrs["features"])
+        except ValueError as err:
+            raise _Bad(str(err)) from None
 
 
 def expected_arrays(teacher, attrs: dict) -> dict[str, tuple]:
     """Every array the attribute implies: name -> (dtype, shape, inner chunk rows)."""
-    n, layout = teacher.store.num_samples, Layout.from_dict(attrs["layout"])
+    n, layout = teacher.store.num_rows, Layout.from_dict(attrs["layout"])
     views = attrs.get("views")
     per_sample = (views["count"],) if views else ()
     shapes = {name: (spec.dtype, (n, *per_sample, *((spec.width or attrs["num_classes"],) if spec.per_class else ())))
@@ -139,6 +153,10 @@ def expected_arrays(teacher, attrs: dict) -> dict[str, tuple]:
         shapes[VIEW_PARAMS_ARRAY] = ("float16", (n, *per_sample, len(views["params"])))
         if views.get("hashes"):
             shapes[VIEW_HASHES_ARRAY] = ("uint64", (n, *per_sample))
+    if teacher.store.is_tokens:
+        shapes.update({name: (dtype, (n,)) for name, (dtype, _) in token_extra_arrays(teacher.codec.name).items()})
+    for name, (dtype, row, _) in feature_array_specs(attrs.get("features") or []).items():
+        shapes[name] = (dtype, (n, *per_sample, *row))
     return {name: (dtype, shape, layout.rows_per_chunk, layout.rows_per_shard) for name, (dtype, shape) in
             shapes.items()}
 
@@ -153,11 +171,14 @@ def _check_arrays(teacher, attrs: dict) -> None:
         if found != (np.dtype(dtype), shape, chunk_rows, shard_rows):
             raise _Bad(f"array {name!r} is {found[0]} {found[1]} in chunks of {found[2]} rows, shards of {found[3]}; "
                        f"the metadata says {np.dtype(dtype)} {shape}, {chunk_rows}, {shard_rows}")
-    shards = teacher.layout.num_shards(teacher.store.num_samples)
+    shards = teacher.layout.num_shards(teacher.store.num_rows)
     if SHARD_DONE_ARRAY not in group or tuple(group[SHARD_DONE_ARRAY].shape) != (shards,):
         raise _Bad(f"the shard ledger {SHARD_DONE_ARRAY!r} is missing or not {shards} long")
+    if teacher.store.is_tokens and (SHARD_STATS_ARRAY not in group
+                                    or tuple(group[SHARD_STATS_ARRAY].shape) != (shards, len(SHARD_STATS))):
+        raise _Bad(f"array {SHARD_STATS_ARRAY!r} is missing or not ({shards}, {len(SHARD_STATS)})")
     if teacher.has_digests:
-        chunks = -(-teacher.store.num_samples // teacher.layout.rows_per_chunk)
+        chunks = -(-teacher.store.num_rows // teacher.layout.rows_per_chunk)
         if CHUNK_DIGESTS_ARRAY not in group or tuple(group[CHUNK_DIGESTS_ARRAY].shape) != (chunks, DIGEST_BYTES):
             raise _Bad(f"array {CHUNK_DIGESTS_ARRAY!r} is missing or not ({chunks}, {DIGEST_BYTES})")
     elif CHUNK_DIGESTS_ARRAY in group:
@@ -196,13 +217,13 @@ def _check_objects(teacher, attrs: dict) -> None:
     async def shards_present() -> dict[str, set[str]]:
         present: dict[str, set[str]] = {name: set() for name in arrays}
         async for key in store.list_prefix(prefix + "/"):
-            parts = key[len(prefix) + 1:].split("/")
-            if len(parts) >= 3 and parts[0] in present and parts[1] == "c":
-                present[parts[0]].add(parts[2])
+            array, shard = chunk_key_shard(key[len(prefix) + 1:], arrays)
+            if array is not None:
+                present[array].add(shard)
         return present
 
     present = zarr.core.sync.sync(shards_present())
-    wanted = {str(s) for s in range(teacher.layout.num_shards(teacher.store.num_samples))}
+    wanted = {str(s) for s in range(teacher.layout.num_shards(teacher.store.num_rows))}
     for name in sorted(arrays):
         lost = sorted(wanted - present[name], key=int)
         if lost:
@@ -213,14 +234,18 @@ def _check_objects(teacher, attrs: dict) -> None:
 def _check_done_shards_have_digests(teacher) -> None:
     """A shard in the ledger of an unfinished v3 teacher has the digests of every one of its chunks."""
     rows = teacher.layout.rows_per_chunk
-    written = teacher.chunk_digests.any(axis=1)
-    for shard in np.flatnonzero(teacher.shard_done()):
-        start, stop = teacher.layout.shard_rows(int(shard), teacher.store.num_samples)
+    # The ledger first, then the digests, read fresh: writers write a shard's digests before its
+    # ledger entry, so every shard this ledger shows has its digests visible, even while other
+    # processes (torchrun ranks) are writing.
+    done = teacher.shard_done()
+    written = teacher.group[CHUNK_DIGESTS_ARRAY][:].any(axis=1)
+    for shard in np.flatnonzero(done):
+        start, stop = teacher.layout.shard_rows(int(shard), teacher.store.num_rows)
         if not written[start // rows:-(-stop // rows)].all():
             raise _Bad(f"shard {shard} is in its ledger but its chunk digests are missing")
 
 
 def teacher_metadata_digest(teacher, attrs: dict) -> str:
-    arrays = {name: describe_array(teacher.group[name]) for name in
-              (*expected_arrays(teacher, attrs), SHARD_DONE_ARRAY, CHUNK_DIGESTS_ARRAY)}
+    ledgers = (SHARD_DONE_ARRAY, CHUNK_DIGESTS_ARRAY, *((SHARD_STATS_ARRAY,) if teacher.store.is_tokens else ()))
+    arrays = {name: describe_array(teacher.group[name]) for name in (*expected_arrays(teacher, attrs), *ledgers)}
     return metadata_digest(teacher.name, attrs, arrays, teacher.store.dataset)

@@ -14,6 +14,7 @@ import zarr
 import zarr.codecs
 
 from ._codecs import Codec
+from ._features import feature_array_specs
 from ._integrity import CHUNK_DIGESTS_ARRAY, DIGEST_BYTES
 from ._schema import (
     SHARD_DONE_ARRAY,
@@ -25,6 +26,7 @@ from ._schema import (
     VIEW_PARAMS_ARRAY,
     Layout,
 )
+from ._tokens import SHARD_STATS, SHARD_STATS_ARRAY, token_extra_arrays
 
 
 def compressors(shuffle: str = "shuffle") -> list:
@@ -53,11 +55,16 @@ def create_teacher_arrays(
     provenance: dict,
     run: dict | None = None,
     views: dict | None = None,
+    tokens: bool = False,
+    features: list[dict] | None = None,
 ) -> zarr.Group:
     """Create a teacher's empty arrays, then mark it ``writing`` (resumable) as the last step.
 
     ``views`` (for multi-view teachers): ``count`` K, ``params`` (the view_params column names),
     ``hashes`` (the hash name, or None for no view_hashes array), plus what describes the views.
+    ``tokens``: a token store's teacher, whose rows are positions and which may keep more per row
+    (``_tokens.token_extra_arrays``) and its shards' statistics.
+    ``features`` (format v4): the records of the named features (``_features.py``), one array each.
     """
     # Status "creating" until every array exists: a dump killed part-way leaves a group that
     # readers skip and the next dump (holding the teacher's lock) deletes and makes again.
@@ -72,6 +79,7 @@ def create_teacher_arrays(
         "run": run or {},
         "integrity": {"algorithm": "sha256", "metadata": None, "content": None, "teacher": None},
         **({"views": views} if views else {}),
+        **({"features": features} if features else {}),
     }
     group = teachers.create_group(name, attributes={TEACHER_ATTR: attrs})
     per_sample = (views["count"],) if views else ()
@@ -81,6 +89,9 @@ def create_teacher_arrays(
         arrays[VIEW_PARAMS_ARRAY] = (views.get("dtype", "float16"), (len(views["params"]),), float("nan"))
         if views.get("hashes"):
             arrays[VIEW_HASHES_ARRAY] = ("uint64", (), 0)
+    if tokens:
+        arrays.update({name: (dtype, (), fill) for name, (dtype, fill) in token_extra_arrays(codec.name).items()})
+    arrays.update(feature_array_specs(features or []))  # the view axis is added below, as for the logits
     for array_name, (dtype, row, fill_value) in arrays.items():
         row = (*per_sample, *row)
         group.create_array(
@@ -101,8 +112,22 @@ def create_teacher_arrays(
         SHARD_DONE_ARRAY, shape=(layout.num_shards(num_samples),), dtype="uint8", chunks=(1,),
         compressors=[zarr.codecs.Crc32cCodec()], fill_value=0,
     )
+    if tokens:  # one chunk per shard, written by the shard's writer just before its ledger entry
+        group.create_array(
+            SHARD_STATS_ARRAY, shape=(layout.num_shards(num_samples), len(SHARD_STATS)), dtype="float64",
+            chunks=(1, len(SHARD_STATS)), compressors=[zarr.codecs.Crc32cCodec()], fill_value=float("nan"),
+        )
     group.attrs[TEACHER_ATTR] = {**attrs, "status": STATUS_WRITING}
     return group
+
+
+def chunk_key_shard(key: str, arrays) -> tuple[str | None, str | None]:
+    """(array, shard) of a chunk object's key relative to the teacher group (``ARRAY/c/SHARD/...``;
+    ARRAY may be a path, ``features/NAME``), or (None, None) for any other key."""
+    for array in arrays:
+        if key.startswith(array + "/c/"):
+            return array, key[len(array) + 3:].split("/")[0]
+    return None, None
 
 
 def clear_unfinished(teacher, pending: list[int]) -> int:
@@ -112,12 +137,13 @@ def clear_unfinished(teacher, pending: list[int]) -> int:
     holder of the teacher's lock. Returns how many objects were removed."""
     store, prefix = teacher.group.store_path.store, teacher.group.store_path.path
     pending_keys = {str(shard) for shard in pending}
+    arrays = [*teacher.content_arrays, CHUNK_DIGESTS_ARRAY]
 
     def unfinished(key: str) -> bool:
         if key.endswith(".partial"):
             return True
-        parts = key[len(prefix):].strip("/").split("/")  # ARRAY/c/SHARD[/...]
-        return len(parts) >= 3 and parts[1] == "c" and parts[2] in pending_keys and parts[0] != SHARD_DONE_ARRAY
+        array, shard = chunk_key_shard(key[len(prefix):].strip("/"), arrays)  # ARRAY/c/SHARD[/...]
+        return array is not None and shard in pending_keys
 
     async def sweep() -> int:
         orphans = [key async for key in store.list_prefix(prefix + "/") if unfinished(key)]

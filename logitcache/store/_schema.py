@@ -1,14 +1,16 @@
 """The store format's names, version and layout rules (docs/FORMAT.md is the prose version).
 
     >>> FORMAT_NAME, FORMAT_VERSION
-    ('logitcache', 3)
+    ('logitcache', 4)
     >>> choose_layout(num_samples=50_000, num_classes=100, itemsize=2)
     Layout(rows_per_chunk=512, rows_per_shard=16384)
 
 Everything a reader needs to interpret a store is written into the store's Zarr attributes
 under the keys defined here; bump FORMAT_VERSION on any change an older reader would misread.
 A store records the lowest version that describes everything in it: stores written before v3 keep
-their version (and open as before); every teacher written now carries v3's position-bound digests.
+their version (and open as before); every teacher written now carries v3's position-bound digests;
+token stores (language models, ``_tokens.py``) and stores with a teacher that has features are v4,
+which older readers refuse.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from dataclasses import asdict, dataclass
 from ..errors import ConfigError
 
 FORMAT_NAME = "logitcache"
-FORMAT_VERSION = 3  # the newest version this code reads and writes
+FORMAT_VERSION = 4  # the newest version this code reads and writes
 VIEWS_VERSION = 2  # the first version with multi-view teachers (view_params, a view axis)
 INTEGRITY_VERSION = 3  # the first version with position-bound digests (chunk_digests, integrity)
+TOKENS_VERSION = 4  # the first version with token stores (sequences in the store, rows = positions)
+FEATURES_VERSION = 4  # the first version with named teacher features (features/NAME arrays, `features`)
 BASE_VERSION = INTEGRITY_VERSION  # what a new store is created as: its teachers will carry digests
 
 ROOT_ATTR = "logitcache"  # root group attribute: format, version, dataset

@@ -92,6 +92,16 @@ class TopKCodec(Codec):
             "tail": tail.astype(np.float32),
         }
 
+    def from_top(self, indices: np.ndarray, top: np.ndarray, norm: np.ndarray, tail_norm: np.ndarray) -> dict:
+        """The stored arrays from a reduction done elsewhere (a token dump's, on the device): the
+        top-K class indices (most probable first), their raw logits, the log-sum-exp of each row
+        and of the row without its top K."""
+        return {
+            "indices": indices.astype(self.arrays["indices"].dtype),
+            "logprobs": (top - norm[:, None]).astype(self.values),
+            "tail": (tail_norm - norm).astype(np.float32),
+        }
+
     def decode(self, stored):
         indices = stored["indices"].astype(np.int64)
         rows = len(indices)
@@ -168,6 +178,29 @@ class SampleCodec(Codec):
         np.add.at(counts, (row, slot), 1)
         logprobs[row[first], slot[first]] = logp[row[first], picked[first]]
         return {"indices": indices, "counts": counts, "logprobs": logprobs}
+
+    def uniforms(self, shard: int, rows: int) -> np.ndarray:
+        """(rows, K) uniform draws in [0, 1) for one shard: a pure function of the seed and shard, so
+        a resumed or distributed dump draws exactly what an uninterrupted one does."""
+        return np.random.default_rng([SAMPLE_SEED, shard]).random((rows, self.k))
+
+    def from_draws(self, draws: np.ndarray, logprobs: np.ndarray) -> dict:
+        """The stored arrays from K drawn classes per row and their log-probabilities at T (drawn
+        elsewhere, e.g. on the device): unique classes ascending, their counts, padding filled."""
+        rows, k = draws.shape
+        order = np.argsort(draws, axis=1, kind="stable")
+        draws, logprobs = np.take_along_axis(draws, order, 1), np.take_along_axis(logprobs, order, 1)
+        first = np.ones((rows, k), dtype=bool)
+        first[:, 1:] = draws[:, 1:] != draws[:, :-1]
+        slot = np.cumsum(first, axis=1) - 1  # each draw's place among its row's unique classes
+        row = np.repeat(np.arange(rows), k).reshape(rows, k)
+        indices = np.full((rows, k), self.arrays["indices"].fill_value, dtype=self.arrays["indices"].dtype)
+        counts = np.zeros((rows, k), dtype=np.uint16)
+        values = np.full((rows, k), np.nan, dtype=self.values)
+        indices[row[first], slot[first]] = draws[first]
+        values[row[first], slot[first]] = logprobs[first]
+        np.add.at(counts, (row, slot), 1)
+        return {"indices": indices, "counts": counts, "logprobs": values}
 
     def decode(self, stored):
         raise SpecError(f"codec {self.name} stores samples, not a distribution: only --loss kl can use it")

@@ -21,7 +21,6 @@ import zarr.codecs
 from ..errors import (
     CorruptStoreError,
     NotAStoreError,
-    StoreExistsError,
     StoreMismatchError,
     StoreNotFoundError,
     StoreVersionError,
@@ -29,11 +28,10 @@ from ..errors import (
 )
 from ._backend import local_path, probe_remote, remote_errors, zarr_store
 from ._checks import check_root, check_teacher
-from ._create import compressors, create_teacher_arrays, teacher_exists, teacher_status
+from ._create import create_teacher_arrays, teacher_exists, teacher_status
 from ._fingerprint import dataset_fingerprint, describe_mismatch
-from ._lock import LOCK_DIR
 from ._schema import (
-    BASE_VERSION,
+    FEATURES_VERSION,
     FORMAT_NAME,
     FORMAT_VERSION,
     INTEGRITY_VERSION,
@@ -42,12 +40,19 @@ from ._schema import (
     TEACHERS_GROUP,
 )
 from ._teacher import Teacher
-
-INDEX_CHUNK_ROWS = 65536  # keys and labels: small, read whole, one checksummed chunk per 64k rows
+from ._tokens import (
+    DATASET_KIND_TOKENS,
+    LENGTHS_ARRAY,
+    LOSS_MASK_ARRAY,
+    TOKEN_ARRAYS,
+    TOKENS_ARRAY,
+    read_token_arrays,
+)
 
 
 class LogitStore:
-    """A logitcache store: the dataset's keys and labels plus one group per teacher."""
+    """A logitcache store: the samples (keys and labels, or token sequences) plus one group per
+    teacher. A teacher's rows are the samples, or, in a token store, the token positions."""
 
     def __init__(self, location: str | os.PathLike, *, read_only: bool = True, storage_options: dict | None = None):
         self.location = str(location)
@@ -101,15 +106,55 @@ class LogitStore:
         return self.dataset["fingerprint"]
 
     @property
+    def is_tokens(self) -> bool:
+        """A token store (format v4): sequences of token ids; teacher rows are positions."""
+        return self.dataset.get("kind") == DATASET_KIND_TOKENS
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.dataset["seq_len"]) if self.is_tokens else 1
+
+    @property
+    def num_rows(self) -> int:
+        """Rows of every teacher array: one per sample, or one per token position (N * L)."""
+        return self.num_samples * self.seq_len
+
+    @property
+    def vocab_size(self) -> int | None:
+        return int(self.dataset["vocab_size"]) if self.is_tokens else None
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """(N, L) token ids, checked against the token fingerprint on first use."""
+        return self._token_arrays()[TOKENS_ARRAY]
+
+    @property
+    def loss_mask(self) -> np.ndarray:
+        """(N, L) bool: True where the next token is a training target."""
+        return self._token_arrays()[LOSS_MASK_ARRAY]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(N,) real tokens per sequence (the rest is right-padding)."""
+        return self._token_arrays()[LENGTHS_ARRAY]
+
+    def _token_arrays(self) -> dict[str, np.ndarray]:
+        if not self.is_tokens:
+            raise StoreMismatchError(f"{self.location} holds labelled samples, not token sequences")
+        return self._cached("token_arrays", lambda: read_token_arrays(self, lambda name: _read_checked(self, name)))
+
+    @property
     def class_names(self) -> list[str]:
         return list(self.dataset.get("class_names") or [])
 
     @property
     def keys(self) -> np.ndarray:
-        return self._cached("keys", lambda: _read_checked(self, "keys"))
+        return self._token_arrays()["keys"] if self.is_tokens else self._cached("keys", lambda: _read_checked(self, "keys"))
 
     @property
     def labels(self) -> np.ndarray:
+        if self.is_tokens:
+            raise StoreMismatchError(f"{self.location} holds token sequences, not labelled samples")
         return self._cached("labels", lambda: _read_checked(self, "labels").astype(np.int64))
 
     @property
@@ -198,8 +243,10 @@ class LogitStore:
         with remote_errors(self.location):
             # Before the teacher exists, so an older reader refuses the store rather than misread it.
             self._require_version(INTEGRITY_VERSION)  # v3 >= VIEWS_VERSION: views need nothing more
+            if kwargs.get("features"):  # only then: a store without features keeps its v3 bytes
+                self._require_version(FEATURES_VERSION)
             teachers = self.group.require_group(TEACHERS_GROUP)
-            group = create_teacher_arrays(teachers, name, num_samples=self.num_samples, **kwargs)
+            group = create_teacher_arrays(teachers, name, num_samples=self.num_rows, tokens=self.is_tokens, **kwargs)
         return Teacher(group, name, self)
 
     def _require_version(self, version: int) -> None:
@@ -213,7 +260,7 @@ class LogitStore:
         """Delete temp files (``*.partial``) a killed writer left beside the root's and ``teachers``'
         metadata; only for the holder of the store's lock. Returns how many were removed."""
         store = self.group.store_path.store
-        shared = ("", "keys/", "labels/", f"{TEACHERS_GROUP}/")
+        shared = ("", "labels/", *(f"{name}/" for name in TOKEN_ARRAYS), f"{TEACHERS_GROUP}/")
 
         async def sweep() -> int:
             orphans = [key async for key in store.list() if key.endswith(".partial")
@@ -295,96 +342,3 @@ def open_store(location, *, read_only: bool = True, storage_options: dict | None
         store.group  # noqa: B018 - validates now, so errors surface at open
         check_root(store)
     return store
-
-
-def create_store(location, *, keys, labels, dataset: dict, class_names=None, storage_options=None) -> LogitStore:
-    """Create a new, empty store for a dataset: keys, labels and the root attribute.
-
-    ``dataset`` describes where the data came from (spec, split, transform); the number of
-    samples, class names and fingerprint are added here. The root attribute is written last, so
-    a creation cut short leaves a group that ``open_store`` rejects rather than a partial store.
-
-    Raises:
-        StoreExistsError: something is already at ``location``.
-        StoreWriteError: the location cannot be written.
-    """
-    location = str(location)
-    keys = [str(k) for k in keys]
-    labels = np.asarray(labels, dtype=np.int64)
-    path = local_path(location)
-    if path is not None and path.exists() and (not path.is_dir() or holds_files(path)):
-        raise StoreExistsError(f"{location} already exists and is not empty")
-    try:
-        with remote_errors(location):
-            # Mode "a", not "w-": the caller holds the store's lock, whose file already sits there.
-            store = zarr_store(location, read_only=False, storage_options=storage_options)
-            if zarr.core.sync.sync(store.exists("zarr.json")):
-                raise StoreExistsError(f"{location} already holds Zarr data")
-            group = zarr.open_group(store, mode="a", zarr_format=3)
-            rows = max(1, min(INDEX_CHUNK_ROWS, len(keys)))
-            key_array = group.create_array(
-                "keys", shape=(len(keys),), dtype=str, chunks=(rows,),
-                compressors=[zarr.codecs.ZstdCodec(level=5), zarr.codecs.Crc32cCodec()],
-            )
-            key_array[:] = np.asarray(keys, dtype=object)
-            label_array = group.create_array(
-                "labels", shape=(len(labels),), dtype="int64", chunks=(rows,), compressors=compressors()
-            )
-            label_array[:] = labels
-            group.attrs[ROOT_ATTR] = {
-                "format": FORMAT_NAME,
-                "version": BASE_VERSION,
-                "dataset": {
-                    **dataset,
-                    "num_samples": len(keys),
-                    "class_names": list(class_names or []),
-                    "fingerprint": dataset_fingerprint(keys, labels),
-                },
-            }
-    except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError, FileExistsError):
-        raise StoreExistsError(f"{location} already holds Zarr data") from None
-    except FileNotFoundError as err:  # e.g. the bucket does not exist
-        raise StoreWriteError(f"cannot write a store at {location}: {err}") from None
-    except OSError as err:
-        if isinstance(err, (ConnectionError, PermissionError)):
-            raise
-        raise StoreWriteError(f"cannot write a store at {location}: {err.strerror or err}") from None
-    return open_store(location, read_only=False, storage_options=storage_options)
-
-
-def holds_files(path) -> bool:
-    """Any file in a local directory tree but the writers' locks (empty folders a deletion left, and
-    the locks a dump takes before it creates the store, don't count)."""
-    return any(p.is_file() or p.is_symlink() for p in path.rglob("*") if LOCK_DIR not in p.relative_to(path).parts)
-
-
-def is_unfinished_creation(location, storage_options=None) -> bool:
-    """True for what a ``create_store`` cut short leaves: a root group without its attribute, holding
-    nothing but (some of) the keys and labels."""
-    store = zarr_store(str(location), read_only=True, storage_options=storage_options)
-
-    async def look() -> bool:
-        if not await store.exists("zarr.json"):
-            return False
-        allowed = ("zarr.json", "keys/", "labels/", LOCK_DIR + "/")
-        return all([key.startswith(allowed) or key.endswith(".partial") async for key in store.list()])
-
-    try:
-        if not zarr.core.sync.sync(look()):
-            return False
-        group = zarr.open_group(store, mode="r")
-        return ROOT_ATTR not in group.attrs
-    except Exception:
-        return False
-
-
-def remove_location(location, storage_options=None) -> None:
-    """Delete everything at a store location but its locks (used, holding the store's lock, to redo
-    an unfinished creation)."""
-    store = zarr_store(str(location), read_only=False, storage_options=storage_options)
-
-    async def remove() -> None:
-        for key in [key async for key in store.list() if not key.startswith(LOCK_DIR + "/")]:
-            await store.delete(key)
-
-    zarr.core.sync.sync(remove())

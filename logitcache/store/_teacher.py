@@ -38,6 +38,7 @@ from ..errors import (
 from ._backend import retry_transient
 from ._codecs import Codec, get_codec
 from ._create import teacher_status
+from ._features import feature_array_name, read_features
 from ._integrity import CHUNK_DIGESTS_ARRAY, chunk_digest, shard_chunk_digests
 from ._schema import (
     SHARD_DONE_ARRAY,
@@ -49,6 +50,7 @@ from ._schema import (
 )
 from ._shard_io import ShardIO, parallel_map
 from ._teacher_writes import TeacherWrites
+from ._tokens import SHARD_STATS_ARRAY, token_extra_arrays
 
 
 def _settle_pending_reads(timeout: float = 5.0) -> None:
@@ -135,7 +137,8 @@ class Teacher(TeacherWrites):
 
     @property
     def num_samples(self) -> int:
-        return self.store.num_samples
+        """Rows: the store's samples, or (token store) its token positions."""
+        return self.store.num_rows
 
     @property
     def num_shards(self) -> int:
@@ -161,8 +164,24 @@ class Teacher(TeacherWrites):
 
     @cached_property
     def content_arrays(self) -> dict[str, zarr.Array]:
-        """Every array the chunk digests cover: the codec's and the views'."""
-        return {**self.arrays, **self.view_arrays}
+        """Every array the chunk digests cover: the codec's, the views', a token teacher's extras and the features'."""
+        return {**self.arrays, **self.view_arrays, **self.token_arrays, **self.feature_arrays}
+
+    @cached_property
+    def token_arrays(self) -> dict[str, zarr.Array]:
+        """A token teacher's per-row arrays beside its codec's (``_tokens.token_extra_arrays``)."""
+        names = token_extra_arrays(self.codec.name) if self.store.is_tokens else {}
+        return {name: self.group[name] for name in names}
+
+    @cached_property
+    def features(self) -> list[dict]:
+        """The records of the teacher's named features (format v4, ``_features.py``), in order; else []."""
+        return list(self.group.attrs[TEACHER_ATTR].get("features") or [])
+
+    @cached_property
+    def feature_arrays(self) -> dict[str, zarr.Array]:
+        """``features/NAME`` for every named feature (empty for a teacher without features)."""
+        return {feature_array_name(f["name"]): self.group[feature_array_name(f["name"])] for f in self.features}
 
     @cached_property
     def _io(self) -> ShardIO | None:
@@ -196,13 +215,19 @@ class Teacher(TeacherWrites):
         ok = self.codec.rows_ok(self.flat(stored))
         return ok.reshape(-1, self.views_per_sample).all(axis=1)
 
+    def shard_stats(self) -> np.ndarray:
+        """float64 (num_shards, 4) of a token teacher: per shard the teacher's own statistics over
+        its target positions (``_tokens.SHARD_STATS``), NaN where not written."""
+        return self.group[SHARD_STATS_ARRAY][:]
+
     def shard_done(self) -> np.ndarray:
         """bool (num_shards,): which shards were written and read back intact."""
         return self.group[SHARD_DONE_ARRAY][:].astype(bool)
 
     def nbytes_stored(self) -> int:
-        """Bytes the logit arrays take in the store (compressed, with shard indexes)."""
-        return sum(int(array.nbytes_stored()) for array in self.arrays.values())
+        """Bytes the logit arrays (and a token teacher's extras) take in the store, compressed, with
+        shard indexes."""
+        return sum(int(array.nbytes_stored()) for array in {**self.arrays, **self.token_arrays}.values())
 
     def nbytes_views(self) -> int:
         """Bytes ``view_params`` and ``view_hashes`` take (0 for a single-view teacher)."""
@@ -289,20 +314,25 @@ class Teacher(TeacherWrites):
             StoreIncompleteError: rows that were never written (they decode to NaN).
         """
         stored = self.read_stored(start, stop)
-        self._require_rows(stored, start, stop)
+        self.require_rows(stored, start, stop)
         return self.decode(stored)
 
-    def _require_rows(self, stored: dict[str, np.ndarray], start: int, stop: int) -> None:
+    def require_rows(self, stored: dict[str, np.ndarray], start: int, stop: int, missing=None,
+                      kind: str = "logits") -> None:
         """Unwritten rows: an unfinished dump (rerun it), or, in a complete teacher, damage."""
-        missing = ~self.rows_ok(stored)
+        missing = ~self.rows_ok(stored) if missing is None else missing
         if not missing.any():
             return
-        what = f"teacher {self.name!r}: {int(missing.sum())} rows in {start}-{stop} hold no logits " \
+        what = f"teacher {self.name!r}: {int(missing.sum())} rows in {start}-{stop} hold no {kind} " \
                f"(first: row {start + int(np.flatnonzero(missing)[0])})"
         if self.is_complete:
             raise CorruptStoreError(f"{what}, though it is marked complete: the store was damaged after the dump "
                                     "(a chunk is missing); restore it, or dump again with --overwrite")
         raise StoreIncompleteError(f"{what}; the dump did not finish — rerun it to resume")
+
+    def read_features(self, start: int, stop: int, names: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Decoded float32 features by name for rows [start, stop): (n, [K,] *shape), checked like ``read``."""
+        return read_features(self, start, stop, names)
 
     def read_view_params(self, start: int, stop: int) -> np.ndarray:
         """float16 (stop - start, K, P): how each stored view was cut (see docs/FORMAT.md)."""
@@ -317,7 +347,7 @@ class Teacher(TeacherWrites):
     def read_targets(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Rows [start, stop) as the codec's sparse training targets (checked like ``read``)."""
         stored = self.read_stored(start, stop)
-        self._require_rows(stored, start, stop)
+        self.require_rows(stored, start, stop)
         return {key: self._unflat(values) for key, values in self.codec.sparse_targets(self.flat(stored)).items()}
 
     def take(self, indices) -> np.ndarray:

@@ -1,7 +1,8 @@
 """Writing one teacher: whole shards, checked before they count, and completion.
 
     >>> teacher.write_shard(0, logits)             # float32 (n, C): encode, write, prove, digest, ledger
-    >>> teacher.write_encoded(0, {"logits": ...})  # arrays already encoded (a token dump reduces on the device)
+    >>> teacher.write_shard(0, logits, features={"emb": ...})  # a teacher with features: theirs too
+    >>> teacher.write_encoded(0, {"logits": ...}, stats)  # already encoded (a token dump reduces on the device)
     >>> teacher.mark_complete(metrics=...)         # once every shard is done: status and integrity record
 
 ``Teacher`` (``_teacher.py``) takes these methods from ``TeacherWrites``; reading is there.
@@ -20,18 +21,22 @@ from ._integrity import (
     integrity_record,
     shard_chunk_digests,
 )
+from ._features import encode_features
 from ._schema import SHARD_DONE_ARRAY, STATUS_COMPLETE, TEACHER_ATTR
 from ._shard_io import parallel_map
+from ._tokens import SHARD_STATS_ARRAY
 
 
 class TeacherWrites:
     """The writing half of ``Teacher``."""
 
-    def write_shard(self, shard: int, logits: np.ndarray, views: dict | None = None) -> dict[str, np.ndarray]:
+    def write_shard(self, shard: int, logits: np.ndarray, views: dict | None = None,
+                    features: dict | None = None) -> dict[str, np.ndarray]:
         """Encode and write one whole shard, read it back, record it done; return what was stored.
 
         ``logits`` is float32 (n, C), or (n, K, C) with ``views`` = {"view_params": (n, K, P),
-        "view_hashes": (n, K) uint64 if recorded} for a multi-view teacher.
+        "view_hashes": (n, K) uint64 if recorded} for a multi-view teacher. ``features``: float32
+        (n, [K,] *shape) by feature name, for a teacher with features.
 
         Raises:
             NonFiniteLogitsError: a row holds NaN or inf; the message names the sample keys.
@@ -47,6 +52,7 @@ class TeacherWrites:
         encoded = {name: self._unflat(values) for name, values in encoded.items()}
         encoded.update({name: np.asarray(values, dtype=self.view_arrays[name].dtype) for name, values in
                         (views or {}).items()})
+        encoded.update(encode_features(self.features, features or {}, self.store.keys[start:stop]))
         return self.write_encoded(shard, encoded)
 
     def require_finite(self, shard: int, logits: np.ndarray) -> None:
@@ -62,10 +68,12 @@ class TeacherWrites:
                 "nothing was marked complete"
             )
 
-    def write_encoded(self, shard: int, encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def write_encoded(self, shard: int, encoded: dict[str, np.ndarray],
+                      stats: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Write one whole shard of already-encoded arrays (one per content array), read it back,
         record its digests and mark it done; return what was stored. ``write_shard`` encodes on the
-        host; a token dump reduces on the device and hands its arrays here.
+        host; a token dump reduces on the device and hands its arrays here, with the shard's
+        ``stats`` (``_tokens.SHARD_STATS``).
 
         Arrays laid out as logitcache makes them (``_io``) are compressed here, on the thread pool,
         into the very bytes zarr would write; each object is read back and compared byte for byte,
@@ -91,6 +99,8 @@ class TeacherWrites:
                 digests = shard_chunk_digests(stored, start, stop, rows, map=parallel_map)
                 self.group[CHUNK_DIGESTS_ARRAY][start // rows:start // rows + len(digests)] = digests
                 self.chunk_digests[start // rows:start // rows + len(digests)] = digests
+            if stats is not None:
+                self.group[SHARD_STATS_ARRAY][shard] = np.asarray(stats, dtype=np.float64)
             self.group[SHARD_DONE_ARRAY][shard] = 1
             return stored
 

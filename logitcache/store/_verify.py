@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import LogitCacheError
+from ._features import bad_feature_rows
 from ._fingerprint import dataset_fingerprint, describe_mismatch
 from ._store import open_store
 
@@ -37,21 +38,10 @@ def verify_store(location, dataset_keys=None, dataset_labels=None, storage_optio
     """
     store = open_store(location, storage_options=storage_options)
     report = VerifyReport(str(location))
-    try:
-        keys, labels = store.keys, store.labels
-    except LogitCacheError as err:
-        report.problems.append(str(err))
+    readable = _verify_tokens(store, report) if store.is_tokens else _verify_samples(store, report, dataset_keys,
+                                                                                        dataset_labels)
+    if not readable:
         return report
-    if dataset_fingerprint(keys, labels) != store.fingerprint:
-        report.problems.append("keys/labels do not match the fingerprint recorded in the store")
-    else:
-        report.checked.append(f"{len(keys)} keys and labels match fingerprint {store.fingerprint[:19]}…")
-    if dataset_keys is not None:
-        why = describe_mismatch(keys, labels, dataset_keys, np.asarray(dataset_labels))
-        if why:
-            report.problems.append(f"dataset differs from the store: {why}")
-        else:
-            report.checked.append("the given dataset matches the store's fingerprint")
     if not store.all_teacher_names:
         report.problems.append("the store holds no teacher")
     for name in teachers or store.all_teacher_names:
@@ -62,6 +52,40 @@ def verify_store(location, dataset_keys=None, dataset_labels=None, storage_optio
         except Exception as err:  # whatever an edited store makes zarr raise: a problem, never a crash
             report.problems.append(f"teacher {name!r} cannot be read: {type(err).__name__}: {err}")
     return report
+
+
+def _verify_samples(store, report: VerifyReport, dataset_keys, dataset_labels) -> bool:
+    """The keys and labels against the store's fingerprint, and against a given dataset's; False
+    when they cannot be read at all."""
+    try:
+        keys, labels = store.keys, store.labels
+    except LogitCacheError as err:
+        report.problems.append(str(err))
+        return False
+    if dataset_fingerprint(keys, labels) != store.fingerprint:
+        report.problems.append("keys/labels do not match the fingerprint recorded in the store")
+    else:
+        report.checked.append(f"{len(keys)} keys and labels match fingerprint {store.fingerprint[:19]}…")
+    if dataset_keys is not None:
+        why = describe_mismatch(keys, labels, dataset_keys, np.asarray(dataset_labels))
+        if why:
+            report.problems.append(f"dataset differs from the store: {why}")
+        else:
+            report.checked.append("the given dataset matches the store's fingerprint")
+    return True
+
+
+def _verify_tokens(store, report: VerifyReport) -> bool:
+    """A token store's sequences against its token fingerprint and the format's rules (one read
+    checks both); False when they fail."""
+    try:
+        tokens, mask = store.tokens, store.loss_mask
+    except LogitCacheError as err:
+        report.problems.append(str(err))
+        return False
+    report.checked.append(f"{len(tokens)} sequences of {tokens.shape[1]} positions ({int(store.lengths.sum())} tokens, "
+                          f"{int(mask.sum())} targets) match token fingerprint {store.fingerprint[:19]}…")
+    return True
 
 
 def _verify_teacher(teacher, report: VerifyReport) -> None:
@@ -83,6 +107,8 @@ def _verify_teacher(teacher, report: VerifyReport) -> None:
                 rows = np.union1d(rows, np.flatnonzero(~np.isfinite(params).reshape(len(params), -1).all(axis=1)))
                 if teacher.has_view_hashes:
                     teacher.read_view_hashes(start, stop)  # checksums only: values need the dataset
+            if teacher.features:
+                rows = np.union1d(rows, bad_feature_rows(teacher, start, stop))
         except LogitCacheError as err:
             report.problems.append(f"{err} [shard {shard}]")
             continue

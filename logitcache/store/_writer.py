@@ -11,7 +11,9 @@ shards finish changes no byte of the store; ``on_written`` may be called from an
 for any shard order. The queue is bounded: memory stays at ``max_pending + threads`` shards.
 
 An error on a writer thread (a failed write) is raised in the producer at its next ``submit`` or at
-exit; no shard is started after it (the shards other threads have in hand are finished).
+exit; no shard is started after it (the shards other threads have in hand are finished). When the
+producer fails instead, the shards it already queued are finished (they are whole and correct, and
+a resume need not redo them); an interrupt (Ctrl-C) finishes only the shards in hand.
 """
 
 from __future__ import annotations
@@ -56,11 +58,14 @@ class BackgroundWriter:
                 return
             if self._error is not None:
                 continue  # drain without writing after a failure
-            shard, logits, views = item
+            shard, logits, views, stats, features = item
             try:
                 if self.before_write is not None:
                     self.before_write()
-                stored = self.teacher.write_shard(shard, logits, views)
+                if logits is None:  # already encoded (a token dump's device reduction)
+                    stored = self.teacher.write_encoded(shard, views, stats)
+                else:
+                    stored = self.teacher.write_shard(shard, logits, views, features)
                 if self.on_written is not None:
                     self.on_written(shard, stored)
             except BaseException as err:  # handed to the producer thread, re-raised there
@@ -70,10 +75,16 @@ class BackgroundWriter:
         if self._error is not None:
             raise self._error
 
-    def submit(self, shard: int, logits: np.ndarray, views: dict | None = None) -> None:
-        """Queue one whole shard of float32 logits (and, for a multi-view teacher, its view arrays)."""
+    def submit(self, shard: int, logits: np.ndarray, views: dict | None = None, features: dict | None = None) -> None:
+        """Queue one whole shard of float32 logits (and, for a multi-view teacher, its view arrays; for a
+        teacher with features, its float32 features by name)."""
         self._raise_if_failed()
-        self._queue.put((shard, logits, views))
+        self._queue.put((shard, logits, views, None, features))
+
+    def submit_encoded(self, shard: int, encoded: dict[str, np.ndarray], stats: np.ndarray | None = None) -> None:
+        """Queue one whole shard of already-encoded arrays (``Teacher.write_encoded``)."""
+        self._raise_if_failed()
+        self._queue.put((shard, None, encoded, stats, None))
 
     def _stop(self) -> None:
         for _ in self._threads:
@@ -94,6 +105,6 @@ class BackgroundWriter:
         if exc_type is None:
             self.close()
             return
-        # The producer failed (or was interrupted): finish the shards in hand, drop the rest.
-        self._error = self._error or exc
+        if not isinstance(exc, Exception):  # interrupted: finish the shards in hand, drop the rest
+            self._error = self._error or exc
         self._stop()

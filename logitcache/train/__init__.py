@@ -8,7 +8,11 @@ The package, file by file:
 
 - ``config.py``: ``TrainConfig``, the options and the one source of their defaults, their checks,
   the learning-rate schedule, and what ``--resume`` may change (no torch).
-- ``loop.py``: ``train()``, read top to bottom: data, student, loss, then epoch after epoch.
+- ``run.py``: ``train()``: token data to ``lm.py``, images to ``loop.py``.
+- ``loop.py``: the image run, read top to bottom: data, student, loss, then epoch after epoch.
+- ``lm.py``: the language-model run on token data; ``lm_checks.py``: its defaults and the options
+  it refuses.
+- ``student.py``: the optimizer and the DDP wrapper every run uses.
 - ``data.py``: every sample paired with its teacher's targets, in memory or streamed by chunk,
   and the epoch sampler.
 - ``resume.py``: resuming a run exactly, checkpoints, and stopping at a non-finite loss.
@@ -23,7 +27,11 @@ __all__ = ["TrainConfig", "TrainSummary", "evaluate", "get_lr", "train", "train_
 
 
 def __getattr__(name: str):
-    if name in ("train", "TrainSummary", "evaluate", "train_one_epoch", "get_lr"):
+    if name == "train":
+        from .run import train
+
+        return train
+    if name in ("TrainSummary", "evaluate", "train_one_epoch", "get_lr"):
         from . import loop
 
         return getattr(loop, name)

@@ -28,9 +28,12 @@ class TrainConfig:
 
     out: str
     student: str
-    dataset: str
+    dataset: str | None = None  # required, except for a token store, which holds its sequences
     val_dataset: str | None = None
     store: str | None = None
+    val_store: str | None = None  # token data: a store the teacher dumped over held-out text
+    tokenizer: str | None = None  # token data without a store (or for --val-dataset): tokenises the text
+    seq_len: int | None = None  # token data without a store: tokens per training sequence
     teacher: str | None = None  # teacher name inside the store; "a,b" for an ensemble
     expect_teacher: str | None = None  # sha256 prefix(es) the store's teacher(s) must have
     online_teacher: str | None = None  # a teacher spec run in the loop (for comparisons)
@@ -44,6 +47,9 @@ class TrainConfig:
     dkd_alpha: float = 1.0
     dkd_beta: float = 8.0
     dkd_warmup: int = 20
+    feature_loss: str | None = None  # NAME[=WEIGHT],...: feature losses (at, rkd, fitnet, ickd, reviewkd)
+    student_features: str | None = None  # NAME=LAYER,...: the student's layer for each teacher feature
+    features: str | None = None  # NAME=LAYER[:REDUCE],...: the --online-teacher's features (a store has its own)
     optimizer: str = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
@@ -71,6 +77,7 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
+    tensorboard: bool = False  # also write the scalars as TensorBoard event files in RUN/tensorboard
     storage_options: dict = field(default_factory=dict)
 
     def resolved(self) -> TrainConfig:
@@ -138,6 +145,22 @@ def validate(config: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    from ..features.grammar import check_feature_options
+
+    check_feature_options(config)
+
+
+def warmup_note(config: TrainConfig) -> str | None:
+    """The note ``train`` starts with when the loss's own warm-up (DKD's) outlasts the run; None otherwise."""
+    from ..losses import loss_spec
+
+    option = loss_spec(config.loss).warmup
+    warmup = getattr(config, option) if option else 0
+    if warmup <= config.epochs:
+        return None
+    return (f"note: {_flag(option)} {warmup} is longer than this {config.epochs}-epoch run: the {config.loss} term "
+            f"ramps up over {warmup} epochs and ends at {config.epochs / warmup:.0%} of its weight "
+            f"(give {_flag(option)} {config.epochs} or less for the full term)")
 
 
 def _peak_lr(config: TrainConfig) -> float:
@@ -175,6 +198,7 @@ MAY_CHANGE_ON_RESUME = {
     "resume": _any,  # how this command starts, not what the run computes
     "overwrite": _any,
     "progress": _any,
+    "tensorboard": _any,  # what else the run writes, not what it computes
     "workers": _any,  # batches and their order do not depend on who loads them
     "device": _any,  # where the same computation runs (the last bits differ between devices, as between two GPUs)
     "storage_options": _any,  # how the store is reached (endpoint, credentials), not which store

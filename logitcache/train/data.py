@@ -260,6 +260,17 @@ def check_teacher_identity(logits: TeacherLogits, expected: str) -> None:
             )
 
 
+def sampled_codec(location, teacher_names: str | None, allow_partial: bool, storage_options: dict | None):
+    """The codec of the one teacher a run would read, if it stores sampled classes (``sample:K:T``,
+    which fixes the temperature); None for every other store and for ensembles."""
+    store = location if isinstance(location, LogitStore) else open_store(location, storage_options=storage_options)
+    names = [n for n in (teacher_names or "").split(",") if n]
+    if len(names) > 1:
+        return None
+    codec = _resolve_teachers(store, names, allow_partial)[0].codec
+    return codec if codec.sparse_only else None
+
+
 def _resolve_teachers(store, names, allow_partial: bool) -> list:
     if not names:  # the only complete teacher; or the only teacher, if none is complete yet
         only_one = not store.teacher_names and len(store.all_teacher_names) == 1
@@ -328,13 +339,14 @@ class PairedDataset(Dataset):
         return self.logits.take(indices // self.replay.views, indices % self.replay.views)
 
     def loader(self, sampler, batch_size: int, workers: int = 0, drop_last: bool = False, pin_memory: bool = False,
-               persistent_workers: bool = False) -> PairedLoader:
+               persistent_workers: bool = False, extra=None) -> PairedLoader:
         """Batches of ``(inputs, labels, targets)`` in ``sampler``'s order, as
-        ``DataLoader(self, batch_size, sampler=sampler, drop_last=drop_last)`` would give them."""
+        ``DataLoader(self, batch_size, sampler=sampler, drop_last=drop_last)`` would give them;
+        ``extra(indices)``, if given, is appended to each (a batch's cached features)."""
         batches = BatchSampler(sampler, batch_size, drop_last)
         inputs = DataLoader(_Inputs(self.dataset, self.replay), sampler=batches, batch_size=None,
                             num_workers=workers, pin_memory=pin_memory, persistent_workers=persistent_workers)
-        return PairedLoader(inputs, self, pin_memory)
+        return PairedLoader(inputs, self, pin_memory, extra)
 
 
 class _Inputs(Dataset):
@@ -363,18 +375,20 @@ class PairedLoader:
     """Iterates ``(inputs, labels, targets)``: the DataLoader's batches, with their targets gathered
     (one gather per batch, decoded as a batch) where they are iterated."""
 
-    def __init__(self, inputs: DataLoader, paired: PairedDataset, pin_memory: bool = False):
-        self.inputs, self.paired, self.pin_memory = inputs, paired, pin_memory
+    def __init__(self, inputs: DataLoader, paired: PairedDataset, pin_memory: bool = False, extra=None):
+        self.inputs, self.paired, self.pin_memory, self.extra = inputs, paired, pin_memory, extra
 
     def __len__(self):
         return len(self.inputs)
 
     def __iter__(self):
         for inputs, labels, indices in self.inputs:
-            targets = self.paired.targets(indices.numpy())
+            gathered = [self.paired.targets(indices.numpy())]
+            if self.extra is not None:
+                gathered.append(self.extra(indices.numpy()))
             if self.pin_memory:
-                targets = _pinned(targets)
-            yield inputs, labels, targets
+                gathered = [_pinned(values) for values in gathered]
+            yield inputs, labels, *gathered
 
 
 def _pinned(targets):

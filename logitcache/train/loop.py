@@ -15,29 +15,33 @@ from the raw sample, with that view's logits.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from ..devices import resolve_device
-from ..distributed import Distributed, distributed
+from ..distributed import Distributed, distributed, is_main_process
 from ..errors import ConfigError, DatasetError, ModelError
-from ..losses import loss_spec
+from ..features.distiller import FeatureRun
+from ..losses import LOSSES, loss_spec
 from ..mixing import Mixer
+from ..progress import progress_bar
 from ..sources import get_dataset, get_model, transforms
 from ..store import open_store
 from ..views.replay import ViewReplay, check_view_hashes
-from .config import TrainConfig, get_lr, validate
-from .data import EpochSampler, PairedDataset, TeacherLogits
+from .board import open_board
+from .config import TrainConfig, get_lr, validate, warmup_note
+from .data import EpochSampler, PairedDataset, TeacherLogits, sampled_codec
 from .resume import (
     best,
     check_step_loss,
+    collapse_error,
     hold_run,
     open_resume,
     prepare_run,
@@ -45,6 +49,8 @@ from .resume import (
     weights_error,
 )
 from .run_files import RunFiles
+from .student import build_optimizer as _optimizer
+from .student import wrap_ddp as _wrap_ddp
 
 
 @dataclass
@@ -58,6 +64,10 @@ class TrainSummary:
 
     def lines(self) -> list[str]:
         last, best = self.last, self.best
+        if last.get("val_top1") is None:  # no --val-dataset: nothing to call best
+            return [f"trained {self.epochs} epochs in {self.seconds:.1f} s -> {self.out}",
+                    f"  last epoch: train loss {last['train_loss']:.4f}",
+                    "  no validation set (--val-dataset), so best.pt is the last epoch's weights"]
         return [
             f"trained {self.epochs} epochs in {self.seconds:.1f} s -> {self.out}",
             f"  last epoch: val top-1 {_pct(last.get('val_top1'))}, top-5 {_pct(last.get('val_top5'))}, "
@@ -78,19 +88,35 @@ def train(config: TrainConfig, log=print) -> TrainSummary:
     Rank 0 holds the run directory's lock throughout; see ``resume.py`` for that, for what a
     ``--resume`` may change, and for stopping at a non-finite loss (TrainingDivergedError).
     """
-    config = config.resolved()
-    validate(config)
+    validate(config.resolved())  # every option checked before the store is opened
+    config = with_store_temperature(config, log if is_main_process() else _quiet).resolved()
     run = RunFiles(Path(config.out))
     with distributed(config.device) as dist, hold_run(run, dist):
         return _train(config, run, dist, log if dist.is_main else _quiet)
 
 
+def with_store_temperature(config: TrainConfig, log) -> TrainConfig:
+    """``config`` with ``--temperature`` set to the one a ``sample:K:T`` store's classes were drawn
+    at, when none is given and the loss reads sampled targets (KL from sampled classes estimates
+    the KL at that temperature only); said in one line. Otherwise ``config`` as it is."""
+    loss = config.loss or "dist"
+    if config.temperature is not None or not config.store or loss not in LOSSES or not loss_spec(loss).reads_sparse:
+        return config
+    codec = sampled_codec(config.store, config.teacher, config.allow_partial, config.storage_options)
+    if codec is None:
+        return config
+    log(f"--temperature {codec.temperature:g}: the temperature the store's classes were sampled at ({codec.name})")
+    return replace(config, temperature=codec.temperature)
+
+
 def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainSummary:
     device = resolve_device(dist.device(config.device))
     resumed = open_resume(run, config, dist, log)  # before any data is read: refuses a changed run at once
+    if note := warmup_note(config):
+        log(note)
 
     # Data: the teacher's logits, the training set (replayed views, or any augmentation), validation.
-    uses_store = config.store and loss_spec(config.loss).needs_teacher
+    uses_store = config.store and (loss_spec(config.loss).needs_teacher or config.feature_loss)
     store = open_store(config.store, storage_options=config.storage_options) if uses_store else None  # once
     logits = _open_teacher_logits(config, store)
     train_source, replay = _training_data(config, store, logits, log)
@@ -100,23 +126,32 @@ def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainS
     paired = PairedDataset(train_source.dataset, logits, replay)
 
     # The student, checked against the data before any step.
-    student = _checked_student(config, paired[int(rows[0]) * (replay.views if replay else 1)][0], val_source,
-                               num_classes, "store" if logits is not None else "dataset", device)
+    sample = paired[int(rows[0]) * (replay.views if replay else 1)][0]
+    student = _checked_student(config, sample, val_source, num_classes, "store" if logits is not None else "dataset",
+                               device)
     model = _wrap_ddp(student, dist, device)
     online = _online_teacher(config, num_classes, device)
-    optimizer = _optimizer(config, student)
+    features = FeatureRun.build(config, student, sample, device, store=store, rows=rows, online=online,
+                                teacher_name=logits.teacher_names[0] if logits is not None else None,
+                                random_views=train_source.random_views and not replay)
+    paired = features.pair(paired, replay.views if replay else 0) if features else paired
+    optimizer = _optimizer(config, student if features is None else torch.nn.ModuleList([student, features.distiller]))
     kd = loss_spec(config.loss).build(config)
     mixer = Mixer(config.mixup, config.cutmix, config.temperature)
-    start_epoch, history = prepare_run(run, config, resumed, student, optimizer, dist, log)
+    connectors = features.distiller if features else None  # trained with the student, saved beside it
+    start_epoch, history = prepare_run(run, config, resumed, student, optimizer, dist, log, connectors)
 
-    sampler, loader = _epoch_loader(config, paired, rows, logits, replay, dist, device)
+    sampler, loader = _epoch_loader(config, paired, rows, logits, replay, dist, device, features)
+    board = open_board(config, (start_epoch - 1) * len(loader), log, enabled=dist.is_main)
+    chance, teacher_top1 = _majority_share(val_source), _teacher_top1(store, logits)
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs + 1):
         sampler.set_epoch(epoch)
         torch.manual_seed(config.seed * 100_003 + epoch + 1_000_003 * dist.rank)  # a function of (seed, epoch, rank)
         mix_rng = np.random.default_rng([config.seed, epoch, dist.rank, MIX_TAG]) if mixer.enabled else None
         epoch_start = time.perf_counter()
-        losses = train_one_epoch(model, loader, optimizer, kd, online, config, epoch, device, dist, mixer, mix_rng)
+        losses = train_one_epoch(model, loader, optimizer, kd, online, config, epoch, device, dist, mixer, mix_rng,
+                                 board, features)
         dist.agree(weights_error(student, config, epoch))
         record = None
         if dist.is_main:
@@ -124,18 +159,36 @@ def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainS
             record = {**_epoch_record(epoch, losses), **evaluate(student, val_source, config, device),
                       "epoch_seconds": round(time.perf_counter() - epoch_start, 3)}
             history.append(record)
-            save_epoch(run, config, student, optimizer, num_classes, history)
+            board.epoch(record, epoch * len(loader) - 1)  # flushed before the checkpoint: a resume purges the rest
+            save_epoch(run, config, student, optimizer, num_classes, history, connectors)
             log(_epoch_line(record, config.epochs))
         else:
             history.append(None)
         history[-1] = dist.broadcast(record)
-        dist.agree()
+        dist.agree(collapse_error(history[-1], config, num_classes, chance, teacher_top1))
     summary = TrainSummary(config.out, config.epochs, time.perf_counter() - started, history[-1],
                            best(history), history)
     if dist.is_main:
         run.finish(summary_record(summary))
+    board.close()
     dist.agree()
     return summary
+
+
+def _teacher_top1(store, logits: TeacherLogits | None) -> float | None:
+    """The recorded top-1 of the store's teacher(s) on the training labels (their mean for an
+    ensemble); None without a store (an online teacher's is not known before training)."""
+    if logits is None:
+        return None
+    scores = [(store.teacher(name).attrs.get("metrics") or {}).get("top1") for name in logits.teacher_names]
+    return None if None in scores else sum(scores) / len(scores)
+
+
+def _majority_share(source) -> float | None:
+    """The val top-1 of always answering the validation set's most frequent class (None without one)."""
+    if source is None:
+        return None
+    return float(np.bincount(source.labels).max() / len(source.labels))
 
 
 def _checked_student(config: TrainConfig, sample, val_source, num_classes: int, source: str, device):
@@ -153,14 +206,17 @@ def _checked_student(config: TrainConfig, sample, val_source, num_classes: int, 
     return student
 
 
-def _epoch_loader(config: TrainConfig, paired, rows, logits, replay, dist: Distributed, device) -> tuple:
-    """The epoch sampler (block-shuffled when logits are streamed) and the DataLoader over it."""
+def _epoch_loader(config: TrainConfig, paired, rows, logits, replay, dist: Distributed, device,
+                  features=None) -> tuple:
+    """The epoch sampler (block-shuffled when logits are streamed) and the batches over it
+    (``PairedDataset.loader``: targets and cached features gathered a batch at a time)."""
     streamed = logits is not None and not logits.in_memory
     sampler = EpochSampler(rows, config.seed, block_rows=logits.block_rows if streamed else None,
                            window_blocks=logits.window_blocks if streamed else 1,
                            rank=dist.rank, world_size=dist.world_size,
                            views=replay.views if replay else 0, view_order=config.view_order)
-    drop_last = 0 < len(sampler) % config.batch_size < loss_spec(config.loss).min_batch  # a batch it is defined on
+    min_batch = max(loss_spec(config.loss).min_batch, features.min_batch if features else 1)
+    drop_last = 0 < len(sampler) % config.batch_size < min_batch  # a batch the losses are defined on
     loader = paired.loader(sampler, config.batch_size, workers=config.workers, drop_last=drop_last,
                            pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
     return sampler, loader
@@ -170,15 +226,18 @@ MIX_TAG = 0x313C  # keeps the Mixup/CutMix random stream apart from the others
 
 
 def train_one_epoch(model, loader, optimizer, kd, online, config: TrainConfig, epoch: int, device,
-                    dist: Distributed, mixer: Mixer | None = None, mix_rng=None) -> list[tuple]:
-    """One pass over the loader; returns (step, lr, loss, ce, kd) per step, averaged over ranks.
+                    dist: Distributed, mixer: Mixer | None = None, mix_rng=None, board=None,
+                    features=None) -> list[tuple]:
+    """One pass over the loader; returns (step, lr, loss, ce, kd) per step, averaged over ranks
+    (and writes each to ``board``, the run's TensorBoard, if any). ``features`` (a FeatureRun):
+    feature losses, whose weighted sum is part of the loss.
     Stops (TrainingDivergedError) at the first step whose loss is not finite, on every rank."""
     model.train()
     steps_per_epoch = len(loader)
     losses = []
-    bar = tqdm(loader, desc=f"epoch {epoch}/{config.epochs}", disable=not (config.progress and dist.is_main),
-               leave=False, dynamic_ncols=True)
-    for step_in_epoch, (inputs, labels, teacher_logits) in enumerate(bar):
+    bar = progress_bar(loader, desc=f"epoch {epoch}/{config.epochs}", unit="step", leave=False,
+                       enabled=config.progress and dist.is_main)
+    for step_in_epoch, (inputs, labels, teacher_logits, *stored_features) in enumerate(bar):
         step = (epoch - 1) * steps_per_epoch + step_in_epoch
         lr = get_lr(config, step, steps_per_epoch)
         for group in optimizer.param_groups:
@@ -190,23 +249,30 @@ def train_one_epoch(model, loader, optimizer, kd, online, config: TrainConfig, e
             mixed = mixer(inputs, labels, cached, mix_rng)
             inputs, teacher_logits = mixed.inputs, mixed.teacher
         if online is not None:  # the teacher in the loop sees the (mixed) inputs themselves
-            with torch.inference_mode():
+            with torch.inference_mode(), features.online_tap() if features else contextlib.nullcontext():
                 teacher_logits = online(inputs).float()
             teacher_logits = teacher_logits.clone()  # a normal tensor: losses may save it for backward
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+        with (torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16),
+              features.student_tap() if features else contextlib.nullcontext()):
             student_logits = model(inputs)
         ce = mixed.cross_entropy(student_logits) if mixed else F.cross_entropy(student_logits.float(), labels)
         loss, kd_value = config.ce_weight * ce, torch.zeros(())
         if kd is not None:
             kd_value = kd(student_logits, _to_device(teacher_logits, device), labels, epoch=epoch)
             loss = loss + config.kd_weight * kd_value
+        if features is not None:  # each feature loss carries its own weight
+            loss = loss + features.loss(stored_features[0] if stored_features else None, device, epoch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if features is not None:
+            features.average_gradients(dist)
         optimizer.step()
         values = dist.sum([loss.item(), ce.item(), kd_value.item()])
         losses.append((step, lr, *(v / dist.world_size for v in values)))
         check_step_loss(losses[-1], config, epoch, step_in_epoch, steps_per_epoch)
-        bar.set_postfix(loss=f"{losses[-1][2]:.4f}")
+        bar.set_postfix(loss=f"{losses[-1][2]:.4f}", refresh=False)  # shown at the bar's next redraw
+        if board is not None:  # the run's TensorBoard (train_one_epoch is also called without one)
+            board.step(*losses[-1])
     return losses
 
 
@@ -225,14 +291,6 @@ def _to_device(targets, device):
 
 def _quiet(*_):
     pass
-
-
-def _wrap_ddp(student, dist: Distributed, device):
-    if not dist.enabled:
-        return student
-    from torch.nn.parallel import DistributedDataParallel
-
-    return DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 @torch.no_grad()
@@ -257,7 +315,7 @@ def evaluate(model, source, config: TrainConfig, device) -> dict:
 
 def _open_teacher_logits(config: TrainConfig, store) -> TeacherLogits | None:
     """Open the store's teacher(s), check them against the options, and load or stream their logits."""
-    if not config.store or not loss_spec(config.loss).needs_teacher:
+    if not config.store or not (loss_spec(config.loss).needs_teacher or config.feature_loss):
         return None
     mixing = bool(config.mixup or config.cutmix)  # mixing needs whole distributions
     sparse = loss_spec(config.loss).reads_sparse and not mixing
@@ -363,13 +421,6 @@ def _online_teacher(config: TrainConfig, num_classes: int, device):
         return None
     teacher = get_model(config.online_teacher, num_classes, weights=config.online_teacher_weights)
     return teacher.to(device).eval()
-
-
-def _optimizer(config: TrainConfig, model):
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay, nesterov=config.momentum > 0)
 
 
 

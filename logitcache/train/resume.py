@@ -6,6 +6,7 @@ and checkpoints only of finite weights.
         start, history = prepare_run(run, config, checkpoint, student, optimizer, dist, log)
         check_step_loss(losses[-1], config, epoch, batch, batches)   # every step: TrainingDivergedError
         dist.agree(weights_error(student, config, epoch))            # every epoch, before its checkpoint
+        dist.agree(collapse_error(record, config, num_classes, chance, teacher_top1))   # after DKD's warm-up
         save_epoch(run, config, student, optimizer, num_classes, history)
 
 - **One writer.** Rank 0 holds ``RUN/.lock`` (``RunFiles.lock``) from before the first file is read
@@ -19,6 +20,10 @@ and checkpoints only of finite weights.
   not the run those epochs would give from the start. That is allowed (extending a run is common
   and the epochs already done keep their results) and said in a note line. A resume rewrites
   config.json with the options it continues with; every checkpoint records its own.
+- **Stop a student that collapsed.** After a loss's own warm-up (DKD's), an epoch whose mean
+  training cross-entropy is no lower than a uniform guess's, or whose val top-1 is no better than
+  always answering the most frequent class, while the store's teacher is well above chance, stops
+  the run with what to change (``collapse_error``).
 - **Stop at the first non-finite step.** The per-step loss is summed over ranks before the check,
   so every rank sees the same value and all raise together; the weights are checked (through
   ``Distributed.agree``) before each epoch's checkpoint. ``last.pt`` keeps the last finished epoch,
@@ -106,7 +111,7 @@ def _json_entry(run: RunFiles, checkpoint: dict, key: str):
 
 
 def prepare_run(run: RunFiles, config: TrainConfig, checkpoint: dict | None, student, optimizer,
-                dist: Distributed, log) -> tuple[int, list]:
+                dist: Distributed, log, connectors=None) -> tuple[int, list]:
     """Where to start: a fresh run directory, or after the epoch of ``checkpoint`` (from open_resume)."""
     if checkpoint is None:
         error = None
@@ -119,8 +124,10 @@ def prepare_run(run: RunFiles, config: TrainConfig, checkpoint: dict | None, stu
         return 1, []
     try:
         student.load_state_dict(checkpoint["model"])
+        if connectors is not None:  # feature losses' connectors: trained with the student, not part of it
+            connectors.load_state_dict(checkpoint["connectors"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-    except (RuntimeError, ValueError) as err:
+    except (RuntimeError, ValueError, KeyError) as err:
         raise CheckpointError(f"{run.last} does not fit this student: {str(err).splitlines()[0]}") from None
     history = _json_entry(run, checkpoint, "history")
     start_epoch = history[-1]["epoch"] + 1
@@ -144,6 +151,38 @@ def check_step_loss(record: tuple, config: TrainConfig, epoch: int, batch: int, 
     )
 
 
+def collapse_error(record: dict, config: TrainConfig, num_classes: int, chance: float | None,
+                   teacher_top1: float | None) -> TrainingDivergedError | None:
+    """The error to stop with when, after the loss's warm-up (DKD's), the student is no better than
+    chance while its teacher is: its mean training cross-entropy is no lower than a uniform guess's
+    (ln C), or its validation top-1 is no higher than always answering the most frequent class
+    (``chance``). Checked from the epoch after the warm-up (never on epoch 1, whose mean includes
+    the start), and only when the teacher's recorded top-1 (``teacher_top1``, a store's) is at
+    least twice a uniform guess's: a student that follows a teacher at chance has not collapsed."""
+    from ..losses import loss_spec
+
+    option = loss_spec(config.loss).warmup
+    warmup = getattr(config, option) if option else None
+    if warmup is None or record["epoch"] <= max(warmup, 1) or (teacher_top1 or 0) < 2 / num_classes:
+        return None
+    uniform = math.log(num_classes)
+    why = []
+    if record["train_ce"] >= uniform:
+        why.append(f"its training cross-entropy {record['train_ce']:.3f} is no lower than a uniform guess's "
+                   f"(ln {num_classes} = {uniform:.3f})")
+    if chance is not None and record.get("val_top1") is not None and record["val_top1"] <= chance:
+        why.append(f"its val top-1 {record['val_top1']:.2%} is no better than always answering the most frequent "
+                   f"class ({chance:.2%})")
+    if not why:
+        return None
+    return TrainingDivergedError(
+        f"epoch {record['epoch']}: the student sits at chance after the {config.loss} warm-up ({' and '.join(why)}), "
+        f"while its teacher's top-1 is {teacher_top1:.2%}: it collapsed, so training stopped. Lower --lr "
+        f"({config.lr:g}) or --kd-weight ({config.kd_weight:g}), or lengthen --{option.replace('_', '-')} ({warmup}), "
+        "then start again with --overwrite"
+    )
+
+
 def weights_error(student, config: TrainConfig, epoch: int) -> TrainingDivergedError | None:
     """The error to stop with when the weights are no longer finite after ``epoch``'s last step
     (its losses were all finite, but a last update overflowed); None when they are finite."""
@@ -163,9 +202,12 @@ def _what_is_kept(config: TrainConfig, epoch: int) -> str:
             "options, then start again with --overwrite)")
 
 
-def save_epoch(run: RunFiles, config: TrainConfig, student, optimizer, num_classes: int, history: list) -> None:
+def save_epoch(run: RunFiles, config: TrainConfig, student, optimizer, num_classes: int, history: list,
+               connectors=None) -> None:
     state = {"optimizer": optimizer.state_dict(), "epoch": history[-1]["epoch"],
              "history": json.dumps(history), "config": json.dumps(options_record(config))}
+    if connectors is not None:  # the checkpoint's model stays the plain student
+        state["connectors"] = connectors.state_dict()
     save_checkpoint(run.last, model=student, model_spec=config.student, num_classes=num_classes, state=state)
     if best(history) is history[-1]:
         shutil.copyfile(run.last, run.best)
@@ -173,8 +215,10 @@ def save_epoch(run: RunFiles, config: TrainConfig, student, optimizer, num_class
 
 
 def best(history: list) -> dict:
-    """The epoch with the best validation top-1 (the last one when there is no validation)."""
+    """The epoch with the best validation top-1; for language models, which have no top-1, the
+    lowest validation loss; the last epoch when there is no validation."""
     scored = [h for h in history if h.get("val_top1") is not None]
-    if not scored:
-        return history[-1]
-    return max(reversed(scored), key=lambda h: h["val_top1"])
+    if scored:
+        return max(reversed(scored), key=lambda h: h["val_top1"])
+    losses = [h for h in history if h.get("val_loss") is not None]
+    return min(reversed(losses), key=lambda h: h["val_loss"]) if losses else history[-1]

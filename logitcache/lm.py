@@ -1,0 +1,273 @@
+"""Distil a language model from a token store in any PyTorch training loop.
+
+    >>> from torch.utils.data import DataLoader
+    >>> from logitcache.lm import TokenStoreDataset, collate_tokens, distillation_loss
+    >>> data = TokenStoreDataset("data/stores/shakespeare.zarr")         # its only complete teacher
+    >>> for batch in DataLoader(data, batch_size=16, shuffle=True, collate_fn=collate_tokens):
+    ...     logits = model(batch["input_ids"])                            # (B, L, V), unshifted
+    ...     loss = distillation_loss(logits, batch, temperature=1.0, kd_weight=1.0, ce_weight=1.0)
+    ...     loss.backward(); optimizer.step(); optimizer.zero_grad()
+
+Each item is one stored sequence, named as Hugging Face models and trainers expect:
+
+- ``input_ids`` (L,) int64: the stored token ids; ``attention_mask`` (L,) int64: 1 on real tokens;
+- ``labels`` (L,) int64: the token ids where they are training targets, -100 elsewhere. Hugging
+  Face causal LMs shift labels inside the model, so ``labels[t + 1] = input_ids[t + 1]`` exactly
+  when the store's ``loss_mask[t]`` is set (and ``labels[0]`` is always -100);
+- the teacher's targets for the L positions (row t: its distribution over the token after t), as
+  its codec stores them, never densified: ``teacher_logits`` (L, V) for dense codecs;
+  ``teacher_indices``, ``teacher_logprobs`` (L, K) and ``teacher_tail`` (L,) for ``topk:K``;
+  ``teacher_indices``, ``teacher_weights``, ``teacher_logprobs`` (L, K) and the sampling
+  ``teacher_temperature`` () for ``sample:K[:T]``.
+
+Targets are read by whole sequences and decoded per batch (``TokenStoreDataset.batch``): held in
+memory, compact as stored, when they fit ``cache_budget``, else read chunk by chunk (a chunk holds
+whole sequences) through a small cache. Every read is checked against the store's digests.
+``logitcache.hf.DistillationTrainer`` is the Hugging Face ``Trainer`` for these batches.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .errors import ConfigError, StoreIncompleteError, StoreMismatchError
+from .store import LogitStore, Teacher, open_store
+from .token_losses import IGNORE_INDEX, token_loss_sums
+
+CACHE_BUDGET = 4 << 30  # bytes of stored targets held in memory before they are read chunk by chunk
+TEACHER_PREFIX = "teacher_"
+TEACHER_COLUMNS = ("teacher_logits", "teacher_indices", "teacher_logprobs", "teacher_tail", "teacher_weights",
+                   "teacher_temperature")
+
+__all__ = ["TEACHER_COLUMNS", "TeacherTargets", "TokenStoreDataset", "collate_tokens", "distillation_loss",
+           "open_teacher", "teacher_of"]
+
+
+class TeacherTargets:
+    """One teacher's stored rows for whole sequences, decoded per batch into ``teacher_*`` tensors.
+
+    In memory (as stored: ids and fp16 values stay small) when ``num_rows * row_bytes`` fits
+    ``budget_bytes``, else read by chunk with at most ``window_chunks`` chunks cached.
+    """
+
+    def __init__(self, teacher: Teacher, seq_len: int, budget_bytes: int = CACHE_BUDGET, sequences=None):
+        self._teacher, self.store, self.name = teacher, teacher.store, teacher.name
+        self.codec, self.seq_len, self.num_rows = teacher.codec, seq_len, teacher.num_samples
+        self.layout, self.rows_per_chunk = teacher.layout, teacher.layout.rows_per_chunk
+        self.shapes = {name: (array.shape[1:], array.dtype) for name, array in teacher.arrays.items()}
+        self.sample_temperature = getattr(self.codec, "temperature", None) if self.codec.sparse_only else None
+        row_bytes = sum(np.dtype(dtype).itemsize * int(np.prod(shape)) for shape, dtype in self.shapes.values())
+        self.in_memory = self.num_rows * row_bytes <= budget_bytes
+        self.window_chunks = max(1, budget_bytes // max(row_bytes * self.rows_per_chunk, 1))
+        self._table = self._load(sequences) if self.in_memory else None
+        self._cache: OrderedDict = OrderedDict()
+
+    def __getstate__(self):  # DataLoader workers reopen the store (zarr handles are per process)
+        return {**self.__dict__, "_teacher": None, "_cache": OrderedDict()}
+
+    @property
+    def teacher(self) -> Teacher:
+        if self._teacher is None:
+            self._teacher = self.store.teacher(self.name)
+        return self._teacher
+
+    def _read(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        # Checked against the chunk digests; rows of done shards only, so every row was written.
+        return self.teacher.read_stored(start, stop)
+
+    def _load(self, sequences) -> dict[str, np.ndarray]:
+        """Every row of the given sequences (default: all), read by shard; other rows stay zero."""
+        length = self.seq_len
+        table = {name: np.zeros((self.num_rows, *shape), dtype=dtype) for name, (shape, dtype) in self.shapes.items()}
+        wanted = np.zeros(self.num_rows // length, dtype=bool)
+        wanted[slice(None) if sequences is None else sequences] = True
+        for shard in range(self.layout.num_shards(self.num_rows)):
+            start, stop = self.layout.shard_rows(shard, self.num_rows)
+            if wanted[start // length:stop // length].any():
+                for name, values in self._read(start, stop).items():
+                    table[name][start:stop] = values
+        return table
+
+    def _chunk(self, chunk: int) -> dict[str, np.ndarray]:
+        stored = self._cache.get(chunk)
+        if stored is None:
+            start = chunk * self.rows_per_chunk
+            stored = self._read(start, min(start + self.rows_per_chunk, self.num_rows))
+            self._cache[chunk] = stored
+            while len(self._cache) > self.window_chunks:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(chunk)
+        return stored
+
+    def stored(self, sequences: np.ndarray) -> dict[str, np.ndarray]:
+        """The stored arrays of these sequences' positions, (len(sequences) * L, ...) in order."""
+        rows = (sequences[:, None] * self.seq_len + np.arange(self.seq_len)).ravel()
+        if self._table is not None:
+            return {name: values[rows] for name, values in self._table.items()}
+        chunks = rows // self.rows_per_chunk
+        out = {name: np.empty((len(rows), *shape), dtype=dtype) for name, (shape, dtype) in self.shapes.items()}
+        for chunk in np.unique(chunks):
+            picked = np.flatnonzero(chunks == chunk)
+            stored = self._chunk(int(chunk))
+            for name in out:
+                out[name][picked] = stored[name][rows[picked] - chunk * self.rows_per_chunk]
+        return out
+
+    def batch(self, sequences: np.ndarray) -> dict[str, Tensor]:
+        """``teacher_*`` tensors of shape (B, L, ...) for these sequences (module docstring)."""
+        stored, shape = self.stored(sequences), (len(sequences), self.seq_len)
+        if self.codec.sparse_form:
+            decoded = self.codec.sparse_targets(stored)
+        else:
+            decoded = {"logits": self.codec.decode(stored)}
+        out = {TEACHER_PREFIX + name: torch.from_numpy(np.ascontiguousarray(values)).reshape(*shape, *values.shape[1:])
+               for name, values in decoded.items()}
+        if self.sample_temperature is not None:
+            out["teacher_temperature"] = torch.full((len(sequences),), self.sample_temperature, dtype=torch.float32)
+        return out
+
+    def top1(self, sequences: np.ndarray) -> Tensor:
+        """(B, L) the teacher's most probable next token (a ``sample`` row: its most drawn one)."""
+        top = self.codec.top_classes(self.stored(sequences), 1)[:, 0]
+        return torch.from_numpy(top.astype(np.int64)).reshape(len(sequences), self.seq_len)
+
+
+class TokenStoreDataset(Dataset):
+    """The sequences of a token store (format v4), each with its teacher's targets (module docstring).
+
+    Args:
+        store: a path or URL, or an open ``LogitStore``; it must be a token store.
+        teacher: the teacher's name in the store (default: its only complete teacher).
+        targets: False for the sequences alone (a label-only run reads no teacher).
+        cache_budget: bytes of stored targets held in memory before they are read chunk by chunk.
+        allow_partial: train on the sequences an unfinished dump has written.
+        storage_options: fsspec options for a remote store.
+
+    Raises:
+        StoreMismatchError: not a token store, or no such teacher.
+        StoreIncompleteError: the teacher is unfinished (without ``allow_partial``), or nothing is written.
+    """
+
+    def __init__(self, store, teacher: str | None = None, *, targets: bool = True, cache_budget: int = CACHE_BUDGET,
+                 allow_partial: bool = False, storage_options: dict | None = None):
+        store = store if isinstance(store, LogitStore) else open_store(store, storage_options=storage_options)
+        if not store.is_tokens:
+            raise StoreMismatchError(f"{store.location} holds labelled samples, not token sequences; a token store "
+                                     "is made by `logitcache dump --tokenizer ...`")
+        self.store, self.vocab_size = store, store.vocab_size
+        self.teacher = open_teacher(store, teacher, allow_partial) if targets else None
+        sequences = _written_sequences(self.teacher, store.seq_len) if self.teacher is not None else None
+        self._setup(store.tokens, store.loss_mask, store.lengths, sequences)
+        self.targets = (TeacherTargets(self.teacher, store.seq_len, cache_budget, sequences)
+                        if self.teacher is not None else None)
+
+    @classmethod
+    def from_arrays(cls, tokens, loss_mask, lengths, vocab_size: int | None = None) -> TokenStoreDataset:
+        """Sequences without a teacher (a ``sources.TokenSource``'s arrays): label-only data."""
+        dataset = cls.__new__(cls)
+        dataset.store, dataset.teacher, dataset.targets, dataset.vocab_size = None, None, None, vocab_size
+        dataset._setup(tokens, loss_mask, lengths, None)
+        return dataset
+
+    def _setup(self, tokens, loss_mask, lengths, sequences) -> None:
+        # numpy arrays: their fancy indexing costs microseconds where torch's may wait on its thread pool;
+        # the ids keep the store's compact dtype (uint8/16/32) and widen per batch
+        self.tokens = np.asarray(tokens)
+        self.loss_mask = np.asarray(loss_mask, dtype=bool)
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.seq_len = self.tokens.shape[1]
+        self.sequences = np.arange(len(self.tokens)) if sequences is None else np.asarray(sequences, dtype=np.int64)
+        self.targets_per_sequence = self.loss_mask[self.sequences].sum(1)
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __getstate__(self):  # DataLoader workers reopen the store themselves
+        return {**self.__dict__, "teacher": None}
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return {name: values[0] for name, values in self.batch([index]).items()}
+
+    def batch(self, indices, teacher: bool = True) -> dict[str, Tensor]:
+        """Items ``indices`` stacked, read and decoded at once: what ``collate_tokens`` of their
+        items gives, faster (``teacher=False``: without the teacher's targets)."""
+        sequences = self.sequences[np.asarray(indices, dtype=np.int64)]
+        tokens = self.tokens[sequences].astype(np.int64)
+        labels = np.full_like(tokens, IGNORE_INDEX)
+        labels[:, 1:] = np.where(self.loss_mask[sequences, :-1], tokens[:, 1:], IGNORE_INDEX)
+        attention = (np.arange(self.seq_len) < self.lengths[sequences][:, None]).astype(np.int64)
+        batch = {"input_ids": torch.from_numpy(tokens), "attention_mask": torch.from_numpy(attention),
+                 "labels": torch.from_numpy(labels)}
+        if teacher and self.targets is not None:
+            batch.update(self.targets.batch(sequences))
+        return batch
+
+
+def collate_tokens(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Stack ``TokenStoreDataset`` items into a batch (every stored sequence has the same length)."""
+    return {name: torch.stack([item[name] for item in items]) for name in items[0]}
+
+
+def teacher_of(batch: dict) -> dict[str, Tensor] | None:
+    """A batch's teacher targets without their ``teacher_`` prefix, or None if it has none."""
+    teacher = {name[len(TEACHER_PREFIX):]: value for name, value in batch.items() if name.startswith(TEACHER_PREFIX)}
+    return teacher or None
+
+
+def distillation_loss(student_logits: Tensor, batch: dict, temperature: float = 1.0, kd_weight: float = 1.0,
+                      ce_weight: float = 1.0, num_items_in_batch: float | Tensor | None = None) -> Tensor:
+    """``ce_weight * CE + kd_weight * KL(teacher_T || student_T) * T²`` per target token.
+
+    Args:
+        student_logits: (B, L, V) the student's logits for ``batch["input_ids"]``, unshifted.
+        batch: a ``TokenStoreDataset`` batch: ``labels`` and the ``teacher_*`` targets.
+        temperature: the KL's; a ``sample`` store's targets serve only the temperature they were drawn at.
+        kd_weight, ce_weight: the weights of the two terms.
+        num_items_in_batch: divide by this many target tokens instead of this batch's own (a step's
+            total over accumulated micro-batches or devices, as the Hugging Face Trainer counts it).
+
+    Raises:
+        ConfigError: ``kd_weight`` > 0 but the batch has no teacher targets; ``temperature`` is not
+            the one a ``sample`` store's tokens were drawn at.
+    """
+    teacher = teacher_of(batch) if kd_weight else None
+    if kd_weight and teacher is None:
+        raise ConfigError("the batch holds no teacher targets (teacher_* tensors): read it from a token store's "
+                          "teacher, or pass kd_weight=0 for the cross-entropy alone")
+    sums = token_loss_sums(student_logits, batch["labels"], teacher, temperature)
+    count = float(num_items_in_batch) if num_items_in_batch is not None else None
+    return sums.mean(ce_weight, kd_weight, count)
+
+
+def open_teacher(store: LogitStore, name: str | None = None, allow_partial: bool = False) -> Teacher:
+    """The teacher called ``name``; without one, the store's only complete teacher, or its only
+    teacher if none is complete yet (then refused unless ``allow_partial``)."""
+    if name is None:  # the only complete teacher; or the only teacher, if none is complete yet
+        only = not store.teacher_names and len(store.all_teacher_names) == 1
+        name = store.all_teacher_names[0] if only else None
+    teacher = store.teacher(name)
+    if not teacher.is_complete and not allow_partial:
+        raise StoreIncompleteError(
+            f"teacher {teacher.name!r} in {store.location} is {teacher.status} ({int(teacher.shard_done().sum())}/"
+            f"{teacher.num_shards} shards); finish the dump, or pass --allow-partial to train on the written "
+            "sequences only")
+    return teacher
+
+
+def _written_sequences(teacher: Teacher, seq_len: int) -> np.ndarray:
+    """The sequences whose positions the teacher has written (all of them once it is complete)."""
+    if teacher.is_complete:
+        return np.arange(teacher.num_samples // seq_len)
+    written = np.zeros(teacher.num_samples // seq_len, dtype=bool)
+    for shard in np.flatnonzero(teacher.shard_done()):
+        start, stop = teacher.layout.shard_rows(int(shard), teacher.num_samples)
+        written[start // seq_len:stop // seq_len] = True
+    if not written.any():
+        raise StoreIncompleteError(f"teacher {teacher.name!r} in {teacher.store.location}: no shard is written yet, "
+                                   "so there is nothing to train on; let the dump run first")
+    return np.flatnonzero(written)

@@ -1,0 +1,174 @@
+"""``logitcache runs`` and ``logitcache plot``: training runs read back from their files, as a table
+and as curves.
+
+    >>> runs = read_runs(["data/runs/digits"])      # a directory of runs stands for every run in it
+    >>> print(format_runs(runs))                    # settings and best/last results, a row per run
+    >>> plot_runs(runs, "digits.png")               # val top-1 and train loss per epoch, a line per run
+
+A run is a directory ``train`` wrote: its ``metrics.jsonl`` (one record per finished epoch),
+``config.json`` (its options) and, once it finished, ``summary.json``; a run still training is
+read as far as it got. The validation curve is top-1 when the runs have it, else the validation
+loss (a language model's). matplotlib is an optional extra (``pip install 'logitcache[plot]'``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError, RunNotFoundError
+
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class Run:
+    """One training run's files: its label, options, epoch records and (once finished) summary."""
+
+    name: str
+    path: Path
+    config: dict
+    history: list[dict]
+    complete: bool
+
+    def last(self, key: str):
+        return self.history[-1].get(key) if self.history else None
+
+    def best(self, key: str) -> dict | None:
+        """The epoch record with the best ``key`` (highest top-1, lowest loss); None without values."""
+        scored = [h for h in self.history if h.get(key) is not None]
+        if not scored:
+            return None
+        pick = max if "top" in key else min
+        return pick(reversed(scored), key=lambda h: h[key])  # ties: the latest epoch, as train picks best.pt
+
+
+def read_runs(paths) -> list[Run]:
+    """The runs at ``paths``; a directory holding no run stands for the runs directly inside it.
+
+    Raises:
+        RunNotFoundError: a path that is no run and holds none.
+    """
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if (path / METRICS).is_file():
+            found.append(path)
+            continue
+        inside = sorted(p for p in path.iterdir() if (p / METRICS).is_file()) if path.is_dir() else []
+        if not inside:
+            raise RunNotFoundError(f"{path} is not a training run (no {METRICS}) and holds none; give the --out "
+                                   "directory of a `logitcache train`, or a directory of them")
+        found += inside
+    names = [p.name for p in found]
+    return [_read_run(p, p.name if names.count(p.name) == 1 else f"{p.parent.name}/{p.name}") for p in found]
+
+
+def _read_run(path: Path, name: str) -> Run:
+    history = []
+    for number, line in enumerate((path / METRICS).read_text().splitlines(), 1):
+        try:
+            history.append(json.loads(line))
+        except ValueError:
+            raise RunNotFoundError(f"{path / METRICS} line {number} is not JSON; is it a logitcache run?") from None
+    config = _json(path / "config.json") or {}
+    summary = _json(path / "summary.json") or {}
+    return Run(name, path, config, history, bool(summary.get("complete")))
+
+
+def _json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def validation_metric(runs: list[Run]) -> str | None:
+    """``val_top1`` when any run has it, else ``val_loss`` when any has that, else None."""
+    for key in ("val_top1", "val_loss"):
+        if any(h.get(key) is not None for run in runs for h in run.history):
+            return key
+    return None
+
+
+def format_runs(runs: list[Run]) -> str:
+    """A table: each run's student, loss, lr, batch and epochs, and its best and last results."""
+    metric = validation_metric(runs)
+    label = {"val_top1": "val top-1", "val_loss": "val loss"}.get(metric, "val")
+    rows = [("run", "student", "loss", "lr", "batch", "epochs", f"best {label}", f"last {label}", "train loss",
+             "time")]
+    for run in runs:
+        config = run.config
+        loss = config.get("loss") or "?"
+        if loss != "ce" and config.get("temperature") is not None:
+            loss += f" T={config['temperature']:g}"
+        total = config.get("epochs")
+        epochs = f"{len(run.history)}" if run.complete else f"{len(run.history)}/{total or '?'}"
+        best = run.best(metric) if metric else None
+        seconds = sum(h.get("epoch_seconds") or 0 for h in run.history)
+        rows.append((run.name, str(config.get("student", "?")), loss, _number(config.get("lr")),
+                     _number(config.get("batch_size")), epochs,
+                     f"{_value(best[metric], metric)} @ epoch {best['epoch']}" if best else "-",
+                     _value(run.last(metric), metric) if metric else "-",
+                     _value(run.last("train_loss"), "train_loss"), f"{seconds:.1f} s"))
+    return _table(rows)
+
+
+def _value(value, key: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2%}" if "top" in key else f"{value:.4f}"
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def _table(rows: list[tuple]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def plot_runs(runs: list[Run], out, title: str | None = None) -> Path:
+    """Write one PNG: the validation curve (top-1 in %, or loss) and the training loss per epoch,
+    one line per run, the same colour for a run in both panels.
+
+    Raises:
+        ConfigError: matplotlib is not installed.
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ConfigError("plot needs matplotlib: pip install 'logitcache[plot]' (or pip install matplotlib)") from None
+    metric = validation_metric(runs)
+    figure = Figure(figsize=(11, 4.2), dpi=100, layout="constrained")
+    panels = figure.subplots(1, 2 if metric else 1, squeeze=False)[0]
+    for index, run in enumerate(runs):
+        colour = f"C{index % 10}"
+        epochs = [h["epoch"] for h in run.history]
+        if metric:
+            values = [h.get(metric) for h in run.history]
+            scale = 100 if metric == "val_top1" else 1
+            panels[0].plot(epochs, [v * scale if v is not None else float("nan") for v in values],
+                           color=colour, label=run.name, marker="." if len(epochs) < 40 else None)
+        panels[-1].plot(epochs, [h.get("train_loss", float("nan")) for h in run.history], color=colour,
+                        label=run.name)
+    if metric:
+        panels[0].set_ylabel("validation top-1 (%)" if metric == "val_top1" else "validation loss")
+        panels[0].set_title("validation " + ("top-1" if metric == "val_top1" else "loss"))
+    panels[-1].set_ylabel("training loss (epoch mean)")
+    panels[-1].set_title("training loss")
+    if all(h.get("train_loss", 0) > 0 for run in runs for h in run.history):
+        panels[-1].set_yscale("log")  # a teacher's cross-entropy and a student's KD total differ by decades
+    for panel in panels:
+        panel.set_xlabel("epoch")
+        panel.grid(True, alpha=0.3)
+    panels[0].legend(loc="best", fontsize="small")
+    if title:
+        figure.suptitle(title)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out)
+    return out

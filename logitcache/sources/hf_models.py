@@ -1,0 +1,100 @@
+"""Hugging Face causal language models from local files: ``hf:DIR`` and ``hf-config:CONFIG``.
+
+    >>> teacher = get_model("hf:models/qwen-0.5b", num_classes=151936)       # its saved weights
+    >>> student = get_model("hf-config:models/small/config.json", num_classes=151936)  # random init
+    >>> logits = teacher(idx)               # idx (B, T) int64 -> logits (B, T, V)
+    >>> teacher.context_length, teacher.vocab_size
+
+``hf:DIR`` loads ``AutoModelForCausalLM.from_pretrained(DIR, local_files_only=True)`` in float32
+(bf16 is the dump's and train's ``--bf16`` autocast, as for every model); ``hf-config:`` takes a
+directory holding ``config.json`` or the file itself and builds the same architecture with weights
+drawn from torch's generator (``torch.manual_seed`` fixes them). Nothing is downloaded. Either is
+wrapped so that ``forward(idx)`` returns the logits tensor. The model's head (the rows of its output
+layer) must cover ``num_classes`` ids; a wider head is fine (models often pad it beyond the
+tokenizer, as Qwen's 151,936 rows for ~151,665 ids), and the store records the head's width.
+Needs ``pip install 'logitcache[lm]'``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from ..errors import ModelError, SpecError
+from ._loading import call_user, quiet_torch
+
+LM_EXTRA = "pip install 'logitcache[lm]'"
+
+
+class CausalLM(nn.Module):
+    """A transformers causal LM whose forward returns logits (B, T, V), not a model output."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        config = model.config
+        head = model.get_output_embeddings()
+        self.vocab_size = int(head.weight.shape[0] if head is not None else config.vocab_size)
+        length = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        self.context_length = int(length) if isinstance(length, int) else None
+
+    def forward(self, idx):  # idx: (B, T) int64; rows are right-padded, so causal attention needs no mask
+        return self.model(input_ids=idx, use_cache=False).logits
+
+
+def hf_model(scheme: str, location: str, num_classes: int) -> CausalLM:
+    """``hf:DIR`` (pretrained weights) or ``hf-config:DIR_OR_JSON`` (random init), wrapped.
+
+    Raises:
+        SpecError: transformers is not installed.
+        ModelError: nothing loadable at the location; ``num_classes`` is not the model's vocabulary.
+    """
+    spec = f"{scheme}:{location}"
+    try:
+        import torch
+        import transformers
+        from transformers import AutoConfig, AutoModelForCausalLM
+    except ImportError:
+        raise SpecError(f"model {spec!r} needs transformers: {LM_EXTRA}") from None
+    path = Path(location)
+    if not location or not path.exists():
+        raise ModelError(f"model {spec!r}: {location or 'no location'} does not exist")
+    with quiet_torch(), _no_progress_bars(transformers):
+        if scheme == "hf":
+            if not (path / "config.json").is_file():
+                raise ModelError(f"model {spec!r}: {location} holds no config.json (save the model there with "
+                                 "save_pretrained)")
+            model = call_user(AutoModelForCausalLM.from_pretrained, f"model {spec!r}: cannot load {location}",
+                              ModelError, str(path), local_files_only=True, **_float32(transformers, torch))
+        else:
+            config = call_user(AutoConfig.from_pretrained, f"model {spec!r}: cannot read its config", ModelError,
+                               str(path), local_files_only=True)
+            model = call_user(AutoModelForCausalLM.from_config, f"model {spec!r}: cannot build it", ModelError,
+                              config)
+    wrapped = CausalLM(model.float())
+    if wrapped.vocab_size < num_classes:
+        raise ModelError(f"model {spec!r} predicts {wrapped.vocab_size} tokens, but {num_classes} were asked for "
+                         "(the tokenizer's or store's vocabulary): use the tokenizer saved with the model")
+    return wrapped
+
+
+def _float32(transformers, torch) -> dict:
+    """transformers 4.56 renamed ``torch_dtype`` to ``dtype``."""
+    major, minor = (int(p) for p in transformers.__version__.split(".")[:2])
+    return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": torch.float32}
+
+
+class _no_progress_bars:
+    """transformers' loading bars off for the block (they are a global switch)."""
+
+    def __init__(self, transformers):
+        self.logging = transformers.utils.logging
+
+    def __enter__(self):
+        self.was_on = self.logging.is_progress_bar_enabled()
+        self.logging.disable_progress_bar()
+
+    def __exit__(self, *exc):
+        if self.was_on:
+            self.logging.enable_progress_bar()

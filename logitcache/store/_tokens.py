@@ -1,0 +1,166 @@
+"""Token stores (format v4): the sequences a language-model teacher read, inside the store.
+
+A token store's samples are N sequences of L token positions. The root holds
+
+- ``tokens`` (N, L): token ids, in the smallest unsigned dtype the vocabulary allows (uint8 up to
+  256 ids, uint16 up to 65,536, else uint32);
+- ``loss_mask`` (N, L) bool: True at position t when ``tokens[i, t + 1]`` is a training target
+  (never at t = L - 1, nor at or after ``lengths[i] - 1``);
+- ``lengths`` (N,) int64: real tokens per sequence, the rest right-padding;
+- ``keys`` (N,): where each sequence came from (``hamlet.md#3``);
+
+and the ``dataset`` record adds ``kind: "tokens"``, ``seq_len``, ``vocab_size`` (the teacher head's
+width: every token id and every stored target is below it), ``tokenizer`` (its spec, identity and
+vocabulary) and a token fingerprint over all four arrays. Teacher rows are positions:
+row ``i * L + t`` holds the teacher's distribution over the token after position t of sequence i,
+so a student's positions can only ever meet the teacher outputs for these exact tokens.
+
+    >>> store = create_token_store("lm.zarr", tokens=..., loss_mask=..., lengths=..., keys=...,
+    ...                            vocab_size=256, tokenizer={...}, dataset={...})
+    >>> store.tokens, store.loss_mask, store.lengths      # checked against the fingerprint
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+
+from ..errors import ConfigError, CorruptStoreError
+from ._schema import CHUNK_TARGET_BYTES, SHARD_TARGET_BYTES, Layout
+
+DATASET_KIND_TOKENS = "tokens"
+TOKENS_ARRAY = "tokens"
+LOSS_MASK_ARRAY = "loss_mask"
+LENGTHS_ARRAY = "lengths"
+LOGSUMEXP_ARRAY = "logsumexp"  # a topk token teacher's rows: log-sum-exp of the raw logits
+SHARD_STATS_ARRAY = "shard_stats"  # per shard of a token teacher: its own statistics over the targets
+SHARD_STATS = ("targets", "nll_sum", "top1_hits", "mass_sum")  # float64 columns of shard_stats
+TOKEN_ARRAYS = ("keys", TOKENS_ARRAY, LOSS_MASK_ARRAY, LENGTHS_ARRAY)
+MAX_SEQ_LEN = 1 << 20
+MAX_VOCAB = 1 << 24
+
+_PREFIX = b"logitcache-tokens-v1\n"
+
+
+def token_extra_arrays(codec_name: str) -> dict[str, tuple[str, float]]:
+    """Per-row arrays a token teacher keeps beside its codec's: for ``topk:K``, the log-sum-exp of
+    the raw logits, so the top K's raw logits are ``logprobs + logsumexp`` (what raw-logit losses
+    and the NeMo layout need). Dense codecs hold raw logits already, and ``sample:K:T`` serves its T only."""
+    return {LOGSUMEXP_ARRAY: ("float32", float("nan"))} if codec_name.startswith("topk:") else {}
+
+
+def token_dtype(vocab_size: int) -> str:
+    """The smallest unsigned dtype that holds every id below ``vocab_size``."""
+    return "uint8" if vocab_size <= 1 << 8 else "uint16" if vocab_size <= 1 << 16 else "uint32"
+
+
+def token_fingerprint(keys, tokens: np.ndarray, loss_mask: np.ndarray, lengths: np.ndarray, vocab_size: int) -> str:
+    """sha256 over the sequences exactly: ``logitcache-tokens-v1\\n``, then N, L and V as uint64
+    LE, each key (uint64 LE length + UTF-8), the lengths as int64 LE, the tokens as uint32 LE and
+    the mask as one byte per position, all row-major."""
+    tokens, loss_mask = np.asarray(tokens), np.asarray(loss_mask)
+    n, length = tokens.shape
+    digest = hashlib.sha256(_PREFIX + np.asarray([n, length, vocab_size], dtype="<u8").tobytes())
+    for key in keys:
+        raw = str(key).encode("utf-8")
+        digest.update(np.asarray([len(raw)], dtype="<u8").tobytes() + raw)
+    digest.update(np.asarray(lengths, dtype="<i8").tobytes())
+    digest.update(np.ascontiguousarray(tokens, dtype="<u4").tobytes())
+    digest.update(np.ascontiguousarray(loss_mask, dtype="u1").tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
+def choose_token_layout(num_sequences: int, seq_len: int, row_bytes: int, rows_per_shard: int | None = None) -> Layout:
+    """Chunks and shards of whole sequences: an inner chunk holds ~128 KiB of rows (at least one
+    sequence), a shard ~8 MiB, so the dump's batches, which never cross a shard, are whole
+    sequences, and a resumed dump redoes whole sequences.
+
+    Raises:
+        ConfigError: ``rows_per_shard`` is not a whole number of sequences.
+    """
+    per_chunk = max(1, round(CHUNK_TARGET_BYTES / (row_bytes * seq_len)))
+    if rows_per_shard is not None:
+        if rows_per_shard % seq_len:
+            raise ConfigError(f"--rows-per-shard counts token positions in a token store and must be a multiple "
+                              f"of --seq-len {seq_len}, got {rows_per_shard}")
+        sequences = rows_per_shard // seq_len
+        return Layout(seq_len * math.gcd(per_chunk, sequences), rows_per_shard)
+    per_chunk = min(per_chunk, max(1, num_sequences))
+    chunks = max(1, min(round(SHARD_TARGET_BYTES / (row_bytes * seq_len * per_chunk)), -(-num_sequences // per_chunk)))
+    return Layout(seq_len * per_chunk, seq_len * per_chunk * chunks)
+
+
+def check_sequences(tokens: np.ndarray, loss_mask: np.ndarray, lengths: np.ndarray, vocab_size: int) -> str | None:
+    """What makes these arrays not a token dataset, in a few words (None when they are one)."""
+    if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 2:
+        return f"tokens must be (sequences >= 1, length >= 2), not {tokens.shape}"
+    n, length = tokens.shape
+    if loss_mask.shape != (n, length) or lengths.shape != (n,):
+        return f"loss_mask {loss_mask.shape} and lengths {lengths.shape} do not match tokens {tokens.shape}"
+    if tokens.min() < 0 or tokens.max() >= vocab_size:
+        return f"token ids reach {int(tokens.max())}, outside a vocabulary of {vocab_size}"
+    if lengths.min() < 1 or lengths.max() > length:
+        return f"sequence lengths must be in [1, {length}]"
+    positions = np.arange(length)[None, :]
+    if (loss_mask & (positions >= lengths[:, None] - 1)).any():
+        return "loss_mask marks a position whose next token is padding or beyond the sequence"
+    return None
+
+
+def token_dataset_record(dataset: dict, tokens, loss_mask, lengths, keys, vocab_size: int, tokenizer: dict) -> dict:
+    """The root's ``dataset`` record for these sequences."""
+    return {
+        **dataset,
+        "kind": DATASET_KIND_TOKENS,
+        "num_samples": int(tokens.shape[0]),
+        "seq_len": int(tokens.shape[1]),
+        "vocab_size": int(vocab_size),
+        "num_tokens": int(np.asarray(lengths).sum()),
+        "num_targets": int(np.asarray(loss_mask).sum()),
+        "tokenizer": dict(tokenizer),
+        "class_names": [],
+        "fingerprint": token_fingerprint(keys, tokens, loss_mask, lengths, vocab_size),
+    }
+
+
+def check_token_root(store, bad) -> None:
+    """A token store's record and arrays agree (shapes, dtypes, sane sizes); ``bad`` is the caller's
+    exception class for one-line reasons. The values are checked by ``read_token_arrays``."""
+    dataset = store.dataset
+    for field, high in (("seq_len", MAX_SEQ_LEN), ("vocab_size", MAX_VOCAB)):
+        value = dataset.get(field)
+        if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= high:
+            raise bad(f"dataset.{field} is {value!r}, not a whole number in [2, {high}]")
+    if not isinstance(dataset.get("tokenizer"), dict):
+        raise bad("dataset.tokenizer is not an object")
+    n, length = dataset["num_samples"], dataset["seq_len"]
+    shapes = {"keys": ((n,), None), TOKENS_ARRAY: ((n, length), token_dtype(dataset["vocab_size"])),
+              LOSS_MASK_ARRAY: ((n, length), "bool"), LENGTHS_ARRAY: ((n,), "int64")}
+    for name, (shape, dtype) in shapes.items():
+        if name not in store.group:
+            raise bad(f"array {name!r} is missing")
+        array = store.group[name]
+        if tuple(array.shape) != shape or (dtype and np.dtype(array.dtype) != np.dtype(dtype)):
+            raise bad(f"array {name!r} is {array.dtype} {tuple(array.shape)}, not {dtype or 'str'} {shape}")
+
+
+def read_token_arrays(store, read) -> dict[str, np.ndarray]:
+    """keys, tokens, loss_mask and lengths, read with ``read(name)`` and checked against the
+    fingerprint and the format's rules.
+
+    Raises:
+        CorruptStoreError: they differ from what the store recorded, or break the format's rules.
+    """
+    arrays = {name: read(name) for name in TOKEN_ARRAYS}
+    dataset = store.dataset
+    found = token_fingerprint(arrays["keys"], arrays[TOKENS_ARRAY], arrays[LOSS_MASK_ARRAY],
+                              arrays[LENGTHS_ARRAY], dataset["vocab_size"])
+    if found != dataset["fingerprint"]:
+        raise CorruptStoreError(f"{store.location}: the stored tokens, loss mask, lengths or keys do not match the "
+                                "store's token fingerprint; the store was damaged or edited")
+    why = check_sequences(arrays[TOKENS_ARRAY], arrays[LOSS_MASK_ARRAY], arrays[LENGTHS_ARRAY], dataset["vocab_size"])
+    if why:
+        raise CorruptStoreError(f"{store.location}: {why}; the store was damaged or edited")
+    return arrays

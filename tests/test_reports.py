@@ -1,0 +1,77 @@
+"""``logitcache plot`` and ``logitcache runs`` (issue 14, item 4): real runs read back from their files;
+a real PNG whose pixels show each run's curves in both panels."""
+
+import json
+
+import numpy as np
+import pytest
+
+from logitcache.train import TrainConfig, train
+from tests.conftest import invoke, one_error
+
+matplotlib = pytest.importorskip("matplotlib", reason="the plot extra (and dev) installs matplotlib")
+
+BLUE, ORANGE = (0.122, 0.467, 0.706), (1.0, 0.498, 0.055)  # matplotlib's C0 and C1: the first and second run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two short label-only runs that differ in learning rate, so their curves differ."""
+    root = tmp_path_factory.mktemp("runs")
+    for name, lr in (("slow", 0.01), ("fast", 0.5)):
+        train(TrainConfig(out=str(root / name), student="mlp:hidden=8", dataset="digits@train",
+                          val_dataset="digits@val", epochs=3, lr=lr, progress=False), log=lambda *_: None)
+    return root
+
+
+def colour_pixels(png, colour) -> tuple[int, int]:
+    """Pixels of ``colour`` in the left panel (validation) and the right panel (training loss)."""
+    from matplotlib.image import imread
+
+    pixels = imread(png)[..., :3]
+    near = (np.abs(pixels - np.array(colour)).max(axis=2) < 0.08)
+    half = pixels.shape[1] // 2
+    return int(near[:, :half].sum()), int(near[:, half:].sum())
+
+
+def test_plot_draws_each_run_in_both_panels(tmp_path, runs):
+    both, slow, fast = tmp_path / "both.png", tmp_path / "slow.png", tmp_path / "fast.png"
+    assert invoke("plot", runs / "slow", runs / "fast", "-o", both).output == f"wrote {both}\n"
+    invoke("plot", runs / "slow", "-o", slow)
+    invoke("plot", runs / "fast", "-o", fast)
+    from matplotlib.image import imread
+
+    image = imread(both)
+    assert image.shape[:2] == (420, 1100)
+    assert (image[..., :3] < 0.95).any(axis=2).mean() > 0.02  # not a blank canvas
+    assert all(count > 40 for count in colour_pixels(both, BLUE) + colour_pixels(both, ORANGE))
+    assert sum(colour_pixels(slow, ORANGE)) == 0  # one run: one colour
+    # the same colour, other metrics: the curves sit elsewhere
+    changed = np.abs(imread(slow)[..., :3] - imread(fast)[..., :3]).max(axis=2) > 0.2
+    assert changed.sum() > 500
+
+
+def test_a_directory_of_runs_stands_for_each_run_in_it(tmp_path, runs):
+    out = tmp_path / "all.png"
+    assert invoke("plot", runs, "-o", out).exit_code == 0
+    assert all(count > 40 for count in colour_pixels(out, BLUE) + colour_pixels(out, ORANGE))
+
+
+def test_runs_is_a_table_of_settings_and_results(runs):
+    result = invoke("runs", runs)
+    assert result.exit_code == 0, result.output
+    header, rule, *rows = result.output.splitlines()
+    assert header.split() == ["run", "student", "loss", "lr", "batch", "epochs", "best", "val", "top-1", "last",
+                              "val", "top-1", "train", "loss", "time"]
+    assert [row.split()[0] for row in rows] == ["fast", "slow"]  # a directory's runs, by name
+    for row, name in zip(rows, ("fast", "slow")):
+        records = [json.loads(line) for line in (runs / name / "metrics.jsonl").read_text().splitlines()]
+        best = max(reversed(records), key=lambda r: r["val_top1"])
+        assert row.split()[1:6] == ["mlp:hidden=8", "ce", "0.5" if name == "fast" else "0.01", "64", "3"]
+        assert f"{best['val_top1']:.2%} @ epoch {best['epoch']}" in row
+        assert f"{records[-1]['val_top1']:.2%}" in row and f"{records[-1]['train_loss']:.4f}" in row
+
+
+def test_a_path_without_runs_is_one_error_line(tmp_path):
+    assert "is not a training run (no metrics.jsonl) and holds none" in one_error(invoke("runs", tmp_path))
+    assert "is not a training run" in one_error(invoke("plot", tmp_path / "nothing", "-o", tmp_path / "x.png"))
