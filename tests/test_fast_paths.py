@@ -1,7 +1,7 @@
-"""The fast paths of issue 15 against the slow ones they replace: shard bytes against zarr's, parallel
-writers against one, batched targets against per-row ones, the stored-precision table against
-``Teacher.decode``, workers against none, the vectorised sample codec against its loop, and the
-KL loss's written-out gradient against autograd's."""
+"""The fast paths of issue 15 against the slow ones they replace: shard bytes against zarr's (an
+array the fast path cannot serve left to zarr), parallel writers against one, batched targets
+against per-row ones, the stored-precision table against ``Teacher.decode``, workers against none,
+the vectorised sample codec against its loop, and the KL loss's written-out gradient against autograd's."""
 
 import numpy as np
 import pytest
@@ -24,6 +24,7 @@ from logitcache.store import (
     open_store,
 )
 from logitcache.store._shards import MISSING, ShardBytes
+from logitcache.store._teacher import Teacher
 from logitcache.store._sparse_codecs import SAMPLE_SEED, logsumexp
 from logitcache.train.data import EpochSampler, PairedDataset, TeacherLogits
 from tests.conftest import make_store, store_contents
@@ -239,3 +240,52 @@ def test_kd_loss_value_is_the_references_and_its_gradient_autograds():
     student = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
     teacher = torch.randn(4, 6, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda s: _KDivergence.apply(s, teacher, 2.0), (student,))
+
+
+FEATURES = "s1=2:attention,s2=5,emb=11:pool"
+
+
+def zarr_only(monkeypatch):
+    """Every teacher opened from now on reads and writes through zarr alone (the reference)."""
+    monkeypatch.setattr(Teacher, "_io", property(lambda self: None))
+
+
+def test_an_array_the_fast_path_cannot_serve_is_left_to_zarr_and_the_rest_keep_it(tmp_path, monkeypatch):
+    """An array configured in a way ``ShardBytes`` does not know (simulated here for features/emb and
+    view_params) is written, read back and read by zarr; the teacher's other arrays keep the fast
+    path; the store is zarr's, byte for byte; its chunks are still checked against the digests."""
+    options = dict(teacher="tests.feature_factories:conv_teacher", features=FEATURES, codec="u8",
+                   augment="crop=0.5-1", views=2)
+    zarr_only(monkeypatch)
+    reference = make_store(tmp_path / "zarr.zarr", **options)
+    monkeypatch.undo()
+    known = ShardBytes.for_array.__func__
+
+    def only_some(cls, array):
+        return None if array.path.endswith(("features/emb", "view_params")) else known(cls, array)
+
+    monkeypatch.setattr(ShardBytes, "for_array", classmethod(only_some))
+    mixed = make_store(tmp_path / "mixed.zarr", **options)
+    teacher = open_store(mixed).teacher()
+    assert set(teacher._io.arrays) == set(teacher.content_arrays) - {"features/emb", "view_params"}
+    assert store_contents(mixed) == store_contents(reference)
+    zarr_teacher = open_store(reference).teacher()
+    assert teacher._zarr_names(teacher.content_arrays) == ["view_params", "features/emb"]
+    for start, stop in [(0, 1437), (3, 70), (255, 257)]:
+        assert np.array_equal(teacher.read(start, stop), zarr_teacher.read(start, stop))
+        ours, theirs = teacher.read_features(start, stop), zarr_teacher.read_features(start, stop)
+        assert all(np.array_equal(ours[n], theirs[n]) for n in theirs)
+        assert np.array_equal(teacher.read_view_params(start, stop), zarr_teacher.read_view_params(start, stop),
+                              equal_nan=True)
+    rows, last = teacher.layout.rows_per_chunk, -(-1437 // teacher.layout.rows_per_chunk) - 1
+    chunks = teacher.read_chunks([last, 0, 1])
+    assert np.array_equal(chunks[1]["logits"], zarr_teacher.arrays["logits"][:rows])
+    assert np.array_equal(chunks[0]["logits"], zarr_teacher.arrays["logits"][last * rows:])
+    shard0, shard1 = (mixed / "teachers/default/features/emb/c" / f"{s}/0/0" for s in (0, 1))
+    first, second = shard0.read_bytes(), shard1.read_bytes()
+    shard0.write_bytes(second)
+    shard1.write_bytes(first)  # whole objects swapped: every CRC holds, the digests do not
+    with pytest.raises(CorruptStoreError, match="digest mismatch"):
+        open_store(mixed).teacher().read(0, 10)
+    with pytest.raises(CorruptStoreError, match="digest mismatch"):
+        open_store(mixed).teacher().read_chunks([last, 0])

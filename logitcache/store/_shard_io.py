@@ -2,9 +2,11 @@
 doing the encoding: every array's object of a shard written at once and read back byte for byte;
 any run of rows read with one request per array and shard, its chunks decompressed on a thread pool.
 
-    >>> io = ShardIO.for_arrays(teacher.content_arrays, num_samples)   # None: an array zarr must handle
-    >>> io.write(shard, start, encoded)     # ValueError naming the array if an object reads back differently
+    >>> io = ShardIO.for_arrays(teacher.content_arrays, n, 64, 4096)  # the arrays it can serve (None: none)
+    >>> io.write(shard, encoded)            # ValueError naming the array if an object reads back differently
     >>> io.read(start, stop, ["logits"])    # {"logits": the stored rows}, each chunk's CRC-32C checked
+
+``io.arrays`` are the arrays it serves; any other array of the teacher is left to zarr by the caller.
 
 Blosc, CRC-32C and sha256 release the GIL, so the pool (``pool()``: one per process, as many threads
 as CPUs, at most 8) runs them in parallel; a forked DataLoader worker makes its own.
@@ -69,6 +71,8 @@ async def _gather(coroutines: list):
 
 
 class ShardIO:
+    """The arrays of one teacher that ``ShardBytes`` handles, all cut into the teacher's chunks and shards."""
+
     def __init__(self, arrays: dict, layouts: dict[str, ShardBytes], num_samples: int):
         first = next(iter(arrays.values()))
         self.arrays, self.layouts, self.num_samples = arrays, layouts, num_samples
@@ -78,14 +82,18 @@ class ShardIO:
         self._indexes: dict[tuple[str, int], np.ndarray | None] = {}
 
     @classmethod
-    def for_arrays(cls, arrays: dict, num_samples: int) -> ShardIO | None:
-        """For arrays that all shard alike as ``ShardBytes`` handles; None if any does not."""
+    def for_arrays(cls, arrays: dict, num_samples: int, rows_per_chunk: int, rows_per_shard: int) -> ShardIO | None:
+        """For those of ``arrays`` that ``ShardBytes`` encodes byte for byte as zarr does, cut into
+        ``rows_per_chunk`` / ``rows_per_shard`` (the teacher's layout); None if there is none. An
+        array configured any other way is left out, and its caller leaves it to zarr: an array kind
+        this code does not know costs speed, never a byte of difference."""
         layouts = {name: ShardBytes.for_array(array) for name, array in arrays.items()}
-        if not arrays or None in layouts.values():
+        layouts = {name: shards for name, shards in layouts.items() if shards is not None
+                   and (shards.chunk_rows, shards.chunk_rows * shards.chunks_per_shard) == (rows_per_chunk,
+                                                                                           rows_per_shard)}
+        if not layouts:
             return None
-        if len({(s.chunk_rows, s.chunks_per_shard) for s in layouts.values()}) != 1:
-            return None
-        return cls(arrays, layouts, num_samples)
+        return cls({name: arrays[name] for name in layouts}, layouts, num_samples)
 
     def _key(self, name: str, shard: int) -> str:
         array = self.arrays[name]
@@ -125,10 +133,13 @@ class ShardIO:
         """
         return self.read_ranges([(start, stop)], names, check)[0]
 
-    def read_ranges(self, ranges: list[tuple[int, int]], names: list[str], check=None) -> list[dict[str, np.ndarray]]:
+    def read_ranges(self, ranges: list[tuple[int, int]], names: list[str], check=None,
+                    extra: list[dict] | None = None) -> list[dict[str, np.ndarray]]:
         """``read`` for several row ranges at once: one request per array and shard each range touches,
         all sent together; every chunk decompressed, and ``check(start, stop, arrays)`` run on each
-        chunk's rows of every named array, on the pool."""
+        chunk's rows of every named array, on the pool. ``extra``: per range, arrays read elsewhere
+        (by zarr) over the range's chunk-aligned rows, checked with the chunk and returned with it."""
+        extra = extra or [{} for _ in ranges]
         rows = self.chunk_rows
         runs = []  # (range number, name, shard, first chunk, end chunk) within the shard
         spans = []
@@ -153,17 +164,21 @@ class ShardIO:
             (number, row), data = job
             lo, hi = spans[number]
             arrays = {name: self._decode(name, data[name])[:hi - lo - row] for name in names}
+            arrays.update({name: values[row:row + rows] for name, values in extra[number].items()})
             if check is not None:
                 check(lo + row, min(lo + row + rows, hi), arrays)
             if hi - lo > rows:
-                for name, values in arrays.items():
-                    out[number][name][row:row + len(values)] = values
+                for name in names:
+                    out[number][name][row:row + len(arrays[name])] = arrays[name]
             else:  # a range of one chunk: its decoded rows, not a copy of them
                 out[number].update(arrays)
 
         parallel_map(decode, jobs.items())
-        return [{name: arrays[name][start - lo:stop - lo] for name in names}
-                for (start, stop), (lo, _), arrays in zip(ranges, spans, out)]
+        for arrays, (lo, hi), others in zip(out, spans, extra):
+            if hi - lo > rows:
+                arrays.update(others)
+        return [{name: arrays[name][start - lo:stop - lo] for name in [*names, *others]}
+                for (start, stop), (lo, _), arrays, others in zip(ranges, spans, out, extra)]
 
     def _chunks_in(self, shard: int) -> int:
         """Inner chunks of ``shard`` that hold rows of the array (the last shard may be short)."""

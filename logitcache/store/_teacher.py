@@ -185,9 +185,15 @@ class Teacher(TeacherWrites):
 
     @cached_property
     def _io(self) -> ShardIO | None:
-        """Whole-shard writes and chunk-run reads without zarr's per-chunk pipeline (``_shard_io.py``),
-        for arrays laid out as logitcache makes them; None leaves every read and write to zarr."""
-        return ShardIO.for_arrays(self.content_arrays, self.num_samples)
+        """Whole-shard writes and chunk-run reads without zarr's per-chunk pipeline (``_shard_io.py``)
+        for the content arrays laid out as logitcache makes them; zarr reads and writes any other
+        (``_zarr_names``). None: zarr does everything."""
+        return ShardIO.for_arrays(self.content_arrays, self.num_samples, self.layout.rows_per_chunk,
+                                  self.layout.rows_per_shard)
+
+    def _zarr_names(self, names) -> list[str]:
+        """Those of ``names`` that the fast path does not serve."""
+        return [name for name in names if self._io is None or name not in self._io.arrays]
 
     @cached_property
     def view_arrays(self) -> dict[str, zarr.Array]:
@@ -236,18 +242,15 @@ class Teacher(TeacherWrites):
     # -- reading -------------------------------------------------------------------------------
 
     def read_stored(self, start: int, stop: int, arrays: dict | None = None) -> dict[str, np.ndarray]:
-        """The raw stored arrays (default: the codec's) for rows [start, stop), checked: zarr checks
-        each chunk's CRC-32C, and a v3 teacher's chunks must match their position-bound digests."""
+        """The raw stored arrays (default: the codec's; ``arrays``: any content arrays by name) for rows
+        [start, stop), checked: each chunk's CRC-32C, and a v3 teacher's chunks must match their
+        position-bound digests (over every content array, so all of them are read)."""
         names = list(self.arrays if arrays is None else arrays)
         if not self.has_digests:
             return self._read_raw(start, stop, {name: self.content_arrays[name] for name in names})
         rows = self.layout.rows_per_chunk
         lo, hi = start // rows * rows, min(-(-stop // rows) * rows, self.num_samples)
-        if self._io is not None:  # digests checked chunk by chunk as they are decoded, on the pool
-            stored = self._reading(lambda: self._io.read(lo, hi, list(self.content_arrays), self._check_chunk), lo, hi)
-        else:
-            stored = self._read_raw(lo, hi, self.content_arrays)
-            self._check_digests(lo, hi, stored)
+        stored = self._read_checked([(lo, hi)])[0]
         return {name: stored[name][start - lo:stop - lo] for name in names}
 
     def read_chunks(self, chunks) -> list[dict[str, np.ndarray]]:
@@ -258,10 +261,21 @@ class Teacher(TeacherWrites):
         ranges = [(int(c) * rows, min((int(c) + 1) * rows, self.num_samples)) for c in chunks]
         if self._io is None or not self.has_digests:
             return [self.read_stored(start, stop) for start, stop in ranges]
+        return [{name: arrays[name] for name in self.arrays} for arrays in self._read_checked(ranges)]
+
+    def _read_checked(self, ranges: list[tuple[int, int]]) -> list[dict[str, np.ndarray]]:
+        """Every content array over each chunk-aligned row range, each inner chunk checked against its
+        digest: arrays the fast path does not serve are read by zarr first and checked with the chunks
+        the fast path decodes (on the pool); with no fast path, zarr reads all and they are checked here."""
+        others = {name: self.content_arrays[name] for name in self._zarr_names(self.content_arrays)}
+        extra = [self._read_raw(lo, hi, others) for lo, hi in ranges] if others else None
+        if self._io is None:
+            for (lo, hi), stored in zip(ranges, extra):
+                self._check_digests(lo, hi, stored)
+            return extra
         first, last = (ranges[0][0], ranges[-1][1]) if ranges else (0, 0)
-        stored = self._reading(lambda: self._io.read_ranges(ranges, list(self.content_arrays), self._check_chunk),
-                               first, last)
-        return [{name: arrays[name] for name in self.arrays} for arrays in stored]
+        return self._reading(lambda: self._io.read_ranges(ranges, list(self._io.arrays), self._check_chunk, extra),
+                             first, last)
 
     def _check_chunk(self, start: int, stop: int, stored: dict[str, np.ndarray]) -> None:
         """One inner chunk's rows against its recorded digest (none recorded: not written yet)."""
@@ -273,16 +287,21 @@ class Teacher(TeacherWrites):
                 "there (digest mismatch: moved, swapped or edited chunks)")
 
     def _read_raw(self, start: int, stop: int, arrays: dict) -> dict[str, np.ndarray]:
-        io = self._io if all(self.content_arrays.get(name) is array for name, array in arrays.items()) else None
-        if io is not None:
-            return self._reading(lambda: io.read(start, stop, list(arrays)), start, stop)
-        return self._reading(lambda: {name: array[start:stop] for name, array in arrays.items()}, start, stop)
+        """Rows [start, stop) of the given content arrays as stored, CRC-checked, not digest-checked."""
+        slow = self._zarr_names(arrays)
+        fast = [name for name in arrays if name not in slow]
+
+        def read():
+            stored = {name: arrays[name][start:stop] for name in slow}
+            return {**stored, **(self._io.read(start, stop, fast) if fast else {})}
+
+        return self._reading(read, start, stop)
 
     def _reading(self, read, start: int, stop: int):
         """``read()``, retried after transient network errors; damage becomes one CorruptStoreError."""
         try:
             return retry_transient(read, self.store.location)
-        except (StoreConnectionError, StoreAccessError):
+        except (StoreConnectionError, StoreAccessError, CorruptStoreError):
             raise
         except Exception as err:  # zarr raises several types for a bad checksum or truncated shard
             _settle_pending_reads()

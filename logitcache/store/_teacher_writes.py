@@ -78,7 +78,7 @@ class TeacherWrites:
         Arrays laid out as logitcache makes them (``_io``) are compressed here, on the thread pool,
         into the very bytes zarr would write; each object is read back and compared byte for byte,
         and the digests are of the arrays those bytes encode (docs/FORMAT.md, "the write check").
-        Anything else goes through zarr, and is read back, decoded and compared.
+        Any other array goes through zarr, and is read back, decoded and compared.
 
         Raises:
             CorruptStoreError: what was read back differs from what was written.
@@ -107,20 +107,21 @@ class TeacherWrites:
         return retry_transient(write_and_check, self.store.location)
 
     def _write_checked(self, shard: int, start: int, stop: int, encoded: dict) -> dict[str, np.ndarray]:
-        """Write a shard's arrays and prove the store holds them; return the stored arrays."""
+        """Write a shard's arrays and prove the store holds them; return the stored arrays. The fast
+        path's objects are compared byte for byte as written; zarr's arrays are read back and compared."""
+        slow = {name: self.content_arrays[name] for name in self._zarr_names(encoded)}
+        fast = {name: values for name, values in encoded.items() if name not in slow}
         bad = None
-        if self._io is not None:
+        if fast:
             try:
-                self._io.write(shard, encoded)
+                self._io.write(shard, fast)
             except ValueError as err:
                 bad = str(err)
-            stored = encoded
-        else:
-            for name, values in encoded.items():
-                self.content_arrays[name][start:stop] = values
-            stored = self._read_raw(start, stop, self.content_arrays)
-            bad = next((name for name, values in encoded.items() if not np.array_equal(
-                stored[name].view(np.uint8), np.ascontiguousarray(values).view(np.uint8))), None)
+        for name, array in slow.items():
+            array[start:stop] = encoded[name]
+        stored = {**fast, **(self._read_raw(start, stop, slow) if slow else {})}
+        bad = bad or next((name for name in slow if not np.array_equal(
+            stored[name].view(np.uint8), np.ascontiguousarray(encoded[name]).view(np.uint8))), None)
         if bad is not None:
             raise CorruptStoreError(f"teacher {self.name!r}: shard {shard} of {bad!r} read back differently")
         return stored
