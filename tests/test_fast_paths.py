@@ -1,7 +1,10 @@
-"""The fast paths of issue 15 against the slow ones they replace: shard bytes against zarr's (an
-array the fast path cannot serve left to zarr), parallel writers against one, batched targets
-against per-row ones, the stored-precision table against ``Teacher.decode``, workers against none,
-the vectorised sample codec against its loop, and the KL loss's written-out gradient against autograd's."""
+"""The fast paths of issue 15 against the slow ones they replace: shard bytes against zarr's (every
+array kind: codecs, views, features, a token teacher's logsumexp; an array the fast path cannot
+serve left to zarr), parallel writers against one, batched targets and features against per-row
+ones, the stored-precision table against ``Teacher.decode``, workers against none, the vectorised
+sample codec against its loop, and the KL loss's written-out gradient against autograd's."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from zarr.core.sync import sync
 
 from logitcache.dump.loop import AccuracyCounts
 from logitcache.errors import CorruptStoreError
+from logitcache.features.data import FeaturePairs, TeacherFeatures
 from logitcache.losses import _kd_value, _KDivergence, kd_loss
 from logitcache.sources import get_dataset
 from logitcache.store import (
@@ -27,7 +31,8 @@ from logitcache.store._shards import MISSING, ShardBytes
 from logitcache.store._teacher import Teacher
 from logitcache.store._sparse_codecs import SAMPLE_SEED, logsumexp
 from logitcache.train.data import EpochSampler, PairedDataset, TeacherLogits
-from tests.conftest import make_store, store_contents
+from logitcache.views.replay import ViewReplay
+from tests.conftest import invoke, make_store, store_contents
 
 CODECS = ["fp32", "fp16", "bf16", "u8", "topk:3", "sample:4:2"]
 
@@ -250,6 +255,34 @@ def zarr_only(monkeypatch):
     monkeypatch.setattr(Teacher, "_io", property(lambda self: None))
 
 
+@pytest.mark.parametrize("options", [dict(codec="fp16", feature_codec="bf16"),
+                                     dict(codec="topk:3", augment="crop=0.5-1", views=2)])
+def test_feature_arrays_take_the_fast_path_and_hold_zarrs_bytes(tmp_path, monkeypatch, options):
+    fast = make_store(tmp_path / "fast.zarr", teacher="tests.feature_factories:conv_teacher", features=FEATURES,
+                      **options)
+    teacher = open_store(fast).teacher()
+    assert set(teacher._io.arrays) == set(teacher.content_arrays) >= {"features/s1", "features/s2", "features/emb"}
+    zarr_only(monkeypatch)
+    slow = make_store(tmp_path / "slow.zarr", teacher="tests.feature_factories:conv_teacher", features=FEATURES,
+                      **options)
+    assert store_contents(fast) == store_contents(slow)
+    ours, theirs = open_store(fast).teacher().read_features(5, 300), open_store(slow).teacher().read_features(5, 300)
+    assert all(np.array_equal(ours[n], theirs[n]) for n in theirs)
+
+
+def test_a_token_teachers_logsumexp_takes_the_fast_path_and_holds_zarrs_bytes(tmp_path, monkeypatch):
+    text = tmp_path / "hamlet.md"
+    text.write_text((Path(__file__).resolve().parents[1] / "data/text/shakespeare/hamlet.md").read_text()[:6000])
+    args = ["--teacher", "tests.factories:tiny_lm", "--dataset", f"text:{text}", "--tokenizer", "bytes", "--seq-len",
+            "64", "--codec", "topk:4", "--batch-size", "8", "--rows-per-shard", str(64 * 16), "--no-progress"]
+    assert invoke("dump", tmp_path / "fast.zarr", *args).exit_code == 0
+    teacher = open_store(tmp_path / "fast.zarr").teacher()
+    assert "logsumexp" in teacher._io.arrays and set(teacher._io.arrays) == set(teacher.content_arrays)
+    zarr_only(monkeypatch)
+    assert invoke("dump", tmp_path / "slow.zarr", *args).exit_code == 0
+    assert store_contents(tmp_path / "fast.zarr") == store_contents(tmp_path / "slow.zarr")
+
+
 def test_an_array_the_fast_path_cannot_serve_is_left_to_zarr_and_the_rest_keep_it(tmp_path, monkeypatch):
     """An array configured in a way ``ShardBytes`` does not know (simulated here for features/emb and
     view_params) is written, read back and read by zarr; the teacher's other arrays keep the fast
@@ -289,3 +322,27 @@ def test_an_array_the_fast_path_cannot_serve_is_left_to_zarr_and_the_rest_keep_i
         open_store(mixed).teacher().read(0, 10)
     with pytest.raises(CorruptStoreError, match="digest mismatch"):
         open_store(mixed).teacher().read_chunks([last, 0])
+
+
+@pytest.mark.parametrize("views", [0, 3])
+@pytest.mark.parametrize("budget", [1 << 30, 2 * 64 * 3 * 16 * 4])  # in memory; streamed
+def test_the_feature_loader_gives_the_batches_a_per_item_dataloader_gives(tmp_path, views, budget):
+    options = dict(augment="crop=0.5-1", views=views) if views else {}
+    path = make_store(tmp_path / "f.zarr", teacher="tests.feature_factories:conv_teacher", features=FEATURES,
+                      **options)
+    store = open_store(path)
+    logits = TeacherLogits.open(store, budget_bytes=1 << 30)
+    features = TeacherFeatures(store, "default", ["emb", "s1"], logits.rows, budget)
+    assert features.in_memory == (budget > 1 << 20)
+    source = get_dataset("digits@train", for_views=bool(views))
+    replay = ViewReplay(store.teacher().read_view_params(0, 1437), None, normalize=source.view_normalize) \
+        if views else None
+    pairs = FeaturePairs(PairedDataset(source.dataset, logits, replay), features, views)
+    sampler = EpochSampler(logits.rows, seed=3, views=views)
+    sampler.set_epoch(1)
+    fast = list(pairs.loader(sampler, 100, drop_last=True))
+    slow = list(DataLoader(pairs, batch_size=100, sampler=sampler, drop_last=True))
+    assert len(fast) == len(slow) == 14
+    for ours, theirs in zip(fast, slow):
+        assert all(torch.equal(a, b) for a, b in zip(ours[:3], theirs[:3]))
+        assert ours[3].keys() == theirs[3].keys() and all(torch.equal(ours[3][k], theirs[3][k]) for k in theirs[3])
