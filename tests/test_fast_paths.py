@@ -346,3 +346,14 @@ def test_the_feature_loader_gives_the_batches_a_per_item_dataloader_gives(tmp_pa
     for ours, theirs in zip(fast, slow):
         assert all(torch.equal(a, b) for a, b in zip(ours[:3], theirs[:3]))
         assert ours[3].keys() == theirs[3].keys() and all(torch.equal(ours[3][k], theirs[3][k]) for k in theirs[3])
+
+
+@pytest.mark.parametrize("codec", ["fp16", "topk:3"])
+def test_label_hits_answer_several_label_sets_as_one_set_each(codec):
+    rng = np.random.default_rng(3)
+    stored = get_codec(codec).for_classes(7).encode(np.round(rng.normal(size=(500, 7)) * 2).astype(np.float32))
+    sets = rng.integers(0, 7, (2, 500))
+    both = get_codec(codec).label_hits(stored, sets)
+    for i in range(2):
+        one = get_codec(codec).label_hits(stored, sets[i])
+        assert np.array_equal(both[0][i], one[0]) and np.array_equal(both[1][i], one[1])

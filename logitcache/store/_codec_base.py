@@ -79,14 +79,22 @@ class Codec(ABC):
         return np.take_along_axis(top, order, axis=1)
 
     def label_hits(self, stored: dict[str, np.ndarray], labels: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
-        """(n,) bools: the label is the most probable class, and among the ``k`` most probable, exactly
-        as ``top_classes`` ranks them. For dense codecs, by counting the classes above each label (one
-        pass, no partition); rows where ties with the label could go either way ask ``top_classes``."""
+        """Bools shaped like ``labels``: the label is the most probable class, and among the ``k`` most
+        probable, exactly as ``top_classes`` ranks them. ``labels`` is (n,), or (m, n) for m label sets
+        answered from one decoding (the dump asks for the dataset's labels and the teacher's own top-1).
+        For dense codecs, by counting the classes above each label (one pass, no partition); rows
+        where ties with the label could go either way ask ``top_classes``."""
         labels = np.asarray(labels, dtype=np.int64)
+        sets = labels.reshape(-1, labels.shape[-1])
         if self.sparse_form:
             top = self.top_classes(stored, k)
-            return top[:, 0] == labels, (top == labels[:, None]).any(axis=1)
-        logits = self.decode(stored)
+            hits = [(top[:, 0] == one, (top == one[:, None]).any(axis=1)) for one in sets]
+        else:
+            logits = self.decode(stored)
+            hits = [self._dense_hits(stored, logits, one, k) for one in sets]
+        return tuple(np.stack(found).reshape(labels.shape) for found in zip(*hits))
+
+    def _dense_hits(self, stored: dict, logits: np.ndarray, labels: np.ndarray, k: int) -> tuple:
         k = min(k, logits.shape[1])
         value = logits[np.arange(len(labels)), labels][:, None]
         above = np.count_nonzero(logits > value, axis=1)
