@@ -2,19 +2,22 @@
 bytes per token, the time training from the store costs over label-only, the teacher in the loop
 against the store, and the Hugging Face Trainer against logitcache's own loop.
 
-    python -m benchmarks.lm_students [--seeds 3] [--rounds 3] [--work DIR] [--threads N]
+    python -m benchmarks.lm_students [--seeds 3] [--rounds 5] [--work DIR] [--skip students,time,online,hf]
 
 Everything runs from ``pipelines/shakespeare.toml`` (its teacher and stores are made first, or
 reused when complete): a 2-layer GPT teacher on the plays' bytes, dumped as fp16 (dense), topk:8
 and sample:12 (the last two at matched bytes/token), and a 1-layer GPT student.
 
-1. Students: the recipe's four students (label-only, KD from each codec) for each seed; the last
+1. Students: the recipe's four students (label-only, KD from each codec) for each seed, and KD
+   students from more targets per position (``--budgets``, dumped into the work dir); the last
    epoch's validation loss, perplexity and top-1 agreement with the teacher on the held-out text.
 2. Time: each student trained without validation for 1 and for 3 epochs, ``--rounds`` times,
-   interleaved (label-only, dense, topk, sample, then again): the difference is an epoch's cost, the
-   rest the run's setup (store opened, targets loaded). Every time is this process's CPU seconds at
-   one torch thread, the fewest over the rounds: other jobs on a shared machine stretch the wall
-   clock far more than that, and the least disturbed round is the closest to the cost itself.
+   interleaved (label-only, dense, topk, sample, then again): the difference is an epoch's cost,
+   the rest the run's setup (store opened, targets loaded); then again with a wider student
+   (``--wider-student``, the teacher's shape), whose step costs more while the targets' do not.
+   Every time is this process's CPU seconds at one torch thread, the fewest over the rounds: other
+   jobs on a shared machine stretch the wall clock far more than that, and the least disturbed
+   round is the closest to the cost itself.
 3. Teacher in the loop: the same student, loop and loss through ``logitcache.lm`` (a plain PyTorch
    loop over ``TokenStoreDataset`` batches), the targets read from the topk:8 store against the
    teacher's dense logits computed each step; interleaved rounds.
@@ -35,6 +38,8 @@ from pathlib import Path
 
 import torch
 
+from logitcache.dump import dump
+from logitcache.lm import TokenStoreDataset
 from logitcache.pipeline import plan
 from logitcache.pipeline_steps import run_pipeline
 from logitcache.train import train
@@ -50,12 +55,19 @@ def records(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def student_table(steps, work: Path, seeds: int) -> None:
-    """Each student of the recipe, once per seed (runs already complete are read back)."""
+def student_table(steps, work: Path, seeds: int, budgets: list[str]) -> None:
+    """Each student of the recipe, once per seed (runs already complete are read back), then KD
+    students from more targets per position (``budgets``: codecs dumped into a store of the work dir)."""
+    students = dict(steps.students)
+    for codec in budgets:
+        name = codec.replace(":", "")
+        dump(replace(steps.dumps["dump topk"], store=str(work / "budgets.zarr"), teacher_name=name, codec=codec,
+                     progress=False), log=quiet)  # resumes to nothing when already complete
+        students[f"kd-{codec}"] = replace(steps.students["kd-topk"], store=str(work / "budgets.zarr"), teacher=name)
     print(f"\n| student ({steps.students['label-only'].student}, {steps.students['label-only'].epochs} epochs) "
           "| bytes/token | val loss (nats/token) | perplexity | top-1 agreement | seeds: val loss |")
     print("|---|---:|---:|---:|---:|---|")
-    for name, config in steps.students.items():
+    for name, config in students.items():
         losses, ppls, agreements = [], [], []
         for seed in range(seeds):
             out = work / "seeds" / name / f"seed{seed}"
@@ -92,28 +104,31 @@ def cpu_seconds(run) -> float:
     return time.process_time() - started
 
 
-def time_from_store(steps, work: Path, rounds: int) -> None:
+def time_from_store(students: dict, work: Path, rounds: int) -> None:
     """CPU seconds of a run from the store against label-only: runs of 1 and of 3 epochs, their
     difference the cost of an epoch, the rest the run's setup; interleaved rounds."""
-    warm = replace(steps.students["label-only"], out=str(work / "timing" / "warm-up"), epochs=1, val_store=None,
+    warm = replace(students["label-only"], out=str(work / "timing" / "warm-up"), epochs=1, val_store=None,
                    progress=False, overwrite=True)
     train(warm, log=quiet)  # imports and first-call costs, untimed
-    runs = {name: {1: [], 3: []} for name in steps.students}
+    runs = {name: {1: [], 3: []} for name in students}
+    student = students["label-only"].student
     for r in range(rounds):
-        for name, config in steps.students.items():
+        for name, config in students.items():
             for epochs in (1, 3):
-                once = replace(config, out=str(work / "timing" / name / f"round{r}-{epochs}"), epochs=epochs,
+                once = replace(config, out=str(work / "timing" / student / name / f"round{r}-{epochs}"), epochs=epochs,
                                val_store=None, progress=False, overwrite=True)
                 runs[name][epochs].append(cpu_seconds(lambda: train(once, log=quiet)))
     fewest = {name: {e: min(v) for e, v in by.items()} for name, by in runs.items()}  # the least disturbed
     epoch = {name: (m[3] - m[1]) / 2 for name, m in fewest.items()}
     base = fewest["label-only"]
-    print(f"\n| `logitcache train`, no validation, {rounds} interleaved rounds (fewest CPU s) | an epoch | / label-only "
-          "| setup (store opened, targets loaded) | 3-epoch run | / label-only |")
-    print("|---|---:|---:|---:|---:|---:|")
+    steps = -(-len(TokenStoreDataset(students["label-only"].store, targets=False)) // students["label-only"].batch_size)
+    print(f"\n| {student}: `logitcache train`, no validation, {rounds} interleaved rounds (fewest CPU s) | an epoch "
+          "| / label-only | more per step | setup (store opened, targets loaded) | 3-epoch run | / label-only |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, m in fewest.items():
-        print(f"| {name} | {epoch[name]:.2f} | {epoch[name] / epoch['label-only']:.3f} | {m[1] - epoch[name]:.2f} | "
-              f"{m[3]:.2f} | {m[3] / base[3]:.3f} |")
+        extra = (epoch[name] - epoch["label-only"]) / steps * 1e3
+        print(f"| {name} | {epoch[name]:.2f} | {epoch[name] / epoch['label-only']:.3f} | {extra:+.2f} ms | "
+              f"{m[1] - epoch[name]:.2f} | {m[3]:.2f} | {m[3] / base[3]:.3f} |")
 
 
 def plain_loop_epoch(student, data, teacher=None, seed: int = 0) -> float:
@@ -141,7 +156,6 @@ def plain_loop_epoch(student, data, teacher=None, seed: int = 0) -> float:
 
 def time_online(steps, rounds: int) -> None:
     """The teacher in the loop against its stored top-k targets, through logitcache.lm."""
-    from logitcache.lm import TokenStoreDataset
     from logitcache.sources import get_model
 
     config = steps.students["kd-topk"]
@@ -166,7 +180,6 @@ def time_hf_trainer(steps, work: Path, rounds: int) -> None:
     from transformers import AutoModelForCausalLM, GPT2Config, TrainingArguments
 
     from logitcache.hf import DistillationTrainer
-    from logitcache.lm import TokenStoreDataset
 
     config_dir = work / "gpt2-student"
     gpt2 = GPT2Config(vocab_size=256, n_positions=128, n_embd=32, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0)
@@ -201,7 +214,11 @@ def time_hf_trainer(steps, work: Path, rounds: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--budgets", default="topk:32,sample:32",
+                        help="more KD students, from these codecs (dumped into the work dir)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--wider-student", default="gpt:n_layer=2,n_head=2,n_embd=64,block_size=128",
+                        help="the timing again with this student (the teacher's shape)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the timings are CPU seconds)")
     parser.add_argument("--work", default=None, help="where the seeds' and timing runs go (default: a temporary dir)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: students,time,online,hf")
@@ -213,9 +230,12 @@ def main() -> None:
     work = Path(args.work or tempfile.mkdtemp(prefix="lm_students_"))
     print(f"recipe {RECIPE.name}; runs in {work}; torch threads {torch.get_num_threads()}")
     if "students" not in skip:
-        student_table(steps, work, args.seeds)
+        student_table(steps, work, args.seeds, [c for c in args.budgets.split(",") if c])
     if "time" not in skip:
-        time_from_store(steps, work, args.rounds)
+        time_from_store(steps.students, work, args.rounds)
+        wider = {name: replace(steps.students[name], student=args.wider_student)
+                 for name in ("label-only", "kd-topk", "kd-sample")}
+        time_from_store(wider, work, args.rounds)
     if "online" not in skip:
         time_online(steps, args.rounds)
     if "hf" not in skip:
