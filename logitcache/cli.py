@@ -283,7 +283,7 @@ class LossName(click.ParamType):
               help="CutMix Beta alpha (0: off); with --mixup too, each batch uses one of them.")
 @click.option("--cache-budget", default=TRAIN["cache_budget"], show_default=f"{TRAIN['cache_budget'] / 2**30:g}GiB",
               type=ByteSize(),
-              help="Decode the logits into memory up to this size, else stream them by chunk.")
+              help="Hold the logits in memory (as stored) up to this size, else stream them by chunk.")
 @click.option("--allow-partial", is_flag=True, help="Train on the written part of an unfinished store.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")

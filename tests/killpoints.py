@@ -10,6 +10,7 @@ crash tests use it to stop a dump after every one of its ``zarr.json`` writes in
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 
@@ -23,10 +24,13 @@ def _install(target: int) -> list[int]:
     original = zarr.storage.LocalStore.set
 
     match = os.environ.get("KILLPOINTS_KEY")
+    one_at_a_time = asyncio.Lock()  # parallel shard writers: no other counted write lands beside the K-th
 
     async def set_then_maybe_die(self, key, value):
-        await original(self, key, value)
-        if (match in key) if match else key.endswith("zarr.json"):
+        if not ((match in key) if match else key.endswith("zarr.json")):
+            return await original(self, key, value)
+        async with one_at_a_time:
+            await original(self, key, value)
             count[0] += 1
             if count[0] == target:
                 os._exit(137)

@@ -151,7 +151,8 @@ def wait_for_objects(s3, bucket: str, prefix: str, writer, seconds: float = 120)
 def test_s3_two_dumps_of_one_teacher_one_is_refused(s3, bucket):
     """The second waits out one lease time (6 s here) in case the holder is dead; the holder
     (about 30 s of teacher time, longer than the second's start-up and wait even on a loaded
-    machine) keeps renewing, so the second is refused."""
+    machine, where the shard writes themselves now take next to nothing) keeps renewing, so the
+    second is refused."""
     url = f"{bucket}/race.zarr"
     first = s3_dump(url, sleep=0.35)
     wait_for_objects(s3, bucket, "race.zarr/.logitcache-locks/teacher-default/", first)
@@ -297,8 +298,10 @@ def test_completion_refuses_a_teacher_whose_chunk_digests_were_lost(tmp_path):
     assert not open_store(tmp_path / "s.zarr").teacher("t", check=False).is_complete
 
 
-def test_a_failing_producer_still_gets_the_shards_it_queued_written(tmp_path):
-    """A teacher that fails in shard 2 loses only shard 2: shards 0 and 1, already queued, are whole and kept."""
+@pytest.mark.parametrize("threads", [1, 4])
+def test_a_failing_producer_still_gets_the_shards_it_queued_written(tmp_path, threads):
+    """A teacher that fails in shard 2 loses only shard 2: shards 0 and 1, already queued, are whole and kept
+    (one writer thread: shard 1 is only queued when the producer fails; four: both are in hand)."""
     import threading
 
     import numpy as np
@@ -313,7 +316,7 @@ def test_a_failing_producer_still_gets_the_shards_it_queued_written(tmp_path):
     producer_failed = threading.Event()
     with pytest.raises(ValueError, match="teacher failed"):
         # the writer holds shard 0 until the producer has failed, so shard 1 is still only queued
-        with BackgroundWriter(teacher, before_write=lambda: producer_failed.wait(2.0)) as writer:
+        with BackgroundWriter(teacher, before_write=lambda: producer_failed.wait(2.0), threads=threads) as writer:
             writer.submit(0, np.zeros((4, 2), np.float32))
             writer.submit(1, np.ones((4, 2), np.float32))
             producer_failed.set()

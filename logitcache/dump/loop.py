@@ -26,7 +26,8 @@ class AccuracyCounts:
     students will see) and the probability mass the codec stores exactly (below 1 only for sparse
     codecs). For the shards this session runs the teacher on, also the teacher's own top-1/top-5
     hits, from its outputs before encoding (``teacher_outputs``, called by the loop), and how often
-    the stored targets' top-1 agrees with the teacher's own.
+    the stored targets' top-1 agrees with the teacher's own. Called from the writer threads, one
+    shard each, in any order.
 
     The stored counts are a function of the store's bytes, so they go into the teacher's digested
     ``metrics`` (a resumed dump writes the same metadata as an uninterrupted one). The teacher's own
@@ -58,17 +59,20 @@ class AccuracyCounts:
         if not teacher.rows_ok(stored).all():
             raise StoreIncompleteError(f"teacher {teacher.name!r}: shard {shard} holds rows never written")
         labels = np.repeat(self.labels[start:stop], teacher.views_per_sample)  # one row per view
-        top = teacher.codec.top_classes(teacher.flat(stored), 5)
-        top1 = int((top[:, 0] == labels).sum())
-        top5 = int((top == labels[:, None]).any(axis=1).sum())
-        mass = float(teacher.codec.stored_mass(teacher.flat(stored)).sum())
         own = self.own.pop(shard, None)  # None: written by an earlier session, whose outputs are gone
-        mine = (len(labels), own[0], own[1], int((top[:, 0] == own[2]).sum())) if own else (0, 0, 0, 0)
-        self.by_shard[shard] = (top1, top5, mass, *mine)
+        # The agreement is the stored top-1 "hitting" the teacher's own top-1 class as it would a label;
+        # both label sets are answered from one decoding of the shard.
+        sets = [labels, own[2]] if own else [labels]
+        top1, top5 = teacher.codec.label_hits(teacher.flat(stored), sets, 5)
+        mass = float(teacher.codec.stored_mass(teacher.flat(stored)).sum())
+        mine = (len(labels), own[0], own[1], int(top1[1].sum())) if own else (0, 0, 0, 0)
+        self.by_shard[shard] = (int(top1[0].sum()), int(top5[0].sum()), mass, *mine)
 
     def totals(self) -> list[float]:
-        """The NAMES, summed over the shards counted so far (to be summed over ranks)."""
-        return [float(sum(h[i] for h in self.by_shard.values())) for i in range(len(self.NAMES))]
+        """The NAMES, summed over the shards counted so far (to be summed over ranks), in shard order
+        (writers finish shards in any order; the float sum of the mass must not follow them)."""
+        counted = [self.by_shard[shard] for shard in sorted(self.by_shard)]
+        return [float(sum(h[i] for h in counted)) for i in range(len(self.NAMES))]
 
     @classmethod
     def records(cls, totals: list[float], rows: int) -> tuple[dict, dict | None]:
@@ -127,6 +131,7 @@ def run_teacher(model, inputs, spec: str, teacher: Teacher, pending: list[int], 
             filled[shard] = filled.get(shard, 0) + len(indices)
             if filled[shard] == stop - start:
                 done = buffers.pop(shard)
+                teacher.require_finite(shard, done["logits"])  # here, so no later shard is written after it
                 features = done.pop("features", None)
                 writer.submit(shard, done.pop("logits"), done or None, features)
             bar.update(len(indices))

@@ -2,12 +2,15 @@
 
     >>> features = TeacherFeatures(store, "default", ["s1", "emb"], rows=logits.rows)
     >>> features[17]                                   # {"s1": (C, H, W) float32, "emb": (C,) float32}
-    >>> batches = FeaturePairs(paired, features, views=0)   # yields (input, label, logits, {name: tensor})
+    >>> pairs = FeaturePairs(paired, features, views=0)   # items (input, label, logits, {name: tensor})
+    >>> loader = pairs.loader(sampler, batch_size=64)     # their batches, features gathered a batch at a time
 
 Every read is checked as the logits' are (CRC-32C, position-bound digests, rows never written). When
-the decoded features fit the budget they are read once into memory; otherwise each DataLoader worker
-keeps the chunks of its current window (the sampler visits the teacher's chunks in windows), and a
-teacher that changed since the run opened it (overwritten under it) is refused.
+the decoded features fit the budget they are read once into memory; otherwise a cache keeps the
+chunks of the current window (the sampler visits the teacher's chunks in windows), and a teacher
+that changed since the run opened it (overwritten under it) is refused. ``FeaturePairs.loader``
+gathers a batch's features in the process that iterates it; item by item (``FeaturePairs[i]``, as
+a plain DataLoader reads them) each worker keeps its own window.
 """
 
 from __future__ import annotations
@@ -68,6 +71,15 @@ class TeacherFeatures:
         self._cache.move_to_end(block)
         return {name: values[row - block * self.block_rows] for name, values in chunk.items()}
 
+    def take(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """The features of many rows, stacked: {name: (n, *shape) or (n, K, *shape)}; from memory one
+        gather per feature, streamed row by row through the window's chunks."""
+        if self._table is not None:
+            index = torch.as_tensor(rows, dtype=torch.int64)
+            return {name: values[index] for name, values in self._table.items()}
+        items = [self[int(row)] for row in rows]
+        return {name: torch.stack([item[name] for item in items]) for name in items[0]}
+
     def _read_block(self, block: int) -> dict[str, torch.Tensor]:
         if self._teacher is None or self._pid != os.getpid():
             teacher = self.store.teacher(self.teacher_name)
@@ -101,3 +113,17 @@ class FeaturePairs(Dataset):
         if view is not None:
             features = {name: values[view] for name, values in features.items()}
         return (*self.paired[index], features)
+
+    def batch_features(self, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        """The features of a batch of indices, as a DataLoader collates the items' (one view each)."""
+        rows, views = np.divmod(indices, self.views) if self.views else (indices, None)
+        features = self.features.take(rows)
+        if views is None:
+            return features
+        pick = (torch.arange(len(rows)), torch.as_tensor(views, dtype=torch.int64))
+        return {name: values[pick] for name, values in features.items()}
+
+    def loader(self, sampler, batch_size: int, **options):
+        """``PairedDataset.loader``'s batches with the batch's features appended: gathered, like the
+        targets, where the batches are iterated, so DataLoader workers load inputs only."""
+        return self.paired.loader(sampler, batch_size, extra=self.batch_features, **options)

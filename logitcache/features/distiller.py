@@ -116,7 +116,7 @@ class FeatureRun:
                               "(--augment SPEC --views K) and replay it, or use --online-teacher")
         if online is None:
             reader = TeacherFeatures(store, teacher_name, sorted({n for ns in distiller.names.values() for n in ns}),
-                                     rows, config.cache_budget, config.workers)
+                                     rows, config.cache_budget)  # one reader: the loader's process (FeaturePairs)
         return cls(distiller, reader, teacher_tap)
 
     @property

@@ -78,6 +78,34 @@ class Codec(ABC):
         order = np.argsort(-np.take_along_axis(logits, top, axis=1), axis=1, kind="stable")
         return np.take_along_axis(top, order, axis=1)
 
+    def label_hits(self, stored: dict[str, np.ndarray], labels: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """Bools shaped like ``labels``: the label is the most probable class, and among the ``k`` most
+        probable, exactly as ``top_classes`` ranks them. ``labels`` is (n,), or (m, n) for m label sets
+        answered from one decoding (the dump asks for the dataset's labels and the teacher's own top-1).
+        For dense codecs, by counting the classes above each label (one pass, no partition); rows
+        where ties with the label could go either way ask ``top_classes``."""
+        labels = np.asarray(labels, dtype=np.int64)
+        sets = labels.reshape(-1, labels.shape[-1])
+        if self.sparse_form:
+            top = self.top_classes(stored, k)
+            hits = [(top[:, 0] == one, (top == one[:, None]).any(axis=1)) for one in sets]
+        else:
+            logits = self.decode(stored)
+            hits = [self._dense_hits(stored, logits, one, k) for one in sets]
+        return tuple(np.stack(found).reshape(labels.shape) for found in zip(*hits))
+
+    def _dense_hits(self, stored: dict, logits: np.ndarray, labels: np.ndarray, k: int) -> tuple:
+        k = min(k, logits.shape[1])
+        value = logits[np.arange(len(labels)), labels][:, None]
+        above = np.count_nonzero(logits > value, axis=1)
+        tied = np.count_nonzero(logits == value, axis=1) - 1  # other classes equal to the label's value
+        top1, topk = (above == 0) & (tied == 0), above + tied < k
+        unsure = np.flatnonzero(((above == 0) & (tied > 0)) | ((above < k) & (above + tied >= k)))
+        if unsure.size:  # ties at the boundary: whatever top_classes's partition does, do the same
+            top = self.top_classes({name: values[unsure] for name, values in stored.items()}, k)
+            top1[unsure], topk[unsure] = top[:, 0] == labels[unsure], (top == labels[unsure, None]).any(axis=1)
+        return top1, topk
+
     def sparse_targets(self, stored: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         """The rows as sparse training targets, for codecs that have them (else None)."""
         return None

@@ -48,17 +48,21 @@ def chunk_digest(chunk: int, start: int, stop: int, stored: dict[str, np.ndarray
         dtype = values.dtype.newbyteorder("<") if values.dtype.byteorder == ">" else values.dtype
         header = f"{name}\0{dtype.str}\0{values.shape}\0".encode()
         digest.update(_u64(len(header)) + header)
-        digest.update(values.astype(dtype, copy=False).tobytes())
+        digest.update(values.astype(dtype, copy=False).reshape(-1).view(np.uint8))  # the bytes, not a copy
     return digest.digest()
 
 
-def shard_chunk_digests(stored: dict[str, np.ndarray], start: int, stop: int, rows_per_chunk: int) -> np.ndarray:
-    """(chunks, 32) uint8: the digest of every inner chunk of rows [start, stop) (start chunk-aligned)."""
-    digests = []
-    for lo in range(start, stop, rows_per_chunk):
+def shard_chunk_digests(stored: dict[str, np.ndarray], start: int, stop: int, rows_per_chunk: int,
+                        map=map) -> np.ndarray:
+    """(chunks, 32) uint8: the digest of every inner chunk of rows [start, stop) (start chunk-aligned).
+    ``map`` (a thread pool's) hashes the chunks in parallel: sha256 releases the GIL."""
+
+    def one(lo: int) -> bytes:
         hi = min(lo + rows_per_chunk, stop)
         piece = {name: values[lo - start:hi - start] for name, values in stored.items()}
-        digests.append(np.frombuffer(chunk_digest(lo // rows_per_chunk, lo, hi, piece), np.uint8))
+        return chunk_digest(lo // rows_per_chunk, lo, hi, piece)
+
+    digests = [np.frombuffer(d, np.uint8) for d in map(one, range(start, stop, rows_per_chunk))]
     return np.stack(digests) if digests else np.zeros((0, DIGEST_BYTES), np.uint8)
 
 

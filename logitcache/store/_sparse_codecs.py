@@ -25,6 +25,23 @@ def index_dtype(num_classes: int | None) -> str:
     return "uint16" if num_classes is not None and num_classes <= 65536 else "uint32"
 
 
+def search_right(cdf: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """For every row r and column k, ``np.searchsorted(cdf[r], targets[r, k], side="right")``: the
+    number of entries of the non-decreasing row that are <= the target, found by one bisection run
+    on all of them at once (the very comparisons searchsorted makes, so the very same answers)."""
+    rows = np.arange(len(cdf))[:, None]
+    low = np.zeros(targets.shape, dtype=np.int64)
+    high = np.full(targets.shape, cdf.shape[1], dtype=np.int64)
+    while True:
+        open_ = low < high
+        if not open_.any():
+            return low
+        middle = (low + high) // 2
+        right = cdf[rows, np.minimum(middle, cdf.shape[1] - 1)] <= targets
+        low = np.where(open_ & right, middle + 1, low)
+        high = np.where(open_ & ~right, middle, high)
+
+
 def logsumexp(values: np.ndarray) -> np.ndarray:
     top = values.max(axis=1)
     return top + np.log(np.exp(values - top[:, None]).sum(axis=1))
@@ -145,18 +162,21 @@ class SampleCodec(Codec):
         wide = logits.astype(np.float64) / self.temperature
         logp = wide - logsumexp(wide)[:, None]
         cdf = np.cumsum(np.exp(logp), axis=1)
-        draws = np.random.default_rng([SAMPLE_SEED, shard]).random((len(logits), self.k))
-        fill = self.arrays["indices"].fill_value
-        indices = np.full((len(logits), self.k), fill, dtype=self.arrays["indices"].dtype)
-        counts = np.zeros((len(logits), self.k), dtype=np.uint16)
-        logprobs = np.full((len(logits), self.k), np.nan, dtype=self.values)
-        for row in range(len(logits)):
-            picked = np.minimum(np.searchsorted(cdf[row], draws[row] * cdf[row, -1], side="right"),
-                                logits.shape[1] - 1)
-            unique, count = np.unique(picked, return_counts=True)
-            indices[row, : len(unique)] = unique
-            counts[row, : len(unique)] = count
-            logprobs[row, : len(unique)] = logp[row, unique]
+        rows, classes = logits.shape
+        draws = np.random.default_rng([SAMPLE_SEED, shard]).random((rows, self.k))
+        picked = np.minimum(search_right(cdf, draws * cdf[:, -1:]), classes - 1)  # inverse CDF, per draw
+        # np.unique of each row, for all rows at once: sorted draws, a class where the run starts
+        picked.sort(axis=1)
+        first = np.ones(picked.shape, dtype=bool)
+        first[:, 1:] = picked[:, 1:] != picked[:, :-1]
+        slot = np.cumsum(first, axis=1) - 1  # the column each draw's class lands in
+        row = np.broadcast_to(np.arange(rows)[:, None], picked.shape)
+        indices = np.full((rows, self.k), self.arrays["indices"].fill_value, dtype=self.arrays["indices"].dtype)
+        counts = np.zeros((rows, self.k), dtype=np.uint16)
+        logprobs = np.full((rows, self.k), np.nan, dtype=self.values)
+        indices[row[first], slot[first]] = picked[first]
+        np.add.at(counts, (row, slot), 1)
+        logprobs[row[first], slot[first]] = logp[row[first], picked[first]]
         return {"indices": indices, "counts": counts, "logprobs": logprobs}
 
     def uniforms(self, shard: int, rows: int) -> np.ndarray:

@@ -31,22 +31,15 @@ import zarr.codecs
 
 from ..errors import (
     CorruptStoreError,
-    NonFiniteLogitsError,
     StoreAccessError,
     StoreConnectionError,
     StoreIncompleteError,
 )
 from ._backend import retry_transient
-from ._checks import teacher_metadata_digest
 from ._codecs import Codec, get_codec
 from ._create import teacher_status
-from ._features import encode_features, feature_array_name, read_features
-from ._integrity import (
-    CHUNK_DIGESTS_ARRAY,
-    content_digest,
-    integrity_record,
-    shard_chunk_digests,
-)
+from ._features import feature_array_name, read_features
+from ._integrity import CHUNK_DIGESTS_ARRAY, chunk_digest, shard_chunk_digests
 from ._schema import (
     SHARD_DONE_ARRAY,
     STATUS_COMPLETE,
@@ -55,6 +48,8 @@ from ._schema import (
     VIEW_PARAMS_ARRAY,
     Layout,
 )
+from ._shard_io import ShardIO, parallel_map
+from ._teacher_writes import TeacherWrites
 from ._tokens import SHARD_STATS_ARRAY, token_extra_arrays
 
 
@@ -71,8 +66,8 @@ def _settle_pending_reads(timeout: float = 5.0) -> None:
         zarr.core.sync.sync(settle())
 
 
-class Teacher:
-    """Read (and, for a writable store, write) one teacher's logits."""
+class Teacher(TeacherWrites):
+    """Read (and, for a writable store, write: ``_teacher_writes.py``) one teacher's logits."""
 
     def __init__(self, group: zarr.Group, name: str, store):
         self.group = group
@@ -189,6 +184,18 @@ class Teacher:
         return {feature_array_name(f["name"]): self.group[feature_array_name(f["name"])] for f in self.features}
 
     @cached_property
+    def _io(self) -> ShardIO | None:
+        """Whole-shard writes and chunk-run reads without zarr's per-chunk pipeline (``_shard_io.py``)
+        for the content arrays laid out as logitcache makes them; zarr reads and writes any other
+        (``_zarr_names``). None: zarr does everything."""
+        return ShardIO.for_arrays(self.content_arrays, self.num_samples, self.layout.rows_per_chunk,
+                                  self.layout.rows_per_shard)
+
+    def _zarr_names(self, names) -> list[str]:
+        """Those of ``names`` that the fast path does not serve."""
+        return [name for name in names if self._io is None or name not in self._io.arrays]
+
+    @cached_property
     def view_arrays(self) -> dict[str, zarr.Array]:
         """``view_params`` (and ``view_hashes``, if recorded) of a multi-view teacher; else empty."""
         names = [VIEW_PARAMS_ARRAY, VIEW_HASHES_ARRAY] if self.has_view_hashes else [VIEW_PARAMS_ARRAY]
@@ -235,22 +242,66 @@ class Teacher:
     # -- reading -------------------------------------------------------------------------------
 
     def read_stored(self, start: int, stop: int, arrays: dict | None = None) -> dict[str, np.ndarray]:
-        """The raw stored arrays (default: the codec's) for rows [start, stop), checked: zarr checks
-        each chunk's CRC-32C, and a v3 teacher's chunks must match their position-bound digests."""
+        """The raw stored arrays (default: the codec's; ``arrays``: any content arrays by name) for rows
+        [start, stop), checked: each chunk's CRC-32C, and a v3 teacher's chunks must match their
+        position-bound digests (over every content array, so all of them are read)."""
         names = list(self.arrays if arrays is None else arrays)
         if not self.has_digests:
             return self._read_raw(start, stop, {name: self.content_arrays[name] for name in names})
         rows = self.layout.rows_per_chunk
         lo, hi = start // rows * rows, min(-(-stop // rows) * rows, self.num_samples)
-        stored = self._read_raw(lo, hi, self.content_arrays)
-        self._check_digests(lo, hi, stored)
+        stored = self._read_checked([(lo, hi)])[0]
         return {name: stored[name][start - lo:stop - lo] for name in names}
 
+    def read_chunks(self, chunks) -> list[dict[str, np.ndarray]]:
+        """The codec's stored arrays of whole inner chunks (the rows of each), checked like
+        ``read_stored``; many chunks are fetched and checked together (one request per array and
+        shard, decompression and digests on the thread pool)."""
+        rows = self.layout.rows_per_chunk
+        ranges = [(int(c) * rows, min((int(c) + 1) * rows, self.num_samples)) for c in chunks]
+        if self._io is None or not self.has_digests:
+            return [self.read_stored(start, stop) for start, stop in ranges]
+        return [{name: arrays[name] for name in self.arrays} for arrays in self._read_checked(ranges)]
+
+    def _read_checked(self, ranges: list[tuple[int, int]]) -> list[dict[str, np.ndarray]]:
+        """Every content array over each chunk-aligned row range, each inner chunk checked against its
+        digest: arrays the fast path does not serve are read by zarr first and checked with the chunks
+        the fast path decodes (on the pool); with no fast path, zarr reads all and they are checked here."""
+        others = {name: self.content_arrays[name] for name in self._zarr_names(self.content_arrays)}
+        extra = [self._read_raw(lo, hi, others) for lo, hi in ranges] if others else None
+        if self._io is None:
+            for (lo, hi), stored in zip(ranges, extra):
+                self._check_digests(lo, hi, stored)
+            return extra
+        first, last = (ranges[0][0], ranges[-1][1]) if ranges else (0, 0)
+        return self._reading(lambda: self._io.read_ranges(ranges, list(self._io.arrays), self._check_chunk, extra),
+                             first, last)
+
+    def _check_chunk(self, start: int, stop: int, stored: dict[str, np.ndarray]) -> None:
+        """One inner chunk's rows against its recorded digest (none recorded: not written yet)."""
+        chunk = start // self.layout.rows_per_chunk
+        recorded = self.chunk_digests[chunk]
+        if recorded.any() and bytes(recorded) != chunk_digest(chunk, start, stop, stored):
+            raise CorruptStoreError(
+                f"teacher {self.name!r}, rows {start}-{stop}: the stored values are not the ones the dump wrote "
+                "there (digest mismatch: moved, swapped or edited chunks)")
+
     def _read_raw(self, start: int, stop: int, arrays: dict) -> dict[str, np.ndarray]:
+        """Rows [start, stop) of the given content arrays as stored, CRC-checked, not digest-checked."""
+        slow = self._zarr_names(arrays)
+        fast = [name for name in arrays if name not in slow]
+
+        def read():
+            stored = {name: arrays[name][start:stop] for name in slow}
+            return {**stored, **(self._io.read(start, stop, fast) if fast else {})}
+
+        return self._reading(read, start, stop)
+
+    def _reading(self, read, start: int, stop: int):
+        """``read()``, retried after transient network errors; damage becomes one CorruptStoreError."""
         try:
-            return retry_transient(lambda: {name: array[start:stop] for name, array in arrays.items()},
-                                   self.store.location)
-        except (StoreConnectionError, StoreAccessError):
+            return retry_transient(read, self.store.location)
+        except (StoreConnectionError, StoreAccessError, CorruptStoreError):
             raise
         except Exception as err:  # zarr raises several types for a bad checksum or truncated shard
             _settle_pending_reads()
@@ -264,7 +315,7 @@ class Teacher:
     def _check_digests(self, lo: int, hi: int, stored: dict[str, np.ndarray]) -> None:
         """Compare chunk-aligned rows [lo, hi) with their recorded digests (unwritten chunks: none)."""
         rows = self.layout.rows_per_chunk
-        found = shard_chunk_digests(stored, lo, hi, rows)
+        found = shard_chunk_digests(stored, lo, hi, rows, map=parallel_map)
         recorded = self.chunk_digests[lo // rows:lo // rows + len(found)]
         bad = np.flatnonzero(recorded.any(axis=1) & (recorded != found).any(axis=1))
         if bad.size:
@@ -297,6 +348,10 @@ class Teacher:
             raise CorruptStoreError(f"{what}, though it is marked complete: the store was damaged after the dump "
                                     "(a chunk is missing); restore it, or dump again with --overwrite")
         raise StoreIncompleteError(f"{what}; the dump did not finish — rerun it to resume")
+
+    def read_features(self, start: int, stop: int, names: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Decoded float32 features by name for rows [start, stop): (n, [K,] *shape), checked like ``read``."""
+        return read_features(self, start, stop, names)
 
     def read_view_params(self, start: int, stop: int) -> np.ndarray:
         """float16 (stop - start, K, P): how each stored view was cut (see docs/FORMAT.md)."""
@@ -332,111 +387,3 @@ class Teacher:
     def row_shape(self) -> tuple[int, ...]:
         """The decoded shape of one sample: (C,), or (K, C) for a multi-view teacher."""
         return (self.views_per_sample, self.num_classes) if self.views else (self.num_classes,)
-
-    # -- writing -------------------------------------------------------------------------------
-
-    def write_shard(self, shard: int, logits: np.ndarray, views: dict | None = None,
-                    features: dict | None = None) -> dict[str, np.ndarray]:
-        """Encode and write one whole shard, read it back, record it done; return what was stored.
-
-        ``logits`` is float32 (n, C), or (n, K, C) with ``views`` = {"view_params": (n, K, P),
-        "view_hashes": (n, K) uint64 if recorded} for a multi-view teacher. ``features``: float32
-        (n, [K,] *shape) by feature name, for a teacher with features.
-
-        Raises:
-            NonFiniteLogitsError: a row holds NaN or inf; the message names the sample keys.
-            CorruptStoreError: what was read back differs from what was written.
-        """
-        start, stop = self.layout.shard_rows(shard, self.num_samples)
-        if logits.shape != (stop - start, *self.row_shape):
-            raise ValueError(f"shard {shard} needs shape {(stop - start, *self.row_shape)}, got {logits.shape}")
-        if sorted(views or {}) != sorted(self.view_arrays):
-            raise ValueError(f"shard {shard} needs view arrays {sorted(self.view_arrays)}, got {sorted(views or {})}")
-        bad = np.flatnonzero(~np.isfinite(logits.reshape(len(logits), -1)).all(axis=1))
-        if bad.size:
-            keys = self.store.keys[start + bad[:5]]
-            raise NonFiniteLogitsError(
-                f"the teacher produced NaN/inf logits for {bad.size} samples in rows {start}-{stop} "
-                f"(keys: {', '.join(map(repr, keys))}{', …' if bad.size > 5 else ''}); "
-                "nothing was marked complete"
-            )
-        encoded = self.codec.encode_shard(logits.reshape(-1, self.num_classes), shard)
-        encoded = {name: self._unflat(values) for name, values in encoded.items()}
-        encoded.update({name: np.asarray(values, dtype=self.view_arrays[name].dtype) for name, values in
-                        (views or {}).items()})
-        encoded.update(encode_features(self.features, features or {}, self.store.keys[start:stop]))
-        return self.write_encoded(shard, encoded)
-
-    def read_features(self, start: int, stop: int, names: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Decoded float32 features by name for rows [start, stop): (n, [K,] *shape), checked like ``read``."""
-        return read_features(self, start, stop, names)
-
-    def write_encoded(self, shard: int, encoded: dict[str, np.ndarray],
-                      stats: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """Write one whole shard of already-encoded arrays (one per content array), read it back,
-        record its digests and mark it done; return what was stored. ``write_shard`` encodes on the
-        host; a token dump reduces on the device and hands its arrays here, with the shard's
-        ``stats`` (``_tokens.SHARD_STATS``).
-
-        Raises:
-            CorruptStoreError: what was read back differs from what was written.
-        """
-        start, stop = self.layout.shard_rows(shard, self.num_samples)
-        arrays = self.content_arrays
-        if sorted(encoded) != sorted(arrays):
-            raise ValueError(f"shard {shard} needs arrays {sorted(arrays)}, got {sorted(encoded)}")
-        for name, values in encoded.items():
-            if values.shape != (stop - start, *arrays[name].shape[1:]) or values.dtype != arrays[name].dtype:
-                raise ValueError(f"shard {shard} of {name!r} needs {(stop - start, *arrays[name].shape[1:])} "
-                                 f"{arrays[name].dtype}, got {values.shape} {values.dtype}")
-
-        def write_and_check():  # idempotent: a retry after a network error rewrites the same bytes
-            for name, values in encoded.items():
-                arrays[name][start:stop] = values
-            stored = self._read_raw(start, stop, arrays)
-            for name, values in encoded.items():
-                if not np.array_equal(stored[name], values, equal_nan=values.dtype.kind == "f"):
-                    raise CorruptStoreError(f"teacher {self.name!r}: shard {shard} of {name!r} read back differently")
-            if self.has_digests:  # digests of what was read back, then the ledger: done means checkable
-                rows = self.layout.rows_per_chunk
-                digests = shard_chunk_digests(stored, start, stop, rows)
-                self.group[CHUNK_DIGESTS_ARRAY][start // rows:start // rows + len(digests)] = digests
-                self.chunk_digests[start // rows:start // rows + len(digests)] = digests
-            if stats is not None:
-                self.group[SHARD_STATS_ARRAY][shard] = np.asarray(stats, dtype=np.float64)
-            self.group[SHARD_DONE_ARRAY][shard] = 1
-            return stored
-
-        return retry_transient(write_and_check, self.store.location)
-
-    def update_attrs(self, **changes) -> None:
-        """Replace top-level fields of the teacher attribute (one metadata write)."""
-        attrs = self.attrs
-        attrs.update(changes)
-
-        def write():
-            self.group.attrs[TEACHER_ATTR] = attrs
-
-        retry_transient(write, self.store.location)
-
-    def mark_complete(self, **changes) -> None:
-        """Set status ``complete`` once every shard is done, with any final fields and (v3) the
-        integrity record: the metadata digest and the digest of every chunk digest.
-
-        Raises:
-            StoreIncompleteError: some shard is not done.
-        """
-        pending = np.flatnonzero(~self.shard_done())
-        if pending.size:
-            raise StoreIncompleteError(
-                f"teacher {self.name!r}: {pending.size} shards are not written (first: {int(pending[0])})"
-            )
-        if self.has_digests:
-            final = {**self.attrs, **changes, "status": STATUS_COMPLETE}
-            digests = self.group[CHUNK_DIGESTS_ARRAY][:]  # as every rank wrote them, not this process's copy
-            if not digests.any(axis=1).all():
-                raise CorruptStoreError(f"teacher {self.name!r}: {int((~digests.any(axis=1)).sum())} chunk digests "
-                                        "are missing though every shard is marked done; pass --overwrite to dump "
-                                        "it again")
-            changes["integrity"] = integrity_record(teacher_metadata_digest(self, final), content_digest(digests))
-        self.update_attrs(status=STATUS_COMPLETE, **changes)

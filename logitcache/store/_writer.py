@@ -1,14 +1,19 @@
-"""A background shard writer: compression and I/O run beside the teacher, never in its way.
+"""Background shard writers: encoding, compression and I/O run beside the teacher, never in its way.
 
     >>> with BackgroundWriter(teacher, on_written=count_correct) as writer:   # called with (shard, stored)
     ...     for shard, logits in produce_shards():
     ...         writer.submit(shard, logits)        # blocks only when `max_pending` shards wait
 
-The queue is bounded, so memory stays at most ``max_pending + 1`` shards. An error on the
-writer thread (non-finite logits, a failed write) is raised in the producer at its next
-``submit`` or at exit, and no later shard is written. When the producer fails instead, the shards
-it already queued are finished (they are whole and correct, and a resume need not redo them);
-an interrupt (Ctrl-C) finishes only the shard in hand.
+``threads`` writer threads (default: the CPUs, up to 8) each take whole shards, so a fast teacher
+is never held up by one core's worth of encoding: numpy, blosc, CRC-32C and sha256 release the GIL.
+Every shard is its own set of objects (chunks, digests, ledger entry), so the order in which
+shards finish changes no byte of the store; ``on_written`` may be called from any writer thread,
+for any shard order. The queue is bounded: memory stays at ``max_pending + threads`` shards.
+
+An error on a writer thread (a failed write) is raised in the producer at its next ``submit`` or at
+exit; no shard is started after it (the shards other threads have in hand are finished). When the
+producer fails instead, the shards it already queued are finished (they are whole and correct, and
+a resume need not redo them); an interrupt (Ctrl-C) finishes only the shards in hand.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from . import _shard_io
+
 _STOP = object()
 
 
@@ -27,16 +34,22 @@ class BackgroundWriter:
         self,
         teacher,
         on_written: Callable[[int, np.ndarray], None] | None = None,
-        max_pending: int = 2,
+        max_pending: int | None = None,
         before_write: Callable[[], None] | None = None,
+        threads: int | None = None,
     ):
         self.teacher = teacher
         self.on_written = on_written
         self.before_write = before_write  # e.g. the writer's lock: raise if it is no longer held
-        self._queue: queue.Queue = queue.Queue(maxsize=max_pending)
+        count = threads or _shard_io.threads()
+        self._queue: queue.Queue = queue.Queue(maxsize=max_pending or count)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="logitcache-writer", daemon=True)
-        self._thread.start()
+        if teacher.has_digests:  # made once here, not raced for by the threads
+            teacher.chunk_digests  # noqa: B018
+        self._threads = [threading.Thread(target=self._run, name=f"logitcache-writer-{i}", daemon=True)
+                         for i in range(count)]
+        for thread in self._threads:
+            thread.start()
 
     def _run(self):
         while True:
@@ -56,7 +69,7 @@ class BackgroundWriter:
                 if self.on_written is not None:
                     self.on_written(shard, stored)
             except BaseException as err:  # handed to the producer thread, re-raised there
-                self._error = err
+                self._error = self._error or err
 
     def _raise_if_failed(self):
         if self._error is not None:
@@ -73,11 +86,16 @@ class BackgroundWriter:
         self._raise_if_failed()
         self._queue.put((shard, None, encoded, stats, None))
 
-    def close(self) -> None:
-        """Wait until every queued shard is written; raise the writer's error if it had one."""
-        if self._thread.is_alive():
+    def _stop(self) -> None:
+        for _ in self._threads:
             self._queue.put(_STOP)
-            self._thread.join()
+        for thread in self._threads:
+            thread.join()
+
+    def close(self) -> None:
+        """Wait until every queued shard is written; raise a writer's error if there was one."""
+        if any(thread.is_alive() for thread in self._threads):
+            self._stop()
         self._raise_if_failed()
 
     def __enter__(self):
@@ -87,7 +105,6 @@ class BackgroundWriter:
         if exc_type is None:
             self.close()
             return
-        if not isinstance(exc, Exception):  # interrupted: finish the shard in hand, drop the rest
+        if not isinstance(exc, Exception):  # interrupted: finish the shards in hand, drop the rest
             self._error = self._error or exc
-        self._queue.put(_STOP)
-        self._thread.join()
+        self._stop()

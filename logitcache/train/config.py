@@ -17,7 +17,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from ..errors import ConfigError
 
-CACHE_BUDGET = 4 << 30  # bytes of decoded logits held in memory before they are streamed by chunk
+CACHE_BUDGET = 4 << 30  # bytes of logits, as stored, held in memory before they are streamed by chunk
 
 FLOAT32_MAX = 3.4028234663852886e38  # options scale float32 weights and losses: larger is inf to them
 

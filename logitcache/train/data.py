@@ -3,12 +3,15 @@
     >>> logits = TeacherLogits.open("data/stores/digits.zarr", budget_bytes=2 << 30)
     >>> paired = PairedDataset(get_dataset("digits@train").dataset, logits)
     >>> sampler = EpochSampler(logits.rows, seed=0, block_rows=logits.block_rows, window_blocks=logits.window_blocks)
-    >>> loader = DataLoader(paired, batch_size=64, sampler=sampler)   # yields (input, label, logits)
+    >>> loader = paired.loader(sampler, batch_size=64, workers=2)   # yields (inputs, labels, logits) batches
+    >>> logits.take([7, 3, 5])                                      # float32 (3, C): one gather, one decode
 
 Sample i of the dataset is row i of the store: the caller checks the dataset against the store's
-fingerprint first (``LogitStore.check_dataset``). When the decoded logits fit the budget they are
-read once into one tensor shared by all workers; otherwise each worker keeps a small cache of
-decoded chunks and the sampler visits chunks in a shuffled, windowed order so the cache hits.
+fingerprint first (``LogitStore.check_dataset``). When the stored rows fit the budget they are read
+once into memory, as stored (fp16 rows stay fp16); otherwise a fixed cache holds a window of
+chunks and the sampler visits chunks in a shuffled, windowed order so the cache hits. Either way
+targets are gathered and decoded a batch at a time in the process that iterates the loader; the
+DataLoader (and its workers) loads inputs and labels only.
 
 A multi-view store holds K views per sample. The sampler then picks one view per sample and
 epoch and yields ``row * K + view``; the paired dataset rebuilds that view from the raw sample
@@ -22,7 +25,7 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, default_collate
 
 from ..errors import (
     ConfigError,
@@ -32,6 +35,8 @@ from ..errors import (
 )
 from ..store import LogitStore, open_store
 from .config import CACHE_BUDGET
+from .sampler import EpochSampler  # noqa: F401 -- the loader's companion, imported from here too
+from .targets import BatchDecoder
 
 
 def ensemble_logits(stack: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -48,16 +53,23 @@ class TeacherLogits:
     """Targets of one teacher (or a K-teacher ensemble), by store row: in memory, or streamed by
     chunk. Dense stores give float32 logits (C,); with ``sparse=True`` a topk:K or sample:K store
     gives its sparse targets instead (a dict of (K,) tensors), so no dense row is ever built.
-    A K-teacher ensemble is combined with ``ensemble_logits``."""
+    A K-teacher ensemble is combined with ``ensemble_logits``.
+
+    Rows are held as stored (fp16 logits stay fp16: half the memory of float32, so ImageNet-1k's
+    1000 classes fit the default budget) and decoded a batch at a time (``take``). Streamed, a
+    window of chunks lives in one fixed cache, read in the process that calls ``take`` (train's main
+    process), many chunks at a time; DataLoader workers never hold or read logits."""
 
     def __init__(self, location, teacher_names=None, budget_bytes: int = CACHE_BUDGET, workers: int = 0,
                  allow_partial: bool = False, temperature: float = 1.0, storage_options: dict | None = None,
                  sparse: bool = False, dense_for: str | None = None, expect_teacher: str | None = None):
         # ``location``: a path or URL, or a store the caller opened already (train opens it once).
+        # ``workers`` is accepted for callers that pass it; workers no longer read logits.
         store = location if isinstance(location, LogitStore) else open_store(location, storage_options=storage_options)
         teachers = _resolve_teachers(store, teacher_names, allow_partial)
         _check_combinable(teachers, sparse, dense_for)
-        self.store, self.location = store, store.location  # a LogitStore reopens itself in each worker
+        self.store, self.location = store, store.location  # a LogitStore reopens itself in each process
+        self.num_samples = store.num_samples
         self.teacher_names = [t.name for t in teachers]
         self.teacher_name = ",".join(self.teacher_names)
         self.codec = teachers[0].codec
@@ -72,16 +84,19 @@ class TeacherLogits:
         self.identities = [t.identity for t in teachers]  # a reopen (worker, later block) must find the same
         self.recorded = {t.name: [t.attrs["settings"].get("weights_sha256"), t.attrs["settings"].get(
             "parameters_sha256"), t.digest] for t in teachers}
-        per_view = 16 * self.codec.k + 8 if self.sparse else 4 * self.num_classes * len(teachers)
-        row_bytes = per_view * teachers[0].views_per_sample
-        self.in_memory = store.num_samples * row_bytes <= budget_bytes
+        self.per_sample = teachers[0].views_per_sample
+        self._decode = BatchDecoder(self.codec, self.sparse, ensemble=len(teachers) > 1)
+        row_bytes = self._decode.row_bytes(self.num_classes) * self.per_sample
+        self.in_memory = self.num_samples * row_bytes <= budget_bytes
         self.block_rows = min(t.layout.rows_per_chunk for t in teachers)
-        self.window_blocks = max(1, budget_bytes // (self.block_rows * row_bytes * max(workers, 1)))
+        self.window_blocks = max(1, budget_bytes // (self.block_rows * row_bytes))
         if expect_teacher:  # before a byte of logits is read
             check_teacher_identity(self, expect_teacher)
         self._table = self._load_all(teachers) if self.in_memory else None
         self._teachers = None
-        self._cache: OrderedDict = OrderedDict()
+        self._cache: OrderedDict = OrderedDict()  # streamed: chunk -> its slot in ``_slots`` (LRU order)
+        self._slots: dict[str, np.ndarray] | None = None
+        self._slot_of = np.full(-(-self.num_samples // self.block_rows), -1, dtype=np.int64)
 
     @classmethod
     def open(cls, location, teacher_names=None, budget_bytes=CACHE_BUDGET, **kwargs) -> TeacherLogits:
@@ -89,47 +104,90 @@ class TeacherLogits:
             teacher_names = [n for n in teacher_names.split(",") if n]
         return cls(location, teacher_names, budget_bytes, **kwargs)
 
-    def _read(self, teachers, start: int, stop: int):
-        """Rows [start, stop): a (n, C) tensor, or a dict of (n, ...) tensors when sparse."""
-        if self.sparse:
-            return {k: torch.from_numpy(v) for k, v in teachers[0].read_targets(start, stop).items()}
-        parts = [t.read(start, stop) for t in teachers]
-        if len(parts) == 1:
-            return torch.from_numpy(parts[0])
-        return ensemble_logits(torch.from_numpy(np.stack(parts)), self.temperature)
+    def _stored(self, teachers, pieces: list[dict]) -> list[dict[str, np.ndarray]]:
+        """Each teacher's stored arrays of the same rows -> what the table holds, views folded into
+        rows (one teacher: its arrays as stored; an ensemble: the combined float32 logits)."""
+        if len(teachers) == 1:
+            return [{name: v.reshape(-1, *v.shape[2:]) if self.views else v for name, v in p[0].items()}
+                    for p in pieces]
+        combined = []
+        for parts in pieces:
+            decoded = np.stack([t.decode(stored) for t, stored in zip(teachers, parts)])
+            logits = ensemble_logits(torch.from_numpy(decoded), self.temperature).numpy()
+            combined.append({"logits": logits.reshape(-1, self.num_classes)})
+        return combined
 
-    def _load_all(self, teachers):
-        pieces = {start: self._read(teachers, start, stop)
-                  for start, stop in _contiguous_ranges(self.rows, teachers[0].layout.rows_per_shard)}
-        if not self.sparse:
-            table = torch.full((teachers[0].num_samples, *teachers[0].row_shape), float("nan"))
-            for start, piece in pieces.items():
-                table[start:start + len(piece)] = piece
-            return table
-        table = {}
-        for start, piece in pieces.items():
-            for key, values in piece.items():
-                if key not in table:
-                    table[key] = torch.zeros((teachers[0].num_samples, *values.shape[1:]), dtype=values.dtype)
-                table[key][start:start + len(values)] = values
+    def _load_all(self, teachers) -> dict[str, np.ndarray]:
+        ranges = list(_contiguous_ranges(self.rows, teachers[0].layout.rows_per_shard))
+        table = None
+        for (start, stop), piece in zip(ranges, self._stored(teachers, [[t.read_stored(start, stop) for t in teachers]
+                                                                         for start, stop in ranges])):
+            if table is None:  # unwritten rows keep the codec's fill value (they are never sampled)
+                table = {name: np.zeros((self.num_samples * self.per_sample, *v.shape[1:]), v.dtype)
+                         for name, v in piece.items()}
+            for name, values in piece.items():
+                table[name][start * self.per_sample:stop * self.per_sample] = values
         return table
 
-    def __getstate__(self):  # workers reopen the store themselves (zarr handles are per process)
+    def __getstate__(self):  # a LogitStore reopens itself; teachers and the streamed cache are per process
         state = self.__dict__.copy()
-        state["_teachers"], state["_cache"] = None, OrderedDict()
+        state["_teachers"], state["_cache"], state["_slots"] = None, OrderedDict(), None
+        state["_slot_of"] = np.full_like(self._slot_of, -1)
         return state
 
     def __getitem__(self, row: int):
-        if self._table is not None:
-            return _row(self._table, row)
-        block = row // self.block_rows
-        chunk = self._cache.get(block)
-        if chunk is None:
-            chunk = self._read_block(block)
-        self._cache.move_to_end(block)
-        return _row(chunk, row - block * self.block_rows)
+        """One row's targets: (C,), or (K, C) for a multi-view store (a dict of them when sparse)."""
+        return _row(self.take(np.asarray([row])), 0)
 
-    def _read_block(self, block: int):
+    def take(self, rows, views=None):
+        """The targets of many rows at once: (n, C) float32 (a dict of (n, K) tensors when sparse),
+        or (n, V, C) for a multi-view store unless ``views`` picks one view per row."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if views is None and self.per_sample > 1:
+            every = np.arange(self.per_sample)
+            flat = self._take_flat(np.repeat(rows, self.per_sample), np.tile(every, len(rows)))
+            return _reshape(flat, (len(rows), self.per_sample))
+        return self._take_flat(rows, np.zeros_like(rows) if views is None else np.asarray(views, dtype=np.int64))
+
+    def _take_flat(self, rows: np.ndarray, views: np.ndarray):
+        if self._table is not None:
+            return self._decode({name: values[rows * self.per_sample + views] for name, values in self._table.items()})
+        blocks = rows // self.block_rows
+        if len(np.unique(blocks)) > self.window_blocks and len(rows) > 1:  # more than the cache holds: halves
+            half = len(rows) // 2
+            return _concat(self._take_flat(rows[:half], views[:half]), self._take_flat(rows[half:], views[half:]))
+        slots = self._cached_slots(blocks)
+        index = (slots * self.block_rows + rows - blocks * self.block_rows) * self.per_sample + views
+        return self._decode({name: values[index] for name, values in self._slots.items()})
+
+    def _cached_slots(self, blocks: np.ndarray) -> np.ndarray:
+        """The cache slot of every block, reading the missing ones together (least recently used out)."""
+        wanted = np.unique(blocks)
+        missing = wanted[self._slot_of[wanted] < 0].tolist()
+        if missing:
+            teachers = self._open_teachers()
+            pieces = self._stored(teachers, list(zip(*[t.read_chunks(missing) for t in teachers])))
+            if self._slots is None:
+                size = self.window_blocks * self.block_rows * self.per_sample
+                self._slots = {name: np.empty((size, *v.shape[1:]), v.dtype) for name, v in pieces[0].items()}
+            free = list(range(len(self._cache), min(self.window_blocks, len(self._cache) + len(missing))))
+            keep = set(wanted.tolist())
+            for block in list(self._cache):  # least recently used first
+                if len(free) >= len(missing):
+                    break
+                if block not in keep:
+                    free.append(self._cache.pop(block))
+                    self._slot_of[block] = -1
+            for block, slot, piece in zip(missing, free, pieces):
+                start = slot * self.block_rows * self.per_sample
+                for name, values in piece.items():
+                    self._slots[name][start:start + len(values)] = values
+                self._cache[block], self._slot_of[block] = slot, slot
+        for block in wanted.tolist():
+            self._cache.move_to_end(block)
+        return self._slot_of[blocks]
+
+    def _open_teachers(self) -> list:
         if self._teachers is None or self._pid != os.getpid():
             teachers = [self.store.teacher(n) for n in self.teacher_names]
             for teacher, identity in zip(teachers, self.identities):
@@ -139,17 +197,23 @@ class TeacherLogits:
                         f"was {identity[:24]}…, it is now {teacher.identity[:24]}…: overwritten?); start the run again"
                     )
             self._teachers, self._pid = teachers, os.getpid()
-        start = block * self.block_rows
-        stop = min(start + self.block_rows, self._teachers[0].num_samples)
-        chunk = self._read(self._teachers, start, stop)
-        self._cache[block] = chunk
-        while len(self._cache) > self.window_blocks:
-            self._cache.popitem(last=False)
-        return chunk
+        return self._teachers
 
 
-def _row(table, index: int):
-    return {key: values[index] for key, values in table.items()} if isinstance(table, dict) else table[index]
+def _row(targets, index: int):
+    return {key: values[index] for key, values in targets.items()} if isinstance(targets, dict) else targets[index]
+
+
+def _reshape(targets, leading: tuple[int, ...]):
+    if isinstance(targets, dict):
+        return {key: values.reshape(*leading, *values.shape[1:]) for key, values in targets.items()}
+    return targets.reshape(*leading, *targets.shape[1:])
+
+
+def _concat(first, second):
+    if isinstance(first, dict):
+        return {key: torch.cat([first[key], second[key]]) for key in first}
+    return torch.cat([first, second])
 
 
 def _check_combinable(teachers, sparse: bool, dense_for: str | None = None) -> None:
@@ -249,7 +313,9 @@ class PairedDataset(Dataset):
     """(input, label, teacher_logits) by store row; without logits, (input, label, empty).
 
     With a ``replay`` (multi-view stores) indices are ``row * K + view``: the input is that view,
-    rebuilt from the raw sample, and the targets are that view's."""
+    rebuilt from the raw sample, and the targets are that view's. ``loader`` batches it the fast
+    way: inputs and labels in the DataLoader (its workers, if any), the targets of a whole batch at
+    once in the process that iterates (``targets``)."""
 
     def __init__(self, dataset, logits: TeacherLogits | None, replay=None):
         self.dataset = dataset
@@ -260,81 +326,72 @@ class PairedDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int):
+        inputs, label = _Inputs(self.dataset, self.replay).sample(index)
+        targets = self.targets(np.asarray([index]))
+        return inputs, label, _row(targets, 0)
+
+    def targets(self, indices: np.ndarray):
+        """The targets of a batch of indices (an empty (n, 0) tensor without logits)."""
+        if self.logits is None:
+            return torch.empty(len(indices), 0)
         if self.replay is None:
-            inputs, label = self.dataset[index]
-            return inputs, label, self.logits[index] if self.logits is not None else torch.empty(0)
+            return self.logits.take(indices)
+        return self.logits.take(indices // self.replay.views, indices % self.replay.views)
+
+    def loader(self, sampler, batch_size: int, workers: int = 0, drop_last: bool = False, pin_memory: bool = False,
+               persistent_workers: bool = False, extra=None) -> PairedLoader:
+        """Batches of ``(inputs, labels, targets)`` in ``sampler``'s order, as
+        ``DataLoader(self, batch_size, sampler=sampler, drop_last=drop_last)`` would give them;
+        ``extra(indices)``, if given, is appended to each (a batch's cached features)."""
+        batches = BatchSampler(sampler, batch_size, drop_last)
+        inputs = DataLoader(_Inputs(self.dataset, self.replay), sampler=batches, batch_size=None,
+                            num_workers=workers, pin_memory=pin_memory, persistent_workers=persistent_workers)
+        return PairedLoader(inputs, self, pin_memory, extra)
+
+
+class _Inputs(Dataset):
+    """What DataLoader workers load: a batch's inputs and labels (and its indices), never logits."""
+
+    def __init__(self, dataset, replay=None):
+        self.dataset, self.replay = dataset, replay
+
+    def sample(self, index: int):
+        if self.replay is None:
+            return self.dataset[index]
         row, view = divmod(index, self.replay.views)
         image, label = self.dataset[row]
-        return self.replay.build(image, row, view), label, _row(self.logits[row], view)
+        return self.replay.build(image, row, view), label
+
+    def __getitem__(self, indices: list[int]):
+        if self.replay is None and callable(getattr(self.dataset, "__getitems__", None)):
+            samples = self.dataset.__getitems__(list(indices))
+        else:
+            samples = [self.sample(index) for index in indices]
+        inputs, labels = default_collate(samples)
+        return inputs, labels, torch.as_tensor(indices, dtype=torch.int64)
 
 
-class EpochSampler(Sampler[int]):
-    """A seeded order over given rows that is a pure function of (seed, epoch).
+class PairedLoader:
+    """Iterates ``(inputs, labels, targets)``: the DataLoader's batches, with their targets gathered
+    (one gather per batch, decoded as a batch) where they are iterated."""
 
-    Under DDP every rank computes the same order and takes its share (``rank_order``).
-    With ``block_rows`` it is a block shuffle: blocks of consecutive rows are visited in random
-    order, ``window_blocks`` at a time, with the rows of each window shuffled together. Every
-    row still comes exactly once per epoch, and a reader needs only one window of blocks.
-
-    With ``views`` = K > 0 it yields ``row * K + view``: one view per row and epoch, ``random``
-    (seeded by (seed, epoch, row)) or ``cycle`` (view (epoch - 1 + row) mod K, so over K epochs
-    every sample shows every view once).
-    """
-
-    def __init__(self, rows, seed: int, shuffle: bool = True, block_rows: int | None = None,
-                 window_blocks: int = 1, rank: int = 0, world_size: int = 1, views: int = 0,
-                 view_order: str = "random"):
-        self.rows = np.asarray(rows, dtype=np.int64)
-        self.seed, self.shuffle = seed, shuffle
-        self.block_rows, self.window_blocks = block_rows, max(1, window_blocks)
-        self.rank, self.world_size = rank, world_size
-        self.views, self.view_order = views, view_order
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self, inputs: DataLoader, paired: PairedDataset, pin_memory: bool = False, extra=None):
+        self.inputs, self.paired, self.pin_memory, self.extra = inputs, paired, pin_memory, extra
 
     def __len__(self):
-        return -(-len(self.rows) // self.world_size)
-
-    def rank_order(self) -> np.ndarray:
-        """This rank's share: every world_size-th row of the epoch's order, padded by wrapping
-        around (as DistributedSampler does) so every rank takes the same number of steps."""
-        order = self.order()
-        if self.world_size == 1:
-            return order
-        padding = len(self) * self.world_size - len(order)
-        return np.concatenate([order, order[:padding]])[self.rank :: self.world_size]
-
-    def order(self) -> np.ndarray:
-        if not self.shuffle:
-            return self.rows
-        rng = np.random.default_rng([self.seed, self.epoch])
-        if self.block_rows is None:
-            return rng.permutation(self.rows)
-        blocks = self.rows // self.block_rows
-        starts = np.flatnonzero(np.r_[True, blocks[1:] != blocks[:-1]])
-        groups = np.split(self.rows, starts[1:])
-        visit = rng.permutation(len(groups))
-        windows = []
-        for first in range(0, len(visit), self.window_blocks):
-            window = np.concatenate([groups[g] for g in visit[first : first + self.window_blocks]])
-            windows.append(rng.permutation(window))
-        return np.concatenate(windows) if windows else self.rows
-
-    def view_of(self, rows: np.ndarray) -> np.ndarray:
-        """The view each of ``rows`` shows this epoch."""
-        if self.view_order == "cycle":
-            return (self.epoch - 1 + rows) % self.views
-        choice = np.random.default_rng([self.seed, self.epoch, VIEW_CHOICE_TAG]).integers(
-            self.views, size=int(self.rows.max(initial=-1)) + 1)
-        return choice[rows]
+        return len(self.inputs)
 
     def __iter__(self):
-        order = self.rank_order()
-        if self.views:
-            order = order * self.views + self.view_of(order)
-        return iter(order.tolist())
+        for inputs, labels, indices in self.inputs:
+            gathered = [self.paired.targets(indices.numpy())]
+            if self.extra is not None:
+                gathered.append(self.extra(indices.numpy()))
+            if self.pin_memory:
+                gathered = [_pinned(values) for values in gathered]
+            yield inputs, labels, *gathered
 
 
-VIEW_CHOICE_TAG = 0x71E6  # keeps the view choice's random stream apart from the order's
+def _pinned(targets):
+    if isinstance(targets, dict):
+        return {key: values.pin_memory() for key, values in targets.items()}
+    return targets.pin_memory()

@@ -208,7 +208,8 @@ def _checked_student(config: TrainConfig, sample, val_source, num_classes: int, 
 
 def _epoch_loader(config: TrainConfig, paired, rows, logits, replay, dist: Distributed, device,
                   features=None) -> tuple:
-    """The epoch sampler (block-shuffled when logits are streamed) and the DataLoader over it."""
+    """The epoch sampler (block-shuffled when logits are streamed) and the batches over it
+    (``PairedDataset.loader``: targets and cached features gathered a batch at a time)."""
     streamed = logits is not None and not logits.in_memory
     sampler = EpochSampler(rows, config.seed, block_rows=logits.block_rows if streamed else None,
                            window_blocks=logits.window_blocks if streamed else 1,
@@ -216,8 +217,8 @@ def _epoch_loader(config: TrainConfig, paired, rows, logits, replay, dist: Distr
                            views=replay.views if replay else 0, view_order=config.view_order)
     min_batch = max(loss_spec(config.loss).min_batch, features.min_batch if features else 1)
     drop_last = 0 < len(sampler) % config.batch_size < min_batch  # a batch the losses are defined on
-    loader = DataLoader(paired, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers,
-                        drop_last=drop_last, pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
+    loader = paired.loader(sampler, config.batch_size, workers=config.workers, drop_last=drop_last,
+                           pin_memory=device.type == "cuda", persistent_workers=config.workers > 0)
     return sampler, loader
 
 
