@@ -641,6 +641,19 @@ def bare_forward(teacher: Path, tokenizer_dir: Path, dataset: str, batch: int,
     return done - started, done - looped, int(source.lengths.sum())
 
 
+def random_teacher(work: Path, spec: str, vocab: int) -> Path:
+    """A checkpoint of ``spec`` with seeded random weights, for timing only."""
+    from logitcache.sources import get_model
+    from logitcache.sources.checkpoints import save_checkpoint
+
+    torch.manual_seed(0)
+    model = get_model(spec, vocab).eval()
+    path = work / "tp-teacher.pt"
+    save_checkpoint(path, model=model, model_spec=spec, num_classes=vocab, state={})
+    print(f"\nthroughput teacher: {spec} with random weights, {sum(p.numel() for p in model.parameters()):,} parameters")
+    return path
+
+
 def throughput(work: Path, tokenizer_dir: Path, teacher: Path, rounds: int, batch: int, dataset: str,
                vocab: int) -> dict:
     """Interleaved rounds of: the bare forward; per codec, the forward plus the dump's reduction (no
@@ -759,6 +772,9 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the machine is shared)")
     parser.add_argument("--throughput-data", default="data/text/shakespeare/macbeth.md@train")
+    parser.add_argument("--throughput-teacher", default=None,
+                        help="a GPT spec whose random-init weights time the dump instead of the trained teacher "
+                             "(a forward's cost depends on the shapes only): how the ratio moves with its size")
     parser.add_argument("--memory-vocabs", default="8192,32768,65536")
     parser.add_argument("--eval-sequences", type=int, default=16, help="val sequences whose targets are evaluated")
     parser.add_argument("--batch-sequences", type=int, default=8, help="sequences per weight-gradient batch")
@@ -799,7 +815,8 @@ def main():
             goals(results, list(students))
             print(f"(fidelity done at {time.perf_counter() - started:.0f} s)")
         if not args.skip_throughput:
-            throughput(work, tokenizer_dir, teacher, args.rounds, 8, f"text:{REPO / args.throughput_data}", args.vocab)
+            timed = random_teacher(work, args.throughput_teacher, args.vocab) if args.throughput_teacher else teacher
+            throughput(work, tokenizer_dir, timed, args.rounds, 8, f"text:{REPO / args.throughput_data}", args.vocab)
         if not args.skip_memory:
             memory(work, tokenizer_dir, [int(v) for v in args.memory_vocabs.split(",")], 8,
                    f"text:{REPO / 'data/text/shakespeare/macbeth.md'}@val")

@@ -145,7 +145,7 @@ def test_shipped_feature_students_fit_their_teachers(name):
     for config in students.values():
         teacher = get_model(RECIPE_TEACHERS[name], classes).eval()
         teacher(sample[None])  # sizes lazy layers
-        _, records = tap_teacher(teacher, parse_features(config.features or steps.dump.features), sample, "cpu")
+        _, records = tap_teacher(teacher, parse_features(config.features or steps.dumps["dump"].features), sample, "cpu")
         student = get_model(config.student, classes)
         student.eval()(sample[None])
         FeatureDistiller(student, parse_student_features(config.student_features), {r["name"]: r for r in records},

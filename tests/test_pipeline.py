@@ -7,8 +7,7 @@ from click.testing import CliRunner
 
 from logitcache.cli import cli
 from logitcache.dump import DumpConfig
-from logitcache.pipeline import _config, load_pipeline
-from logitcache.train import TrainConfig
+from logitcache.pipeline import plan
 
 PIPELINES = sorted((Path(__file__).resolve().parents[1] / "pipelines").glob("*.toml"))
 
@@ -46,16 +45,13 @@ loss = "dist"
 
 @pytest.mark.parametrize("path", PIPELINES, ids=[p.stem for p in PIPELINES])
 def test_shipped_pipelines_are_valid(path):
-    spec = load_pipeline(path)
-    _config(DumpConfig, spec["dump"], "[dump]")
-    if "teacher" in spec:
-        _config(TrainConfig, {"out": "x", **spec["teacher"]}, "[teacher]").resolved()
-    for name, options in spec["students"].items():
-        _config(TrainConfig, {"out": "x", **spec.get("defaults", {}), **options}, name).resolved()
+    steps = plan(path, progress=False)  # every key, type and stage check, as `run` makes before step 1
+    assert steps.dumps and steps.students
 
 
 def test_the_embedded_default_ships():
     assert any(p.name == "digits.toml" for p in PIPELINES)
+    assert any(p.name == "shakespeare.toml" for p in PIPELINES)  # the language-model recipe
 
 
 def test_small_pipeline_runs_end_to_end_then_skips(tmp_path):
@@ -80,7 +76,9 @@ def test_small_pipeline_runs_end_to_end_then_skips(tmp_path):
 @pytest.mark.parametrize("text, says", [
     ("[dump]\nstore='x'\n", "at least one [students.NAME]"),
     ("[dump]\nstore='x'\nteacher='cnn'\ndataset='digits'\n[students.a]\nlos='ce'\n", "unknown option(s) los"),
-    ("[dumps]\n", "unknown table(s) dumps"),
+    ("[dumpz]\n", "unknown table(s) dumpz"),
+    ("dumps = 3\n[students.a]\n", "[dumps] must be a table"),
+    ("[dumps.a]\nstore='x'\n[dump]\nstore='y'\n[students.a]\n", "(or [dumps.NAME] tables, not both)"),
     ("not toml [", "not valid TOML"),
 ])
 def test_bad_pipeline_files(tmp_path, text, says):
@@ -93,3 +91,114 @@ def test_bad_pipeline_files(tmp_path, text, says):
 def test_missing_pipeline_file(tmp_path):
     result = CliRunner().invoke(cli, ["run", str(tmp_path / "none.toml")])
     assert result.exit_code != 0 and "does not exist" in result.output
+
+
+LM = """
+[pipeline]
+runs = "{tmp}/runs"
+
+[teacher]
+student = "gpt:n_layer=1,n_head=2,n_embd=32,block_size=64"
+dataset = "text:{text}@train"
+val_dataset = "text:{text}@val"
+tokenizer = "bytes"
+seq_len = 64
+optimizer = "adamw"
+lr = 0.01
+batch_size = 16
+epochs = 1
+
+[dumps.topk]
+store = "{tmp}/train.zarr"
+teacher = "checkpoint:{tmp}/runs/teacher/best.pt"
+teacher_name = "topk"
+dataset = "text:{text}@train"
+tokenizer = "bytes"
+seq_len = 64
+codec = "topk:4"
+
+[dumps.sample]
+store = "{tmp}/train.zarr"
+teacher = "checkpoint:{tmp}/runs/teacher/best.pt"
+teacher_name = "sample"
+dataset = "text:{text}@train"
+tokenizer = "bytes"
+seq_len = 64
+codec = "sample:6:2"
+
+[dumps.val]
+store = "{tmp}/val.zarr"
+teacher = "checkpoint:{tmp}/runs/teacher/best.pt"
+dataset = "text:{text}@val"
+tokenizer = "bytes"
+seq_len = 64
+codec = "topk:4"
+
+[defaults]
+student = "gpt:n_layer=1,n_head=1,n_embd=16,block_size=64"
+store = "{tmp}/train.zarr"
+val_store = "{tmp}/val.zarr"
+optimizer = "adamw"
+lr = 0.01
+batch_size = 16
+epochs = 1
+
+[students.label-only]
+loss = "ce"
+
+[students.kd-topk]
+teacher = "topk"
+
+[students.kd-sample]
+loss = "kl"
+teacher = "sample"
+"""
+
+
+@pytest.fixture
+def lm_text(tmp_path) -> Path:
+    """The first 6,000 characters of Hamlet."""
+    path = tmp_path / "hamlet-start.md"
+    path.write_text((Path(__file__).resolve().parents[1] / "data/text/shakespeare/hamlet.md").read_text()[:6_000])
+    return path
+
+
+def test_a_language_model_pipeline_dumps_several_codecs_and_reports_loss_and_perplexity(tmp_path, lm_text):
+    path = tmp_path / "lm.toml"
+    path.write_text(LM.format(tmp=tmp_path, text=lm_text))
+    first = CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    table = first.output[first.output.index("step  "):]
+    rows = {line.split("  ")[0]: line for line in table.splitlines()[2:]}
+    assert list(rows) == ["teacher", "dump topk", "dump sample", "dump val", "label-only", "kd-topk", "kd-sample"]
+    assert "topk:4 targets -> " in table and "[topk]" in table and "[sample]" in table and " B/token" in table
+    # a token student's defaults are a language model's: kl at T=1, or the T a sampled store was drawn at
+    assert ", kl T=1 from topk:4 (" in rows["kd-topk"] and ", kl T=2 from sample:6:2 (" in rows["kd-sample"]
+    for name in ("label-only", "kd-topk", "kd-sample"):
+        assert "nats/token, ppl " in rows[name] and "top-1 agreement" in rows[name], rows[name]
+    assert "val loss" in rows["teacher"] and "top-1 agreement" not in rows["teacher"]  # held-out text, no store
+    again = CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False)
+    assert again.exit_code == 0 and again.output.count(": skipped") == 7, again.output
+    assert again.output[again.output.index("step  "):] == table
+
+
+@pytest.mark.parametrize("before, after, says", [
+    ('teacher = "topk"', 'teacher = "topk"\nmixup = 0.2', "[students.kd-topk] --mixup applies to image data"),
+    ('loss = "ce"', 'loss = "dist"', "[students.label-only] --loss dist"),
+    ('teacher = "sample"', 'teacher = "sample"\nbatch_size = 0', "--batch-size must be at least 1"),
+])
+def test_a_bad_language_model_student_stops_the_pipeline_before_its_first_step(tmp_path, lm_text, before, after,
+                                                                                 says):
+    path = tmp_path / "lm.toml"
+    path.write_text(LM.replace(before, after, 1).format(tmp=tmp_path, text=lm_text))
+    result = CliRunner().invoke(cli, ["run", str(path), "--no-progress"])
+    assert result.exit_code != 0 and says in result.output and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_a_student_of_several_dumps_names_its_store(tmp_path, lm_text):
+    path = tmp_path / "lm.toml"
+    text = LM.replace('store = "{tmp}/train.zarr"\nval_store', 'val_store')  # the defaults name no store
+    path.write_text(text.format(tmp=tmp_path, text=lm_text))
+    result = CliRunner().invoke(cli, ["run", str(path), "--no-progress"])
+    assert result.exit_code != 0 and "[students.kd-topk] learns from a teacher: name its store" in result.output

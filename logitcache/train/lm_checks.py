@@ -18,7 +18,7 @@ from ..errors import ConfigError, StoreMismatchError
 from ..lm import open_teacher
 from ..store import open_store
 from ..token_losses import token_loss
-from .config import TrainConfig
+from .config import TrainConfig, validate
 from .data import check_teacher_identity
 
 # Image (and image feature) options and their defaults: a token run refuses any other value.
@@ -61,18 +61,24 @@ def token_config(config: TrainConfig, store) -> TrainConfig:
     return replace(config, loss=loss, temperature=temperature, milestones=tuple(config.milestones))
 
 
+def check_token_options(config: TrainConfig) -> None:
+    """The checks of a token run that need no store (a pipeline makes its stores later): image
+    options refused, the loss defined on tokens, the ranges ``validate`` checks.
+
+    Raises:
+        ConfigError: naming the option.
+    """
+    _check_options(config)
+    loss = config.loss or ("kl" if config.store else "ce")
+    validate(replace(config, loss=loss, temperature=1.0 if config.temperature is None else config.temperature,
+                     milestones=tuple(config.milestones)))
+
+
 def _check_data_options(config: TrainConfig, store) -> None:
     if store is not None and not store.is_tokens:
         raise StoreMismatchError(f"--store {config.store} holds labelled samples, not token sequences; --tokenizer, "
                                  "--seq-len and --val-store are for token data")
-    image = [f"--{name.replace('_', '-')}" for name, default in IMAGE_ONLY.items() if getattr(config, name) != default]
-    if image:
-        verb, pronoun = ("applies", "it") if len(image) == 1 else ("apply", "them")
-        raise ConfigError(f"{', '.join(image)} {verb} to image data, not to token sequences; leave {pronoun} out")
-    if config.loss is not None:
-        token_loss(config.loss)  # raises for a loss not defined on tokens, naming the ones that are
-    if config.val_store and config.val_dataset:
-        raise ConfigError("give --val-store or --val-dataset, not both")
+    _check_options(config)
     if store is None:
         missing = [flag for flag, value in (("--dataset", config.dataset), ("--tokenizer", config.tokenizer),
                                             ("--seq-len", config.seq_len)) if value is None]
@@ -88,6 +94,17 @@ def _check_data_options(config: TrainConfig, store) -> None:
                           "a token store fixes them: leave out --seq-len")
     if config.tokenizer:
         _check_tokenizer(config.tokenizer, store)
+
+
+def _check_options(config: TrainConfig) -> None:
+    image = [f"--{name.replace('_', '-')}" for name, default in IMAGE_ONLY.items() if getattr(config, name) != default]
+    if image:
+        verb, pronoun = ("applies", "it") if len(image) == 1 else ("apply", "them")
+        raise ConfigError(f"{', '.join(image)} {verb} to image data, not to token sequences; leave {pronoun} out")
+    if config.loss is not None:
+        token_loss(config.loss)  # raises for a loss not defined on tokens, naming the ones that are
+    if config.val_store and config.val_dataset:
+        raise ConfigError("give --val-store or --val-dataset, not both")
 
 
 def _check_tokenizer(spec: str, store) -> None:
