@@ -180,6 +180,40 @@ def test_edited_tokens_are_refused(stores, tmp_path):
                                                     "--store", copy, "--epochs", "1", "--no-progress"))
 
 
+@pytest.mark.parametrize("edit, says", [
+    (lambda d: d.pop("num_tokens"), "dataset.num_tokens is None"),
+    (lambda d: d.update(num_targets=-1), "dataset.num_targets is -1"),
+])
+def test_an_edited_token_count_is_one_line_in_info(stores, tmp_path, edit, says):
+    import shutil
+
+    import zarr
+
+    copy = tmp_path / "edited.zarr"
+    shutil.copytree(stores["topk:8"], copy)
+    group = zarr.open_group(str(copy), mode="r+")
+    record = group.attrs["logitcache"]
+    edit(record["dataset"])
+    group.attrs["logitcache"] = record
+    assert says in one_error(invoke("info", copy))
+
+
+def test_a_token_count_that_disagrees_with_the_sequences_is_refused(stores, tmp_path):
+    import shutil
+
+    import zarr
+
+    copy = tmp_path / "miscounted.zarr"
+    shutil.copytree(stores["topk:8"], copy)
+    group = zarr.open_group(str(copy), mode="r+")
+    record = group.attrs["logitcache"]
+    record["dataset"]["num_tokens"] -= 1  # still in range: only the sequences themselves can tell
+    group.attrs["logitcache"] = record
+    with pytest.raises(CorruptStoreError, match="num_tokens says"):
+        open_store(copy).tokens
+    assert not verify_store(copy).ok
+
+
 def test_a_store_newer_than_this_reader_is_refused(stores, tmp_path):
     import shutil
 

@@ -136,6 +136,10 @@ def check_token_root(store, bad) -> None:
     if not isinstance(dataset.get("tokenizer"), dict):
         raise bad("dataset.tokenizer is not an object")
     n, length = dataset["num_samples"], dataset["seq_len"]
+    for field in ("num_tokens", "num_targets"):  # counts info and the pipeline report; read_token_arrays proves them
+        value = dataset.get(field)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= n * length:
+            raise bad(f"dataset.{field} is {value!r}, not a whole number in [0, {n * length}]")
     shapes = {"keys": ((n,), None), TOKENS_ARRAY: ((n, length), token_dtype(dataset["vocab_size"])),
               LOSS_MASK_ARRAY: ((n, length), "bool"), LENGTHS_ARRAY: ((n,), "int64")}
     for name, (shape, dtype) in shapes.items():
@@ -163,4 +167,9 @@ def read_token_arrays(store, read) -> dict[str, np.ndarray]:
     why = check_sequences(arrays[TOKENS_ARRAY], arrays[LOSS_MASK_ARRAY], arrays[LENGTHS_ARRAY], dataset["vocab_size"])
     if why:
         raise CorruptStoreError(f"{store.location}: {why}; the store was damaged or edited")
+    counted = {"num_tokens": int(arrays[LENGTHS_ARRAY].sum()), "num_targets": int(arrays[LOSS_MASK_ARRAY].sum())}
+    for field, count in counted.items():
+        if dataset[field] != count:
+            raise CorruptStoreError(f"{store.location}: dataset.{field} says {dataset[field]}, the sequences hold "
+                                    f"{count}; the store was damaged or edited")
     return arrays
