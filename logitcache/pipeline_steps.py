@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .dump import DumpConfig, dump
-from .errors import LogitCacheError, StoreExistsError
+from .errors import LogitCacheError
 from .pipeline import Plan, learns_from_teacher, plan
 from .store import open_store
 from .train import TrainConfig, train
@@ -104,11 +104,10 @@ def _dump_step(step: str, config: DumpConfig, log) -> StepResult:
     if config.teacher_name != "default":
         what += f" [{config.teacher_name}]"
     started = time.perf_counter()
-    try:
-        summary = dump(config, log=lambda line: log(f"[{step}] {line}"))
-        skipped = _computed(summary) == 0  # the same dump again finds every shard written: nothing ran
-    except StoreExistsError:
-        summary, skipped = None, True
+    # The same dump again finds every shard written and computes nothing. A complete teacher made
+    # with other settings (another checkpoint, codec, ...) is an error, never a skipped step.
+    summary = dump(config, log=lambda line: log(f"[{step}] {line}"))
+    skipped = _computed(summary) == 0
     if skipped:
         log(f"[{step}] {config.store} already holds a complete teacher {config.teacher_name!r}: skipped")
     else:

@@ -180,6 +180,12 @@ def test_a_language_model_pipeline_dumps_several_codecs_and_reports_loss_and_per
     again = CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False)
     assert again.exit_code == 0 and again.output.count(": skipped") == 7, again.output
     assert again.output[again.output.index("step  "):] == table
+    # the file now asks for another codec under a teacher the store already holds complete:
+    # an error, not a skipped step whose students would read the old targets
+    path.write_text(LM.replace('codec = "topk:4"', 'codec = "topk:5"', 1).format(tmp=tmp_path, text=lm_text))
+    changed = CliRunner().invoke(cli, ["run", str(path), "--no-progress"])
+    assert changed.exit_code != 0 and "Traceback" not in changed.output, changed.output
+    assert "already holds a complete teacher 'topk' made with other settings" in changed.output
 
 
 @pytest.mark.parametrize("before, after, says", [
