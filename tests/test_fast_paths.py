@@ -136,7 +136,7 @@ def test_parallel_writers_finish_in_any_order_and_count_in_shard_order(tmp_path)
     logits = logits_like_a_teacher(1000, 10)
     counted = AccuracyCounts(np.arange(1000) % 10, teacher)
     calls = []
-    with BackgroundWriter(teacher, on_written=lambda s, stored: (calls.append(s), counted(s, stored)),
+    with BackgroundWriter(teacher, on_written=lambda s, stored, raw: (calls.append(s), counted(s, stored, raw)),
                           threads=4) as writer:
         for shard in reversed(range(teacher.num_shards)):
             start, stop = teacher.layout.shard_rows(shard, 1000)
@@ -144,8 +144,9 @@ def test_parallel_writers_finish_in_any_order_and_count_in_shard_order(tmp_path)
     assert sorted(calls) == list(range(teacher.num_shards)) and teacher.shard_done().all()
     in_order = AccuracyCounts(np.arange(1000) % 10, teacher)
     for shard in range(teacher.num_shards):
-        in_order(shard, teacher.read_stored(*teacher.layout.shard_rows(shard, 1000)))
-    assert counted.totals() == in_order.totals()
+        start, stop = teacher.layout.shard_rows(shard, 1000)
+        in_order(shard, teacher.read_stored(start, stop), logits[start:stop])
+    assert counted.totals() == in_order.totals() and counted.totals()[3] == 1000  # the teacher's own rows too
 
 
 def sample_codec_loop(codec, logits, shard):
@@ -357,3 +358,42 @@ def test_label_hits_answer_several_label_sets_as_one_set_each(codec):
     for i in range(2):
         one = get_codec(codec).label_hits(stored, sets[i])
         assert np.array_equal(both[0][i], one[0]) and np.array_equal(both[1][i], one[1])
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_array_batches_are_the_batch_samplers_batches_as_arrays(drop_last):
+    from torch.utils.data import BatchSampler
+
+    from logitcache.train.sampler import ArrayBatches, EpochSampler
+
+    for sampler in (EpochSampler(np.arange(1000), seed=3, views=2), range(37)):
+        expected = list(BatchSampler(sampler, 64, drop_last))
+        batches = list(ArrayBatches(sampler, 64, drop_last))
+        assert len(ArrayBatches(sampler, 64, drop_last)) == len(expected) == len(batches)
+        assert [batch.tolist() for batch in batches] == expected
+        assert all(batch.dtype == np.int64 for batch in batches)
+
+
+def test_scattered_chunks_read_alike_from_a_directory_and_a_zip(tmp_path):
+    """A local store reads its files directly, chunk by chunk; any other store (here a zip) groups a
+    shard's scattered chunks into range requests with gaps. Both give the same checked rows, and an
+    absent chunk (an unwritten shard) reads as missing on both."""
+    store = tmp_path / "s.zarr"
+    teacher = new_teacher(store, "fp16", n=1000)
+    write_all(teacher, logits_like_a_teacher(1000, 10))
+    teacher.mark_complete()
+    assert invoke("pack", store, tmp_path / "s.zip").exit_code == 0
+    local, packed = (open_store(path).teacher("t") for path in (store, tmp_path / "s.zip"))
+    assert local._io._root is not None and packed._io._root is None
+    chunks = -(-local.num_samples // local.layout.rows_per_chunk)
+    per_shard = local.layout.rows_per_shard // local.layout.rows_per_chunk
+    assert chunks > 2 * per_shard >= 4
+    wanted = [0, 2, 3, per_shard - 1, per_shard + 1, 2 * per_shard, chunks - 1]
+    for got, expected in zip(packed.read_chunks(wanted), local.read_chunks(wanted)):
+        assert all(np.array_equal(got[name], expected[name]) for name in expected)
+    runs = [("logits", 0, 0, 3), ("logits", 1, 1, 2), ("logits", 999, 0, 2)]  # shard 999: no object
+    for io in (local._io, packed._io):
+        fetched = io._fetch_runs(runs)
+        assert [[i for i, _ in run] for run in fetched] == [[0, 1, 2], [1], [0, 1]]
+        assert all(data is not None for _, data in fetched[0] + fetched[1]) and all(
+            data is None for _, data in fetched[2])

@@ -127,3 +127,32 @@ def test_topk_unwritten_rows_decode_to_nan_and_bad_k_is_refused():
             get_codec(name)
     with pytest.raises(SpecError, match="keeps 10 of only 10 classes"):
         get_codec("topk:10").for_classes(10)
+
+
+def test_fp16_casts_are_numpys_bit_for_bit():
+    """The fp16 codec casts with torch (numpy's half casts are 5-10x slower); the bytes must be the
+    ones numpy writes, over a sweep of every exponent (subnormals, ties, overflow to inf)."""
+    from logitcache.store._codec_base import cast
+
+    bits = np.arange(0, 2**32, 251, dtype=np.uint64).astype(np.uint32)
+    singles = bits.view(np.float32)
+    singles = singles[np.isfinite(singles)]
+    with np.errstate(over="ignore"):
+        assert np.array_equal(cast(singles, np.float16).view(np.uint16), singles.astype(np.float16).view(np.uint16))
+    halves = np.arange(2**16, dtype=np.uint16).view(np.float16)
+    finite = np.isfinite(halves)
+    widened = cast(halves, np.float32)
+    assert np.array_equal(widened[finite].view(np.uint32), halves[finite].astype(np.float32).view(np.uint32))
+    assert np.isnan(widened[np.isnan(halves)]).all()
+    frozen = realistic_logits()
+    frozen.flags.writeable = False  # torch shares no read-only memory: numpy's cast, the same bytes
+    assert np.array_equal(cast(frozen, np.float16), frozen.astype(np.float16))
+    codec = get_codec("fp16")
+    assert np.array_equal(codec.encode(realistic_logits())["logits"], realistic_logits().astype(np.float16))
+
+
+def test_fp16_rows_ok_reads_the_bits_and_flags_unwritten_and_infinite_rows():
+    stored = get_codec("fp16").encode(realistic_logits(n=6))
+    stored["logits"][1, 3] = np.nan  # the fill value
+    stored["logits"][4, 0] = -np.inf
+    assert get_codec("fp16").rows_ok(stored).tolist() == [True, False, True, True, False, True]

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import DatasetError, StoreIncompleteError
 from ..progress import progress_bar
-from ..store import VIEW_HASHES_ARRAY, VIEW_PARAMS_ARRAY, BackgroundWriter, Teacher
+from ..store import VIEW_HASHES_ARRAY, VIEW_PARAMS_ARRAY, BackgroundWriter, Teacher, get_codec
 
 
 def autocast(device, enabled: bool):
@@ -25,9 +25,9 @@ class AccuracyCounts:
     """Per shard, once it is written and read back: the stored targets' top-1/top-5 hits (what
     students will see) and the probability mass the codec stores exactly (below 1 only for sparse
     codecs). For the shards this session runs the teacher on, also the teacher's own top-1/top-5
-    hits, from its outputs before encoding (``teacher_outputs``, called by the loop), and how often
-    the stored targets' top-1 agrees with the teacher's own. Called from the writer threads, one
-    shard each, in any order.
+    hits, from its float32 logits before encoding, and how often the stored targets' top-1 agrees
+    with the teacher's own. Called from the writer threads (so none of it is in the teacher's
+    loop), one shard each, in any order.
 
     The stored counts are a function of the store's bytes, so they go into the teacher's digested
     ``metrics`` (a resumed dump writes the same metadata as an uninterrupted one). The teacher's own
@@ -35,37 +35,30 @@ class AccuracyCounts:
     record, over the rows this session computed (all of them, unless it resumed)."""
 
     NAMES = ("top1", "top5", "mass_stored", "own_rows", "own_top1", "own_top5", "agreement")
+    OWN = get_codec("fp32")  # ranks float32 logits as every codec ranks its decoded rows
 
     def __init__(self, labels: np.ndarray, teacher: Teacher):
         self.labels = labels
         self.teacher = teacher
         self.by_shard: dict[int, tuple] = {}
-        self.own: dict[int, list] = {}  # shard -> [top-1 hits, top-5 hits, the top-1 class of every row]
 
-    def teacher_outputs(self, shard: int, rows: slice, logits) -> None:
-        """Count the teacher's own hits on ``rows`` (of the shard, in samples) from its logits (R, C)."""
-        start, stop = self.teacher.layout.shard_rows(shard, len(self.labels))
-        views = self.teacher.views_per_sample
-        own = self.own.setdefault(shard, [0, 0, np.empty((stop - start) * views, np.int64)])
-        labels = np.repeat(self.labels[start:stop][rows], views)
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices.cpu().numpy()  # on the device; (R, 5) come back
-        own[0] += int((top[:, 0] == labels).sum())
-        own[1] += int((top == labels[:, None]).any(axis=1).sum())
-        own[2][rows.start * views:rows.stop * views] = top[:, 0]
-
-    def __call__(self, shard: int, stored: dict[str, np.ndarray]) -> None:
+    def __call__(self, shard: int, stored: dict[str, np.ndarray], logits: np.ndarray | None = None) -> None:
+        """Count one shard: ``stored`` as read back, ``logits`` the teacher's float32 outputs it was
+        encoded from (None for a shard written by an earlier session, whose outputs are gone)."""
         teacher = self.teacher
         start, stop = teacher.layout.shard_rows(shard, len(self.labels))
         if not teacher.rows_ok(stored).all():
             raise StoreIncompleteError(f"teacher {teacher.name!r}: shard {shard} holds rows never written")
         labels = np.repeat(self.labels[start:stop], teacher.views_per_sample)  # one row per view
-        own = self.own.pop(shard, None)  # None: written by an earlier session, whose outputs are gone
-        # The agreement is the stored top-1 "hitting" the teacher's own top-1 class as it would a label;
-        # both label sets are answered from one decoding of the shard.
-        sets = [labels, own[2]] if own else [labels]
-        top1, top5 = teacher.codec.label_hits(teacher.flat(stored), sets, 5)
+        sets = [labels]
+        if logits is not None:
+            own = {"logits": logits.reshape(len(labels), -1)}
+            own_top1, own_top5 = self.OWN.label_hits(own, labels, 5)
+            sets.append(own["logits"].argmax(axis=1))  # the agreement: the stored top-1 "hitting" it
+        top1, top5 = teacher.codec.label_hits(teacher.flat(stored), sets, 5)  # one decoding, both sets
         mass = float(teacher.codec.stored_mass(teacher.flat(stored)).sum())
-        mine = (len(labels), own[0], own[1], int(top1[1].sum())) if own else (0, 0, 0, 0)
+        mine = (len(labels), int(own_top1.sum()), int(own_top5.sum()), int(top1[1].sum())) if logits is not None \
+            else (0, 0, 0, 0)
         self.by_shard[shard] = (int(top1[0].sum()), int(top5[0].sum()), mass, *mine)
 
     def totals(self) -> list[float]:
@@ -119,7 +112,6 @@ def run_teacher(model, inputs, spec: str, teacher: Teacher, pending: list[int], 
             start, stop = layout.shard_rows(shard, total)
             buffer = buffers.setdefault(shard, _shard_buffer(teacher, stop - start))
             rows = slice(indices[0] - start, indices[-1] + 1 - start)
-            counts.teacher_outputs(shard, rows, logits)
             buffer["logits"][rows] = logits.float().cpu().numpy().reshape(len(indices), *teacher.row_shape)
             if teacher.views:
                 buffer[VIEW_PARAMS_ARRAY][rows] = batch[2].numpy()

@@ -6,7 +6,7 @@
 
 Each codec names the arrays it stores (one row per sample, so all of them shard alike) and the
 fill value of each. Fill values are chosen so that a row that was never written decodes to NaN:
-a missing chunk can never pass for real logits. This module needs numpy only.
+a missing chunk can never pass for real logits.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SpecError
-from ._codec_base import BFLOAT16_NAN_BITS, FLOAT16_MAX, ArraySpec, Codec
+from ._codec_base import BFLOAT16_NAN_BITS, FLOAT16_MAX, ArraySpec, Codec, cast
 from ._sparse_codecs import parse_sparse_codec
 
 __all__ = ["ArraySpec", "Codec", "CODECS", "get_codec", "list_codecs"]
@@ -38,16 +38,20 @@ class Float16Codec(Codec):
     arrays = {"logits": ArraySpec("float16", True, float("nan"))}
 
     def encode(self, logits):
-        peak = float(np.abs(logits).max(initial=0.0))
+        peak = max(float(logits.max(initial=0.0)), -float(logits.min(initial=0.0)))
         if peak > FLOAT16_MAX:
             raise SpecError(
                 f"codec fp16 cannot hold logits of magnitude {peak:.4g} (float16 max is 65504); "
                 "use --codec bf16 or --codec fp32"
             )
-        return {"logits": logits.astype(np.float16)}
+        return {"logits": cast(logits, np.float16)}
 
     def decode(self, stored):
-        return stored["logits"].astype(np.float32)
+        return cast(stored["logits"], np.float32)
+
+    def rows_ok(self, stored):
+        exponent = np.uint16(0x7C00)  # all ones: inf or NaN (the fill value); no decoding needed
+        return ((stored["logits"].view(np.uint16) & exponent) != exponent).all(axis=1)
 
 
 class BFloat16Codec(Codec):

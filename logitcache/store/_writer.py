@@ -1,6 +1,6 @@
 """Background shard writers: encoding, compression and I/O run beside the teacher, never in its way.
 
-    >>> with BackgroundWriter(teacher, on_written=count_correct) as writer:   # called with (shard, stored)
+    >>> with BackgroundWriter(teacher, on_written=count_correct) as writer:   # (shard, stored, logits)
     ...     for shard, logits in produce_shards():
     ...         writer.submit(shard, logits)        # blocks only when `max_pending` shards wait
 
@@ -33,7 +33,7 @@ class BackgroundWriter:
     def __init__(
         self,
         teacher,
-        on_written: Callable[[int, np.ndarray], None] | None = None,
+        on_written: Callable[[int, dict, np.ndarray | None], None] | None = None,
         max_pending: int | None = None,
         before_write: Callable[[], None] | None = None,
         threads: int | None = None,
@@ -66,8 +66,8 @@ class BackgroundWriter:
                     stored = self.teacher.write_encoded(shard, views, stats)
                 else:
                     stored = self.teacher.write_shard(shard, logits, views, features)
-                if self.on_written is not None:
-                    self.on_written(shard, stored)
+                if self.on_written is not None:  # with the logits it was given (None: given encoded)
+                    self.on_written(shard, stored, logits)
             except BaseException as err:  # handed to the producer thread, re-raised there
                 self._error = self._error or err
 

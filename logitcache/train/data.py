@@ -25,7 +25,7 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..errors import (
     ConfigError,
@@ -35,7 +35,7 @@ from ..errors import (
 )
 from ..store import LogitStore, open_store
 from .config import CACHE_BUDGET
-from .sampler import EpochSampler  # noqa: F401 -- the loader's companion, imported from here too
+from .sampler import ArrayBatches, EpochSampler  # noqa: F401 -- the loader's companion, imported from here too
 from .targets import BatchDecoder
 
 
@@ -151,14 +151,14 @@ class TeacherLogits:
 
     def _take_flat(self, rows: np.ndarray, views: np.ndarray):
         if self._table is not None:
-            return self._decode({name: values[rows * self.per_sample + views] for name, values in self._table.items()})
+            return self._decode.gather(self._table, rows * self.per_sample + views)
         blocks = rows // self.block_rows
         if len(np.unique(blocks)) > self.window_blocks and len(rows) > 1:  # more than the cache holds: halves
             half = len(rows) // 2
             return _concat(self._take_flat(rows[:half], views[:half]), self._take_flat(rows[half:], views[half:]))
         slots = self._cached_slots(blocks)
         index = (slots * self.block_rows + rows - blocks * self.block_rows) * self.per_sample + views
-        return self._decode({name: values[index] for name, values in self._slots.items()})
+        return self._decode.gather(self._slots, index)
 
     def _cached_slots(self, blocks: np.ndarray) -> np.ndarray:
         """The cache slot of every block, reading the missing ones together (least recently used out)."""
@@ -343,7 +343,7 @@ class PairedDataset(Dataset):
         """Batches of ``(inputs, labels, targets)`` in ``sampler``'s order, as
         ``DataLoader(self, batch_size, sampler=sampler, drop_last=drop_last)`` would give them;
         ``extra(indices)``, if given, is appended to each (a batch's cached features)."""
-        batches = BatchSampler(sampler, batch_size, drop_last)
+        batches = ArrayBatches(sampler, batch_size, drop_last)
         inputs = DataLoader(_Inputs(self.dataset, self.replay), sampler=batches, batch_size=None,
                             num_workers=workers, pin_memory=pin_memory, persistent_workers=persistent_workers)
         return PairedLoader(inputs, self, pin_memory, extra)
@@ -362,13 +362,14 @@ class _Inputs(Dataset):
         image, label = self.dataset[row]
         return self.replay.build(image, row, view), label
 
-    def __getitem__(self, indices: list[int]):
+    def __getitem__(self, indices: np.ndarray):
+        listed = np.asarray(indices, dtype=np.int64).tolist()
         if self.replay is None and callable(getattr(self.dataset, "__getitems__", None)):
-            samples = self.dataset.__getitems__(list(indices))
+            samples = self.dataset.__getitems__(listed)
         else:
-            samples = [self.sample(index) for index in indices]
+            samples = [self.sample(index) for index in listed]
         inputs, labels = default_collate(samples)
-        return inputs, labels, torch.as_tensor(indices, dtype=torch.int64)
+        return inputs, labels, torch.tensor(listed, dtype=torch.int64)
 
 
 class PairedLoader:

@@ -73,11 +73,34 @@ class EpochSampler(Sampler[int]):
             self.views, size=int(self.rows.max(initial=-1)) + 1)
         return choice[rows]
 
-    def __iter__(self):
+    def indices(self) -> np.ndarray:
+        """This epoch's indices for this rank, in order (what iterating yields, as one array)."""
         order = self.rank_order()
         if self.views:
             order = order * self.views + self.view_of(order)
-        return iter(order.tolist())
+        return order
+
+    def __iter__(self):
+        return iter(self.indices().tolist())
+
+
+class ArrayBatches(Sampler[np.ndarray]):
+    """``BatchSampler(sampler, batch_size, drop_last)``'s batches as int64 arrays, cut from the
+    sampler's whole epoch at once (an ``EpochSampler``'s ``indices()``), never a Python int per row."""
+
+    def __init__(self, sampler, batch_size: int, drop_last: bool = False):
+        self.sampler, self.batch_size, self.drop_last = sampler, batch_size, drop_last
+
+    def __len__(self):
+        rows = len(self.sampler)
+        return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
+
+    def __iter__(self):
+        every = getattr(self.sampler, "indices", None)
+        order = every() if callable(every) else np.fromiter(iter(self.sampler), dtype=np.int64)
+        stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
+        for start in range(0, stop, self.batch_size):
+            yield order[start:start + self.batch_size]
 
 
 VIEW_CHOICE_TAG = 0x71E6  # keeps the view choice's random stream apart from the order's
