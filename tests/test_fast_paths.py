@@ -183,6 +183,14 @@ def test_label_hits_rank_as_top_classes_does(codec):
     top = get_codec(codec).top_classes(stored, 5)
     top1, top5 = get_codec(codec).label_hits(stored, labels)
     assert np.array_equal(top1, top[:, 0] == labels) and np.array_equal(top5, (top == labels[:, None]).any(1))
+    # Many classes tied at the top (a constant row; three levels): the partition's choice, whatever it is.
+    tied = np.concatenate([np.zeros((4, 1000)), rng.integers(0, 3, (60, 1000))]).astype(np.float32)
+    stored, labels = get_codec(codec).encode(tied), rng.integers(0, 1000, 64)
+    labels[:4] = [0, 1, 999, 500]
+    for k in (1, 5):
+        top = get_codec(codec).top_classes(stored, k)
+        top1, topk = get_codec(codec).label_hits(stored, labels, k)
+        assert np.array_equal(top1, top[:, 0] == labels) and np.array_equal(topk, (top == labels[:, None]).any(1))
 
 
 @pytest.mark.parametrize("codec", CODECS)
@@ -397,3 +405,14 @@ def test_scattered_chunks_read_alike_from_a_directory_and_a_zip(tmp_path):
         assert [[i for i, _ in run] for run in fetched] == [[0, 1, 2], [1], [0, 1]]
         assert all(data is not None for _, data in fetched[0] + fetched[1]) and all(
             data is None for _, data in fetched[2])
+
+
+def test_a_shard_that_vanishes_after_its_index_was_read_is_damage_not_missing_rows(tmp_path):
+    teacher = new_teacher(tmp_path / "s.zarr", "fp16", n=1000)
+    write_all(teacher, logits_like_a_teacher(1000, 10))
+    teacher.mark_complete()
+    reader = open_store(tmp_path / "s.zarr").teacher("t")
+    reader.read_chunks([1])  # shard 0's index is read and kept
+    (tmp_path / "s.zarr" / reader._io._key("logits", 0)).unlink()
+    with pytest.raises(CorruptStoreError, match="changed while it was read"):
+        reader.read_chunks([2])

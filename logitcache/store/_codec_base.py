@@ -25,12 +25,21 @@ def cast(values: np.ndarray, dtype) -> np.ndarray:
     dtype = np.dtype(dtype)
     if values.dtype == dtype:
         return values
-    if not values.flags.writeable or {values.dtype, dtype} != {np.dtype(np.float16), np.dtype(np.float32)}:
+    torch = _torch()
+    if torch is None or not values.flags.writeable or {values.dtype, dtype} != {np.dtype(np.float16),
+                                                                               np.dtype(np.float32)}:
         return values.astype(dtype)  # torch shares no read-only memory; other dtypes are numpy's
-    import torch  # logitcache's own dependency; here only so `store` can be imported first
-
     wanted = torch.float16 if dtype == np.float16 else torch.float32
     return torch.from_numpy(np.ascontiguousarray(values)).to(wanted).numpy()
+
+
+def _torch():
+    """torch if it is installed (logitcache's stages need it; the format does not), else None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
 
 
 @dataclass(frozen=True)
@@ -98,8 +107,8 @@ class Codec(ABC):
         """Bools shaped like ``labels``: the label is the most probable class, and among the ``k`` most
         probable, exactly as ``top_classes`` ranks them. ``labels`` is (n,), or (m, n) for m label sets
         answered from one decoding (the dump asks for the dataset's labels and the teacher's own top-1).
-        For dense codecs, by counting the classes above each label (one pass, no partition); rows
-        where ties with the label could go either way ask ``top_classes``."""
+        For dense codecs, by the argmax and by counting the classes above and tied with each label
+        (``_dense_hits``); rows where ties with the label could go either way ask ``top_classes``."""
         labels = np.asarray(labels, dtype=np.int64)
         sets = labels.reshape(-1, labels.shape[-1])
         if self.sparse_form:
@@ -107,30 +116,33 @@ class Codec(ABC):
             hits = [(top[:, 0] == one, (top == one[:, None]).any(axis=1)) for one in sets]
         else:
             logits = self.decode(stored)
-            first = logits.argmax(axis=1)  # the most probable class; ties: the lower index, as top_classes
+            first = logits.argmax(axis=1)  # a class with the largest value
             hits = [self._dense_hits(stored, logits, first, one, k) for one in sets]
         return tuple(np.stack(found).reshape(labels.shape) for found in zip(*hits))
 
     def _dense_hits(self, stored: dict, logits: np.ndarray, first: np.ndarray, labels: np.ndarray, k: int) -> tuple:
-        """Top-1 from the argmax; top-k by counting the classes above the label, only in the rows
-        where the label is not the top-1 (a label that is, is among the top k too), and the classes
-        tied with it only where the count leaves it among the top k."""
+        """A label that is the argmax and ties with no other class is the top-1, so among the top k
+        (one count over those rows); for the others, the classes above the label, and tied with it
+        only where that leaves it among the top k. A tie that ``top_classes``'s partition breaks
+        (at the top, or at the k-th place) is answered by it."""
+        k = min(k, logits.shape[1])
         top1 = first == labels
         topk = top1.copy()
-        rest = np.flatnonzero(~top1)
-        k = min(k, logits.shape[1])
-        if not rest.size or k == 1:
-            return top1, topk
-        rows = logits[rest]
-        value = rows[np.arange(len(rest)), labels[rest]][:, None]
-        above = _count(rows > value)
-        close = np.flatnonzero(above < k)
-        tied = _count(rows[close] == value[close]) - 1  # other classes equal to the label's value
-        topk[rest[close]] = above[close] + tied < k
-        unsure = rest[close[above[close] + tied >= k]]
-        if unsure.size:  # ties at the boundary: whatever top_classes's partition does, do the same
+        hit, rest = np.flatnonzero(top1), np.flatnonzero(~top1)
+        tied_at_top = _count(logits[hit] == logits[hit, labels[hit]][:, None]) > 1
+        unsure = [hit[tied_at_top]]
+        if rest.size:
+            rows = logits[rest]
+            value = rows[np.arange(len(rest)), labels[rest]][:, None]
+            above = _count(rows > value)
+            close = np.flatnonzero(above < k)
+            tied = _count(rows[close] == value[close]) - 1  # other classes equal to the label's value
+            topk[rest[close]] = above[close] + tied < k
+            unsure.append(rest[close[((above[close] == 0) & (tied > 0)) | (above[close] + tied >= k)]])
+        unsure = np.concatenate(unsure)
+        if unsure.size:
             top = self.top_classes({name: values[unsure] for name, values in stored.items()}, k)
-            topk[unsure] = (top == labels[unsure, None]).any(axis=1)
+            top1[unsure], topk[unsure] = top[:, 0] == labels[unsure], (top == labels[unsure, None]).any(axis=1)
         return top1, topk
 
     def sparse_targets(self, stored: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:

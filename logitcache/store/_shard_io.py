@@ -1,6 +1,7 @@
 """A teacher's arrays written and read through zarr's store API a shard at a time, with ``ShardBytes``
 doing the encoding: every array's object of a shard written at once and read back byte for byte;
-any run of rows read with one request per array and shard, its chunks decompressed on a thread pool.
+any chunks read with few requests per array and shard (a local store's files read directly), and
+decompressed on a thread pool.
 
     >>> io = ShardIO.for_arrays(teacher.content_arrays, n, 64, 4096)  # the arrays it can serve (None: none)
     >>> io.write(shard, encoded)            # ValueError naming the array if an object reads back differently
@@ -208,69 +209,76 @@ class ShardIO:
         return [None if data is None else data.as_numpy_array() for data in got]
 
     def _read_file(self, key: str, wanted) -> np.ndarray | None:
+        """``_get_many``'s answer for one key of a local store (None: no such file, as zarr's)."""
         try:
             with open(self._root / key, "rb") as file:
                 if wanted is None:
                     return np.frombuffer(file.read(), np.uint8)
                 size = file.seek(0, os.SEEK_END)
                 start, stop = (max(0, size + wanted), size) if isinstance(wanted, int) else wanted
-                return np.frombuffer(os.pread(file.fileno(), max(0, min(stop, size) - start), start), np.uint8)
-        except (FileNotFoundError, NotADirectoryError):
+                file.seek(start)
+                return np.frombuffer(file.read(max(0, min(stop, size) - start)), np.uint8)  # reads until done
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
 
     def _fetch_runs(self, runs: list[tuple]) -> list[list[tuple[int, np.ndarray | None]]]:
         """(chunk, bytes or None for an absent chunk) for every chunk of every run (name, shard,
-        first chunk, end chunk), all requests sent together. A run over a whole shard reads the
-        object; the other runs of an array's shard are read with one range request each group whose
-        gaps are under ``GAP_BYTES`` (remote: a request costs more than reading a few chunks too many)
-        or that touch (local: a read costs ~20 us, a megabyte read for nothing ~800 us)."""
-        gap = 0 if self._root is not None else GAP_BYTES
-        whole = [first == 0 and end == self._chunks_in(shard) for _, shard, first, end in runs]
-        self._load_indexes([run for run, all_of_it in zip(runs, whole) if not all_of_it])
-        spans: dict[tuple[str, int], list[list]] = {}  # (name, shard) -> [[byte start, byte end, chunks]]
-        for run, all_of_it in zip(runs, whole):
-            name, shard, first, end = run
-            index = None if all_of_it else self._indexes[name, shard]
-            if index is None:
-                continue
-            for i in range(first, end):
-                if index[i, 0] == MISSING:
-                    continue
-                start, stop = int(index[i, 0]), int(index[i, 0] + index[i, 1])
-                groups = spans.setdefault((name, shard), [])
-                groups.append([start, stop, {i}])
-        requests = []  # (name, shard, byte start, byte end, chunks), or (name, shard, None, None, None): the object
-        for (name, shard), groups in spans.items():
-            groups.sort(key=lambda group: group[0])
-            merged = [groups[0]]
-            for start, stop, chunks in groups[1:]:
-                if start - merged[-1][1] <= gap:
-                    merged[-1][1] = max(merged[-1][1], stop)
-                    merged[-1][2] |= chunks
-                else:
-                    merged.append([start, stop, chunks])
-            requests += [(name, shard, *group) for group in merged]
-        requests += [(name, shard, None, None, None) for name, shard in
-                     dict.fromkeys((name, shard) for (name, shard, *_), all_of_it in zip(runs, whole) if all_of_it)]
+        first chunk, end chunk), all requests sent together (``_requests``)."""
+        requests = self._requests(runs)
+        objects = self._get_many([(self._key(name, shard), None if index is None else (start, stop))
+                                  for name, shard, index, start, stop, _ in requests])
         got: dict[tuple[str, int, int], np.ndarray] = {}  # (name, shard, chunk) -> its bytes
-        objects = self._get_many([(self._key(name, shard), None if start is None else (start, stop))
-                                  for name, shard, start, stop, _ in requests])
-        for (name, shard, start, _, chunks), data in zip(requests, objects):
-            got.update({(name, shard, i): part for i, part in self._chunks_of(name, shard, data, start, chunks)})
+        for request, data in zip(requests, objects):
+            name, shard = request[:2]
+            got.update({(name, shard, i): part for i, part in self._chunks_of(*request, data)})
         return [[(i, got.get((name, shard, i))) for i in range(first, end)] for name, shard, first, end in runs]
 
-    def _chunks_of(self, name: str, shard: int, data: np.ndarray | None, start: int | None, chunks: set | None):
-        """[(chunk, bytes)] from bytes of a shard's object: its ``chunks``, from bytes read from
-        ``start``; with no ``start``, every chunk present in the whole object."""
-        if data is None:
-            if start is None:
+    def _requests(self, runs: list[tuple]) -> list[tuple]:
+        """(name, shard, index, byte start, byte end, chunks) per request: index None for a whole
+        object (a run over a whole shard); otherwise the runs of an array's shard, read with one
+        range request each group of chunks whose gaps are under ``GAP_BYTES`` (remote: a request
+        costs more than a few chunks read too many) or that touch (local: a read costs ~20 us, a
+        megabyte read for nothing ~800 us). A shard absent from the store has no request."""
+        whole = dict.fromkeys((name, shard) for name, shard, first, end in runs
+                              if first == 0 and end == self._chunks_in(shard))
+        parts = [run for run in runs if tuple(run[:2]) not in whole]
+        self._load_indexes(parts)
+        gap = 0 if self._root is not None else GAP_BYTES
+        pieces: dict[tuple[str, int], list[list]] = {}  # (name, shard) -> [[byte start, byte end, chunks]]
+        for name, shard, first, end in parts:
+            index = self._indexes[name, shard]
+            present = [] if index is None else [i for i in range(first, end) if index[i, 0] != MISSING]
+            pieces.setdefault((name, shard), []).extend(
+                [int(index[i, 0]), int(index[i, 0] + index[i, 1]), {i}] for i in present)
+        requests = [(name, shard, None, None, None, None) for name, shard in whole]
+        for (name, shard), found in pieces.items():
+            merged = []
+            for start, stop, chunks in sorted(found, key=lambda piece: piece[0]):
+                if merged and start - merged[-1][1] <= gap:
+                    merged[-1][1], merged[-1][2] = max(merged[-1][1], stop), merged[-1][2] | chunks
+                else:
+                    merged.append([start, stop, chunks])
+            requests += [(name, shard, self._indexes[name, shard], *group) for group in merged]
+        return requests
+
+    def _chunks_of(self, name: str, shard: int, index, start, stop, chunks, data: np.ndarray | None) -> list:
+        """[(chunk, bytes)] of a request's answer: its ``chunks`` out of bytes [start, stop) of the
+        shard's object, located by the ``index`` the range was taken from; with no index, every
+        chunk present in the whole object (None: absent, every chunk missing).
+
+        Raises:
+            ValueError: an object whose index was read is gone (deleted or replaced since).
+        """
+        if index is None:
+            if data is None:
                 self._indexes[name, shard] = None
-            return []
-        if start is None:
+                return []
             layout = self.layouts[name]
             index = self._indexes[name, shard] = layout.index(data[-layout.index_bytes:])
             chunks, start = np.flatnonzero(index[:, 0] != MISSING).tolist(), 0
-        index = self._indexes[name, shard]
+        elif data is None or len(data) != stop - start:
+            self._indexes.pop((name, shard), None)
+            raise ValueError(f"shard {shard} of {name!r} changed while it was read (gone or shorter)")
         return [(i, data[int(index[i, 0]) - start:int(index[i, 0] + index[i, 1]) - start]) for i in sorted(chunks)]
 
     def _decode(self, name: str, data) -> np.ndarray:

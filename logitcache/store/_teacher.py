@@ -255,7 +255,7 @@ class Teacher(TeacherWrites):
 
     def read_chunks(self, chunks) -> list[dict[str, np.ndarray]]:
         """The codec's stored arrays of whole inner chunks (the rows of each), checked like
-        ``read_stored``; many chunks are fetched and checked together (one request per array and
+        ``read_stored``; many chunks are fetched and checked together (few requests per array and
         shard, decompression and digests on the thread pool)."""
         rows = self.layout.rows_per_chunk
         ranges = [(int(c) * rows, min((int(c) + 1) * rows, self.num_samples)) for c in chunks]

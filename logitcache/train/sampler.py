@@ -97,7 +97,7 @@ class ArrayBatches(Sampler[np.ndarray]):
 
     def __iter__(self):
         every = getattr(self.sampler, "indices", None)
-        order = every() if callable(every) else np.fromiter(iter(self.sampler), dtype=np.int64)
+        order = np.array(every() if callable(every) else list(self.sampler), dtype=np.int64)  # a copy: ours
         stop = len(order) - len(order) % self.batch_size if self.drop_last else len(order)
         for start in range(0, stop, self.batch_size):
             yield order[start:start + self.batch_size]
