@@ -180,3 +180,22 @@ def test_unfinished_store_is_not_packed(tmp_path):
     result = invoke("pack", tmp_path / "s.zarr", tmp_path / "s.zip")
     assert result.exit_code == 1 and "does not verify" in one_error_line(result.output)
     assert not (tmp_path / "s.zip").exists()
+
+
+def test_asyncio_reports_of_requests_an_outage_broke_are_dropped_and_others_kept(s3, bucket, caplog):
+    """A server that goes away mid-request leaves aiohttp tasks whose failure asyncio prints with a
+    traceback at exit; the call that made them reports the outage in one line, so the report is
+    dropped once a remote store is opened. Any other asyncio error is still reported."""
+    import logging
+
+    from logitcache.store._backend import zarr_store
+
+    zarr_store(f"{bucket}/any.zarr", read_only=True)
+    asyncio_log = logging.getLogger("asyncio")
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        for error in (ConnectionResetError("Cannot write to closing transport"), ValueError("a bug")):
+            try:
+                raise error
+            except type(error):
+                asyncio_log.error("Task exception was never retrieved", exc_info=True)
+    assert [record.exc_info[0] for record in caplog.records] == [ValueError]

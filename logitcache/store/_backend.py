@@ -13,6 +13,7 @@ errors of remote filesystems into logitcache's one-line errors, and retries tran
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from pathlib import Path
@@ -73,12 +74,29 @@ def zarr_store(location: str, *, read_only: bool, storage_options: dict | None =
         return zarr.storage.ZipStore(path, mode="r", read_only=True)
     if path is not None:
         return zarr.storage.LocalStore(path, read_only=read_only)
+    _quiet_broken_requests()
     try:
         return zarr.storage.FsspecStore.from_url(
             location, storage_options=storage_options_for(location, storage_options), read_only=read_only
         )
     except (ImportError, ValueError) as err:
         raise StoreNotFoundError(f"cannot open {location}: {err} (for s3:// install s3fs)") from None
+
+
+class _BrokenRequests(logging.Filter):
+    """Drops asyncio's report of a request task that a network failure broke ("Task exception was
+    never retrieved", with its traceback): the call that made the request fails with it too, and is
+    retried or reported as one line (``retry_transient``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return error is None or not (isinstance(error, OSError) or is_transient(error))
+
+
+def _quiet_broken_requests() -> None:
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _BrokenRequests) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_BrokenRequests())
 
 
 def _check_zip_names(path: Path, location: str) -> None:
