@@ -154,4 +154,3 @@ def _count(flags: np.ndarray) -> np.ndarray:
     """Trues per row of a bool (n, C) array, as int64 (numpy's own count per axis is ~1.6x slower)."""
     wide = np.uint16 if flags.shape[1] < 2**16 else np.uint32
     return flags.view(np.uint8).sum(axis=1, dtype=wide).astype(np.int64)
-

@@ -137,8 +137,8 @@ class ShardIO:
     def read_ranges(self, ranges: list[tuple[int, int]], names: list[str], check=None,
                     extra: list[dict] | None = None) -> list[dict[str, np.ndarray]]:
         """``read`` for several row ranges at once: the requests of every array and shard the ranges
-        touch (``_fetch_runs``) sent together; every chunk decompressed, and ``check(start, stop, arrays)`` run on each
-        chunk's rows of every named array, on the pool. ``extra``: per range, arrays read elsewhere
+        touch (``_fetch_runs``) sent together; every chunk decompressed, and ``check(start, stop,
+        arrays)`` run on each chunk's rows of every named array, on the pool. ``extra``: per range, arrays read elsewhere
         (by zarr) over the range's chunk-aligned rows, checked with the chunk and returned with it."""
         extra = extra or [{} for _ in ranges]
         rows = self.chunk_rows
