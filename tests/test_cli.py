@@ -65,6 +65,17 @@ def test_verify_names_a_missing_shard_and_a_dataset_mismatch(tmp_path):
     assert "same samples in another order" in result.output
 
 
+def test_a_directory_in_place_of_a_shard_is_a_missing_shard_for_verify_and_train(tmp_path):
+    path = make_store(tmp_path / "s.zarr")
+    shard = path / "teachers/default/logits/c/2/0"
+    shard.unlink()
+    shard.mkdir()  # a local read must not raise IsADirectoryError with a traceback
+    assert_one_line_error(invoke("verify", path), "failed verification")
+    result = invoke("train", "--store", path, "--dataset", "digits@train", "--student", "mlp:hidden=8", "--loss", "kl",
+                    "--epochs", "1", "--out", tmp_path / "run", "--cache-budget", "2000", "--no-progress")
+    assert_one_line_error(result, "shard 2 of array 'logits' is missing")
+
+
 def test_info_on_an_unfinished_store_shows_progress(tmp_path):
     from logitcache.errors import NonFiniteLogitsError
 
