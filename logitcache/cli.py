@@ -149,6 +149,10 @@ def info(store, as_json, storage_options):
 
     description = describe_store(store, storage_options)
     click.echo(json.dumps(description, indent=2) if as_json else format_description(description))
+    damaged = [name for name, teacher in description["teachers"].items() if teacher.get("status") == "damaged"]
+    if damaged:  # described, and still a failure: a script must not take a damaged store for a good one
+        raise click.ClickException(f"{store}: teacher {', '.join(map(repr, damaged))} is damaged; "
+                                   "`logitcache verify` lists every problem")
 
 
 @cli.command()
@@ -157,7 +161,8 @@ def info(store, as_json, storage_options):
               "rebuild every view whose hash the store recorded.")
 @click.option("--split", help="Dataset split, unless the spec ends with @SPLIT.")
 @click.option("--teacher", "teachers", help="Check only these teachers (comma-separated); default: all.")
-@click.option("--workers", default=0, show_default=True, type=int, help="Processes rebuilding views.")
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Processes rebuilding views.")
 @storage_option
 @friendly_errors
 def verify(store, dataset, split, teachers, workers, storage_options):

@@ -21,6 +21,7 @@ from pathlib import Path
 import zarr.storage
 
 from ..errors import (
+    CorruptStoreError,
     NotAStoreError,
     StoreAccessError,
     StoreConnectionError,
@@ -35,6 +36,9 @@ _TRANSIENT = {
     "ConnectionClosedError", "ConnectionResetError", "ConnectionRefusedError", "IncompleteReadError",
 }
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)  # on top of the filesystem's own retries: ~15 s before giving up
+# The largest metadata object (zarr.json) read: a teacher's attributes with 21,841 class names take
+# ~1 MB. zarr parses metadata whole, into objects several times its size, so it is bounded first.
+MAX_METADATA_BYTES = 64 << 20
 
 
 def retry_delays() -> tuple[float, ...]:
@@ -70,9 +74,10 @@ def zarr_store(location: str, *, read_only: bool, storage_options: dict | None =
     if path is not None and is_zip(location):
         if not read_only:
             raise StoreWriteError(f"{location}: zip stores are read-only; dump into a directory, then `logitcache pack`")
-        _check_zip_names(path, location)
+        _check_zip_entries(path, location)
         return zarr.storage.ZipStore(path, mode="r", read_only=True)
     if path is not None:
+        check_metadata_sizes(path, location)
         return zarr.storage.LocalStore(path, read_only=read_only)
     _quiet_broken_requests()
     try:
@@ -99,20 +104,42 @@ def _quiet_broken_requests() -> None:
         asyncio_log.addFilter(_BrokenRequests())
 
 
-def _check_zip_names(path: Path, location: str) -> None:
-    """Refuse a zip that is not a zip, or names an entry outside the store (``..``, absolute paths)."""
+def _check_zip_entries(path: Path, location: str) -> None:
+    """Refuse a zip that is not a zip, names an entry outside the store (``..``, absolute paths), or
+    holds a metadata object that would inflate past MAX_METADATA_BYTES (a few MB of zip can declare
+    gigabytes; zipfile reads no more than the declared size, so the declared size is the bound)."""
     import zipfile
 
     try:
         with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
+            entries = archive.infolist()
     except FileNotFoundError:
         raise StoreNotFoundError(f"no store at {location}: the path does not exist") from None
     except (zipfile.BadZipFile, OSError) as err:
         raise NotAStoreError(f"{location} is not a readable zip file ({err})") from None
-    for name in names:
+    for entry in entries:
+        name = entry.filename
         if name.startswith("/") or "\\" in name or ".." in name.split("/"):
             raise NotAStoreError(f"{location} names an entry outside the store ({name!r}); refusing to read it")
+        if name.rpartition("/")[2] == "zarr.json" and entry.file_size > MAX_METADATA_BYTES:
+            raise _too_large(location, name, entry.file_size)
+
+
+def check_metadata_sizes(path: Path, location: str) -> None:
+    """Refuse a local store whose metadata objects (the root's, the teachers', their arrays' and
+    features', at most four folders down) exceed MAX_METADATA_BYTES, before zarr parses one."""
+    if not path.is_dir():
+        return
+    for depth in range(5):
+        for file in path.glob("/".join(["*"] * depth + ["zarr.json"])):
+            size = file.stat().st_size if file.is_file() else 0
+            if size > MAX_METADATA_BYTES:
+                raise _too_large(location, file.relative_to(path).as_posix(), size)
+
+
+def _too_large(location: str, name: str, size: int) -> CorruptStoreError:
+    return CorruptStoreError(f"{location}: metadata object {name} is {size:,} bytes, over the "
+                             f"{MAX_METADATA_BYTES >> 20} MiB a store's metadata may take; refusing to read it")
 
 
 def probe_remote(location: str, storage_options: dict | None = None) -> bool:
@@ -133,11 +160,20 @@ def is_transient(err: BaseException) -> bool:
 
 @contextlib.contextmanager
 def remote_errors(location: str):
-    """Turn a remote filesystem's exceptions into one-line logitcache errors."""
+    """Turn a remote filesystem's exceptions into one-line logitcache errors, and so the errors of
+    damaged metadata that zarr raises while reading it: JSON nested past Python's recursion limit,
+    a zip member that fails its CRC."""
+    import zipfile
+
     try:
         yield
     except (StoreAccessError, StoreConnectionError):
         raise
+    except RecursionError:
+        raise CorruptStoreError(f"{location}: a metadata object is nested too deeply to read; the store was "
+                                "damaged or edited") from None
+    except zipfile.BadZipFile as err:
+        raise CorruptStoreError(f"{location}: {_first_line(err)}; the zip was damaged or edited") from None
     except PermissionError as err:
         raise StoreAccessError(f"{location}: access denied ({_first_line(err)}); check the credentials") from None
     except Exception as err:

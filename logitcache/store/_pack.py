@@ -9,6 +9,7 @@ written beside its destination and renamed into place, so a half-written zip nev
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -31,6 +32,7 @@ def pack_store(location, destination, *, overwrite: bool = False, storage_option
         raise StoreExistsError(f"{destination} already exists; pass --overwrite to replace it")
     if not destination.parent.is_dir():
         raise StoreWriteError(f"cannot write {destination}: the directory {destination.parent} does not exist")
+    _refuse_inside(str(location), destination)
     _refuse_links(str(location))
     report = verify_store(str(location), storage_options=storage_options)
     if not report.ok:
@@ -38,7 +40,6 @@ def pack_store(location, destination, *, overwrite: bool = False, storage_option
     source = zarr_store(str(location), read_only=True, storage_options=storage_options)
     zarr.open_group(source, mode="r")  # opens the store (a zip source is not open until then)
     partial = destination.with_name(f".{destination.name}.partial")
-    target = zarr.storage.ZipStore(partial, mode="w")
 
     async def copy() -> int:
         keys = sorted([key async for key in source.list() if _packable(key)])
@@ -48,13 +49,25 @@ def pack_store(location, destination, *, overwrite: bool = False, storage_option
         return len(keys)
 
     try:
+        target = zarr.storage.ZipStore(partial, mode="w")
         with remote_errors(str(location)):
             count = zarr.core.sync.sync(copy())
         target.close()
         os.replace(partial, destination)
+    except OSError as err:  # a full disk, a read-only or special file system: nothing is left behind
+        raise StoreWriteError(f"cannot write {destination}: {err.strerror or err}") from None
     finally:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
     return count
+
+
+def _refuse_inside(location: str, destination: Path) -> None:
+    """A zip written into the store it packs would become one of the store's own objects."""
+    path = local_path(location)
+    if path is not None and destination.resolve().is_relative_to(path.resolve()):
+        raise StoreWriteError(f"cannot write {destination} inside the store it packs ({location}); "
+                              "write it elsewhere")
 
 
 def _packable(key: str) -> bool:

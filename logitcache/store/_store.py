@@ -210,6 +210,8 @@ class LogitStore:
         try:
             with remote_errors(self.location):
                 group = self.group[TEACHERS_GROUP][name]
+        except CorruptStoreError:
+            raise
         except (KeyError, ValueError) as err:
             raise CorruptStoreError(f"teacher {name!r} in {self.location} cannot be read ({err}); "
                                        "the store was damaged or edited") from None
@@ -305,7 +307,7 @@ def _open_group(location: str, *, read_only: bool, storage_options: dict | None 
             group = zarr.open_group(zarr_store(location, read_only=read_only, storage_options=storage_options),
                                     mode="r" if read_only else "r+")
             info = group.attrs.get(ROOT_ATTR)
-    except (NotAStoreError, StoreNotFoundError):
+    except (NotAStoreError, StoreNotFoundError, CorruptStoreError):
         raise
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
         if path is None:
