@@ -354,7 +354,7 @@ def plot(runs, out):
     Needs matplotlib."""
     from .reports import plot_runs, read_runs
 
-    click.echo(f"wrote {plot_runs(read_runs(runs), out)}")
+    click.echo(f"wrote {plot_runs(read_runs(runs, log=_to_stderr), out)}")
 
 
 @cli.command(name="runs")
@@ -366,7 +366,11 @@ def runs_command(runs):
     RUNS are train --out directories, or directories of them (a pipeline's runs)."""
     from .reports import format_runs, read_runs
 
-    click.echo(format_runs(read_runs(runs)))
+    click.echo(format_runs(read_runs(runs, log=_to_stderr)))
+
+
+def _to_stderr(message: str) -> None:
+    click.echo(message, err=True)
 
 
 def _quiet_abandoned_requests(unraisable):

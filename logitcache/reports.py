@@ -44,42 +44,80 @@ class Run:
         return pick(reversed(scored), key=lambda h: h[key])  # ties: the latest epoch, as train picks best.pt
 
 
-def read_runs(paths) -> list[Run]:
-    """The runs at ``paths``; a directory holding no run stands for the runs directly inside it.
+def read_runs(paths, log=None) -> list[Run]:
+    """The runs at ``paths``; a directory holding no run stands for the runs directly inside it. A
+    run that started but finished no epoch (a ``train`` that failed: no ``metrics.jsonl`` yet) is
+    skipped with a note to ``log`` rather than hiding the others' table.
 
     Raises:
-        RunNotFoundError: a path that is no run and holds none.
+        RunNotFoundError: a path that is no run and holds none; no run to show at all.
     """
     found: list[Path] = []
     for path in map(Path, paths):
         if (path / METRICS).is_file():
             found.append(path)
             continue
-        inside = sorted(p for p in path.iterdir() if (p / METRICS).is_file()) if path.is_dir() else []
-        if not inside:
+        if _started(path):
+            _note(log, f"skipped {path}: it finished no epoch (no {METRICS})")
+            continue
+        inside = sorted(p for p in path.iterdir() if p.is_dir()) if path.is_dir() else []
+        for run in (p for p in inside if not (p / METRICS).is_file() and _started(p)):
+            _note(log, f"skipped {run}: it finished no epoch (no {METRICS})")
+        inside = [p for p in inside if (p / METRICS).is_file()]
+        if not inside and not any(_started(p) for p in (path.iterdir() if path.is_dir() else [])):
             raise RunNotFoundError(f"{path} is not a training run (no {METRICS}) and holds none; give the --out "
                                    "directory of a `logitcache train`, or a directory of them")
         found += inside
+    if not found:
+        raise RunNotFoundError(f"no run in {', '.join(map(str, paths))} finished an epoch")
     names = [p.name for p in found]
     return [_read_run(p, p.name if names.count(p.name) == 1 else f"{p.parent.name}/{p.name}") for p in found]
 
 
+def _started(path: Path) -> bool:
+    """A directory ``train`` started a run in: its lock or its options are there."""
+    return path.is_dir() and any((path / name).exists() for name in (".lock", "config.json"))
+
+
+def _note(log, message: str) -> None:
+    if log is not None:
+        log(message)
+
+
 def _read_run(path: Path, name: str) -> Run:
+    try:
+        lines = (path / METRICS).read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise RunNotFoundError(f"{path / METRICS} is not text; is it a logitcache run?") from None
     history = []
-    for number, line in enumerate((path / METRICS).read_text().splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         try:
-            history.append(json.loads(line))
-        except ValueError:
-            raise RunNotFoundError(f"{path / METRICS} line {number} is not JSON; is it a logitcache run?") from None
-    config = _json(path / "config.json") or {}
-    summary = _json(path / "summary.json") or {}
-    return Run(name, path, config, history, bool(summary.get("complete")))
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            record = None
+        if not _epoch_record(record):
+            raise RunNotFoundError(f"{path / METRICS} line {number} is not an epoch record (a JSON object with an "
+                                   "epoch); is it a logitcache run?")
+        history.append(record)
+    config = _json(path / "config.json")
+    summary = _json(path / "summary.json")
+    return Run(name, path, config if isinstance(config, dict) else {}, history,
+               isinstance(summary, dict) and bool(summary.get("complete")))
+
+
+NUMBERS = ("train_loss", "val_loss", "val_top1", "val_top5", "epoch_seconds", "lr")
+
+
+def _epoch_record(record) -> bool:
+    """A JSON object with a whole epoch number and numbers (or null) where the table and plot read them."""
+    return (isinstance(record, dict) and type(record.get("epoch")) is int
+            and all(isinstance(record.get(key), (int, float, type(None))) for key in NUMBERS))
 
 
 def _json(path: Path):
     try:
         return json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 
@@ -138,8 +176,18 @@ def plot_runs(runs: list[Run], out, title: str | None = None) -> Path:
     Raises:
         ConfigError: matplotlib is not installed.
     """
+    figure = draw_runs(runs, title)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out)
+    return out
+
+
+def draw_runs(runs: list[Run], title: str | None = None):
+    """The figure ``plot_runs`` saves (a matplotlib Figure)."""
     try:
         from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise ConfigError("plot needs matplotlib: pip install 'logitcache[plot]' (or pip install matplotlib)") from None
     metric = validation_metric(runs)
@@ -160,15 +208,27 @@ def plot_runs(runs: list[Run], out, title: str | None = None) -> Path:
         panels[0].set_title("validation " + ("top-1" if metric == "val_top1" else "loss"))
     panels[-1].set_ylabel("training loss (epoch mean)")
     panels[-1].set_title("training loss")
-    if all(h.get("train_loss", 0) > 0 for run in runs for h in run.history):
+    if all((h.get("train_loss") or 0) > 0 for run in runs for h in run.history):
         panels[-1].set_yscale("log")  # a teacher's cross-entropy and a student's KD total differ by decades
+        for formatter in (panels[-1].yaxis.set_major_formatter, panels[-1].yaxis.set_minor_formatter):
+            formatter(_plain_log_labels())
     for panel in panels:
+        panel.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no tick at 1.2
         panel.set_xlabel("epoch")
         panel.grid(True, alpha=0.3)
     panels[0].legend(loc="best", fontsize="small")
     if title:
         figure.suptitle(title)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out)
-    return out
+    return figure
+
+
+def _plain_log_labels():
+    """matplotlib's choice of which log ticks to label, written as plain numbers ("6", "0.4"), not
+    as "6x10^0"."""
+    from matplotlib.ticker import LogFormatterSciNotation
+
+    class PlainLogFormatter(LogFormatterSciNotation):
+        def __call__(self, x, pos=None):
+            return f"{x:g}" if super().__call__(x, pos) else ""
+
+    return PlainLogFormatter()

@@ -75,3 +75,53 @@ def test_runs_is_a_table_of_settings_and_results(runs):
 def test_a_path_without_runs_is_one_error_line(tmp_path):
     assert "is not a training run (no metrics.jsonl) and holds none" in one_error(invoke("runs", tmp_path))
     assert "is not a training run" in one_error(invoke("plot", tmp_path / "nothing", "-o", tmp_path / "x.png"))
+
+
+def _run_dir(path, lines, config=None):
+    path.mkdir(parents=True)
+    (path / "metrics.jsonl").write_bytes(lines)
+    (path / "config.json").write_text(json.dumps(config or {"student": "mlp", "loss": "ce", "epochs": 2}))
+    return path
+
+
+def _epochs(*losses):
+    return "".join(json.dumps({"epoch": i, "lr": 0.1, "train_loss": loss, "val_top1": None}) + "\n"
+                   for i, loss in enumerate(losses, 1)).encode()
+
+
+def test_a_binary_metrics_file_is_one_line(tmp_path):
+    run = _run_dir(tmp_path / "r", b"\x89PNG\r\n\x1a\n\x00\xff")
+    assert "is not text" in one_error(invoke("runs", run))
+    assert "is not text" in one_error(invoke("plot", run, "-o", tmp_path / "p.png"))
+
+
+@pytest.mark.parametrize("line", [b"[1, 2]\n", b'"epoch"\n', b'{"epoch": "1"}\n', b'{"epoch": 1, "train_loss": "x"}\n',
+                                  b"[" * 100_000 + b"]" * 100_000 + b"\n"])
+def test_metrics_lines_that_are_not_epoch_records_are_one_line(tmp_path, line):
+    run = _run_dir(tmp_path / "r", line)
+    assert "line 1 is not an epoch record" in one_error(invoke("runs", run))
+
+
+def test_a_run_that_finished_no_epoch_is_skipped_with_a_note_not_hiding_the_others(tmp_path):
+    good = _run_dir(tmp_path / "runs" / "good", _epochs(1.0, 0.5))
+    failed = tmp_path / "runs" / "failed"
+    failed.mkdir()
+    (failed / ".lock").write_text("")
+    for paths in ([good, failed], [tmp_path / "runs"]):
+        result = invoke("runs", *paths)
+        assert result.exit_code == 0, result.output
+        assert "good" in result.output and f"skipped {failed}: it finished no epoch" in result.output
+    assert "finished an epoch" in one_error(invoke("runs", failed))
+
+
+def test_plot_ticks_whole_epochs_and_labels_a_log_axis_in_plain_numbers(tmp_path):
+    pytest.importorskip("matplotlib")
+    from logitcache.reports import draw_runs, read_runs
+
+    figure = draw_runs(read_runs([_run_dir(tmp_path / "r", _epochs(0.9, 0.7, 0.6))]))
+    figure.canvas.draw()
+    panel = figure.axes[-1]
+    assert panel.get_yscale() == "log"
+    assert all(tick == int(tick) for tick in panel.get_xticks())
+    labels = [t.get_text() for t in panel.get_yticklabels(minor=True) + panel.get_yticklabels() if t.get_text()]
+    assert labels and all("times" not in text and "×" not in text and "^" not in text for text in labels)
