@@ -358,3 +358,8 @@ class _SlowLM(nn.Module):
 
 def slow_lm(num_classes: int = 256) -> nn.Module:
     return _SlowLM(TinyLM(num_classes), float(os.environ.get("LOGITCACHE_TEST_SLEEP", "0.02")))
+
+
+def three_class_image_teacher(num_classes: int = 3) -> nn.Module:
+    """An image teacher trained for 3 classes, whatever class count it is asked for (a checkpoint's head)."""
+    return image_teacher(3)

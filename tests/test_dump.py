@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from logitcache.dump import DumpConfig, dump
+from tests.conftest import invoke, one_error
 from logitcache.errors import (
     ModelError,
     NonFiniteLogitsError,
@@ -201,3 +202,30 @@ def test_topk_store_dumps_verifies_and_trains(tmp_path):
         summary = train(TrainConfig(out=str(tmp_path / loss), student="mlp:hidden=8", dataset="digits@train",
                                     store=str(path), loss=loss, epochs=1, progress=False), log=lambda *_: None)
         assert summary.last["train_kd"] > 0
+
+
+def test_a_head_wider_than_the_datasets_classes_is_refused_unless_asked_for(tmp_path):
+    from tests.factories import write_image_folder
+
+    for split in ("train", "val"):  # the root of a split folder: read as two classes, train and val
+        write_image_folder(tmp_path / "pets" / split, classes=3, per_class=2)
+    options = ["--teacher", "tests.factories:three_class_image_teacher", "--dataset", f"imagefolder:{tmp_path / 'pets'}",
+               "--transform", "resize=16,center_crop=16,to_tensor", "--no-progress"]
+    error = one_error(invoke("dump", tmp_path / "s.zarr", *options))
+    assert "the teacher has 3 outputs but imagefolder:" in error and "has 2 classes (train, val)" in error
+    assert "--num-classes 3" in error and not (tmp_path / "s.zarr").exists()
+    result = invoke("dump", tmp_path / "s.zarr", *options, "--num-classes", "3")
+    assert result.exit_code == 0, result.output
+
+
+def test_views_beyond_what_a_store_holds_are_refused_before_anything_runs(tmp_path):
+    error = one_error(invoke("dump", tmp_path / "s.zarr", "--teacher", "tests.factories:linear_teacher", "--dataset",
+                             "digits@train", "--augment", "flip", "--views", "100000000"))
+    assert "--views must be 1 to 4096" in error and not (tmp_path / "s.zarr").exists()
+
+
+def test_a_teacher_without_weights_is_said_out_loud(tmp_path):
+    result = invoke("dump", tmp_path / "s.zarr", "--teacher", "mlp:hidden=8", "--dataset", "digits@train",
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "note: mlp:hidden=8 was given no --weights" in result.output

@@ -32,8 +32,9 @@ from ..errors import (
 )
 from ..features.extract import tap_teacher
 from ..features.grammar import parse_features
-from ..sources import get_dataset, get_model, model_transform
+from ..sources import get_dataset, get_model, model_transform, weights_in_spec
 from ..store import (
+    MAX_VIEWS,
     Teacher,
     feature_codec,
     get_codec,
@@ -114,10 +115,10 @@ class ImageJob:
         self.model = model.to(self.device).eval()
         self.num_classes = _probe(self.model, self.source, self.inputs, self.device, config.bf16)
         self.tap, features = _feature_tap(config, self.model, self.inputs, self.device)
-        if config.num_classes is not None and self.num_classes != config.num_classes:
-            raise ModelError(f"--num-classes {config.num_classes} was given, but the teacher outputs "
-                             f"{self.num_classes} classes (its builder ignored the number); drop --num-classes or "
-                             "fix the teacher")
+        _check_head(config, self.source, self.num_classes)
+        if dist.is_main and not (config.weights or weights_in_spec(config.teacher)):
+            log(f"note: {config.teacher} was given no --weights: its weights are the builder's own (random unless "
+                "the builder loads some); info will say so")
         self.settings, self.provenance = dump_settings(config, self.source, self.model, self.num_classes,
                                                        self.device, augment, features)
 
@@ -176,8 +177,8 @@ def _summary(config: DumpConfig, store, teacher: Teacher, metrics: dict, written
 
 def validate(config: DumpConfig) -> None:
     """Refuse option values a dump cannot use (ConfigError), before anything is built."""
-    if config.views is not None and config.views < 1:
-        raise ConfigError(f"--views must be at least 1, got {config.views}")
+    if config.views is not None and not 1 <= config.views <= MAX_VIEWS:
+        raise ConfigError(f"--views must be 1 to {MAX_VIEWS} (what a store may hold), got {config.views}")
     if config.views is not None and not config.augment:
         raise ConfigError("--views needs --augment: without it every view of a sample would be the same")
     if config.record_view_hashes and not config.augment:
@@ -207,6 +208,22 @@ def validate(config: DumpConfig) -> None:
         raise ConfigError(f"--teacher-name {name[:40]!r} must be up to 100 letters, digits, '_', '.', '-' "
                           "(and not 'zarr.json' or '*.partial', which the store uses)")
     get_codec(config.codec)
+
+
+def _check_head(config: DumpConfig, source, num_classes: int) -> None:
+    """The teacher's head must have one output per class of the dataset, or the width --num-classes
+    asks for: a folder of train/ and val/ read as two classes, or a head for another label set,
+    would otherwise dump rows no student can learn from (and a top-1 of 0 %)."""
+    if config.num_classes is not None and num_classes != config.num_classes:
+        raise ModelError(f"--num-classes {config.num_classes} was given, but the teacher outputs "
+                         f"{num_classes} classes (its builder ignored the number); drop --num-classes or "
+                         "fix the teacher")
+    classes = len(source.classes)
+    if config.num_classes is None and num_classes != classes:
+        shown = ", ".join(source.classes[:4]) + (", ..." if classes > 4 else "")
+        raise ModelError(f"the teacher has {num_classes} outputs but {source.spec} has {classes} classes ({shown}); "
+                         f"check the dataset (a wrong folder or split?), or give --num-classes {num_classes} to "
+                         "dump a head of another width on purpose")
 
 
 def _feature_tap(config: DumpConfig, model, inputs, device) -> tuple:

@@ -12,7 +12,7 @@ specification; this package is its reference implementation.
 """
 
 from ._backend import local_path, storage_options_for
-from ._checks import check_teacher
+from ._checks import MAX_VIEWS, check_teacher
 from ._codecs import CODECS, Codec, get_codec, list_codecs
 from ._create import clear_unfinished
 from ._features import FEATURE_CODECS, REDUCES, bytes_per_sample, feature_codec, nbytes_features
@@ -45,6 +45,7 @@ from ._verify import VerifyReport, verify_store
 from ._writer import BackgroundWriter
 
 __all__ = [
+    "MAX_VIEWS",
     "BASE_VERSION",
     "CODECS",
     "FEATURE_CODECS",
