@@ -73,6 +73,31 @@ def _storage_options(ctx, param, values) -> dict:
     return options
 
 
+class RegistryHelp(click.Option):
+    """An option whose help lists what the registries hold: its ``{model_specs}``, ``{dataset_specs}``,
+    ``{token_dataset_specs}``, ``{tokenizer_specs}`` (``sources/spec_help.py``) and ``{codecs}`` are
+    filled in when the help is printed, so it names every registered spec, a plugin's too, and only
+    a command's own help imports the registries (torch, zarr)."""
+
+    def get_help_record(self, ctx):
+        from string import Formatter
+
+        self.template = getattr(self, "template", self.help)
+        fields = {field for _, field, _, _ in Formatter().parse(self.template) if field}
+        self.help = self.template.format(**{field: _registered(field) for field in fields})
+        return super().get_help_record(ctx)
+
+
+def _registered(field: str) -> str:
+    if field == "codecs":
+        from .store import list_codecs
+
+        return ", ".join(list_codecs())
+    from .sources import spec_help
+
+    return getattr(spec_help, field)()
+
+
 storage_option = click.option(
     "--storage-option", "storage_options", multiple=True, callback=_storage_options, metavar="KEY=VALUE",
     help="fsspec option for a remote store (repeatable), e.g. endpoint_url=http://127.0.0.1:9000; "
@@ -88,17 +113,16 @@ def cli():
 
 @cli.command()
 @click.argument("store")
-@click.option("--teacher", required=True, help="Teacher spec: torchvision:NAME, torchscript:FILE, export:FILE, "
-              "checkpoint:FILE, a registered name (resnet56, cnn, ...) or package.module:factory.")
+@click.option("--teacher", required=True, cls=RegistryHelp, help="Teacher spec: {model_specs}.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Weights file for the teacher (state dict).")
-@click.option("--dataset", required=True, help="Dataset spec: digits, imagefolder:PATH, cifar100:ROOT, "
-              "mnist:ROOT, imagenet:ROOT, package.module:factory; optionally @SPLIT.")
+@click.option("--dataset", required=True, cls=RegistryHelp, help="Dataset spec, optionally ending in @SPLIT: "
+              "{dataset_specs}. With --tokenizer, token data: {token_dataset_specs}.")
 @click.option("--split", help="Dataset split, unless the spec ends with @SPLIT.")
 @click.option("--transform", help="Input transform preset or steps (default: the dataset's eval transform).")
 @click.option("--teacher-name", default=DUMP["teacher_name"], show_default=True,
               help="Name of the teacher inside the store.")
-@click.option("--codec", default=DUMP["codec"], show_default=True,
-              help="fp32, fp16, bf16, u8; for large label spaces topk:K (the K most probable classes plus a "
+@click.option("--codec", default=DUMP["codec"], show_default=True, cls=RegistryHelp,
+              help="{codecs}; for large label spaces topk:K (the K most probable classes plus a "
               "tail bucket) or sample:K[:T] (K draws from the teacher at temperature T).")
 @click.option("--batch-size", default=DUMP["batch_size"], show_default=True, type=int)
 @click.option("--workers", default=DUMP["workers"], show_default=True, type=int, help="DataLoader worker processes.")
@@ -114,9 +138,8 @@ def cli():
 @click.option("--record-view-hashes", is_flag=True,
               help="Store a hash of every view's input, so verify --dataset and train --check-views can prove "
               "the replay exact.")
-@click.option("--tokenizer", metavar="SPEC", help="Make a token store (language models): bytes, hf:DIR (a local "
-              "Hugging Face tokenizer) or package.module:factory; --dataset is then text:GLOB, jsonl:FILE[:FIELD], "
-              "hf:DIR, parquet:GLOB or package.module:factory, and --batch-size counts sequences.")
+@click.option("--tokenizer", metavar="SPEC", cls=RegistryHelp, help="Make a token store (language models) with "
+              "this tokenizer: {tokenizer_specs}. --dataset is then token data, and --batch-size counts sequences.")
 @click.option("--seq-len", type=int, help="Token dumps: positions per stored sequence (packed blocks, or one "
               "padded sample each).")
 @click.option("--features", metavar="NAME=LAYER[:REDUCE],...", help="Also store these teacher features per "
@@ -157,8 +180,9 @@ def info(store, as_json, storage_options):
 
 @cli.command()
 @click.argument("store")
-@click.option("--dataset", help="Also check that this dataset spec matches the store's fingerprint, and "
-              "rebuild every view whose hash the store recorded.")
+@click.option("--dataset", cls=RegistryHelp, help="Also check that this dataset spec matches the store's "
+              "fingerprint, and rebuild every view whose hash the store recorded: {dataset_specs}. A token store: "
+              "the token data it was dumped from, {token_dataset_specs}.")
 @click.option("--split", help="Dataset split, unless the spec ends with @SPLIT.")
 @click.option("--teacher", "teachers", help="Check only these teachers (comma-separated); default: all.")
 @click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0),
@@ -217,26 +241,27 @@ class LossName(click.ParamType):
 
 @cli.command()
 @click.option("--out", required=True, help="Run directory: checkpoints, metrics.jsonl/csv, steps.csv.")
-@click.option("--student", required=True, help="Student spec (resnet20, mlp:hidden=32, torchvision:resnet18, ...; "
-              "language models: gpt:n_layer=4,..., hf:DIR, hf-config:DIR, checkpoint:FILE).")
-@click.option("--dataset", help="Training dataset spec; must match the store's fingerprint. Not with a token "
-              "store, which holds its sequences; without a store, token data (text:GLOB@train, jsonl:FILE, ...) "
-              "with --tokenizer and --seq-len.")
-@click.option("--val-dataset", help="Validation dataset spec, evaluated after every epoch (token data: "
-              "tokenised with --tokenizer, or the store's tokenizer).")
+@click.option("--student", required=True, cls=RegistryHelp, help="Student spec: {model_specs}.")
+@click.option("--dataset", cls=RegistryHelp, help="Training dataset spec; must match the store's fingerprint: "
+              "{dataset_specs}. Not with a token store, which holds its sequences; without a store, token data with "
+              "--tokenizer and --seq-len: {token_dataset_specs}.")
+@click.option("--val-dataset", cls=RegistryHelp, help="Validation dataset spec, evaluated after every epoch: "
+              "{dataset_specs}; or token data, tokenised with --tokenizer or the store's tokenizer: "
+              "{token_dataset_specs}.")
 @click.option("--store", help="Store with the teacher's logits (not needed for --loss ce); a token store is "
               "also the training data.")
 @click.option("--val-store", help="Token data: a store the teacher dumped over held-out text; gives validation "
               "loss, perplexity and the student's top-1 agreement with the teacher.")
-@click.option("--tokenizer", metavar="SPEC", help="Token data without a store (or for --val-dataset): bytes, "
-              "hf:DIR or package.module:factory.")
+@click.option("--tokenizer", metavar="SPEC", cls=RegistryHelp, help="Token data without a store (or for "
+              "--val-dataset): {tokenizer_specs}.")
 @click.option("--seq-len", type=int, help="Token data without a store: tokens per training sequence.")
 @click.option("--teacher", help="Teacher name inside the store (default: its only complete teacher); "
               "a,b trains from the ensemble: the mean of the teachers' probabilities at --temperature.")
 @click.option("--expect-teacher", help="Refuse the store unless its teacher digest (info prints it; give all "
               "64 hex digits to pin the exact logits) or its weights or parameters sha256 starts with this "
               "(comma-separated for an ensemble).")
-@click.option("--online-teacher", help="Run this teacher spec in the loop instead of a store (for comparison).")
+@click.option("--online-teacher", cls=RegistryHelp, help="Run this teacher spec in the loop instead of a store "
+              "(for comparison): {model_specs}.")
 @click.option("--online-teacher-weights", type=click.Path(dir_okay=False))
 @click.option("--loss", type=LossName(), help="ce (labels only), kl, dist or dkd (the registered losses); "
               "default dist with a teacher, ce without. Token data: ce or kl (default kl with a teacher).")

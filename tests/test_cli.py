@@ -192,6 +192,62 @@ def test_help_says_what_device_and_no_progress_take():
     assert "Relative paths in the file are relative to the directory run is started in, not to the file's" in run_help
 
 
+def registered_specs(kind: str) -> list[str]:
+    """How the help must write every entry of one registry (its grammar; a model's bare name)."""
+    from logitcache.sources import _registry as registries
+    from logitcache.store import list_codecs
+
+    if kind == "codecs":
+        return list_codecs()
+    if kind == "models":
+        return registries.MODELS.names() + registered_specs("model_schemes")
+    registry = {"model_schemes": registries.MODEL_SCHEMES, "datasets": registries.DATASETS,
+                "token_datasets": registries.TOKEN_DATASETS, "tokenizers": registries.TOKENIZERS}[kind]
+    return [registry.about(name).grammar for name in registry.names()]
+
+
+SPEC_OPTIONS = [
+    ("dump", "--teacher", ["models"]), ("dump", "--dataset", ["datasets", "token_datasets"]),
+    ("dump", "--tokenizer", ["tokenizers"]), ("dump", "--codec", ["codecs"]),
+    ("train", "--student", ["models"]), ("train", "--online-teacher", ["models"]),
+    ("train", "--dataset", ["datasets", "token_datasets"]), ("train", "--val-dataset", ["datasets", "token_datasets"]),
+    ("train", "--tokenizer", ["tokenizers"]), ("verify", "--dataset", ["datasets", "token_datasets"]),
+]
+
+
+@pytest.mark.parametrize("command, option, kinds", SPEC_OPTIONS)
+def test_spec_help_names_everything_registered(command, option, kinds):
+    """The help of every spec option is made from the registries, so none can be missing from it."""
+    import re
+
+    import click
+
+    ctx = click.Context(cli.commands[command])
+    param = next(p for p in ctx.command.params if option in p.opts)
+    help_text = param.get_help_record(ctx)[1]
+    assert "{" not in help_text, help_text
+    for kind in kinds:
+        for spec in registered_specs(kind):
+            assert re.search(rf"(?<![\w-]){re.escape(spec)}(?![\w-])", help_text), (option, spec, help_text)
+
+
+def test_command_help_shows_the_registries_and_the_top_help_stays_light():
+    """The drift issue 21 found: dump's --teacher lacked hf: and timm:, --dataset cifar10:, hf:, parquet:.
+    ``logitcache --help`` and a usage error still import no torch, zarr or numpy."""
+    import subprocess
+    import sys
+
+    dump_help = " ".join(invoke("dump", "--help").output.split())
+    for spec in ("hf:DIR, a local Hugging Face", "timm:NAME[:k=v,...], a timm model", "cifar10:ROOT[@train|test]",
+                 "hf:DIR[:image=COL,label=COL]", "parquet:FILES", "resnet56", "package.module:factory"):
+        assert spec in dump_help
+    code = ("import sys; from click.testing import CliRunner; from logitcache.cli import cli; "
+            "CliRunner().invoke(cli, ['--help']); CliRunner().invoke(cli, ['dump']); "
+            "print(sorted(m for m in ('torch', 'zarr', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_info_reads_plainly_for_factory_datasets_and_older_stores(tmp_path):
     """No 'split None', and an older format reads as still supported, not as a warning (item 9)."""
     from pathlib import Path

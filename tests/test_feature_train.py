@@ -9,7 +9,7 @@ import torch
 from logitcache.features.distiller import FeatureRun
 from logitcache.sources import get_dataset
 from logitcache.sources.checkpoints import load_checkpoint
-from logitcache.sources.models import model_from_checkpoint
+from logitcache.sources.checkpoints import model_from_checkpoint
 from logitcache.store import open_store
 from logitcache.train import TrainConfig, train
 from tests import feature_factories

@@ -8,16 +8,18 @@ import torch
 from PIL import Image
 
 from logitcache.errors import DatasetError, ModelError, SpecError
-from logitcache.registry import Registry
+from logitcache.registry import About, Registry
 from logitcache.sources import (
     get_dataset,
     get_model,
     list_datasets,
+    list_model_schemes,
     list_models,
     lm_context_length,
     load_weights,
     parse_spec,
 )
+from logitcache.sources._registry import DATASETS, MODEL_SCHEMES, TOKEN_DATASETS, TOKENIZERS
 from logitcache.sources.transforms import build_transform, canonical, is_random
 
 
@@ -37,6 +39,33 @@ def test_registry_refuses_duplicates_and_lists_names_on_unknown():
         registry.register("a")(lambda: 2)
     with pytest.raises(SpecError, match="unknown thing 'b'; known: a"):
         registry.get("b")
+
+
+def test_registry_entries_say_how_specs_write_them():
+    registry = Registry("thing")
+    registry.register("a", grammar="a:PATH", description="an a")(lambda: 1)
+    registry.register("b")(lambda: 2)
+    assert registry.about("a") == About("a:PATH", "an a") and registry.about("b") == About("b", "")
+    with pytest.raises(SpecError, match="unknown thing 'c'; known: a, b"):
+        registry.about("c")
+
+
+@pytest.mark.parametrize("registry", [MODEL_SCHEMES, DATASETS, TOKEN_DATASETS, TOKENIZERS], ids=lambda r: r.kind)
+def test_every_scheme_says_its_grammar_and_what_it_is(registry):
+    """What the CLI's help lists for each (tests/test_cli.py checks the help lists them all)."""
+    for name in registry.names():
+        about = registry.about(name)
+        assert about.grammar.partition(":")[0].partition("[")[0] == name and about.description, (name, about)
+
+
+def test_builtin_model_schemes():
+    """Each registered by the module that builds it (tests/test_scheme_plugins.py adds one from outside)."""
+    builtin = {name: MODEL_SCHEMES.get(name).build.__module__ for name in list_model_schemes()
+               if MODEL_SCHEMES.get(name).build.__module__.startswith("logitcache.")}
+    assert builtin == {"checkpoint": "logitcache.sources.checkpoints", "export": "logitcache.sources.saved_programs",
+                       "hf": "logitcache.sources.hf_models", "hf-config": "logitcache.sources.hf_models",
+                       "timm": "logitcache.sources.timm_models", "torchscript": "logitcache.sources.saved_programs",
+                       "torchvision": "logitcache.sources.torchvision_models"}
 
 
 def test_builtin_dataset_names():

@@ -1,11 +1,18 @@
-"""The sources' registries (datasets, models, token datasets) and how specs name Python objects.
+"""The sources' registries and how specs name Python objects.
 
     >>> @register_model()
     ... def mlp(num_classes, hidden=256): ...
-    >>> MODELS.get("mlp"), DATASETS.names("cifar*"), TOKEN_DATASETS.names()
+    >>> @register_model_scheme("zoo", grammar="zoo:NAME", description="a model from my zoo")
+    ... def zoo(rest, num_classes): ...                       # get_model("zoo:tiny", 10)
+    >>> MODELS.get("mlp"), MODEL_SCHEMES.names(), DATASETS.names("cifar*"), TOKENIZERS.names()
     >>> import_object("mypackage.nets:build", "model")      # or a top-level module: "nets:build"
 
-The ``Registry`` class itself is ``logitcache.registry`` (losses use it too).
+A spec is ``NAME[:ARG]``: NAME is looked up here. Models have two registries: architectures
+(``resnet20``, ``mlp:hidden=32``) and schemes, whose ARG says where the model comes from
+(``torchvision:resnet18``, ``checkpoint:FILE``); a scheme wins over an architecture of the same
+name. Datasets, token datasets and tokenizers have one each. Each entry registers itself in the
+module that implements it, with its grammar and a one-line description, which the CLI's help
+lists. The ``Registry`` class itself is ``logitcache.registry`` (losses use it too).
 """
 
 from __future__ import annotations
@@ -83,18 +90,34 @@ class DatasetEntry:
     needs_arg: bool = True
 
 
+@dataclass
+class ModelScheme:
+    """What a model scheme provides: a builder, and what else the model's spec tells."""
+
+    build: Callable  # (rest, num_classes) -> nn.Module; rest: the spec after "SCHEME:"
+    transform: Callable | None = None  # (rest) -> the input transform steps the model brings
+    weights_file: Callable | None = None  # (rest) -> the file the spec reads weights from, or None
+
+
 # The registries. Families register into them from their own modules, which the package's
-# __init__ imports; the modules that look names up (datasets.py, models.py, tokens.py) import only this one.
+# __init__ imports; the modules that look names up (datasets.py, models.py, tokens.py,
+# tokenizers.py) import only this one.
 DATASETS = Registry("dataset")
 MODELS = Registry("model")
+MODEL_SCHEMES = Registry("model scheme")
 TOKEN_DATASETS = Registry("token dataset")
+TOKENIZERS = Registry("tokenizer")
 
 
-def register_dataset(name, *, default_transform, splits=(), default_split=None, needs_arg=True):
-    """Decorator: register ``builder(arg, split, transform)`` as dataset ``name``."""
+def register_dataset(name, *, default_transform, splits=(), default_split=None, needs_arg=True,
+                     grammar=None, description=""):
+    """Decorator: register ``builder(arg, split, transform)`` as dataset ``name``, written
+    ``grammar`` in specs (default ``NAME:PATH``, or ``NAME`` for one that takes no location)."""
 
     def decorate(builder):
-        DATASETS.register(name)(DatasetEntry(builder, default_transform, tuple(splits), default_split, needs_arg))
+        entry = DatasetEntry(builder, default_transform, tuple(splits), default_split, needs_arg)
+        DATASETS.register(name, grammar=grammar or (f"{name}:PATH" if needs_arg else name),
+                          description=description)(entry)
         return builder
 
     return decorate
@@ -105,7 +128,31 @@ def register_model(name: str | None = None):
     return MODELS.register(name)
 
 
-def register_token_dataset(name: str | None = None):
+def register_model_scheme(name: str, *, grammar: str, description: str, transform=None, weights_file=None):
+    """Decorator: register ``build(rest, num_classes) -> nn.Module`` as the scheme of specs
+    ``NAME:REST``; ``transform`` and ``weights_file`` (each ``(rest) -> str | None``) say which
+    input transform the model brings and which file its weights come from (see ModelScheme)."""
+
+    def decorate(build):
+        MODEL_SCHEMES.register(name, grammar=grammar, description=description)(
+            ModelScheme(build, transform, weights_file))
+        return build
+
+    return decorate
+
+
+def rest_is_the_file(rest: str) -> str:
+    """``weights_file`` of a scheme whose REST is the one file the whole model is read from."""
+    return rest
+
+
+def register_token_dataset(name: str | None = None, *, grammar: str | None = None, description: str = ""):
     """Decorator: register ``reader(spec, arg, split) -> Corpus`` as token dataset kind ``name``
     (``sources/_token_corpora.py`` defines Corpus and the built-in kinds)."""
-    return TOKEN_DATASETS.register(name)
+    return TOKEN_DATASETS.register(name, grammar=grammar, description=description)
+
+
+def register_tokenizer(name: str, *, grammar: str, description: str):
+    """Decorator: register ``build(spec, arg) -> Tokenizer`` as tokenizer ``name``: a spec
+    ``NAME`` if ``grammar`` has no colon, else ``NAME:ARG``."""
+    return TOKENIZERS.register(name, grammar=grammar, description=description)

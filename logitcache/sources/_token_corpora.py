@@ -98,7 +98,8 @@ def matching_files(spec: str, pattern: str) -> list[tuple[Path, str]]:
     return [(file, file.relative_to(fixed).as_posix()) for file in files]
 
 
-@register_token_dataset("text")
+@register_token_dataset("text", grammar="text:FILE_OR_GLOB",
+                        description="UTF-8 text files, one document each")
 def read_text(spec: str, arg: str, split: str | None) -> Corpus:
     """Plain text files, one document each, packed by default; split by each file's tokens."""
     records = []
@@ -113,7 +114,8 @@ def read_text(spec: str, arg: str, split: str | None) -> Corpus:
     return Corpus(records, "tokens", pack=True, about={"files": len(records)})
 
 
-@register_token_dataset("jsonl")
+@register_token_dataset("jsonl", grammar="jsonl:FILE_OR_GLOB[:FIELD]",
+                        description="JSON lines, a record each")
 def read_jsonl(spec: str, arg: str, split: str | None) -> Corpus:
     """JSON lines, one record per non-blank line; FIELD is chosen from the first record."""
     pattern, name = split_field(arg)
@@ -138,7 +140,8 @@ def read_jsonl(spec: str, arg: str, split: str | None) -> Corpus:
     return Corpus(records, "records", pack=False, about={"field": name})
 
 
-@register_token_dataset("hf")
+@register_token_dataset("hf", grammar="hf:DIR[:FIELD]",
+                        description="a datasets save_to_disk directory")
 def read_hf(spec: str, arg: str, split: str | None) -> Corpus:
     """A ``datasets.load_from_disk`` directory. A DatasetDict's own splits are used: train is its
     ``train``; val its ``validation``, ``val`` or ``test``; all every split, by name."""
@@ -182,7 +185,8 @@ def _columns(spec: str, data, name: str | None, where: str, prefix: str) -> tupl
     return chosen, [Record(f"{prefix}{i}", value, masks[i] if masks else None) for i, value in enumerate(values)]
 
 
-@register_token_dataset("parquet")
+@register_token_dataset("parquet", grammar="parquet:FILE_OR_GLOB[:FIELD]",
+                        description="Parquet files, a record per row")
 def read_parquet(spec: str, arg: str, split: str | None) -> Corpus:
     """Parquet files (read with pyarrow), one record per row."""
     pattern, name = split_field(arg)

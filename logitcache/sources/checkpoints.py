@@ -1,7 +1,9 @@
-"""The checkpoints ``logitcache train`` writes, and how a later stage reads them back.
+"""The checkpoints ``logitcache train`` writes, how a later stage reads them back, and the
+``checkpoint:FILE`` model scheme.
 
     >>> save_checkpoint("runs/t/last.pt", model=model, model_spec="cnn", num_classes=10, state={...})
-    >>> data = load_checkpoint("runs/t/best.pt")     # models.model_from_checkpoint rebuilds the model
+    >>> data = load_checkpoint("runs/t/best.pt")
+    >>> model = model_from_checkpoint("runs/t/best.pt")     # or get_model("checkpoint:runs/t/best.pt", 10)
 
 A checkpoint is a dict of tensors and plain values (no pickled objects), so it loads with
 ``torch.load(weights_only=True)``. Writes go to a temp file and are renamed into place, so a
@@ -13,8 +15,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import CheckpointError
-from ._loading import load_failure, quiet_torch
+from ..errors import CheckpointError, LogitCacheError
+from ._loading import load_failure, misfit, quiet_torch
+from ._registry import register_model_scheme, rest_is_the_file
+from .models import get_model
 
 CHECKPOINT_FORMAT = "logitcache-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -105,3 +109,35 @@ def _check_fields(path, data: dict) -> None:
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+_OPENING: set[str] = set()  # checkpoints being rebuilt now: one whose model_spec leads back to itself is refused
+
+
+@register_model_scheme("checkpoint", grammar="checkpoint:FILE", description="a model train saved, weights included",
+                       weights_file=rest_is_the_file)
+def checkpoint_model(path: str, num_classes: int):
+    """The checkpoint's own model (its num_classes, not the one asked for)."""
+    return model_from_checkpoint(path)
+
+
+def model_from_checkpoint(path):
+    """Rebuild the model a checkpoint was trained as, with its weights loaded."""
+    data = load_checkpoint(path)
+    key = str(Path(path).resolve())
+    if key in _OPENING:
+        raise CheckpointError(f"checkpoint {path}: its model_spec {data['model_spec']!r} leads back to itself")
+    _OPENING.add(key)
+    try:
+        model = get_model(data["model_spec"], data["num_classes"])
+    except CheckpointError:
+        raise
+    except LogitCacheError as err:
+        raise CheckpointError(f"checkpoint {path}: cannot rebuild its model: {err}") from None
+    finally:
+        _OPENING.discard(key)
+    try:
+        model.load_state_dict(data["model"], strict=True)
+    except Exception as err:
+        raise CheckpointError(f"checkpoint {path} does not fit {data['model_spec']}: {misfit(err)}") from None
+    return model

@@ -47,7 +47,7 @@ def split_indices(split: str) -> np.ndarray:
 
 
 @register_dataset("digits", default_transform="none", splits=("train", "val", "all"),
-                  default_split="train", needs_arg=False)
+                  default_split="train", needs_arg=False, description="scikit-learn's 8x8 digits, bundled")
 def digits(arg, split, transform):
     indices = split_indices(split)
     dataset = DigitsDataset(indices, transform)

@@ -58,7 +58,8 @@ class HFImages:
         return image, int(row[self.label])
 
 
-@register_dataset("hf", default_transform="imagenet")
+@register_dataset("hf", default_transform="imagenet", grammar="hf:DIR[:image=COL,label=COL]",
+                  description="a datasets save_to_disk directory of images (the hf extra)")
 def hf(arg, split, transform):
     location, options = _location_and_options(arg, "hf")
     datasets = _datasets()
@@ -83,7 +84,8 @@ def hf(arg, split, transform):
                          f"hf:{location}")
 
 
-@register_dataset("parquet", default_transform="imagenet")
+@register_dataset("parquet", default_transform="imagenet", grammar="parquet:FILES[:image=COL,label=COL]",
+                  description="Parquet files of images: a file, glob or directory (the hf extra)")
 def parquet(arg, split, transform):
     location, options = _location_and_options(arg, "parquet")
     datasets = _datasets()

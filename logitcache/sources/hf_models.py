@@ -23,6 +23,7 @@ from torch import nn
 
 from ..errors import ModelError, SpecError
 from ._loading import call_user, quiet_torch
+from ._registry import register_model_scheme
 
 LM_EXTRA = "pip install 'logitcache[lm]'"
 
@@ -41,6 +42,17 @@ class CausalLM(nn.Module):
 
     def forward(self, idx):  # idx: (B, T) int64; rows are right-padded, so causal attention needs no mask
         return self.model(input_ids=idx, use_cache=False).logits
+
+
+@register_model_scheme("hf", grammar="hf:DIR", description="a local Hugging Face causal LM (the lm extra)")
+def pretrained_lm(location: str, num_classes: int) -> CausalLM:
+    return hf_model("hf", location, num_classes)
+
+
+@register_model_scheme("hf-config", grammar="hf-config:CONFIG",
+                       description="a Hugging Face causal LM's architecture from its config.json, random init")
+def configured_lm(location: str, num_classes: int) -> CausalLM:
+    return hf_model("hf-config", location, num_classes)
 
 
 def hf_model(scheme: str, location: str, num_classes: int) -> CausalLM:

@@ -13,7 +13,8 @@ from ..errors import DatasetError
 from ._registry import register_dataset
 
 
-@register_dataset("imagefolder", default_transform="imagenet")
+@register_dataset("imagefolder", default_transform="imagenet", grammar="imagefolder:DIR",
+                  description="class folders of images, DIR/SPLIT with @SPLIT")
 def imagefolder(arg, split, transform):
     from torchvision.datasets import ImageFolder
 

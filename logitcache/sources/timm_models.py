@@ -27,34 +27,9 @@ from pathlib import Path
 from ..errors import ModelError, SpecError
 from . import transforms
 from ._loading import first_line, misfit, read_state_dict
-from ._registry import parse_kwargs
+from ._registry import parse_kwargs, register_model_scheme
 
 NOT_PICKLES = (".safetensors", ".npz", ".npy")  # formats timm reads without unpickling
-
-
-def timm_model(rest: str, num_classes: int):
-    """Build ``NAME[:k=v,...]`` with timm, offline, with ``num_classes`` outputs.
-
-    Raises:
-        SpecError: timm is not installed, the name is unknown, or the spec sets what options set.
-        ModelError: the pretrained file is missing, unsafe, or does not fit the model.
-    """
-    timm = _timm()
-    name, kwargs = _parse(rest)
-    pretrained_file = kwargs.pop("pretrained_file", None)
-    options = {"pretrained": False}
-    if pretrained_file is not None:
-        _check_file(str(pretrained_file))
-        # num_classes in the overlay: timm then loads the file's head strictly instead of dropping it
-        options = {"pretrained": True,
-                   "pretrained_cfg_overlay": {"file": str(pretrained_file), "num_classes": num_classes}}
-    try:
-        return timm.create_model(name, num_classes=num_classes, **options, **kwargs)
-    except (RuntimeError, ValueError, KeyError, TypeError, AssertionError) as err:
-        if pretrained_file is not None and "state_dict" in str(err):
-            raise ModelError(f"pretrained_file {pretrained_file} does not fit timm model {name!r}: "
-                             f"{misfit(err)}") from None
-        raise ModelError(f"cannot build timm model {name!r}: {type(err).__name__}: {first_line(err)}") from None
 
 
 def data_transform(rest: str) -> str:
@@ -93,6 +68,34 @@ def weights_file(rest: str) -> str | None:
     _, _, args = rest.partition(":")
     value = parse_kwargs(args, f"timm model {rest!r}").get("pretrained_file")
     return str(value) if value is not None else None
+
+
+@register_model_scheme("timm", grammar="timm:NAME[:k=v,...]",
+                       description="a timm model, built offline (the timm extra)",
+                       transform=data_transform, weights_file=weights_file)
+def timm_model(rest: str, num_classes: int):
+    """Build ``NAME[:k=v,...]`` with timm, offline, with ``num_classes`` outputs.
+
+    Raises:
+        SpecError: timm is not installed, the name is unknown, or the spec sets what options set.
+        ModelError: the pretrained file is missing, unsafe, or does not fit the model.
+    """
+    timm = _timm()
+    name, kwargs = _parse(rest)
+    pretrained_file = kwargs.pop("pretrained_file", None)
+    options = {"pretrained": False}
+    if pretrained_file is not None:
+        _check_file(str(pretrained_file))
+        # num_classes in the overlay: timm then loads the file's head strictly instead of dropping it
+        options = {"pretrained": True,
+                   "pretrained_cfg_overlay": {"file": str(pretrained_file), "num_classes": num_classes}}
+    try:
+        return timm.create_model(name, num_classes=num_classes, **options, **kwargs)
+    except (RuntimeError, ValueError, KeyError, TypeError, AssertionError) as err:
+        if pretrained_file is not None and "state_dict" in str(err):
+            raise ModelError(f"pretrained_file {pretrained_file} does not fit timm model {name!r}: "
+                             f"{misfit(err)}") from None
+        raise ModelError(f"cannot build timm model {name!r}: {type(err).__name__}: {first_line(err)}") from None
 
 
 def _timm():

@@ -6,7 +6,7 @@
     >>> ids = tokenizer.encode("To be, or not to be")       # no special tokens added
     >>> tokenizer.decode(ids), tokenizer.vocab_size, tokenizer.identity
 
-Specs:
+Specs (the registered tokenizers, ``register_tokenizer``, then a directory, then a factory):
 
 - ``bytes``: every UTF-8 byte is a token (ids 0-255); id 0 (NUL, which text never holds) is
   the end of text. Needs no files.
@@ -35,9 +35,9 @@ from pathlib import Path
 
 from ..errors import DatasetError, SpecError
 from ._loading import call_user, quiet_torch
-from ._registry import import_object
+from ._registry import TOKENIZERS, import_object, register_tokenizer
 
-__all__ = ["Tokenizer", "get_tokenizer"]
+__all__ = ["Tokenizer", "get_tokenizer", "list_tokenizers", "register_tokenizer"]
 
 # A factory tokenizer without get_vocab is identified by what it does to this text.
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog. 0123456789 \u00e9\u00df\u4e2d\U0001f600\n\t"
@@ -103,6 +103,10 @@ class Tokenizer:
         return f"Tokenizer({self.spec!r}, vocab_size={self.vocab_size}, eos_id={self.eos_id})"
 
 
+def list_tokenizers(pattern: str = "*") -> list[str]:
+    return TOKENIZERS.names(pattern)
+
+
 def get_tokenizer(spec: str) -> Tokenizer:
     """Build the tokenizer a spec names (see the module docstring).
 
@@ -110,26 +114,37 @@ def get_tokenizer(spec: str) -> Tokenizer:
         SpecError: an unknown spec, a directory that is missing or holds no tokenizer files, a
             factory that cannot be imported or returns no tokenizer, transformers missing.
     """
-    if spec == "bytes":
-        return _bytes_tokenizer()
-    if spec.startswith("hf:"):
-        return _directory_tokenizer(spec, spec[3:])
-    if Path(spec).is_dir():
-        return _directory_tokenizer(spec, spec)
-    module, colon, _ = spec.partition(":")
-    if colon and module and all(part.isidentifier() for part in module.split(".")):
+    name, colon, arg = spec.partition(":")
+    if name in TOKENIZERS and bool(colon) == _takes_arg(name):
+        return TOKENIZERS.get(name)(spec, arg)
+    if Path(spec).is_dir():  # a bare directory is read as hf:DIR
+        return hf_tokenizer(spec, spec)
+    if colon and name and all(part.isidentifier() for part in name.split(".")):
         return _factory_tokenizer(spec)
-    raise SpecError(f"unknown tokenizer {spec!r}: not 'bytes', not hf:DIR or a directory that exists, "
+    known = ", not ".join(_quoted(n) for n in TOKENIZERS.names())
+    raise SpecError(f"unknown tokenizer {spec!r}: not {known} or a directory that exists, "
                     "not package.module:factory")
 
 
-def _bytes_tokenizer() -> Tokenizer:
+def _takes_arg(name: str) -> bool:
+    return ":" in TOKENIZERS.about(name).grammar
+
+
+def _quoted(name: str) -> str:
+    """``'bytes'``, ``hf:DIR``: a name that takes no argument is written as it is."""
+    grammar = TOKENIZERS.about(name).grammar
+    return grammar if _takes_arg(name) else repr(grammar)
+
+
+@register_tokenizer("bytes", grammar="bytes", description="UTF-8 bytes, 256 ids")
+def bytes_tokenizer(spec: str, arg: str) -> Tokenizer:
     return Tokenizer("bytes", "bytes", vocab_size=256, eos_id=0, encode=lambda text: list(text.encode("utf-8")),
                      decode=lambda ids: bytes(ids).decode("utf-8", errors="replace"),
                      vocabulary=lambda: {f"<0x{i:02X}>": i for i in range(256)}, specials={"eos": "<0x00>"})
 
 
-def _directory_tokenizer(spec: str, directory: str) -> Tokenizer:
+@register_tokenizer("hf", grammar="hf:DIR", description="a local Hugging Face tokenizer (a bare DIR works too)")
+def hf_tokenizer(spec: str, directory: str) -> Tokenizer:
     path = Path(directory)
     if not directory or not path.is_dir():
         raise SpecError(f"tokenizer {spec!r}: directory {directory!r} does not exist")

@@ -34,7 +34,8 @@ def _indexed(name, dataset, split):
     return dataset, keys, [int(t) for t in dataset.targets], list(dataset.classes)
 
 
-@register_dataset("cifar10", default_transform="cifar10", splits=("train", "test"), default_split="train")
+@register_dataset("cifar10", default_transform="cifar10", splits=("train", "test"), default_split="train",
+                  grammar="cifar10:ROOT", description="torchvision's CIFAR-10 files under ROOT")
 def cifar10(arg, split, transform):
     from torchvision.datasets import CIFAR10
 
@@ -42,7 +43,8 @@ def cifar10(arg, split, transform):
     return _indexed("cifar10", dataset, split)
 
 
-@register_dataset("cifar100", default_transform="cifar100", splits=("train", "test"), default_split="train")
+@register_dataset("cifar100", default_transform="cifar100", splits=("train", "test"), default_split="train",
+                  grammar="cifar100:ROOT", description="torchvision's CIFAR-100 files under ROOT")
 def cifar100(arg, split, transform):
     from torchvision.datasets import CIFAR100
 
@@ -50,7 +52,8 @@ def cifar100(arg, split, transform):
     return _indexed("cifar100", dataset, split)
 
 
-@register_dataset("mnist", default_transform="mnist", splits=("train", "test"), default_split="train")
+@register_dataset("mnist", default_transform="mnist", splits=("train", "test"), default_split="train",
+                  grammar="mnist:ROOT", description="torchvision's MNIST files under ROOT")
 def mnist(arg, split, transform):
     from torchvision.datasets import MNIST
 
@@ -58,7 +61,8 @@ def mnist(arg, split, transform):
     return _indexed("mnist", dataset, split)
 
 
-@register_dataset("imagenet", default_transform="imagenet", splits=("train", "val"), default_split="train")
+@register_dataset("imagenet", default_transform="imagenet", splits=("train", "val"), default_split="train",
+                  grammar="imagenet:ROOT", description="torchvision's ImageNet files under ROOT")
 def imagenet(arg, split, transform):
     from torchvision.datasets import ImageNet
 
