@@ -108,7 +108,7 @@ class LossList:
     def build(self, temperature: float, kd_weight: float, options: dict) -> WeightedLosses | None:
         """The modules of the list, each built from its own options; None for ``ce``."""
         terms = [(kd_weight if weight is None else weight, loss.build(temperature, options.get(loss.name)))
-                 for loss, weight in self.terms]
+                 for loss, weight in self.terms if loss.needs_teacher]
         return WeightedLosses(terms) if terms else None
 
 
