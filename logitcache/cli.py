@@ -205,9 +205,7 @@ class LossList(click.ParamType):
     def convert(self, value, param, ctx):
         from .losses import loss_names, loss_spec
 
-        unknown = [name.partition("=")[0].strip() for name in str(value).split(",")
-                   if name.partition("=")[0].strip() not in loss_names()]
-        if len(unknown) == 1 and "," not in str(value) and "=" not in str(value):
+        if value not in loss_names() and not set(",=") & set(value):  # one unknown name: as it always said
             self.fail(f"{value!r} is not one of {', '.join(loss_names())}", param, ctx)
         try:
             loss_spec(value)
@@ -223,30 +221,26 @@ class LossOption(click.Option):
 def refresh_loss_options(command: click.Command) -> None:
     """(Re)generate ``command``'s loss options from the loss registry: one option per declared loss
     option (after --ce-weight), and the help of --loss and --temperature. Called for ``train`` below,
-    and again by whoever registers a loss after this module was imported (then ``train --help`` and
-    its options include it)."""
+    and again by whoever registers a loss after this module was imported."""
     from .losses import LOSSES, declared_options, list_losses, loss_names, token_loss_names
     from .losses.base import option_flag
 
     params = [param for param in command.params if not isinstance(param, LossOption)]
-    taken = {param.name for param in params}
     at = next(i for i, param in enumerate(params) if param.name == "ce_weight") + 1
     generated = [LossOption([option_flag(loss, option.name)], type=option.type, default=option.default,
                             show_default=True, help=option.help) for loss, option in declared_options()]
-    clash = [param.opts[0] for param in generated if param.name in taken]
-    if clash:
-        raise ValueError(f"loss option {clash[0]} is already an option of {command.name}")
+    if clash := {param.name for param in params} & {param.name for param in generated}:
+        raise ValueError(f"loss option {sorted(clash)[0]} is already an option of {command.name}")
     command.params = params[:at] + generated + params[at:]
     by_name = {param.name: param for param in command.params}
-    described = "; ".join(f"{name}: {LOSSES.get(name).help}" for name in loss_names())
     by_name["loss"].help = (
         "The total is ce_weight * CE plus each listed loss times its weight (--kd-weight where none is given), "
-        f"e.g. kl or kl=1,dist=0.5. {described}. Default dist with a teacher, ce without. Token data: one of "
-        f"{' or '.join(token_loss_names())} (default kl with a teacher).")
+        f"e.g. kl or kl=1,dist=0.5. {'; '.join(f'{n}: {LOSSES.get(n).help}' for n in loss_names())}. Default "
+        f"dist with a teacher, ce without. Token data: one of {' or '.join(token_loss_names())} (default kl with "
+        "a teacher).")
     own = ", ".join(f"{name} {LOSSES.get(name).temperature:g}" for name in list_losses())
-    by_name["temperature"].help = (
-        f"Softmax temperature (default: the loss's own: {own}; a list whose losses differ needs one; "
-        "token data 1, or the T a sample:K:T store was drawn at).")
+    by_name["temperature"].help = (f"Softmax temperature (default: the loss's own: {own}; a list whose losses "
+                                   "differ needs one; token data 1, or the T a sample:K:T store was drawn at).")
 
 
 @cli.command()

@@ -130,16 +130,10 @@ def gather_loss_options(options: dict) -> dict:
     return rest
 
 
-
 def validate(config: TrainConfig) -> None:
     """Raise ConfigError (one line, naming the option) for any out-of-range or contradictory option."""
     check_loss_options(config.loss_options)
-    numbers = [(_flag(item.name), getattr(config, item.name)) for item in fields(config)]
-    numbers += [(option_flag(loss, name), value) for loss, values in config.loss_options.items()
-                for name, value in values.items()]
-    for flag, value in numbers:  # nan and inf pass every comparison below, or fail them with a confusing message
-        if isinstance(value, float) and not abs(value) <= FLOAT32_MAX:
-            raise ConfigError(f"{flag} must be a finite number within float32's range (3.4e38), got {value:g}")
+    _check_finite(config)
     peak = _peak_lr(config)
     if not peak <= FLOAT32_MAX:
         raise ConfigError(f"--lr {config.lr:g} times --lr-gamma {config.lr_gamma:g} at each of the "
@@ -185,6 +179,17 @@ def validate(config: TrainConfig) -> None:
     check_feature_options(config.feature_loss, config.student_features, config.features, store=config.store,
                           online_teacher=config.online_teacher, teacher=config.teacher,
                           mixing=bool(config.mixup or config.cutmix), batch_size=config.batch_size)
+
+
+def _check_finite(config: TrainConfig) -> None:
+    """Every float option, the losses' own included, is finite and within float32's range: nan and inf
+    pass every comparison ``validate`` makes, or fail them with a confusing message."""
+    numbers = [(_flag(item.name), getattr(config, item.name)) for item in fields(config)]
+    numbers += [(option_flag(loss, name), value) for loss, values in config.loss_options.items()
+                for name, value in values.items()]
+    for flag, value in numbers:
+        if isinstance(value, float) and not abs(value) <= FLOAT32_MAX:
+            raise ConfigError(f"{flag} must be a finite number within float32's range (3.4e38), got {value:g}")
 
 
 def loss_warmup(config: TrainConfig) -> tuple[str, int] | None:
