@@ -2,8 +2,8 @@
 
     >>> register_loss(Loss("cosine", CosineLoss, "cosine distance of the logits",
     ...                    options=(Option("scale", float, 1.0, "Cosine logits' scale."),)))
-    >>> logit_loss("dkd").options[1].flag                     # '--dkd-beta'
-    >>> declared_options()                                      # every (loss, Option), as the CLI lists them
+    >>> logit_loss("dkd").options[1]              # Option('beta', float, 8.0, ...): --dkd-beta, dkd_beta
+    >>> declared_options()                        # every (loss, Option), in the order the CLI lists them
 
 A ``Loss`` is a logit loss ``train --loss`` takes (``ce``, the labels alone, included); feature losses
 (``features/losses.py``) register their ``FeatureLoss`` records here too, under kind ``feature``. This
