@@ -205,12 +205,12 @@ def measure_losses(store: str, codec: str, device: str) -> dict:
     """Per-step seconds of the KL loss as train builds it, and (dense) of two other formulations."""
     import torch.nn.functional as F
 
-    from logitcache.losses import loss_spec
+    from logitcache.losses import logit_loss
     from logitcache.train import TrainConfig
 
     sparse = codec.startswith(("topk", "sample"))
     config = TrainConfig(out="-", student="-", dataset="-", store=store, loss="kl").resolved()
-    module, temperature = loss_spec("kl").build(config), config.temperature
+    module, temperature = logit_loss("kl").build(config.temperature), config.temperature
     student, targets = _loss_inputs(store, sparse, device)
     result = {"loss_step_s": _step_seconds(lambda s, t: module(s, t), student, targets, device),
               "ce_step_s": _step_seconds(lambda s, t: F.cross_entropy(s, t.argmax(1) if not sparse else

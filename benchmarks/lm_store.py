@@ -16,7 +16,7 @@ are measured at the target positions of ``--eval-sequences`` evenly spread val s
 students (a smaller GPT trained briefly, and the same GPT after a sixth of its steps). With p the
 teacher's dense distribution and q the student's (T=1), the exact loss is KL(p || q) and its gradient
 with respect to the student's logits q - p. Each layout's loss is what its own trainer computes from
-its stored targets (logitcache's ``token_losses.topk_token_kl`` / ``sampled_token_kl``, what its LM
+its stored targets (logitcache's ``losses.topk_token_kl`` / ``sampled_token_kl``, what its LM
 trainer uses; the anchors' losses as their code computes them, rebuilt below). Per position: "bias"
 is the mean of (stored loss - exact loss) with its standard error, "std" and "rmse" its spread,
 "logit-grad err" the relative RMS error of the gradient w.r.t. the logits, sqrt(sum |g_stored - g|^2
@@ -316,7 +316,7 @@ EPS = 1e-8
 
 def loss_fn(kind: str, targets: dict):
     """f(z, rows) -> per-row loss for student logits z (n, V) at these target rows."""
-    from logitcache.token_losses import sampled_token_kl, topk_token_kl
+    from logitcache.losses import sampled_token_kl, topk_token_kl
 
     def take(rows):
         return {name: torch.as_tensor(value[rows]) for name, value in targets.items()}

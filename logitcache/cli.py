@@ -25,7 +25,7 @@ import click
 from . import __version__
 from .dump.config import DumpConfig
 from .errors import ConfigError, LogitCacheError
-from .train.config import TrainConfig
+from .train.config import TrainConfig, gather_loss_options
 
 
 def _defaults(config_class) -> dict:
@@ -226,17 +226,50 @@ class ByteSize(click.ParamType):
         return size
 
 
-class LossName(click.ParamType):
-    """A registered loss (losses.py), looked up only when given, so --help never imports torch."""
+class LossList(click.ParamType):
+    """``NAME[=WEIGHT],...`` of registered losses (losses/), checked when given: one line naming the fix."""
 
-    name = "loss"
+    name = "losses"
 
     def convert(self, value, param, ctx):
-        from .losses import LOSSES, loss_names
+        from .losses import loss_names, loss_spec
 
-        if value not in LOSSES:
+        if value not in loss_names() and not set(",=") & set(value):  # one unknown name: as it always said
             self.fail(f"{value!r} is not one of {', '.join(loss_names())}", param, ctx)
+        try:
+            loss_spec(value)
+        except ConfigError as err:
+            self.fail(str(err), param, ctx)
         return value
+
+
+class LossOption(click.Option):
+    """An option a loss declares (``--dkd-beta``), generated from the loss registry."""
+
+
+def refresh_loss_options(command: click.Command) -> None:
+    """(Re)generate ``command``'s loss options from the loss registry: one option per declared loss
+    option (after --ce-weight), and the help of --loss and --temperature. Called for ``train`` below,
+    and again by whoever registers a loss after this module was imported."""
+    from .losses import LOSSES, declared_options, list_losses, loss_names, token_loss_names
+    from .losses.base import option_flag
+
+    params = [param for param in command.params if not isinstance(param, LossOption)]
+    at = next(i for i, param in enumerate(params) if param.name == "ce_weight") + 1
+    generated = [LossOption([option_flag(loss, option.name)], type=option.type, default=option.default,
+                            show_default=True, help=option.help) for loss, option in declared_options()]
+    if clash := {param.name for param in params} & {param.name for param in generated}:
+        raise ValueError(f"loss option {sorted(clash)[0]} is already an option of {command.name}")
+    command.params = params[:at] + generated + params[at:]
+    by_name = {param.name: param for param in command.params}
+    by_name["loss"].help = (
+        "The total is ce_weight * CE plus each listed loss times its weight (--kd-weight where none is given), "
+        f"e.g. kl or kl=1,dist=0.5. {'; '.join(f'{n}: {LOSSES.get(n).help}' for n in loss_names())}. Default "
+        f"dist with a teacher, ce without. Token data: one of {' or '.join(token_loss_names())} (default kl with "
+        "a teacher).")
+    own = ", ".join(f"{name} {LOSSES.get(name).temperature:g}" for name in list_losses())
+    by_name["temperature"].help = (f"Softmax temperature (default: the loss's own: {own}; a list whose losses "
+                                   "differ needs one; token data 1, or the T a sample:K:T store was drawn at).")
 
 
 @cli.command()
@@ -263,19 +296,12 @@ class LossName(click.ParamType):
 @click.option("--online-teacher", cls=RegistryHelp, help="Run this teacher spec in the loop instead of a store "
               "(for comparison): {model_specs}.")
 @click.option("--online-teacher-weights", type=click.Path(dir_okay=False))
-@click.option("--loss", type=LossName(), help="ce (labels only), kl, dist or dkd (the registered losses); "
-              "default dist with a teacher, ce without. Token data: ce or kl (default kl with a teacher).")
-@click.option("--temperature", type=float, help="Softmax temperature (default: the loss's own: kl 4, dkd 4, dist 1; "
-              "token data 1, or the T a sample:K:T store was drawn at).")
-@click.option("--kd-weight", default=TRAIN["kd_weight"], show_default=True, type=float)
+@click.option("--loss", type=LossList(), metavar="NAME[=WEIGHT],...")  # help: refresh_loss_options
+@click.option("--temperature", type=float)
+@click.option("--kd-weight", default=TRAIN["kd_weight"], show_default=True, type=float,
+              help="The weight of each --loss given without one.")
 @click.option("--ce-weight", default=TRAIN["ce_weight"], show_default=True, type=float)
-@click.option("--dist-beta", default=TRAIN["dist_beta"], show_default=True, type=float,
-              help="DIST inter-class weight.")
-@click.option("--dist-gamma", default=TRAIN["dist_gamma"], show_default=True, type=float,
-              help="DIST intra-class weight.")
-@click.option("--dkd-alpha", default=TRAIN["dkd_alpha"], show_default=True, type=float)
-@click.option("--dkd-beta", default=TRAIN["dkd_beta"], show_default=True, type=float)
-@click.option("--dkd-warmup", default=TRAIN["dkd_warmup"], show_default=True, type=int, help="Epochs of DKD warm-up.")
+# here: each loss's own options (--dist-beta, --dkd-warmup, ...), from the loss registry (refresh_loss_options)
 @click.option("--feature-loss", metavar="NAME[=WEIGHT],...", help="Also learn from the teacher's features: at, rkd, "
               "fitnet, ickd, reviewkd, each with its paper's weight unless one is given (added to --loss).")
 @click.option("--student-features", metavar="NAME=LAYER,...", help="The student's module for each teacher feature "
@@ -334,9 +360,13 @@ def train(milestones, no_progress, **options):
                                  param_hint="--milestones") from None
     from .distributed import is_main_process
 
+    options = gather_loss_options(options)  # --dkd-beta ... -> loss_options
     summary = run_train(TrainConfig(milestones=steps, progress=not no_progress, **options), log=click.echo)
     if is_main_process():
         click.echo("\n".join(summary.lines()))
+
+
+refresh_loss_options(train)
 
 
 @cli.command()

@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 
 from .errors import ConfigError, StoreIncompleteError, StoreMismatchError
 from .store import LogitStore, Teacher, open_store
-from .token_losses import IGNORE_INDEX, token_loss_sums
+from .losses import IGNORE_INDEX, token_loss_sums
 
 CACHE_BUDGET = 4 << 30  # bytes of stored targets held in memory before they are read chunk by chunk
 TEACHER_PREFIX = "teacher_"

@@ -16,8 +16,9 @@ dumps it names its ``store`` (and ``teacher``, when a store holds more than one)
 token store (a dump with ``tokenizer``) is a language model: its table reports validation loss
 and perplexity instead of top-1.
 
-Keys are exactly the CLI's option names (with _ for -), so a pipeline holds no logic of its own:
-each step is one ``train``/``dump`` call. The whole file is checked before the first step runs
+Keys are exactly the CLI's option names (with _ for -), and a loss's options may also be a table
+of their own (``[students.NAME.dkd]`` with ``beta = 4`` is ``dkd_beta = 4``), so a pipeline holds
+no logic of its own: each step is one ``train``/``dump`` call. The whole file is checked before the first step runs
 (every key against the options, every value against the option's type, then the checks each
 stage makes before it starts), so a typo in the last student stops nothing half-way; running
 the steps is ``pipeline_steps.py``. Relative paths in the file are relative to the directory
@@ -35,7 +36,9 @@ from pathlib import Path
 
 from .dump import DumpConfig
 from .errors import LogitCacheError
+from .losses.base import option_key
 from .train import TrainConfig
+from .train.config import gather_loss_options
 
 
 class PipelineError(LogitCacheError, ValueError):
@@ -106,7 +109,8 @@ def plan(path, progress: bool = True) -> Plan:
     runs = Path(spec.get("pipeline", {}).get("runs", f"data/runs/{Path(path).stem}"))
     teacher = None
     if "teacher" in spec:
-        options = {"loss": "ce", "progress": progress, "out": str(runs / "teacher"), **spec["teacher"]}
+        options = _train_options({"loss": "ce", "progress": progress, "out": str(runs / "teacher")}, spec["teacher"],
+                                 where=f"{at} [teacher]")
         teacher = _checked(_config(TrainConfig, options, f"{at} [teacher]"), f"{at} [teacher]")
     tables = {"dump": spec["dump"]} if "dump" in spec else {f"dump {n}": o for n, o in spec["dumps"].items()}
     dumps = {}
@@ -116,12 +120,46 @@ def plan(path, progress: bool = True) -> Plan:
     token_stores = {d.store for d in dumps.values() if d.tokenizer}
     students = {}
     for name, options in spec["students"].items():
-        merged = {"progress": progress, "out": str(runs / name), **spec.get("defaults", {}), **options}
         where = f"{at} [students.{name}]"
+        merged = _train_options({"progress": progress, "out": str(runs / name)}, spec.get("defaults", {}), options,
+                                where=where)
         _default_store(merged, dumps, where)
         config = _config(TrainConfig, merged, where)
         students[name] = _checked(config, where, tokens=config.store in token_stores or _names_token_data(config))
     return Plan(runs, teacher, dumps, students, spec.get("pipeline", {}).get("name", Path(path).stem))
+
+
+def _train_options(*tables: dict, where: str) -> dict:
+    """A train step's options from its tables, each over the ones before it; each loss's options, flat (``dkd_beta``)
+    or in a table of their own (``[students.NAME.dkd]``), gathered into ``loss_options``, option by option."""
+    merged: dict = {}
+    for table in tables:
+        try:
+            table = gather_loss_options(table)
+        except LogitCacheError as err:
+            raise PipelineError(f"{where} {err}") from None
+        loss_options = merged.pop("loss_options", {})
+        for loss, values in table.pop("loss_options", {}).items():
+            loss_options[loss] = {**loss_options.get(loss, {}), **values}
+        merged.update(table)
+        if loss_options:
+            merged["loss_options"] = loss_options
+    for loss, name, value in _declared_values(merged.get("loss_options", {})):
+        if not _fits(value, loss.option(name).type):
+            raise PipelineError(f"{where} {option_key(loss.name, name)} = {_show(value)} is {_kind(value)}; "
+                                f"expected {_describe(loss.option(name).type)}")
+    return merged
+
+
+def _declared_values(loss_options: dict):
+    """(Loss, option name, value) for each entry that names a declared option (validate reports the rest)."""
+    from .losses import LOSSES, loss_names
+
+    for loss, values in loss_options.items():
+        entry = LOSSES.get(loss) if loss in loss_names() else None
+        for name, value in (values.items() if entry is not None and isinstance(values, dict) else ()):
+            if name in [option.name for option in entry.options]:
+                yield entry, name, value
 
 
 def _default_store(options: dict, dumps: dict[str, DumpConfig], where: str) -> None:
@@ -230,7 +268,10 @@ def _kind(value) -> str:
 
 
 def learns_from_teacher(loss) -> bool:
-    """An unknown loss counts as one (the student's checks then name it)."""
-    from .losses import LOSSES
+    """Does a --loss list learn from a teacher? A bad one counts as one (the student's checks then name it)."""
+    from .losses import loss_spec
 
-    return not (isinstance(loss, str) and loss in LOSSES and not LOSSES.get(loss).needs_teacher)
+    try:
+        return not isinstance(loss, str) or loss_spec(loss).needs_teacher
+    except LogitCacheError:
+        return True

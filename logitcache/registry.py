@@ -51,6 +51,10 @@ class Registry:
 
         return decorate
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (a test that registers its own entry cleans up after itself)."""
+        self._builders.pop(name, None)
+
     def __contains__(self, name: str) -> bool:
         return name in self._builders
 

@@ -17,7 +17,9 @@ from zarr.core.sync import sync
 from logitcache.dump.loop import AccuracyCounts
 from logitcache.errors import CorruptStoreError
 from logitcache.features.data import FeaturePairs, TeacherFeatures
-from logitcache.losses import _kd_value, _KDivergence, kd_loss
+from logitcache.losses import kd_loss
+from logitcache.losses._kd_gradient import KDivergence as _KDivergence
+from logitcache.losses._kd_gradient import kd_value as _kd_value
 from logitcache.sources import get_dataset
 from logitcache.store import (
     BackgroundWriter,

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from logitcache.errors import ConfigError
-from logitcache.token_losses import (
-    TOKEN_LOSSES,
+from logitcache.losses import (
     dense_token_kl,
     sampled_token_kl,
     token_kl,
     token_loss,
     token_loss_sums,
+    token_loss_names,
     topk_token_kl,
 )
 
@@ -106,7 +106,7 @@ def test_losses_average_over_target_tokens_and_ignore_the_rest():
 
 
 def test_only_ce_and_kl_are_defined_on_tokens():
-    assert TOKEN_LOSSES.names() == ["ce", "kl"] and token_loss("kl").needs_teacher
+    assert token_loss_names() == ["ce", "kl"] and token_loss("kl").needs_teacher
     with pytest.raises(ConfigError, match="--loss dist is not defined on token positions; token data trains with "
                                           "--loss ce or kl"):
         token_loss("dist")

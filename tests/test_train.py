@@ -36,9 +36,10 @@ def final_weights(run_dir):
 @pytest.mark.parametrize("loss", ["kl", "dist", "dkd"])
 def test_training_from_the_cache_equals_online_distillation(tmp_path, digits_store, loss):
     """fp32 store + the teacher's own eval transform: same per-step losses and final weights."""
-    train(run_config(tmp_path, "cached", store=str(digits_store), loss=loss, dkd_warmup=1), log=quiet)
+    train(run_config(tmp_path, "cached", store=str(digits_store), loss=loss, loss_options={"dkd": {"warmup": 1}}),
+          log=quiet)
     train(run_config(tmp_path, "online", online_teacher="tests.factories:linear_teacher", loss=loss,
-                     dkd_warmup=1), log=quiet)
+                     loss_options={"dkd": {"warmup": 1}}), log=quiet)
     cached, online = step_losses(tmp_path / "cached"), step_losses(tmp_path / "online")
     assert len(cached) == len(online) == 2 * 45
     for (step_a, loss_a, kd_a), (step_b, loss_b, kd_b) in zip(cached, online):
@@ -49,7 +50,8 @@ def test_training_from_the_cache_equals_online_distillation(tmp_path, digits_sto
 
 
 def test_resume_continues_the_same_run(tmp_path, digits_store):
-    config = dict(store=str(digits_store), loss="dist", epochs=4, augment="flip", dist_beta=2.0)
+    config = dict(store=str(digits_store), loss="dist", epochs=4, augment="flip",
+                  loss_options={"dist": {"beta": 2.0}})
     train(run_config(tmp_path, "straight", **config), log=quiet)
 
     def stop_after_epoch_two(line):

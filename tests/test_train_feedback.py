@@ -129,13 +129,15 @@ def test_a_student_that_collapses_after_the_dkd_warmup_stops(tmp_path):
     with pytest.raises(TrainingDivergedError, match="epoch 2: the student sits at chance after the dkd warm-up "
                                                     r"\(its training cross-entropy .* while its teacher's top-1 is "
                                                     r"100.00%: it collapsed.* Lower --lr \(0.5\)"):
-        train(config(tmp_path, student="mlp:hidden=32", store=str(store), loss="dkd", dkd_warmup=1, lr=0.5,
+        train(config(tmp_path, student="mlp:hidden=32", store=str(store), loss="dkd",
+                     loss_options={"dkd": {"warmup": 1}}, lr=0.5,
                      epochs=4), log=lines.append)
     assert any(line.startswith("epoch 2/4") for line in lines) and not any("epoch 3/4" in line for line in lines)
 
 
 def test_the_collapse_check_waits_for_the_warmup_and_needs_chance():
-    dkd = TrainConfig(out="x", student="mlp", dataset="digits", store="s", loss="dkd", dkd_warmup=3).resolved()
+    dkd = TrainConfig(out="x", student="mlp", dataset="digits", store="s", loss="dkd",
+                      loss_options={"dkd": {"warmup": 3}}).resolved()
     at_chance = {"epoch": 4, "train_ce": math.log(10) + 0.01, "val_top1": 0.5}
     assert collapse_error({**at_chance, "epoch": 3}, dkd, 10, None, 0.9) is None  # still warming up
     assert "cross-entropy" in str(collapse_error(at_chance, dkd, 10, None, 0.9))

@@ -19,7 +19,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import SpecError
+from ..errors import ConfigError, SpecError
+from ..losses.lists import parse_weighted
 from ..store import REDUCES
 
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -83,22 +84,9 @@ def parse_student_features(text: str) -> dict[str, str]:
 
 
 def parse_feature_losses(text: str) -> list[tuple[str, float | None]]:
-    """``NAME[=WEIGHT],...`` -> [(loss name, weight or None for the loss's own default)]."""
-    losses = []
-    for item in (part.strip() for part in str(text).split(",")):
-        name, sep, raw = item.partition("=")
-        weight = None
-        if sep:
-            try:
-                weight = float(raw)
-            except ValueError:
-                raise SpecError(f"--feature-loss {item!r}: the weight {raw!r} is not a number") from None
-            if not weight >= 0 or weight == float("inf"):
-                raise SpecError(f"--feature-loss {item!r}: the weight must be a finite number >= 0")
-        if not name or name in [n for n, _ in losses]:
-            raise SpecError(f"--feature-loss {text!r}: give each loss once, as NAME[=WEIGHT],...")
-        losses.append((name, weight))
-    return losses
+    """``NAME[=WEIGHT],...`` -> [(loss name, weight or None for the loss's own default)], as ``--loss``
+    takes its list."""
+    return parse_weighted(text, "--feature-loss")
 
 
 def canonical(specs: list[FeatureSpec]) -> str:
@@ -106,34 +94,37 @@ def canonical(specs: list[FeatureSpec]) -> str:
     return ",".join(spec.spec for spec in specs)
 
 
-def check_feature_options(config) -> None:
-    """``train``'s feature options (a TrainConfig) make sense together; ConfigError/SpecError naming the option."""
-    from ..errors import ConfigError
-    from .losses import FEATURE_LOSSES  # here: the registry imports torch, the grammar does not
+def check_feature_options(feature_loss: str | None, student_features: str | None, features: str | None, *,
+                          store: str | None, online_teacher: str | None, teacher: str | None, mixing: bool,
+                          batch_size: int) -> None:
+    """``train``'s feature options make sense together, given the run's teacher source (``store`` or
+    ``online_teacher``, ``teacher``), whether it mixes samples, and its batch size; ConfigError/SpecError
+    naming the option."""
+    from .losses import feature_loss_spec  # here: the feature losses import torch, the grammar does not
 
-    if not config.feature_loss:
-        if config.student_features or config.features:
+    if not feature_loss:
+        if student_features or features:
             raise ConfigError("--student-features and --features are read by --feature-loss; add one (e.g. at)")
         return
-    for name, _ in parse_feature_losses(config.feature_loss):
-        FEATURE_LOSSES.get(name)
-    if not config.student_features:
+    for name, _ in parse_feature_losses(feature_loss):
+        feature_loss_spec(name)
+    if not student_features:
         raise ConfigError("--feature-loss needs --student-features NAME=LAYER,...: the student's layer for each "
                           "teacher feature it learns from")
-    parse_student_features(config.student_features)
+    parse_student_features(student_features)
     checks = [
-        (config.store or config.online_teacher, "--feature-loss learns from a teacher's features: give --store "
+        (store or online_teacher, "--feature-loss learns from a teacher's features: give --store "
          "(dumped with --features) or --online-teacher with --features"),
-        (not config.features or config.online_teacher, "--features names the layers of a teacher in the loop "
+        (not features or online_teacher, "--features names the layers of a teacher in the loop "
          "(--online-teacher); a store records the features it holds"),
-        (not (config.store and (config.mixup or config.cutmix)), "--mixup/--cutmix mix the inputs, but cached "
+        (not (store and mixing), "--mixup/--cutmix mix the inputs, but cached "
          "features are of unmixed samples: train feature losses from a store without mixing"),
-        ("," not in (config.teacher or ""), "--feature-loss learns from one teacher's features; name one --teacher"),
-        (config.batch_size >= 2, "--feature-loss needs --batch-size of at least 2 (relations and batch norm "
+        ("," not in (teacher or ""), "--feature-loss learns from one teacher's features; name one --teacher"),
+        (batch_size >= 2, "--feature-loss needs --batch-size of at least 2 (relations and batch norm "
          "in the connectors)"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    if config.features:
-        parse_features(config.features)
+    if features:
+        parse_features(features)

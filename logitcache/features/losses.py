@@ -1,5 +1,7 @@
 """Feature losses: pure tensor functions, the modules that hold their settings and connectors, and their
-registry. Each reads the teacher's cached (or live) features and the student's own.
+entries in the one loss registry (``losses/base.py``, kind ``feature``). They live here, beside the
+connectors, extractors and cached features they need. Each reads the teacher's cached (or live)
+features and the student's own.
 
     >>> at_loss([student_map], [teacher_attention])              # Attention Transfer, Zagoruyko & Komodakis 2017
     >>> rkd_loss(student_embedding, teacher_embedding)           # Relational KD, Park et al. 2019
@@ -29,11 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..registry import Registry
+from ..losses.base import entry_of, names_of, register_loss
 from .connectors import AttentionFusion, ChannelEmbed, HintRegressor
 from .extract import attention, gram, pool
-
-FEATURE_LOSSES = Registry("feature loss")
 
 
 def at_loss(student_maps: list[Tensor], teacher_attention: list[Tensor], p: float = 2.0) -> Tensor:
@@ -222,13 +222,15 @@ class ReviewKD(nn.Module):
 
 @dataclass(frozen=True)
 class FeatureLoss:
-    """A feature loss ``train --feature-loss`` takes, and what the trainer needs to know about it."""
+    """A feature loss ``train --feature-loss`` takes, and what the trainer needs to know about it; it
+    registers in the one loss registry (``losses/base.py``) under kind ``feature``."""
 
     name: str
     module: type[nn.Module]
     weight: float  # the paper's loss weight, used unless --feature-loss NAME=WEIGHT gives another
     accepts: tuple[str, ...]  # the cached reduces it learns from, preferred first
     min_batch: int = 2  # BatchNorm in the connectors and RKD's pairs need two samples
+    kind = "feature"
 
     def build(self, levels: list[Level]) -> nn.Module:
         if not levels:
@@ -244,13 +246,13 @@ for _loss in (
     FeatureLoss("ickd", ICKD, 2.5, ("gram", "map")),
     FeatureLoss("reviewkd", ReviewKD, 5.0, ("map", "pool")),
 ):
-    FEATURE_LOSSES.register(_loss.name)(_loss)
+    register_loss(_loss)
 
 
 def feature_loss_spec(name: str) -> FeatureLoss:
     """The registered feature loss ``name`` (SpecError listing the known ones if there is none)."""
-    return FEATURE_LOSSES.get(name)
+    return entry_of("feature", name, "feature loss")
 
 
 def list_feature_losses(pattern: str = "*") -> list[str]:
-    return FEATURE_LOSSES.names(pattern)
+    return names_of("feature", pattern)

@@ -6,7 +6,8 @@ schedule it sets, and which options a ``--resume`` may change.
     >>> validate(config)                                                 # ConfigError on bad values
     >>> resume_changes(recorded_options, config)                        # [] when --resume may go on
 
-The CLI options map one to one onto the fields; a pipeline file's student tables are these fields.
+The CLI options map one to one onto the fields, except the losses' own options (``--dkd-beta``), which
+``loss_options`` holds by loss; a pipeline file's student tables are these fields (``gather_loss_options``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,15 @@ import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from ..errors import ConfigError
+from ..losses import (
+    check_loss_options,
+    declared_options,
+    list_losses,
+    loss_names,
+    loss_spec,
+    resolved_loss_options,
+)
+from ..losses.base import option_flag, option_key
 
 CACHE_BUDGET = 4 << 30  # bytes of logits, as stored, held in memory before they are streamed by chunk
 
@@ -38,15 +48,13 @@ class TrainConfig:
     expect_teacher: str | None = None  # sha256 prefix(es) the store's teacher(s) must have
     online_teacher: str | None = None  # a teacher spec run in the loop (for comparisons)
     online_teacher_weights: str | None = None
-    loss: str | None = None  # default: dist with a teacher, ce without
-    temperature: float | None = None  # default: the loss's own (losses.py: kl 4, dkd 4, dist 1)
-    kd_weight: float = 1.0
+    loss: str | None = None  # NAME[=WEIGHT],...; default: dist with a teacher, ce without
+    temperature: float | None = None  # default: the losses' own (each loss declares it: kl 4, dkd 4, dist 1)
+    kd_weight: float = 1.0  # the weight of a --loss name given without one
     ce_weight: float = 1.0
-    dist_beta: float = 1.0
-    dist_gamma: float = 1.0
-    dkd_alpha: float = 1.0
-    dkd_beta: float = 8.0
-    dkd_warmup: int = 20
+    # Each loss's declared options by loss, {"dkd": {"beta": 4.0}} (flags --dkd-beta, pipeline keys dkd_beta
+    # or a [dkd] table); resolved() fills every declared default, and config.json records them all.
+    loss_options: dict[str, dict] = field(default_factory=dict)
     feature_loss: str | None = None  # NAME[=WEIGHT],...: feature losses (at, rkd, fitnet, ickd, reviewkd)
     student_features: str | None = None  # NAME=LAYER,...: the student's layer for each teacher feature
     features: str | None = None  # NAME=LAYER[:REDUCE],...: the --online-teacher's features (a store has its own)
@@ -81,27 +89,51 @@ class TrainConfig:
     storage_options: dict = field(default_factory=dict)
 
     def resolved(self) -> TrainConfig:
-        """Fill the defaults that depend on other options."""
+        """Fill the defaults that depend on other options: the loss, its temperature (None when the
+        losses of a list disagree: validate then asks for one), every loss option."""
         has_teacher = bool(self.store or self.online_teacher)
         loss = self.loss or ("dist" if has_teacher else "ce")
-        from ..losses import (
-            LOSSES,  # here, not at the top: the CLI reads this module's defaults without torch
-        )
-
-        default = LOSSES.get(loss).temperature if loss in LOSSES else 1.0  # an unknown loss: validate says so
+        try:
+            default = loss_spec(loss).temperature
+        except ConfigError:  # a bad --loss: validate says so
+            default = 1.0
         temperature = self.temperature if self.temperature is not None else default
         return TrainConfig(**{**asdict(self), "loss": loss, "temperature": temperature,
-                              "milestones": tuple(self.milestones)})
+                              "milestones": tuple(self.milestones),
+                              "loss_options": resolved_loss_options(self.loss_options)})
 
+
+def gather_loss_options(options: dict) -> dict:
+    """``options`` (TrainConfig fields by name) with the loss settings moved into ``loss_options``: the
+    flat keys the CLI and older records use (``dkd_beta``) and per-loss tables (``{"dkd": {"beta": 4}}``),
+    over any ``loss_options`` given.
+
+    Raises:
+        ConfigError: one option given twice (a flat key and its table's entry).
+    """
+    flat = {option_key(loss, option.name): (loss, option.name) for loss, option in declared_options()}
+    rest, gathered = {}, {loss: dict(values) for loss, values in (options.get("loss_options") or {}).items()}
+    for key, value in options.items():
+        if key in flat:
+            entries = [(*flat[key], value)]
+        elif key in loss_names() and isinstance(value, dict):
+            entries = [(key, name, item) for name, item in value.items()]
+        else:
+            rest[key] = value
+            continue
+        for loss, name, item in entries:
+            if name in gathered.setdefault(loss, {}):
+                raise ConfigError(f"{option_flag(loss, name)} is given twice")
+            gathered[loss][name] = item
+    if gathered:
+        rest["loss_options"] = gathered
+    return rest
 
 
 def validate(config: TrainConfig) -> None:
     """Raise ConfigError (one line, naming the option) for any out-of-range or contradictory option."""
-    for item in fields(config):  # nan and inf pass every comparison below, or fail them with a confusing message
-        value = getattr(config, item.name)
-        if isinstance(value, float) and not abs(value) <= FLOAT32_MAX:
-            raise ConfigError(f"{_flag(item.name)} must be a finite number within float32's range (3.4e38), "
-                              f"got {value:g}")
+    check_loss_options(config.loss_options)
+    _check_finite(config)
     peak = _peak_lr(config)
     if not peak <= FLOAT32_MAX:
         raise ConfigError(f"--lr {config.lr:g} times --lr-gamma {config.lr_gamma:g} at each of the "
@@ -109,11 +141,9 @@ def validate(config: TrainConfig) -> None:
     if config.optimizer == "adamw" and not peak * config.weight_decay <= FLOAT32_MAX:
         raise ConfigError(f"--lr {peak:g} times --weight-decay {config.weight_decay:g} (AdamW's decay per step) "
                           "leaves float32's range (3.4e38)")
-    from ..losses import LOSSES, loss_names, loss_spec
-
-    if config.loss not in LOSSES:
-        raise ConfigError(f"--loss {config.loss!r} is unknown; choose {', '.join(loss_names())}")
-    loss = loss_spec(config.loss)
+    loss = loss_spec(config.loss)  # ConfigError naming the fix for a bad list
+    if config.temperature is None:
+        raise ConfigError(loss.temperature_conflict())
     checks = [
         (not loss.needs_teacher or config.store or config.online_teacher,
          f"--loss {config.loss} distils from a teacher: give --store (or --online-teacher)"),
@@ -138,29 +168,43 @@ def validate(config: TrainConfig) -> None:
         (config.mixup >= 0 and config.cutmix >= 0, "--mixup and --cutmix take a Beta alpha >= 0 (0 is off)"),
         (loss.mixes or not (config.mixup or config.cutmix),
          f"--loss {config.loss} needs one class per sample, but a mixed sample has two: use "
-         f"{' or '.join(n for n in loss_names() if LOSSES.get(n).needs_teacher and LOSSES.get(n).mixes)} "
-         "with --mixup/--cutmix"),
+         f"{' or '.join(n for n in list_losses() if loss_spec(n).mixes)} with --mixup/--cutmix"),
         (not (config.resume and config.overwrite), "give --resume or --overwrite, not both"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    from ..features.grammar import check_feature_options
+    from ..features.grammar import check_feature_options  # here: the grammar reads the store's names (zarr)
 
-    check_feature_options(config)
+    check_feature_options(config.feature_loss, config.student_features, config.features, store=config.store,
+                          online_teacher=config.online_teacher, teacher=config.teacher,
+                          mixing=bool(config.mixup or config.cutmix), batch_size=config.batch_size)
+
+
+def _check_finite(config: TrainConfig) -> None:
+    """Every float option, the losses' own included, is finite and within float32's range: nan and inf
+    pass every comparison ``validate`` makes, or fail them with a confusing message."""
+    numbers = [(_flag(item.name), getattr(config, item.name)) for item in fields(config)]
+    numbers += [(option_flag(loss, name), value) for loss, values in config.loss_options.items()
+                for name, value in values.items()]
+    for flag, value in numbers:
+        if isinstance(value, float) and not abs(value) <= FLOAT32_MAX:
+            raise ConfigError(f"{flag} must be a finite number within float32's range (3.4e38), got {value:g}")
+
+
+def loss_warmup(config: TrainConfig) -> tuple[str, int] | None:
+    """The longest warm-up of the run's losses (DKD's), as (its flag, epochs); None when none has one."""
+    return loss_spec(config.loss).warmup(config.loss_options)
 
 
 def warmup_note(config: TrainConfig) -> str | None:
     """The note ``train`` starts with when the loss's own warm-up (DKD's) outlasts the run; None otherwise."""
-    from ..losses import loss_spec
-
-    option = loss_spec(config.loss).warmup
-    warmup = getattr(config, option) if option else 0
+    flag, warmup = loss_warmup(config) or ("", 0)
     if warmup <= config.epochs:
         return None
-    return (f"note: {_flag(option)} {warmup} is longer than this {config.epochs}-epoch run: the {config.loss} term "
+    return (f"note: {flag} {warmup} is longer than this {config.epochs}-epoch run: the {config.loss} term "
             f"ramps up over {warmup} epochs and ends at {config.epochs / warmup:.0%} of its weight "
-            f"(give {_flag(option)} {config.epochs} or less for the full term)")
+            f"(give {flag} {config.epochs} or less for the full term)")
 
 
 def _peak_lr(config: TrainConfig) -> float:
@@ -218,7 +262,7 @@ def resume_changes(recorded: dict, config: TrainConfig) -> list[str]:
     as their defaults (they did not exist, so the run behaved as their default does)."""
     new = options_record(config)
     defaults = {item.name: None if item.default is MISSING else item.default for item in fields(TrainConfig)}
-    changes = []
+    changes = _loss_option_changes(recorded, new.pop("loss_options"))
     for name, value in new.items():
         old = recorded.get(name, defaults.get(name))
         if isinstance(old, tuple):
@@ -242,9 +286,23 @@ def cosine_extension(recorded: dict, config: TrainConfig, done: int, last_lr: fl
             f"--epochs {config.epochs} would have trained from the start")
 
 
+def _loss_option_changes(recorded: dict, new: dict) -> list[str]:
+    """The loss options a --resume would change, as "dkd-beta (8 -> 4)". A record of the older
+    layout has them as flat fields (``dkd_beta``); one without an option had its declared default."""
+    old = resolved_loss_options(gather_loss_options(recorded).get("loss_options"))
+    changes = []
+    for loss in sorted(set(old) | set(new)):
+        for name in sorted(set(old.get(loss, {})) | set(new.get(loss, {}))):
+            before, after = old.get(loss, {}).get(name), new.get(loss, {}).get(name)
+            if before != after:
+                changes.append(f"{option_flag(loss, name).removeprefix('--')} ({_show(before)} -> {_show(after)})")
+    return changes
+
+
 def options_record(config: TrainConfig) -> dict:
-    """The options as JSON values, as config.json and every checkpoint record them."""
-    return json.loads(json.dumps(asdict(config)))
+    """The options as JSON values, as config.json and every checkpoint record them (every loss
+    option, its declared default where none was given)."""
+    return json.loads(json.dumps({**asdict(config), "loss_options": resolved_loss_options(config.loss_options)}))
 
 
 def _never(recorded, new) -> bool:

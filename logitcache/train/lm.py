@@ -9,7 +9,7 @@ A token store is the training set itself: its sequences, loss mask and teacher t
 (label-only, ``--loss ce``: how a newcomer trains a teacher to dump). The loop: check the options,
 build the student and check it predicts the store's vocabulary over a whole sequence, then per
 epoch: the order (a function of seed and epoch), batches of sequences, forward,
-``ce_weight * CE + kd_weight * KL`` per target token (``token_losses.py``), backward, step;
+``ce_weight * CE + kd_weight * KL`` per target token (``losses/token_sums.py``), backward, step;
 validation cross-entropy, perplexity and top-1 agreement with the teacher (``--val-store``);
 metrics, checkpoints. Under torchrun each step's loss is divided by the whole step's target count
 (every rank's batch), so two processes at batch B train what one process at 2B does.
@@ -33,7 +33,7 @@ from ..lm import TokenStoreDataset, teacher_of
 from ..progress import progress_bar
 from ..sources import get_model, get_token_dataset, get_tokenizer, lm_context_length
 from ..store import open_store
-from ..token_losses import target_positions, token_loss, token_loss_sums
+from ..losses import target_positions, token_loss, token_loss_sums
 from .board import open_board
 from .config import TrainConfig, get_lr, validate
 from .data import EpochSampler

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 from ..errors import ConfigError, StoreMismatchError
 from ..lm import open_teacher
 from ..store import open_store
-from ..token_losses import token_loss
+from ..losses import token_loss
 from .config import TrainConfig, validate
 from .data import check_teacher_identity
 

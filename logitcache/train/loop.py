@@ -7,7 +7,7 @@
 
 The loop: build the student, open the store and check it matches the dataset, then per epoch:
 set the order, step through batches (lr from ``get_lr``, optional Mixup/CutMix, forward,
-ce_weight*CE + kd_weight*KD, backward, step), evaluate, write metrics and checkpoints. Randomness
+ce_weight*CE + each loss times its weight, backward, step), evaluate, write metrics and checkpoints. Randomness
 is a function of (seed, epoch), so ``--resume`` from an epoch checkpoint continues the very same run.
 A multi-view store's views are replayed: each epoch every sample shows one stored view, rebuilt
 from the raw sample, with that view's logits.
@@ -29,7 +29,7 @@ from ..devices import resolve_device
 from ..distributed import Distributed, distributed, is_main_process
 from ..errors import ConfigError, DatasetError, ModelError
 from ..features.distiller import FeatureRun
-from ..losses import LOSSES, loss_spec
+from ..losses import loss_spec
 from ..mixing import Mixer
 from ..progress import progress_bar
 from ..sources import get_dataset, get_model, transforms
@@ -100,7 +100,7 @@ def with_store_temperature(config: TrainConfig, log) -> TrainConfig:
     at, when none is given and the loss reads sampled targets (KL from sampled classes estimates
     the KL at that temperature only); said in one line. Otherwise ``config`` as it is."""
     loss = config.loss or "dist"
-    if config.temperature is not None or not config.store or loss not in LOSSES or not loss_spec(loss).reads_sparse:
+    if config.temperature is not None or not config.store or not loss_spec(loss).reads_sparse:
         return config
     codec = sampled_codec(config.store, config.teacher, config.allow_partial, config.storage_options)
     if codec is None:
@@ -136,7 +136,7 @@ def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainS
                                 random_views=train_source.random_views and not replay)
     paired = features.pair(paired, replay.views if replay else 0) if features else paired
     optimizer = _optimizer(config, student if features is None else torch.nn.ModuleList([student, features.distiller]))
-    kd = loss_spec(config.loss).build(config)
+    kd = loss_spec(config.loss).build(config.temperature, config.kd_weight, config.loss_options)
     mixer = Mixer(config.mixup, config.cutmix, config.temperature)
     connectors = features.distiller if features else None  # trained with the student, saved beside it
     start_epoch, history = prepare_run(run, config, resumed, student, optimizer, dist, log, connectors)
@@ -258,8 +258,8 @@ def train_one_epoch(model, loader, optimizer, kd, online, config: TrainConfig, e
         ce = mixed.cross_entropy(student_logits) if mixed else F.cross_entropy(student_logits.float(), labels)
         loss, kd_value = config.ce_weight * ce, torch.zeros(())
         if kd is not None:
-            kd_value = kd(student_logits, _to_device(teacher_logits, device), labels, epoch=epoch)
-            loss = loss + config.kd_weight * kd_value
+            kd_value, weighted = kd(student_logits, _to_device(teacher_logits, device), labels, epoch=epoch)
+            loss = loss + weighted  # each loss of --loss times its weight
         if features is not None:  # each feature loss carries its own weight
             loss = loss + features.loss(stored_features[0] if stored_features else None, device, epoch)
         optimizer.zero_grad(set_to_none=True)

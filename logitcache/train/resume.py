@@ -51,7 +51,7 @@ from ..sources.checkpoints import (
     non_finite_weights,
     save_checkpoint,
 )
-from .config import TrainConfig, cosine_extension, options_record, resume_changes
+from .config import TrainConfig, cosine_extension, loss_warmup, options_record, resume_changes
 from .run_files import RunFiles
 
 
@@ -159,10 +159,7 @@ def collapse_error(record: dict, config: TrainConfig, num_classes: int, chance: 
     (``chance``). Checked from the epoch after the warm-up (never on epoch 1, whose mean includes
     the start), and only when the teacher's recorded top-1 (``teacher_top1``, a store's) is at
     least twice a uniform guess's: a student that follows a teacher at chance has not collapsed."""
-    from ..losses import loss_spec
-
-    option = loss_spec(config.loss).warmup
-    warmup = getattr(config, option) if option else None
+    flag, warmup = loss_warmup(config) or (None, None)
     if warmup is None or record["epoch"] <= max(warmup, 1) or (teacher_top1 or 0) < 2 / num_classes:
         return None
     uniform = math.log(num_classes)
@@ -178,7 +175,7 @@ def collapse_error(record: dict, config: TrainConfig, num_classes: int, chance: 
     return TrainingDivergedError(
         f"epoch {record['epoch']}: the student sits at chance after the {config.loss} warm-up ({' and '.join(why)}), "
         f"while its teacher's top-1 is {teacher_top1:.2%}: it collapsed, so training stopped. Lower --lr "
-        f"({config.lr:g}) or --kd-weight ({config.kd_weight:g}), or lengthen --{option.replace('_', '-')} ({warmup}), "
+        f"({config.lr:g}) or --kd-weight ({config.kd_weight:g}), or lengthen {flag} ({warmup}), "
         "then start again with --overwrite"
     )
 

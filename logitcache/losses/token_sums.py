@@ -1,0 +1,82 @@
+"""Token losses over a batch: the next-token cross-entropy and the KL, summed over the target tokens.
+
+    >>> sums = token_loss_sums(student_logits, labels, teacher, temperature=1.0)   # (B, L, V), (B, L), targets
+    >>> loss = sums.mean(ce_weight=1.0, kd_weight=1.0)                             # per target token
+
+``labels`` are Hugging Face's (-100 where the next token is not a target); the per-position KL is
+``kd.py``'s, whichever form the teacher's targets take. The training loss is
+``ce_weight * CE + kd_weight * KL``, each averaged over target tokens (not sequences). No function
+builds a (positions x vocabulary) teacher tensor from sparse targets; the student's own (B, L, V)
+logits are the only dense tensor. This module's top imports no torch; the tensor code does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .kd import _kl, _log_q
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+IGNORE_INDEX = -100  # Hugging Face's "not a target" label
+
+
+@dataclass
+class TokenLossSums:
+    """Sums over a batch's target tokens; ``mean`` divides by their count (or a global one)."""
+
+    ce: Tensor
+    kd: Tensor
+    count: int
+
+    def total(self, ce_weight: float, kd_weight: float) -> Tensor:
+        return ce_weight * self.ce + kd_weight * self.kd
+
+    def mean(self, ce_weight: float = 1.0, kd_weight: float = 1.0, count: float | None = None) -> Tensor:
+        """The loss per target token; ``count``: the targets of the whole step (every rank's batch,
+        every accumulated micro-batch), so a split batch averages as the whole one does."""
+        return self.total(ce_weight, kd_weight) / max(self.count if count is None else count, 1)
+
+
+def target_positions(labels: Tensor) -> Tensor:
+    """(B, L) bool: position t is a target when ``labels[:, t + 1]`` is not -100 (Hugging Face
+    labels are the tokens themselves; the model's logits at t predict label t + 1)."""
+    import torch
+
+    targets = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
+    targets[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return targets
+
+
+def token_loss_sums(student_logits: Tensor, labels: Tensor, teacher: dict | None,
+                    temperature: float = 1.0) -> TokenLossSums:
+    """Next-token cross-entropy and (with ``teacher``) the KL, summed over the target tokens.
+
+    Args:
+        student_logits: (B, L, V), position t predicting token t + 1.
+        labels: (B, L) Hugging Face labels (-100 where the next token is not a target).
+        teacher: None, or the teacher's targets for all B x L positions, keys as in ``token_kl``
+            (``temperature``: (B,), a sample store's).
+        temperature: the KL's temperature (the cross-entropy is at 1).
+    """
+    import torch
+
+    targets = target_positions(labels)  # (B, L)
+    # Every position is computed and the non-targets masked, as Hugging Face's own loss does: no
+    # (targets x V) copy of the logits, and packed text has almost only targets anyway.
+    log_q = student_logits.float().log_softmax(-1)  # (B, L, V), shared by CE and, at T = 1, the KL
+    next_tokens = torch.zeros_like(labels)
+    next_tokens[:, :-1] = labels[:, 1:].clamp_min(0)
+    shared = teacher is not None and temperature == 1.0 and "indices" in teacher
+    # One gather for the next token and a sparse teacher's K tokens: its backward fills one (B, L, V) buffer.
+    wanted = torch.cat([next_tokens[..., None], teacher["indices"]], -1) if shared else next_tokens[..., None]
+    picked = log_q.gather(-1, wanted)
+    ce = torch.where(targets, -picked[..., 0], 0.0).sum()
+    kd = log_q.new_zeros(())
+    if teacher is not None:
+        log_q_t = log_q if temperature == 1.0 else _log_q(student_logits, temperature)
+        kd_per_position = _kl(log_q_t, teacher, temperature, picked[..., 1:] if shared else None)
+        kd = torch.where(targets, kd_per_position, 0.0).sum()
+    return TokenLossSums(ce, kd, int(targets.sum()))
