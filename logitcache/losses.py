@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .codecs import DenseTargets, SampledTargets, Targets, TopKTargets
 from .errors import ConfigError, SpecError
 from .registry import Registry
 
@@ -103,13 +104,19 @@ def sampled_kd_loss(student_logits: Tensor, indices: Tensor, weights: Tensor, lo
     return (weights * (logprobs - log_q)).sum(1).mean() * temperature**2
 
 
-def kd_from_targets(student_logits: Tensor, targets, temperature: float) -> Tensor:
-    """Hinton KD from dense teacher logits, or from a sparse codec's targets (a dict)."""
-    if not isinstance(targets, dict):
-        return kd_loss(student_logits, targets, temperature)
-    if "tail" in targets:
-        return topk_kd_loss(student_logits, targets["indices"], targets["logprobs"], targets["tail"], temperature)
-    return sampled_kd_loss(student_logits, targets["indices"], targets["weights"], targets["logprobs"], temperature)
+def kd_from_targets(student_logits: Tensor, targets: Tensor | Targets, temperature: float) -> Tensor:
+    """Hinton KD from dense teacher logits (a tensor, or ``DenseTargets``), or from a sparse codec's
+    typed targets (``TopKTargets``, ``SampledTargets``), by their type."""
+    match targets:
+        case TopKTargets():
+            return topk_kd_loss(student_logits, targets.indices, targets.logprobs, targets.tail, temperature)
+        case SampledTargets():
+            return sampled_kd_loss(student_logits, targets.indices, targets.weights, targets.logprobs, temperature)
+        case DenseTargets():
+            return kd_loss(student_logits, targets.logits, temperature)
+        case Targets():
+            raise TypeError(f"KD has no form for {type(targets).__name__} targets")
+    return kd_loss(student_logits, targets, temperature)
 
 
 def _pearson_distance(a: Tensor, b: Tensor, eps: float) -> Tensor:

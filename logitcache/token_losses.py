@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .codecs import DenseTargets, SampledTargets, Targets, TopKTargets, as_targets
 from .errors import ConfigError
 from .registry import Registry
 
@@ -66,30 +67,34 @@ def sampled_token_kl(student_logits: Tensor, indices: Tensor, weights: Tensor, l
     return _sampled_kl(_log_q(student_logits, temperature), indices, weights, logprobs, temperature)
 
 
-def token_kl(student_logits: Tensor, teacher: dict, temperature: float = 1.0) -> Tensor:
-    """The KL per position from whichever targets ``teacher`` holds (keys as a batch names them,
-    ``teacher_`` prefix removed): ``logits``; ``indices``, ``logprobs``, ``tail`` (topk);
-    ``indices``, ``weights``, ``logprobs`` (sample, with its ``temperature``)."""
-    return _kl(_log_q(student_logits, temperature), teacher, temperature)
+def token_kl(student_logits: Tensor, teacher: Targets | dict, temperature: float = 1.0) -> Tensor:
+    """The KL per position from whichever targets ``teacher`` is: ``DenseTargets``, ``TopKTargets`` or
+    ``SampledTargets`` (with its ``temperature``), or their fields by name (a batch's columns,
+    ``teacher_`` prefix removed: ``logits``; ``indices``, ``logprobs``, ``tail``; ``indices``,
+    ``weights``, ``logprobs``, ``temperature``)."""
+    return _kl(_log_q(student_logits, temperature), as_targets(teacher), temperature)
 
 
 def _log_q(student_logits: Tensor, temperature: float) -> Tensor:
     return (student_logits.float() / temperature).log_softmax(-1)
 
 
-def _kl(log_q: Tensor, teacher: dict, temperature: float, picked: Tensor | None = None) -> Tensor:
-    """``token_kl`` from the student's log-probabilities at T, (..., V); ``picked``: those at the
-    teacher's indices, if gathered already."""
-    if "logits" in teacher:
-        return _dense_kl(log_q, teacher["logits"], temperature)
-    if "tail" in teacher:
-        return _topk_kl(log_q, teacher["indices"], teacher["logprobs"], teacher["tail"], temperature, picked)
-    drawn_at = teacher.get("temperature")
-    if drawn_at is not None and not torch.all(drawn_at == temperature):
-        raise ConfigError(f"temperature {temperature:g} differs from the temperature "
-                          f"{float(drawn_at.flatten()[0]):g} the teacher's tokens were sampled at; sampled "
-                          "targets estimate the KL at that temperature only")
-    return _sampled_kl(log_q, teacher["indices"], teacher["weights"], teacher["logprobs"], temperature, picked)
+def _kl(log_q: Tensor, teacher: Targets, temperature: float, picked: Tensor | None = None) -> Tensor:
+    """``token_kl`` from the student's log-probabilities at T, (..., V), by the targets' type;
+    ``picked``: those at the teacher's indices, if gathered already."""
+    match teacher:
+        case DenseTargets():
+            return _dense_kl(log_q, teacher.logits, temperature)
+        case TopKTargets():
+            return _topk_kl(log_q, teacher.indices, teacher.logprobs, teacher.tail, temperature, picked)
+        case SampledTargets():
+            drawn_at = teacher.temperature
+            if drawn_at is not None and not torch.all(drawn_at == temperature):
+                raise ConfigError(f"temperature {temperature:g} differs from the temperature "
+                                  f"{float(drawn_at.flatten()[0]):g} the teacher's tokens were sampled at; sampled "
+                                  "targets estimate the KL at that temperature only")
+            return _sampled_kl(log_q, teacher.indices, teacher.weights, teacher.logprobs, temperature, picked)
+    raise TypeError(f"the token KL has no form for {type(teacher).__name__} targets")
 
 
 def _dense_kl(log_q: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
@@ -155,15 +160,15 @@ def target_positions(labels: Tensor) -> Tensor:
     return targets
 
 
-def token_loss_sums(student_logits: Tensor, labels: Tensor, teacher: dict | None,
+def token_loss_sums(student_logits: Tensor, labels: Tensor, teacher: Targets | dict | None,
                     temperature: float = 1.0) -> TokenLossSums:
     """Next-token cross-entropy and (with ``teacher``) the KL, summed over the target tokens.
 
     Args:
         student_logits: (B, L, V), position t predicting token t + 1.
         labels: (B, L) Hugging Face labels (-100 where the next token is not a target).
-        teacher: None, or the teacher's targets for all B x L positions, keys as in ``token_kl``
-            (``temperature``: (B,), a sample store's).
+        teacher: None, or the teacher's targets for all B x L positions, typed or by field name as
+            ``token_kl`` takes them (a sample store's ``temperature``: (B,)).
         temperature: the KL's temperature (the cross-entropy is at 1).
     """
     targets = target_positions(labels)  # (B, L)
@@ -172,9 +177,10 @@ def token_loss_sums(student_logits: Tensor, labels: Tensor, teacher: dict | None
     log_q = student_logits.float().log_softmax(-1)  # (B, L, V), shared by CE and, at T = 1, the KL
     next_tokens = torch.zeros_like(labels)
     next_tokens[:, :-1] = labels[:, 1:].clamp_min(0)
-    shared = teacher is not None and temperature == 1.0 and "indices" in teacher
+    teacher = None if teacher is None else as_targets(teacher)
+    shared = temperature == 1.0 and isinstance(teacher, (TopKTargets, SampledTargets))
     # One gather for the next token and a sparse teacher's K tokens: its backward fills one (B, L, V) buffer.
-    wanted = torch.cat([next_tokens[..., None], teacher["indices"]], -1) if shared else next_tokens[..., None]
+    wanted = torch.cat([next_tokens[..., None], teacher.indices], -1) if shared else next_tokens[..., None]
     picked = log_q.gather(-1, wanted)
     ce = torch.where(targets, -picked[..., 0], 0.0).sum()
     kd = log_q.new_zeros(())
