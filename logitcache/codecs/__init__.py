@@ -18,7 +18,16 @@ from . import dense, u8  # noqa: F401
 from . import topk  # noqa: F401, I001
 from . import sample  # noqa: F401
 from .base import ArraySpec, Codec, SparseCodec, cast
-from .catalog import CODECS, get_codec, list_codecs, list_families, register_codec, register_family, unregister_codec
+from .catalog import (
+    CODECS,
+    codec_examples,
+    get_codec,
+    list_codecs,
+    list_families,
+    register_codec,
+    register_family,
+    unregister_codec,
+)
 from .target_types import DenseTargets, SampledTargets, Targets, TopKTargets, as_targets, targets_from_fields
 
 __all__ = [
@@ -32,6 +41,7 @@ __all__ = [
     "TopKTargets",
     "as_targets",
     "cast",
+    "codec_examples",
     "get_codec",
     "list_codecs",
     "list_families",

@@ -1,8 +1,9 @@
 """Every codec by name: plain names (``fp16``) and families parsed from a name (``topk:K[:fp32]``).
 
     >>> register_codec(MyCodec())                          # a plain name; twice raises
-    >>> register_family("topk", "topk:K", parse_topk)      # names "topk:..." go to parse_topk
+    >>> register_family("topk", "topk:K", parse_topk, examples=("topk:5",))   # names "topk:..." go to parse_topk
     >>> get_codec("topk:50"), list_codecs()                # ["bf16", "fp16", "fp32", "u8"]
+    >>> codec_examples()                                   # every plain name and each family's examples
 
 Each codec file registers itself when the package imports it; a plugin registers the same way, from
 its own module. An unknown name raises a SpecError listing every plain name and family.
@@ -11,15 +12,24 @@ its own module. An unknown name raises a SpecError listing every plain name and 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ..errors import SpecError
 
 if TYPE_CHECKING:
     from .base import Codec
 
+
+class Family(NamedTuple):
+    """Codecs named ``FAMILY:...``: how the unknown-codec message shows them, their parser, examples."""
+
+    usage: str
+    parse: Callable[[str], Codec]
+    examples: tuple[str, ...]
+
+
 CODECS: dict[str, Codec] = {}  # plain name -> codec
-FAMILIES: dict[str, tuple[str, Callable[[str], Codec]]] = {}  # family -> (its usage, its parser)
+FAMILIES: dict[str, Family] = {}  # family -> its usage, parser and examples
 
 
 def register_codec(codec: Codec) -> Codec:
@@ -39,16 +49,17 @@ def unregister_codec(name: str) -> None:
     del CODECS[name]
 
 
-def register_family(family: str, usage: str, parse: Callable[[str], Codec]) -> None:
+def register_family(family: str, usage: str, parse: Callable[[str], Codec], examples: tuple[str, ...] = ()) -> None:
     """Names ``FAMILY:...`` are codecs made by ``parse(name)`` (which raises SpecError on a bad one);
-    ``usage`` (e.g. ``topk:K``) is how the unknown-codec message shows the family.
+    ``usage`` (e.g. ``topk:K``) is how the unknown-codec message shows the family; ``examples`` are
+    names of its members (``codec_examples``: what the registry's tests run every codec on).
 
     Raises:
         ValueError: a codec or family has that name already.
     """
     if family in FAMILIES or family in CODECS:
         raise ValueError(f"codec family {family!r} is already registered")
-    FAMILIES[family] = (usage, parse)
+    FAMILIES[family] = Family(usage, parse, tuple(examples))
 
 
 def list_codecs() -> list[str]:
@@ -58,7 +69,12 @@ def list_codecs() -> list[str]:
 
 def list_families() -> list[str]:
     """The families' usages, in the order they were registered (``topk:K``, ``sample:K[:T]``)."""
-    return [usage for usage, _ in FAMILIES.values()]
+    return [family.usage for family in FAMILIES.values()]
+
+
+def codec_examples() -> list[str]:
+    """Every plain codec name, then each family's examples: one of each kind of registered codec."""
+    return list_codecs() + [name for family in FAMILIES.values() for name in family.examples]
 
 
 def get_codec(name: str) -> Codec:
@@ -73,7 +89,7 @@ def get_codec(name: str) -> Codec:
     family = FAMILIES.get(name.split(":")[0])
     if family is None:
         raise SpecError(f"unknown codec {name!r}; choose one of {', '.join(list_codecs() + list_families())}")
-    return family[1](name)
+    return family.parse(name)
 
 
 def parse_entries(name: str, family: str) -> tuple[int, str, list[str]]:

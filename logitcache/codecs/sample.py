@@ -173,4 +173,4 @@ def parse_sample(name: str) -> SampleCodec:
     return SampleCodec(k, temperature, values)
 
 
-register_family("sample", "sample:K[:T]", parse_sample)
+register_family("sample", "sample:K[:T]", parse_sample, examples=("sample:4", "sample:6:2:fp32"))

@@ -136,4 +136,4 @@ def parse_topk(name: str) -> TopKCodec:
     return TopKCodec(k, values)
 
 
-register_family("topk", "topk:K", parse_topk)
+register_family("topk", "topk:K", parse_topk, examples=("topk:5", "topk:3:fp32"))
