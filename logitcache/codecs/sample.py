@@ -38,7 +38,6 @@ class SampleCodec(SparseCodec):
 
     def __init__(self, k: int, temperature: float = 1.0, values: str = "float16", num_classes: int | None = None):
         self.k, self.temperature, self.values, self.num_classes = k, temperature, values, num_classes
-        self.sampled_at = temperature
         self.name = f"sample:{k}" + (f":{temperature:g}" if temperature != 1.0 else "") + (
             ":fp32" if values == "float32" else "")
         self.description = f"{k} draws from the teacher at T={temperature:g}, unique classes with counts"
@@ -48,6 +47,11 @@ class SampleCodec(SparseCodec):
             "counts": ArraySpec("uint16", True, 0, width=k),
             "logprobs": ArraySpec(values, True, float("nan"), width=k),
         }
+
+    @property
+    def sampled_at(self) -> float:
+        """T: the only temperature its targets estimate the KL at."""
+        return self.temperature
 
     def for_classes(self, num_classes: int) -> SampleCodec:
         return SampleCodec(self.k, self.temperature, self.values, num_classes)
