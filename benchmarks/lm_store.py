@@ -501,7 +501,7 @@ def bytes_and_fidelity(work: Path, tokenizer_dir: Path, teacher: Path, students:
         summary, opened_store = opened[codec]
         t = opened_store.teacher()
         sparse = t.codec.sparse_targets(t.read_stored(0, opened_store.num_rows))
-        raw = (t.codec.bytes_per_sample(t.num_classes) + (4 if codec.startswith("topk") else 0)) * opened_store.num_rows
+        raw = (t.codec.bytes_per_sample(t.num_classes) + (4 if t.codec.keeps_logsumexp else 0)) * opened_store.num_rows
         add(f"logitcache {codec}", summary.bytes_on_disk, raw, "topk" if codec.startswith("topk") else "sample",
             {name: value[rows] for name, value in sparse.items()})
 
@@ -633,7 +633,7 @@ def bare_forward(teacher: Path, tokenizer_dir: Path, dataset: str, batch: int,
             logits = model(ids)
             if reducer:
                 real = torch.arange(SEQ_LEN)[None, :] < torch.as_tensor(source.lengths[lo:lo + batch])[:, None]
-                uniforms = codec.uniforms(lo, ids.numel()) if hasattr(codec, "uniforms") else None
+                uniforms = codec.uniforms(lo, ids.numel())  # None for a codec that draws nothing
                 reducer(logits.flatten(0, 1), torch.roll(ids, -1, 1).flatten(),
                         torch.as_tensor(source.loss_mask[lo:lo + batch]).flatten(), real.flatten(), uniforms)
             del logits  # as in the dump: a batch's logits are gone before the next batch runs

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from benchmarks.synthetic import realistic_logits
-from logitcache.losses import sampled_kd_loss, topk_kd_loss
+from logitcache.losses import kd_from_targets
 from logitcache.store import choose_layout, create_store, get_codec
 
 CODECS = ["fp16", "u8", "topk:10", "topk:50", "topk:128", "sample:12", "sample:50"]
@@ -45,15 +45,9 @@ def store_round_trip(logits: np.ndarray, name: str):
 
 def loss_error(codec, stored, exact_log_p, student) -> tuple[float, float]:
     exact = per_sample_kl(exact_log_p, student)
-    if codec.sparse_form:
-        t = {k: torch.from_numpy(v) for k, v in codec.sparse_targets(stored).items()}
-        rows = range(len(student))
-        if "tail" in t:
-            est = torch.stack([topk_kd_loss(student[[i]], t["indices"][[i]], t["logprobs"][[i]], t["tail"][[i]])
-                               for i in rows])
-        else:
-            est = torch.stack([sampled_kd_loss(student[[i]], t["indices"][[i]], t["weights"][[i]], t["logprobs"][[i]])
-                               for i in rows])
+    if codec.has_sparse_form:  # topk_kd_loss or sampled_kd_loss, by the targets' type, one row at a time
+        targets = codec.training_targets(stored)
+        est = torch.stack([kd_from_targets(student[[i]], targets[[i]], 1.0) for i in range(len(student))])
     else:
         decoded = torch.from_numpy(codec.decode(stored)).double().log_softmax(1)
         est = per_sample_kl(decoded, student)
@@ -73,7 +67,7 @@ def label_space_table() -> None:
         for name in CODECS:
             per_sample, codec, stored = store_round_trip(logits, name)
             mass = codec.stored_mass(stored).mean()
-            if codec.sparse_only:
+            if not codec.has_dense_form:
                 kl = "n/a (samples)"
             else:
                 decoded = torch.from_numpy(codec.decode(stored)).double().log_softmax(1)

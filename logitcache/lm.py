@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .codecs import Targets, targets_from_fields
 from .errors import ConfigError, StoreIncompleteError, StoreMismatchError
 from .store import LogitStore, Teacher, open_store
 from .losses import IGNORE_INDEX, token_loss_sums
@@ -60,7 +61,7 @@ class TeacherTargets:
         self.codec, self.seq_len, self.num_rows = teacher.codec, seq_len, teacher.num_samples
         self.layout, self.rows_per_chunk = teacher.layout, teacher.layout.rows_per_chunk
         self.shapes = {name: (array.shape[1:], array.dtype) for name, array in teacher.arrays.items()}
-        self.sample_temperature = getattr(self.codec, "temperature", None) if self.codec.sparse_only else None
+        self.sample_temperature = self.codec.sampled_at
         row_bytes = sum(np.dtype(dtype).itemsize * int(np.prod(shape)) for shape, dtype in self.shapes.values())
         self.in_memory = self.num_rows * row_bytes <= budget_bytes
         self.window_chunks = max(1, budget_bytes // max(row_bytes * self.rows_per_chunk, 1))
@@ -120,13 +121,8 @@ class TeacherTargets:
 
     def batch(self, sequences: np.ndarray) -> dict[str, Tensor]:
         """``teacher_*`` tensors of shape (B, L, ...) for these sequences (module docstring)."""
-        stored, shape = self.stored(sequences), (len(sequences), self.seq_len)
-        if self.codec.sparse_form:
-            decoded = self.codec.sparse_targets(stored)
-        else:
-            decoded = {"logits": self.codec.decode(stored)}
-        out = {TEACHER_PREFIX + name: torch.from_numpy(np.ascontiguousarray(values)).reshape(*shape, *values.shape[1:])
-               for name, values in decoded.items()}
+        targets = self.codec.training_targets(self.stored(sequences))  # the codec's typed targets, by position
+        out = targets.unflatten(0, (len(sequences), self.seq_len)).columns(TEACHER_PREFIX)
         if self.sample_temperature is not None:
             out["teacher_temperature"] = torch.full((len(sequences),), self.sample_temperature, dtype=torch.float32)
         return out
@@ -213,10 +209,11 @@ def collate_tokens(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     return {name: torch.stack([item[name] for item in items]) for name in items[0]}
 
 
-def teacher_of(batch: dict) -> dict[str, Tensor] | None:
-    """A batch's teacher targets without their ``teacher_`` prefix, or None if it has none."""
+def teacher_of(batch: dict) -> Targets | None:
+    """A batch's teacher targets, typed from its ``teacher_*`` columns (``DenseTargets``,
+    ``TopKTargets`` or ``SampledTargets``), or None if it has none."""
     teacher = {name[len(TEACHER_PREFIX):]: value for name, value in batch.items() if name.startswith(TEACHER_PREFIX)}
-    return teacher or None
+    return targets_from_fields(teacher) if teacher else None
 
 
 def distillation_loss(student_logits: Tensor, batch: dict, temperature: float = 1.0, kd_weight: float = 1.0,

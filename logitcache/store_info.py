@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from .errors import LogitCacheError, StoreIncompleteError
-from .store import BASE_VERSION, nbytes_features, open_store
+from .store import BASE_VERSION, get_codec, nbytes_features, open_store
 
 
 def describe_store(location, storage_options: dict | None = None) -> dict:
@@ -73,7 +73,7 @@ def format_description(d: dict) -> str:
             f"  model     {_field(prov, 'teacher', 'spec')} ({_field(prov, 'teacher', 'num_parameters', fmt=',')} "
             "parameters)",
             f"  weights   file {settings.get('weights_sha256') or '-'}; parameters {_field(settings, 'parameters_sha256')}",
-            f"  logits    {shape}, {_kind(t['codec'])}, codec {t['codec']}: "
+            f"  logits    {shape}, {get_codec(t['codec']).description}, codec {t['codec']}: "
             f"{t['bytes_on_disk']:,} bytes = {t['bytes_per_sample']:.1f} bytes/sample"
             + (f", {t['bytes_per_view']:.1f} bytes/view" if t.get("views") else "")
             + f" ({outputs * num_classes * 4 / max(t['bytes_on_disk'], 1):.2f}x smaller than fp32)",
@@ -93,8 +93,9 @@ def format_description(d: dict) -> str:
         if metrics:
             lines += _accuracy(metrics, run.get("teacher_outputs"), bool(t.get("views")), outputs)
             if metrics.get("mass_stored", 1.0) < 1.0:
-                rest = "(the rest as one tail bucket)" if t["codec"].startswith("topk") else "(in the sampled classes)"
-                lines.append(f"  mass      {metrics['mass_stored']:.2%} of the probability mass is stored exactly {rest}")
+                note = get_codec(t["codec"]).mass_note  # where the rest of the mass went
+                lines.append(f"  mass      {metrics['mass_stored']:.2%} of the probability mass is stored exactly"
+                             + (f" ({note})" if note else ""))
         if run.get("finished_at"):
             lines.append(f"  written   {run.get('started_at')} .. {run['finished_at']}, {run.get('sessions')} "
                          f"session(s), {_field(run, 'seconds', fmt='.1f')} s of teacher time")
@@ -148,14 +149,6 @@ def _field(record: dict, *path: str, fmt: str = "") -> str:
     return "-" if record is None else format(record, fmt)
 
 
-def _kind(codec: str) -> str:
-    if codec.startswith("topk"):
-        return "the top classes' log-probabilities and a tail bucket"
-    if codec.startswith("sample"):
-        return "classes sampled from the teacher, with counts"
-    return "raw pre-softmax logits"
-
-
 def format_token_description(d: dict) -> str:
     """The summary of a token store (format v4): sequences, tokens, tokenizer; per teacher its
     bytes per token and its own perplexity on the dumped targets."""
@@ -181,7 +174,7 @@ def format_token_description(d: dict) -> str:
             f"  model     {_field(prov, 'teacher', 'spec')} ({_field(prov, 'teacher', 'num_parameters', fmt=',')} "
             "parameters)",
             f"  weights   file {settings.get('weights_sha256') or '-'}; parameters {_field(settings, 'parameters_sha256')}",
-            f"  targets   {_kind(t['codec'])}, codec {t['codec']}: {t['bytes_on_disk']:,} bytes = "
+            f"  targets   {get_codec(t['codec']).description}, codec {t['codec']}: {t['bytes_on_disk']:,} bytes = "
             f"{t['bytes_on_disk'] / max(data['num_tokens'], 1):.1f} bytes/token "
             f"({positions * t['num_classes'] * 4 / max(t['bytes_on_disk'], 1):.0f}x smaller than fp32 logits)",
             f"  layout    {t['layout']['rows_per_chunk']} positions/chunk, {t['layout']['rows_per_shard']} positions/shard; "

@@ -83,5 +83,22 @@ def test_the_store_layer_imports_no_training_code():
     graph = import_graph()
     for module, imports in graph.items():
         if module.startswith("logitcache.store"):
-            outside = {m for m in imports if not m.startswith(("logitcache.store", "logitcache.errors"))}
+            outside = {m for m in imports if not m.startswith(("logitcache.store", "logitcache.codecs",
+                                                               "logitcache.errors"))}
             assert not outside, (module, outside)
+
+
+def test_the_codecs_import_nothing_above_them():
+    graph = import_graph()
+    assert "logitcache.codecs.topk" in graph
+    for module, imports in graph.items():
+        if module.startswith("logitcache.codecs"):
+            outside = {m for m in imports if not m.startswith(("logitcache.codecs", "logitcache.errors",
+                                                               "logitcache.registry"))}
+            assert not outside, (module, outside)
+
+
+def test_the_store_and_codecs_import_no_torch_at_module_level():
+    code = "import sys, logitcache.store, logitcache.codecs; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

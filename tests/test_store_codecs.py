@@ -132,7 +132,7 @@ def test_topk_unwritten_rows_decode_to_nan_and_bad_k_is_refused():
 def test_fp16_casts_are_numpys_bit_for_bit():
     """The fp16 codec casts with torch (numpy's half casts are 5-10x slower); the bytes must be the
     ones numpy writes, over a sweep of every exponent (subnormals, ties, overflow to inf)."""
-    from logitcache.store._codec_base import cast
+    from logitcache.codecs import cast
 
     bits = np.arange(0, 2**32, 251, dtype=np.uint64).astype(np.uint32)
     singles = bits.view(np.float32)

@@ -4,11 +4,12 @@
     >>> arrays, stats = reducer(logits, next_tokens, is_target, is_real, uniforms)
 
 A (positions x vocabulary) block of float32 logits is 600 KB per position at Qwen's 151,936 ids, so
-it never goes to the host: ``topk:K`` takes the K largest and two log-sum-exps on the device,
-``sample:K[:T]`` draws on the device (from host-made uniforms, so the draws do not depend on the
-device's random generator), and only (positions x K) arrays are copied back. Dense codecs (small
-vocabularies) copy the logits and encode on the host as image dumps do. Work runs in chunks of
-positions that keep the temporaries under ``budget_bytes``.
+it never goes to the host: each codec reduces a chunk where it was computed (``Codec.reduce_logits``:
+``topk:K`` takes the K largest and two log-sum-exps on the device, ``sample:K[:T]`` draws on the
+device from host-made uniforms, so the draws do not depend on the device's random generator) and
+only (positions x K) arrays are copied back. Dense codecs (small vocabularies) copy the logits and
+encode on the host as image dumps do. This module cuts the work into chunks of positions that keep
+the temporaries under ``budget_bytes``, checks finiteness and keeps the teacher's own statistics.
 
 On a CPU these passes over (positions x V) cost as much as the teacher's own head, so a chunk is
 copied as little as possible: float32 logits of real rows are read in place (topk masks its K
@@ -16,7 +17,8 @@ entries for the tail's log-sum-exp and puts them back), finiteness is checked on
 statistics reuse topk's log-sum-exp. The stored bytes are those of the plain version (checked on
 many shapes when this was written; benchmarks/RESULTS.md, token stores, has the timings).
 
-A topk row also keeps the log-sum-exp of its raw logits (``store._tokens.token_extra_arrays``).
+A row of a codec that ``keeps_logsumexp`` (topk) also keeps the log-sum-exp of its raw logits
+(``store._tokens.token_extra_arrays``).
 Over the target positions the teacher's own statistics come from the full logits: how many
 targets, the sum of their negative log-likelihoods, the top-1 hits, and the probability mass the
 stored targets hold.
@@ -36,10 +38,7 @@ class DeviceReducer:
     """Turn (P, V) logits into the codec's stored arrays plus the per-row log-sum-exp."""
 
     def __init__(self, codec: Codec, budget_bytes: int = 256 << 20):
-        self.codec = codec
-        self.kind = "topk" if hasattr(codec, "from_top") else "sample" if hasattr(codec, "from_draws") else "dense"
-        self.temperature = float(getattr(codec, "temperature", 1.0))
-        self.budget_bytes = budget_bytes
+        self.codec, self.budget_bytes = codec, budget_bytes
 
     def __call__(self, logits: torch.Tensor, next_tokens: torch.Tensor, is_target: torch.Tensor,
                  is_real: torch.Tensor, uniforms: np.ndarray | None) -> tuple[dict, np.ndarray, np.ndarray]:
@@ -70,26 +69,13 @@ class DeviceReducer:
 
     def _reduce(self, logits: torch.Tensor,
                 uniforms: np.ndarray | None) -> tuple[dict, torch.Tensor, torch.Tensor | None]:
-        """One chunk: (stored arrays, the probability mass of the stored targets per row, the
-        rows' log-sum-exp when it was computed, else None)."""
-        if self.kind == "topk":
-            norm = torch.logsumexp(logits, dim=1)
-            top, indices = torch.topk(logits, self.codec.k, dim=1, sorted=True)
-            tail_norm = _logsumexp_without(logits, indices, top)
-            stored = self.codec.from_top(*_host(indices, top, norm, tail_norm))
-            return {**stored, LOGSUMEXP_ARRAY: _host(norm)[0]}, torch.exp(top - norm[:, None]).sum(dim=1), norm
-        if self.kind == "sample":
-            scaled = logits if self.temperature == 1.0 else logits / self.temperature  # x / 1.0 is x, bit for bit
-            logp = torch.log_softmax(scaled, dim=1)
-            cdf = logp.double().exp_().cumsum_(dim=1)  # in place: the same values, two fewer (P x V) float64 tensors
-            target = torch.as_tensor(uniforms, device=logits.device) * cdf[:, -1:]
-            draws = torch.searchsorted(cdf, target, right=True).clamp_(max=logits.shape[1] - 1)
-            picked = torch.gather(logp, 1, draws)
-            stored = self.codec.from_draws(*_host(draws, picked))
-            used = stored["counts"] > 0
-            mass = np.where(used, np.exp(stored["logprobs"].astype(np.float64)), 0.0).sum(axis=1)
-            return stored, torch.as_tensor(mass), None
-        return self.codec.encode(_host(logits)[0]), torch.ones(len(logits)), None
+        """One chunk through the codec (``Codec.reduce_logits``): (stored arrays, the probability mass
+        of the stored targets per row, the rows' log-sum-exp when it was computed, else None), with
+        that log-sum-exp stored too for a codec that ``keeps_logsumexp``."""
+        stored, mass, norm = self.codec.reduce_logits(logits, uniforms)
+        if self.codec.keeps_logsumexp:
+            stored = {**stored, LOGSUMEXP_ARRAY: norm.detach().cpu().numpy()}
+        return stored, mass, norm
 
 
 def _finite_rows(logits: torch.Tensor) -> torch.Tensor:
@@ -101,18 +87,6 @@ def _finite_rows(logits: torch.Tensor) -> torch.Tensor:
         suspect = torch.nonzero(~finite).flatten()
         finite[suspect] = torch.isfinite(logits[suspect]).all(dim=1)
     return finite
-
-
-def _logsumexp_without(logits: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """The log-sum-exp of each row without the entries at ``indices`` (whose values are ``values``).
-    The block is masked in place and restored exactly, rather than copied whole."""
-    if logits.requires_grad:
-        return torch.logsumexp(logits.scatter(1, indices, float("-inf")), dim=1)
-    logits.scatter_(1, indices, float("-inf"))
-    try:
-        return torch.logsumexp(logits, dim=1)
-    finally:
-        logits.scatter_(1, indices, values)
 
 
 def _teacher_stats(logits: torch.Tensor, next_tokens: torch.Tensor, is_target: torch.Tensor,
@@ -129,7 +103,3 @@ def _teacher_stats(logits: torch.Tensor, next_tokens: torch.Tensor, is_target: t
     kept = mass.to(is_target.device)[is_target]
     return np.asarray([float(is_target.sum()), float(nll.double().sum()), float(hits.sum()),
                        float(kept.double().sum())])
-
-
-def _host(*tensors: torch.Tensor) -> list[np.ndarray]:
-    return [tensor.detach().cpu().numpy() for tensor in tensors]

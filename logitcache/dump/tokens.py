@@ -134,14 +134,13 @@ class TokenJob:
     def _write_shards(self, teacher: Teacher, pending: list[int], show: bool, held) -> int:
         length, batch = self.config.seq_len, self.config.batch_size
         reducer = DeviceReducer(teacher.codec)
-        sampled = hasattr(teacher.codec, "uniforms")
         bar = tqdm(total=sum(np.diff(teacher.layout.shard_rows(s, teacher.num_samples))[0] for s in pending),
                    unit="tok", unit_scale=True, disable=not (self.config.progress and show),
                    desc=f"dump {teacher.name}", dynamic_ncols=True, mininterval=1.0)
         with BackgroundWriter(teacher, before_write=held) as writer, bar:
             for shard in pending:
                 start, stop = teacher.layout.shard_rows(shard, teacher.num_samples)
-                uniforms = teacher.codec.uniforms(shard, stop - start) if sampled else None
+                uniforms = teacher.codec.uniforms(shard, stop - start)  # None: a codec that draws nothing
                 pieces, stats = [], np.zeros(len(STATS))
                 for first in range(start // length, stop // length, batch):
                     last = min(first + batch, stop // length)

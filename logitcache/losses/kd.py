@@ -84,12 +84,20 @@ def sampled_kd_loss(student_logits: Tensor, indices: Tensor, weights: Tensor, lo
 
 
 def kd_from_targets(student_logits: Tensor, targets, temperature: float) -> Tensor:
-    """Hinton KD from dense teacher logits, or from a sparse codec's targets (a dict)."""
-    if not isinstance(targets, dict):
-        return kd_loss(student_logits, targets, temperature)
-    if "tail" in targets:
-        return topk_kd_loss(student_logits, targets["indices"], targets["logprobs"], targets["tail"], temperature)
-    return sampled_kd_loss(student_logits, targets["indices"], targets["weights"], targets["logprobs"], temperature)
+    """Hinton KD from dense teacher logits (a tensor, or ``DenseTargets``), or from a sparse codec's
+    typed targets (``TopKTargets``, ``SampledTargets``), by their type."""
+    from ..codecs import DenseTargets, SampledTargets, Targets, TopKTargets  # numpy: not at the CLI's import
+
+    match targets:
+        case TopKTargets():
+            return topk_kd_loss(student_logits, targets.indices, targets.logprobs, targets.tail, temperature)
+        case SampledTargets():
+            return sampled_kd_loss(student_logits, targets.indices, targets.weights, targets.logprobs, temperature)
+        case DenseTargets():
+            return kd_loss(student_logits, targets.logits, temperature)
+        case Targets():
+            raise TypeError(f"KD has no form for {type(targets).__name__} targets")
+    return kd_loss(student_logits, targets, temperature)
 
 
 # -- tokens: (..., V) logits, one value per position --------------------------------------------------
@@ -120,32 +128,40 @@ def sampled_token_kl(student_logits: Tensor, indices: Tensor, weights: Tensor, l
     return _sampled_kl(_log_q(student_logits, temperature), indices, weights, logprobs, temperature)
 
 
-def token_kl(student_logits: Tensor, teacher: dict, temperature: float = 1.0) -> Tensor:
-    """The KL per position from whichever targets ``teacher`` holds (keys as a batch names them,
-    ``teacher_`` prefix removed): ``logits``; ``indices``, ``logprobs``, ``tail`` (topk);
-    ``indices``, ``weights``, ``logprobs`` (sample, with its ``temperature``)."""
-    return _kl(_log_q(student_logits, temperature), teacher, temperature)
+def token_kl(student_logits: Tensor, teacher, temperature: float = 1.0) -> Tensor:
+    """The KL per position from whichever targets ``teacher`` is: ``DenseTargets``, ``TopKTargets`` or
+    ``SampledTargets`` (with its ``temperature``), or their fields by name (a batch's columns,
+    ``teacher_`` prefix removed: ``logits``; ``indices``, ``logprobs``, ``tail``; ``indices``,
+    ``weights``, ``logprobs``, ``temperature``)."""
+    from ..codecs import as_targets
+
+    return _kl(_log_q(student_logits, temperature), as_targets(teacher), temperature)
 
 
 def _log_q(student_logits: Tensor, temperature: float) -> Tensor:
     return (student_logits.float() / temperature).log_softmax(-1)
 
 
-def _kl(log_q: Tensor, teacher: dict, temperature: float, picked: Tensor | None = None) -> Tensor:
-    """``token_kl`` from the student's log-probabilities at T, (..., V); ``picked``: those at the
-    teacher's indices, if gathered already."""
+def _kl(log_q: Tensor, teacher, temperature: float, picked: Tensor | None = None) -> Tensor:
+    """``token_kl`` from the student's log-probabilities at T, (..., V), by the targets' type;
+    ``picked``: those at the teacher's indices, if gathered already."""
     import torch
 
-    if "logits" in teacher:
-        return _dense_kl(log_q, teacher["logits"], temperature)
-    if "tail" in teacher:
-        return _topk_kl(log_q, teacher["indices"], teacher["logprobs"], teacher["tail"], temperature, picked)
-    drawn_at = teacher.get("temperature")
-    if drawn_at is not None and not torch.all(drawn_at == temperature):
-        raise ConfigError(f"temperature {temperature:g} differs from the temperature "
-                          f"{float(drawn_at.flatten()[0]):g} the teacher's tokens were sampled at; sampled "
-                          "targets estimate the KL at that temperature only")
-    return _sampled_kl(log_q, teacher["indices"], teacher["weights"], teacher["logprobs"], temperature, picked)
+    from ..codecs import DenseTargets, SampledTargets, TopKTargets
+
+    match teacher:
+        case DenseTargets():
+            return _dense_kl(log_q, teacher.logits, temperature)
+        case TopKTargets():
+            return _topk_kl(log_q, teacher.indices, teacher.logprobs, teacher.tail, temperature, picked)
+        case SampledTargets():
+            drawn_at = teacher.temperature
+            if drawn_at is not None and not torch.all(drawn_at == temperature):
+                raise ConfigError(f"temperature {temperature:g} differs from the temperature "
+                                  f"{float(drawn_at.flatten()[0]):g} the teacher's tokens were sampled at; sampled "
+                                  "targets estimate the KL at that temperature only")
+            return _sampled_kl(log_q, teacher.indices, teacher.weights, teacher.logprobs, temperature, picked)
+    raise TypeError(f"the token KL has no form for {type(teacher).__name__} targets")
 
 
 def _dense_kl(log_q: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:

@@ -50,18 +50,20 @@ def target_positions(labels: Tensor) -> Tensor:
     return targets
 
 
-def token_loss_sums(student_logits: Tensor, labels: Tensor, teacher: dict | None,
+def token_loss_sums(student_logits: Tensor, labels: Tensor, teacher,
                     temperature: float = 1.0) -> TokenLossSums:
     """Next-token cross-entropy and (with ``teacher``) the KL, summed over the target tokens.
 
     Args:
         student_logits: (B, L, V), position t predicting token t + 1.
         labels: (B, L) Hugging Face labels (-100 where the next token is not a target).
-        teacher: None, or the teacher's targets for all B x L positions, keys as in ``token_kl``
-            (``temperature``: (B,), a sample store's).
+        teacher: None, or the teacher's targets for all B x L positions, typed or by field name as
+            ``token_kl`` takes them (a sample store's ``temperature``: (B,)).
         temperature: the KL's temperature (the cross-entropy is at 1).
     """
     import torch
+
+    from ..codecs import SampledTargets, TopKTargets, as_targets
 
     targets = target_positions(labels)  # (B, L)
     # Every position is computed and the non-targets masked, as Hugging Face's own loss does: no
@@ -69,9 +71,10 @@ def token_loss_sums(student_logits: Tensor, labels: Tensor, teacher: dict | None
     log_q = student_logits.float().log_softmax(-1)  # (B, L, V), shared by CE and, at T = 1, the KL
     next_tokens = torch.zeros_like(labels)
     next_tokens[:, :-1] = labels[:, 1:].clamp_min(0)
-    shared = teacher is not None and temperature == 1.0 and "indices" in teacher
+    teacher = None if teacher is None else as_targets(teacher)
+    shared = temperature == 1.0 and isinstance(teacher, (TopKTargets, SampledTargets))
     # One gather for the next token and a sparse teacher's K tokens: its backward fills one (B, L, V) buffer.
-    wanted = torch.cat([next_tokens[..., None], teacher["indices"]], -1) if shared else next_tokens[..., None]
+    wanted = torch.cat([next_tokens[..., None], teacher.indices], -1) if shared else next_tokens[..., None]
     picked = log_q.gather(-1, wanted)
     ce = torch.where(targets, -picked[..., 0], 0.0).sum()
     kd = log_q.new_zeros(())

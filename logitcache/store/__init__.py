@@ -7,13 +7,14 @@ teacher may hold named features beside its logits.
     >>> store.keys[:3], store.labels[:3], store.teacher_names
     >>> store.teacher().take([0, 5, 2])     # float32 (3, C) decoded logits
 
-This layer knows numpy and zarr only: no torch, no models, no training. docs/FORMAT.md is the
-specification; this package is its reference implementation.
+This layer knows numpy and zarr only: no torch, no models, no training. It asks ``logitcache.codecs``
+for a teacher's codec by name (``get_codec``, ``Codec``, ``ArraySpec`` and ``list_codecs`` are
+re-exported here). docs/FORMAT.md is the specification; this package is its reference implementation.
 """
 
+from ..codecs import CODECS, ArraySpec, Codec, get_codec, list_codecs
 from ._backend import local_path, storage_options_for
 from ._checks import MAX_VIEWS, check_teacher
-from ._codecs import CODECS, Codec, get_codec, list_codecs
 from ._create import clear_unfinished
 from ._features import FEATURE_CODECS, REDUCES, bytes_per_sample, feature_codec, nbytes_features
 from ._fingerprint import dataset_fingerprint, describe_mismatch
@@ -46,6 +47,7 @@ from ._writer import BackgroundWriter
 
 __all__ = [
     "MAX_VIEWS",
+    "ArraySpec",
     "BASE_VERSION",
     "CODECS",
     "FEATURE_CODECS",

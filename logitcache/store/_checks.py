@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import zarr
 
+from ..codecs import get_codec
 from ..errors import CorruptStoreError, LogitCacheError, StoreIncompleteError
-from ._codecs import get_codec
 from ._create import chunk_key_shard
 from ._features import check_feature_records, feature_array_specs
 from ._integrity import (

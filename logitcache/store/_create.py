@@ -13,7 +13,7 @@ from __future__ import annotations
 import zarr
 import zarr.codecs
 
-from ._codecs import Codec
+from ..codecs import Codec
 from ._features import feature_array_specs
 from ._integrity import CHUNK_DIGESTS_ARRAY, DIGEST_BYTES
 from ._schema import (

@@ -29,8 +29,8 @@ import re
 
 import numpy as np
 
+from ..codecs import get_codec
 from ..errors import NonFiniteLogitsError, SpecError
-from ._codecs import get_codec
 
 FEATURES_GROUP = "features"
 REDUCES = ("pool", "attention", "gram", "map")

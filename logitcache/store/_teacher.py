@@ -29,6 +29,7 @@ import numpy as np
 import zarr
 import zarr.codecs
 
+from ..codecs import Codec, get_codec
 from ..errors import (
     CorruptStoreError,
     StoreAccessError,
@@ -36,7 +37,6 @@ from ..errors import (
     StoreIncompleteError,
 )
 from ._backend import retry_transient
-from ._codecs import Codec, get_codec
 from ._create import teacher_status
 from ._features import feature_array_name, read_features
 from ._integrity import CHUNK_DIGESTS_ARRAY, chunk_digest, shard_chunk_digests

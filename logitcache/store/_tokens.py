@@ -27,6 +27,7 @@ import math
 
 import numpy as np
 
+from ..codecs import get_codec
 from ..errors import ConfigError, CorruptStoreError
 from ._schema import CHUNK_TARGET_BYTES, SHARD_TARGET_BYTES, Layout
 
@@ -45,10 +46,11 @@ _PREFIX = b"logitcache-tokens-v1\n"
 
 
 def token_extra_arrays(codec_name: str) -> dict[str, tuple[str, float]]:
-    """Per-row arrays a token teacher keeps beside its codec's: for ``topk:K``, the log-sum-exp of
-    the raw logits, so the top K's raw logits are ``logprobs + logsumexp`` (what raw-logit losses
-    and the NeMo layout need). Dense codecs hold raw logits already, and ``sample:K:T`` serves its T only."""
-    return {LOGSUMEXP_ARRAY: ("float32", float("nan"))} if codec_name.startswith("topk:") else {}
+    """Per-row arrays a token teacher keeps beside its codec's: for a codec that ``keeps_logsumexp``
+    (``topk:K``), the log-sum-exp of the raw logits, so the top K's raw logits are ``logprobs +
+    logsumexp`` (what raw-logit losses and the NeMo layout need). Dense codecs hold raw logits
+    already, and ``sample:K:T`` serves its T only."""
+    return {LOGSUMEXP_ARRAY: ("float32", float("nan"))} if get_codec(codec_name).keeps_logsumexp else {}
 
 
 def token_dtype(vocab_size: int) -> str:

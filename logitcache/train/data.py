@@ -52,7 +52,8 @@ def ensemble_logits(stack: torch.Tensor, temperature: float) -> torch.Tensor:
 class TeacherLogits:
     """Targets of one teacher (or a K-teacher ensemble), by store row: in memory, or streamed by
     chunk. Dense stores give float32 logits (C,); with ``sparse=True`` a topk:K or sample:K store
-    gives its sparse targets instead (a dict of (K,) tensors), so no dense row is ever built.
+    gives its typed sparse targets instead (``TopKTargets``, ``SampledTargets`` of (K,) rows), so no
+    dense row is ever built.
     A K-teacher ensemble is combined with ``ensemble_logits``.
 
     Rows are held as stored (fp16 logits stay fp16: half the memory of float32, so ImageNet-1k's
@@ -76,7 +77,7 @@ class TeacherLogits:
         self.num_classes, self.temperature = teachers[0].num_classes, temperature
         self.views = teachers[0].views  # the first teacher's views record (all teachers share it), or None
         self.transform = teachers[0].attrs["settings"].get("transform")  # what made the inputs the teacher saw
-        self.sparse = sparse and len(teachers) == 1 and self.codec.sparse_form
+        self.sparse = sparse and len(teachers) == 1 and self.codec.has_sparse_form
         self.rows = _written_rows(teachers)
         if self.rows.size == 0:
             raise StoreIncompleteError(f"{', '.join(self.teacher_names)} in {store.location}: no shard is written "
@@ -136,11 +137,11 @@ class TeacherLogits:
         return state
 
     def __getitem__(self, row: int):
-        """One row's targets: (C,), or (K, C) for a multi-view store (a dict of them when sparse)."""
+        """One row's targets: (C,), or (K, C) for a multi-view store (typed sparse targets when sparse)."""
         return _row(self.take(np.asarray([row])), 0)
 
     def take(self, rows, views=None):
-        """The targets of many rows at once: (n, C) float32 (a dict of (n, K) tensors when sparse),
+        """The targets of many rows at once: (n, C) float32 (typed targets of (n, K) rows when sparse),
         or (n, V, C) for a multi-view store unless ``views`` picks one view per row."""
         rows = np.asarray(rows, dtype=np.int64)
         if views is None and self.per_sample > 1:
@@ -200,20 +201,18 @@ class TeacherLogits:
         return self._teachers
 
 
+# Targets are a float32 tensor or a codec's typed sparse targets (``codecs.Targets``), which select,
+# reshape, pin and move their rows as a tensor does.
 def _row(targets, index: int):
-    return {key: values[index] for key, values in targets.items()} if isinstance(targets, dict) else targets[index]
+    return targets[index]
 
 
 def _reshape(targets, leading: tuple[int, ...]):
-    if isinstance(targets, dict):
-        return {key: values.reshape(*leading, *values.shape[1:]) for key, values in targets.items()}
-    return targets.reshape(*leading, *targets.shape[1:])
+    return targets.unflatten(0, leading)
 
 
 def _concat(first, second):
-    if isinstance(first, dict):
-        return {key: torch.cat([first[key], second[key]]) for key in first}
-    return torch.cat([first, second])
+    return torch.cat([first, second]) if isinstance(first, torch.Tensor) else type(first).cat([first, second])
 
 
 def _check_combinable(teachers, sparse: bool, dense_for: str | None = None) -> None:
@@ -233,7 +232,7 @@ def _check_combinable(teachers, sparse: bool, dense_for: str | None = None) -> N
                 "needs teachers dumped with the same --augment, --views and --seed"
             )
     for teacher in teachers:
-        if teacher.codec.sparse_only and (len(teachers) > 1 or not sparse):
+        if not teacher.codec.has_dense_form and (len(teachers) > 1 or not sparse):
             use = "an ensemble" if len(teachers) > 1 else dense_for or "this loss"
             raise ConfigError(
                 f"teacher {teacher.name!r} is stored as {teacher.codec.name} (sampled classes, no distribution), "
@@ -268,7 +267,7 @@ def sampled_codec(location, teacher_names: str | None, allow_partial: bool, stor
     if len(names) > 1:
         return None
     codec = _resolve_teachers(store, names, allow_partial)[0].codec
-    return codec if codec.sparse_only else None
+    return codec if codec.sampled_at is not None else None
 
 
 def _resolve_teachers(store, names, allow_partial: bool) -> list:
@@ -393,6 +392,4 @@ class PairedLoader:
 
 
 def _pinned(targets):
-    if isinstance(targets, dict):
-        return {key: values.pin_memory() for key, values in targets.items()}
     return targets.pin_memory()

@@ -52,7 +52,7 @@ def token_config(config: TrainConfig, store) -> TrainConfig:
     drawn_at = None
     if token_loss(loss).needs_teacher:
         codec = open_teacher(store, config.teacher, allow_partial=True).codec  # unfinished: refused when read
-        drawn_at = getattr(codec, "temperature", None) if codec.sparse_only else None
+        drawn_at = codec.sampled_at
     temperature = config.temperature if config.temperature is not None else drawn_at or 1.0
     if drawn_at is not None and temperature != drawn_at:
         raise ConfigError(f"--temperature {temperature:g} differs from the temperature {drawn_at:g} the store's "

@@ -105,8 +105,8 @@ def with_store_temperature(config: TrainConfig, log) -> TrainConfig:
     codec = sampled_codec(config.store, config.teacher, config.allow_partial, config.storage_options)
     if codec is None:
         return config
-    log(f"--temperature {codec.temperature:g}: the temperature the store's classes were sampled at ({codec.name})")
-    return replace(config, temperature=codec.temperature)
+    log(f"--temperature {codec.sampled_at:g}: the temperature the store's classes were sampled at ({codec.name})")
+    return replace(config, temperature=codec.sampled_at)
 
 
 def _train(config: TrainConfig, run: RunFiles, dist: Distributed, log) -> TrainSummary:
@@ -283,9 +283,7 @@ def _epoch_record(epoch: int, losses: list[tuple]) -> dict:
     return {"epoch": epoch, "lr": losses[-1][1] if losses else None, **means}
 
 
-def _to_device(targets, device):
-    if isinstance(targets, dict):
-        return {key: value.to(device, non_blocking=True) for key, value in targets.items()}
+def _to_device(targets, device):  # a tensor, or a codec's typed targets (which move as one)
     return targets.to(device, non_blocking=True)
 
 
@@ -324,7 +322,7 @@ def _open_teacher_logits(config: TrainConfig, store) -> TeacherLogits | None:
                                 storage_options=config.storage_options, sparse=sparse,
                                 dense_for="--mixup/--cutmix" if mixing else None,
                                 expect_teacher=config.expect_teacher)
-    sampled_at = getattr(logits.codec, "temperature", None) if logits.codec.sparse_only else None
+    sampled_at = logits.codec.sampled_at
     if sampled_at is not None and sampled_at != config.temperature:
         raise ConfigError(
             f"--temperature {config.temperature:g} differs from the temperature {sampled_at:g} the store's classes "

@@ -1,0 +1,115 @@
+"""Every codec by name: plain names (``fp16``) and families parsed from a name (``topk:K[:fp32]``).
+
+    >>> register_codec(MyCodec())                          # a plain name; twice raises
+    >>> register_family("topk", "topk:K", parse_topk, examples=("topk:5",))   # names "topk:..." go to parse_topk
+    >>> get_codec("topk:50"), list_codecs()                # ["bf16", "fp16", "fp32", "u8"]
+    >>> codec_examples()                                   # every plain name and each family's examples
+
+Each codec file registers itself when the package imports it; a plugin registers the same way, from
+its own module. An unknown name raises a SpecError listing every plain name and family.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
+
+from ..errors import SpecError
+
+if TYPE_CHECKING:
+    from .base import Codec
+
+
+class Family(NamedTuple):
+    """Codecs named ``FAMILY:...``: how the unknown-codec message shows them, their parser, examples."""
+
+    usage: str
+    parse: Callable[[str], Codec]
+    examples: tuple[str, ...]
+
+
+CODECS: dict[str, Codec] = {}  # plain name -> codec
+FAMILIES: dict[str, Family] = {}  # family -> its usage, parser and examples
+
+
+def register_codec(codec: Codec) -> Codec:
+    """Make ``codec`` available by its name (``get_codec``, ``--codec``); returns it.
+
+    Raises:
+        ValueError: a codec or family has that name already.
+    """
+    if codec.name in CODECS or codec.name in FAMILIES:
+        raise ValueError(f"codec {codec.name!r} is already registered")
+    CODECS[codec.name] = codec
+    return codec
+
+
+def unregister_codec(name: str) -> None:
+    """Forget the plain-named codec ``name`` (a plugin unloaded, or a test's codec after the test)."""
+    del CODECS[name]
+
+
+def register_family(family: str, usage: str, parse: Callable[[str], Codec], examples: tuple[str, ...] = ()) -> None:
+    """Names ``FAMILY:...`` are codecs made by ``parse(name)`` (which raises SpecError on a bad one);
+    ``usage`` (e.g. ``topk:K``) is how the unknown-codec message shows the family; ``examples`` are
+    names of its members (``codec_examples``: what the registry's tests run every codec on).
+
+    Raises:
+        ValueError: a codec or family has that name already.
+    """
+    if family in FAMILIES or family in CODECS:
+        raise ValueError(f"codec family {family!r} is already registered")
+    FAMILIES[family] = Family(usage, parse, tuple(examples))
+
+
+def list_codecs() -> list[str]:
+    """Plain codec names accepted by ``get_codec`` and ``--codec`` (families: ``list_families``)."""
+    return sorted(CODECS)
+
+
+def list_families() -> list[str]:
+    """The families' usages, in the order they were registered (``topk:K``, ``sample:K[:T]``)."""
+    return [family.usage for family in FAMILIES.values()]
+
+
+def codec_examples() -> list[str]:
+    """Every plain codec name, then each family's examples: one of each kind of registered codec."""
+    return list_codecs() + [name for family in FAMILIES.values() for name in family.examples]
+
+
+def get_codec(name: str) -> Codec:
+    """The codec called ``name``: a plain name (fp32, fp16, bf16, u8) or a family's (topk:K, sample:K[:T]).
+
+    Raises:
+        SpecError: no codec has that name (the message lists the ones that do), or a family's
+            name is malformed.
+    """
+    if name in CODECS:
+        return CODECS[name]
+    family = FAMILIES.get(name.split(":")[0])
+    if family is None:
+        raise SpecError(f"unknown codec {name!r}; choose one of {', '.join(list_codecs() + list_families())}")
+    return family.parse(name)
+
+
+def parse_entries(name: str, family: str) -> tuple[int, str, list[str]]:
+    """A sparse family's ``FAMILY:K[:...]`` -> (K, the values' dtype from a ``fp16``/``fp32`` part,
+    the other parts in order), for the families that keep K entries per row.
+
+    Raises:
+        SpecError: K is not a positive integer.
+    """
+    _, *parts = name.split(":")
+    try:
+        k = int(parts[0]) if parts else 0
+    except ValueError:
+        k = 0
+    if k < 1:
+        raise SpecError(f"codec {name!r} needs a positive number of entries, e.g. {family}:50")
+    values, extra = "float16", []
+    for part in parts[1:]:
+        if part in ("fp16", "fp32"):
+            values = "float16" if part == "fp16" else "float32"
+        else:
+            extra.append(part)
+    return k, values, extra
