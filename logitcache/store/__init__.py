@@ -15,7 +15,7 @@ from ._backend import local_path, storage_options_for
 from ._checks import check_teacher
 from ._codecs import CODECS, Codec, get_codec, list_codecs
 from ._create import clear_unfinished
-from ._features import FEATURE_CODECS, REDUCES, bytes_per_sample, feature_codec, nbytes_features
+from ._features import FEATURE_CODECS, REDUCES, bytes_per_sample, feature_array_name, feature_codec, nbytes_features
 from ._fingerprint import dataset_fingerprint, describe_mismatch
 from ._lock import LOCK_DIR, writer_lock
 from ._pack import pack_store
@@ -50,6 +50,7 @@ __all__ = [
     "FEATURE_CODECS",
     "REDUCES",
     "bytes_per_sample",
+    "feature_array_name",
     "feature_codec",
     "nbytes_features",
     "FORMAT_NAME",
