@@ -52,8 +52,9 @@ class StoredRows:
                  rows: np.ndarray | None = None, views: int = 0, prepare=None, window_bytes: int | None = None,
                  reading: str = "it"):
         first = teachers[0]
-        self.store, self.names, self.identities = first.store, [t.name for t in teachers], [t.identity for t in teachers]
-        self.arrays = list(first.arrays if arrays is None else arrays)
+        self.store, self.names = first.store, [t.name for t in teachers]
+        self.identities = [t.identity for t in teachers]  # what every later read must find
+        self.arrays = None if arrays is None else list(arrays)  # None: each teacher's codec arrays
         self.num_rows, self.views, self.per_row = first.num_samples, views, max(views, 1)
         self.prepare, self.reading = prepare, reading
         self.block_rows = math.lcm(*(t.layout.rows_per_chunk for t in teachers))  # whole chunks of every teacher
@@ -154,8 +155,8 @@ class StoredRows:
                 if teacher.identity != identity:
                     raise CorruptStoreError(
                         f"teacher {teacher.name!r} in {self.store.location} changed while this run was reading "
-                        f"{self.reading} (it was {identity[:24]}…, it is now {teacher.identity[:24]}…: overwritten?); "
-                        "start the run again")
+                        f"{self.reading} (it was {identity[:24]}…, it is now {teacher.identity[:24]}…: "
+                        "overwritten?); start the run again")
             self._teachers, self._pid = teachers, os.getpid()
         return self._teachers
 
@@ -164,7 +165,7 @@ def _gather(arrays: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.nd
     return {name: np.take(values, index, axis=0) for name, values in arrays.items()}
 
 
-def _blocks_of(teacher, blocks: list[int], block_rows: int, arrays: list[str]) -> list[dict[str, np.ndarray]]:
+def _blocks_of(teacher, blocks: list[int], block_rows: int, arrays: list[str] | None) -> list[dict[str, np.ndarray]]:
     """One teacher's stored arrays of each block: its chunks of all the blocks in one checked read (an
     ensemble's block spans a whole number of every teacher's chunks)."""
     per_block = block_rows // teacher.layout.rows_per_chunk

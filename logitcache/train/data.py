@@ -84,9 +84,9 @@ class TeacherLogits:
         if expect_teacher:  # before a byte of logits is read
             check_teacher_identity(self, expect_teacher)
         # every later read (a worker's, a later window's) is held to the teachers opened here
+        combine = partial(_ensemble_rows, temperature=temperature) if len(teachers) > 1 else None
         self.reader = StoredRows(teachers, self._decode.row_bytes(self.num_classes) * self.per_sample, budget_bytes,
-                                 rows=self.rows, views=self.per_sample if self.views else 0,
-                                 prepare=partial(_ensemble_rows, temperature=temperature) if len(teachers) > 1 else None)
+                                 rows=self.rows, views=self.per_sample if self.views else 0, prepare=combine)
 
     @classmethod
     def open(cls, location, teacher_names=None, budget_bytes=CACHE_BUDGET, **kwargs) -> TeacherLogits:
