@@ -21,14 +21,13 @@ Each item is one stored sequence, named as Hugging Face models and trainers expe
   ``teacher_temperature`` () for ``sample:K[:T]``.
 
 Targets are read by whole sequences and decoded per batch (``TokenStoreDataset.batch``): held in
-memory, compact as stored, when they fit ``cache_budget``, else read chunk by chunk (a chunk holds
-whole sequences) through a small cache. Every read is checked against the store's digests.
+memory, compact as stored, when they fit ``cache_budget``, else read many chunks at a time (a chunk
+holds whole sequences) through a window of them (``stored_rows.py``). Every read is checked against
+the store's digests.
 ``logitcache.hf.DistillationTrainer`` is the Hugging Face ``Trainer`` for these batches.
 """
 
 from __future__ import annotations
-
-from collections import OrderedDict
 
 import numpy as np
 import torch
@@ -37,8 +36,9 @@ from torch.utils.data import Dataset
 
 from .codecs import Targets, targets_from_fields
 from .errors import ConfigError, StoreIncompleteError, StoreMismatchError
-from .store import LogitStore, Teacher, open_store
 from .losses import IGNORE_INDEX, token_loss_sums
+from .store import LogitStore, Teacher, open_store
+from .stored_rows import StoredRows
 
 CACHE_BUDGET = 4 << 30  # bytes of stored targets held in memory before they are read chunk by chunk
 TEACHER_PREFIX = "teacher_"
@@ -53,71 +53,34 @@ class TeacherTargets:
     """One teacher's stored rows for whole sequences, decoded per batch into ``teacher_*`` tensors.
 
     In memory (as stored: ids and fp16 values stay small) when ``num_rows * row_bytes`` fits
-    ``budget_bytes``, else read by chunk with at most ``window_chunks`` chunks cached.
+    ``budget_bytes``, else read by chunk with at most ``window_chunks`` chunks cached
+    (``stored_rows.StoredRows``).
     """
 
     def __init__(self, teacher: Teacher, seq_len: int, budget_bytes: int = CACHE_BUDGET, sequences=None):
-        self._teacher, self.store, self.name = teacher, teacher.store, teacher.name
-        self.codec, self.seq_len, self.num_rows = teacher.codec, seq_len, teacher.num_samples
-        self.layout, self.rows_per_chunk = teacher.layout, teacher.layout.rows_per_chunk
-        self.shapes = {name: (array.shape[1:], array.dtype) for name, array in teacher.arrays.items()}
+        self.name, self.codec, self.seq_len = teacher.name, teacher.codec, seq_len
         self.sample_temperature = self.codec.sampled_at
-        row_bytes = sum(np.dtype(dtype).itemsize * int(np.prod(shape)) for shape, dtype in self.shapes.values())
-        self.in_memory = self.num_rows * row_bytes <= budget_bytes
-        self.window_chunks = max(1, budget_bytes // max(row_bytes * self.rows_per_chunk, 1))
-        self._table = self._load(sequences) if self.in_memory else None
-        self._cache: OrderedDict = OrderedDict()
-
-    def __getstate__(self):  # DataLoader workers reopen the store (zarr handles are per process)
-        return {**self.__dict__, "_teacher": None, "_cache": OrderedDict()}
+        row_bytes = sum(array.dtype.itemsize * int(np.prod(array.shape[1:])) for array in teacher.arrays.values())
+        # a chunk holds whole sequences, so the shards holding each sequence's first row hold all of it
+        first_rows = None if sequences is None else np.asarray(sequences, dtype=np.int64) * seq_len
+        self.reader = StoredRows([teacher], row_bytes, budget_bytes, rows=first_rows)
 
     @property
-    def teacher(self) -> Teacher:
-        if self._teacher is None:
-            self._teacher = self.store.teacher(self.name)
-        return self._teacher
+    def in_memory(self) -> bool:
+        return self.reader.in_memory
 
-    def _read(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        # Checked against the chunk digests; rows of done shards only, so every row was written.
-        return self.teacher.read_stored(start, stop)
+    @property
+    def rows_per_chunk(self) -> int:
+        return self.reader.block_rows
 
-    def _load(self, sequences) -> dict[str, np.ndarray]:
-        """Every row of the given sequences (default: all), read by shard; other rows stay zero."""
-        length = self.seq_len
-        table = {name: np.zeros((self.num_rows, *shape), dtype=dtype) for name, (shape, dtype) in self.shapes.items()}
-        wanted = np.zeros(self.num_rows // length, dtype=bool)
-        wanted[slice(None) if sequences is None else sequences] = True
-        for shard in range(self.layout.num_shards(self.num_rows)):
-            start, stop = self.layout.shard_rows(shard, self.num_rows)
-            if wanted[start // length:stop // length].any():
-                for name, values in self._read(start, stop).items():
-                    table[name][start:stop] = values
-        return table
-
-    def _chunk(self, chunk: int) -> dict[str, np.ndarray]:
-        stored = self._cache.get(chunk)
-        if stored is None:
-            start = chunk * self.rows_per_chunk
-            stored = self._read(start, min(start + self.rows_per_chunk, self.num_rows))
-            self._cache[chunk] = stored
-            while len(self._cache) > self.window_chunks:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(chunk)
-        return stored
+    @property
+    def window_chunks(self) -> int:
+        """Chunks the streamed cache holds: the sampler's window."""
+        return self.reader.window_blocks
 
     def stored(self, sequences: np.ndarray) -> dict[str, np.ndarray]:
         """The stored arrays of these sequences' positions, (len(sequences) * L, ...) in order."""
-        rows = (sequences[:, None] * self.seq_len + np.arange(self.seq_len)).ravel()
-        if self._table is not None:
-            return {name: values[rows] for name, values in self._table.items()}
-        chunks = rows // self.rows_per_chunk
-        out = {name: np.empty((len(rows), *shape), dtype=dtype) for name, (shape, dtype) in self.shapes.items()}
-        for chunk in np.unique(chunks):
-            picked = np.flatnonzero(chunks == chunk)
-            stored = self._chunk(int(chunk))
-            for name in out:
-                out[name][picked] = stored[name][rows[picked] - chunk * self.rows_per_chunk]
-        return out
+        return self.reader.take((sequences[:, None] * self.seq_len + np.arange(self.seq_len)).ravel())
 
     def batch(self, sequences: np.ndarray) -> dict[str, Tensor]:
         """``teacher_*`` tensors of shape (B, L, ...) for these sequences (module docstring)."""

@@ -51,7 +51,7 @@ def test_streaming_delivers_the_same_logits_as_memory(digits_store):
     assert memory.in_memory and not stream.in_memory and stream.window_blocks == 3
     for row in np.random.default_rng(0).permutation(1437)[:300]:
         assert torch.equal(memory[row], stream[row])
-    assert len(stream._cache) <= 3
+    assert len(stream.reader.cache) <= 3
 
 
 def lru_loads(blocks, capacity):

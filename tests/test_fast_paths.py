@@ -203,7 +203,7 @@ def test_the_table_keeps_the_stored_precision_and_decodes_as_the_teacher_does(tm
     teacher.mark_complete()
     sparse = codec.startswith(("sample", "topk"))
     logits = TeacherLogits.open(str(tmp_path / "s.zarr"), sparse=sparse)
-    assert {k: v.dtype for k, v in logits._table.items()} == {k: a.dtype for k, a in teacher.arrays.items()}
+    assert {k: v.dtype for k, v in logits.reader.table.items()} == {k: a.dtype for k, a in teacher.arrays.items()}
     rows = np.random.default_rng(0).permutation(300)[:77]
     got = logits.take(rows)
     if sparse:
@@ -224,7 +224,7 @@ def test_batched_targets_are_the_per_row_targets(tmp_path, budget):
     one_by_one = torch.stack([logits[int(r)][int(v)] for r, v in zip(rows, views)])
     assert torch.equal(logits.take(rows, views), one_by_one)
     assert torch.equal(logits.take(rows)[np.arange(200), views], one_by_one)
-    assert logits.in_memory or len(logits._cache) <= logits.window_blocks
+    assert logits.in_memory or len(logits.reader.cache) <= logits.window_blocks
 
 
 @pytest.mark.parametrize("workers", [0, 2])

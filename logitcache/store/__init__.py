@@ -16,7 +16,7 @@ from ..codecs import CODECS, ArraySpec, Codec, get_codec, list_codecs
 from ._backend import local_path, storage_options_for
 from ._checks import MAX_VIEWS, check_teacher
 from ._create import clear_unfinished
-from ._features import FEATURE_CODECS, REDUCES, bytes_per_sample, feature_codec, nbytes_features
+from ._features import FEATURE_CODECS, REDUCES, bytes_per_sample, feature_array_name, feature_codec, nbytes_features
 from ._fingerprint import dataset_fingerprint, describe_mismatch
 from ._lock import LOCK_DIR, writer_lock
 from ._pack import pack_store
@@ -53,6 +53,7 @@ __all__ = [
     "FEATURE_CODECS",
     "REDUCES",
     "bytes_per_sample",
+    "feature_array_name",
     "feature_codec",
     "nbytes_features",
     "FORMAT_NAME",

@@ -152,6 +152,14 @@ def read_features(teacher, start: int, stop: int, names: list[str] | None = None
     every read is (CRC-32C, position-bound digests) and refused where a row was never written."""
     records = [f for f in teacher.features if names is None or f["name"] in names]
     stored = teacher.read_stored(start, stop, {feature_array_name(f["name"]): None for f in records})
+    return decode_features(teacher, stored, start, stop, names)
+
+
+def decode_features(teacher, stored: dict[str, np.ndarray], start: int, stop: int,
+                    names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Rows [start, stop) of a teacher's stored feature arrays (by path) -> decoded float32 by name, refused
+    where a row was never written: what ``read_features`` gives once the checked read is done."""
+    records = [f for f in teacher.features if names is None or f["name"] in names]
     missing = np.zeros(stop - start, bool)
     for record in records:
         missing |= unwritten_rows(record, stored[feature_array_name(record["name"])])

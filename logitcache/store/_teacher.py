@@ -38,7 +38,7 @@ from ..errors import (
 )
 from ._backend import retry_transient
 from ._create import teacher_status
-from ._features import feature_array_name, read_features
+from ._features import decode_features, feature_array_name, read_features
 from ._integrity import CHUNK_DIGESTS_ARRAY, chunk_digest, shard_chunk_digests
 from ._schema import (
     SHARD_DONE_ARRAY,
@@ -253,15 +253,16 @@ class Teacher(TeacherWrites):
         stored = self._read_checked([(lo, hi)])[0]
         return {name: stored[name][start - lo:stop - lo] for name in names}
 
-    def read_chunks(self, chunks) -> list[dict[str, np.ndarray]]:
-        """The codec's stored arrays of whole inner chunks (the rows of each), checked like
-        ``read_stored``; many chunks are fetched and checked together (few requests per array and
-        shard, decompression and digests on the thread pool)."""
+    def read_chunks(self, chunks, arrays: dict | None = None) -> list[dict[str, np.ndarray]]:
+        """The stored arrays (default: the codec's; ``arrays``: any content arrays by name) of whole
+        inner chunks (the rows of each), checked like ``read_stored``; many chunks are fetched and
+        checked together (few requests per array and shard, decompression and digests on the pool)."""
         rows = self.layout.rows_per_chunk
         ranges = [(int(c) * rows, min((int(c) + 1) * rows, self.num_samples)) for c in chunks]
         if self._io is None or not self.has_digests:
-            return [self.read_stored(start, stop) for start, stop in ranges]
-        return [{name: arrays[name] for name in self.arrays} for arrays in self._read_checked(ranges)]
+            return [self.read_stored(start, stop, arrays) for start, stop in ranges]
+        names = list(self.arrays if arrays is None else arrays)
+        return [{name: stored[name] for name in names} for stored in self._read_checked(ranges)]
 
     def _read_checked(self, ranges: list[tuple[int, int]]) -> list[dict[str, np.ndarray]]:
         """Every content array over each chunk-aligned row range, each inner chunk checked against its
@@ -352,6 +353,11 @@ class Teacher(TeacherWrites):
     def read_features(self, start: int, stop: int, names: list[str] | None = None) -> dict[str, np.ndarray]:
         """Decoded float32 features by name for rows [start, stop): (n, [K,] *shape), checked like ``read``."""
         return read_features(self, start, stop, names)
+
+    def decode_features(self, stored: dict[str, np.ndarray], start: int, stop: int,
+                        names: list[str] | None = None) -> dict[str, np.ndarray]:
+        """``read_features`` of stored ``features/NAME`` arrays already read (checked) for rows [start, stop)."""
+        return decode_features(self, stored, start, stop, names)
 
     def read_view_params(self, start: int, stop: int) -> np.ndarray:
         """float16 (stop - start, K, P): how each stored view was cut (see docs/FORMAT.md)."""

@@ -20,20 +20,15 @@ epoch and yields ``row * K + view``; the paired dataset rebuilds that view from 
 
 from __future__ import annotations
 
-import os
-from collections import OrderedDict
+from functools import partial
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from ..errors import (
-    ConfigError,
-    CorruptStoreError,
-    StoreIncompleteError,
-    StoreMismatchError,
-)
+from ..errors import ConfigError, StoreIncompleteError, StoreMismatchError
 from ..store import LogitStore, open_store
+from ..stored_rows import StoredRows
 from .config import CACHE_BUDGET
 from .sampler import ArrayBatches, EpochSampler  # noqa: F401 -- the loader's companion, imported from here too
 from .targets import BatchDecoder
@@ -58,8 +53,9 @@ class TeacherLogits:
 
     Rows are held as stored (fp16 logits stay fp16: half the memory of float32, so ImageNet-1k's
     1000 classes fit the default budget) and decoded a batch at a time (``take``). Streamed, a
-    window of chunks lives in one fixed cache, read in the process that calls ``take`` (train's main
-    process), many chunks at a time; DataLoader workers never hold or read logits."""
+    window of chunks lives in one fixed cache (``stored_rows.StoredRows``), read in the process that
+    calls ``take`` (train's main process), many chunks at a time; DataLoader workers never hold or
+    read logits."""
 
     def __init__(self, location, teacher_names=None, budget_bytes: int = CACHE_BUDGET, workers: int = 0,
                  allow_partial: bool = False, temperature: float = 1.0, storage_options: dict | None = None,
@@ -82,22 +78,16 @@ class TeacherLogits:
         if self.rows.size == 0:
             raise StoreIncompleteError(f"{', '.join(self.teacher_names)} in {store.location}: no shard is written "
                                        "yet, so there is nothing to train on; let the dump run first")
-        self.identities = [t.identity for t in teachers]  # a reopen (worker, later block) must find the same
         self.recorded = {t.name: [t.attrs["settings"].get("weights_sha256"), t.attrs["settings"].get(
             "parameters_sha256"), t.digest] for t in teachers}
         self.per_sample = teachers[0].views_per_sample
         self._decode = BatchDecoder(self.codec, self.sparse, ensemble=len(teachers) > 1)
-        row_bytes = self._decode.row_bytes(self.num_classes) * self.per_sample
-        self.in_memory = self.num_samples * row_bytes <= budget_bytes
-        self.block_rows = min(t.layout.rows_per_chunk for t in teachers)
-        self.window_blocks = max(1, budget_bytes // (self.block_rows * row_bytes))
         if expect_teacher:  # before a byte of logits is read
             check_teacher_identity(self, expect_teacher)
-        self._table = self._load_all(teachers) if self.in_memory else None
-        self._teachers = None
-        self._cache: OrderedDict = OrderedDict()  # streamed: chunk -> its slot in ``_slots`` (LRU order)
-        self._slots: dict[str, np.ndarray] | None = None
-        self._slot_of = np.full(-(-self.num_samples // self.block_rows), -1, dtype=np.int64)
+        # every later read (a worker's, a later window's) is held to the teachers opened here
+        combine = partial(_ensemble_rows, temperature=temperature) if len(teachers) > 1 else None
+        self.reader = StoredRows(teachers, self._decode.row_bytes(self.num_classes) * self.per_sample, budget_bytes,
+                                 rows=self.rows, views=self.per_sample if self.views else 0, prepare=combine)
 
     @classmethod
     def open(cls, location, teacher_names=None, budget_bytes=CACHE_BUDGET, **kwargs) -> TeacherLogits:
@@ -105,36 +95,19 @@ class TeacherLogits:
             teacher_names = [n for n in teacher_names.split(",") if n]
         return cls(location, teacher_names, budget_bytes, **kwargs)
 
-    def _stored(self, teachers, pieces: list[dict]) -> list[dict[str, np.ndarray]]:
-        """Each teacher's stored arrays of the same rows -> what the table holds, views folded into
-        rows (one teacher: its arrays as stored; an ensemble: the combined float32 logits)."""
-        if len(teachers) == 1:
-            return [{name: v.reshape(-1, *v.shape[2:]) if self.views else v for name, v in p[0].items()}
-                    for p in pieces]
-        combined = []
-        for parts in pieces:
-            decoded = np.stack([t.decode(stored) for t, stored in zip(teachers, parts)])
-            logits = ensemble_logits(torch.from_numpy(decoded), self.temperature).numpy()
-            combined.append({"logits": logits.reshape(-1, self.num_classes)})
-        return combined
+    @property
+    def in_memory(self) -> bool:
+        return self.reader.in_memory
 
-    def _load_all(self, teachers) -> dict[str, np.ndarray]:
-        ranges = list(_contiguous_ranges(self.rows, teachers[0].layout.rows_per_shard))
-        table = None
-        for (start, stop), piece in zip(ranges, self._stored(teachers, [[t.read_stored(start, stop) for t in teachers]
-                                                                         for start, stop in ranges])):
-            if table is None:  # unwritten rows keep the codec's fill value (they are never sampled)
-                table = {name: np.zeros((self.num_samples * self.per_sample, *v.shape[1:]), v.dtype)
-                         for name, v in piece.items()}
-            for name, values in piece.items():
-                table[name][start * self.per_sample:stop * self.per_sample] = values
-        return table
+    @property
+    def block_rows(self) -> int:
+        """Rows of a chunk (of every teacher's): the sampler's block when streamed."""
+        return self.reader.block_rows
 
-    def __getstate__(self):  # a LogitStore reopens itself; teachers and the streamed cache are per process
-        state = self.__dict__.copy()
-        state["_teachers"], state["_cache"], state["_slots"] = None, OrderedDict(), None
-        state["_slot_of"] = np.full_like(self._slot_of, -1)
-        return state
+    @property
+    def window_blocks(self) -> int:
+        """Chunks the streamed cache holds: the sampler's window."""
+        return self.reader.window_blocks
 
     def __getitem__(self, row: int):
         """One row's targets: (C,), or (K, C) for a multi-view store (typed sparse targets when sparse)."""
@@ -146,59 +119,17 @@ class TeacherLogits:
         rows = np.asarray(rows, dtype=np.int64)
         if views is None and self.per_sample > 1:
             every = np.arange(self.per_sample)
-            flat = self._take_flat(np.repeat(rows, self.per_sample), np.tile(every, len(rows)))
+            flat = self._decode(self.reader.take(np.repeat(rows, self.per_sample), np.tile(every, len(rows))))
             return _reshape(flat, (len(rows), self.per_sample))
-        return self._take_flat(rows, np.zeros_like(rows) if views is None else np.asarray(views, dtype=np.int64))
+        return self._decode(self.reader.take(rows, views))
 
-    def _take_flat(self, rows: np.ndarray, views: np.ndarray):
-        if self._table is not None:
-            return self._decode.gather(self._table, rows * self.per_sample + views)
-        blocks = rows // self.block_rows
-        if len(np.unique(blocks)) > self.window_blocks and len(rows) > 1:  # more than the cache holds: halves
-            half = len(rows) // 2
-            return _concat(self._take_flat(rows[:half], views[:half]), self._take_flat(rows[half:], views[half:]))
-        slots = self._cached_slots(blocks)
-        index = (slots * self.block_rows + rows - blocks * self.block_rows) * self.per_sample + views
-        return self._decode.gather(self._slots, index)
 
-    def _cached_slots(self, blocks: np.ndarray) -> np.ndarray:
-        """The cache slot of every block, reading the missing ones together (least recently used out)."""
-        wanted = np.unique(blocks)
-        missing = wanted[self._slot_of[wanted] < 0].tolist()
-        if missing:
-            teachers = self._open_teachers()
-            pieces = self._stored(teachers, list(zip(*[t.read_chunks(missing) for t in teachers])))
-            if self._slots is None:
-                size = self.window_blocks * self.block_rows * self.per_sample
-                self._slots = {name: np.empty((size, *v.shape[1:]), v.dtype) for name, v in pieces[0].items()}
-            free = list(range(len(self._cache), min(self.window_blocks, len(self._cache) + len(missing))))
-            keep = set(wanted.tolist())
-            for block in list(self._cache):  # least recently used first
-                if len(free) >= len(missing):
-                    break
-                if block not in keep:
-                    free.append(self._cache.pop(block))
-                    self._slot_of[block] = -1
-            for block, slot, piece in zip(missing, free, pieces):
-                start = slot * self.block_rows * self.per_sample
-                for name, values in piece.items():
-                    self._slots[name][start:start + len(values)] = values
-                self._cache[block], self._slot_of[block] = slot, slot
-        for block in wanted.tolist():
-            self._cache.move_to_end(block)
-        return self._slot_of[blocks]
-
-    def _open_teachers(self) -> list:
-        if self._teachers is None or self._pid != os.getpid():
-            teachers = [self.store.teacher(n) for n in self.teacher_names]
-            for teacher, identity in zip(teachers, self.identities):
-                if teacher.identity != identity:
-                    raise CorruptStoreError(
-                        f"teacher {teacher.name!r} in {self.location} changed while this run was reading it (it "
-                        f"was {identity[:24]}…, it is now {teacher.identity[:24]}…: overwritten?); start the run again"
-                    )
-            self._teachers, self._pid = teachers, os.getpid()
-        return self._teachers
+def _ensemble_rows(teachers, pieces: list[dict], start: int, stop: int, temperature: float) -> dict[str, np.ndarray]:
+    """K teachers' stored arrays of the same rows -> what the reader holds: their combined float32
+    logits (``ensemble_logits``), views folded into rows."""
+    decoded = np.stack([t.decode(stored) for t, stored in zip(teachers, pieces)])
+    logits = ensemble_logits(torch.from_numpy(decoded), temperature).numpy()
+    return {"logits": logits.reshape(-1, logits.shape[-1])}
 
 
 # Targets are a float32 tensor or a codec's typed sparse targets (``codecs.Targets``), which select,
@@ -209,10 +140,6 @@ def _row(targets, index: int):
 
 def _reshape(targets, leading: tuple[int, ...]):
     return targets.unflatten(0, leading)
-
-
-def _concat(first, second):
-    return torch.cat([first, second]) if isinstance(first, torch.Tensor) else type(first).cat([first, second])
 
 
 def _check_combinable(teachers, sparse: bool, dense_for: str | None = None) -> None:
@@ -243,7 +170,7 @@ def _check_combinable(teachers, sparse: bool, dense_for: str | None = None) -> N
 def check_teacher_identity(logits: TeacherLogits, expected: str) -> None:
     """Refuse teachers whose weights/parameters sha256 or (format v3) teacher digest do not start
     with the expected digests: the teacher digest pins the exact stored logits and metadata. Checked
-    against the teachers ``logits`` opened, which every later read is held to (``identities``)."""
+    against the teachers ``logits`` opened, which every later read is held to (``StoredRows``)."""
     names = logits.teacher_names
     wanted = [e.strip().lower().removeprefix("sha256:") for e in expected.split(",")]
     if len(wanted) != len(names):
@@ -295,17 +222,6 @@ def _written_rows(teachers) -> np.ndarray:
             mask[slice(*teacher.layout.shard_rows(int(shard), teacher.num_samples))] = True
         written &= mask
     return np.flatnonzero(written)
-
-
-def _contiguous_ranges(rows: np.ndarray, max_len: int):
-    """[start, stop) runs of consecutive rows, each at most ``max_len`` long."""
-    if rows.size == 0:
-        return
-    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    for run in np.split(rows, breaks):
-        for first in range(0, len(run), max_len):
-            piece = run[first:first + max_len]
-            yield int(piece[0]), int(piece[-1]) + 1
 
 
 class PairedDataset(Dataset):
