@@ -6,6 +6,7 @@ Real text (Hamlet, shipped in data/text), the byte tokenizer, and a small seeded
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -330,3 +331,22 @@ def test_device_reduction_flags_exactly_the_non_finite_rows_and_leaves_the_logit
         hits = (wide.argmax(1) == rows).sum()
         assert stats[0] == int((mask & real).sum()) and stats[2] == int(hits) > 0
         assert abs(stats[1] - float(nll)) < 1e-3 * abs(float(nll))
+
+
+@pytest.mark.parametrize("damage", ["deleted", "a directory"])
+def test_a_teacher_whose_metadata_is_gone_is_damage_never_absence(stores, tmp_path, damage):
+    """Without its zarr.json a teacher's folder once vanished from the listing: train then fell back
+    to label-only with exit 0 while verify refused the store."""
+    store = Path(shutil.copytree(stores["topk:8"], tmp_path / "s.zarr"))
+    metadata = store / "teachers" / "default" / "zarr.json"
+    metadata.unlink()
+    if damage == "a directory":
+        metadata.mkdir()
+    assert "default" in open_store(store).all_teacher_names
+    result = invoke("train", "--store", store, "--student", "tests.factories:tiny_lm", "--epochs", "1",
+                    "--out", tmp_path / "run", "--no-progress")
+    assert "damaged or edited" in one_error(result)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    info = invoke("info", store)
+    assert "damaged" in info.output and "is damaged" in one_error(info)
+    assert one_error(invoke("verify", store))

@@ -159,13 +159,22 @@ class LogitStore:
 
     @property
     def all_teacher_names(self) -> list[str]:
-        """Every teacher group, complete, being written or damaged (listed, not opened)."""
+        """Every teacher group, complete, being written or damaged (listed, not opened). A teacher's
+        folder whose metadata is missing or unreadable is listed too: damage is never absence (a
+        student that asked for its targets must not train without them)."""
         store, root = self.group.store_path.store, self.group.store_path.path
         prefix = "/".join(p for p in (root, TEACHERS_GROUP) if p)
 
+        async def is_teacher(name: str) -> bool:
+            if name == "zarr.json" or name.endswith(".partial"):  # the group's own metadata; a killed write's
+                return False
+            if await store.exists(f"{prefix}/{name}/zarr.json"):
+                return True
+            return any([True async for _ in store.list_dir(f"{prefix}/{name}")])  # a folder: its metadata is gone
+
         async def names() -> list[str]:
             children = [name async for name in store.list_dir(prefix)]
-            return sorted([name for name in children if await store.exists(f"{prefix}/{name}/zarr.json")])
+            return sorted([name for name in children if await is_teacher(name)])
 
         with remote_errors(self.location):
             return zarr.core.sync.sync(names())
