@@ -11,8 +11,8 @@ The package, file by file:
 - ``resolve.py``: which task a config trains (images or token sequences), its defaults and the
   options it refuses.
 - ``trainer.py``: ``train()``, the one epoch loop, read top to bottom.
-- ``image_task.py`` (and ``image_data.py``, its data): a classifier on images; ``token_task.py``:
-  a causal LM on token sequences. Each answers the loop's few questions (``trainer.Task``).
+- ``image_task.py``: a classifier on images; ``token_task.py``: a causal LM on token sequences.
+  Each answers the loop's few questions (``trainer.Task``).
 - ``student.py``: the optimizer and the DDP wrapper every run uses.
 - ``data.py``: every sample paired with its teacher's targets, in memory or streamed by chunk,
   and the epoch sampler.

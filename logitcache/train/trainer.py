@@ -17,8 +17,9 @@ error is every rank's. The task answers the few questions that differ (``Task`` 
 from __future__ import annotations
 
 import time
+from collections.abc import Sized
 from pathlib import Path
-from typing import Protocol, Sized
+from typing import Protocol
 
 import torch
 
