@@ -249,11 +249,11 @@ def measure_train(folder: str, store: str, device: str) -> dict:
 
 
 def measure_loader(store: str, codec: str, device: str) -> dict:
-    """Rows/s of the logits path alone, through the DataLoader ``train`` builds (``_epoch_loader``)."""
+    """Rows/s of the logits path alone, through the DataLoader ``train`` builds (``image_task.epoch_loader``)."""
     from logitcache.distributed import Distributed
     from logitcache.train import TrainConfig
     from logitcache.train.data import PairedDataset, TeacherLogits
-    from logitcache.train.loop import _epoch_loader
+    from logitcache.train.image_task import epoch_loader
 
     sparse = codec.startswith(("topk", "sample"))
     result = {}
@@ -264,7 +264,7 @@ def measure_loader(store: str, codec: str, device: str) -> dict:
             logits = TeacherLogits.open(store, budget_bytes=budget, workers=workers, sparse=sparse)
             assert logits.in_memory == (label == "memory"), (label, logits.in_memory)
             paired = PairedDataset(NoInputs(logits.store.num_samples), logits)
-            sampler, loader = _epoch_loader(config, paired, logits.rows, logits, None, Distributed(),
+            sampler, loader = epoch_loader(config, paired, logits.rows, logits, None, Distributed(),
                                             torch.device(device))
             for epoch in (1, 2):  # the second epoch is timed: workers started, caches and allocator warm
                 sampler.set_epoch(epoch)

@@ -125,7 +125,7 @@ def plan(path, progress: bool = True) -> Plan:
                                 where=where)
         _default_store(merged, dumps, where)
         config = _config(TrainConfig, merged, where)
-        students[name] = _checked(config, where, tokens=config.store in token_stores or _names_token_data(config))
+        students[name] = _checked(config, where, token_store=config.store in token_stores)
     return Plan(runs, teacher, dumps, students, spec.get("pipeline", {}).get("name", Path(path).stem))
 
 
@@ -173,11 +173,6 @@ def _default_store(options: dict, dumps: dict[str, DumpConfig], where: str) -> N
     options["store"] = stores[0]
 
 
-def _names_token_data(config: TrainConfig) -> bool:
-    """Options only a language model's run takes (its store may be made outside the pipeline)."""
-    return bool(config.tokenizer or config.seq_len is not None or config.val_store)
-
-
 def _config(cls, options: dict, where: str):
     """``cls(**options)``, once every key is a field and every value has the field's type."""
     hints = typing.get_type_hints(cls)
@@ -196,31 +191,28 @@ def _config(cls, options: dict, where: str):
     return cls(**options)
 
 
-def _checked(config, where: str, tokens: bool = False):
-    """``config`` once it passes the checks its stage makes before it starts (ranges, specs)."""
+def _checked(config, where: str, token_store: bool = False):
+    """``config`` once it passes the checks its stage makes before it starts (ranges, specs);
+    ``token_store``: a student's store is one of the pipeline's token dumps."""
     try:
-        _stage_checks(config, tokens)
+        _stage_checks(config, token_store)
     except LogitCacheError as err:
         raise PipelineError(f"{where} {err}") from None
     return config
 
 
-def _stage_checks(config, tokens: bool) -> None:
+def _stage_checks(config, token_store: bool) -> None:
     """What dump and train check before they start (ranges, codecs, view and transform specs); a
-    language model's run, the checks that need no store (its store may not be dumped yet)."""
+    student's, the checks that need no store (its store may not be dumped yet)."""
     from .dump import validate as validate_dump
     from .sources.transforms import build_transform
-    from .train.config import validate as validate_train
-    from .train.lm_checks import check_token_options
+    from .train.resolve import check_options
 
     if isinstance(config, DumpConfig):
         validate_dump(config)
         specs = [config.transform]
-    elif tokens:
-        check_token_options(config)
-        specs = []
     else:
-        validate_train(config.resolved())
+        check_options(config, token_store)  # a token run refuses every transform option
         specs = [config.transform, config.val_transform, config.augment]
     for spec in filter(None, specs):
         build_transform(spec)

@@ -50,20 +50,15 @@ def run_pipeline(path, log=print, progress: bool = True) -> list[StepResult]:
 
 
 def _train_step(name: str, config: TrainConfig, log) -> StepResult:
-    from .train.lm_checks import is_token_run, token_config
-    from .train.loop import with_store_temperature
+    from .train.resolve import resolve
 
-    tokens = is_token_run(config)
-    if tokens:  # a language model's defaults (kl at T=1, or the T a sampled store was drawn at)
-        config = token_config(config, open_store(config.store, storage_options=config.storage_options)
-                              if config.store else None)
-    else:
-        config = with_store_temperature(config, lambda line: log(f"[{name}] {line}")).resolved()
+    resolved = resolve(config, lambda line: log(f"[{name}] {line}"))  # its task's defaults, as train resolves them
+    config, tokens = resolved.config, resolved.tokens
     run = RunFiles(Path(config.out))
     what = f"{config.student}, {config.loss}" + (f" T={config.temperature:g}" if learns_from_teacher(config.loss)
                                                   else "") + (f" + {config.feature_loss}" if config.feature_loss else "")
     if tokens and config.store and learns_from_teacher(config.loss):
-        what += f" from {_teacher_label(config)}"
+        what += f" from {_teacher_label(resolved.store, config.teacher)}"
     if run.is_complete(config.epochs):
         log(f"[{name}] complete in {config.out}: skipped")
         summary, seconds, skipped = json.loads(run.summary.read_text()), None, True
@@ -87,10 +82,9 @@ def _val_result(last: dict, best: dict) -> str:
     return "no val set"
 
 
-def _teacher_label(config: TrainConfig) -> str:
+def _teacher_label(store, teacher_name: str | None) -> str:
     """Which stored teacher a token student reads: its codec and bytes per token."""
-    teacher = open_store(config.store, storage_options=config.storage_options).teacher(config.teacher or None,
-                                                                                      check=False)
+    teacher = store.teacher(teacher_name or None, check=False)
     return f"{teacher.codec.name} ({_bytes_per_token(teacher):.1f} B/token)"
 
 

@@ -2,7 +2,7 @@
 
     $ logitcache train --out runs/base --student resnet20 --dataset cifar100:data@train --loss ce
 
-Every run's total has the cross-entropy term, ``ce_weight * CE`` (train/loop.py, ``token_sums.py``);
+Every run's total has the cross-entropy term, ``ce_weight * CE`` (train/image_task.py, ``token_sums.py``);
 ``--loss ce`` adds nothing to it, so it has no module and reads no teacher.
 """
 

@@ -1,6 +1,6 @@
 """``train --tensorboard``: the run's scalars as TensorBoard event files, in ``RUN/tensorboard``.
 
-    >>> board = open_board(config, start_step=0, log=print)    # says how to open it; without --tensorboard: a no-op
+    >>> board = open_board(config.out, 0, print, enabled=config.tensorboard)   # says how to open it; else a no-op
     >>> board.step(step, lr, loss, ce, kd)                     # every step: train/loss, train/ce, train/kd, train/lr
     >>> board.epoch(record, step)                              # every epoch: val/top1, epoch/train_loss, ...
     >>> board.close()
@@ -51,21 +51,21 @@ class Board:
             self.writer.close()
 
 
-def open_board(config, start_step: int, log, enabled: bool = True) -> Board:
-    """The run's board, writing when ``config.tensorboard`` is on and ``enabled`` (rank 0), after one
-    line on how to open it.
+def open_board(out: str, start_step: int, log, enabled: bool) -> Board:
+    """The board of the run in ``out``, writing when ``enabled`` (--tensorboard, on rank 0), after
+    one line on how to open it.
 
     Raises:
         ConfigError: the tensorboard package is not installed.
     """
-    if not (config.tensorboard and enabled):
+    if not enabled:
         return Board()
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise ConfigError("--tensorboard needs the tensorboard package: pip install 'logitcache[tensorboard]' "
                           "(or pip install tensorboard)") from None
-    directory = Path(config.out) / BOARD_DIR
+    directory = Path(out) / BOARD_DIR
     if start_step == 0:  # a fresh (or overwritten) run: earlier event files belong to the run it replaces
         shutil.rmtree(directory, ignore_errors=True)
     writer = SummaryWriter(log_dir=str(directory), purge_step=start_step if start_step > 0 else None)

@@ -4,8 +4,8 @@ and checkpoints only of finite weights.
     with hold_run(run, dist):                                # RunInUseError at once: another process writes RUN
         checkpoint = open_resume(run, config, dist, log)     # CheckpointError: --resume would change the run
         start, history = prepare_run(run, config, checkpoint, student, optimizer, dist, log)
-        check_step_loss(losses[-1], config, epoch, batch, batches)   # every step: TrainingDivergedError
-        dist.agree(weights_error(student, config, epoch))            # every epoch, before its checkpoint
+        check_step_loss(losses[-1], config.out, epoch, batch, batches)   # every step: TrainingDivergedError
+        dist.agree(weights_error(student, config.out, epoch))            # every epoch, before its checkpoint
         dist.agree(collapse_error(record, config, num_classes, chance, teacher_top1))   # after DKD's warm-up
         save_epoch(run, config, student, optimizer, num_classes, history)
 
@@ -139,7 +139,7 @@ def prepare_run(run: RunFiles, config: TrainConfig, checkpoint: dict | None, stu
     return start_epoch, history
 
 
-def check_step_loss(record: tuple, config: TrainConfig, epoch: int, batch: int, batches: int) -> None:
+def check_step_loss(record: tuple, out: str, epoch: int, batch: int, batches: int) -> None:
     """Stop at a step whose loss is not finite. ``record`` is (step, lr, loss, ce, kd), averaged
     over ranks, so under torchrun every rank sees the same loss and raises here at the same step."""
     step, lr, loss, ce, kd = record
@@ -147,7 +147,7 @@ def check_step_loss(record: tuple, config: TrainConfig, epoch: int, batch: int, 
         return
     raise TrainingDivergedError(
         f"epoch {epoch}, step {step} (batch {batch + 1} of {batches}, lr {lr:.3g}): the training loss is {loss:g} "
-        f"(ce {ce:g}, kd {kd:g}); training stopped. {_what_is_kept(config, epoch)}"
+        f"(ce {ce:g}, kd {kd:g}); training stopped. {_what_is_kept(out, epoch)}"
     )
 
 
@@ -180,19 +180,19 @@ def collapse_error(record: dict, config: TrainConfig, num_classes: int, chance: 
     )
 
 
-def weights_error(student, config: TrainConfig, epoch: int) -> TrainingDivergedError | None:
+def weights_error(student, out: str, epoch: int) -> TrainingDivergedError | None:
     """The error to stop with when the weights are no longer finite after ``epoch``'s last step
     (its losses were all finite, but a last update overflowed); None when they are finite."""
     bad = non_finite_weights(student)
     if not bad:
         return None
     return TrainingDivergedError(f"epoch {epoch}: after its last step {describe_non_finite(bad)}; training stopped. "
-                                 f"{_what_is_kept(config, epoch)}")
+                                 f"{_what_is_kept(out, epoch)}")
 
 
-def _what_is_kept(config: TrainConfig, epoch: int) -> str:
+def _what_is_kept(out: str, epoch: int) -> str:
     if epoch > 1:
-        kept = f"{Path(config.out) / 'last.pt'} keeps the weights of epoch {epoch - 1}, the last finished one"
+        kept = f"{Path(out) / 'last.pt'} keeps the weights of epoch {epoch - 1}, the last finished one"
     else:
         kept = "No epoch finished, so there is no checkpoint"
     return (f"{kept}; no checkpoint is written from non-finite weights (lower --lr, or check the data and "

@@ -1,6 +1,6 @@
 """What every run does to its student, image or token data: the optimizer, and the DDP wrapper.
 
-    >>> optimizer = build_optimizer(config, student)      # SGD (Nesterov) or AdamW from the options
+    >>> optimizer = build_optimizer(student, "sgd", lr=0.05, momentum=0.9, weight_decay=5e-4)   # or "adamw"
     >>> model = wrap_ddp(student, dist, device)          # DistributedDataParallel under torchrun, else itself
 """
 
@@ -9,14 +9,14 @@ from __future__ import annotations
 import torch
 
 from ..distributed import Distributed
-from .config import TrainConfig
 
 
-def build_optimizer(config: TrainConfig, model) -> torch.optim.Optimizer:
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                           weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+def build_optimizer(model, name: str, *, lr: float, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+    """``--optimizer adamw`` (momentum unused), or SGD, with Nesterov momentum when there is momentum."""
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+                           nesterov=momentum > 0)
 
 
 def wrap_ddp(student, dist: Distributed, device):

@@ -1,4 +1,4 @@
-"""Stage 2 for language models: train a causal LM student on token data, read top to bottom.
+"""The token task: a causal LM student trained on token sequences.
 
     $ logitcache train --store lm.zarr --val-store val.zarr --student gpt:n_layer=2 --loss kl --out runs/kd
     $ logitcache train --dataset 'text:plays/*.md@train' --val-dataset 'text:plays/*.md@val' \\
@@ -6,50 +6,38 @@
 
 A token store is the training set itself: its sequences, loss mask and teacher targets (``lm.py``,
 ``TokenStoreDataset``); without a store, ``--dataset`` and ``--tokenizer`` make the sequences
-(label-only, ``--loss ce``: how a newcomer trains a teacher to dump). The loop: check the options,
-build the student and check it predicts the store's vocabulary over a whole sequence, then per
-epoch: the order (a function of seed and epoch), batches of sequences, forward,
-``ce_weight * CE + kd_weight * KL`` per target token (``losses/token_sums.py``), backward, step;
-validation cross-entropy, perplexity and top-1 agreement with the teacher (``--val-store``);
-metrics, checkpoints. Under torchrun each step's loss is divided by the whole step's target count
-(every rank's batch), so two processes at batch B train what one process at 2B does.
+(label-only, ``--loss ce``: how a newcomer trains a teacher to dump). The student is checked to
+predict the store's vocabulary over a whole sequence; a step is
+``ce_weight * CE + kd_weight * KL`` per target token (``losses/token_sums.py``); evaluation is
+validation cross-entropy, perplexity and top-1 agreement with the teacher (``--val-store``).
+Under torchrun each step's loss is divided by the whole step's target count (every rank's
+batch), so two processes at batch B train what one process at 2B does.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import time
-from dataclasses import dataclass
-from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-from ..devices import resolve_device
-from ..distributed import Distributed, distributed
+from ..distributed import Distributed
 from ..errors import ModelError, StoreMismatchError
 from ..lm import TokenStoreDataset, teacher_of
-from ..progress import progress_bar
 from ..sources import get_model, get_token_dataset, get_tokenizer, lm_context_length
 from ..store import open_store
 from ..losses import target_positions, token_loss, token_loss_sums
-from .board import open_board
-from .config import TrainConfig, get_lr, validate
-from .data import EpochSampler
-from .lm_checks import check_expected_teacher, token_config
-from .loop import TrainSummary, summary_record
-from .resume import best, check_step_loss, hold_run, open_resume, prepare_run, save_epoch, weights_error
-from .run_files import RunFiles
-from .student import build_optimizer, wrap_ddp
+from .config import TrainConfig
+from .data import EpochSampler, check_teacher_identity
+from .run_summary import TrainSummary
 
 
-@dataclass
 class LMTrainSummary(TrainSummary):
-    def lines(self) -> list[str]:
+    def results(self) -> list[str]:
         last, best_epoch = self.last, self.best
-        lines = [f"trained {self.epochs} epochs in {self.seconds:.1f} s -> {self.out}",
-                 f"  last epoch: {_val_text(last)}, train loss {last['train_loss']:.4f}, "
+        lines = [f"  last epoch: {_val_text(last)}, train loss {last['train_loss']:.4f}, "
                  f"{last['tokens_per_second']:,.0f} tokens/s"]
         if last.get("val_loss") is not None:
             lines.append(f"  best epoch {best_epoch['epoch']}: val loss {best_epoch['val_loss']:.4f} nats/token, "
@@ -57,62 +45,76 @@ class LMTrainSummary(TrainSummary):
         return lines
 
 
-def train_lm(config: TrainConfig, log=print) -> LMTrainSummary:
-    """Train one LM student on token data; resumable at epoch boundaries (see ``loop.train``)."""
-    store = open_store(config.store, storage_options=config.storage_options) if config.store else None
-    config = token_config(config, store)
-    validate(config)
-    run = RunFiles(Path(config.out))
-    with distributed(config.device) as dist, hold_run(run, dist):
-        return _train(config, store, run, dist, log if dist.is_main else _quiet)
+class TokenTask:
+    """Answers ``trainer.Task`` for token sequences: batches of whole sequences, a causal LM student
+    whose head is the vocabulary, a loss per target token."""
 
+    def __init__(self, config: TrainConfig, store, log):
+        self.config, self.store, self.log = config, store, log
+        self.connectors = None
 
-def _train(config: TrainConfig, store, run: RunFiles, dist: Distributed, log) -> LMTrainSummary:
-    device = resolve_device(dist.device(config.device))
-    resumed = open_resume(run, config, dist, log)  # before any data is read: refuses a changed run at once
+    def build(self, device) -> torch.nn.Module:
+        # Data: the training sequences (and their teacher targets), the held-out ones.
+        self.device = device
+        self.data, tokenizer = _training_data(self.config, self.store, self.log)
+        self.val_data = _validation_data(self.config, self.data, tokenizer, self.log)
+        self.num_classes = self.data.vocab_size
+        # The student, checked against the data before any step.
+        return _checked_student(self.config, self.data.vocab_size, [self.data, self.val_data], device)
 
-    # Data: the training sequences (and their teacher targets), the held-out ones.
-    train_data, tokenizer = _training_data(config, store, log)
-    val_data = _validation_data(config, train_data, tokenizer, log)
+    def prepare(self, student, dist: Distributed) -> torch.nn.Module:
+        self.dist = dist
+        self.sampler = _sampler(self.config, self.data, dist)
+        self.steps_per_epoch = -(-len(self.sampler) // self.config.batch_size)
+        self.reads_teacher = token_loss(self.config.loss).needs_teacher
+        return student
 
-    # The student, checked against the data before any step.
-    student = _checked_student(config, train_data.vocab_size, [train_data, val_data], device)
-    model = wrap_ddp(student, dist, device)
-    optimizer = build_optimizer(config, student)
-    start_epoch, history = prepare_run(run, config, resumed, student, optimizer, dist, log)
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        self.sampler.set_epoch(epoch)
+        order, size = self.sampler.rank_order(), self.config.batch_size
+        self.step_targets = _step_targets(self.sampler, self.data, size)
+        self.tokens = 0
+        return [order[i:i + size] for i in range(0, len(order), size)]
 
-    sampler = _sampler(config, train_data, dist)
-    steps_per_epoch = -(-len(sampler) // config.batch_size)
-    board = open_board(config, (start_epoch - 1) * steps_per_epoch, log, enabled=dist.is_main)
-    started = time.perf_counter()
-    for epoch in range(start_epoch, config.epochs + 1):
-        sampler.set_epoch(epoch)
-        torch.manual_seed(config.seed * 100_003 + epoch + 1_000_003 * dist.rank)  # a function of (seed, epoch, rank)
-        epoch_start = time.perf_counter()
-        losses, tokens = train_one_epoch(model, train_data, sampler, optimizer, config, epoch, device, dist, board)
-        train_seconds = time.perf_counter() - epoch_start
-        dist.agree(weights_error(student, config, epoch))
-        record = None
-        if dist.is_main:
-            run.append_steps(epoch, losses)
-            record = {**_epoch_record(epoch, losses), **evaluate(student, val_data, config, device),
-                      "train_tokens": tokens, "tokens_per_second": round(tokens / max(train_seconds, 1e-9), 1),
-                      "epoch_seconds": round(time.perf_counter() - epoch_start, 3)}
-            history.append(record)
-            board.epoch(record, epoch * steps_per_epoch - 1)  # flushed before the checkpoint: a resume purges the rest
-            save_epoch(run, config, student, optimizer, train_data.vocab_size, history)
-            log(_epoch_line(record, config.epochs))
-        else:
-            history.append(None)
-        history[-1] = dist.broadcast(record)
-        dist.agree()
-    summary = LMTrainSummary(config.out, config.epochs, time.perf_counter() - started, history[-1],
-                             best(history), history)
-    if dist.is_main:
-        run.finish(summary_record(summary))
-    board.close()
-    dist.agree()
-    return summary
+    def step_loss(self, model, indices, epoch: int, step_in_epoch: int) -> tuple[torch.Tensor, tuple]:
+        config = self.config
+        batch = {name: value.to(self.device, non_blocking=True) for name, value in self.data.batch(indices).items()}
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            logits = _logits(model(batch["input_ids"]))
+        sums = token_loss_sums(logits, batch["labels"], teacher_of(batch) if self.reads_teacher else None,
+                               config.temperature)
+        # Each rank's sum over the whole step's targets, times world_size: DDP's mean of the ranks'
+        # gradients is then the gradient of the mean over every target token of the step.
+        targets = max(self.step_targets[step_in_epoch], 1)
+        loss = sums.total(config.ce_weight, config.kd_weight) * (self.dist.world_size / targets)
+        return loss, (sums, targets, batch["attention_mask"])
+
+    def before_optimizer_step(self) -> None:
+        pass
+
+    def step_losses(self, parts: tuple) -> tuple[float, float, float]:
+        sums, targets, attention_mask = parts
+        ce, kd = (v / targets for v in self.dist.sum([sums.ce.item(), sums.kd.item()]))
+        self.tokens += int(attention_mask.sum())
+        return self.config.ce_weight * ce + self.config.kd_weight * kd, ce, kd
+
+    def epoch_totals(self, seconds: float) -> dict:
+        tokens = int(self.dist.sum([self.tokens])[0])  # every rank's
+        return {"train_tokens": tokens, "tokens_per_second": round(tokens / max(seconds, 1e-9), 1)}
+
+    def evaluate(self, student) -> dict:
+        return evaluate(student, self.val_data, self.config, self.device)
+
+    def epoch_line(self, record: dict) -> str:
+        return (f"epoch {record['epoch']}/{self.config.epochs}: train loss {record['train_loss']:.4f} "
+                f"(ce {record['train_ce']:.4f}, kd {record['train_kd']:.4f}), {_val_text(record)}, "
+                f"{record['tokens_per_second']:,.0f} tokens/s, {record['epoch_seconds']:.1f} s")
+
+    def stop_error(self, record: dict) -> Exception | None:
+        return None
+
+    def summary(self, **fields) -> LMTrainSummary:
+        return LMTrainSummary(**fields)
 
 
 def _training_data(config: TrainConfig, store, log) -> tuple[TokenStoreDataset, dict]:
@@ -138,6 +140,17 @@ def _training_data(config: TrainConfig, store, log) -> tuple[TokenStoreDataset, 
     return data, store.dataset["tokenizer"]
 
 
+def check_expected_teacher(teacher, expected: str | None) -> None:
+    """--expect-teacher: the teacher's digest (or weights or parameters sha256) starts with it."""
+    if not expected:
+        return
+    settings = teacher.attrs["settings"]
+    check_teacher_identity(SimpleNamespace(
+        teacher_names=[teacher.name], location=teacher.store.location,
+        recorded={teacher.name: [settings.get("weights_sha256"), settings.get("parameters_sha256"), teacher.digest]},
+    ), expected)
+
+
 def _validation_data(config: TrainConfig, train_data: TokenStoreDataset, tokenizer: dict, log):
     """The held-out sequences (with the teacher's targets, from --val-store), or None."""
     if config.val_store:
@@ -152,7 +165,7 @@ def _validation_data(config: TrainConfig, train_data: TokenStoreDataset, tokeniz
         teacher = f", agreement with teacher {data.teacher.name!r}" if data.teacher is not None else ""
         where = config.val_store
     elif config.val_dataset:
-        val_tokenizer = get_tokenizer(config.tokenizer or tokenizer["spec"])  # the training data's (lm_checks.py)
+        val_tokenizer = get_tokenizer(config.tokenizer or tokenizer["spec"])  # the training data's (resolve.py)
         source = get_token_dataset(config.val_dataset, val_tokenizer, config.seq_len or train_data.seq_len)
         data = TokenStoreDataset.from_arrays(source.tokens, source.loss_mask, source.lengths, train_data.vocab_size)
         teacher, where = "", config.val_dataset
@@ -219,45 +232,6 @@ def _step_targets(sampler: EpochSampler, data: TokenStoreDataset, batch_size: in
     return [int(t) for t in total]
 
 
-def train_one_epoch(model, data: TokenStoreDataset, sampler: EpochSampler, optimizer, config: TrainConfig, epoch: int,
-                    device, dist: Distributed, board=None) -> tuple[list[tuple], int]:
-    """One pass over this rank's sequences; returns (step, lr, loss, ce, kd) per step (means over
-    every rank's target tokens; also written to ``board``, the run's TensorBoard, if any) and the
-    tokens read by all ranks. Stops at a non-finite loss."""
-    model.train()
-    order = sampler.rank_order()
-    batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-    step_targets = _step_targets(sampler, data, config.batch_size)
-    reads_teacher = token_loss(config.loss).needs_teacher
-    losses, tokens = [], 0
-    bar = progress_bar(batches, desc=f"epoch {epoch}/{config.epochs}", unit="step", leave=False,
-                       enabled=config.progress and dist.is_main)
-    for step_in_epoch, indices in enumerate(bar):
-        step = (epoch - 1) * len(batches) + step_in_epoch
-        lr = get_lr(config, step, len(batches))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = {name: value.to(device, non_blocking=True) for name, value in data.batch(indices).items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
-            logits = _logits(model(batch["input_ids"]))
-        sums = token_loss_sums(logits, batch["labels"], teacher_of(batch) if reads_teacher else None,
-                               config.temperature)
-        # Each rank's sum over the whole step's targets, times world_size: DDP's mean of the ranks'
-        # gradients is then the gradient of the mean over every target token of the step.
-        loss = sums.total(config.ce_weight, config.kd_weight) * (dist.world_size / max(step_targets[step_in_epoch], 1))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        ce, kd = (v / max(step_targets[step_in_epoch], 1) for v in dist.sum([sums.ce.item(), sums.kd.item()]))
-        losses.append((step, lr, config.ce_weight * ce + config.kd_weight * kd, ce, kd))
-        check_step_loss(losses[-1], config, epoch, step_in_epoch, len(batches))
-        tokens += int(batch["attention_mask"].sum())
-        bar.set_postfix(loss=f"{losses[-1][2]:.4f}", refresh=False)  # shown at the bar's next redraw
-        if board is not None:
-            board.step(*losses[-1])
-    return losses, int(dist.sum([tokens])[0])
-
-
 @torch.no_grad()
 def evaluate(model, data: TokenStoreDataset | None, config: TrainConfig, device) -> dict:
     """Validation cross-entropy (nats per target token), perplexity, and the share of target
@@ -288,28 +262,9 @@ def _logits(output):
     return getattr(output, "logits", output)
 
 
-def _epoch_record(epoch: int, losses: list[tuple]) -> dict:
-    means = {f"train_{name}": sum(x[i] for x in losses) / max(len(losses), 1)
-             for i, name in ((2, "loss"), (3, "ce"), (4, "kd"))}
-    return {"epoch": epoch, "lr": losses[-1][1] if losses else None, **means}
-
-
 def _val_text(record: dict) -> str:
     if record.get("val_loss") is None:
         return "no validation data"
     agreement = record.get("val_agreement")
     teacher = f", agreement with the teacher {agreement:.2%}" if agreement is not None else ""
     return f"val loss {record['val_loss']:.4f} nats/token (perplexity {record['val_ppl']:.3f}){teacher}"
-
-
-def _epoch_line(record: dict, epochs: int) -> str:
-    return (f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f} (ce {record['train_ce']:.4f}, "
-            f"kd {record['train_kd']:.4f}), {_val_text(record)}, {record['tokens_per_second']:,.0f} tokens/s, "
-            f"{record['epoch_seconds']:.1f} s")
-
-
-def _quiet(*_):
-    pass
-
-
-__all__ = ["LMTrainSummary", "evaluate", "train_lm", "train_one_epoch"]

@@ -1,25 +1,28 @@
-"""Token runs: which runs are, the defaults they resolve, and the options they refuse, all before
-a run directory or a sequence is touched.
+"""Which task a TrainConfig trains, and the options it resolves to: the one place a run is told
+apart (images or token sequences), its defaults filled, and the options it refuses.
 
-    >>> is_token_run(config)                      # a token store, or --tokenizer/--seq-len/--val-store
-    >>> config = token_config(config, store)      # loss kl/ce, temperature 1 (a sample store: its T); checked
+    >>> run = resolve(config)                  # opens --store: ResolvedRun(config, tokens, store)
+    >>> run.config.loss, run.config.temperature
+    ('kl', 1.0)
+    >>> check_options(config, token_store=True)   # a pipeline's plan: the checks that need no store
 
-A token run is recognised by its store being a token store, or by an option only token data has.
-Its defaults differ from an image run's: the loss is ``kl`` with a teacher (``ce`` without), and the
-temperature 1, or the one a ``sample:K:T`` store's tokens were drawn at, the only one they serve.
+A run trains a language model when its store holds token sequences, or when it gives an option
+only token data takes (``--tokenizer``, ``--seq-len``, ``--val-store``); otherwise a classifier on
+images. The defaults differ: an image run's loss is ``dist`` with a teacher (``ce`` without) at the
+loss's own temperature, or the one a ``sample:K:T`` store's classes were drawn at; a token run's
+is ``kl`` with a teacher (``ce`` without) at temperature 1, or a sample store's.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-from types import SimpleNamespace
+from dataclasses import dataclass, replace
 
 from ..errors import ConfigError, StoreMismatchError
 from ..lm import open_teacher
-from ..store import open_store
-from ..losses import token_loss
+from ..losses import loss_spec, token_loss
+from ..store import LogitStore, open_store
 from .config import TrainConfig, validate
-from .data import check_teacher_identity
+from .data import sampled_codec
 
 # Image (and image feature) options and their defaults: a token run refuses any other value.
 IMAGE_ONLY = {"transform": None, "augment": None, "val_transform": None, "view_order": "random", "view_size": None,
@@ -27,15 +30,70 @@ IMAGE_ONLY = {"transform": None, "augment": None, "val_transform": None, "view_o
               "online_teacher_weights": None, "feature_loss": None, "student_features": None, "features": None}
 
 
-def is_token_run(config: TrainConfig) -> bool:
-    """Does ``config`` train a language model? (Opens ``--store`` to see what it holds.)"""
-    if config.tokenizer or config.seq_len is not None or config.val_store:
-        return True
-    return bool(config.store) and open_store(config.store, storage_options=config.storage_options).is_tokens
+@dataclass
+class ResolvedRun:
+    config: TrainConfig  # every default filled, every option checked
+    tokens: bool  # a language model on token sequences (else a classifier on images)
+    store: LogitStore | None  # --store, opened once
 
 
-def token_config(config: TrainConfig, store) -> TrainConfig:
-    """``config`` with a token run's defaults filled, once its options make a token run.
+def resolve(config: TrainConfig, log=print) -> ResolvedRun:
+    """``config`` with its task's defaults, once every option passed its task's checks (a line is
+    logged when a sample store sets the temperature of an image run).
+
+    Raises:
+        ConfigError: an option the task does not take, or a missing one; an out-of-range value.
+        StoreMismatchError: token options with a store of labelled samples.
+    """
+    store = open_store(config.store, storage_options=config.storage_options) if config.store else None
+    if names_token_data(config) or (store is not None and store.is_tokens):
+        config = _token_config(config, store)
+        validate(config)
+        return ResolvedRun(config, True, store)
+    if not config.dataset:
+        raise ConfigError("--dataset is required: the training set (a token store holds its own sequences: "
+                          "give --store)")
+    validate(config.resolved())  # every option checked before the store is read
+    return ResolvedRun(_with_store_temperature(config, store, log).resolved(), False, store)
+
+
+def names_token_data(config: TrainConfig) -> bool:
+    """Options only a language model's run takes (its store may not be made yet)."""
+    return bool(config.tokenizer or config.seq_len is not None or config.val_store)
+
+
+def check_options(config: TrainConfig, token_store: bool = False) -> None:
+    """The checks a run makes before its store exists (a pipeline's plan, before its dumps):
+    ranges, specs, and a token run's refusals. ``token_store``: its --store will hold token sequences.
+
+    Raises:
+        ConfigError: naming the option.
+    """
+    if not (token_store or names_token_data(config)):
+        validate(config.resolved())
+        return
+    _check_options(config)
+    loss = config.loss or ("kl" if config.store else "ce")
+    validate(replace(config, loss=loss, temperature=1.0 if config.temperature is None else config.temperature,
+                     milestones=tuple(config.milestones)))
+
+
+def _with_store_temperature(config: TrainConfig, store, log) -> TrainConfig:
+    """``config`` with ``--temperature`` set to the one a ``sample:K:T`` store's classes were drawn
+    at, when none is given and the loss reads sampled targets (KL from sampled classes estimates
+    the KL at that temperature only); said in one line. Otherwise ``config`` as it is."""
+    loss = config.loss or "dist"
+    if config.temperature is not None or store is None or not loss_spec(loss).reads_sparse:
+        return config
+    codec = sampled_codec(store, config.teacher, config.allow_partial, config.storage_options)
+    if codec is None:
+        return config
+    log(f"--temperature {codec.sampled_at:g}: the temperature the store's classes were sampled at ({codec.name})")
+    return replace(config, temperature=codec.sampled_at)
+
+
+def _token_config(config: TrainConfig, store) -> TrainConfig:
+    """``config`` with a token run's defaults filled (loss kl/ce, temperature 1 or a sample store's).
 
     Raises:
         ConfigError: an option token data does not take, or a missing one; a loss that is not
@@ -59,19 +117,6 @@ def token_config(config: TrainConfig, store) -> TrainConfig:
                           f"tokens were sampled at ({codec.name}); sampled targets estimate the KL at that "
                           "temperature only")
     return replace(config, loss=loss, temperature=temperature, milestones=tuple(config.milestones))
-
-
-def check_token_options(config: TrainConfig) -> None:
-    """The checks of a token run that need no store (a pipeline makes its stores later): image
-    options refused, the loss defined on tokens, the ranges ``validate`` checks.
-
-    Raises:
-        ConfigError: naming the option.
-    """
-    _check_options(config)
-    loss = config.loss or ("kl" if config.store else "ce")
-    validate(replace(config, loss=loss, temperature=1.0 if config.temperature is None else config.temperature,
-                     milestones=tuple(config.milestones)))
 
 
 def _check_data_options(config: TrainConfig, store) -> None:
@@ -114,14 +159,3 @@ def _check_tokenizer(spec: str, store) -> None:
     if get_tokenizer(spec).identity != recorded.get("identity"):
         raise StoreMismatchError(f"--tokenizer {spec} is not the tokenizer {store.location} was made with "
                                  f"({recorded.get('spec')!r}, {recorded.get('vocab_size')} ids)")
-
-
-def check_expected_teacher(teacher, expected: str | None) -> None:
-    """--expect-teacher: the teacher's digest (or weights or parameters sha256) starts with it."""
-    if not expected:
-        return
-    settings = teacher.attrs["settings"]
-    check_teacher_identity(SimpleNamespace(
-        teacher_names=[teacher.name], location=teacher.store.location,
-        recorded={teacher.name: [settings.get("weights_sha256"), settings.get("parameters_sha256"), teacher.digest]},
-    ), expected)
