@@ -77,6 +77,9 @@ class GPT(nn.Module):
             nn.init.zeros_(module.bias)
 
     def forward(self, idx):  # idx: (B, T) int64
+        return self.head_logits(self.hidden_states(idx))  # (B, T, V)
+
+    def hidden_states(self, idx):  # idx: (B, T) int64 -> (B, T, C): everything before the head
         T = idx.shape[1]
         if T > self.context_length:
             raise ModelError(f"gpt: a sequence of {T} tokens is longer than its block_size {self.context_length}")
@@ -84,7 +87,10 @@ class GPT(nn.Module):
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for block in self.blocks:
             x = block(x)
-        return self.head(self.ln_f(x))  # (B, T, V)
+        return self.ln_f(x)
+
+    def head_logits(self, hidden):  # (..., C) -> (..., V): the head alone, for any slice of positions
+        return self.head(hidden)
 
 
 @register_model()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ..errors import ModelError, SpecError
@@ -42,6 +43,23 @@ class CausalLM(nn.Module):
 
     def forward(self, idx):  # idx: (B, T) int64; rows are right-padded, so causal attention needs no mask
         return self.model(input_ids=idx, use_cache=False).logits
+
+    def hidden_states(self, idx):  # (B, T) -> (B, T, H): the decoder's output, before the head
+        return self.model.base_model(input_ids=idx, use_cache=False).last_hidden_state
+
+    def head_logits(self, hidden):  # (..., H) -> (..., V): the head and what the architecture applies after it
+        logits = self.model.get_output_embeddings()(hidden)
+        config = self.model.config
+        scale = getattr(config, "logit_scale", None)  # Cohere multiplies by it
+        if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+            logits = logits * scale
+        scaling = getattr(config, "logits_scaling", None)  # Granite divides by it
+        if isinstance(scaling, (int, float)) and not isinstance(scaling, bool):
+            logits = logits / scaling
+        cap = getattr(config, "final_logit_softcapping", None)  # Gemma 2 and 3
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
 
 
 @register_model_scheme("hf", grammar="hf:DIR", description="a local Hugging Face causal LM (the lm extra)")
