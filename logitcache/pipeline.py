@@ -2,9 +2,9 @@
 
     $ logitcache run pipelines/digits.toml
 
-    [pipeline]                      # name, and where student runs go by default
-    name = "digits"
-    runs = "data/runs/digits"
+    [pipeline]                      # name, where student runs go by default, and
+    name = "digits"                 # repeatable = true: numerics that repeat on any x86-64
+    runs = "data/runs/digits"       # machine, whatever its load (repeatable.py)
     [teacher]                       # optional: any `logitcache train` options (loss ce)
     [dump]                          # any `logitcache dump` options
     [dumps.NAME]                    # or several dumps (codecs, splits); each is one `dump` call
@@ -28,6 +28,7 @@ the steps is ``pipeline_steps.py``. Relative paths in the file are relative to t
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 import types
 import typing
@@ -47,7 +48,8 @@ class PipelineError(LogitCacheError, ValueError):
 
 
 TABLES = ("pipeline", "teacher", "dump", "dumps", "defaults", "students")
-PIPELINE_KEYS = {"name": str, "runs": str}
+PIPELINE_KEYS = {"name": str, "runs": str, "repeatable": bool}
+STEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # a student's run folder name, inside RUNS
 
 
 def load_pipeline(path) -> dict:
@@ -75,10 +77,16 @@ def load_pipeline(path) -> dict:
                             "one [students.NAME] table")
     for key, value in spec.get("pipeline", {}).items():
         if key not in PIPELINE_KEYS:
-            raise PipelineError(f"pipeline {path}: [pipeline] has unknown key {key!r}; keys: name, runs")
+            raise PipelineError(f"pipeline {path}: [pipeline] has unknown key {key!r}; keys: "
+                                f"{', '.join(PIPELINE_KEYS)}")
         if not isinstance(value, PIPELINE_KEYS[key]):
             raise PipelineError(f"pipeline {path}: [pipeline] {key} = {_show(value)} is {_kind(value)}; "
-                              "expected a string")
+                                f"expected {_describe(PIPELINE_KEYS[key])}")
+    for group in ("dumps", "students"):
+        for name in spec.get(group, {}):
+            if not STEP_NAME.fullmatch(name) or name in (".", ".."):
+                raise PipelineError(f"pipeline {path}: [{group}.{name}]: a step's name must be up to 100 letters, "
+                                    "digits, '_', '.' and '-', starting with a letter or digit (it names a folder)")
     return spec
 
 
@@ -97,6 +105,7 @@ class Plan:
     dumps: dict[str, DumpConfig]  # by step name: "dump", or "dump NAME" for [dumps.NAME]
     students: dict[str, TrainConfig]
     name: str = ""
+    repeatable: bool = False  # run every step with repeatable_numerics()
 
 
 def plan(path, progress: bool = True) -> Plan:
@@ -117,6 +126,7 @@ def plan(path, progress: bool = True) -> Plan:
     for step, options in tables.items():
         where = f"{at} [{step.replace(' ', 's.', 1)}]"
         dumps[step] = _checked(_config(DumpConfig, {"progress": progress, **options}, where), where)
+    _one_dump_per_teacher(dumps, at)
     token_stores = {d.store for d in dumps.values() if d.tokenizer}
     students = {}
     for name, options in spec["students"].items():
@@ -126,7 +136,21 @@ def plan(path, progress: bool = True) -> Plan:
         _default_store(merged, dumps, where)
         config = _config(TrainConfig, merged, where)
         students[name] = _checked(config, where, token_store=config.store in token_stores)
-    return Plan(runs, teacher, dumps, students, spec.get("pipeline", {}).get("name", Path(path).stem))
+    table = spec.get("pipeline", {})
+    return Plan(runs, teacher, dumps, students, table.get("name", Path(path).stem), table.get("repeatable", False))
+
+
+def _one_dump_per_teacher(dumps: dict[str, DumpConfig], at: str) -> None:
+    """Two dumps into one store's one teacher would make the second refuse (other settings) or
+    redo the first half-way; said before any step runs."""
+    seen: dict[tuple, str] = {}
+    for step, config in dumps.items():
+        target = (config.store, config.teacher_name)
+        if target in seen:
+            raise PipelineError(f"{at} [{seen[target].replace(' ', 's.', 1)}] and [{step.replace(' ', 's.', 1)}] both "
+                                f"dump teacher {config.teacher_name!r} into {config.store}; give each its own "
+                                "teacher_name (or store)")
+        seen[target] = step
 
 
 def _train_options(*tables: dict, where: str) -> dict:

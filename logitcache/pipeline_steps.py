@@ -36,6 +36,12 @@ def run_pipeline(path, log=print, progress: bool = True) -> list[StepResult]:
     """Run every step of a pipeline that is not complete yet; return one result per step.
     The whole file is checked first: a bad option in the last student stops nothing half-way."""
     steps = plan(path, progress)
+    if steps.repeatable:
+        from .repeatable import numerics_record, repeatable_numerics
+
+        repeatable_numerics()
+        record = numerics_record()
+        log(f"repeatable numerics: {record['threads']} thread, {record['cpu_kernels']} kernels")
     results = []
     if steps.teacher is not None:
         results.append(_train_step("teacher", steps.teacher, log))

@@ -208,3 +208,60 @@ def test_a_student_of_several_dumps_names_its_store(tmp_path, lm_text):
     path.write_text(text.format(tmp=tmp_path, text=lm_text))
     result = CliRunner().invoke(cli, ["run", str(path), "--no-progress"])
     assert result.exit_code != 0 and "[students.kd-topk] learns from a teacher: name its store" in result.output
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _metrics(runs: Path) -> dict:
+    """Every run's epoch records without their times: what must repeat to the digit."""
+    import json
+
+    found = {}
+    for metrics in sorted(runs.glob("*/metrics.jsonl")):
+        records = [json.loads(line) for line in metrics.read_text().splitlines()]
+        found[metrics.parent.name] = [{k: v for k, v in r.items() if "second" not in k} for r in records]
+    return found
+
+
+def test_a_repeatable_pipeline_repeats_to_the_digit_beside_a_cpu_heavy_process(tmp_path):
+    """The same short recipe twice, the second beside two busy processes: every loss and accuracy is
+    the same bit for bit (one thread, AVX2 kernels: neither the load nor the machine changes a sum)."""
+    import os
+    import subprocess
+    import sys
+
+    results = []
+    for run, busy in (("quiet", 0), ("busy", 2)):
+        folder = tmp_path / run
+        folder.mkdir()
+        path = folder / "small.toml"
+        path.write_text(SMALL.format(tmp=folder).replace('runs = "', 'repeatable = true\nruns = "', 1))
+        burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+        try:
+            done = subprocess.run([sys.executable, "-m", "logitcache", "run", str(path), "--no-progress"],
+                                  capture_output=True, text=True, timeout=600,
+                                  env={**os.environ, "PYTHONPATH": str(REPO)})
+        finally:
+            for burner in burners:
+                burner.kill()
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "repeatable numerics: 1 thread, AVX2 kernels" in done.stdout
+        results.append(_metrics(folder / "runs"))
+    assert set(results[0]) == {"teacher", "label-only", "kl", "dist"} and results[0] == results[1]
+
+
+@pytest.mark.parametrize(("edit", "says"), [
+    (lambda text: text.replace("[students.kl]", "[students.'../../escaped']"), "a step's name must be"),
+    (lambda text: text.replace('runs = "', 'repeatable = "yes"\nruns = "', 1), 'repeatable = "yes" is a string; expected true or false'),
+    (lambda text: text.replace("[dump]", "[dumps.a]").replace('[defaults]', '[dumps.b]\nstore = "{tmp}/digits.zarr"\n'
+                                                                            'teacher = "mlp"\ndataset = "digits@train"\n'
+                                                                            'codec = "u8"\n\n[defaults]'),
+     "both dump teacher 'default' into"),
+])
+def test_pipeline_mistakes_are_refused_before_any_step(tmp_path, edit, says):
+    path = tmp_path / "bad.toml"
+    path.write_text(edit(SMALL).format(tmp=tmp_path))
+    result = CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False)
+    assert result.exit_code != 0 and says in result.output, result.output
+    assert not (tmp_path / "runs").exists() and not (tmp_path.parent / "escaped").exists()
