@@ -169,3 +169,55 @@ def test_existing_run_and_foreign_checkpoint_are_not_overwritten(tmp_path):
     assert other.exit_code != 0 and "is a checkpoint of 'mlp:hidden=8', not --student 'cnn'" in other.output
     assert (tmp_path / "run" / "last.pt").read_bytes() == before
     assert invoke(*args, "--overwrite").exit_code == 0
+
+
+def test_the_student_sees_the_inputs_the_stores_teacher_saw_and_says_so(tmp_path):
+    """An ImageFolder's default is the ImageNet transform (224 px): a student of 20-pixel images once
+    trained on 7x upscaled inputs while its teacher had seen them at 16 px, and nothing said so."""
+    from tests.conftest import invoke
+    from tests.factories import write_image_folder
+
+    write_image_folder(tmp_path / "pets", classes=3, per_class=4)
+    data, transform = f"imagefolder:{tmp_path / 'pets'}", "resize=16,center_crop=16,to_tensor"
+    dumped = invoke("dump", tmp_path / "s.zarr", "--teacher", "tests.factories:image_teacher", "--dataset", data,
+                    "--transform", transform, "--no-progress")
+    assert dumped.exit_code == 0, dumped.output
+    options = ["train", "--student", "tests.factories:image_teacher", "--store", tmp_path / "s.zarr", "--dataset", data,
+               "--val-dataset", data, "--loss", "kl", "--epochs", "1", "--batch-size", "4", "--no-progress"]
+    result = invoke(*options, "--out", tmp_path / "a")
+    assert result.exit_code == 0, result.output
+    assert f"inputs: {transform} (the store's: what the teacher saw)" in result.output
+    assert "warning" not in result.output
+    other = invoke(*options, "--out", tmp_path / "b", "--transform", "resize=24,center_crop=24,to_tensor",
+                   "--val-transform", "resize=24,center_crop=24,to_tensor")
+    assert other.exit_code == 0, other.output
+    assert f"warning: the store's teacher saw inputs made by {transform!r}" in other.output
+    assert "inputs: resize=24,center_crop=24,to_tensor (--transform)" in other.output
+
+
+def test_epoch_lines_name_only_what_the_run_has(tmp_path, digits_store):
+    lines = []
+    train(TrainConfig(out=str(tmp_path / "a"), student="mlp:hidden=8", dataset="digits@train", loss="ce", epochs=1,
+                      progress=False), log=lines.append)
+    epoch = next(line for line in lines if line.startswith("epoch 1/1"))
+    assert "kd" not in epoch and "val" not in epoch and "n/a" not in epoch  # label-only, no validation set
+    lines.clear()
+    train(TrainConfig(out=str(tmp_path / "b"), student="mlp:hidden=8", dataset="digits@train", val_dataset="digits@val",
+                      store=str(digits_store), loss="kl", epochs=1, progress=False), log=lines.append)
+    epoch = next(line for line in lines if line.startswith("epoch 1/1"))
+    assert ", kd " in epoch and "val top-1" in epoch and "top-5" in epoch  # 10 classes: top-5 says something
+
+
+def test_top5_is_not_shown_for_five_classes_or_fewer(tmp_path):
+    from tests.conftest import invoke
+    from tests.factories import write_image_folder
+
+    write_image_folder(tmp_path / "pets", classes=3, per_class=4)
+    data = f"imagefolder:{tmp_path / 'pets'}"
+    result = invoke("train", "--student", "tests.factories:image_teacher", "--dataset", data, "--val-dataset", data,
+                    "--transform", "resize=16,center_crop=16,to_tensor", "--val-transform",
+                    "resize=16,center_crop=16,to_tensor", "--loss", "ce", "--epochs", "1", "--out", tmp_path / "r",
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    epoch = next(line for line in result.output.splitlines() if line.startswith("epoch 1/1"))
+    assert "val top-1" in epoch and "top-5" not in epoch

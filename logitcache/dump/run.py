@@ -177,8 +177,10 @@ def _summary(config: DumpConfig, store, teacher: Teacher, metrics: dict, written
 
 def validate(config: DumpConfig) -> None:
     """Refuse option values a dump cannot use (ConfigError), before anything is built."""
-    if config.views is not None and not 1 <= config.views <= MAX_VIEWS:
-        raise ConfigError(f"--views must be 1 to {MAX_VIEWS} (what a store may hold), got {config.views}")
+    if config.views is not None and config.views < 1:
+        raise ConfigError(f"--views must be at least 1, got {config.views}")
+    if config.views is not None and config.views > MAX_VIEWS:
+        raise ConfigError(f"--views must be at most {MAX_VIEWS} (what a store may hold), got {config.views}")
     if config.views is not None and not config.augment:
         raise ConfigError("--views needs --augment: without it every view of a sample would be the same")
     if config.record_view_hashes and not config.augment:

@@ -29,6 +29,7 @@ from . import (  # noqa: E402,F401
     torchvision_models,
     wide_resnet,
 )
+from ._source import FACTORY
 from .checkpoints import model_from_checkpoint
 from .datasets import (
     DatasetSource,
@@ -55,6 +56,7 @@ from .tokenizers import Tokenizer, get_tokenizer, list_tokenizers, register_toke
 from .tokens import TokenSource, get_token_dataset, list_token_datasets, register_token_dataset
 
 __all__ = [
+    "FACTORY",
     "DatasetSource",
     "TokenSource",
     "Tokenizer",

@@ -27,7 +27,7 @@ from ..errors import ConfigError, DatasetError, ModelError
 from ..features.distiller import FeatureRun
 from ..losses import loss_spec
 from ..mixing import Mixer
-from ..sources import get_dataset, get_model, transforms
+from ..sources import FACTORY, get_dataset, get_model, transforms
 from ..views.replay import ViewReplay, check_view_hashes
 from .config import TrainConfig, warmup_note
 from .data import EpochSampler, PairedDataset, TeacherLogits
@@ -66,7 +66,9 @@ class ImageTask:
         # Data: the teacher's logits, the training set (replayed views, or any augmentation), validation.
         self.logits = logits = _open_teacher_logits(config, self.store)
         self.train_source, self.replay = _training_data(config, self.store, logits, log)
-        self.val_source = get_dataset(config.val_dataset, transform=config.val_transform) if config.val_dataset else None
+        self.val_source = get_dataset(config.val_dataset, transform=config.val_transform,
+                                      default_transform=None if config.transform else store_transform(logits),
+                                      ) if config.val_dataset else None
         self.num_classes = logits.num_classes if logits is not None else len(self.train_source.classes)
         self.rows = logits.rows if logits is not None else np.arange(len(self.train_source))
         self.paired = PairedDataset(self.train_source.dataset, logits, self.replay)
@@ -138,9 +140,14 @@ class ImageTask:
         return evaluate(student, self.val_source, self.config, self.device)
 
     def epoch_line(self, record: dict) -> str:
-        return (f"epoch {record['epoch']}/{self.config.epochs}: train loss {record['train_loss']:.4f} "
-                f"(ce {record['train_ce']:.4f}, kd {record['train_kd']:.4f}), val top-1 {_pct(record['val_top1'])}, "
-                f"top-5 {_pct(record['val_top5'])}, {record['epoch_seconds']:.1f} s")
+        """What the epoch did, naming only what the run has: the kd term of a run that learns from a
+        teacher, validation when there is a validation set, top-5 when there are more than 5 classes."""
+        parts = f"ce {record['train_ce']:.4f}" + (f", kd {record['train_kd']:.4f}" if self.kd is not None else "")
+        line = f"epoch {record['epoch']}/{self.config.epochs}: train loss {record['train_loss']:.4f} ({parts})"
+        if record.get("val_top1") is not None:
+            line += f", val top-1 {_pct(record['val_top1'])}"
+            line += f", top-5 {_pct(record['val_top5'])}" if self.num_classes > 5 else ""
+        return f"{line}, {record['epoch_seconds']:.1f} s"
 
     def stop_error(self, record: dict) -> Exception | None:
         return collapse_error(record, self.config, self.num_classes, self.chance, self.teacher_top1)
@@ -211,7 +218,9 @@ def _training_data(config: TrainConfig, store, logits: TeacherLogits | None, log
         if config.view_size or config.check_views or config.view_order != "random":
             raise ConfigError("--view-order, --view-size and --check-views replay the views of a multi-view store "
                               "(dump --augment SPEC --views K); this run has none")
-        source = get_dataset(config.dataset, transform=config.transform, augment=config.augment)
+        source = get_dataset(config.dataset, transform=config.transform, augment=config.augment,
+                             default_transform=store_transform(logits))
+        _say_inputs(config, source, logits, log)
         if logits is None:
             return source, None
         replay = None
@@ -229,6 +238,25 @@ def _training_data(config: TrainConfig, store, logits: TeacherLogits | None, log
     log(f"teacher {logits.teacher_name!r} from {config.store}: {len(logits.rows)} samples{views} x "
         f"{logits.num_classes} classes, {mode}")
     return source, replay
+
+
+def store_transform(logits: TeacherLogits | None) -> str | None:
+    """The transform that made the inputs the store's teacher saw: the student's default, so that it
+    learns the teacher's targets from the same inputs (None without a store, or for a factory
+    dataset that applies its own)."""
+    recorded = logits.transform if logits is not None else None
+    return recorded if recorded and recorded != FACTORY else None
+
+
+def _say_inputs(config: TrainConfig, source, logits: TeacherLogits | None, log) -> None:
+    """Train's first lines say which inputs the student sees, and warn when the teacher saw others."""
+    recorded = store_transform(logits)
+    if config.transform and recorded and transforms.canonical(config.transform) != recorded:
+        log(f"warning: the store's teacher saw inputs made by {recorded!r}; --transform {config.transform!r} gives "
+            "the student other inputs (leave --transform out to use the teacher's)")
+    why = ("--transform" if config.transform else "the store's: what the teacher saw"
+           if source.extra.get("transform_from") == "model" else "the dataset's default")
+    log(f"inputs: {source.transform} ({why})")
 
 
 def _replayed_views(config: TrainConfig, store, logits: TeacherLogits, log) -> tuple:
