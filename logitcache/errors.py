@@ -87,6 +87,10 @@ class CheckpointError(LogitCacheError, ValueError):
     """A checkpoint is missing, unreadable, or belongs to another model or run."""
 
 
+class FileWriteError(LogitCacheError, OSError):
+    """A run's file or a checkpoint could not be written whole (a full disk, a read-only place)."""
+
+
 class StoreConnectionError(LogitCacheError, ConnectionError):
     """A remote store cannot be reached (endpoint down, network cut), even after retries."""
 

@@ -20,7 +20,8 @@ from .errors import LogitCacheError
 from .pipeline import Plan, learns_from_teacher, plan
 from .store import open_store
 from .train import TrainConfig, train
-from .train.run_files import RunFiles, write_atomic
+from .train.run_files import RunFiles
+from .whole_files import write_text_whole
 
 
 @dataclass
@@ -164,8 +165,8 @@ def _write_results(runs: Path, results: list[StepResult]) -> None:
     record = [{"step": r.step, "what": r.what, "result": r.result, "seconds": r.seconds} for r in results]
     try:
         runs.mkdir(parents=True, exist_ok=True)
-        write_atomic(runs / "results.md", format_results(results) + "\n")
-        write_atomic(runs / RESULTS_JSON, json.dumps(record, indent=2) + "\n")
+        write_text_whole(runs / "results.md", format_results(results) + "\n")
+        write_text_whole(runs / RESULTS_JSON, json.dumps(record, indent=2) + "\n")
     except OSError as err:
         raise LogitCacheError(f"cannot write the results into {runs}: {err}") from None
 

@@ -44,6 +44,15 @@ def describe_store(location, storage_options: dict | None = None) -> dict:
     }
 
 
+def _weights_line(settings: dict) -> str:
+    """The teacher's weights: a file's digest, or said out loud that none was given (the builder's own
+    weights: random, for most specs, which a student cannot learn anything from)."""
+    parameters = _field(settings, "parameters_sha256")
+    if settings.get("weights_sha256"):
+        return f"  weights   file {settings['weights_sha256']}; parameters {parameters}"
+    return f"  weights   none given (the builder's own: random unless it loads some); parameters {parameters}"
+
+
 def format_description(d: dict) -> str:
     """A readable, aligned summary of ``describe_store``'s result."""
     data = d["dataset"]
@@ -72,7 +81,7 @@ def format_description(d: dict) -> str:
             f"teacher   {name!r}: {t['status']}",
             f"  model     {_field(prov, 'teacher', 'spec')} ({_field(prov, 'teacher', 'num_parameters', fmt=',')} "
             "parameters)",
-            f"  weights   file {settings.get('weights_sha256') or '-'}; parameters {_field(settings, 'parameters_sha256')}",
+            _weights_line(settings),
             f"  logits    {shape}, {get_codec(t['codec']).description}, codec {t['codec']}: "
             f"{t['bytes_on_disk']:,} bytes = {t['bytes_per_sample']:.1f} bytes/sample"
             + (f", {t['bytes_per_view']:.1f} bytes/view" if t.get("views") else "")
@@ -173,7 +182,7 @@ def format_token_description(d: dict) -> str:
             f"teacher   {name!r}: {t['status']}",
             f"  model     {_field(prov, 'teacher', 'spec')} ({_field(prov, 'teacher', 'num_parameters', fmt=',')} "
             "parameters)",
-            f"  weights   file {settings.get('weights_sha256') or '-'}; parameters {_field(settings, 'parameters_sha256')}",
+            _weights_line(settings),
             f"  targets   {get_codec(t['codec']).description}, codec {t['codec']}: {t['bytes_on_disk']:,} bytes = "
             f"{t['bytes_on_disk'] / max(data['num_tokens'], 1):.1f} bytes/token "
             f"({positions * t['num_classes'] * 4 / max(t['bytes_on_disk'], 1):.0f}x smaller than fp32 logits)",

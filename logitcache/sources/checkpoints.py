@@ -12,10 +12,10 @@ crash never leaves a torn checkpoint, and a model whose weights are not finite i
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from ..errors import CheckpointError, LogitCacheError
+from ..whole_files import write_whole
 from ._loading import load_failure, misfit, quiet_torch
 from ._registry import register_model_scheme, rest_is_the_file
 from .models import get_model
@@ -44,9 +44,7 @@ def save_checkpoint(path, *, model, model_spec: str, num_classes: int, state: di
         "model": model.state_dict(),
         **state,
     }
-    partial = path.with_name(f".{path.name}.partial")
-    torch.save(payload, partial)
-    os.replace(partial, path)
+    write_whole(path, lambda partial: torch.save(payload, partial))  # whole, or one FileWriteError line
 
 
 def non_finite_weights(model) -> list[str]:

@@ -120,8 +120,12 @@ class _LocalLock:
         if not same:
             os.close(fd)
             raise StoreLockedError("the previous holder was just releasing it")
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps(_holder()).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(_holder()).encode())
+        except OSError as err:  # a full disk: the lock is held, but who holds it cannot be said
+            os.close(fd)
+            raise StoreWriteError(f"cannot write the lock {self.path}: {err.strerror}") from None
         self.fd = fd
 
     def ensure_held(self) -> None:

@@ -12,7 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import CorruptStoreError, NonFiniteLogitsError, StoreIncompleteError
+from ..errors import (
+    CorruptStoreError,
+    LogitCacheError,
+    NonFiniteLogitsError,
+    StoreIncompleteError,
+    StoreWriteError,
+)
 from ._backend import retry_transient
 from ._checks import teacher_metadata_digest
 from ._integrity import (
@@ -104,7 +110,14 @@ class TeacherWrites:
             self.group[SHARD_DONE_ARRAY][shard] = 1
             return stored
 
-        return retry_transient(write_and_check, self.store.location)
+        try:
+            return retry_transient(write_and_check, self.store.location)
+        except OSError as err:
+            if isinstance(err, LogitCacheError):
+                raise
+            raise StoreWriteError(f"cannot write shard {shard} of teacher {self.name!r} in {self.store.location}: "
+                                  f"{err.strerror or err}; the shards written are kept: free space (or fix the "
+                                  "cause) and rerun the same command to resume") from None
 
     def _write_checked(self, shard: int, start: int, stop: int, encoded: dict) -> dict[str, np.ndarray]:
         """Write a shard's arrays and prove the store holds them; return the stored arrays. The fast

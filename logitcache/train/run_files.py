@@ -23,7 +23,8 @@ import os
 import socket
 from pathlib import Path
 
-from ..errors import ConfigError, RunInUseError
+from ..errors import ConfigError, FileWriteError, RunInUseError
+from ..whole_files import write_failure, write_text_whole
 
 try:
     import fcntl
@@ -32,12 +33,6 @@ except ImportError:  # Windows: no flock, so no lock (logitcache's multi-process
 
 RUN_FILES = ("config.json", "metrics.jsonl", "metrics.csv", "steps.csv", "summary.json", "last.pt", "best.pt")
 LOCK_FILE = ".lock"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
 
 
 class RunFiles:
@@ -63,13 +58,13 @@ class RunFiles:
                 (self.root / name).unlink(missing_ok=True)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            write_atomic(self.root / "config.json", json.dumps(config, indent=2) + "\n")
+            write_text_whole(self.root / "config.json", json.dumps(config, indent=2) + "\n")
         except OSError as err:
             raise ConfigError(f"cannot write the run directory {self.root}: {err.strerror or err}") from None
         self.steps.write_text("epoch,step,lr,loss,ce,kd\n")
 
     def write_config(self, config: dict) -> None:
-        write_atomic(self.root / "config.json", json.dumps(config, indent=2) + "\n")
+        write_text_whole(self.root / "config.json", json.dumps(config, indent=2) + "\n")
 
     @contextlib.contextmanager
     def lock(self):
@@ -97,9 +92,14 @@ class RunFiles:
             os.close(fd)
 
     def append_steps(self, epoch: int, losses: list) -> None:
-        with self.steps.open("a") as handle:
-            for step, lr, loss, ce, kd in losses:
-                handle.write(f"{epoch},{step},{lr:.6g},{loss:.6f},{ce:.6f},{kd:.6f}\n")
+        """Rows appended once per epoch; a failed append (a full disk) is one line, and the rows of
+        an epoch whose checkpoint was not written are dropped by the resume (``truncate_steps``)."""
+        rows = "".join(f"{epoch},{step},{lr:.6g},{loss:.6f},{ce:.6f},{kd:.6f}\n" for step, lr, loss, ce, kd in losses)
+        try:
+            with self.steps.open("a") as handle:
+                handle.write(rows)
+        except OSError as err:
+            raise FileWriteError(f"cannot write {self.steps}: {write_failure(err, self.root)}") from None
 
     def truncate_steps(self, last_epoch: int) -> None:
         """Drop step rows of epochs after ``last_epoch`` (written before a crash, then redone)."""
@@ -107,18 +107,18 @@ class RunFiles:
             return
         lines = self.steps.read_text().splitlines(keepends=True)
         kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= last_epoch]
-        write_atomic(self.steps, "".join(kept))
+        write_text_whole(self.steps, "".join(kept))
 
     def write_metrics(self, history: list[dict]) -> None:
-        write_atomic(self.root / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        write_text_whole(self.root / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
         table = io.StringIO()
         writer = csv.DictWriter(table, fieldnames=list(history[0]))
         writer.writeheader()
         writer.writerows(history)
-        write_atomic(self.root / "metrics.csv", table.getvalue())
+        write_text_whole(self.root / "metrics.csv", table.getvalue())
 
     def finish(self, summary: dict) -> None:
-        write_atomic(self.summary, json.dumps(summary, indent=2) + "\n")
+        write_text_whole(self.summary, json.dumps(summary, indent=2) + "\n")
 
     def read_config(self) -> dict | None:
         """The recorded options (config.json), or None when there is none to read."""
