@@ -277,3 +277,19 @@ def test_a_module_whose_own_import_is_missing_names_that_import(tmp_path, monkey
     with pytest.raises(SpecError, match=f"cannot import '{name}' .ModuleNotFoundError: No module named "
                                         "'surely_not_installed_xyz'"):
         get_dataset(f"{name}:build")
+
+
+def test_an_unsafe_pickle_is_named_and_never_advised_to_be_loaded_unsafely(tmp_path):
+    import os
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, ("echo ran",)
+
+    path = tmp_path / "evil.pt"
+    torch.save({"weights": torch.zeros(2), "payload": Payload()}, path)
+    with pytest.raises(ModelError) as refused:
+        load_weights(get_model("mlp", 2), str(path))
+    message = str(refused.value)
+    assert "not a plain state dict of tensors (it asks for posix.system)" in message
+    assert "weights_only=False" not in message and "will likely succeed" not in message

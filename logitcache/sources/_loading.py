@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import pickle
+import re
 import warnings
 from pathlib import Path
 
@@ -50,8 +51,16 @@ def first_line(err: BaseException) -> str:
 
 def load_failure(err: BaseException) -> str:
     """Why ``torch.load`` could not read a file, in one line. Its unpickler meets junk with any
-    exception (KeyError: 174812789, EOFError), which alone says nothing to a user."""
-    if isinstance(err, (RuntimeError, pickle.UnpicklingError)) and str(err).strip():
+    exception (KeyError: 174812789, EOFError), which alone says nothing to a user. A file that asks
+    to build other objects is said to be one, never with torch's advice to load it with
+    ``weights_only=False``: that would run whatever the file asks for."""
+    text = str(err)
+    if isinstance(err, pickle.UnpicklingError) and "weights only load failed" in text.lower():
+        wanted = re.search(r"(?:GLOBAL|global:?)\s+([\w.]+)", text)
+        what = f" (it asks for {wanted.group(1)})" if wanted else ""
+        return (f"it is not a plain state dict of tensors{what}, and logitcache will not unpickle anything else; "
+                "save the weights with torch.save(model.state_dict(), PATH)")
+    if isinstance(err, (RuntimeError, pickle.UnpicklingError)) and text.strip():
         return first_line(err)
     detail = f": {first_line(err)}" if str(err).strip() else ""
     return f"not a file torch.save wrote ({type(err).__name__}{detail})"
