@@ -64,6 +64,8 @@ def load_pipeline(path) -> dict:
         spec = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise PipelineError(f"pipeline {path} is not valid TOML: {err}") from None
+    except RecursionError:
+        raise PipelineError(f"pipeline {path} nests arrays or tables too deeply to read") from None
     unknown = set(spec) - set(TABLES)
     if unknown:
         raise PipelineError(f"pipeline {path}: unknown table(s) {', '.join(sorted(unknown))}")

@@ -265,3 +265,10 @@ def test_pipeline_mistakes_are_refused_before_any_step(tmp_path, edit, says):
     result = CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False)
     assert result.exit_code != 0 and says in result.output, result.output
     assert not (tmp_path / "runs").exists() and not (tmp_path.parent / "escaped").exists()
+
+
+def test_a_pipeline_nested_past_the_recursion_limit_is_one_line(tmp_path):
+    path = tmp_path / "deep.toml"
+    path.write_text("[pipeline]\nx = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    result = CliRunner().invoke(cli, ["run", str(path)], catch_exceptions=False)
+    assert result.exit_code == 1 and "nests arrays or tables too deeply" in result.output
