@@ -7,7 +7,9 @@
 tqdm redraws at most every ``mininterval`` seconds, except when ``set_postfix`` forces a redraw
 (its default), which drew every step with a count one behind. Here the postfix never forces one;
 a terminal is redrawn twice a second, and stderr that is not a terminal (a log file, a pipe,
-CI) every 10 seconds, since every redraw there is a line that stays.
+CI) every 10 seconds, since every redraw there is a line that stays. There, a bar appears only
+once its loop has run 10 seconds (no "0%| | 0/23" line for every short epoch) and stays whole
+when it ends (a cleared bar is a line of blanks in a file).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ def progress_bar(iterable=None, *, enabled: bool, desc: str, unit: str, total: i
     """A tqdm bar on stderr, or a silent one when not ``enabled``."""
     from tqdm import tqdm
 
-    interval = TERMINAL_SECONDS if sys.stderr.isatty() else LOG_SECONDS
-    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not enabled, leave=leave,
-                mininterval=interval, maxinterval=max(interval, 10.0), dynamic_ncols=True)
+    terminal = sys.stderr.isatty()
+    interval = TERMINAL_SECONDS if terminal else LOG_SECONDS
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not enabled, leave=leave or not terminal,
+                delay=0 if terminal else LOG_SECONDS, mininterval=interval, maxinterval=max(interval, 10.0),
+                dynamic_ncols=True)
