@@ -252,7 +252,7 @@ def measure_loader(store: str, codec: str, device: str) -> dict:
     """Rows/s of the logits path alone, through the DataLoader ``train`` builds (``image_task.epoch_loader``)."""
     from logitcache.distributed import Distributed
     from logitcache.train import TrainConfig
-    from logitcache.train.data import PairedDataset, TeacherLogits
+    from logitcache.train.paired_data import PairedDataset, TeacherLogits
     from logitcache.train.image_task import epoch_loader
 
     sparse = codec.startswith(("topk", "sample"))

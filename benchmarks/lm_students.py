@@ -40,8 +40,8 @@ import torch
 
 from logitcache.dump import dump
 from logitcache.lm import TokenStoreDataset
-from logitcache.pipeline import plan
-from logitcache.pipeline_steps import run_pipeline
+from logitcache.pipeline_plan import plan
+from logitcache.pipeline_run import run_pipeline
 from logitcache.train import train
 
 RECIPE = Path(__file__).resolve().parents[1] / "pipelines" / "shakespeare.toml"

@@ -60,7 +60,7 @@ def dump_comparison(args, folder: str) -> None:
 
 
 def loader_comparison(args, folder: str) -> None:
-    from logitcache.train.data import EpochSampler, PairedDataset, TeacherLogits
+    from logitcache.train.paired_data import EpochSampler, PairedDataset, TeacherLogits
 
     from benchmarks.synthetic import realistic_logits
     from benchmarks.train_throughput import NoInputs

@@ -65,7 +65,7 @@ class NoInputs(torch.utils.data.Dataset):
 
 
 def loader_comparison(args, folder: str) -> None:
-    from logitcache.train.data import EpochSampler, PairedDataset, TeacherLogits
+    from logitcache.train.paired_data import EpochSampler, PairedDataset, TeacherLogits
 
     from benchmarks.synthetic import realistic_logits
     from logitcache.store import choose_layout, create_store, get_codec

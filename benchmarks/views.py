@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from benchmarks.synthetic import realistic_logits
-from logitcache.views.grammar import parse_augment
+from logitcache.views.view_specs import parse_augment
 
 # Digits are not mirror-symmetric, so no flip. --augment replaces it; the environment carries it to
 # FreshCrops, which train() imports as a module of its own.
@@ -191,7 +191,7 @@ class FreshCrops(torch.utils.data.Dataset):
         return len(self.keys)
 
     def __getitem__(self, index):
-        from logitcache.views.grammar import apply_view
+        from logitcache.views.view_specs import apply_view
 
         image, label = self.inner.dataset[index]
         seed = int(torch.randint(0, 2**31 - 1, ()))  # from torch's generator: seeded per epoch by train

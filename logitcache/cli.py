@@ -391,7 +391,7 @@ def run_command(pipeline, no_progress):
     """Run a pipeline file: teacher, dump, students; complete steps are skipped.
 
     Relative paths in the file are relative to the directory run is started in, not to the file's."""
-    from .pipeline_steps import format_results, run_pipeline
+    from .pipeline_run import format_results, run_pipeline
 
     results = run_pipeline(pipeline, log=click.echo, progress=not no_progress)
     click.echo("")

@@ -7,9 +7,9 @@
 tqdm redraws at most every ``mininterval`` seconds, except when ``set_postfix`` forces a redraw
 (its default), which drew every step with a count one behind. Here the postfix never forces one;
 a terminal is redrawn twice a second, and stderr that is not a terminal (a log file, a pipe,
-CI) every 10 seconds, since every redraw there is a line that stays. There, a bar appears only
-once its loop has run 10 seconds (no "0%| | 0/23" line for every short epoch) and stays whole
-when it ends (a cleared bar is a line of blanks in a file).
+CI) every 10 seconds, since every redraw there is a line that stays. There, a bar is not drawn
+when its loop starts (no "0%| | 0/23" line for every epoch) and ends as one whole line with its
+rate (a cleared bar would be a line of blanks in a file).
 """
 
 from __future__ import annotations
@@ -27,6 +27,18 @@ def progress_bar(iterable=None, *, enabled: bool, desc: str, unit: str, total: i
 
     terminal = sys.stderr.isatty()
     interval = TERMINAL_SECONDS if terminal else LOG_SECONDS
-    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not enabled, leave=leave or not terminal,
-                delay=0 if terminal else LOG_SECONDS, mininterval=interval, maxinterval=max(interval, 10.0),
+    kind = tqdm if terminal else _log_bar(tqdm)
+    return kind(iterable, total=total, desc=desc, unit=unit, disable=not enabled, leave=leave or not terminal,
+                delay=0 if terminal else interval, mininterval=interval, maxinterval=max(interval, 10.0),
                 dynamic_ncols=True)
+
+
+def _log_bar(tqdm):
+    """tqdm for a log: the start is not drawn (``delay``), the end always is, whole."""
+
+    class LogBar(tqdm):
+        def close(self):
+            self.delay = 0  # tqdm skips the closing line of a bar it never drew
+            super().close()
+
+    return LogBar

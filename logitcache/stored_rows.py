@@ -5,8 +5,8 @@ served through a window of whole chunks.
     >>> reader.in_memory, reader.block_rows, reader.window_blocks
     >>> reader.take(np.array([7, 3, 5]))       # {"logits": float16 (3, 1000)}: the rows as stored, in order
 
-Logits (``train/data.py``), a token teacher's targets (``lm.py``) and cached features
-(``features/data.py``) are all read through this one reader; decoding is theirs. When
+Logits (``train/paired_data.py``), a token teacher's targets (``lm.py``) and cached features
+(``features/cached_features.py``) are all read through this one reader; decoding is theirs. When
 ``num_rows * row_bytes`` fits the budget, the rows are read once, a shard at a time, into one table.
 Otherwise a fixed cache of ``window_blocks`` slots holds whole chunks: a batch's missing chunks are
 read together (``Teacher.read_chunks``: many chunks at once, on the store's thread pool), least

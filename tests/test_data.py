@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from logitcache.train.data import EpochSampler, PairedDataset, TeacherLogits
+from logitcache.train.paired_data import EpochSampler, PairedDataset, TeacherLogits
 from torch.utils.data import DataLoader
 
 from logitcache.errors import (

@@ -18,7 +18,7 @@ from logitcache.codecs.base import logsumexp
 from logitcache.codecs.sample import SAMPLE_SEED
 from logitcache.dump.loop import AccuracyCounts
 from logitcache.errors import CorruptStoreError
-from logitcache.features.data import FeaturePairs, TeacherFeatures
+from logitcache.features.cached_features import FeaturePairs, TeacherFeatures
 from logitcache.losses import kd_loss
 from logitcache.losses._kd_gradient import KDivergence as _KDivergence
 from logitcache.losses._kd_gradient import kd_value as _kd_value
@@ -33,7 +33,7 @@ from logitcache.store import (
 )
 from logitcache.store._shards import MISSING, ShardBytes
 from logitcache.store._teacher import Teacher
-from logitcache.train.data import EpochSampler, PairedDataset, TeacherLogits
+from logitcache.train.paired_data import EpochSampler, PairedDataset, TeacherLogits
 from logitcache.views.replay import ViewReplay
 from tests.conftest import invoke, make_store, store_contents
 

@@ -133,8 +133,8 @@ def test_shipped_feature_students_fit_their_teachers(name):
 
     from logitcache.features.distiller import FeatureDistiller
     from logitcache.features.extract import tap_teacher
-    from logitcache.features.grammar import parse_feature_losses, parse_features, parse_student_features
-    from logitcache.pipeline import plan
+    from logitcache.features.feature_specs import parse_feature_losses, parse_features, parse_student_features
+    from logitcache.pipeline_plan import plan
     from logitcache.sources import get_model
 
     steps = plan(Path(__file__).resolve().parents[1] / "pipelines" / f"{name}.toml")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from logitcache.errors import CorruptStoreError, StoreMismatchError, StoreVersionError
-from logitcache.features.data import FeaturePairs, TeacherFeatures
+from logitcache.features.cached_features import FeaturePairs, TeacherFeatures
 from logitcache.sources import get_dataset
 from logitcache.store import _store, open_store, verify_store
 from tests import feature_factories

@@ -250,7 +250,7 @@ def test_a_forged_teacher_digest_cannot_pass_for_the_pinned_teacher(pristine, tm
 
 def test_a_teacher_overwritten_while_a_run_streams_it_stops_the_run(pristine, tmp_path):
     """Workers and later chunk reads reopen the store; they must find the teacher the run began with."""
-    from logitcache.train.data import TeacherLogits
+    from logitcache.train.paired_data import TeacherLogits
 
     from logitcache.errors import CorruptStoreError
 

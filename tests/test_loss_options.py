@@ -9,7 +9,7 @@ import torch
 from logitcache.cli import cli
 from logitcache.errors import ConfigError
 from logitcache.losses import LOSSES, declared_options, loss_names, resolved_loss_options
-from logitcache.pipeline import PipelineError, plan
+from logitcache.pipeline_plan import PipelineError, plan
 from logitcache.train import TrainConfig, train
 from logitcache.train.config import gather_loss_options, options_record, resume_changes, validate
 from tests.conftest import invoke, one_error

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 
 from logitcache.cli import cli
 from logitcache.dump import DumpConfig
-from logitcache.pipeline import plan
+from logitcache.pipeline_plan import plan
 
 PIPELINES = sorted((Path(__file__).resolve().parents[1] / "pipelines").glob("*.toml"))
 

@@ -9,7 +9,7 @@ import torch
 
 from logitcache.store import Layout, create_store, get_codec
 from logitcache.stored_rows import StoredRows
-from logitcache.train.data import TeacherLogits
+from logitcache.train.paired_data import TeacherLogits
 
 
 def store_with_teachers(path, layouts: dict[str, tuple[str, Layout]], n=300, classes=10):

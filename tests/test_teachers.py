@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from logitcache.train.data import TeacherLogits, ensemble_logits
+from logitcache.train.paired_data import TeacherLogits, ensemble_logits
 
 from logitcache.cli import cli
 from logitcache.store import open_store

@@ -12,7 +12,7 @@ from torch import nn
 from logitcache.errors import TrainingDivergedError
 from logitcache.sources import get_dataset
 from logitcache.train import TrainConfig, train
-from logitcache.train.resume import collapse_error
+from logitcache.train.checkpointing import collapse_error
 from tests.conftest import make_store
 
 

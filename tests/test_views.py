@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from logitcache.train.data import EpochSampler, PairedDataset, TeacherLogits
+from logitcache.train.paired_data import EpochSampler, PairedDataset, TeacherLogits
 
 from logitcache.cli import cli
 from logitcache.errors import SpecError, StoreMismatchError
 from logitcache.sources import get_dataset
 from logitcache.store import open_store, verify_store
 from logitcache.train import TrainConfig, train
-from logitcache.views.grammar import apply_view, parse_augment, pixel_box
+from logitcache.views.view_specs import apply_view, parse_augment, pixel_box
 from logitcache.views.replay import ViewReplay
 from tests import factories
 from tests.conftest import make_store, store_contents

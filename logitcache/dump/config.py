@@ -28,7 +28,7 @@ class DumpConfig:
     bf16: bool = False
     num_classes: int | None = None
     rows_per_shard: int | None = None
-    augment: str | None = None  # a view spec (views/grammar.py): the teacher sees random views
+    augment: str | None = None  # a view spec (views/view_specs.py): the teacher sees random views
     views: int | None = None  # views per sample (default 1 with --augment)
     seed: int = 0  # the view draws' seed
     tokenizer: str | None = None  # a token dump (language models): sources/tokenizers.py spec

@@ -31,7 +31,7 @@ from ..errors import (
     SpecError,
 )
 from ..features.extract import tap_teacher
-from ..features.grammar import parse_features
+from ..features.feature_specs import parse_features
 from ..sources import get_dataset, get_model, model_transform, weights_in_spec
 from ..store import (
     MAX_VIEWS,
@@ -41,7 +41,7 @@ from ..store import (
     open_store,
     writer_lock,
 )
-from ..views.grammar import parse_augment
+from ..views.view_specs import parse_augment
 from ..views.replay import DumpViews
 from .config import DumpConfig
 from .loop import AccuracyCounts, autocast, run_teacher

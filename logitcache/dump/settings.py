@@ -15,7 +15,7 @@ from .. import __version__
 from ..sources import file_sha256, num_parameters, parameters_sha256, weights_in_spec
 from ..store import bytes_per_sample as feature_bytes
 from ..store import choose_layout, get_codec
-from ..views.grammar import ViewAugment
+from ..views.view_specs import ViewAugment
 from ..views.record import bytes_per_view, view_record
 
 

@@ -22,9 +22,9 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from ..errors import ConfigError, StoreMismatchError
-from .data import FeaturePairs, TeacherFeatures
+from .cached_features import FeaturePairs, TeacherFeatures
 from .extract import FeatureTap, tap_teacher
-from .grammar import parse_feature_losses, parse_features, parse_student_features
+from .feature_specs import parse_feature_losses, parse_features, parse_student_features
 from .losses import Level, feature_loss_spec
 
 

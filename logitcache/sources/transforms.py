@@ -12,7 +12,7 @@ color_jitter=B[:C[:S[:H]]] (random brightness, contrast, saturation, hue), erasi
 erasing on the tensor, probability P, default 0.5), none.
 
 Replayable multi-view augmentation for dumps (``--augment`` of ``logitcache dump``) has its own
-grammar, in ``views/grammar.py``.
+grammar, in ``views/view_specs.py``.
 """
 
 from __future__ import annotations

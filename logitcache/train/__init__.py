@@ -14,9 +14,9 @@ The package, file by file:
 - ``image_task.py``: a classifier on images; ``token_task.py``: a causal LM on token sequences.
   Each answers the loop's few questions (``trainer.Task``).
 - ``student.py``: the optimizer and the DDP wrapper every run uses.
-- ``data.py``: every sample paired with its teacher's targets, in memory or streamed by chunk,
+- ``paired_data.py``: every sample paired with its teacher's targets, in memory or streamed by chunk,
   and the epoch sampler.
-- ``resume.py``: resuming a run exactly, checkpoints, and stopping at a non-finite loss.
+- ``checkpointing.py``: resuming a run exactly, checkpoints, and stopping at a non-finite loss.
 - ``run_files.py``: a run directory's files, written so a crash never tears them, and its lock;
   ``run_summary.py``: what a run says when it ends.
 

@@ -174,7 +174,7 @@ def validate(config: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-    from ..features.grammar import check_feature_options  # here: the grammar reads the store's names (zarr)
+    from ..features.feature_specs import check_feature_options  # here: the grammar reads the store's names (zarr)
 
     check_feature_options(config.feature_loss, config.student_features, config.features, store=config.store,
                           online_teacher=config.online_teacher, teacher=config.teacher,

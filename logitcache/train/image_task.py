@@ -30,8 +30,8 @@ from ..mixing import Mixer
 from ..sources import FACTORY, get_dataset, get_model, transforms
 from ..views.replay import ViewReplay, check_view_hashes
 from .config import TrainConfig, warmup_note
-from .data import EpochSampler, PairedDataset, TeacherLogits
-from .resume import collapse_error
+from .paired_data import EpochSampler, PairedDataset, TeacherLogits
+from .checkpointing import collapse_error
 from .run_summary import TrainSummary
 
 MIX_TAG = 0x313C  # keeps the Mixup/CutMix random stream apart from the others

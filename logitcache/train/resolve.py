@@ -22,7 +22,7 @@ from ..lm import open_teacher
 from ..losses import loss_spec, token_loss
 from ..store import LogitStore, open_store
 from .config import TrainConfig, validate
-from .data import sampled_codec
+from .paired_data import sampled_codec
 
 # Image (and image feature) options and their defaults: a token run refuses any other value.
 IMAGE_ONLY = {"transform": None, "augment": None, "val_transform": None, "view_order": "random", "view_size": None,

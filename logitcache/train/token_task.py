@@ -30,7 +30,7 @@ from ..sources import get_model, get_token_dataset, get_tokenizer, lm_context_le
 from ..store import open_store
 from ..losses import target_positions, token_loss, token_loss_sums
 from .config import TrainConfig
-from .data import EpochSampler, check_teacher_identity
+from .paired_data import EpochSampler, check_teacher_identity
 from .run_summary import TrainSummary
 
 

@@ -30,7 +30,7 @@ from .board import open_board
 from .config import TrainConfig, get_lr
 from .image_task import ImageTask
 from .resolve import resolve
-from .resume import best, check_step_loss, hold_run, open_resume, prepare_run, save_epoch, weights_error
+from .checkpointing import best, check_step_loss, hold_run, open_resume, prepare_run, save_epoch, weights_error
 from .run_files import RunFiles
 from .student import build_optimizer, wrap_ddp
 from .run_summary import TrainSummary
@@ -82,7 +82,7 @@ def train(config: TrainConfig, log=print) -> TrainSummary:
 
     Under torchrun the student is wrapped in DistributedDataParallel, each rank takes every
     world_size-th sample (or sequence) of the epoch's order, and rank 0 alone evaluates, logs and
-    checkpoints. Rank 0 holds the run directory's lock throughout; see ``resume.py`` for that, for
+    checkpoints. Rank 0 holds the run directory's lock throughout; see ``checkpointing.py`` for that, for
     what a ``--resume`` may change, and for stopping at a non-finite loss (TrainingDivergedError).
 
     Raises:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .grammar import HASH_NAME, PARAM_DTYPE, PARAM_NAMES, VIEW_SEED_TAG, ViewAugment
+from .view_specs import HASH_NAME, PARAM_DTYPE, PARAM_NAMES, VIEW_SEED_TAG, ViewAugment
 
 HASH_BYTES = 8  # view_hashes is uint64 (BLAKE2b-64)
 

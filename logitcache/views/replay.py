@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import DatasetError
 from ..sources import transforms
-from .grammar import ViewAugment, apply_view, view_hash
+from .view_specs import ViewAugment, apply_view, view_hash
 
 
 class DumpViews(Dataset):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .dump import DumpConfig, dump
 from .errors import LogitCacheError
-from .pipeline import Plan, learns_from_teacher, plan
+from .pipeline_plan import Plan, learns_from_teacher, plan
 from .store import open_store
 from .train import TrainConfig, train
 from .train.run_files import RunFiles

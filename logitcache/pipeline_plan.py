@@ -21,7 +21,7 @@ of their own (``[students.NAME.dkd]`` with ``beta = 4`` is ``dkd_beta = 4``), so
 no logic of its own: each step is one ``train``/``dump`` call. The whole file is checked before the first step runs
 (every key against the options, every value against the option's type, then the checks each
 stage makes before it starts), so a typo in the last student stops nothing half-way; running
-the steps is ``pipeline_steps.py``. Relative paths in the file are relative to the directory
+the steps is ``pipeline_run.py``. Relative paths in the file are relative to the directory
 ``run`` is started in, not to the file's.
 """
 
