@@ -155,3 +155,14 @@ def test_bad_pipeline_loss_options(tmp_path, student, says):
     with pytest.raises(PipelineError, match="students.a") as err:
         plan(path, progress=False)
     assert says in str(err.value)
+
+
+@pytest.mark.parametrize("flag", ["--dkd-warmup", "--dkd-beta", "--dkd-alpha", "--dist-beta", "--dist-gamma"])
+def test_a_negative_loss_option_is_refused(tmp_path, digits_store, flag):
+    from tests.conftest import invoke, one_error
+
+    loss = flag.split("-")[2]
+    result = invoke("train", "--out", tmp_path / "r", "--student", "mlp", "--dataset", "digits@train", "--store",
+                    digits_store, "--loss", loss, flag, "-1", "--epochs", "1", "--no-progress")
+    assert f"{flag} must be at least 0, got -1" in one_error(result)
+    assert not (tmp_path / "r" / "metrics.jsonl").exists()

@@ -30,13 +30,17 @@ class Option:
     type: type  # float or int
     default: float | int
     help: str = ""
+    minimum: float | int | None = 0  # the smallest value that means something (weights and epochs: 0)
 
     def check(self, loss: str, value) -> float | int:
-        """``value`` as this option's type (an int fits a float option); ConfigError naming the flag."""
+        """``value`` as this option's type (an int fits a float option), at least ``minimum``;
+        ConfigError naming the flag."""
         flag = option_flag(loss, self.name)
         if isinstance(value, bool) or not isinstance(value, (int, float) if self.type is float else int):
             kind = "a number" if self.type is float else "an integer"
             raise ConfigError(f"{flag} takes {kind}, got {value!r}")
+        if self.minimum is not None and value < self.minimum:  # nan and inf: train's finite check names them
+            raise ConfigError(f"{flag} must be at least {self.minimum:g}, got {value:g}")
         return self.type(value)
 
 
