@@ -161,6 +161,26 @@ class StoredRows:
         return self._teachers
 
 
+class ReadsStoredRows:
+    """What a reader built on ``StoredRows`` (its ``reader``) tells the epoch's sampler: whether its
+    rows are in memory, and when they are streamed, the rows of a chunk (the sampler's block) and
+    the chunks the cache holds (its window)."""
+
+    reader: StoredRows
+
+    @property
+    def in_memory(self) -> bool:
+        return self.reader.in_memory
+
+    @property
+    def block_rows(self) -> int:
+        return self.reader.block_rows
+
+    @property
+    def window_blocks(self) -> int:
+        return self.reader.window_blocks
+
+
 def _gather(arrays: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
     return {name: np.take(values, index, axis=0) for name, values in arrays.items()}
 

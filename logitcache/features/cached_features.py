@@ -23,10 +23,10 @@ import torch
 from torch.utils.data import Dataset
 
 from ..store import feature_array_name
-from ..stored_rows import StoredRows
+from ..stored_rows import ReadsStoredRows, StoredRows
 
 
-class TeacherFeatures:
+class TeacherFeatures(ReadsStoredRows):
     """Decoded float32 features of one teacher, by store row: {name: (*shape) or (K, *shape)}."""
 
     def __init__(self, store, teacher_name: str, names: list[str], rows: np.ndarray, budget_bytes: int,
@@ -38,18 +38,6 @@ class TeacherFeatures:
         self.reader = StoredRows([teacher], row_bytes, budget_bytes, arrays=[feature_array_name(n) for n in self.names],
                                  rows=rows, prepare=partial(_decoded, names=self.names),
                                  window_bytes=budget_bytes // max(workers, 1), reading="its features")
-
-    @property
-    def in_memory(self) -> bool:
-        return self.reader.in_memory
-
-    @property
-    def block_rows(self) -> int:
-        return self.reader.block_rows
-
-    @property
-    def window_blocks(self) -> int:
-        return self.reader.window_blocks
 
     def __getitem__(self, row: int) -> dict[str, torch.Tensor]:
         return {name: values[0] for name, values in self.take(np.asarray([row])).items()}

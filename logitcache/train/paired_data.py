@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..errors import ConfigError, StoreIncompleteError, StoreMismatchError
 from ..store import LogitStore, open_store
-from ..stored_rows import StoredRows
+from ..stored_rows import ReadsStoredRows, StoredRows
 from .config import CACHE_BUDGET
 from .sampler import ArrayBatches, EpochSampler  # noqa: F401 -- the loader's companion, imported from here too
 from .targets import BatchDecoder
@@ -44,7 +44,7 @@ def ensemble_logits(stack: torch.Tensor, temperature: float) -> torch.Tensor:
     return temperature * torch.log(probs.clamp_min(torch.finfo(torch.float32).tiny))
 
 
-class TeacherLogits:
+class TeacherLogits(ReadsStoredRows):
     """Targets of one teacher (or a K-teacher ensemble), by store row: in memory, or streamed by
     chunk. Dense stores give float32 logits (C,); with ``sparse=True`` a topk:K or sample:K store
     gives its typed sparse targets instead (``TopKTargets``, ``SampledTargets`` of (K,) rows), so no
@@ -94,20 +94,6 @@ class TeacherLogits:
         if isinstance(teacher_names, str):
             teacher_names = [n for n in teacher_names.split(",") if n]
         return cls(location, teacher_names, budget_bytes, **kwargs)
-
-    @property
-    def in_memory(self) -> bool:
-        return self.reader.in_memory
-
-    @property
-    def block_rows(self) -> int:
-        """Rows of a chunk (of every teacher's): the sampler's block when streamed."""
-        return self.reader.block_rows
-
-    @property
-    def window_blocks(self) -> int:
-        """Chunks the streamed cache holds: the sampler's window."""
-        return self.reader.window_blocks
 
     def __getitem__(self, row: int):
         """One row's targets: (C,), or (K, C) for a multi-view store (typed sparse targets when sparse)."""
