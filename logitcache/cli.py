@@ -383,6 +383,27 @@ def pack(store, destination, overwrite, storage_options):
     click.echo(f"packed {count} objects of {store} into {destination}")
 
 
+@cli.command()
+@click.argument("store")
+@click.argument("out", type=click.Path())
+@click.option("--format", "export_format", required=True, type=click.Choice(["axolotl"]),
+              help="axolotl: the Hugging Face dataset (save_to_disk) its KD plugin trains from, from a topk:K "
+              "token store (train it with kd_temperature: 1.0).")
+@click.option("--teacher", help="Teacher name inside the store (default: its only complete teacher).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it is a saved dataset (or a file).")
+@storage_option
+@friendly_errors
+def export(store, out, export_format, teacher, overwrite, storage_options):
+    """Write a store's teacher targets as another trainer's dataset in OUT (a local directory).
+
+    The target columns are read from the store, checked against its digests, a block at a time."""
+    from .export_axolotl import export_axolotl
+
+    summary = export_axolotl(store, out, teacher=teacher, overwrite=overwrite, storage_options=storage_options,
+                             log=click.echo)
+    click.echo(summary.line())
+
+
 @cli.command(name="run")
 @click.argument("pipeline", type=click.Path(dir_okay=False))
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
