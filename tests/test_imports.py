@@ -12,7 +12,7 @@ def test_import_is_light():
 
 def test_help_lists_every_verb():
     out = subprocess.run([sys.executable, "-m", "logitcache", "--help"], capture_output=True, text=True, check=True)
-    for verb in ("dump", "info", "verify", "train", "run", "plot", "runs"):
+    for verb in ("dump", "info", "verify", "train", "run", "plot", "runs", "export", "pack"):
         assert verb in out.stdout
 
 
