@@ -136,7 +136,7 @@ def resume(spec: str, tokenizer_spec: str, work: Path) -> None:
     print("uninterrupted:", dump(work / "whole.zarr"), flush=True)
     print("killed after shard 2:", dump(work / "killed.zarr", 2, "shard_done/c/")[:2], flush=True)
     print("resumed:", dump(work / "killed.zarr"), flush=True)
-    print("killed at token chunk 3:", dump(work / "early.zarr", 3, "tokens/c/")[:2], flush=True)
+    print("killed after its first token chunk:", dump(work / "early.zarr", 1, "tokens/c/")[:2], flush=True)
     print("rerun:", dump(work / "early.zarr"), flush=True)
     whole = store_contents(work / "whole.zarr")
     digest = hashlib.sha256(json.dumps({k: hashlib.sha256(v).hexdigest() for k, v in whole.items()}).encode())

@@ -71,7 +71,7 @@ __all__ = ["SPLITS", "TokenRows", "TokenSource", "TokenStream", "get_token_datas
 
 SPLITS = ("all", "train", "val")
 VAL_EVERY = 10  # records: every 10th is val; text: the last 1/10 of each document's tokens
-BATCH_CHARS = 1 << 22  # a batch of records to tokenise: this many characters of text...
+BATCH_CHARS = 1 << 20  # a batch of records to tokenise: this many characters of text...
 BATCH_RECORDS = 4096  # ...or this many records, whichever comes first
 _SPLIT = re.compile(r"^(?P<body>.*)@(?P<split>all|train|val)$")
 
