@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .errors import LogitCacheError
 from .sources import get_dataset
-from .store import VerifyReport, open_store, token_fingerprint, verify_store
+from .store import VerifyReport, open_store, verify_store
 from .views.replay import check_view_hashes
 
 
@@ -53,9 +53,11 @@ def verify_with_dataset(location, dataset: str | None = None, *, split: str | No
 
 def _check_retokenised(store, dataset: str, split: str | None, report: VerifyReport) -> None:
     """Tokenise ``dataset`` with the store's recorded tokenizer and length; it must give the stored
-    sequences exactly (the token fingerprint)."""
+    sequences exactly (which the store's checks proved are the fingerprint's). Streamed: a block of
+    rows at a time against the stored rows, a chunk at a time, so no corpus is held whole."""
     from .sources.tokenizers import get_tokenizer
-    from .sources.tokens import get_token_dataset
+    from .sources.tokens import stream_token_dataset
+    from .store._tokens import StoredSequences
 
     recorded = store.dataset["tokenizer"]
     try:
@@ -64,12 +66,12 @@ def _check_retokenised(store, dataset: str, split: str | None, report: VerifyRep
             report.problems.append(f"tokenizer {recorded.get('spec')!r} is not the one the store recorded (its "
                                    "vocabulary or special tokens changed)")
             return
-        source = get_token_dataset(dataset, tokenizer, store.seq_len, split=split)
+        stream = stream_token_dataset(dataset, tokenizer, store.seq_len, split=split)
+        _, differs = StoredSequences(store).differs_from(stream)
     except LogitCacheError as err:
         report.problems.append(str(err))
         return
-    found = token_fingerprint(source.keys, source.tokens, source.loss_mask, source.lengths, store.vocab_size)
-    if found != store.fingerprint:
+    if differs:
         report.problems.append(f"tokenising {dataset} with {recorded.get('spec')!r} gives other sequences than the "
                                "store holds (another text, split, packing or tokenizer version)")
     else:

@@ -5,6 +5,12 @@ rerun of the same command continues.
 
 Called by the holder of the teacher's lock (``dump.run._dump``), so whatever stands at the teacher's
 path is its own to delete: an ``--overwrite``, or a creation a killed dump left unfinished.
+
+A token dump's corpus comes as a stream (``dump/tokens.TokenInputs``): a new store is written from
+it a block at a time, an existing one is compared with it a block at a time, and the corpus's
+description, complete once that pass has ended, is what the teacher's provenance records. A
+creation killed midway is deleted and written again by the same command (the teacher's shards,
+the long part, resume one by one).
 """
 
 from __future__ import annotations
@@ -29,16 +35,16 @@ from ..store import (
     check_teacher,
     clear_unfinished,
     create_store,
-    create_token_store,
     get_codec,
     holds_files,
     is_unfinished_creation,
     local_path,
     open_store,
     remove_location,
-    token_fingerprint,
     writer_lock,
 )
+from ..store._root import create_streamed_token_store
+from ..store._tokens import StoredSequences, stored_token_fingerprint
 
 
 def open_for_dump(config, source, num_classes: int, settings: dict, provenance: dict) -> tuple:
@@ -48,6 +54,8 @@ def open_for_dump(config, source, num_classes: int, settings: dict, provenance: 
                      what=f"the metadata of {config.store}"):
         store = _open_or_create_store(config, source)
         store.remove_partial_metadata()
+        if hasattr(source, "stream"):  # a token corpus, described once read
+            provenance = {**provenance, "dataset": source.description}
         return store, _open_or_create_teacher(store, config, num_classes, settings, provenance)
 
 
@@ -60,15 +68,14 @@ def _open_or_create_store(config, source) -> LogitStore:
             raise
         if is_unfinished_creation(location, options):
             remove_location(location, options)
-        if hasattr(source, "tokens"):
-            return create_token_store(location, tokens=source.tokens, loss_mask=source.loss_mask,
-                                      lengths=source.lengths, keys=source.keys, vocab_size=source.vocab_size,
-                                      tokenizer=source.tokenizer.describe(), dataset=source.description,
-                                      storage_options=options)
+        if hasattr(source, "stream"):
+            return create_streamed_token_store(location, source.stream, vocab_size=source.vocab_size,
+                                               tokenizer=source.tokenizer.describe(),
+                                               describe=lambda: source.description, storage_options=options)
         return create_store(location, keys=source.keys, labels=source.labels, dataset=source.describe(),
                             class_names=source.classes, storage_options=options)
     try:
-        if hasattr(source, "tokens"):
+        if hasattr(source, "stream"):
             _check_same_tokens(store, source)
         else:
             store.check_dataset(source.keys, source.labels)
@@ -78,15 +85,20 @@ def _open_or_create_store(config, source) -> LogitStore:
 
 
 def _check_same_tokens(store: LogitStore, source) -> None:
-    """A token dump into an existing store must feed the teacher exactly the stored sequences."""
+    """A token dump into an existing store must feed the teacher exactly the stored sequences: the
+    stored ones must be the fingerprint's (the teacher reads its batches from them), and the corpus
+    must give them again, block by block."""
     if not store.is_tokens:
         raise StoreMismatchError(f"{store.location} holds labelled samples, not token sequences")
-    found = token_fingerprint(source.keys, source.tokens, source.loss_mask, source.lengths, source.vocab_size)
-    if found != store.fingerprint:
-        stored = store.dataset
-        why = (f"{len(source.tokens)} sequences of {source.tokens.shape[1]} tokens (vocabulary {source.vocab_size}) "
+    if stored_token_fingerprint(store.group, store.vocab_size, store.location) != store.fingerprint:
+        raise CorruptStoreError(f"{store.location}: the stored tokens, loss mask, lengths or keys do not match the "
+                                "store's token fingerprint; the store was damaged or edited")
+    sequences, differs = StoredSequences(store).differs_from(source.stream)
+    stored, length = store.dataset, source.stream.seq_len
+    if differs or (length, source.vocab_size) != (stored["seq_len"], stored["vocab_size"]):
+        why = (f"{sequences} sequences of {length} tokens (vocabulary {source.vocab_size}) "
                f"where the store has {stored['num_samples']} of {stored['seq_len']} ({stored['vocab_size']})")
-        same_shape = (len(source.tokens), source.tokens.shape[1], source.vocab_size) == (
+        same_shape = (sequences, length, source.vocab_size) == (
             stored["num_samples"], stored["seq_len"], stored["vocab_size"])
         raise StoreMismatchError(f"the token sequences differ from store {store.location}'s: "
                                  + ("same shape, other tokens, mask or keys" if same_shape else why))

@@ -5,7 +5,9 @@ token store (format v4), reduced on the device.
     ...                 tokenizer="bytes", seq_len=256, codec="sample:12"))
 
 The sequences (token ids, loss mask, lengths, keys) go into the store before any teacher row, so
-the store is self-contained and every teacher row is bound to the tokens it was computed from.
+the store is self-contained and every teacher row is bound to the tokens it was computed from. They
+are streamed there from the corpus (``dump/resume.py``), and the teacher reads its batches back from
+the store, so host memory holds the shards in flight, never the corpus.
 Sequences are batched within a shard, as images are, so a resumed or distributed dump runs the
 teacher on exactly the batches an uninterrupted one does and writes the same bytes.
 """
@@ -23,9 +25,9 @@ from ..devices import resolve_device
 from ..errors import CorruptStoreError, ModelError, NonFiniteLogitsError
 from ..sources import get_model, lm_context_length
 from ..sources.tokenizers import get_tokenizer
-from ..sources.tokens import get_token_dataset
+from ..sources.tokens import TokenStream, stream_token_dataset
 from ..store import BackgroundWriter, Teacher, get_codec
-from ..store._tokens import choose_token_layout
+from ..store._tokens import StoredSequences, choose_token_layout, token_layout_horizon
 from .loop import autocast
 from .reduce import STATS, DeviceReducer
 from .resume import now_utc
@@ -35,20 +37,18 @@ from .summary import TokenDumpSummary
 
 @dataclass
 class TokenInputs:
-    """The sequences a token dump feeds its teacher, and the vocabulary its store records (the
-    teacher head's width, which may exceed the tokenizer's)."""
+    """The corpus a token dump's store is made from (or checked against), as a stream, and the
+    vocabulary its store records (the teacher head's width, which may exceed the tokenizer's)."""
 
     spec: str
-    tokens: np.ndarray
-    loss_mask: np.ndarray
-    lengths: np.ndarray
-    keys: list
+    stream: TokenStream
     tokenizer: object
-    description: dict
     vocab_size: int
 
-    def __len__(self) -> int:
-        return len(self.tokens)
+    @property
+    def description(self) -> dict | None:
+        """What the dataset record says of the corpus; complete once a pass over it has ended."""
+        return self.stream.description
 
 
 class TokenJob:
@@ -57,18 +57,18 @@ class TokenJob:
     def __init__(self, config, dist):
         self.config = config
         tokenizer = get_tokenizer(config.tokenizer)
-        source = get_token_dataset(config.dataset, tokenizer, config.seq_len, split=config.split)
+        stream = stream_token_dataset(config.dataset, tokenizer, config.seq_len, split=config.split)
         self.device = resolve_device(dist.device(config.device))
         self.model = get_model(config.teacher, tokenizer.vocab_size, weights=config.weights).to(self.device).eval()
-        self.num_classes = self._probe(source, tokenizer)
-        self.source = TokenInputs(source.spec, source.tokens, source.loss_mask, source.lengths, list(source.keys),
-                                  tokenizer, source.description, self.num_classes)
+        self.num_classes = self._probe(tokenizer)
+        self.source = TokenInputs(config.dataset, stream, tokenizer, self.num_classes)
         self.settings, self.provenance = self._settings()
+        self.rows: StoredSequences | None = None  # the store's sequences, once it is open
 
-    def _probe(self, source, tokenizer) -> int:
+    def _probe(self, tokenizer) -> int:
         """The teacher's context must hold a sequence, and its head every token id: (1, L, V >= vocab).
         It reads a sequence of id 0 first, so a too-small vocabulary is named rather than crashing."""
-        length = source.tokens.shape[1]
+        length = self.config.seq_len
         context = lm_context_length(self.model)
         if context is not None and length > context:
             raise ModelError(f"--seq-len {length} is longer than the teacher's context of {context} tokens")
@@ -83,7 +83,7 @@ class TokenJob:
             raise ModelError(f"the teacher's output is {shape} for one sequence of {length} tokens; a token dump "
                              "needs a causal LM's (batch, positions, vocabulary) logits")
         vocab = int(output.shape[2])
-        if vocab < tokenizer.vocab_size or source.tokens.max() >= vocab:
+        if vocab < tokenizer.vocab_size:  # every token id is below the tokenizer's size (checked when tokenised)
             raise ModelError(f"the teacher's head has {vocab} outputs but tokenizer {tokenizer.spec!r} has "
                              f"{tokenizer.vocab_size} ids: they were not made for each other")
         return vocab
@@ -91,7 +91,8 @@ class TokenJob:
     def _settings(self) -> tuple[dict, dict]:
         config, codec = self.config, get_codec(self.config.codec).for_classes(self.num_classes)
         row_bytes = codec.bytes_per_sample(self.num_classes) + 4  # + the row's log-sum-exp
-        layout = choose_token_layout(len(self.source), config.seq_len, row_bytes, config.rows_per_shard)
+        sequences = self.source.stream.count_rows(up_to=token_layout_horizon(config.seq_len, row_bytes))
+        layout = choose_token_layout(sequences, config.seq_len, row_bytes, config.rows_per_shard)
         settings = {
             "teacher": config.teacher, **weights_digest(config, self.model), "codec": codec.name,
             "layout": layout.to_dict(), "batch_size": config.batch_size, "bf16": config.bf16,
@@ -107,6 +108,7 @@ class TokenJob:
     def write(self, dist, store, teacher: Teacher, lock, log) -> TokenDumpSummary:
         """Write this rank's pending shards, then (rank 0) mark the teacher complete with its statistics."""
         started = time.perf_counter()
+        self.rows = StoredSequences(store)
         done = teacher.shard_done()
         pending = [s for s in range(teacher.num_shards) if s % dist.world_size == dist.rank and not done[s]]
         error = None
@@ -156,8 +158,9 @@ class TokenJob:
 
     def _reduce_batch(self, reducer: DeviceReducer, first: int, last: int, uniforms) -> tuple[dict, np.ndarray]:
         """Sequences [first, last) through the teacher and the reducer, on the device."""
-        source, device = self.source, self.device
-        ids = torch.as_tensor(source.tokens[first:last], dtype=torch.long).to(device, non_blocking=True)
+        device = self.device
+        tokens, loss_mask, lengths = self.rows.rows(first, last)
+        ids = torch.as_tensor(tokens, dtype=torch.long).to(device, non_blocking=True)
         with torch.inference_mode():
             with autocast(device, self.config.bf16):
                 logits = logits_of(self.model(ids))
@@ -165,13 +168,13 @@ class TokenJob:
                 raise ModelError(f"the teacher's output changed shape to {tuple(logits.shape)} for sequences "
                                  f"{first}-{last}; it must be {(*ids.shape, self.num_classes)}")
             next_tokens = torch.roll(ids, -1, dims=1).flatten()
-            is_target = torch.as_tensor(source.loss_mask[first:last], device=device).flatten()
+            is_target = torch.as_tensor(loss_mask, device=device).flatten()
             positions = torch.arange(ids.shape[1], device=device)
-            is_real = (positions[None, :] < torch.as_tensor(source.lengths[first:last], device=device)[:, None])
+            is_real = (positions[None, :] < torch.as_tensor(lengths, device=device)[:, None])
             arrays, stats, bad = reducer(logits.flatten(0, 1), next_tokens, is_target, is_real.flatten(), uniforms)
         if bad.size:
             sequences = sorted({first + int(row) // ids.shape[1] for row in bad})
-            keys = ", ".join(repr(source.keys[s]) for s in sequences[:5])
+            keys = ", ".join(repr(self.rows.keys(s, s + 1)[0]) for s in sequences[:5])
             raise NonFiniteLogitsError(f"the teacher produced NaN/inf logits at {bad.size} positions of "
                                        f"{len(sequences)} sequences (keys: {keys}{', …' if len(sequences) > 5 else ''})"
                                        "; nothing was marked complete")

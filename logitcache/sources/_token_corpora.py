@@ -1,7 +1,11 @@
 """The token dataset kinds: where a corpus's records come from (each registers itself).
 
     >>> corpus = TOKEN_DATASETS.get("jsonl")("jsonl:chats.jsonl:messages", "chats.jsonl:messages", "train")
-    >>> corpus.records[0]          # Record(key='chats.jsonl:1', value=[{'role': ..., 'content': ...}, ...])
+    >>> next(corpus.records)       # Record(key='chats.jsonl:1', value=[{'role': ..., 'content': ...}, ...])
+
+A reader finds its files (or loads its dataset, or calls its factory) at once, so a bad spec fails
+before any work, and yields its records lazily, one file, line or batch of rows at a time: a
+corpus is never held in memory whole.
 
 - ``text:FILE_OR_GLOB``: one document per file (UTF-8); key: the path relative to the glob's
   fixed directory (``hamlet.md``).
@@ -21,6 +25,7 @@ from __future__ import annotations
 import glob
 import inspect
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +34,8 @@ from ._loading import call_user, first_line, quiet_torch
 from ._registry import import_object, register_token_dataset
 
 DEFAULT_FIELDS = ("text", "messages", "input_ids")
+ROWS_PER_READ = 1024  # hf and parquet rows read at a time
+_END = object()  # what next() gives at the end of an iterator
 LM_EXTRA = "pip install 'logitcache[lm]'"
 
 
@@ -45,9 +52,9 @@ class Record:
 class Corpus:
     """What a reader found. ``split_by``: how ``tokens.py`` takes a split from it — ``tokens``
     (the tail of each record's tokens), ``records`` (every 10th record) or ``done`` (the reader
-    applied the split already)."""
+    applied the split already). ``records`` is read once; ``about`` is final once it has been."""
 
-    records: list[Record]
+    records: Iterator[Record]
     split_by: str
     pack: bool  # packed by default
     about: dict = field(default_factory=dict)  # JSON-able: what was read
@@ -102,16 +109,19 @@ def matching_files(spec: str, pattern: str) -> list[tuple[Path, str]]:
                         description="UTF-8 text files, one document each")
 def read_text(spec: str, arg: str, split: str | None) -> Corpus:
     """Plain text files, one document each, packed by default; split by each file's tokens."""
-    records = []
-    for file, key in matching_files(spec, arg):
+    files = matching_files(spec, arg)
+    return Corpus(_text_records(spec, files), "tokens", pack=True, about={"files": len(files)})
+
+
+def _text_records(spec: str, files: list[tuple[Path, str]]) -> Iterator[Record]:
+    for file, key in files:
         try:
-            records.append(Record(key, file.read_text(encoding="utf-8")))
+            yield Record(key, file.read_text(encoding="utf-8"))
         except UnicodeDecodeError as err:
             raise DatasetError(f"token dataset {spec!r}: {file} is not UTF-8 text ({err.reason} at byte "
                                f"{err.start})") from None
         except OSError as err:
             raise DatasetError(f"token dataset {spec!r}: cannot read {file} ({first_line(err)})") from None
-    return Corpus(records, "tokens", pack=True, about={"files": len(records)})
 
 
 @register_token_dataset("jsonl", grammar="jsonl:FILE_OR_GLOB[:FIELD]",
@@ -119,8 +129,13 @@ def read_text(spec: str, arg: str, split: str | None) -> Corpus:
 def read_jsonl(spec: str, arg: str, split: str | None) -> Corpus:
     """JSON lines, one record per non-blank line; FIELD is chosen from the first record."""
     pattern, name = split_field(arg)
-    records: list[Record] = []
-    for file, key in matching_files(spec, pattern):
+    about = {"field": name}
+    return Corpus(_jsonl_records(spec, matching_files(spec, pattern), about), "records", pack=False, about=about)
+
+
+def _jsonl_records(spec: str, files: list[tuple[Path, str]], about: dict) -> Iterator[Record]:
+    name = about["field"]
+    for file, key in files:
         with open(file, encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):
                 if not line.strip():
@@ -134,10 +149,8 @@ def read_jsonl(spec: str, arg: str, split: str | None) -> Corpus:
                 if not isinstance(row, dict):
                     raise DatasetError(f"token dataset {spec!r}: {where} is a JSON {type(row).__name__}, "
                                        "not an object")
-                name = choose_field(spec, name, row, where)
-                records.append(Record(f"{key}:{number}", row[name], row.get("loss_mask") if name == "input_ids"
-                                      else None))
-    return Corpus(records, "records", pack=False, about={"field": name})
+                name = about["field"] = choose_field(spec, name, row, where)
+                yield Record(f"{key}:{number}", row[name], row.get("loss_mask") if name == "input_ids" else None)
 
 
 @register_token_dataset("hf", grammar="hf:DIR[:FIELD]",
@@ -156,12 +169,12 @@ def read_hf(spec: str, arg: str, split: str | None) -> Corpus:
         loaded = call_user(datasets.load_from_disk, f"token dataset {spec!r}: cannot load {path}", DatasetError,
                            path)
     if not isinstance(loaded, datasets.DatasetDict):
-        name, records = _columns(spec, loaded, name, path, "")
-        return Corpus(records, "records", pack=False, about={"field": name})
-    parts, records = _dict_parts(spec, loaded, split), []
-    for part, data in parts:
-        name, found = _columns(spec, data, name, f"{path} split {part!r}", f"{part}/")
-        records += found
+        name = choose_field(spec, name, loaded.column_names, path)
+        return Corpus(_rows(loaded, name, ""), "records", pack=False, about={"field": name})
+    parts = _dict_parts(spec, loaded, split)
+    for part, data in parts:  # every part's field, checked before any is read
+        name = choose_field(spec, name, data.column_names, f"{path} split {part!r}")
+    records = (record for part, data in parts for record in _rows(data, name, f"{part}/"))
     return Corpus(records, "done", pack=False, about={"field": name, "splits": [part for part, _ in parts]})
 
 
@@ -177,12 +190,14 @@ def _dict_parts(spec: str, loaded, split: str | None) -> list:
     return [(found, loaded[found])]
 
 
-def _columns(spec: str, data, name: str | None, where: str, prefix: str) -> tuple[str, list[Record]]:
-    """(the field read, a record per row) of one Hugging Face Dataset."""
-    chosen = choose_field(spec, name, data.column_names, where)
-    values = list(data[chosen])
-    masks = list(data["loss_mask"]) if chosen == "input_ids" and "loss_mask" in data.column_names else None
-    return chosen, [Record(f"{prefix}{i}", value, masks[i] if masks else None) for i, value in enumerate(values)]
+def _rows(data, name: str, prefix: str) -> Iterator[Record]:
+    """A record per row of one Hugging Face Dataset, ``ROWS_PER_READ`` rows read at a time."""
+    with_mask = name == "input_ids" and "loss_mask" in data.column_names
+    for first in range(0, len(data), ROWS_PER_READ):
+        batch = data[first: first + ROWS_PER_READ]
+        masks = batch["loss_mask"] if with_mask else [None] * len(batch[name])
+        for offset, (value, mask) in enumerate(zip(batch[name], masks)):
+            yield Record(f"{prefix}{first + offset}", value, mask)
 
 
 @register_token_dataset("parquet", grammar="parquet:FILE_OR_GLOB[:FIELD]",
@@ -194,16 +209,27 @@ def read_parquet(spec: str, arg: str, split: str | None) -> Corpus:
         import pyarrow.parquet as pq
     except ImportError:
         raise SpecError(f"token dataset {spec!r} needs pyarrow: {LM_EXTRA}") from None
-    records: list[Record] = []
-    for file, key in matching_files(spec, pattern):
-        table = call_user(pq.read_table, f"token dataset {spec!r}: cannot read {file} as Parquet", DatasetError,
-                          file)
-        name = choose_field(spec, name, table.column_names, str(file))
-        values = table.column(name).to_pylist()
-        masks = (table.column("loss_mask").to_pylist() if name == "input_ids" and "loss_mask" in table.column_names
-                 else [None] * len(values))
-        records += [Record(f"{key}#{row}", value, mask) for row, (value, mask) in enumerate(zip(values, masks))]
-    return Corpus(records, "records", pack=False, about={"field": name})
+    files = []
+    for file, key in matching_files(spec, pattern):  # every file's columns, checked before any is read
+        columns = call_user(pq.read_schema, f"token dataset {spec!r}: cannot read {file} as Parquet", DatasetError,
+                            file).names
+        name = choose_field(spec, name, columns, str(file))
+        files.append((file, key, [name, "loss_mask"] if name == "input_ids" and "loss_mask" in columns else [name]))
+    return Corpus(_parquet_records(spec, pq, files), "records", pack=False, about={"field": name})
+
+
+def _parquet_records(spec: str, pq, files: list[tuple[Path, str, list[str]]]) -> Iterator[Record]:
+    for file, key, columns in files:
+        cannot = f"token dataset {spec!r}: cannot read {file} as Parquet"
+        parquet = call_user(pq.ParquetFile, cannot, DatasetError, file)
+        row = 0
+        for batch in _each(call_user(parquet.iter_batches, cannot, DatasetError, ROWS_PER_READ, columns=columns),
+                           cannot):
+            values = batch.column(columns[0]).to_pylist()
+            masks = batch.column("loss_mask").to_pylist() if len(columns) == 2 else [None] * len(values)
+            for value, mask in zip(values, masks):
+                yield Record(f"{key}#{row}", value, mask)
+                row += 1
 
 
 def factory_corpus(spec: str, target: str, split: str | None) -> Corpus:
@@ -215,9 +241,16 @@ def factory_corpus(spec: str, target: str, split: str | None) -> Corpus:
     takes_split = _takes_split(factory)
     kwargs = {"split": split or "all"} if takes_split else {}
     items = call_user(factory, f"token dataset {spec!r}: the factory failed", DatasetError, **kwargs)
-    items = call_user(list, f"token dataset {spec!r}: the factory returned no iterable", DatasetError, items)
-    records = [_factory_record(spec, index, item) for index, item in enumerate(items)]
+    no_iterable = f"token dataset {spec!r}: the factory returned no iterable"
+    items = call_user(iter, no_iterable, DatasetError, items)
+    records = (_factory_record(spec, index, item) for index, item in enumerate(_each(items, no_iterable)))
     return Corpus(records, "done" if takes_split else "records", pack=False, about={"factory": target})
+
+
+def _each(items: Iterator, what: str) -> Iterator:
+    """The items, whatever the iterator raises made one ``DatasetError`` line."""
+    while (item := call_user(next, what, DatasetError, items, _END)) is not _END:
+        yield item
 
 
 def _takes_split(factory) -> bool:

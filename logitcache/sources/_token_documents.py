@@ -2,6 +2,7 @@
 
     >>> document = to_document(Record("chats.jsonl:1", messages), tokenizer, spec)
     >>> document.ids, document.targets        # targets[j]: token j is predicted (from token j - 1)
+    >>> documents = to_documents(records, tokenizer, spec)   # many: their texts encoded in one batch
 
 Chat messages (a list of ``{"role", "content"}``): only the assistant's tokens are targets.
 
@@ -39,6 +40,18 @@ class Document:
 
     def part(self, begin: int, end: int) -> Document:
         return Document(self.key, self.ids[begin:end], self.targets[begin:end], self.plain, self.start + begin)
+
+
+def to_documents(records: list[Record], tokenizer, spec: str) -> list[Document]:
+    """``to_document`` of each record; the texts among them go to the tokenizer in one batch."""
+    documents = [None if isinstance(r.value, str) else to_document(r, tokenizer, spec) for r in records]
+    texts = [index for index, document in enumerate(documents) if document is None]
+    encoded = tokenizer.encode_batch([records[index].value for index in texts])
+    for index, ids in zip(texts, encoded):
+        ids = np.asarray(ids).reshape(-1).astype(np.int64, copy=False)
+        documents[index] = Document(records[index].key, ids, np.ones(len(ids), dtype=bool), plain=True)
+        _check_ids(ids, tokenizer, f"token dataset {spec!r}: record {records[index].key}")
+    return documents
 
 
 def to_document(record: Record, tokenizer, spec: str) -> Document:

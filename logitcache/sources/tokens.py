@@ -4,6 +4,9 @@
     >>> source = get_token_dataset("text:data/text/shakespeare/*.md@train", tokenizer, seq_len=256)
     >>> source.tokens.shape, source.lengths[-1], source.keys[:2]
     ((2063, 256), 71, ['hamlet.md#0', 'hamlet.md#255'])
+    >>> stream = stream_token_dataset("text:corpus/*.txt", tokenizer, seq_len=2048)
+    >>> for rows in stream: ...                # TokenRows, in order; memory bounded by a batch
+    >>> stream.description                     # complete once a pass has ended
 
 Specs (``KIND:ARG[@SPLIT]``; ``_token_corpora.py`` reads each kind):
 
@@ -39,11 +42,19 @@ column L-1 and from ``lengths[i] - 1`` on. Padding is ``tokenizer.pad_id``. Keys
 comes from: ``FILE#OFFSET`` (the token offset of its first token in that document) for cut
 documents, the record's key (``chats.jsonl:7``, ``data.parquet#3``, ``12``) for unpacked records.
 The same inputs always give the same arrays.
+
+Streamed: records are read, tokenised (texts in batches, ``Tokenizer.encode_batch``) and cut a
+batch at a time (``_token_packing.py``), so a pass holds one batch of records (``BATCH_CHARS`` of
+text, or ``BATCH_RECORDS``), the rows cut from it and one row's overlap, never the corpus: no split
+needs a whole pass (a text's val part is the tail of that document, a record's split its index).
+A single document is tokenised whole, so one text file bounds the memory from below.
+``get_token_dataset`` is one pass gathered into arrays, for data that fits in memory.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,14 +62,17 @@ import numpy as np
 from ..errors import DatasetError, SpecError
 from . import _token_corpora  # noqa: F401 - registers the built-in kinds
 from ._registry import TOKEN_DATASETS, register_token_dataset
-from ._token_corpora import Corpus, factory_corpus
-from ._token_documents import Document, to_document
+from ._token_corpora import Corpus, Record, factory_corpus
+from ._token_documents import Document, to_documents
+from ._token_packing import PackedRows, TokenRows, concatenate_rows, document_rows, record_rows
 
-__all__ = ["SPLITS", "TokenSource", "get_token_dataset", "list_token_datasets", "parse_token_spec",
-           "register_token_dataset"]
+__all__ = ["SPLITS", "TokenRows", "TokenSource", "TokenStream", "get_token_dataset", "list_token_datasets",
+           "parse_token_spec", "register_token_dataset", "stream_token_dataset"]
 
 SPLITS = ("all", "train", "val")
 VAL_EVERY = 10  # records: every 10th is val; text: the last 1/10 of each document's tokens
+BATCH_CHARS = 1 << 20  # a batch of records to tokenise: this many characters of text...
+BATCH_RECORDS = 4096  # ...or this many records, whichever comes first
 _SPLIT = re.compile(r"^(?P<body>.*)@(?P<split>all|train|val)$")
 
 
@@ -103,7 +117,7 @@ def parse_token_spec(spec: str, split: str | None = None) -> tuple[str, str, str
 
 def get_token_dataset(spec: str, tokenizer, seq_len: int, *, split: str | None = None,
                       pack: bool | None = None) -> TokenSource:
-    """Tokenise the data a spec names into rows of ``seq_len`` tokens (module docstring).
+    """Tokenise the data a spec names into rows of ``seq_len`` tokens, in memory (module docstring).
 
     Args:
         spec: ``KIND:ARG[@SPLIT]`` or ``package.module:factory[@SPLIT]``.
@@ -117,26 +131,77 @@ def get_token_dataset(spec: str, tokenizer, seq_len: int, *, split: str | None =
         DatasetError: no file matches, a bad record or JSON line, an unknown field, a token id
             outside the vocabulary, a record longer than seq_len (unpacked), no tokens at all.
     """
+    stream = stream_token_dataset(spec, tokenizer, seq_len, split=split, pack=pack)
+    rows = concatenate_rows(list(stream))
+    return TokenSource(spec, rows.tokens, rows.loss_mask, rows.lengths, rows.keys, tokenizer, stream.description)
+
+
+def stream_token_dataset(spec: str, tokenizer, seq_len: int, *, split: str | None = None,
+                         pack: bool | None = None) -> TokenStream:
+    """The rows ``get_token_dataset`` gives, as a stream a pass at a time (same arguments and errors;
+    the spec, its files and its reader are checked here, the records when a pass reads them)."""
     if not isinstance(seq_len, int) or seq_len < 2:
         raise SpecError(f"seq_len must be an integer of at least 2 (a row needs a token and its next), "
                         f"got {seq_len!r}")
     kind, arg, split = parse_token_spec(spec, split)
-    corpus = _read(spec, kind, arg, split)
-    documents = [to_document(record, tokenizer, spec) for record in corpus.records]
-    documents = [d for d in _take_split(documents, corpus.split_by, split) if len(d.ids)]
-    if not documents:
-        raise DatasetError(f"token dataset {spec!r} ({split}) holds no tokens")
-    pack = corpus.pack if pack is None else bool(pack)
-    tokens, loss_mask, lengths, keys = _rows(documents, seq_len, tokenizer, pack, corpus.split_by == "tokens", spec)
-    if not loss_mask.any():
-        raise DatasetError(f"token dataset {spec!r} ({split}) has no target token (chats without an assistant "
-                           "message? records of one token?)")
-    description = {"spec": spec, "kind": kind, "split": split, "split_rule": _split_rule(corpus.split_by),
-                   "seq_len": seq_len, "packing": pack, "separator": tokenizer.eos_id if pack else None,
-                   "documents": len(documents), "corpus_tokens": sum(len(d.ids) for d in documents),
-                   "rows": len(keys), "tokens": int(lengths.sum()),
-                   "targets": int(loss_mask.sum()), "tokenizer": tokenizer.identity, **corpus.about}
-    return TokenSource(spec, tokens, loss_mask, lengths, keys, tokenizer, description)
+    stream = TokenStream(spec, kind, arg, split, tokenizer, seq_len, pack)
+    stream.corpus = _read(spec, kind, arg, split)
+    return stream
+
+
+@dataclass
+class TokenStream:
+    """A token dataset read a pass at a time: iterating gives its ``TokenRows`` in order, reading the
+    corpus again each time; ``description`` is complete once a pass has ended (None before)."""
+
+    spec: str
+    kind: str
+    arg: str
+    split: str
+    tokenizer: object
+    seq_len: int
+    pack: bool | None
+    corpus: Corpus | None = None  # the next pass's reader (made ahead, so a bad spec fails at once)
+    description: dict | None = None
+
+    def __iter__(self) -> Iterator[TokenRows]:
+        corpus, self.corpus = self.corpus or _read(self.spec, self.kind, self.arg, self.split), None
+        pack = corpus.pack if self.pack is None else bool(self.pack)
+        counts = dict.fromkeys(("documents", "corpus_tokens", "rows", "tokens", "targets"), 0)
+        for rows in _cut_rows(self._documents(corpus, counts), self.seq_len, self.tokenizer, pack,
+                              corpus.split_by == "tokens", self.spec):
+            counts.update(rows=counts["rows"] + len(rows), tokens=counts["tokens"] + int(rows.lengths.sum()),
+                          targets=counts["targets"] + int(rows.loss_mask.sum()))
+            yield rows
+        if not counts["targets"]:
+            raise DatasetError(f"token dataset {self.spec!r} ({self.split}) has no target token (chats without an "
+                               "assistant message? records of one token?)")
+        self.description = {"spec": self.spec, "kind": self.kind, "split": self.split,
+                            "split_rule": _split_rule(corpus.split_by), "seq_len": self.seq_len, "packing": pack,
+                            "separator": self.tokenizer.eos_id if pack else None, **counts,
+                            "tokenizer": self.tokenizer.identity, **corpus.about}
+
+    def count_rows(self, up_to: int) -> int:
+        """How many rows the stream has, counted up to ``up_to`` (reading only as far as that takes)."""
+        rows = 0
+        for block in self:
+            rows += len(block)
+            if rows >= up_to:
+                return up_to
+        return rows
+
+    def _documents(self, corpus: Corpus, counts: dict) -> Iterator[list[Document]]:
+        """Batches of the split's non-empty documents, counted."""
+        index = 0
+        for records in _batches(corpus.records):
+            documents = to_documents(records, self.tokenizer, self.spec)
+            documents = [d for d in _take_split(documents, index, corpus.split_by, self.split) if len(d.ids)]
+            index += len(records)
+            counts["documents"] += len(documents)
+            counts["corpus_tokens"] += sum(len(d.ids) for d in documents)
+            yield documents
+        if not counts["documents"]:
+            raise DatasetError(f"token dataset {self.spec!r} ({self.split}) holds no tokens")
 
 
 def _read(spec: str, kind: str, arg: str, split: str) -> Corpus:
@@ -146,12 +211,25 @@ def _read(spec: str, kind: str, arg: str, split: str) -> Corpus:
     return reader(spec, arg, split)
 
 
-def _take_split(documents: list[Document], split_by: str, split: str) -> list[Document]:
+def _batches(records: Iterator[Record]) -> Iterator[list[Record]]:
+    """Records in batches of about ``BATCH_CHARS`` characters of text, at most ``BATCH_RECORDS``."""
+    batch, chars = [], 0
+    for record in records:
+        batch.append(record)
+        chars += len(record.value) if isinstance(record.value, str) else 1
+        if chars >= BATCH_CHARS or len(batch) >= BATCH_RECORDS:
+            yield batch
+            batch, chars = [], 0
+    if batch:
+        yield batch
+
+
+def _take_split(documents: list[Document], first: int, split_by: str, split: str) -> list[Document]:
+    """The split's part of these documents, the first of which is record ``first`` of the corpus."""
     if split == "all" or split_by == "done":
         return documents
     if split_by == "records":
-        val = [i % VAL_EVERY == VAL_EVERY - 1 for i in range(len(documents))]
-        return [d for d, is_val in zip(documents, val) if is_val == (split == "val")]
+        return [d for i, d in enumerate(documents, first) if (i % VAL_EVERY == VAL_EVERY - 1) == (split == "val")]
     cuts = [len(d.ids) - len(d.ids) // VAL_EVERY for d in documents]  # split_by == "tokens"
     return [d.part(cut, len(d.ids)) if split == "val" else d.part(0, cut) for d, cut in zip(documents, cuts)]
 
@@ -162,43 +240,24 @@ def _split_rule(split_by: str) -> str:
             "done": "the source's own splits"}[split_by]
 
 
-def _rows(documents: list[Document], seq_len: int, tokenizer, pack: bool, cut_documents: bool, spec: str):
-    """(tokens, loss_mask, lengths, keys) of all rows, documents packed or one after another."""
-    if not pack and not cut_documents:
-        for document in documents:
-            if len(document.ids) > seq_len:
-                raise DatasetError(f"token dataset {spec!r}: record {document.key} has {len(document.ids)} tokens, "
-                                   f"more than seq_len {seq_len}; raise seq_len or pack the records")
-    groups = [documents] if pack else [[d] for d in documents]
-    parts = [_cut(group, tokenizer.eos_id, seq_len, tokenizer.pad_id) for group in groups]
-    tokens, loss_mask, lengths = (np.concatenate([p[i] for p in parts]) for i in range(3))
-    keys = [k for p in parts for k in p[3]] if pack or cut_documents else [d.key for d in documents]
-    return tokens, loss_mask, lengths, keys
-
-
-def _cut(documents: list[Document], separator: int | None, seq_len: int, pad_id: int):
-    """Documents joined into one stream (``separator`` after each text but the last), cut into rows
-    of ``seq_len`` that start every ``seq_len - 1`` tokens, so each target is in exactly one row."""
-    pieces, targets, begins, position = [], [], [], 0
-    for index, document in enumerate(documents):
-        if index and separator is not None and documents[index - 1].plain:  # chats and given ids end themselves
-            pieces.append(np.array([separator], dtype=np.int64))
-            targets.append(np.ones(1, dtype=bool))  # a text's end is worth predicting
-            position += 1
-        begins.append(position)
-        position += len(document.ids)
-        pieces.append(document.ids)
-        targets.append(document.targets)
-    ids, targets = np.concatenate(pieces).astype(np.int64), np.concatenate(targets).astype(bool)
-    n = len(ids)
-    starts = np.arange(0, max(n - 1, 1), seq_len - 1)
-    index = starts[:, None] + np.arange(seq_len)[None, :]  # (rows, L)
-    tokens = np.where(index < n, ids[np.minimum(index, n - 1)], pad_id).astype(np.int64)
-    following = index + 1
-    loss_mask = (following < n) & (np.arange(seq_len)[None, :] < seq_len - 1)
-    loss_mask &= targets[np.minimum(following, n - 1)]
-    lengths = np.minimum(n - starts, seq_len).astype(np.int64)
-    # a row's key: the document its first token belongs to (a separator, to the one before it) and the offset
-    owners = np.searchsorted(np.asarray(begins), starts, side="right") - 1
-    keys = [f"{documents[o].key}#{documents[o].start + s - begins[o]}" for o, s in zip(owners, starts)]
-    return tokens, loss_mask, lengths, keys
+def _cut_rows(batches: Iterator[list[Document]], seq_len: int, tokenizer, pack: bool, cut_documents: bool,
+              spec: str) -> Iterator[TokenRows]:
+    """Rows of the documents, a batch at a time: packed into one stream, or each document cut on its
+    own (text), or one row per record."""
+    packer = PackedRows(seq_len, tokenizer.eos_id, tokenizer.pad_id) if pack else None
+    for documents in batches:
+        if packer is not None:
+            rows = packer.add(documents)
+        elif cut_documents:
+            rows = concatenate_rows([document_rows(d, seq_len, tokenizer.pad_id) for d in documents]) if documents \
+                else None
+        else:
+            for document in documents:
+                if len(document.ids) > seq_len:
+                    raise DatasetError(f"token dataset {spec!r}: record {document.key} has {len(document.ids)} "
+                                       f"tokens, more than seq_len {seq_len}; raise seq_len or pack the records")
+            rows = record_rows(documents, seq_len, tokenizer.pad_id)
+        if rows is not None and len(rows):
+            yield rows
+    if packer is not None and (rows := packer.finish()) is not None:
+        yield rows

@@ -5,9 +5,20 @@ redoes (``is_unfinished_creation``, ``remove_location``).
     >>> create_store("digits.zarr", keys=keys, labels=labels, dataset={"spec": "digits"})
     >>> create_token_store("lm.zarr", tokens=t, loss_mask=m, lengths=n, keys=k, vocab_size=256,
     ...                    tokenizer={"spec": "bytes", ...}, dataset={"spec": "text:plays/*.md"})
+    >>> create_streamed_token_store("lm.zarr", stream, vocab_size=256, tokenizer={...},
+    ...                             describe=lambda: stream.description)   # a corpus larger than memory
+
+A streamed token store's arrays are written a few chunks at a time as the row blocks come, then
+read back for the token fingerprint, then the attribute: the bytes are those of the same arrays
+written at once (each array's chunk rows are the rule ``_write_index_array`` applies to the whole;
+the arrays grow by doubling and are cut to their length at the end, as zarr stores edge chunks).
+A creation that fails is deleted again; one that is killed is what ``is_unfinished_creation`` finds.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import zarr
@@ -26,11 +37,13 @@ from ._tokens import (
     TOKEN_ARRAYS,
     TOKENS_ARRAY,
     check_sequences,
+    stored_token_fingerprint,
     token_dataset_record,
     token_dtype,
 )
 
 INDEX_CHUNK_ROWS = 65536  # keys and labels: small, read whole, one checksummed chunk per 64k rows
+INDEX_CHUNK_BYTES = 4 << 20  # and a chunk of a wider array (tokens, loss_mask) holds at most 4 MiB
 ROOT_ARRAYS = ("keys", "labels", *TOKEN_ARRAYS)  # what a root may hold before its attribute is written
 
 
@@ -66,28 +79,159 @@ def create_token_store(location, *, tokens, loss_mask, lengths, keys, vocab_size
         None if len(keys) == len(tokens) else f"{len(keys)} keys for {len(tokens)} sequences")
     if why:
         raise DatasetError(f"cannot make a token store: {why}")
-    arrays = {"keys": keys, TOKENS_ARRAY: tokens.astype(token_dtype(vocab_size)), LOSS_MASK_ARRAY: loss_mask,
-              LENGTHS_ARRAY: lengths}
-    record = token_dataset_record(dataset, tokens, loss_mask, lengths, keys, vocab_size, tokenizer)
-    return _create_root(location, arrays, record, TOKENS_VERSION, storage_options)
+    block = _Rows(tokens, loss_mask, lengths, keys)
+    return create_streamed_token_store(location, [block], vocab_size=vocab_size, tokenizer=tokenizer,
+                                       describe=lambda: dataset, storage_options=storage_options)
+
+
+def create_streamed_token_store(location, rows: Iterable, *, vocab_size: int, tokenizer: dict,
+                                describe: Callable[[], dict], storage_options=None) -> LogitStore:
+    """Create a token store from blocks of rows (each with ``tokens``, ``loss_mask``, ``lengths``
+    and ``keys``), written as they come; ``describe()``, called once they are all written, gives the
+    ``dataset`` record. Anything the blocks raise leaves nothing behind.
+
+    Raises:
+        DatasetError: a block is not token sequences of this vocabulary, or there are none.
+        StoreExistsError, StoreWriteError: as ``create_store``.
+    """
+    location = str(location)
+    with _root_errors(location):
+        group = _new_root(location, storage_options)
+        try:
+            counts = _write_token_arrays(group, rows, vocab_size)
+            fingerprint = stored_token_fingerprint(group, vocab_size, location)
+            record = token_dataset_record(describe(), **counts, vocab_size=vocab_size, tokenizer=tokenizer,
+                                          fingerprint=fingerprint)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                remove_location(location, storage_options)
+            raise
+        group.attrs[ROOT_ATTR] = {"format": FORMAT_NAME, "version": TOKENS_VERSION, "dataset": record}
+    return open_store(location, read_only=False, storage_options=storage_options)
+
+
+class _Rows:
+    """A block of token rows, as ``create_streamed_token_store`` takes them."""
+
+    def __init__(self, tokens, loss_mask, lengths, keys):
+        self.tokens, self.loss_mask, self.lengths, self.keys = tokens, loss_mask, lengths, keys
+
+
+def _write_token_arrays(group, rows: Iterable, vocab_size: int) -> dict:
+    """Every block into the four arrays, each checked first; the counts the dataset record holds."""
+    writers, counts = {}, {"num_sequences": 0, "seq_len": None, "num_tokens": 0, "num_targets": 0}
+    for block in rows:
+        tokens, loss_mask = np.asarray(block.tokens), np.asarray(block.loss_mask, dtype=bool)
+        lengths, keys = np.asarray(block.lengths, dtype=np.int64), [str(k) for k in block.keys]
+        why = check_sequences(tokens, loss_mask, lengths, vocab_size) or (
+            None if len(keys) == len(tokens) else f"{len(keys)} keys for {len(tokens)} sequences") or (
+            None if counts["seq_len"] in (None, tokens.shape[1]) else
+            f"a block of {tokens.shape[1]} positions after blocks of {counts['seq_len']}")
+        if why:
+            raise DatasetError(f"cannot make a token store: {why}")
+        if not writers:
+            writers = {name: _GrowingArray(group, name) for name in TOKEN_ARRAYS}
+        for name, values in (("keys", keys), (TOKENS_ARRAY, tokens.astype(token_dtype(vocab_size))),
+                             (LOSS_MASK_ARRAY, loss_mask), (LENGTHS_ARRAY, lengths)):
+            writers[name].append(values)
+        counts.update(num_sequences=counts["num_sequences"] + len(keys), seq_len=tokens.shape[1],
+                      num_tokens=counts["num_tokens"] + int(lengths.sum()),
+                      num_targets=counts["num_targets"] + int(loss_mask.sum()))
+    if not writers:
+        raise DatasetError("cannot make a token store: tokens must be (sequences >= 1, length >= 2), not none")
+    for writer in writers.values():
+        writer.close()
+    return counts
+
+
+class _GrowingArray:
+    """One root array written a whole number of chunks at a time, with the chunk rows
+    ``_write_index_array`` gives the whole array: rows are held until a chunk is full, and the
+    first chunk's rows are known once that many have come or the rows end."""
+
+    def __init__(self, group, name: str):
+        self.group, self.name = group, name
+        self.array, self.chunk, self.written = None, None, 0
+        self.pending: list = []
+        self.pending_rows = 0
+
+    def append(self, values) -> None:
+        self.pending.append(values)
+        self.pending_rows += len(values)
+        if self.chunk is None and self.pending_rows >= _chunk_cap(values):
+            self._create(_chunk_cap(values))
+        if self.array is not None and self.pending_rows >= self.chunk:
+            self._flush(self.pending_rows // self.chunk * self.chunk)
+
+    def close(self) -> None:
+        if self.array is None:
+            self._create(max(1, self.pending_rows))
+        if self.pending_rows:
+            self._flush(self.pending_rows)
+        self.array.resize((self.written, *self.array.shape[1:]))
+
+    def _create(self, chunk: int) -> None:
+        self.chunk, first = chunk, self.pending[0]
+        if isinstance(first, list):
+            self.array = self.group.create_array(self.name, shape=(chunk,), dtype=str, chunks=(chunk,),
+                                                 compressors=[zarr.codecs.ZstdCodec(level=5),
+                                                              zarr.codecs.Crc32cCodec()])
+        else:
+            self.array = self.group.create_array(self.name, shape=(chunk, *first.shape[1:]), dtype=first.dtype,
+                                                 chunks=(chunk, *first.shape[1:]), compressors=compressors())
+
+    def _flush(self, rows: int) -> None:
+        """The first ``rows`` pending rows into the array (grown by doubling when they do not fit)."""
+        joined = self._joined()
+        values, rest = joined[:rows], joined[rows:]
+        end = self.written + rows
+        if end > self.array.shape[0]:
+            self.array.resize((max(end, 2 * self.array.shape[0]), *self.array.shape[1:]))
+        self.array[self.written:end] = np.asarray(values, dtype=object) if isinstance(values, list) else values
+        self.written, self.pending, self.pending_rows = end, [rest] if len(rest) else [], len(rest)
+
+    def _joined(self):
+        if isinstance(self.pending[0], list):
+            return [value for part in self.pending for value in part]
+        return np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+
+
+def _chunk_cap(values) -> int:
+    """The most rows ``_write_index_array`` puts in a chunk of this array, whatever its length."""
+    if isinstance(values, list):
+        return INDEX_CHUNK_ROWS
+    return max(1, min(INDEX_CHUNK_ROWS, INDEX_CHUNK_BYTES // max(1, values[:1].nbytes)))
 
 
 def _create_root(location, arrays: dict, record: dict, version: int, storage_options) -> LogitStore:
     """Write the arrays (a list of strings is a string array), then the root attribute, last."""
     location = str(location)
+    with _root_errors(location):
+        group = _new_root(location, storage_options)
+        for name, values in arrays.items():
+            _write_index_array(group, name, values)
+        group.attrs[ROOT_ATTR] = {"format": FORMAT_NAME, "version": version, "dataset": record}
+    return open_store(location, read_only=False, storage_options=storage_options)
+
+
+def _new_root(location: str, storage_options):
+    """The root group of a new store, at a location that holds nothing but locks."""
     path = local_path(location)
     if path is not None and path.exists() and (not path.is_dir() or holds_files(path)):
         raise StoreExistsError(f"{location} already exists and is not empty")
+    # Mode "a", not "w-": the caller holds the store's lock, whose file already sits there.
+    store = zarr_store(location, read_only=False, storage_options=storage_options)
+    if zarr.core.sync.sync(store.exists("zarr.json")):
+        raise StoreExistsError(f"{location} already holds Zarr data")
+    return zarr.open_group(store, mode="a", zarr_format=3)
+
+
+@contextlib.contextmanager
+def _root_errors(location: str):
+    """A root's creation failing: one line, ``StoreExistsError`` or ``StoreWriteError``."""
     try:
         with remote_errors(location):
-            # Mode "a", not "w-": the caller holds the store's lock, whose file already sits there.
-            store = zarr_store(location, read_only=False, storage_options=storage_options)
-            if zarr.core.sync.sync(store.exists("zarr.json")):
-                raise StoreExistsError(f"{location} already holds Zarr data")
-            group = zarr.open_group(store, mode="a", zarr_format=3)
-            for name, values in arrays.items():
-                _write_index_array(group, name, values)
-            group.attrs[ROOT_ATTR] = {"format": FORMAT_NAME, "version": version, "dataset": record}
+            yield
     except (zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError, FileExistsError):
         raise StoreExistsError(f"{location} already holds Zarr data") from None
     except FileNotFoundError as err:  # e.g. the bucket does not exist
@@ -96,7 +240,6 @@ def _create_root(location, arrays: dict, record: dict, version: int, storage_opt
         if isinstance(err, (ConnectionError, PermissionError)):
             raise
         raise StoreWriteError(f"cannot write a store at {location}: {err.strerror or err}") from None
-    return open_store(location, read_only=False, storage_options=storage_options)
 
 
 def _write_index_array(group, name: str, values) -> None:

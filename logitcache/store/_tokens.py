@@ -18,17 +18,26 @@ so a student's positions can only ever meet the teacher outputs for these exact 
     >>> store = create_token_store("lm.zarr", tokens=..., loss_mask=..., lengths=..., keys=...,
     ...                            vocab_size=256, tokenizer={...}, dataset={...})
     >>> store.tokens, store.loss_mask, store.lengths      # checked against the fingerprint
+    >>> sequences = StoredSequences(store)                # or a range at a time, a chunk read at a time
+    >>> tokens, loss_mask, lengths = sequences.rows(first, last)
+    >>> stored_token_fingerprint(store.group, 256)        # the fingerprint, the arrays read a chunk at a time
+
+The fingerprint is one sha256 over the four arrays one after another, so it is computed from the
+stored arrays, read back a chunk at a time, once they are written: a corpus streamed into a store
+(``_root.py``) is never held whole, and the definition is the one every store has had.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
 from ..codecs import get_codec
-from ..errors import ConfigError, CorruptStoreError
+from ..errors import ConfigError, CorruptStoreError, StoreNotFoundError
+from ._backend import remote_errors
 from ._schema import CHUNK_TARGET_BYTES, SHARD_TARGET_BYTES, Layout
 
 DATASET_KIND_TOKENS = "tokens"
@@ -62,16 +71,99 @@ def token_fingerprint(keys, tokens: np.ndarray, loss_mask: np.ndarray, lengths: 
     """sha256 over the sequences exactly: ``logitcache-tokens-v1\\n``, then N, L and V as uint64
     LE, each key (uint64 LE length + UTF-8), the lengths as int64 LE, the tokens as uint32 LE and
     the mask as one byte per position, all row-major."""
-    tokens, loss_mask = np.asarray(tokens), np.asarray(loss_mask)
-    n, length = tokens.shape
-    digest = hashlib.sha256(_PREFIX + np.asarray([n, length, vocab_size], dtype="<u8").tobytes())
-    for key in keys:
-        raw = str(key).encode("utf-8")
-        digest.update(np.asarray([len(raw)], dtype="<u8").tobytes() + raw)
-    digest.update(np.asarray(lengths, dtype="<i8").tobytes())
-    digest.update(np.ascontiguousarray(tokens, dtype="<u4").tobytes())
-    digest.update(np.ascontiguousarray(loss_mask, dtype="u1").tobytes())
+    tokens = np.asarray(tokens)
+    return fingerprint_of_parts(*tokens.shape, vocab_size, [keys], [lengths], [tokens], [loss_mask])
+
+
+def fingerprint_of_parts(num_sequences: int, seq_len: int, vocab_size: int, keys: Iterable, lengths: Iterable,
+                         tokens: Iterable, loss_mask: Iterable) -> str:
+    """``token_fingerprint`` of arrays given as consecutive row blocks, each array's blocks in turn."""
+    digest = hashlib.sha256(_PREFIX + np.asarray([num_sequences, seq_len, vocab_size], dtype="<u8").tobytes())
+    for block in keys:
+        for key in block:
+            raw = str(key).encode("utf-8")
+            digest.update(np.asarray([len(raw)], dtype="<u8").tobytes() + raw)
+    for block in lengths:
+        digest.update(np.asarray(block, dtype="<i8").tobytes())
+    for block in tokens:
+        digest.update(np.ascontiguousarray(block, dtype="<u4").tobytes())
+    for block in loss_mask:
+        digest.update(np.ascontiguousarray(block, dtype="u1").tobytes())
     return "sha256:" + digest.hexdigest()
+
+
+def stored_token_fingerprint(group, vocab_size: int, location: str = "") -> str:
+    """The token fingerprint of the sequences in a root group, read back a chunk at a time."""
+    tokens = group[TOKENS_ARRAY]
+    return fingerprint_of_parts(*tokens.shape, vocab_size, *(chunks_of(group[name], location) for name in
+                                                              ("keys", LENGTHS_ARRAY, TOKENS_ARRAY, LOSS_MASK_ARRAY)))
+
+
+def chunks_of(array, location: str = "") -> Iterator[np.ndarray]:
+    """A root array's rows, whole chunks, about 64 MiB at a time."""
+    row_bytes = int(np.prod(array.shape[1:], dtype=np.int64)) * max(8, array.dtype.itemsize)  # a key: about 8
+    rows = array.chunks[0] * max(1, (64 << 20) // (row_bytes * array.chunks[0]))
+    for first in range(0, array.shape[0], rows):
+        yield read_rows(array, first, min(first + rows, array.shape[0]), location)
+
+
+def read_rows(array, first: int, last: int, location: str = "") -> np.ndarray:
+    """Rows [first, last) of a root array; a damaged chunk is a ``CorruptStoreError``."""
+    try:
+        with remote_errors(location):
+            return array[first:last]
+    except (CorruptStoreError, StoreNotFoundError):
+        raise
+    except Exception as err:  # zarr raises several types for a bad checksum or truncated chunk
+        if isinstance(err, (ConnectionError, PermissionError)):
+            raise
+        raise CorruptStoreError(f"store array {array.basename!r} cannot be read: {err}") from None
+
+
+class StoredSequences:
+    """A token store's sequences read a range at a time, whole chunks cached, so walking them in
+    order (the dump's batches, a comparison) reads each chunk once."""
+
+    def __init__(self, store):
+        self.location = store.location
+        self._arrays = {name: store.group[name] for name in TOKEN_ARRAYS}
+        self._cached: dict[str, tuple[int, np.ndarray]] = {}  # name -> (first row, rows of whole chunks)
+
+    def __len__(self) -> int:
+        return self._arrays[TOKENS_ARRAY].shape[0]
+
+    def rows(self, first: int, last: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(tokens as int64, loss_mask, lengths) of sequences [first, last)."""
+        return (self.read(TOKENS_ARRAY, first, last).astype(np.int64), self.read(LOSS_MASK_ARRAY, first, last),
+                self.read(LENGTHS_ARRAY, first, last))
+
+    def keys(self, first: int, last: int) -> list[str]:
+        return [str(key) for key in self.read("keys", first, last)]
+
+    def read(self, name: str, first: int, last: int) -> np.ndarray:
+        array, chunk = self._arrays[name], self._arrays[name].chunks[0]
+        start, rows = self._cached.get(name, (0, None))
+        if rows is None or first < start or last > start + len(rows):
+            start = first // chunk * chunk
+            stop = min(max(-(-last // chunk) * chunk, start + chunk), array.shape[0])
+            rows = read_rows(array, start, stop, self.location)
+            self._cached[name] = (start, rows)
+        return rows[first - start: last - start]
+
+    def differs_from(self, blocks: Iterable) -> tuple[int, bool]:
+        """(rows in ``blocks``, whether any of them differs from the stored one in tokens, loss mask,
+        length or key). Reads every block, to count the rows, but compares only while they agree."""
+        seen, differs = 0, False
+        for block in blocks:
+            first, last = seen, seen + len(block.keys)
+            seen = last
+            if differs or last > len(self) or block.tokens.shape[1] != self._arrays[TOKENS_ARRAY].shape[1]:
+                differs = True
+                continue
+            tokens, loss_mask, lengths = self.rows(first, last)
+            differs = not (np.array_equal(tokens, block.tokens) and np.array_equal(loss_mask, block.loss_mask)
+                           and np.array_equal(lengths, block.lengths) and self.keys(first, last) == list(block.keys))
+        return seen, differs or seen != len(self)
 
 
 def choose_token_layout(num_sequences: int, seq_len: int, row_bytes: int, rows_per_shard: int | None = None) -> Layout:
@@ -94,6 +186,13 @@ def choose_token_layout(num_sequences: int, seq_len: int, row_bytes: int, rows_p
     return Layout(seq_len * per_chunk, seq_len * per_chunk * chunks)
 
 
+def token_layout_horizon(seq_len: int, row_bytes: int) -> int:
+    """How many sequences decide ``choose_token_layout``: from this many on, the layout is the same
+    for any number, so a dump needs to count a streamed corpus's rows only this far."""
+    per_chunk = max(1, round(CHUNK_TARGET_BYTES / (row_bytes * seq_len)))
+    return per_chunk * max(1, round(SHARD_TARGET_BYTES / (row_bytes * seq_len * per_chunk)))
+
+
 def check_sequences(tokens: np.ndarray, loss_mask: np.ndarray, lengths: np.ndarray, vocab_size: int) -> str | None:
     """What makes these arrays not a token dataset, in a few words (None when they are one)."""
     if tokens.ndim != 2 or tokens.shape[0] < 1 or tokens.shape[1] < 2:
@@ -111,19 +210,20 @@ def check_sequences(tokens: np.ndarray, loss_mask: np.ndarray, lengths: np.ndarr
     return None
 
 
-def token_dataset_record(dataset: dict, tokens, loss_mask, lengths, keys, vocab_size: int, tokenizer: dict) -> dict:
+def token_dataset_record(dataset: dict, *, num_sequences: int, seq_len: int, vocab_size: int, num_tokens: int,
+                         num_targets: int, tokenizer: dict, fingerprint: str) -> dict:
     """The root's ``dataset`` record for these sequences."""
     return {
         **dataset,
         "kind": DATASET_KIND_TOKENS,
-        "num_samples": int(tokens.shape[0]),
-        "seq_len": int(tokens.shape[1]),
+        "num_samples": int(num_sequences),
+        "seq_len": int(seq_len),
         "vocab_size": int(vocab_size),
-        "num_tokens": int(np.asarray(lengths).sum()),
-        "num_targets": int(np.asarray(loss_mask).sum()),
+        "num_tokens": int(num_tokens),
+        "num_targets": int(num_targets),
         "tokenizer": dict(tokenizer),
         "class_names": [],
-        "fingerprint": token_fingerprint(keys, tokens, loss_mask, lengths, vocab_size),
+        "fingerprint": fingerprint,
     }
 
 
