@@ -134,7 +134,7 @@ def cli():
               "crop=SMIN-SMAX[:RMIN-RMAX], shift=F, flip[=P], size=N; or a preset: imagenet, fkd, cifar "
               "(see docs/FORMAT.md).")
 @click.option("--views", type=int, help="Views per sample with --augment (default 1); --batch-size counts views.")
-@click.option("--seed", default=DUMP["seed"], show_default=True, type=int, help="Seed of the view draws.")
+@click.option("--seed", default=DUMP["seed"], show_default=True, type=int, help="Seed of the view draws, and of a teacher built without --weights.")
 @click.option("--record-view-hashes", is_flag=True,
               help="Store a hash of every view's input, so verify --dataset and train --check-views can prove "
               "the replay exact.")

@@ -229,3 +229,14 @@ def test_a_teacher_without_weights_is_said_out_loud(tmp_path):
                     "--no-progress")
     assert result.exit_code == 0, result.output
     assert "note: mlp:hidden=8 was given no --weights" in result.output
+
+
+def test_a_teacher_without_weights_is_built_from_the_seed_so_the_same_command_makes_the_same_store(tmp_path):
+    for run in ("a", "b"):
+        result = invoke("dump", tmp_path / f"{run}.zarr", "--teacher", "mlp:hidden=8", "--dataset", "digits@train",
+                        "--no-progress")
+        assert result.exit_code == 0, result.output
+    assert store_contents(tmp_path / "a.zarr") == store_contents(tmp_path / "b.zarr")
+    other = invoke("dump", tmp_path / "c.zarr", "--teacher", "mlp:hidden=8", "--dataset", "digits@train", "--seed",
+                   "1", "--no-progress")
+    assert other.exit_code == 0 and store_contents(tmp_path / "c.zarr") != store_contents(tmp_path / "a.zarr")

@@ -30,7 +30,7 @@ class DumpConfig:
     rows_per_shard: int | None = None
     augment: str | None = None  # a view spec (views/view_specs.py): the teacher sees random views
     views: int | None = None  # views per sample (default 1 with --augment)
-    seed: int = 0  # the view draws' seed
+    seed: int = 0  # the view draws' seed, and torch's before the teacher is built (its own weights, if any)
     tokenizer: str | None = None  # a token dump (language models): sources/tokenizers.py spec
     seq_len: int | None = None  # positions per stored sequence of a token dump
     record_view_hashes: bool = False

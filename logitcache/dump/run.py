@@ -70,7 +70,9 @@ def dump(config: DumpConfig, log=print):
 
 
 def _dump(config: DumpConfig, dist: Distributed, log):
-    # Every rank builds the same data and teacher; only rank 0 writes the store's metadata.
+    # Every rank builds the same data and teacher; only rank 0 writes the store's metadata. A teacher
+    # without weights draws its own from torch's generator: seeded, the same command makes the same store.
+    torch.manual_seed(config.seed)
     job = TokenJob(config, dist) if config.tokenizer else ImageJob(config, dist, log)
     with contextlib.ExitStack() as held:
         store = teacher = lock = error = None
