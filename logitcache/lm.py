@@ -253,11 +253,15 @@ def lm_split(model, input_ids: Tensor) -> tuple[SplitLM, Callable[[dict], Tensor
 
         split = _proven_split(model, CausalLM(model), probe)
         base = model.base_model
-        hidden_of = lambda batch: base(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),  # noqa: E731
-                                       use_cache=False).last_hidden_state
+
+        def hidden_of(batch: dict) -> Tensor:  # what the model's forward gives its head
+            return base(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                        use_cache=False).last_hidden_state
     else:
         split = _proven_split(model, model, probe)
-        hidden_of = lambda batch: split.hidden_states(batch["input_ids"])  # noqa: E731
+
+        def hidden_of(batch: dict) -> Tensor:
+            return split.hidden_states(batch["input_ids"])
     if split is None:
         raise ConfigError(f"{type(model).__name__} does not split at its head (hidden_states and head_logits giving "
                           "its own logits); use distillation_loss(model(input_ids), batch)")

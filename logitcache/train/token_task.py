@@ -30,7 +30,7 @@ import torch
 from ..distributed import Distributed
 from ..errors import ConfigError, LogitCacheError, ModelError, StoreMismatchError
 from ..lm import TokenStoreDataset, lm_split, teacher_of
-from ..losses import next_token_targets, position_loss_sums, token_loss, token_loss_sums
+from ..losses import TokenLossSums, next_token_targets, position_loss_sums, token_loss, token_loss_sums
 from ..losses.chunked import chunk_positions, chunked_head, chunked_token_loss_sums, worth_chunking
 from ..sources import get_model, get_token_dataset, get_tokenizer, lm_context_length
 from ..store import open_store
@@ -89,26 +89,30 @@ class TokenTask:
     def step_loss(self, model, indices, epoch: int, step_in_epoch: int) -> tuple[torch.Tensor, tuple]:
         config = self.config
         batch = {name: value.to(self.device, non_blocking=True) for name, value in self.data.batch(indices).items()}
-        teacher = teacher_of(batch) if self.reads_teacher else None
         try:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.bf16):
-                if self.head is not None:  # the chunk's gradients are taken here, in the forward
-                    sums = chunked_token_loss_sums(self.split.hidden_states(batch["input_ids"]), self.head,
-                                                   batch["labels"], teacher, config.temperature,
-                                                   config.ce_weight, config.kd_weight)
-                else:
-                    logits = _logits(model(batch["input_ids"]))
-            if self.head is None:
-                sums = token_loss_sums(logits, batch["labels"], teacher, config.temperature)
+            sums = self._sums(model, batch, teacher_of(batch) if self.reads_teacher else None)
         except RuntimeError as err:
             if not out_of_memory(err):
                 raise
-            raise StepMemoryError(_memory_advice(config, batch["input_ids"].shape, self.num_classes, self.head)) from None
+            advice = _memory_advice(config, batch["input_ids"].shape, self.num_classes, self.head)
+            raise StepMemoryError(advice) from None
         # Each rank's sum over the whole step's targets, times world_size: DDP's mean of the ranks'
         # gradients is then the gradient of the mean over every target token of the step.
         targets = max(self.step_targets[step_in_epoch], 1)
         loss = sums.total(config.ce_weight, config.kd_weight) * (self.dist.world_size / targets)
         return loss, (sums, targets, batch["attention_mask"])
+
+    def _sums(self, model, batch: dict, teacher) -> TokenLossSums:
+        """The batch's CE and KL sums: by chunks through the student's head (each chunk's gradient
+        taken here, in the forward), or from its whole logits."""
+        config = self.config
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            if self.head is not None:
+                return chunked_token_loss_sums(self.split.hidden_states(batch["input_ids"]), self.head,
+                                               batch["labels"], teacher, config.temperature, config.ce_weight,
+                                               config.kd_weight)
+            logits = _logits(model(batch["input_ids"]))
+        return token_loss_sums(logits, batch["labels"], teacher, config.temperature)
 
     def before_optimizer_step(self) -> None:
         pass
@@ -124,7 +128,7 @@ class TokenTask:
         return {"train_tokens": tokens, "tokens_per_second": round(tokens / max(seconds, 1e-9), 1)}
 
     def evaluate(self, student) -> dict:
-        return evaluate(student, self.val_data, self.config, self.device, self.split if self.head else None)
+        return evaluate(student, self.val_data, self.config, self.device, self.split if self.head is not None else None)
 
     def epoch_line(self, record: dict) -> str:
         return (f"epoch {record['epoch']}/{self.config.epochs}: train loss {record['train_loss']:.4f} "
