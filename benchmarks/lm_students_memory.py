@@ -17,7 +17,8 @@ timed steps, each forward + backward (loss ``ce + kl`` at T = 1). Paths:
 
 Peak RSS is the subprocess's ``ru_maxrss``; "step's own" is the peak RSS over the steps (VmHWM,
 reset before the first) less the RSS before them (torch, the model, the targets). Tokens/s: B x T
-over the median timed step.
+over the median timed step, by the wall clock and by this process's CPU seconds (less disturbed
+by other jobs on a shared machine).
 """
 
 from __future__ import annotations
@@ -113,15 +114,17 @@ def one_config(path: str, codec: str, vocab: int, batch: int, length: int, steps
     with open("/proc/self/clear_refs", "w") as f:  # VmHWM from here: the steps' own peak
         f.write("5")
     loss = step()  # warm-up
-    times = []
+    times, cpu_times = [], []
     for _ in range(steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"path": path, "codec": codec, "loss": loss, "before_mib": before / 1024, "peak_mib": peak / 1024,
             "step_peak_mib": _status_kib("VmHWM") / 1024,
             "tokens_per_s": batch * length / statistics.median(times),
+            "tokens_per_cpu_s": batch * length / statistics.median(cpu_times),
             "chunk_positions": chunked.chunk_positions(vocab)}
 
 
@@ -157,16 +160,16 @@ def main() -> None:
         return
     print(f"V = {args.vocab:,}, batch {args.batch} x {args.seq_len}, gpt n_layer=2 n_embd=128, "
           f"torch threads {torch.get_num_threads()}, {args.steps} timed steps")
-    print("| codec | path | peak RSS (MiB) | step's own (MiB) | tokens/s | loss |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| codec | path | peak RSS (MiB) | step's own (MiB) | tokens/s | tokens/CPU-s | loss |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for codec in args.codecs.split(","):
         for path in args.paths.split(","):
             r = run_config(path, codec, args)
             if "error" in r:
-                print(f"| {codec} | {path} | failed: {r['error']} | | | |", flush=True)
+                print(f"| {codec} | {path} | failed: {r['error']} | | | | |", flush=True)
                 continue
             print(f"| {codec} | {path} | {r['peak_mib']:,.0f} | {r['step_peak_mib'] - r['before_mib']:,.0f} | "
-                  f"{r['tokens_per_s']:,.0f} | {r['loss']:.6g} |", flush=True)
+                  f"{r['tokens_per_s']:,.0f} | {r['tokens_per_cpu_s']:,.0f} | {r['loss']:.6g} |", flush=True)
 
 
 if __name__ == "__main__":

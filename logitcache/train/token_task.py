@@ -94,7 +94,8 @@ class TokenTask:
         except RuntimeError as err:
             if not out_of_memory(err):
                 raise
-            advice = _memory_advice(config, batch["input_ids"].shape, self.num_classes, self.head)
+            could_chunk = not self.dist.enabled and callable(getattr(model, "head_logits", None))
+            advice = _memory_advice(config, batch["input_ids"].shape, self.num_classes, self.head, could_chunk)
             raise StepMemoryError(advice) from None
         # Each rank's sum over the whole step's targets, times world_size: DDP's mean of the ranks'
         # gradients is then the gradient of the mean over every target token of the step.
@@ -128,7 +129,8 @@ class TokenTask:
         return {"train_tokens": tokens, "tokens_per_second": round(tokens / max(seconds, 1e-9), 1)}
 
     def evaluate(self, student) -> dict:
-        return evaluate(student, self.val_data, self.config, self.device, self.split if self.head is not None else None)
+        split = self.split if self.head is not None else None
+        return evaluate(student, self.val_data, self.config, self.device, split)
 
     def epoch_line(self, record: dict) -> str:
         return (f"epoch {record['epoch']}/{self.config.epochs}: train loss {record['train_loss']:.4f} "
@@ -288,14 +290,14 @@ def out_of_memory(err: RuntimeError) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
 
 
-def _memory_advice(config: TrainConfig, shape, vocab_size: int, head) -> str:
-    """One line for a step that ran out of memory: what to lower."""
+def _memory_advice(config: TrainConfig, shape, vocab_size: int, head, could_chunk: bool) -> str:
+    """One line for a step that ran out of memory: what to lower (or turn on)."""
     where = f"--batch-size {config.batch_size} ({shape[0]} x {shape[1]:,} positions, vocabulary {vocab_size:,}"
     if head is not None:
         return (f"the student's step ran out of memory at {where}, the loss by chunks of "
                 f"{chunk_positions(vocab_size):,} positions): lower --batch-size")
-    return (f"the student's step ran out of memory at {where}, the whole logits at once): lower --batch-size, "
-            "or give --chunked-loss so the loss takes a chunk of positions at a time")
+    chunks = ", or give --chunked-loss so the loss takes a chunk of positions at a time" if could_chunk else ""
+    return f"the student's step ran out of memory at {where}, the whole logits at once): lower --batch-size{chunks}"
 
 
 def _logit_pieces(model, split, input_ids, vocab_size: int, config: TrainConfig, device):
