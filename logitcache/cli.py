@@ -323,6 +323,9 @@ def refresh_loss_options(command: click.Command) -> None:
 @click.option("--seed", default=TRAIN["seed"], show_default=True, type=int)
 @click.option("--device", default=TRAIN["device"], show_default=True, help=DEVICE_HELP)
 @click.option("--bf16", is_flag=True, help="bf16 autocast for the student's forward pass.")
+@click.option("--chunked-loss/--no-chunked-loss", default=None, help="Token runs: the loss a chunk of positions "
+              "at a time through the student's head, never the whole (batch, positions, vocabulary) logits "
+              "(default: when those would take over 128 MiB and the student splits at its head; not under torchrun).")
 @click.option("--workers", default=TRAIN["workers"], show_default=True, type=int)
 @click.option("--transform", help="Training input transform (default: the dataset's eval transform).")
 @click.option("--augment", help="Random steps added to the transform, e.g. random_crop=32:4,flip,erasing=0.25; "

@@ -8,7 +8,7 @@
     ...                               kd_weight=1.0, ce_weight=1.0)
     >>> trainer.train()
 
-``DistillationTrainer`` is transformers 5's ``Trainer`` with three changes (the model is a Hugging Face
+``DistillationTrainer`` is transformers 5's ``Trainer`` with four changes (the model is a Hugging Face
 causal LM: ``forward(input_ids, attention_mask)`` returning logits):
 
 - the ``teacher_*`` columns count as the model's, so the Trainer's column removal
@@ -18,6 +18,11 @@ causal LM: ``forward(input_ids, attention_mask)`` returning logits):
   ``logitcache.lm.distillation_loss``: ``ce_weight * CE + kd_weight * KL`` per target token,
   averaged over the Trainer's ``num_items_in_batch`` (every accumulated micro-batch and device)
   when it counts them, else over the batch;
+- in training the loss goes through the model's head a chunk of positions at a time, never the
+  whole (batch, positions, vocabulary) logits (``logitcache.lm.chunked_distillation_loss``), when
+  ``chunked_loss`` is True, or by default when a batch's float32 logits would take over one chunk
+  (128 MiB) and the model is not wrapped in DistributedDataParallel (which syncs gradients only
+  through its forward); ``chunked_loss=False`` keeps the whole logits;
 - the data collator defaults to ``logitcache.lm.collate_tokens``.
 
 transformers is imported when ``DistillationTrainer`` is first used, so this module imports
@@ -27,7 +32,7 @@ without it (and says what to install when it is missing).
 from __future__ import annotations
 
 from .errors import SpecError
-from .lm import TEACHER_COLUMNS, collate_tokens, distillation_loss
+from .lm import TEACHER_COLUMNS, chunked_distillation_loss, collate_tokens, distillation_loss
 
 LM_EXTRA = "pip install 'logitcache[lm]'"
 
@@ -46,13 +51,15 @@ def _distillation_trainer():
         Args (besides the Trainer's own):
             temperature: the KL's temperature (a ``sample`` store's: the one it was drawn at).
             kd_weight, ce_weight: the weights of the KL and the next-token cross-entropy.
+            chunked_loss: True, False, or None: chunked where it saves memory (module docstring).
         """
 
         loss_is_scaled_for_ga = True  # compute_loss divides by the whole accumulated step's target tokens
 
         def __init__(self, *args, temperature: float = 1.0, kd_weight: float = 1.0, ce_weight: float = 1.0,
-                     **kwargs):
+                     chunked_loss: bool | None = None, **kwargs):
             self.temperature, self.kd_weight, self.ce_weight = temperature, kd_weight, ce_weight
+            self.chunked_loss = chunked_loss
             if kwargs.get("data_collator") is None and len(args) < 2:
                 kwargs["data_collator"] = collate_tokens
             super().__init__(*args, **kwargs)
@@ -63,17 +70,36 @@ def _distillation_trainer():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             batch = {name: inputs.pop(name) for name in [*TEACHER_COLUMNS, "labels"] if name in inputs}
+            count = self._target_count(model, batch, num_items_in_batch)
+            if not return_outputs and self._chunks(model, inputs["input_ids"]):
+                with self.accelerator.autocast():  # the model's forward has it; its base model and head do not
+                    return chunked_distillation_loss(model, {**inputs, **batch}, self.temperature, self.kd_weight,
+                                                     self.ce_weight, num_items_in_batch=count)
             outputs = model(**inputs)
             logits = outputs["logits"] if isinstance(outputs, dict) else getattr(outputs, "logits", outputs)
+            loss = distillation_loss(logits, batch, self.temperature, self.kd_weight, self.ce_weight,
+                                     num_items_in_batch=count)
+            return (loss, outputs) if return_outputs else loss
+
+        def _target_count(self, model, batch: dict, num_items_in_batch):
+            """What the loss divides by: the Trainer's count of the step's targets, per device."""
             count = num_items_in_batch
             if count is None:  # the Trainer did not count: this batch's targets, once per accumulated micro-batch
                 steps = getattr(self, "current_gradient_accumulation_steps", 1) if model.training else 1
                 count = int((batch["labels"][:, 1:] != -100).sum()) * steps
             elif self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
                 count = count / self.accelerator.num_processes  # every device's targets; DDP averages the gradients
-            loss = distillation_loss(logits, batch, self.temperature, self.kd_weight, self.ce_weight,
-                                     num_items_in_batch=count)
-            return (loss, outputs) if return_outputs else loss
+            return count
+
+        def _chunks(self, model, input_ids) -> bool:
+            """Whether this training batch's loss goes by chunks (module docstring); evaluation's never."""
+            if not model.training or self.chunked_loss is not None:
+                return model.training and bool(self.chunked_loss)
+            from .losses.chunked import worth_chunking
+
+            head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+            return (getattr(model, "module", None) is None and head is not None
+                    and worth_chunking(input_ids.numel(), head.weight.shape[0]))
 
     return DistillationTrainer
 

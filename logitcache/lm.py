@@ -7,6 +7,7 @@
     ...     logits = model(batch["input_ids"])                            # (B, L, V), unshifted
     ...     loss = distillation_loss(logits, batch, temperature=1.0, kd_weight=1.0, ce_weight=1.0)
     ...     loss.backward(); optimizer.step(); optimizer.zero_grad()
+    >>> loss = chunked_distillation_loss(model, batch, temperature=1.0)   # the same, never the (B, L, V) logits
 
 Each item is one stored sequence, named as Hugging Face models and trainers expect:
 
@@ -24,10 +25,15 @@ Targets are read by whole sequences and decoded per batch (``TokenStoreDataset.b
 memory, compact as stored, when they fit ``cache_budget``, else read many chunks at a time (a chunk
 holds whole sequences) through a window of them (``stored_rows.py``). Every read is checked against
 the store's digests.
+``chunked_distillation_loss`` takes the model instead of its logits and computes the loss a chunk of
+positions at a time through its head (``losses/chunked.py``): for logitcache's ``gpt``, any model
+with ``hidden_states``/``head_logits``, and Hugging Face causal LMs.
 ``logitcache.hf.DistillationTrainer`` is the Hugging Face ``Trainer`` for these batches.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import torch
@@ -37,6 +43,7 @@ from torch.utils.data import Dataset
 from .codecs import Targets, targets_from_fields
 from .errors import ConfigError, StoreIncompleteError, StoreMismatchError
 from .losses import IGNORE_INDEX, token_loss_sums
+from .sources.lm_heads import SplitLM, split_lm
 from .store import LogitStore, Teacher, open_store
 from .stored_rows import StoredRows
 
@@ -45,8 +52,8 @@ TEACHER_PREFIX = "teacher_"
 TEACHER_COLUMNS = ("teacher_logits", "teacher_indices", "teacher_logprobs", "teacher_tail", "teacher_weights",
                    "teacher_temperature")
 
-__all__ = ["TEACHER_COLUMNS", "TeacherTargets", "TokenStoreDataset", "collate_tokens", "distillation_loss",
-           "open_teacher", "teacher_of"]
+__all__ = ["TEACHER_COLUMNS", "TeacherTargets", "TokenStoreDataset", "chunked_distillation_loss", "collate_tokens",
+           "distillation_loss", "open_teacher", "teacher_of"]
 
 
 class TeacherTargets:
@@ -195,13 +202,90 @@ def distillation_loss(student_logits: Tensor, batch: dict, temperature: float = 
         ConfigError: ``kd_weight`` > 0 but the batch has no teacher targets; ``temperature`` is not
             the one a ``sample`` store's tokens were drawn at.
     """
+    sums = token_loss_sums(student_logits, batch["labels"], _batch_teacher(batch, kd_weight), temperature)
+    count = float(num_items_in_batch) if num_items_in_batch is not None else None
+    return sums.mean(ce_weight, kd_weight, count)
+
+
+def chunked_distillation_loss(model, batch: dict, temperature: float = 1.0, kd_weight: float = 1.0,
+                              ce_weight: float = 1.0, num_items_in_batch: float | Tensor | None = None,
+                              chunk_size: int | None = None) -> Tensor:
+    """``distillation_loss(model(batch["input_ids"]), batch, ...)`` without the (B, L, V) logits: the
+    model's hidden states go through its head a chunk of positions at a time (``losses/chunked.py``),
+    each chunk's gradient taken at once. Equal to the materialised loss up to float32 rounding.
+
+    Args:
+        model: a causal LM that splits at its head (``sources/lm_heads.py``: logitcache's ``gpt``, a
+            model with ``hidden_states``/``head_logits``) or a Hugging Face causal LM, not wrapped in
+            DistributedDataParallel (whose gradients sync only through its forward).
+        batch: a ``TokenStoreDataset`` batch: ``input_ids`` (and ``attention_mask``, given to a
+            Hugging Face model), ``labels`` and the ``teacher_*`` targets.
+        chunk_size: positions per chunk over the batch (default: 128 MiB of float32 logits).
+        The rest: as ``distillation_loss``'s.
+
+    Raises:
+        ConfigError: the model does not split at its head, or is wrapped; as ``distillation_loss``.
+    """
+    from .losses.chunked import chunked_head, chunked_token_loss_sums
+
+    split, hidden_of = lm_split(model, batch["input_ids"])
+    hidden = hidden_of(batch)  # (B, L, H)
+    head = chunked_head(model, split.head_logits, hidden)
+    sums = chunked_token_loss_sums(hidden, head, batch["labels"], _batch_teacher(batch, kd_weight), temperature,
+                                   ce_weight, kd_weight, chunk_size)
+    count = float(num_items_in_batch) if num_items_in_batch is not None else None
+    return sums.mean(ce_weight, kd_weight, count)
+
+
+def lm_split(model, input_ids: Tensor) -> tuple[SplitLM, Callable[[dict], Tensor]]:
+    """``model``'s split at its head, proven on the first tokens of ``input_ids``, and how a batch
+    becomes its hidden states (a Hugging Face model's from its base model, with ``attention_mask``).
+
+    Raises:
+        ConfigError: no such split, or a wrapper whose gradients sync through its forward."""
+    if getattr(model, "module", None) is not None:
+        raise ConfigError(f"a chunked loss needs the model itself, not {type(model).__name__}: its gradients "
+                          "sync only through its forward; use distillation_loss(model(input_ids), batch)")
+    probe = input_ids[:1, :16]
+    hugging_face = not callable(getattr(model, "head_logits", None)) and hasattr(model, "base_model")
+    if hugging_face:
+        from .sources.hf_models import CausalLM
+
+        split = _proven_split(model, CausalLM(model), probe)
+        base = model.base_model
+
+        def hidden_of(batch: dict) -> Tensor:  # what the model's forward gives its head
+            return base(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                        use_cache=False).last_hidden_state
+    else:
+        split = _proven_split(model, model, probe)
+
+        def hidden_of(batch: dict) -> Tensor:
+            return split.hidden_states(batch["input_ids"])
+    if split is None:
+        raise ConfigError(f"{type(model).__name__} does not split at its head (hidden_states and head_logits giving "
+                          "its own logits); use distillation_loss(model(input_ids), batch)")
+    return split, hidden_of
+
+
+def _proven_split(model, split_model, probe: Tensor) -> SplitLM | None:
+    """``split_lm(split_model, probe)`` with ``model`` in eval mode meanwhile (dropout would make the
+    two forwards differ), each module's mode restored after."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        return split_lm(split_model, probe)
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def _batch_teacher(batch: dict, kd_weight: float) -> Targets | None:
     teacher = teacher_of(batch) if kd_weight else None
     if kd_weight and teacher is None:
         raise ConfigError("the batch holds no teacher targets (teacher_* tensors): read it from a token store's "
                           "teacher, or pass kd_weight=0 for the cross-entropy alone")
-    sums = token_loss_sums(student_logits, batch["labels"], teacher, temperature)
-    count = float(num_items_in_batch) if num_items_in_batch is not None else None
-    return sums.mean(ce_weight, kd_weight, count)
+    return teacher
 
 
 def open_teacher(store: LogitStore, name: str | None = None, allow_partial: bool = False) -> Teacher:

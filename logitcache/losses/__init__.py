@@ -9,6 +9,8 @@
 - ``lists.py``: a ``--loss NAME[=WEIGHT],...`` list, what it answers, the weighted sum it builds.
 - ``ce.py``, ``kd.py`` (``kl``: dense, top-k and sampled, images and tokens), ``dist.py``, ``dkd.py``.
 - ``token_sums.py``: the next-token CE and KL summed over a batch's target tokens.
+- ``chunked.py``: the same sums from a causal LM's hidden states, a chunk of positions through its
+  head at a time (imports torch: import it as ``logitcache.losses.chunked``).
 
 The feature losses (AT, RKD, FitNet, ICKD, ReviewKD) live beside their connectors in
 ``features/losses.py`` and register here under kind ``feature``. Nothing here imports torch at
@@ -45,12 +47,20 @@ from .kd import (
     topk_token_kl,
 )
 from .lists import LossList, check_loss_options, loss_spec, parse_weighted, resolved_loss_options
-from .token_sums import IGNORE_INDEX, TokenLossSums, target_positions, token_loss_sums
+from .token_sums import (
+    IGNORE_INDEX,
+    TokenLossSums,
+    next_token_targets,
+    position_loss_sums,
+    target_positions,
+    token_loss_sums,
+)
 
 __all__ = [
     "DIST", "DKD", "IGNORE_INDEX", "LOSSES", "KLDiv", "Loss", "LossList", "Option", "TokenLossSums",
     "check_loss_options", "declared_options", "dense_token_kl", "dist_loss", "dkd_loss", "get_loss",
-    "kd_from_targets", "kd_loss", "list_losses", "logit_loss", "loss_names", "loss_spec", "parse_weighted",
+    "kd_from_targets", "kd_loss", "list_losses", "logit_loss", "loss_names", "loss_spec",
+    "next_token_targets", "parse_weighted", "position_loss_sums",
     "register_loss", "resolved_loss_options", "sampled_kd_loss", "sampled_token_kl", "target_positions",
     "token_kl", "token_loss", "token_loss_names", "token_loss_sums", "topk_kd_loss", "topk_token_kl",
     "unregister_loss",

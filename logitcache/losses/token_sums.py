@@ -30,9 +30,18 @@ class TokenLossSums:
     ce: Tensor
     kd: Tensor
     count: int
+    # ((ce_weight, kd_weight), their weighted sum): a chunked loss (chunked.py) carries the gradient
+    # in that sum alone, having computed it in its forward for those weights; ce and kd are values
+    weighted: tuple[tuple[float, float], Tensor] | None = None
 
     def total(self, ce_weight: float, kd_weight: float) -> Tensor:
-        return ce_weight * self.ce + kd_weight * self.kd
+        if self.weighted is None:
+            return ce_weight * self.ce + kd_weight * self.kd
+        weights, total = self.weighted
+        if weights != (ce_weight, kd_weight):
+            raise ValueError(f"these sums were weighted (ce, kd) = {weights} when they were computed, not "
+                             f"{(ce_weight, kd_weight)}")
+        return total
 
     def mean(self, ce_weight: float = 1.0, kd_weight: float = 1.0, count: float | None = None) -> Tensor:
         """The loss per target token; ``count``: the targets of the whole step (every rank's batch,
@@ -50,6 +59,15 @@ def target_positions(labels: Tensor) -> Tensor:
     return targets
 
 
+def next_token_targets(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """(B, L) the token each position predicts (0 where none) and (B, L) whether it is a target."""
+    import torch
+
+    next_tokens = torch.zeros_like(labels)
+    next_tokens[:, :-1] = labels[:, 1:].clamp_min(0)
+    return next_tokens, target_positions(labels)
+
+
 def token_loss_sums(student_logits: Tensor, labels: Tensor, teacher,
                     temperature: float = 1.0) -> TokenLossSums:
     """Next-token cross-entropy and (with ``teacher``) the KL, summed over the target tokens.
@@ -61,19 +79,28 @@ def token_loss_sums(student_logits: Tensor, labels: Tensor, teacher,
             ``token_kl`` takes them (a sample store's ``temperature``: (B,)).
         temperature: the KL's temperature (the cross-entropy is at 1).
     """
+    from ..codecs import as_targets
+
+    next_tokens, targets = next_token_targets(labels)  # (B, L) each
+    teacher = None if teacher is None else as_targets(teacher)
+    ce, kd = position_loss_sums(student_logits, next_tokens, targets, teacher, temperature)
+    return TokenLossSums(ce, kd, int(targets.sum()))
+
+
+def position_loss_sums(student_logits: Tensor, next_tokens: Tensor, targets: Tensor, teacher,
+                       temperature: float) -> tuple[Tensor, Tensor]:
+    """(CE, KL) summed over the target positions of any block of positions: a whole batch's, or one
+    chunk's (``chunked.py``). student_logits: (..., V); next_tokens, targets: (...); teacher: typed
+    targets for the same positions, or None (then the KL is 0)."""
     import torch
 
-    from ..codecs import SampledTargets, TopKTargets, as_targets
+    from ..codecs import SampledTargets, TopKTargets
 
-    targets = target_positions(labels)  # (B, L)
     # Every position is computed and the non-targets masked, as Hugging Face's own loss does: no
     # (targets x V) copy of the logits, and packed text has almost only targets anyway.
-    log_q = student_logits.float().log_softmax(-1)  # (B, L, V), shared by CE and, at T = 1, the KL
-    next_tokens = torch.zeros_like(labels)
-    next_tokens[:, :-1] = labels[:, 1:].clamp_min(0)
-    teacher = None if teacher is None else as_targets(teacher)
+    log_q = student_logits.float().log_softmax(-1)  # (..., V), shared by CE and, at T = 1, the KL
     shared = temperature == 1.0 and isinstance(teacher, (TopKTargets, SampledTargets))
-    # One gather for the next token and a sparse teacher's K tokens: its backward fills one (B, L, V) buffer.
+    # One gather for the next token and a sparse teacher's K tokens: its backward fills one (..., V) buffer.
     wanted = torch.cat([next_tokens[..., None], teacher.indices], -1) if shared else next_tokens[..., None]
     picked = log_q.gather(-1, wanted)
     ce = torch.where(targets, -picked[..., 0], 0.0).sum()
@@ -82,4 +109,4 @@ def token_loss_sums(student_logits: Tensor, labels: Tensor, teacher,
         log_q_t = log_q if temperature == 1.0 else _log_q(student_logits, temperature)
         kd_per_position = _kl(log_q_t, teacher, temperature, picked[..., 1:] if shared else None)
         kd = torch.where(targets, kd_per_position, 0.0).sum()
-    return TokenLossSums(ce, kd, int(targets.sum()))
+    return ce, kd

@@ -71,6 +71,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     bf16: bool = False
+    # token runs: the loss a chunk of positions at a time through the student's head (losses/chunked.py);
+    # None: when a step's float32 logits would exceed one chunk and the student splits at its head
+    chunked_loss: bool | None = None
     workers: int = 0
     transform: str | None = None  # training inputs; default: the dataset's eval transform
     augment: str | None = None  # random steps put before the training transform
@@ -244,6 +247,7 @@ MAY_CHANGE_ON_RESUME = {
     "progress": _any,
     "tensorboard": _any,  # what else the run writes, not what it computes
     "workers": _any,  # batches and their order do not depend on who loads them
+    "chunked_loss": _any,  # the same loss and gradients, summed in another order (float32 rounding)
     "device": _any,  # where the same computation runs (the last bits differ between devices, as between two GPUs)
     "storage_options": _any,  # how the store is reached (endpoint, credentials), not which store
     "check_views": _any,  # checks before step 0; they change nothing they pass

@@ -10,6 +10,10 @@ A token store is the training set itself: its sequences, loss mask and teacher t
 predict the store's vocabulary over a whole sequence; a step is
 ``ce_weight * CE + kd_weight * KL`` per target token (``losses/token_sums.py``); evaluation is
 validation cross-entropy, perplexity and top-1 agreement with the teacher (``--val-store``).
+With ``--chunked-loss`` (by default when a step's float32 logits would exceed one chunk,
+``losses/chunked.py``, and the student splits at its head) the loss and the evaluation go through
+the head a chunk of positions at a time: the (batch, positions, vocabulary) logits never exist.
+Not under torchrun: DistributedDataParallel syncs gradients only through the model's forward.
 Under torchrun each step's loss is divided by the whole step's target count (every rank's
 batch), so two processes at batch B train what one process at 2B does.
 """
@@ -24,14 +28,19 @@ import numpy as np
 import torch
 
 from ..distributed import Distributed
-from ..errors import ModelError, StoreMismatchError
-from ..lm import TokenStoreDataset, teacher_of
+from ..errors import ConfigError, LogitCacheError, ModelError, StoreMismatchError
+from ..lm import TokenStoreDataset, lm_split, teacher_of
+from ..losses import TokenLossSums, next_token_targets, position_loss_sums, token_loss, token_loss_sums
+from ..losses.chunked import chunk_positions, chunked_head, chunked_token_loss_sums, worth_chunking
 from ..sources import get_model, get_token_dataset, get_tokenizer, lm_context_length
 from ..store import open_store
-from ..losses import target_positions, token_loss, token_loss_sums
 from .config import TrainConfig
 from .paired_data import EpochSampler, check_teacher_identity
 from .run_summary import TrainSummary
+
+
+class StepMemoryError(LogitCacheError, MemoryError):
+    """A student's step ran out of memory; the message names the setting to lower."""
 
 
 class LMTrainSummary(TrainSummary):
@@ -67,6 +76,7 @@ class TokenTask:
         self.sampler = _sampler(self.config, self.data, dist)
         self.steps_per_epoch = -(-len(self.sampler) // self.config.batch_size)
         self.reads_teacher = token_loss(self.config.loss).needs_teacher
+        self.split, self.head = _loss_split(self.config, student, self.data, dist, self.device, self.log)
         return student
 
     def epoch_batches(self, epoch: int) -> list[np.ndarray]:
@@ -79,15 +89,31 @@ class TokenTask:
     def step_loss(self, model, indices, epoch: int, step_in_epoch: int) -> tuple[torch.Tensor, tuple]:
         config = self.config
         batch = {name: value.to(self.device, non_blocking=True) for name, value in self.data.batch(indices).items()}
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.bf16):
-            logits = _logits(model(batch["input_ids"]))
-        sums = token_loss_sums(logits, batch["labels"], teacher_of(batch) if self.reads_teacher else None,
-                               config.temperature)
+        try:
+            sums = self._sums(model, batch, teacher_of(batch) if self.reads_teacher else None)
+        except RuntimeError as err:
+            if not out_of_memory(err):
+                raise
+            could_chunk = not self.dist.enabled and callable(getattr(model, "head_logits", None))
+            advice = _memory_advice(config, batch["input_ids"].shape, self.num_classes, self.head, could_chunk)
+            raise StepMemoryError(advice) from None
         # Each rank's sum over the whole step's targets, times world_size: DDP's mean of the ranks'
         # gradients is then the gradient of the mean over every target token of the step.
         targets = max(self.step_targets[step_in_epoch], 1)
         loss = sums.total(config.ce_weight, config.kd_weight) * (self.dist.world_size / targets)
         return loss, (sums, targets, batch["attention_mask"])
+
+    def _sums(self, model, batch: dict, teacher) -> TokenLossSums:
+        """The batch's CE and KL sums: by chunks through the student's head (each chunk's gradient
+        taken here, in the forward), or from its whole logits."""
+        config = self.config
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            if self.head is not None:
+                return chunked_token_loss_sums(self.split.hidden_states(batch["input_ids"]), self.head,
+                                               batch["labels"], teacher, config.temperature, config.ce_weight,
+                                               config.kd_weight)
+            logits = _logits(model(batch["input_ids"]))
+        return token_loss_sums(logits, batch["labels"], teacher, config.temperature)
 
     def before_optimizer_step(self) -> None:
         pass
@@ -103,7 +129,8 @@ class TokenTask:
         return {"train_tokens": tokens, "tokens_per_second": round(tokens / max(seconds, 1e-9), 1)}
 
     def evaluate(self, student) -> dict:
-        return evaluate(student, self.val_data, self.config, self.device)
+        split = self.split if self.head is not None else None
+        return evaluate(student, self.val_data, self.config, self.device, split)
 
     def epoch_line(self, record: dict) -> str:
         return (f"epoch {record['epoch']}/{self.config.epochs}: train loss {record['train_loss']:.4f} "
@@ -232,10 +259,71 @@ def _step_targets(sampler: EpochSampler, data: TokenStoreDataset, batch_size: in
     return [int(t) for t in total]
 
 
+def _loss_split(config: TrainConfig, student, data: TokenStoreDataset, dist: Distributed, device, log):
+    """(the student's split, its ``ChunkedHead``) when the loss goes a chunk of positions at a time,
+    else (None, None): with --chunked-loss, or by default when a step's float32 logits exceed one
+    chunk (``worth_chunking``); never under torchrun, whose DDP syncs through the model's forward."""
+    if config.chunked_loss is False or (config.chunked_loss is None and
+                                        not worth_chunking(config.batch_size * data.seq_len, data.vocab_size)):
+        return None, None
+    probe = (torch.arange(min(data.seq_len, 16), device=device) % data.vocab_size)[None]  # (1, T)
+    why = "under torchrun (DistributedDataParallel syncs gradients only through the model's forward)"
+    if not dist.enabled:
+        try:
+            split, why = lm_split(student, probe)[0], None
+        except ConfigError:
+            why = "for a student without hidden_states and head_logits that give its own logits"
+    if why:
+        if config.chunked_loss:
+            raise ConfigError(f"--chunked-loss is not available {why}; leave it out")
+        log(f"the loss takes the whole (batch, positions, vocabulary) logits: no chunked loss {why}")
+        return None, None
+    with torch.no_grad():
+        head = chunked_head(student, split.head_logits, split.hidden_states(probe))
+    log(f"the loss goes by chunks of {chunk_positions(head.vocab_size):,} positions through the student's head "
+        f"(vocabulary {head.vocab_size:,}), never the whole logits")
+    return split, head
+
+
+def out_of_memory(err: RuntimeError) -> bool:
+    """A failed allocation: CUDA's OutOfMemoryError or the CPU allocator's."""
+    return isinstance(err, torch.OutOfMemoryError) or "can't allocate memory" in str(err)
+
+
+def _memory_advice(config: TrainConfig, shape, vocab_size: int, head, could_chunk: bool) -> str:
+    """One line for a step that ran out of memory: what to lower (or turn on)."""
+    where = f"--batch-size {config.batch_size} ({shape[0]} x {shape[1]:,} positions, vocabulary {vocab_size:,}"
+    if head is not None:
+        return (f"the student's step ran out of memory at {where}, the loss by chunks of "
+                f"{chunk_positions(vocab_size):,} positions): lower --batch-size")
+    chunks = ", or give --chunked-loss so the loss takes a chunk of positions at a time" if could_chunk else ""
+    return f"the student's step ran out of memory at {where}, the whole logits at once): lower --batch-size{chunks}"
+
+
+def _logit_pieces(model, split, input_ids, vocab_size: int, config: TrainConfig, device):
+    """(positions, logits) over the batch: all at once from the model's forward, or (a split's)
+    one chunk of positions at a time, each chunk's logits made when it is reached."""
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16)
+    if split is None:
+        with autocast:
+            logits = _logits(model(input_ids))
+        yield slice(None), logits
+        return
+    with autocast:
+        hidden = split.hidden_states(input_ids)  # (B, L, H)
+    length, columns = input_ids.shape[1], max(1, chunk_positions(vocab_size) // len(input_ids))
+    for start in range(0, length, columns):
+        piece = slice(start, start + columns)
+        with autocast:
+            logits = split.head_logits(hidden[:, piece])
+        yield piece, logits
+
+
 @torch.no_grad()
-def evaluate(model, data: TokenStoreDataset | None, config: TrainConfig, device) -> dict:
+def evaluate(model, data: TokenStoreDataset | None, config: TrainConfig, device, split=None) -> dict:
     """Validation cross-entropy (nats per target token), perplexity, and the share of target
-    positions where the student's top token is the teacher's (with a --val-store)."""
+    positions where the student's top token is the teacher's (with a --val-store); through
+    ``split`` a chunk of positions at a time, if given."""
     if data is None:
         return {"val_loss": None, "val_ppl": None, "val_agreement": None}
     model.eval()
@@ -243,13 +331,14 @@ def evaluate(model, data: TokenStoreDataset | None, config: TrainConfig, device)
     for start in range(0, len(data), config.batch_size):
         indices = np.arange(start, min(start + config.batch_size, len(data)))
         batch = {name: value.to(device) for name, value in data.batch(indices, teacher=False).items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
-            logits = _logits(model(batch["input_ids"]))
-        sums = token_loss_sums(logits, batch["labels"], None)
-        total, count = total + sums.ce.item(), count + sums.count
-        if data.targets is not None:
-            teacher_top = data.targets.top1(data.sequences[indices]).to(device)
-            agree += int(((logits.argmax(-1) == teacher_top) & target_positions(batch["labels"])).sum())
+        next_tokens, targets = next_token_targets(batch["labels"])
+        teacher_top = data.targets.top1(data.sequences[indices]).to(device) if data.targets is not None else None
+        for piece, logits in _logit_pieces(model, split, batch["input_ids"], data.vocab_size, config, device):
+            ce, _ = position_loss_sums(logits, next_tokens[:, piece], targets[:, piece], None, 1.0)
+            total += ce.item()
+            if teacher_top is not None:
+                agree += int(((logits.argmax(-1) == teacher_top[:, piece]) & targets[:, piece]).sum())
+        count += int(targets.sum())
     if count == 0:
         return {"val_loss": None, "val_ppl": None, "val_agreement": None}
     loss = total / count

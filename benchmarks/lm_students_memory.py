@@ -1,0 +1,176 @@
+"""A language-model student's training step at a large vocabulary (issue 22): the whole (B, T, V)
+logits against the chunked loss (``logitcache/losses/chunked.py``), peak memory and tokens/s.
+
+    flock /tmp/bigmem.lock python -m benchmarks.lm_students_memory [--vocab 131072] [--batch 4]
+        [--seq-len 1024] [--codecs topk:8,sample:12,dense] [--paths materialised,chunked,recompute]
+
+A ``gpt`` student (n_layer=2, n_embd=128, block_size=--seq-len) and synthetic teacher targets of
+each codec's typed form (top-k ids with log-probabilities and a tail, sampled ids with weights,
+dense fp16 logits) for one batch; each (codec, path) in a fresh subprocess (under ``prlimit
+--as`` so that it fails rather than take the machine down): one warm-up step, then ``--steps``
+timed steps, each forward + backward (loss ``ce + kl`` at T = 1). Paths:
+
+- ``materialised``: ``model(ids)`` -> (B, T, V) logits -> ``token_loss_sums`` (train's path before);
+- ``chunked``: ``hidden_states`` -> ``chunked_token_loss_sums`` (each chunk's gradient in the forward);
+- ``recompute``: the same chunks, each recomputed in the backward instead (the design not taken,
+  defined here only to measure it).
+
+Peak RSS is the subprocess's ``ru_maxrss``; "step's own" is the peak RSS over the steps (VmHWM,
+reset before the first) less the RSS before them (torch, the model, the targets). Tokens/s: B x T
+over the median timed step, by the wall clock and by this process's CPU seconds (less disturbed
+by other jobs on a shared machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+PATHS = ("materialised", "chunked", "recompute")
+ADDRESS_LIMIT = 16 << 30  # prlimit --as for each subprocess
+
+
+def synthetic_targets(codec: str, batch: int, length: int, vocab: int):
+    """One batch of teacher targets in ``codec``'s typed form, drawn from a fixed generator."""
+    from logitcache.codecs import DenseTargets, SampledTargets, TopKTargets
+
+    gen = torch.Generator().manual_seed(0)
+    if codec == "dense":  # fp16 as a dense store decodes, drawn a sequence at a time (no float32 copy)
+        logits = torch.empty(batch, length, vocab, dtype=torch.float16)
+        for row in logits:
+            row.copy_(torch.randn(length, vocab, generator=gen) * 2)
+        return DenseTargets(logits)
+    k = int(codec.split(":")[1])
+    indices = torch.randint(0, vocab, (batch, length, k), generator=gen)
+    if codec.startswith("topk"):
+        probs = torch.rand(batch, length, k + 1, generator=gen).softmax(-1)
+        return TopKTargets(indices, probs[..., :k].log(), probs[..., k].log())
+    weights = torch.full((batch, length, k), 1.0 / k)
+    return SampledTargets(indices, weights, -torch.rand(batch, length, k, generator=gen) * 5)
+
+
+class RecomputedChunks(torch.autograd.Function):
+    """The alternative design, measured only: each chunk's values in the forward without a graph,
+    then each chunk recomputed with one in the backward."""
+
+    @staticmethod
+    def forward(ctx, chunk_loss, pieces, hidden, *parameters):
+        ctx.chunk_loss, ctx.pieces = chunk_loss, pieces
+        ctx.save_for_backward(hidden, *parameters)
+        sums = [sum(values) for values in zip(*(chunk_loss(piece, hidden[:, piece]) for piece in pieces))]
+        ctx.mark_non_differentiable(sums[1], sums[2])
+        return tuple(sums)
+
+    @staticmethod
+    def backward(ctx, grad_total, _ce, _kd):
+        hidden, *parameters = ctx.saved_tensors
+        grad_hidden = torch.zeros_like(hidden)
+        grad_parameters = [torch.zeros_like(p) for p in parameters]
+        for piece in ctx.pieces:
+            with torch.enable_grad():
+                chunk_hidden = hidden[:, piece].detach().requires_grad_()
+                total = ctx.chunk_loss(piece, chunk_hidden)[0]
+                grads = torch.autograd.grad(total, [chunk_hidden, *parameters], grad_total)
+            grad_hidden[:, piece] = grads[0]
+            for running, gradient in zip(grad_parameters, grads[1:]):
+                running += gradient
+        return None, None, grad_hidden, *grad_parameters
+
+
+def one_config(path: str, codec: str, vocab: int, batch: int, length: int, steps: int) -> dict:
+    from logitcache.losses import chunked, token_loss_sums
+    from logitcache.sources import get_model
+    from logitcache.sources.lm_heads import split_lm
+
+    torch.manual_seed(0)
+    model = get_model(f"gpt:n_layer=2,n_head=2,n_embd=128,block_size={length}", vocab)
+    ids = torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(1))
+    labels = ids.clone()
+    teacher = synthetic_targets(codec, batch, length, vocab)
+    split = split_lm(model, ids[:1, :16])
+    if path == "recompute":
+        chunked._ChunkedLoss = RecomputedChunks
+
+    def step() -> float:
+        model.zero_grad(set_to_none=True)
+        if path == "materialised":
+            loss = token_loss_sums(model(ids), labels, teacher, 1.0).total(1.0, 1.0)
+        else:
+            hidden = split.hidden_states(ids)
+            head = chunked.chunked_head(model, split.head_logits, hidden)
+            loss = chunked.chunked_token_loss_sums(hidden, head, labels, teacher, 1.0).total(1.0, 1.0)
+        loss.backward()
+        return float(loss)
+
+    before = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:  # VmHWM from here: the steps' own peak
+        f.write("5")
+    loss = step()  # warm-up
+    times, cpu_times = [], []
+    for _ in range(steps):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        step()
+        times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - cpu_start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"path": path, "codec": codec, "loss": loss, "before_mib": before / 1024, "peak_mib": peak / 1024,
+            "step_peak_mib": _status_kib("VmHWM") / 1024,
+            "tokens_per_s": batch * length / statistics.median(times),
+            "tokens_per_cpu_s": batch * length / statistics.median(cpu_times),
+            "chunk_positions": chunked.chunk_positions(vocab)}
+
+
+def _status_kib(field: str) -> int:
+    """A field of /proc/self/status in KiB (VmRSS: now; VmHWM: the peak since the last reset)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def run_config(path: str, codec: str, args) -> dict:
+    """``one_config`` in a fresh process under ``prlimit --as``; its error's last line if it fails."""
+    command = ["prlimit", f"--as={ADDRESS_LIMIT}", sys.executable, "-m", "benchmarks.lm_students_memory", "--one",
+               path, codec, "--vocab", str(args.vocab), "--batch", str(args.batch), "--seq-len", str(args.seq_len),
+               "--steps", str(args.steps)]
+    done = subprocess.run(command, capture_output=True, text=True, env=os.environ)
+    if done.returncode:
+        return {"path": path, "codec": codec, "error": (done.stderr.strip().splitlines() or ["?"])[-1][:100]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vocab", type=int, default=131_072)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--codecs", default="topk:8,sample:12,dense")
+    parser.add_argument("--paths", default=",".join(PATHS))
+    parser.add_argument("--one", nargs=2, metavar=("PATH", "CODEC"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one_config(*args.one, args.vocab, args.batch, args.seq_len, args.steps)))
+        return
+    print(f"V = {args.vocab:,}, batch {args.batch} x {args.seq_len}, gpt n_layer=2 n_embd=128, "
+          f"torch threads {torch.get_num_threads()}, {args.steps} timed steps")
+    print("| codec | path | peak RSS (MiB) | step's own (MiB) | tokens/s | tokens/CPU-s | loss |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for codec in args.codecs.split(","):
+        for path in args.paths.split(","):
+            r = run_config(path, codec, args)
+            if "error" in r:
+                print(f"| {codec} | {path} | failed: {r['error']} | | | | |", flush=True)
+                continue
+            print(f"| {codec} | {path} | {r['peak_mib']:,.0f} | {r['step_peak_mib'] - r['before_mib']:,.0f} | "
+                  f"{r['tokens_per_s']:,.0f} | {r['tokens_per_cpu_s']:,.0f} | {r['loss']:.6g} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
