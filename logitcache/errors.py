@@ -91,6 +91,10 @@ class FileWriteError(LogitCacheError, OSError):
     """A run's file or a checkpoint could not be written whole (a full disk, a read-only place)."""
 
 
+class StepMemoryError(LogitCacheError, MemoryError):
+    """A step ran out of memory; the message names the setting to lower."""
+
+
 class StoreConnectionError(LogitCacheError, ConnectionError):
     """A remote store cannot be reached (endpoint down, network cut), even after retries."""
 

@@ -221,3 +221,11 @@ def test_top5_is_not_shown_for_five_classes_or_fewer(tmp_path):
     assert result.exit_code == 0, result.output
     epoch = next(line for line in result.output.splitlines() if line.startswith("epoch 1/1"))
     assert "val top-1" in epoch and "top-5" not in epoch
+
+
+def test_chunked_loss_is_refused_for_an_image_student(tmp_path, digits_store):
+    from tests.conftest import invoke, one_error
+
+    result = invoke("train", "--out", tmp_path / "r", "--student", "mlp", "--dataset", "digits@train", "--store",
+                    digits_store, "--loss", "kl", "--chunked-loss", "--epochs", "1", "--no-progress")
+    assert "--chunked-loss is for language-model students" in one_error(result)

@@ -53,6 +53,9 @@ def resolve(config: TrainConfig, log=print) -> ResolvedRun:
     if not config.dataset:
         raise ConfigError("--dataset is required: the training set (a token store holds its own sequences: "
                           "give --store)")
+    if config.chunked_loss:
+        raise ConfigError("--chunked-loss is for language-model students (token data): an image student's "
+                          "logits are (batch, classes), with no positions to chunk")
     validate(config.resolved())  # every option checked before the store is read
     return ResolvedRun(_with_store_temperature(config, store, log).resolved(), False, store)
 

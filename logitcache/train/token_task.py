@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..distributed import Distributed
-from ..errors import ConfigError, LogitCacheError, ModelError, StoreMismatchError
+from ..errors import ConfigError, ModelError, StepMemoryError, StoreMismatchError
 from ..lm import TokenStoreDataset, lm_split, teacher_of
 from ..losses import TokenLossSums, next_token_targets, position_loss_sums, token_loss, token_loss_sums
 from ..losses.chunked import chunk_positions, chunked_head, chunked_token_loss_sums, worth_chunking
@@ -37,10 +37,6 @@ from ..store import open_store
 from .config import TrainConfig
 from .paired_data import EpochSampler, check_teacher_identity
 from .run_summary import TrainSummary
-
-
-class StepMemoryError(LogitCacheError, MemoryError):
-    """A student's step ran out of memory; the message names the setting to lower."""
 
 
 class LMTrainSummary(TrainSummary):
