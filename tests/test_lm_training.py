@@ -358,3 +358,14 @@ def test_the_hugging_face_trainer_keeps_the_teacher_columns_and_distils(tmp_path
         assert int(count) == 8 * 63  # two micro-batches of 4 sequences, 63 targets each
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 3 and all(np.isfinite(losses))
+
+
+def test_a_label_only_token_epoch_line_has_no_kd_term(tmp_path):
+    text = tmp_path / "a.md"
+    text.write_text(HAMLET.read_text()[:6000])
+    lines = []
+    train(TrainConfig(out=str(tmp_path / "r"), student="gpt:n_layer=1,n_head=1,n_embd=16,block_size=64",
+                      dataset=f"text:{text}", tokenizer="bytes", seq_len=64, loss="ce", epochs=1, progress=False),
+          log=lines.append)
+    epoch = next(line for line in lines if line.startswith("epoch 1/1"))
+    assert "(ce " in epoch and "kd" not in epoch

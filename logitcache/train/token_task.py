@@ -129,9 +129,9 @@ class TokenTask:
         return evaluate(student, self.val_data, self.config, self.device, split)
 
     def epoch_line(self, record: dict) -> str:
-        return (f"epoch {record['epoch']}/{self.config.epochs}: train loss {record['train_loss']:.4f} "
-                f"(ce {record['train_ce']:.4f}, kd {record['train_kd']:.4f}), {_val_text(record)}, "
-                f"{record['tokens_per_second']:,.0f} tokens/s, {record['epoch_seconds']:.1f} s")
+        parts = f"ce {record['train_ce']:.4f}" + (f", kd {record['train_kd']:.4f}" if self.reads_teacher else "")
+        return (f"epoch {record['epoch']}/{self.config.epochs}: train loss {record['train_loss']:.4f} ({parts}), "
+                f"{_val_text(record)}, {record['tokens_per_second']:,.0f} tokens/s, {record['epoch_seconds']:.1f} s")
 
     def stop_error(self, record: dict) -> Exception | None:
         return None
