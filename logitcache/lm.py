@@ -33,6 +33,8 @@ with ``hidden_states``/``head_logits``, and Hugging Face causal LMs.
 
 from __future__ import annotations
 
+import math
+
 from typing import Callable
 
 import numpy as np
@@ -191,7 +193,8 @@ def distillation_loss(student_logits: Tensor, batch: dict, temperature: float = 
     """``ce_weight * CE + kd_weight * KL(teacher_T || student_T) * T²`` per target token.
 
     Args:
-        student_logits: (B, L, V) the student's logits for ``batch["input_ids"]``, unshifted.
+        student_logits: (B, L, V) the student's logits for ``batch["input_ids"]``, unshifted (or a
+            Hugging Face model's output, whose ``.logits`` they are).
         batch: a ``TokenStoreDataset`` batch: ``labels`` and the ``teacher_*`` targets.
         temperature: the KL's; a ``sample`` store's targets serve only the temperature they were drawn at.
         kd_weight, ce_weight: the weights of the two terms.
@@ -202,6 +205,9 @@ def distillation_loss(student_logits: Tensor, batch: dict, temperature: float = 
         ConfigError: ``kd_weight`` > 0 but the batch has no teacher targets; ``temperature`` is not
             the one a ``sample`` store's tokens were drawn at.
     """
+    student_logits = getattr(student_logits, "logits", student_logits)  # a Hugging Face model's output too
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ConfigError(f"temperature must be a positive finite number, got {temperature!r}")
     sums = token_loss_sums(student_logits, batch["labels"], _batch_teacher(batch, kd_weight), temperature)
     count = float(num_items_in_batch) if num_items_in_batch is not None else None
     return sums.mean(ce_weight, kd_weight, count)

@@ -369,3 +369,18 @@ def test_a_label_only_token_epoch_line_has_no_kd_term(tmp_path):
           log=lines.append)
     epoch = next(line for line in lines if line.startswith("epoch 1/1"))
     assert "(ce " in epoch and "kd" not in epoch
+
+
+def test_distillation_loss_takes_a_model_output_and_refuses_a_temperature_that_is_not_positive():
+    from types import SimpleNamespace
+
+    from logitcache.errors import ConfigError
+    from logitcache.lm import distillation_loss
+
+    logits = torch.randn(2, 5, 7)
+    batch = {"labels": torch.tensor([[-100, 1, 2, 3, 4], [-100, 4, 3, 2, 1]])}
+    plain = distillation_loss(logits, batch, kd_weight=0.0)
+    assert torch.equal(distillation_loss(SimpleNamespace(logits=logits), batch, kd_weight=0.0), plain)
+    for bad in (float("nan"), float("inf"), 0.0, -1.0):
+        with pytest.raises(ConfigError, match="temperature must be a positive finite number"):
+            distillation_loss(logits, batch, temperature=bad, kd_weight=0.0)
