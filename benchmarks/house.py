@@ -4,7 +4,7 @@
     $ python benchmarks/house.py --root /path/to/other/checkout
 
 Prints the largest modules, the longest functions, the import circles (the same graph
-``tests/test_imports.py`` checks), the modules in which a function takes a whole ``TrainConfig``
+``tests/stages/test_imports.py`` checks), the modules in which a function takes a whole ``TrainConfig``
 (a parameter annotated so, or named ``config`` in a module that reads TrainConfig's fields), the
 file names used by more than one module, and the number of test files.
 """
@@ -61,7 +61,7 @@ def main() -> None:
     files = modules(root / "logitcache")
     sizes = sorted(((len(f.read_text().splitlines()), n) for n, f in files.items()), reverse=True)
     sys.path.insert(0, str(root))
-    from tests.test_imports import circles, import_graph  # the graph the suite checks
+    from tests.stages.test_imports import circles, import_graph  # the graph the suite checks
 
     receivers = config_receivers(files)
     names = Counter(Path(n).name for n in files if not n.endswith("__init__.py"))

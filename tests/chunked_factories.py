@@ -1,4 +1,4 @@
-"""Students for tests/test_chunked_loss.py, named by ``module:factory`` specs."""
+"""Students for tests/losses/test_chunked_loss.py, named by ``module:factory`` specs."""
 
 from __future__ import annotations
 

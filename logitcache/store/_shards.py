@@ -1,6 +1,6 @@
 """Whole shards as bytes: Zarr's ``sharding_indexed`` layout, encoded and decoded here with the same
-numcodecs blosc and CRC-32C zarr uses, byte for byte what zarr writes (``tests/test_shards.py``
-compares the two on every codec's arrays).
+numcodecs blosc and CRC-32C zarr uses, byte for byte what zarr writes
+(``tests/store/test_fast_against_slow_paths.py`` compares the two on every codec's arrays).
 
     >>> shards = ShardBytes.for_array(array)      # None unless the array is laid out as logitcache makes them
     >>> data = shards.encode(values, map=pool.map) # one shard's object (values: its rows), chunks compressed in parallel

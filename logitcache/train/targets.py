@@ -15,7 +15,7 @@ class BatchDecoder:
     """Stored rows -> training targets, a batch at a time, by the codec: dense float32 logits
     (``Codec.decode_batch``: through torch, an fp16 row becomes float32 at memory speed), or with
     ``sparse`` its typed sparse targets (``Codec.training_targets``). The values are exactly
-    ``Teacher.decode``'s (``tests/test_data.py`` holds every codec to that); an ensemble's table
+    ``Teacher.decode``'s (``tests/train/test_paired_data.py`` holds every codec to that); an ensemble's table
     holds its combined float32 logits already."""
 
     def __init__(self, codec, sparse: bool, ensemble: bool = False):

@@ -1,0 +1,274 @@
+"""Pipelines: the shipped recipes parse into valid configs; a small one runs, then skips when done."""
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from logitcache.cli import cli
+from logitcache.dump import DumpConfig
+from logitcache.pipeline_plan import plan
+
+PIPELINES = sorted((Path(__file__).resolve().parents[2] / "pipelines").glob("*.toml"))
+
+SMALL = """
+[pipeline]
+runs = "{tmp}/runs"
+
+[teacher]
+student = "cnn:width=8"
+dataset = "digits@train"
+val_dataset = "digits@val"
+epochs = 2
+
+[dump]
+store = "{tmp}/digits.zarr"
+teacher = "checkpoint:{tmp}/runs/teacher/best.pt"
+dataset = "digits@train"
+
+[defaults]
+student = "mlp:hidden=8"
+dataset = "digits@train"
+val_dataset = "digits@val"
+epochs = 1
+
+[students.label-only]
+loss = "ce"
+
+[students.kl]
+loss = "kl"
+
+[students.dist]
+loss = "dist"
+"""
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=[p.stem for p in PIPELINES])
+def test_shipped_pipelines_are_valid(path):
+    steps = plan(path, progress=False)  # every key, type and stage check, as `run` makes before step 1
+    assert steps.dumps and steps.students
+
+
+def test_the_embedded_default_ships():
+    assert any(p.name == "digits.toml" for p in PIPELINES)
+    assert any(p.name == "shakespeare.toml" for p in PIPELINES)  # the language-model recipe
+
+
+def test_small_pipeline_runs_end_to_end_then_skips(tmp_path):
+    path = tmp_path / "small.toml"
+    path.write_text(SMALL.format(tmp=tmp_path))
+    first = CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    table = first.output[first.output.index("step  "):]
+    for row in ("teacher", "dump", "label-only", "kl", "dist"):
+        assert f"\n{row} " in "\n" + table
+    assert "val top-1" in table and "teacher top-1" in table
+    assert (tmp_path / "runs" / "results.md").read_text().strip() == table.strip()
+    assert f"curves: {tmp_path / 'runs' / 'results.png'}" in first.output  # matplotlib is in the dev extra
+    assert (tmp_path / "runs" / "results.png").read_bytes().startswith(b"\x89PNG")
+    again = CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False)
+    assert again.exit_code == 0 and again.output.count(": skipped") == 5
+    # every step was skipped, and the table keeps the results and times recorded when they ran
+    assert again.output[again.output.index("step  "):] == table
+    assert (tmp_path / "runs" / "results.md").read_text().strip() == table.strip()
+
+
+@pytest.mark.parametrize("text, says", [
+    ("[dump]\nstore='x'\n", "at least one [students.NAME]"),
+    ("[dump]\nstore='x'\nteacher='cnn'\ndataset='digits'\n[students.a]\nlos='ce'\n", "unknown option(s) los"),
+    ("[dumpz]\n", "unknown table(s) dumpz"),
+    ("dumps = 3\n[students.a]\n", "[dumps] must be a table"),
+    ("[dumps.a]\nstore='x'\n[dump]\nstore='y'\n[students.a]\n", "(or [dumps.NAME] tables, not both)"),
+    ("not toml [", "not valid TOML"),
+])
+def test_bad_pipeline_files(tmp_path, text, says):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    result = CliRunner().invoke(cli, ["run", str(path)])
+    assert result.exit_code != 0 and says in result.output and "Traceback" not in result.output
+
+
+def test_missing_pipeline_file(tmp_path):
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "none.toml")])
+    assert result.exit_code != 0 and "does not exist" in result.output
+
+
+LM = """
+[pipeline]
+runs = "{tmp}/runs"
+
+[teacher]
+student = "gpt:n_layer=1,n_head=2,n_embd=32,block_size=64"
+dataset = "text:{text}@train"
+val_dataset = "text:{text}@val"
+tokenizer = "bytes"
+seq_len = 64
+optimizer = "adamw"
+lr = 0.01
+batch_size = 16
+epochs = 1
+
+[dumps.topk]
+store = "{tmp}/train.zarr"
+teacher = "checkpoint:{tmp}/runs/teacher/best.pt"
+teacher_name = "topk"
+dataset = "text:{text}@train"
+tokenizer = "bytes"
+seq_len = 64
+codec = "topk:4"
+
+[dumps.sample]
+store = "{tmp}/train.zarr"
+teacher = "checkpoint:{tmp}/runs/teacher/best.pt"
+teacher_name = "sample"
+dataset = "text:{text}@train"
+tokenizer = "bytes"
+seq_len = 64
+codec = "sample:6:2"
+
+[dumps.val]
+store = "{tmp}/val.zarr"
+teacher = "checkpoint:{tmp}/runs/teacher/best.pt"
+dataset = "text:{text}@val"
+tokenizer = "bytes"
+seq_len = 64
+codec = "topk:4"
+
+[defaults]
+student = "gpt:n_layer=1,n_head=1,n_embd=16,block_size=64"
+store = "{tmp}/train.zarr"
+val_store = "{tmp}/val.zarr"
+optimizer = "adamw"
+lr = 0.01
+batch_size = 16
+epochs = 1
+
+[students.label-only]
+loss = "ce"
+
+[students.kd-topk]
+teacher = "topk"
+
+[students.kd-sample]
+loss = "kl"
+teacher = "sample"
+"""
+
+
+@pytest.fixture
+def lm_text(tmp_path) -> Path:
+    """The first 6,000 characters of Hamlet."""
+    path = tmp_path / "hamlet-start.md"
+    path.write_text((Path(__file__).resolve().parents[2] / "data/text/shakespeare/hamlet.md").read_text()[:6_000])
+    return path
+
+
+def test_a_language_model_pipeline_dumps_several_codecs_and_reports_loss_and_perplexity(tmp_path, lm_text):
+    path = tmp_path / "lm.toml"
+    path.write_text(LM.format(tmp=tmp_path, text=lm_text))
+    first = CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    table = first.output[first.output.index("step  "):]
+    rows = {line.split("  ")[0]: line for line in table.splitlines()[2:]}
+    assert list(rows) == ["teacher", "dump topk", "dump sample", "dump val", "label-only", "kd-topk", "kd-sample"]
+    assert "topk:4 targets -> " in table and "[topk]" in table and "[sample]" in table and " B/token" in table
+    # a token student's defaults are a language model's: kl at T=1, or the T a sampled store was drawn at
+    assert ", kl T=1 from topk:4 (" in rows["kd-topk"] and ", kl T=2 from sample:6:2 (" in rows["kd-sample"]
+    for name in ("label-only", "kd-topk", "kd-sample"):
+        assert "nats/token, ppl " in rows[name] and "top-1 agreement" in rows[name], rows[name]
+    assert "val loss" in rows["teacher"] and "top-1 agreement" not in rows["teacher"]  # held-out text, no store
+    again = CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False)
+    assert again.exit_code == 0 and again.output.count(": skipped") == 7, again.output
+    assert again.output[again.output.index("step  "):] == table
+    # the file now asks for another codec under a teacher the store already holds complete:
+    # an error, not a skipped step whose students would read the old targets
+    path.write_text(LM.replace('codec = "topk:4"', 'codec = "topk:5"', 1).format(tmp=tmp_path, text=lm_text))
+    changed = CliRunner().invoke(cli, ["run", str(path), "--no-progress"])
+    assert changed.exit_code != 0 and "Traceback" not in changed.output, changed.output
+    assert "already holds a complete teacher 'topk' made with other settings" in changed.output
+
+
+@pytest.mark.parametrize("before, after, says", [
+    ('teacher = "topk"', 'teacher = "topk"\nmixup = 0.2', "[students.kd-topk] --mixup applies to image data"),
+    ('loss = "ce"', 'loss = "dist"', "[students.label-only] --loss dist"),
+    ('teacher = "sample"', 'teacher = "sample"\nbatch_size = 0', "--batch-size must be at least 1"),
+])
+def test_a_bad_language_model_student_stops_the_pipeline_before_its_first_step(tmp_path, lm_text, before, after,
+                                                                                 says):
+    path = tmp_path / "lm.toml"
+    path.write_text(LM.replace(before, after, 1).format(tmp=tmp_path, text=lm_text))
+    result = CliRunner().invoke(cli, ["run", str(path), "--no-progress"])
+    assert result.exit_code != 0 and says in result.output and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_a_student_of_several_dumps_names_its_store(tmp_path, lm_text):
+    path = tmp_path / "lm.toml"
+    text = LM.replace('store = "{tmp}/train.zarr"\nval_store', 'val_store')  # the defaults name no store
+    path.write_text(text.format(tmp=tmp_path, text=lm_text))
+    result = CliRunner().invoke(cli, ["run", str(path), "--no-progress"])
+    assert result.exit_code != 0 and "[students.kd-topk] learns from a teacher: name its store" in result.output
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _metrics(runs: Path) -> dict:
+    """Every run's epoch records without their times: what must repeat to the digit."""
+    import json
+
+    found = {}
+    for metrics in sorted(runs.glob("*/metrics.jsonl")):
+        records = [json.loads(line) for line in metrics.read_text().splitlines()]
+        found[metrics.parent.name] = [{k: v for k, v in r.items() if "second" not in k} for r in records]
+    return found
+
+
+def test_a_repeatable_pipeline_repeats_to_the_digit_beside_a_cpu_heavy_process(tmp_path):
+    """The same short recipe twice, the second beside two busy processes: every loss and accuracy is
+    the same bit for bit (one thread, AVX2 kernels: neither the load nor the machine changes a sum)."""
+    import os
+    import subprocess
+    import sys
+
+    results = []
+    for run, busy in (("quiet", 0), ("busy", 2)):
+        folder = tmp_path / run
+        folder.mkdir()
+        path = folder / "small.toml"
+        path.write_text(SMALL.format(tmp=folder).replace('runs = "', 'repeatable = true\nruns = "', 1))
+        burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+        try:
+            done = subprocess.run([sys.executable, "-m", "logitcache", "run", str(path), "--no-progress"],
+                                  capture_output=True, text=True, timeout=600,
+                                  env={**os.environ, "PYTHONPATH": str(REPO)})
+        finally:
+            for burner in burners:
+                burner.kill()
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "repeatable numerics: 1 thread, AVX2 kernels" in done.stdout
+        results.append(_metrics(folder / "runs"))
+    assert set(results[0]) == {"teacher", "label-only", "kl", "dist"} and results[0] == results[1]
+
+
+@pytest.mark.parametrize(("edit", "says"), [
+    (lambda text: text.replace("[students.kl]", "[students.'../../escaped']"), "a step's name must be"),
+    (lambda text: text.replace('runs = "', 'repeatable = "yes"\nruns = "', 1), 'repeatable = "yes" is a string; expected true or false'),
+    (lambda text: text.replace("[dump]", "[dumps.a]").replace('[defaults]', '[dumps.b]\nstore = "{tmp}/digits.zarr"\n'
+                                                                            'teacher = "mlp"\ndataset = "digits@train"\n'
+                                                                            'codec = "u8"\n\n[defaults]'),
+     "both dump teacher 'default' into"),
+])
+def test_pipeline_mistakes_are_refused_before_any_step(tmp_path, edit, says):
+    path = tmp_path / "bad.toml"
+    path.write_text(edit(SMALL).format(tmp=tmp_path))
+    result = CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False)
+    assert result.exit_code != 0 and says in result.output, result.output
+    assert not (tmp_path / "runs").exists() and not (tmp_path.parent / "escaped").exists()
+
+
+def test_a_pipeline_nested_past_the_recursion_limit_is_one_line(tmp_path):
+    path = tmp_path / "deep.toml"
+    path.write_text("[pipeline]\nx = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    result = CliRunner().invoke(cli, ["run", str(path)], catch_exceptions=False)
+    assert result.exit_code == 1 and "nests arrays or tables too deeply" in result.output

@@ -1,0 +1,90 @@
+"""Hostile store files: metadata that inflates or nests without bound, damaged zip members, packs
+aimed at the wrong place. Each is one `Error:` line and a non-zero exit, and nothing is written."""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from logitcache.store._backend import MAX_METADATA_BYTES
+
+from tests.conftest import invoke, one_error
+
+DEEP = "[" * 200_000 + "]" * 200_000  # past any recursion limit a JSON parser keeps
+
+
+def _nest(metadata: Path) -> None:
+    text = metadata.read_text()
+    metadata.write_text(text.replace('"attributes": {', f'"attributes": {{"deep": {DEEP}, ', 1))
+
+
+@pytest.fixture
+def copy(digits_store, tmp_path) -> Path:
+    return Path(shutil.copytree(digits_store, tmp_path / "copy.zarr"))
+
+
+def test_deeply_nested_root_metadata_is_one_line(copy):
+    _nest(copy / "zarr.json")
+    for verb in ("info", "verify"):
+        assert "nested too deeply" in one_error(invoke(verb, copy))
+
+
+def test_deeply_nested_teacher_metadata_fails_info_and_verify(copy):
+    _nest(copy / "teachers" / "default" / "zarr.json")
+    result = invoke("info", copy)
+    assert "damaged: " in result.output and "nested too deeply" in result.output
+    assert "teacher 'default' is damaged" in one_error(result)
+    assert result.output.count("damaged or edited") == 1  # said once, not wrapped twice
+    assert one_error(invoke("verify", copy))
+
+
+def test_metadata_over_the_bound_is_refused_before_it_is_parsed(copy):
+    metadata = copy / "teachers" / "default" / "zarr.json"
+    text = metadata.read_bytes()
+    metadata.write_bytes(text[:-1] + b" " * (MAX_METADATA_BYTES + 1) + text[-1:])
+    assert "over the 64 MiB" in one_error(invoke("info", copy))
+
+
+def test_a_zip_whose_metadata_inflates_past_the_bound_is_refused(digits_store, tmp_path):
+    packed = tmp_path / "s.zip"
+    assert invoke("pack", digits_store, packed).exit_code == 0
+    bomb = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(packed) as source, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as out:
+        for entry in source.infolist():
+            data = source.read(entry.filename)
+            if entry.filename == "zarr.json":  # a few hundred KB of zip declaring 64 MiB + 1 of metadata
+                data = data[:-1] + b" " * (MAX_METADATA_BYTES + 1) + data[-1:]
+            out.writestr(entry.filename, data)
+    assert bomb.stat().st_size < 1 << 20
+    assert "metadata object zarr.json" in one_error(invoke("info", bomb))
+
+
+def test_a_zip_member_that_fails_its_crc_is_one_line_for_info(digits_store, tmp_path):
+    packed = tmp_path / "s.zip"
+    assert invoke("pack", digits_store, packed).exit_code == 0
+    with zipfile.ZipFile(packed) as archive:
+        entry = archive.getinfo("teachers/default/zarr.json")
+    data = bytearray(packed.read_bytes())
+    data[entry.header_offset + 30 + len(entry.filename) + len(entry.extra) + 5] ^= 0xFF  # a stored (not deflated) byte
+    damaged = tmp_path / "damaged.zip"
+    damaged.write_bytes(bytes(data))
+    result = invoke("info", damaged)
+    assert "Bad CRC-32" in result.output
+    assert "is damaged" in one_error(result)
+
+
+def test_pack_refuses_a_destination_inside_the_store(copy):
+    assert "inside the store it packs" in one_error(invoke("pack", copy, copy / "inside.zip"))
+    assert not list(copy.glob("*.zip")) and not list(copy.glob(".*.partial"))
+
+
+def test_pack_into_an_unwritable_place_is_one_line(digits_store):
+    assert "cannot write /proc/x.zip" in one_error(invoke("pack", digits_store, "/proc/x.zip"))
+
+
+def test_verify_refuses_negative_workers(digits_store):
+    result = invoke("verify", digits_store, "--workers", "-1")
+    assert result.exit_code == 2 and "-1 is not in the range x>=0" in result.output
