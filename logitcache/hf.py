@@ -81,27 +81,32 @@ def _distillation_trainer():
                                      num_items_in_batch=count)
             return (loss, outputs) if return_outputs else loss
 
-        def _target_count(self, model, batch: dict, num_items_in_batch):
-            """What the loss divides by: the Trainer's count of the step's targets, per device."""
-            count = num_items_in_batch
-            if count is None:  # the Trainer did not count: this batch's targets, once per accumulated micro-batch
-                steps = getattr(self, "current_gradient_accumulation_steps", 1) if model.training else 1
-                count = int((batch["labels"][:, 1:] != -100).sum()) * steps
-            elif self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
-                count = count / self.accelerator.num_processes  # every device's targets; DDP averages the gradients
-            return count
-
-        def _chunks(self, model, input_ids) -> bool:
-            """Whether this training batch's loss goes by chunks (module docstring); evaluation's never."""
-            if not model.training or self.chunked_loss is not None:
-                return model.training and bool(self.chunked_loss)
-            from .losses.chunked import worth_chunking
-
-            head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-            return (getattr(model, "module", None) is None and head is not None
-                    and worth_chunking(input_ids.numel(), head.weight.shape[0]))
+        _target_count = _target_count
+        _chunks = _chunks
 
     return DistillationTrainer
+
+
+def _target_count(trainer, model, batch: dict, num_items_in_batch):
+    """What the loss divides by: the Trainer's count of the step's targets, per device."""
+    count = num_items_in_batch
+    if count is None:  # the Trainer did not count: this batch's targets, once per accumulated micro-batch
+        steps = getattr(trainer, "current_gradient_accumulation_steps", 1) if model.training else 1
+        count = int((batch["labels"][:, 1:] != -100).sum()) * steps
+    elif trainer.args.average_tokens_across_devices and trainer.accelerator.num_processes > 1:
+        count = count / trainer.accelerator.num_processes  # every device's targets; DDP averages the gradients
+    return count
+
+
+def _chunks(trainer, model, input_ids) -> bool:
+    """Whether this training batch's loss goes by chunks (module docstring); evaluation's never."""
+    if not model.training or trainer.chunked_loss is not None:
+        return model.training and bool(trainer.chunked_loss)
+    from .losses.chunked import worth_chunking
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return (getattr(model, "module", None) is None and head is not None
+            and worth_chunking(input_ids.numel(), head.weight.shape[0]))
 
 
 def __getattr__(name: str):
