@@ -91,9 +91,9 @@ def test_topk_keeps_the_top_classes_and_the_tail_mass_exactly(c, k):
     logits = realistic_logits(16, c, seed=3)
     codec = get_codec(f"topk:{k}").for_classes(c)
     stored = codec.encode(logits)
-    ids_bytes = k * 2 if c <= 65536 else -(-k * 17 // 8)  # uint16, else bit-packed at 17 bits (format v5)
-    assert stored["indices"].dtype == (np.uint16 if c <= 65536 else np.uint8)
-    assert stored["indices"].nbytes == 16 * ids_bytes and stored["logprobs"].shape == (16, k)
+    ids_bytes = k * 2 if c <= 65536 else -(-k * 17 // 8)  # uint16, else 17 bits: 16 + 1 packed (format v5)
+    assert stored["indices"].dtype == np.uint16
+    assert stored["indices"].shape == stored["logprobs"].shape == (16, k)
     exact = torch.log_softmax(torch.from_numpy(logits).double(), 1).numpy()
     top = np.argsort(-logits, axis=1, kind="stable")[:, :k]
     assert np.array_equal(codec.read_indices(stored), top)

@@ -24,15 +24,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from ..errors import SpecError
-from .packed_ids import (
-    MAX_INDEX_BITS,
-    PACKED_FILL,
-    PACKED_VERSION,
-    least_index_bits,
-    pack_ids,
-    packed_width,
-    unpack_ids,
-)
+from .packed_ids import HIGH_FILL, MAX_INDEX_BITS, PACKED_VERSION, high_width, join_ids, least_index_bits, split_ids
 from .target_types import DenseTargets, Targets
 
 if TYPE_CHECKING:
@@ -69,7 +61,7 @@ class Codec(ABC):
     keeps_logsumexp: ClassVar[bool] = False
     #: For ``info``: where the probability mass not stored exactly went (codecs that store less than all of it).
     mass_note: ClassVar[str] = ""
-    #: The bits each class id is packed at (``packed_ids.py``; sparse codecs above 65,536 classes), else None.
+    #: The bits each class id is kept in (``packed_ids.py``; sparse codecs above 65,536 classes), else None.
     index_bits: int | None = None
 
     @property
@@ -79,8 +71,8 @@ class Codec(ABC):
         return 1
 
     def with_index_bits(self, bits: int | None) -> Codec:
-        """This codec with its class ids as a teacher's record says: packed at ``bits`` (format v5),
-        or whole uint16/uint32 (None: every teacher before v5, and every one up to 65,536 classes).
+        """This codec with its class ids as a teacher's record says: in ``bits`` bits (format v5), or
+        whole uint16/uint32 (None: every teacher before v5, and every one up to 65,536 classes).
 
         Raises:
             SpecError: ``bits`` for a codec that packs no ids, or too few or too many for its classes.
@@ -205,10 +197,11 @@ class SparseCodec(Codec):
     """A codec that keeps K entries per row: class indices and their values, and trains from sparse
     targets (``sparse_targets`` names ``target_type``'s fields).
 
-    A codec that ``packs_indices`` (it has ``k`` and ``num_classes``, and ``indices`` is
-    ``index_array()``) keeps ids as uint16 up to 65,536 classes and bit-packed at ceil(log2 C) bits
-    above (``index_bits``), or as uint32 where a teacher's record says so (stores before format v5):
-    it writes them with ``store_indices`` and reads them with ``read_indices``."""
+    A codec that ``packs_indices`` (it has ``k`` and ``num_classes``, and its arrays start with
+    ``index_arrays()``) keeps ids as uint16 up to 65,536 classes, and in ceil(log2 C) bits above
+    (``index_bits``: their low 16 bits in ``indices``, the others bit-packed in ``indices_high``), or
+    as uint32 where a teacher's record says so (stores before format v5): it writes them with
+    ``store_indices`` and reads them with ``read_indices``."""
 
     packs_indices: ClassVar[bool] = False
     k: int
@@ -222,25 +215,27 @@ class SparseCodec(Codec):
         # docstring inherited
         if not self.packs_indices:
             return super().with_index_bits(bits)
-        if bits is not None and (type(bits) is not int or not max(8, least_index_bits(self.num_classes)) <= bits
-                                 <= MAX_INDEX_BITS):
+        least = max(17, least_index_bits(self.num_classes))
+        if bits is not None and (type(bits) is not int or not least <= bits <= MAX_INDEX_BITS):
             raise SpecError(f"codec {self.name}: index_bits {bits!r} is not a width for the ids of "
-                            f"{self.num_classes} classes (from {max(8, least_index_bits(self.num_classes))} to "
-                            f"{MAX_INDEX_BITS} bits)")
+                            f"{self.num_classes} classes (from {least} to {MAX_INDEX_BITS} bits)")
         if bits == self.index_bits:
             return self
         twin = copy.copy(self)
         twin.index_bits = bits
-        twin.arrays = {**self.arrays, "indices": twin.index_array()}
+        rest = {name: spec for name, spec in self.arrays.items() if name not in ("indices", "indices_high")}
+        twin.arrays = {**twin.index_arrays(), **rest}
         return twin
 
-    def index_array(self) -> ArraySpec:
-        """The ``indices`` array: (N, K) uint16/uint32 filled with the dtype's maximum, or packed,
-        (N, ceil(K * bits / 8)) uint8 filled with 255 (``packed_ids.py``)."""
+    def index_arrays(self) -> dict[str, ArraySpec]:
+        """The arrays of the ids: ``indices`` (N, K) uint16/uint32 filled with the dtype's maximum;
+        with ``index_bits``, uint16 low bits and ``indices_high`` (N, ceil(K * (bits - 16) / 8)) uint8
+        filled with 255 (``packed_ids.py``)."""
         if self.index_bits is None:
             dtype = index_dtype(self.num_classes)
-            return ArraySpec(dtype, True, int(np.iinfo(dtype).max), width=self.k)
-        return ArraySpec("uint8", True, PACKED_FILL, width=packed_width(self.k, self.index_bits))
+            return {"indices": ArraySpec(dtype, True, int(np.iinfo(dtype).max), width=self.k)}
+        return {"indices": ArraySpec("uint16", True, 65535, width=self.k),
+                "indices_high": ArraySpec("uint8", True, HIGH_FILL, width=high_width(self.k, self.index_bits))}
 
     @property
     def padding_id(self) -> int:
@@ -248,17 +243,18 @@ class SparseCodec(Codec):
         return (1 << self.index_bits) - 1 if self.index_bits is not None else int(np.iinfo(index_dtype(
             self.num_classes)).max)
 
-    def store_indices(self, ids: np.ndarray) -> np.ndarray:
-        """(n, K) class ids (or ``padding_id``) -> the stored ``indices``: cast, or packed."""
+    def store_indices(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """(n, K) class ids (or ``padding_id``) -> the stored id arrays: cast, or split and packed."""
         if self.index_bits is None:
-            return ids.astype(index_dtype(self.num_classes))
-        return pack_ids(ids, self.index_bits)
+            return {"indices": ids.astype(index_dtype(self.num_classes))}
+        low, high = split_ids(ids, self.index_bits)
+        return {"indices": low, "indices_high": high}
 
     def read_indices(self, stored: dict[str, np.ndarray]) -> np.ndarray:
-        """The stored ``indices`` -> (n, K) int64 class ids (an unwritten row's are ``padding_id``)."""
+        """The stored id arrays -> (n, K) int64 class ids (an unwritten row's are ``padding_id``)."""
         if self.index_bits is None:
             return stored["indices"].astype(np.int64)
-        return unpack_ids(stored["indices"], self.index_bits, self.k)
+        return join_ids(stored["indices"], stored["indices_high"], self.index_bits)
 
     def label_hits(self, stored, labels, k=5):
         # docstring inherited; ranked by the stored indices (``top_classes``), nothing is decoded

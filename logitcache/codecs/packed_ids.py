@@ -1,16 +1,20 @@
-"""Class ids bit-packed at ceil(log2 C) bits: how sparse codecs keep ids above 65,536 classes compact.
+"""Class ids of more than 65,536 classes in ceil(log2 C) bits: how sparse codecs keep them compact.
 
-    >>> bits = packed_index_bits(131072)          # 17; None up to 65,536 classes (whole uint16 ids)
-    >>> packed = pack_ids(ids, bits)              # (n, K) ids -> (n, ceil(K * 17 / 8)) uint8
-    >>> unpack_ids(packed, bits, k)               # -> (n, K) int64, the same ids
+    >>> bits = packed_index_bits(131072)              # 17; None up to 65,536 classes (whole uint16 ids)
+    >>> low, high = split_ids(ids, bits)              # (n, K) ids -> (n, K) uint16, (n, ceil(K / 8)) uint8
+    >>> join_ids(low, high, bits)                     # -> (n, K) int64, the same ids
 
-A row's K ids are one little-endian bit string: id j holds bits [j * b, (j + 1) * b), and the last
-byte's unused high bits are 0. Every row takes the same bytes, so rows, chunks and shards keep fixed
-sizes. A row never written holds the fill byte 255, which unpacks to 2**b - 1 for every id: sparse
-codecs tell unwritten rows by their other arrays (NaN log-probabilities, zero counts), never by an id,
-since at C = 2**b that id is a class. Packing and unpacking are numpy over whole arrays (no loop per
-row): every eighth id at once, as unaligned little-endian words of its row, shifted and masked.
-Stores with packed ids are format v5 (``PACKED_VERSION``), which older readers refuse.
+An id of b bits is kept as its low 16 bits, in the uint16 ``indices`` array every store below 65,536
+classes has, and its b - 16 high bits, bit-packed: the K ids' high bits of a row are one little-endian
+bit string (id j holds bits [j (b - 16), (j + 1)(b - 16)), bit i being bit i % 8 of byte i // 8, the
+last byte's unused bits 0) in a uint8 ``indices_high`` row. A row takes 2K + ceil(K (b - 16) / 8) =
+ceil(K b / 8) bytes, exactly a row of b-bit ids, and every row the same, so rows, chunks and shards
+keep fixed sizes. Splitting at 16 bits rather than packing whole ids costs nothing raw and keeps the
+low bytes where blosc's byte shuffle and zstd find them: on disk about as small as uint32 ids, whose
+zero bytes the shuffle squeezed out already, where fully packed ids, straddling bytes, compress worse
+(benchmarks/RESULTS.md). Numpy over whole arrays, no loop per row. A row never written holds the fills 65535 and 255, which join to 2**b - 1:
+sparse codecs tell unwritten rows by their other arrays (NaN log-probabilities, zero counts), never
+by an id, since at C = 2**b that id is a class. Stores with split ids are format v5 (``PACKED_VERSION``).
 """
 
 from __future__ import annotations
@@ -20,14 +24,14 @@ import math
 import numpy as np
 
 PACKED_VERSION = 5  # the store format that added packed ids and samples kept without log-probabilities
-PACKED_ABOVE = 65536  # ids of more classes than this are packed; up to it they stay whole uint16 (RESULTS.md)
-PACKED_FILL = 255  # the packed array's fill byte: an unwritten row
+PACKED_ABOVE = 65536  # ids of more classes than this are packed; up to it they stay whole uint16
+HIGH_FILL = 255  # the high bits' fill byte: an unwritten row
 MAX_INDEX_BITS = 32
 
 
 def packed_index_bits(num_classes: int | None) -> int | None:
-    """The bits a class id is packed at for ``num_classes`` classes, ceil(log2 C); None (whole
-    uint16 ids) up to ``PACKED_ABOVE`` classes, where 16 bits are as small or the store is older."""
+    """The bits an id of ``num_classes`` classes is kept in, ceil(log2 C); None (whole uint16 ids)
+    up to ``PACKED_ABOVE`` classes, where 16 bits hold every id."""
     if num_classes is None or num_classes <= PACKED_ABOVE:
         return None
     return least_index_bits(num_classes)
@@ -38,54 +42,35 @@ def least_index_bits(num_classes: int) -> int:
     return max(1, math.ceil(math.log2(num_classes)))
 
 
-def packed_width(k: int, bits: int) -> int:
-    """Bytes a row of ``k`` ids packed at ``bits`` takes."""
-    return -(-k * bits // 8)
+def high_width(k: int, bits: int) -> int:
+    """Bytes of a row's packed high bits: K ids of ``bits`` bits, their bits above the 16th."""
+    return -(-k * (bits - 16) // 8)
 
 
-def _phases(k: int, bits: int):
-    """Eight ids take ``bits`` whole bytes, so id ``8q + p`` starts at byte ``q * bits + (p * bits) // 8``
-    of its row, at bit ``(p * bits) % 8``: for each phase p, its ids (columns p, p + 8, ...), their
-    first byte in the first group, and their shift."""
-    for phase in range(min(8, k)):
-        yield slice(phase, None, 8), (phase * bits) >> 3, (phase * bits) & 7
+def split_ids(ids: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, K) integer ids below 2**bits (17 <= bits <= 32) -> (their low 16 bits as uint16, their
+    high bits packed: (n, ``high_width(K, bits)``) uint8)."""
+    assert 16 < bits <= MAX_INDEX_BITS and (ids.size == 0 or (ids.min() >= 0 and ids.max() < 1 << bits)), bits
+    wide = ids.astype(np.uint32)
+    return (wide & 0xFFFF).astype(np.uint16), pack_bits(wide >> 16, bits - 16)
 
 
-def _words(rows: np.ndarray, word: np.dtype, first: int, step: int, count: int) -> np.ndarray:
-    """The (n, count) little-endian words of a (n, width) uint8 array that start at bytes first,
-    first + step, ...: an unaligned strided view (no copy, no index array)."""
-    return np.ndarray((len(rows), count), dtype=word, buffer=rows, offset=first, strides=(rows.strides[0], step))
+def join_ids(low: np.ndarray, high: np.ndarray, bits: int) -> np.ndarray:
+    """``split_ids``'s two arrays -> (n, K) int64 ids."""
+    return low.astype(np.int64) | (unpack_bits(high, bits - 16, low.shape[1]) << 16)
 
 
-def _word(bits: int) -> np.dtype:
-    """The little-endian word that holds any id shifted by up to 7 bits."""
-    return np.dtype("<u4" if bits + 7 <= 32 else "<u8")
+def pack_bits(values: np.ndarray, width: int) -> np.ndarray:
+    """(n, K) values below 2**width -> (n, ceil(K * width / 8)) uint8, each row one little-endian
+    bit string of its K values."""
+    rows, k = values.shape
+    planes = (values[:, :, None] >> np.arange(width, dtype=values.dtype)) & 1  # (n, K, width): bit b of each
+    return np.packbits(planes.astype(np.uint8).reshape(rows, k * width), axis=1, bitorder="little")
 
 
-def pack_ids(ids: np.ndarray, bits: int) -> np.ndarray:
-    """(n, K) integer ids, each below 2**bits (8 <= bits <= 32) -> (n, ``packed_width(K, bits)``) uint8.
-
-    Per phase, its ids shifted into place are OR-ed into the words where they start; the words of
-    one phase are ``bits`` >= their size bytes apart, so they never overlap."""
-    assert 8 <= bits <= MAX_INDEX_BITS and (ids.size == 0 or (ids.min() >= 0 and ids.max() < 1 << bits)), bits
-    rows, k = ids.shape
-    word, width = _word(bits), packed_width(k, bits)
-    out = np.zeros((rows, -(-k // 8) * bits + word.itemsize), dtype=np.uint8)
-    for columns, first, shift in _phases(k, bits):
-        part = ids[:, columns]
-        _words(out, word, first, bits, part.shape[1])[...] |= part.astype(word) << word.type(shift)
-    return np.ascontiguousarray(out[:, :width])
-
-
-def unpack_ids(packed: np.ndarray, bits: int, k: int) -> np.ndarray:
-    """``pack_ids``'s (n, width) uint8 -> (n, k) int64 ids: each id's word, shifted and masked."""
-    rows, width = packed.shape
-    word = _word(bits)
-    padded = np.zeros((rows, -(-k // 8) * bits + word.itemsize), dtype=np.uint8)
-    padded[:, :width] = packed
-    ids = np.empty((rows, k), dtype=np.int64)
-    mask = word.type((1 << bits) - 1)
-    for columns, first, shift in _phases(k, bits):
-        count = len(range(k)[columns])
-        ids[:, columns] = (_words(padded, word, first, bits, count) >> word.type(shift)) & mask
-    return ids
+def unpack_bits(packed: np.ndarray, width: int, k: int) -> np.ndarray:
+    """``pack_bits``'s (n, bytes) uint8 -> (n, k) int64 values."""
+    planes = np.unpackbits(packed, axis=1, count=k * width, bitorder="little").reshape(len(packed), k, width)
+    if width == 1:
+        return planes[:, :, 0].astype(np.int64)
+    return planes.astype(np.int64) @ (1 << np.arange(width, dtype=np.int64))

@@ -1,7 +1,7 @@
 """The ``sample:K[:T][:fp32|:counts]`` codec: K classes drawn from the teacher at temperature T, an
 unbiased sparse target for the KL at T (Anshumann et al., ACL 2025).
 
-    >>> get_codec("sample:12:4").for_classes(151936)   # 12 draws at T = 4, indices packed at 18 bits
+    >>> get_codec("sample:12:4").for_classes(151936)   # 12 draws at T = 4, ids in 18 bits (packed_ids.py)
     >>> codec.sampled_at                               # 4.0: the only temperature its targets serve
     >>> get_codec("sample:12:counts")                  # the classes and counts only, no log-probabilities
 
@@ -33,8 +33,8 @@ SAMPLE_SEED = 0x5EED  # draws are a pure function of (this seed, shard, logits):
 class SampleCodec(SparseCodec):
     """K draws from the teacher's distribution at temperature T, kept as unique classes with counts.
 
-    Per row: ``indices`` (unique sampled classes, ascending, padded with ``padding_id``; packed
-    above 65,536 classes), ``counts`` (uint16, 0 for padding) and ``logprobs`` (float16, the
+    Per row: ``indices`` (unique sampled classes, ascending, padded with ``padding_id``; above
+    65,536 classes their low 16 bits, the rest in ``indices_high``), ``counts`` (uint16, 0 for padding) and ``logprobs`` (float16, the
     teacher's log-probability of each sampled class at T; none with ``:counts``). With w = count /
     K, ``sum_k w_k (logprobs_k - log q_k)`` is an unbiased estimate of KL(p_T || q_T) and its
     gradient of the dense gradient (Anshumann et al., ACL 2025): the KL loss must then run at the
@@ -55,7 +55,7 @@ class SampleCodec(SparseCodec):
         self.description = f"{k} draws from the teacher at T={temperature:g}, unique classes with counts" + (
             " (no log-probabilities: the loss is the sampled cross-entropy)" if values is None else "")
         self.index_bits = packed_index_bits(num_classes)
-        self.arrays = {"indices": self.index_array(), "counts": ArraySpec("uint16", True, 0, width=k)}
+        self.arrays = {**self.index_arrays(), "counts": ArraySpec("uint16", True, 0, width=k)}
         if values is not None:
             self.arrays["logprobs"] = ArraySpec(values, True, float("nan"), width=k)
         else:
@@ -114,8 +114,8 @@ class SampleCodec(SparseCodec):
         return indices, counts, values
 
     def _stored(self, indices: np.ndarray, counts: np.ndarray, logprobs: np.ndarray) -> dict:
-        """The arrays as stored: the ids cast or packed, the log-probabilities kept unless ``:counts``."""
-        stored = {"indices": self.store_indices(indices), "counts": counts}
+        """The arrays as stored: the ids cast or split, the log-probabilities kept unless ``:counts``."""
+        stored = {**self.store_indices(indices), "counts": counts}
         return stored if self.values is None else {**stored, "logprobs": logprobs}
 
     def reduce_logits(self, logits, uniforms):

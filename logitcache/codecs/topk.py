@@ -1,7 +1,7 @@
 """The ``topk:K[:fp32]`` codec: the K most probable classes exactly, the rest as one tail bucket.
 
     >>> get_codec("topk:50").for_classes(21841)   # indices uint16, log-probabilities fp16, tail fp32
-    >>> get_codec("topk:8").for_classes(131072)   # indices bit-packed at 17 bits: 17 bytes a row (v5)
+    >>> get_codec("topk:8").for_classes(131072)   # ids in 17 bits: 16 in indices, 1 in indices_high (v5)
     >>> get_codec("topk:50:fp32")                 # float32 log-probabilities instead of float16
 
 For large label spaces: a KL loss reads its sparse targets (``TopKTargets``) as they are, and it
@@ -24,8 +24,8 @@ from .target_types import TopKTargets
 class TopKCodec(SparseCodec):
     """The K most probable classes exactly, plus the rest as one tail bucket.
 
-    Stores per row the top-K class indices (uint16 up to 65,536 classes, else bit-packed at
-    ceil(log2 C) bits; uint32 in stores before format v5), their
+    Stores per row the top-K class indices (uint16 up to 65,536 classes, else in ceil(log2 C) bits,
+    ``packed_ids.py``; uint32 in stores before format v5), their
     log-probabilities (float16) and the log of the remaining probability mass (float32), computed
     with a log-sum-exp over the other classes so it stays exact when tiny. Decodes to dense
     log-probabilities: the top K as stored, the tail mass spread evenly over the other C - K
@@ -44,7 +44,7 @@ class TopKCodec(SparseCodec):
         self.description = f"top-{k} log-probabilities with a tail bucket"
         self.index_bits = packed_index_bits(num_classes)
         self.arrays = {
-            "indices": self.index_array(),
+            **self.index_arrays(),
             "logprobs": ArraySpec(values, True, float("nan"), width=k),
             "tail": ArraySpec("float32", False, float("nan")),
         }
@@ -65,7 +65,7 @@ class TopKCodec(SparseCodec):
         np.put_along_axis(rest, top, -np.inf, axis=1)
         tail = logsumexp(rest) - norm
         return {
-            "indices": self.store_indices(top),
+            **self.store_indices(top),
             "logprobs": (kept - norm[:, None]).astype(self.values),
             "tail": tail.astype(np.float32),
         }
@@ -75,7 +75,7 @@ class TopKCodec(SparseCodec):
         top-K class indices (most probable first), their raw logits, the log-sum-exp of each row
         and of the row without its top K."""
         return {
-            "indices": self.store_indices(indices),
+            **self.store_indices(indices),
             "logprobs": (top - norm[:, None]).astype(self.values),
             "tail": (tail_norm - norm).astype(np.float32),
         }
