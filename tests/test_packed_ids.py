@@ -209,6 +209,7 @@ def test_info_says_how_the_ids_are_stored(stores):
 
 
 def test_an_older_reader_refuses_a_packed_store(stores, monkeypatch):
+    assert FORMAT_VERSION == 5 == packed_ids.PACKED_VERSION
     monkeypatch.setattr(_store, "FORMAT_VERSION", 4)  # what logitcache read before v5
     with pytest.raises(StoreVersionError, match="format v5, newer than the v4 this logitcache reads"):
         open_store(stores["topk:8"])
