@@ -82,7 +82,7 @@ def format_description(d: dict) -> str:
             f"  model     {_field(prov, 'teacher', 'spec')} ({_field(prov, 'teacher', 'num_parameters', fmt=',')} "
             "parameters)",
             _weights_line(settings),
-            f"  logits    {shape}, {get_codec(t['codec']).description}, codec {t['codec']}: "
+            f"  logits    {shape}, {get_codec(t['codec']).description}, codec {t['codec']}{_ids(t)}: "
             f"{t['bytes_on_disk']:,} bytes = {t['bytes_per_sample']:.1f} bytes/sample"
             + (f", {t['bytes_per_view']:.1f} bytes/view" if t.get("views") else "")
             + f" ({outputs * num_classes * 4 / max(t['bytes_on_disk'], 1):.2f}x smaller than fp32)",
@@ -115,6 +115,11 @@ def format_description(d: dict) -> str:
         software = prov.get("software", {})
         lines.append("  software  " + ", ".join(f"{k} {v}" for k, v in software.items()))
     return "\n".join(lines)
+
+
+def _ids(t: dict) -> str:
+    """How a sparse teacher's class ids are stored, where they are bit-packed (format v5)."""
+    return f" (ids packed at {t['index_bits']} bits)" if t.get("index_bits") else ""
 
 
 def _older(version: int) -> str:
@@ -183,7 +188,8 @@ def format_token_description(d: dict) -> str:
             f"  model     {_field(prov, 'teacher', 'spec')} ({_field(prov, 'teacher', 'num_parameters', fmt=',')} "
             "parameters)",
             _weights_line(settings),
-            f"  targets   {get_codec(t['codec']).description}, codec {t['codec']}: {t['bytes_on_disk']:,} bytes = "
+            f"  targets   {get_codec(t['codec']).description}, codec {t['codec']}{_ids(t)}: "
+            f"{t['bytes_on_disk']:,} bytes = "
             f"{t['bytes_on_disk'] / max(data['num_tokens'], 1):.1f} bytes/token "
             f"({positions * t['num_classes'] * 4 / max(t['bytes_on_disk'], 1):.0f}x smaller than fp32 logits)",
             f"  layout    {t['layout']['rows_per_chunk']} positions/chunk, {t['layout']['rows_per_shard']} positions/shard; "

@@ -363,3 +363,12 @@ def slow_lm(num_classes: int = 256) -> nn.Module:
 def three_class_image_teacher(num_classes: int = 3) -> nn.Module:
     """An image teacher trained for 3 classes, whatever class count it is asked for (a checkpoint's head)."""
     return image_teacher(3)
+
+
+WIDE_VOCAB = 70_000  # more than 65,536 ids: a sparse store packs them at 17 bits (format v5)
+
+
+def wide_lm(num_classes: int = 256) -> nn.Module:
+    """A TinyLM with a 70,000-id head, whatever vocabulary it is asked for (the byte tokenizer's 256
+    ids are its first): token stores of more than 65,536 classes, small enough for tests."""
+    return TinyLM(WIDE_VOCAB)

@@ -7,8 +7,9 @@
     >>> codec.training_targets(stored)                  # TopKTargets(indices, logprobs, tail): tensors
 
 One file per codec family, each registering itself (``catalog.py``): ``dense.py`` (fp32, fp16,
-bf16), ``u8.py``, ``topk.py``, ``sample.py``; ``base.py`` is the interface every codec implements
-and ``target_types.py`` the typed targets losses take. A new codec is one more such file, or a
+bf16), ``u8.py``, ``topk.py``, ``sample.py``; ``base.py`` is the interface every codec implements,
+``target_types.py`` the typed targets losses take and ``packed_ids.py`` the bit-packed class ids of
+sparse codecs above 65,536 classes. A new codec is one more such file, or a
 plugin module that calls ``register_codec``. This package sits below ``store/`` (which asks it for
 codecs by name) and imports numpy and ``errors`` only; torch inside the methods that make tensors.
 """
@@ -22,6 +23,7 @@ from .catalog import (
     CODECS,
     codec_examples,
     get_codec,
+    get_stored_codec,
     list_codecs,
     list_families,
     register_codec,
@@ -43,6 +45,7 @@ __all__ = [
     "cast",
     "codec_examples",
     "get_codec",
+    "get_stored_codec",
     "list_codecs",
     "list_families",
     "register_codec",

@@ -9,17 +9,22 @@ reduction of a token dump's logits on the device (``reduce_logits``), its batch 
 (``decode_batch``, ``training_targets``) and its typed training targets (``target_types.py``). The
 rest of logitcache asks it what it is through the capabilities below (``has_dense_form``,
 ``has_sparse_form``, ``sampled_at``, ``keeps_logsumexp``, ``description``, ``mass_note``), never by
-its name. numpy only at import; torch is imported inside the methods that make tensors.
+its name. A teacher's record names its codec and C (``for_classes``), and, for sparse codecs whose
+class ids are bit-packed (``packed_ids.py``, format v5), their bits (``with_index_bits``). numpy only
+at import; torch is imported inside the methods that make tensors.
 """
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
+from ..errors import SpecError
+from .packed_ids import HIGH_FILL, MAX_INDEX_BITS, PACKED_VERSION, high_width, join_ids, least_index_bits, split_ids
 from .target_types import DenseTargets, Targets
 
 if TYPE_CHECKING:
@@ -56,6 +61,25 @@ class Codec(ABC):
     keeps_logsumexp: ClassVar[bool] = False
     #: For ``info``: where the probability mass not stored exactly went (codecs that store less than all of it).
     mass_note: ClassVar[str] = ""
+    #: The bits each class id is kept in (``packed_ids.py``; sparse codecs above 65,536 classes), else None.
+    index_bits: int | None = None
+
+    @property
+    def format_version(self) -> int:
+        """The store format version that first describes this codec's arrays: a teacher stored with
+        it raises its store to that version, so an older reader refuses the store (1: every version)."""
+        return 1
+
+    def with_index_bits(self, bits: int | None) -> Codec:
+        """This codec with its class ids as a teacher's record says: in ``bits`` bits (format v5), or
+        whole uint16/uint32 (None: every teacher before v5, and every one up to 65,536 classes).
+
+        Raises:
+            SpecError: ``bits`` for a codec that packs no ids, or too few or too many for its classes.
+        """
+        if bits is not None:
+            raise SpecError(f"codec {self.name} keeps no class ids to pack (index_bits {bits!r})")
+        return self
 
     @property
     def has_sparse_form(self) -> bool:
@@ -170,8 +194,67 @@ class Codec(ABC):
 
 
 class SparseCodec(Codec):
-    """A codec that keeps K entries per row: class indices (uint16 up to 65,536 classes, else uint32)
-    and their values, and trains from sparse targets (``sparse_targets`` names ``target_type``'s fields)."""
+    """A codec that keeps K entries per row: class indices and their values, and trains from sparse
+    targets (``sparse_targets`` names ``target_type``'s fields).
+
+    A codec that ``packs_indices`` (it has ``k`` and ``num_classes``, and its arrays start with
+    ``index_arrays()``) keeps ids as uint16 up to 65,536 classes, and in ceil(log2 C) bits above
+    (``index_bits``: their low 16 bits in ``indices``, the others bit-packed in ``indices_high``), or
+    as uint32 where a teacher's record says so (stores before format v5): it writes them with
+    ``store_indices`` and reads them with ``read_indices``."""
+
+    packs_indices: ClassVar[bool] = False
+    k: int
+    num_classes: int | None
+
+    @property
+    def format_version(self) -> int:
+        return PACKED_VERSION if self.index_bits is not None else 1
+
+    def with_index_bits(self, bits):
+        # docstring inherited
+        if not self.packs_indices:
+            return super().with_index_bits(bits)
+        least = max(17, least_index_bits(self.num_classes))
+        if bits is not None and (type(bits) is not int or not least <= bits <= MAX_INDEX_BITS):
+            raise SpecError(f"codec {self.name}: index_bits {bits!r} is not a width for the ids of "
+                            f"{self.num_classes} classes (from {least} to {MAX_INDEX_BITS} bits)")
+        if bits == self.index_bits:
+            return self
+        twin = copy.copy(self)
+        twin.index_bits = bits
+        rest = {name: spec for name, spec in self.arrays.items() if name not in ("indices", "indices_high")}
+        twin.arrays = {**twin.index_arrays(), **rest}
+        return twin
+
+    def index_arrays(self) -> dict[str, ArraySpec]:
+        """The arrays of the ids: ``indices`` (N, K) uint16/uint32 filled with the dtype's maximum;
+        with ``index_bits``, uint16 low bits and ``indices_high`` (N, ceil(K * (bits - 16) / 8)) uint8
+        filled with 255 (``packed_ids.py``)."""
+        if self.index_bits is None:
+            dtype = index_dtype(self.num_classes)
+            return {"indices": ArraySpec(dtype, True, int(np.iinfo(dtype).max), width=self.k)}
+        return {"indices": ArraySpec("uint16", True, 65535, width=self.k),
+                "indices_high": ArraySpec("uint8", True, HIGH_FILL, width=high_width(self.k, self.index_bits))}
+
+    @property
+    def padding_id(self) -> int:
+        """The id that pads a row's unused entries: every bit of its stored width set."""
+        return (1 << self.index_bits) - 1 if self.index_bits is not None else int(np.iinfo(index_dtype(
+            self.num_classes)).max)
+
+    def store_indices(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """(n, K) class ids (or ``padding_id``) -> the stored id arrays: cast, or split and packed."""
+        if self.index_bits is None:
+            return {"indices": ids.astype(index_dtype(self.num_classes))}
+        low, high = split_ids(ids, self.index_bits)
+        return {"indices": low, "indices_high": high}
+
+    def read_indices(self, stored: dict[str, np.ndarray]) -> np.ndarray:
+        """The stored id arrays -> (n, K) int64 class ids (an unwritten row's are ``padding_id``)."""
+        if self.index_bits is None:
+            return stored["indices"].astype(np.int64)
+        return join_ids(stored["indices"], stored["indices_high"], self.index_bits)
 
     def label_hits(self, stored, labels, k=5):
         # docstring inherited; ranked by the stored indices (``top_classes``), nothing is decoded
@@ -191,7 +274,8 @@ class SparseCodec(Codec):
 
 
 def index_dtype(num_classes: int | None) -> str:
-    """The dtype of a sparse codec's class indices: uint16 up to 65,536 classes, else uint32."""
+    """The dtype of a sparse codec's whole class indices: uint16 up to 65,536 classes, else uint32
+    (above 65,536, stores before format v5; newer ones pack them: ``packed_index_bits``)."""
     return "uint16" if num_classes is not None and num_classes <= 65536 else "uint32"
 
 

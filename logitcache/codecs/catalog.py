@@ -4,6 +4,7 @@
     >>> register_family("topk", "topk:K", parse_topk, examples=("topk:5",))   # names "topk:..." go to parse_topk
     >>> get_codec("topk:50"), list_codecs()                # ["bf16", "fp16", "fp32", "u8"]
     >>> codec_examples()                                   # every plain name and each family's examples
+    >>> get_stored_codec("topk:8", 131072, index_bits=17)  # the codec a teacher's record describes
 
 Each codec file registers itself when the package imports it; a plugin registers the same way, from
 its own module. An unknown name raises a SpecError listing every plain name and family.
@@ -90,6 +91,16 @@ def get_codec(name: str) -> Codec:
     if family is None:
         raise SpecError(f"unknown codec {name!r}; choose one of {', '.join(list_codecs() + list_families())}")
     return family.parse(name)
+
+
+def get_stored_codec(name: str, num_classes: int, index_bits: int | None = None) -> Codec:
+    """The codec a teacher's record describes: ``name`` for ``num_classes`` classes, its class ids
+    bit-packed at ``index_bits`` (format v5 records them) or whole uint16/uint32 (None).
+
+    Raises:
+        SpecError: an unknown or malformed name, or ``index_bits`` the codec cannot have.
+    """
+    return get_codec(name).for_classes(num_classes).with_index_bits(index_bits)
 
 
 def parse_entries(name: str, family: str) -> tuple[int, str, list[str]]:

@@ -1,13 +1,20 @@
-"""The ``sample:K[:T][:fp32]`` codec: K classes drawn from the teacher at temperature T, an unbiased
-sparse target for the KL at T (Anshumann et al., ACL 2025).
+"""The ``sample:K[:T][:fp32|:counts]`` codec: K classes drawn from the teacher at temperature T, an
+unbiased sparse target for the KL at T (Anshumann et al., ACL 2025).
 
-    >>> get_codec("sample:12:4").for_classes(151936)   # 12 draws at T = 4, indices uint32
+    >>> get_codec("sample:12:4").for_classes(151936)   # 12 draws at T = 4, ids in 18 bits (packed_ids.py)
     >>> codec.sampled_at                               # 4.0: the only temperature its targets serve
+    >>> get_codec("sample:12:counts")                  # the classes and counts only, no log-probabilities
 
 Draws are a pure function of (``SAMPLE_SEED``, shard, logits), so a resumed or distributed dump
 draws what an uninterrupted one does; a token dump draws on the device from the same host-made
 uniforms (``uniforms``, ``reduce_logits``). There is no dense form: only losses that read its
 ``SampledTargets`` can use it.
+
+``:counts`` keeps no log-probabilities (format v5): its targets carry log p = 0 for every class, so
+the KL's formula ``sum_k w_k (log p_k - log q_k)`` becomes the sampled cross-entropy
+``-sum_k w_k log q_k``, an unbiased estimate of CE(p_T, q_T) = KL(p_T || q_T) + H(p_T): the same
+gradient as the KL (H(p_T) does not depend on the student), a loss value higher by the teacher's
+entropy, which a store without log-probabilities cannot know.
 """
 
 from __future__ import annotations
@@ -15,8 +22,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SpecError
-from .base import ArraySpec, SparseCodec, index_dtype, logsumexp, to_host
+from .base import ArraySpec, SparseCodec, logsumexp, to_host
 from .catalog import parse_entries, register_family
+from .packed_ids import PACKED_VERSION, packed_index_bits
 from .target_types import SampledTargets
 
 SAMPLE_SEED = 0x5EED  # draws are a pure function of (this seed, shard, logits): resumable and repeatable
@@ -25,28 +33,37 @@ SAMPLE_SEED = 0x5EED  # draws are a pure function of (this seed, shard, logits):
 class SampleCodec(SparseCodec):
     """K draws from the teacher's distribution at temperature T, kept as unique classes with counts.
 
-    Per row: ``indices`` (unique sampled classes, ascending, padded with the dtype's maximum),
-    ``counts`` (uint16, 0 for padding) and ``logprobs`` (float16, the teacher's log-probability of
-    each sampled class at T). With w = count / K, ``sum_k w_k (logprobs_k - log q_k)`` is an unbiased
-    estimate of KL(p_T || q_T) and its gradient of the dense gradient (Anshumann et al., ACL 2025):
-    the KL loss must then run at the same temperature T. There is no dense form.
+    Per row: ``indices`` (unique sampled classes, ascending, padded with ``padding_id``; above
+    65,536 classes their low 16 bits, the rest in ``indices_high``), ``counts`` (uint16, 0 for padding) and ``logprobs`` (float16, the
+    teacher's log-probability of each sampled class at T; none with ``:counts``). With w = count /
+    K, ``sum_k w_k (logprobs_k - log q_k)`` is an unbiased estimate of KL(p_T || q_T) and its
+    gradient of the dense gradient (Anshumann et al., ACL 2025): the KL loss must then run at the
+    same temperature T. There is no dense form.
     """
 
     target_type = SampledTargets
     has_dense_form = False
+    packs_indices = True
     mass_note = "in the sampled classes"
 
-    def __init__(self, k: int, temperature: float = 1.0, values: str = "float16", num_classes: int | None = None):
+    def __init__(self, k: int, temperature: float = 1.0, values: str | None = "float16",
+                 num_classes: int | None = None):
+        """``values``: the log-probabilities' dtype, or None to keep none (``:counts``)."""
         self.k, self.temperature, self.values, self.num_classes = k, temperature, values, num_classes
         self.name = f"sample:{k}" + (f":{temperature:g}" if temperature != 1.0 else "") + (
-            ":fp32" if values == "float32" else "")
-        self.description = f"{k} draws from the teacher at T={temperature:g}, unique classes with counts"
-        dtype = index_dtype(num_classes)
-        self.arrays = {
-            "indices": ArraySpec(dtype, True, int(np.iinfo(dtype).max), width=k),
-            "counts": ArraySpec("uint16", True, 0, width=k),
-            "logprobs": ArraySpec(values, True, float("nan"), width=k),
-        }
+            ":fp32" if values == "float32" else ":counts" if values is None else "")
+        self.description = f"{k} draws from the teacher at T={temperature:g}, unique classes with counts" + (
+            " (no log-probabilities: the loss is the sampled cross-entropy)" if values is None else "")
+        self.index_bits = packed_index_bits(num_classes)
+        self.arrays = {**self.index_arrays(), "counts": ArraySpec("uint16", True, 0, width=k)}
+        if values is not None:
+            self.arrays["logprobs"] = ArraySpec(values, True, float("nan"), width=k)
+        else:
+            self.mass_note = "only counts of sampled classes: no probabilities"
+
+    @property
+    def format_version(self) -> int:
+        return PACKED_VERSION if self.values is None else super().format_version
 
     @property
     def sampled_at(self) -> float:
@@ -66,19 +83,7 @@ class SampleCodec(SparseCodec):
         rows, classes = logits.shape
         draws = self.uniforms(shard, rows)
         picked = np.minimum(search_right(cdf, draws * cdf[:, -1:]), classes - 1)  # inverse CDF, per draw
-        # np.unique of each row, for all rows at once: sorted draws, a class where the run starts
-        picked.sort(axis=1)
-        first = np.ones(picked.shape, dtype=bool)
-        first[:, 1:] = picked[:, 1:] != picked[:, :-1]
-        slot = np.cumsum(first, axis=1) - 1  # the column each draw's class lands in
-        row = np.broadcast_to(np.arange(rows)[:, None], picked.shape)
-        indices = np.full((rows, self.k), self.arrays["indices"].fill_value, dtype=self.arrays["indices"].dtype)
-        counts = np.zeros((rows, self.k), dtype=np.uint16)
-        logprobs = np.full((rows, self.k), np.nan, dtype=self.values)
-        indices[row[first], slot[first]] = picked[first]
-        np.add.at(counts, (row, slot), 1)
-        logprobs[row[first], slot[first]] = logp[row[first], picked[first]]
-        return {"indices": indices, "counts": counts, "logprobs": logprobs}
+        return self._stored(*self._unique_draws(picked, np.take_along_axis(logp, picked, 1)))
 
     def uniforms(self, shard: int, rows: int) -> np.ndarray:
         """(rows, K) uniform draws in [0, 1) for one shard: a pure function of the seed and shard, so
@@ -88,6 +93,11 @@ class SampleCodec(SparseCodec):
     def from_draws(self, draws: np.ndarray, logprobs: np.ndarray) -> dict:
         """The stored arrays from K drawn classes per row and their log-probabilities at T (drawn
         elsewhere, e.g. on the device): unique classes ascending, their counts, padding filled."""
+        return self._stored(*self._unique_draws(draws, logprobs))
+
+    def _unique_draws(self, draws: np.ndarray, logprobs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(n, K) draws and their log-probabilities -> each row's unique classes ascending (int64,
+        padded with ``padding_id``), their counts (uint16) and log-probabilities (NaN for padding)."""
         rows, k = draws.shape
         order = np.argsort(draws, axis=1, kind="stable")
         draws, logprobs = np.take_along_axis(draws, order, 1), np.take_along_axis(logprobs, order, 1)
@@ -95,13 +105,18 @@ class SampleCodec(SparseCodec):
         first[:, 1:] = draws[:, 1:] != draws[:, :-1]
         slot = np.cumsum(first, axis=1) - 1  # each draw's place among its row's unique classes
         row = np.repeat(np.arange(rows), k).reshape(rows, k)
-        indices = np.full((rows, k), self.arrays["indices"].fill_value, dtype=self.arrays["indices"].dtype)
+        indices = np.full((rows, k), self.padding_id, dtype=np.int64)
         counts = np.zeros((rows, k), dtype=np.uint16)
-        values = np.full((rows, k), np.nan, dtype=self.values)
+        values = np.full((rows, k), np.nan, dtype=self.values or "float16")
         indices[row[first], slot[first]] = draws[first]
         values[row[first], slot[first]] = logprobs[first]
         np.add.at(counts, (row, slot), 1)
-        return {"indices": indices, "counts": counts, "logprobs": values}
+        return indices, counts, values
+
+    def _stored(self, indices: np.ndarray, counts: np.ndarray, logprobs: np.ndarray) -> dict:
+        """The arrays as stored: the ids cast or split, the log-probabilities kept unless ``:counts``."""
+        stored = {**self.store_indices(indices), "counts": counts}
+        return stored if self.values is None else {**stored, "logprobs": logprobs}
 
     def reduce_logits(self, logits, uniforms):
         # docstring inherited; the draws on the device, from the host's uniforms
@@ -113,33 +128,48 @@ class SampleCodec(SparseCodec):
         target = torch.as_tensor(uniforms, device=logits.device) * cdf[:, -1:]
         draws = torch.searchsorted(cdf, target, right=True).clamp_(max=logits.shape[1] - 1)
         picked = torch.gather(logp, 1, draws)
-        stored = self.from_draws(*to_host(draws, picked))
-        return stored, torch.as_tensor(self.stored_mass(stored)), None
+        indices, counts, logprobs = self._unique_draws(*to_host(draws, picked))
+        mass = _mass(counts, logprobs)  # before ``:counts`` drops the log-probabilities
+        return self._stored(indices, counts, logprobs), torch.as_tensor(mass), None
 
     def decode(self, stored):
         raise SpecError(f"codec {self.name} stores samples, not a distribution: only --loss kl can use it")
 
     def rows_ok(self, stored):
+        complete = stored["counts"].sum(axis=1, dtype=np.int64) == self.k
+        if self.values is None:
+            return complete
         used = stored["counts"] > 0
-        finite = np.where(used, np.isfinite(stored["logprobs"].astype(np.float32)), True).all(axis=1)
-        return finite & (stored["counts"].sum(axis=1, dtype=np.int64) == self.k)
+        return complete & np.where(used, np.isfinite(stored["logprobs"].astype(np.float32)), True).all(axis=1)
 
     def top_classes(self, stored, k):
-        order = np.argsort(-stored["counts"].astype(np.int64), axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(stored["indices"].astype(np.int64), order, axis=1)
+        # docstring inherited; a row's padding, when it has fewer than k classes, is -1 (no class)
+        counts = stored["counts"].astype(np.int64)
+        order = np.argsort(-counts, axis=1, kind="stable")[:, :k]
+        ids = np.where(counts > 0, self.read_indices(stored), -1)
+        return np.take_along_axis(ids, order, axis=1)
 
     def stored_mass(self, stored):
-        used = stored["counts"] > 0
-        return np.where(used, np.exp(stored["logprobs"].astype(np.float64)), 0.0).sum(axis=1)
+        """docstring inherited; 0 with ``:counts``, which holds no probability exactly (a token dump
+        counts its sampled classes' mass on the device, before the log-probabilities are dropped)."""
+        if self.values is None:
+            return np.zeros(len(stored["counts"]))
+        return _mass(stored["counts"], stored["logprobs"])
 
     def sparse_targets(self, stored):
         counts = stored["counts"].astype(np.float32)
         used = counts > 0
         return {
-            "indices": np.where(used, stored["indices"].astype(np.int64), 0),
+            "indices": np.where(used, self.read_indices(stored), 0),
             "weights": counts / self.k,
-            "logprobs": np.where(used, stored["logprobs"].astype(np.float32), 0.0),
+            "logprobs": np.zeros(counts.shape, np.float32) if self.values is None  # the cross-entropy: module doc
+            else np.where(used, stored["logprobs"].astype(np.float32), 0.0),
         }
+
+
+def _mass(counts: np.ndarray, logprobs: np.ndarray) -> np.ndarray:
+    """(n,) the probability mass of each row's unique sampled classes."""
+    return np.where(counts > 0, np.exp(logprobs.astype(np.float64)), 0.0).sum(axis=1)
 
 
 def search_right(cdf: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -160,12 +190,18 @@ def search_right(cdf: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 
 def parse_sample(name: str) -> SampleCodec:
-    """``sample:K[:T][:fp16|fp32]`` -> its codec (T = 1 unless given; a later T wins).
+    """``sample:K[:T][:fp16|fp32|counts]`` -> its codec (T = 1 unless given; a later T wins;
+    ``counts``: no log-probabilities).
 
     Raises:
-        SpecError: K is not a positive integer, or a part is neither a temperature > 0 nor fp16/fp32.
+        SpecError: K is not a positive integer, a part is neither a temperature > 0 nor fp16/fp32/
+            counts, or fp32 with counts.
     """
     k, values, extra = parse_entries(name, "sample")
+    if "counts" in extra:
+        if values == "float32":
+            raise SpecError(f"codec {name!r} keeps no log-probabilities (counts): fp32 has nothing to apply to")
+        values, extra = None, [part for part in extra if part != "counts"]
     temperature = 1.0
     for part in extra:
         try:
@@ -177,4 +213,4 @@ def parse_sample(name: str) -> SampleCodec:
     return SampleCodec(k, temperature, values)
 
 
-register_family("sample", "sample:K[:T]", parse_sample, examples=("sample:4", "sample:6:2:fp32"))
+register_family("sample", "sample:K[:T]", parse_sample, examples=("sample:4", "sample:6:2:fp32", "sample:5:3:counts"))

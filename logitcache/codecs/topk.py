@@ -1,6 +1,7 @@
 """The ``topk:K[:fp32]`` codec: the K most probable classes exactly, the rest as one tail bucket.
 
     >>> get_codec("topk:50").for_classes(21841)   # indices uint16, log-probabilities fp16, tail fp32
+    >>> get_codec("topk:8").for_classes(131072)   # ids in 17 bits: 16 in indices, 1 in indices_high (v5)
     >>> get_codec("topk:50:fp32")                 # float32 log-probabilities instead of float16
 
 For large label spaces: a KL loss reads its sparse targets (``TopKTargets``) as they are, and it
@@ -14,15 +15,17 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SpecError
-from .base import ArraySpec, SparseCodec, index_dtype, logsumexp, to_host
+from .base import ArraySpec, SparseCodec, logsumexp, to_host
 from .catalog import parse_entries, register_family
+from .packed_ids import packed_index_bits
 from .target_types import TopKTargets
 
 
 class TopKCodec(SparseCodec):
     """The K most probable classes exactly, plus the rest as one tail bucket.
 
-    Stores per row the top-K class indices (uint16 up to 65,536 classes, else uint32), their
+    Stores per row the top-K class indices (uint16 up to 65,536 classes, else in ceil(log2 C) bits,
+    ``packed_ids.py``; uint32 in stores before format v5), their
     log-probabilities (float16) and the log of the remaining probability mass (float32), computed
     with a log-sum-exp over the other classes so it stays exact when tiny. Decodes to dense
     log-probabilities: the top K as stored, the tail mass spread evenly over the other C - K
@@ -31,6 +34,7 @@ class TopKCodec(SparseCodec):
     """
 
     target_type = TopKTargets
+    packs_indices = True
     keeps_logsumexp = True
     mass_note = "the rest as one tail bucket"
 
@@ -38,9 +42,9 @@ class TopKCodec(SparseCodec):
         self.k, self.values, self.num_classes = k, values, num_classes
         self.name = f"topk:{k}" + (":fp32" if values == "float32" else "")
         self.description = f"top-{k} log-probabilities with a tail bucket"
-        dtype = index_dtype(num_classes)
+        self.index_bits = packed_index_bits(num_classes)
         self.arrays = {
-            "indices": ArraySpec(dtype, True, int(np.iinfo(dtype).max), width=k),
+            **self.index_arrays(),
             "logprobs": ArraySpec(values, True, float("nan"), width=k),
             "tail": ArraySpec("float32", False, float("nan")),
         }
@@ -61,7 +65,7 @@ class TopKCodec(SparseCodec):
         np.put_along_axis(rest, top, -np.inf, axis=1)
         tail = logsumexp(rest) - norm
         return {
-            "indices": top.astype(self.arrays["indices"].dtype),
+            **self.store_indices(top),
             "logprobs": (kept - norm[:, None]).astype(self.values),
             "tail": tail.astype(np.float32),
         }
@@ -71,7 +75,7 @@ class TopKCodec(SparseCodec):
         top-K class indices (most probable first), their raw logits, the log-sum-exp of each row
         and of the row without its top K."""
         return {
-            "indices": indices.astype(self.arrays["indices"].dtype),
+            **self.store_indices(indices),
             "logprobs": (top - norm[:, None]).astype(self.values),
             "tail": (tail_norm - norm).astype(np.float32),
         }
@@ -87,11 +91,11 @@ class TopKCodec(SparseCodec):
         return stored, torch.exp(top - norm[:, None]).sum(dim=1), norm
 
     def decode(self, stored):
-        indices = stored["indices"].astype(np.int64)
+        indices = self.read_indices(stored)
         rows = len(indices)
         spread = stored["tail"].astype(np.float32) - np.float32(np.log(self.num_classes - self.k))
         dense = np.repeat(spread[:, None], self.num_classes, axis=1)
-        valid = indices < self.num_classes  # unwritten rows hold the index fill value
+        valid = indices < self.num_classes  # unwritten rows hold the fill value (and a NaN tail)
         dense[np.nonzero(valid)[0], indices[valid]] = stored["logprobs"].astype(np.float32)[valid]
         dense[~valid.all(axis=1)] = np.nan
         return dense.reshape(rows, self.num_classes)
@@ -103,10 +107,10 @@ class TopKCodec(SparseCodec):
         return np.isfinite(stored["logprobs"].astype(np.float32)).all(axis=1) & np.isfinite(stored["tail"])
 
     def top_classes(self, stored, k):
-        return stored["indices"][:, :k].astype(np.int64)
+        return self.read_indices(stored)[:, :k]
 
     def sparse_targets(self, stored):
-        return {"indices": stored["indices"].astype(np.int64), "logprobs": stored["logprobs"].astype(np.float32),
+        return {"indices": self.read_indices(stored), "logprobs": stored["logprobs"].astype(np.float32),
                 "tail": stored["tail"].astype(np.float32)}
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import zarr
 
-from ..codecs import get_codec
+from ..codecs import get_stored_codec
 from ..errors import CorruptStoreError, LogitCacheError, StoreIncompleteError
 from ._create import chunk_key_shard
 from ._features import check_feature_records, feature_array_specs
@@ -94,6 +94,9 @@ def check_teacher(teacher) -> None:
         _check_attrs(attrs)
         if teacher.store.is_tokens and attrs.get("views") is not None:
             raise _Bad("a token store's teacher has views")
+        if teacher.codec.format_version > teacher.store.version:
+            raise _Bad(f"its codec's arrays are format v{teacher.codec.format_version}'s, but the store says "
+                       f"v{teacher.store.version}")
         _check_arrays(teacher, attrs)
         if attrs["status"] == STATUS_COMPLETE:
             _check_complete(teacher, attrs)
@@ -114,7 +117,7 @@ def _check_attrs(attrs: dict) -> None:
         raise _Bad(f"status is {attrs.get('status')!r}")
     num_classes = _int(attrs.get("num_classes"), "num_classes", 1, MAX_CLASSES)
     try:
-        get_codec(str(attrs.get("codec"))).for_classes(num_classes)
+        get_stored_codec(str(attrs.get("codec")), num_classes, attrs.get("index_bits"))
         layout = attrs.get("layout") or {}
         Layout(_int(layout.get("rows_per_chunk"), "layout.rows_per_chunk", 1),
                _int(layout.get("rows_per_shard"), "layout.rows_per_shard", 1))

@@ -65,6 +65,7 @@ def create_teacher_arrays(
     ``tokens``: a token store's teacher, whose rows are positions and which may keep more per row
     (``_tokens.token_extra_arrays``) and its shards' statistics.
     ``features`` (format v4): the records of the named features (``_features.py``), one array each.
+    A codec whose ids are bit-packed (format v5) has their bits recorded as ``index_bits``.
     """
     # Status "creating" until every array exists: a dump killed part-way leaves a group that
     # readers skip and the next dump (holding the teacher's lock) deletes and makes again.
@@ -72,6 +73,7 @@ def create_teacher_arrays(
         "status": STATUS_CREATING,
         "num_classes": num_classes,
         "codec": codec.name,
+        **({"index_bits": codec.index_bits} if codec.index_bits is not None else {}),
         "layout": layout.to_dict(),
         "settings": settings,
         "provenance": provenance,

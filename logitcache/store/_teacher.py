@@ -29,7 +29,7 @@ import numpy as np
 import zarr
 import zarr.codecs
 
-from ..codecs import Codec, get_codec
+from ..codecs import Codec, get_stored_codec
 from ..errors import (
     CorruptStoreError,
     StoreAccessError,
@@ -129,7 +129,9 @@ class Teacher(TeacherWrites):
 
     @cached_property
     def codec(self) -> Codec:
-        return get_codec(self.group.attrs[TEACHER_ATTR]["codec"]).for_classes(self.num_classes)
+        """The codec its record names, for its classes, with its ids as stored (packed: format v5)."""
+        attrs = self.group.attrs[TEACHER_ATTR]
+        return get_stored_codec(attrs["codec"], self.num_classes, attrs.get("index_bits"))
 
     @cached_property
     def layout(self) -> Layout:
