@@ -47,8 +47,9 @@ class DeviceReducer:
     def __call__(self, logits, next_tokens: torch.Tensor, is_target: torch.Tensor,
                  is_real: torch.Tensor, uniforms: np.ndarray | None) -> tuple[dict, np.ndarray, np.ndarray]:
         """``logits``: (P, V), a tensor or anything sliced like one (``HeadLogits``). Returns (stored
-        arrays for these P rows, float64 stats as in ``STATS``, the rows holding non-finite logits). Rows past their sequence (``is_real`` False) are stored as raw logits 0,
-        the uniform distribution, so padding costs nearly nothing once compressed."""
+        arrays for these P rows, float64 stats as in ``STATS``, the rows holding non-finite logits).
+        Rows past their sequence (``is_real`` False) are stored as raw logits 0, the uniform
+        distribution, so padding costs nearly nothing once compressed."""
         positions, vocab = logits.shape
         step = max(1, self.budget_bytes // (vocab * 8 * 3))
         pieces, stats, bad = [], np.zeros(len(STATS)), []

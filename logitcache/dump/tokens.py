@@ -76,7 +76,8 @@ class TokenJob:
         layout = choose_token_layout(len(self.source), config.seq_len, row_bytes, config.rows_per_shard)
         settings = {
             "teacher": config.teacher, **weights_digest(config, self.model), "codec": codec.name,
-            "layout": layout.to_dict(), "batch_size": self.sequences_per_batch, "bf16": config.bf16,  # sequences a forward
+            "layout": layout.to_dict(), "batch_size": self.sequences_per_batch,  # the sequences of a forward
+            "bf16": config.bf16,
             "device_type": self.device.type, "tokenizer": self.source.tokenizer.identity, "seq_len": config.seq_len,
         }
         provenance = {
@@ -172,7 +173,8 @@ class TokenJob:
             return reducer(logits, next_tokens, is_target, is_real.flatten(), uniforms)
 
     def _out_of_memory(self, first: int, last: int) -> OutOfMemoryError:
-        length, resume = self.config.seq_len, "the shards already written are kept, and the same command resumes after them"
+        length = self.config.seq_len
+        resume = "the shards already written are kept, and the same command resumes after them"
         if last - first > 1:
             return OutOfMemoryError(
                 f"the teacher ran out of memory on {self.device} with a batch of {last - first} sequences of {length} "
