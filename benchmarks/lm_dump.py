@@ -3,6 +3,7 @@ positions at a time, against main before the change (a copy of its checkout), si
 
     flock /tmp/bigmem.lock prlimit --as=$((14<<30)) python -m benchmarks.lm_dump cpu --baseline DIR
     flock /tmp/bigmem.lock prlimit --as=$((14<<30)) python -m benchmarks.lm_dump big
+    python -m benchmarks.lm_dump identity --baseline DIR   # the same stores, byte for byte
     python -m benchmarks.lm_dump gpu [--smoke]         # benchmarks/gpu.sh runs it (a CUDA device)
 
 ``cpu``: a random-init ``gpt:n_layer=2,n_head=2,n_embd=64`` over 32 random sequences of 1,024 ids
@@ -12,6 +13,10 @@ process (the baseline's code or this checkout's, by PYTHONPATH), its peak RSS fr
 rate is the dump's own (positions over the writing loop's seconds). The bare forward is the
 teacher alone with its whole head over batches of 4 sequences (what fits), outputs discarded.
 ``big``: this checkout at its defaults, 262,144 ids and 8 sequences of 4,096 tokens.
+``identity``: small token stores (topk:8, sample:12, fp16) dumped by both checkouts and compared
+file by file with the tests' ``store_contents``: a teacher without a split head
+(``tests.factories:tiny_lm``), ``gpt`` at 256 ids (one chunk a batch, also at the default batch
+size) and at 50,000 ids (the head in chunks of 223 positions, batches of 2,048), fp32 and bf16.
 ``gpu``: a random-init Qwen2-shaped teacher of ~0.5 B parameters (hidden 896, 24 layers, 14 heads,
 2 KV heads, intermediate 4,864, 151,936 ids) at 2,048 tokens, bf16: the dump's tokens/s against
 its bare forward's, and the peak device memory of each; ``--smoke`` runs it tiny on the CPU.
@@ -151,6 +156,52 @@ def big(args) -> None:
             print(row(f"{codec} this, defaults", result), flush=True)
 
 
+IDENTITY_CASES = {  # name: (vocabulary, options)
+    "tiny_lm": (256, ["--teacher", "tests.factories:tiny_lm", "--batch-size", "8"]),
+    "gpt": (256, ["--batch-size", "8"]),
+    "gpt-default-batch": (256, []),
+    "gpt-50000": (50000, ["--batch-size", "8"]),
+    "gpt-50000-bf16": (50000, ["--batch-size", "8", "--bf16"]),
+}
+
+
+def identity(args) -> None:
+    import shutil
+
+    import torch
+
+    from logitcache.sources import get_model
+    from tests.conftest import store_contents
+
+    text = HERE.parent / "data" / "text" / "shakespeare" / "hamlet.md"
+    with tempfile.TemporaryDirectory() as folder:
+        sample = Path(folder) / "hamlet-start.md"
+        sample.write_text(text.read_text()[:8000])
+        spec = TEACHER.format(length=256)
+        for vocab in (256, 50000):
+            torch.manual_seed(0)
+            torch.save(get_model(spec, vocab).state_dict(), f"{folder}/gpt-{vocab}.pt")
+        for name, (vocab, extra) in IDENTITY_CASES.items():
+            os.environ["LM_DUMP_VOCAB"] = str(vocab)
+            teacher = [] if "--teacher" in extra else ["--teacher", spec, "--weights", f"{folder}/gpt-{vocab}.pt"]
+            for codec in args.codecs.split(","):
+                stores = []
+                for code in (Path(args.baseline), HERE.parent):
+                    store = Path(folder) / f"{code.name}-{name}-{codec.replace(':', '_')}.zarr"
+                    result = run_measured([sys.executable, "-m", "logitcache", "dump", str(store), *teacher, *extra,
+                                           "--dataset", f"text:{sample}", "--tokenizer",
+                                           "bytes" if vocab == 256 else "lm_dump:synthetic_tokenizer",
+                                           "--seq-len", "256", "--codec", codec, "--rows-per-shard", "4096",
+                                           "--no-progress"], code)
+                    assert result["exit"] == 0, result["output"]
+                    stores.append(store_contents(store))
+                    shutil.rmtree(store)
+                before, after = stores
+                differ = sorted(key for key in set(before) | set(after) if before.get(key) != after.get(key))
+                outcome = "identical" if not differ else f"DIFFER: {', '.join(differ[:5])}"
+                print(f"{name:18} {codec:9} {len(before)} files: {outcome}", flush=True)
+
+
 def gpu(args) -> None:
     """In this process: the dump (its own rate) and the bare forward (whole head, bf16), with the
     peak device memory of each."""
@@ -216,21 +267,23 @@ def peak_gb(device: str) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["cpu", "big", "gpu"])
-    parser.add_argument("--baseline", help="cpu: a checkout of main before the change")
+    parser.add_argument("mode", choices=["cpu", "big", "identity", "gpu"])
+    parser.add_argument("--baseline", help="cpu, identity: a checkout of main before the change")
     parser.add_argument("--vocab", type=int)
     parser.add_argument("--length", type=int)
     parser.add_argument("--sequences", type=int)
-    parser.add_argument("--codecs", default="topk:8,sample:12")
+    parser.add_argument("--codecs", help="default: topk:8,sample:12 (identity: and fp16)")
     parser.add_argument("--bare-batch", type=int, default=8, help="gpu: sequences a batch of the bare forward")
     parser.add_argument("--smoke", action="store_true", help="gpu: tiny, on the CPU (checks the path only)")
     args = parser.parse_args()
-    defaults = {"cpu": (131072, 1024, 32), "big": (262144, 4096, 8), "gpu": (151936, 2048, 128)}[args.mode]
-    args.vocab, args.length, args.sequences = (given or default for given, default in
-                                               zip((args.vocab, args.length, args.sequences), defaults))
-    if args.mode == "cpu" and not args.baseline:
-        parser.error("cpu needs --baseline DIR: a checkout of main before the change")
-    {"cpu": cpu, "big": big, "gpu": gpu}[args.mode](args)
+    defaults = {"cpu": (131072, 1024, 32), "big": (262144, 4096, 8), "gpu": (151936, 2048, 128)}.get(args.mode)
+    if defaults:
+        args.vocab, args.length, args.sequences = (given or default for given, default in
+                                                   zip((args.vocab, args.length, args.sequences), defaults))
+    args.codecs = args.codecs or ("topk:8,sample:12,fp16" if args.mode == "identity" else "topk:8,sample:12")
+    if args.mode in ("cpu", "identity") and not args.baseline:
+        parser.error(f"{args.mode} needs --baseline DIR: a checkout of main before the change")
+    {"cpu": cpu, "big": big, "identity": identity, "gpu": gpu}[args.mode](args)
 
 
 if __name__ == "__main__":
