@@ -58,6 +58,10 @@ def cli():
               help="{codecs}; for large label spaces topk:K (the K most probable classes plus a "
               "tail bucket) or sample:K[:T] (K draws from the teacher at temperature T).")
 @click.option("--batch-size", default=DUMP["batch_size"], show_default=True, type=int)
+@click.option("--batch-tokens", default=DUMP["batch_tokens"], show_default=True, type=int,
+              help="Token dumps: tokens the teacher reads a batch (whole sequences, at least one; --batch-size "
+              "caps the sequences). Its head's logits are made a chunk of positions at a time, so this sizes "
+              "the body's activations; lower it if the teacher runs out of memory.")
 @click.option("--workers", default=DUMP["workers"], show_default=True, type=int, help="DataLoader worker processes.")
 @click.option("--device", default=DUMP["device"], show_default=True, help=DEVICE_HELP)
 @click.option("--bf16", is_flag=True, help="Run the teacher under bf16 autocast (logits are cast to fp32).")

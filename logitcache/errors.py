@@ -101,3 +101,7 @@ class StoreConnectionError(LogitCacheError, ConnectionError):
 
 class StoreAccessError(LogitCacheError, PermissionError):
     """A remote store refuses the credentials given."""
+
+
+class OutOfMemoryError(LogitCacheError, MemoryError):
+    """A batch needed more memory than the device (or the process's limit) had; a smaller one fits."""

@@ -22,7 +22,8 @@ class DumpConfig:
     transform: str | None = None
     teacher_name: str = "default"
     codec: str = "fp16"
-    batch_size: int = 256
+    batch_size: int = 256  # a token dump: at most this many sequences a batch
+    batch_tokens: int = 65536  # a token dump: tokens a batch (whole sequences, one at least)
     workers: int = 0
     device: str = "cpu"
     bf16: bool = False

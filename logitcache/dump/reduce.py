@@ -1,7 +1,7 @@
 """Reduce a language model's logits where they were computed: only the stored targets leave the device.
 
     >>> reducer = DeviceReducer(codec, budget_bytes=256 << 20)
-    >>> arrays, stats = reducer(logits, next_tokens, is_target, is_real, uniforms)
+    >>> arrays, stats, bad = reducer(logits, next_tokens, is_target, is_real, uniforms)
 
 A (positions x vocabulary) block of float32 logits is 600 KB per position at Qwen's 151,936 ids, so
 it never goes to the host: each codec reduces a chunk where it was computed (``Codec.reduce_logits``:
@@ -10,6 +10,9 @@ device from host-made uniforms, so the draws do not depend on the device's rando
 only (positions x K) arrays are copied back. Dense codecs (small vocabularies) copy the logits and
 encode on the host as image dumps do. This module cuts the work into chunks of positions that keep
 the temporaries under ``budget_bytes``, checks finiteness and keeps the teacher's own statistics.
+``logits`` need only be sliced like a (P, V) tensor: a split teacher's ``token_teacher.HeadLogits``
+runs its head on each chunk's positions when the chunk is taken, so no more than one chunk's logits
+ever exist.
 
 On a CPU these passes over (positions x V) cost as much as the teacher's own head, so a chunk is
 copied as little as possible: float32 logits of real rows are read in place (topk masks its K
@@ -32,19 +35,21 @@ import torch
 from ..store import LOGSUMEXP_ARRAY, Codec
 
 STATS = ("targets", "nll_sum", "top1_hits", "mass_sum")  # one float64 each, per shard
+BUDGET_BYTES = 256 << 20  # a chunk's logits and the reduction's temporaries (24 bytes a logit)
 
 
 class DeviceReducer:
     """Turn (P, V) logits into the codec's stored arrays plus the per-row log-sum-exp."""
 
-    def __init__(self, codec: Codec, budget_bytes: int = 256 << 20):
+    def __init__(self, codec: Codec, budget_bytes: int = BUDGET_BYTES):
         self.codec, self.budget_bytes = codec, budget_bytes
 
-    def __call__(self, logits: torch.Tensor, next_tokens: torch.Tensor, is_target: torch.Tensor,
+    def __call__(self, logits, next_tokens: torch.Tensor, is_target: torch.Tensor,
                  is_real: torch.Tensor, uniforms: np.ndarray | None) -> tuple[dict, np.ndarray, np.ndarray]:
-        """Returns (stored arrays for these P rows, float64 stats as in ``STATS``, the rows holding
-        non-finite logits). Rows past their sequence (``is_real`` False) are stored as raw logits 0,
-        the uniform distribution, so padding costs nearly nothing once compressed."""
+        """``logits``: (P, V), a tensor or anything sliced like one (``HeadLogits``). Returns (stored
+        arrays for these P rows, float64 stats as in ``STATS``, the rows holding non-finite logits).
+        Rows past their sequence (``is_real`` False) are stored as raw logits 0, the uniform
+        distribution, so padding costs nearly nothing once compressed."""
         positions, vocab = logits.shape
         step = max(1, self.budget_bytes // (vocab * 8 * 3))
         pieces, stats, bad = [], np.zeros(len(STATS)), []

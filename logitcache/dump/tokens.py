@@ -5,9 +5,7 @@ token store (format v4), reduced on the device.
     ...                 tokenizer="bytes", seq_len=256, codec="sample:12"))
 
 The sequences (token ids, loss mask, lengths, keys) go into the store before any teacher row, so
-the store is self-contained and every teacher row is bound to the tokens it was computed from. They
-are streamed there from the corpus (``dump/resume.py``), and the teacher reads its batches back from
-the store, so host memory holds the shards in flight, never the corpus.
+the store is self-contained and every teacher row is bound to the tokens it was computed from.
 Sequences are batched within a shard, as images are, so a resumed or distributed dump runs the
 teacher on exactly the batches an uninterrupted one does and writes the same bytes.
 """
@@ -22,17 +20,17 @@ import torch
 from tqdm import tqdm
 
 from ..devices import resolve_device
-from ..errors import CorruptStoreError, ModelError, NonFiniteLogitsError
-from ..sources import get_model, lm_context_length
+from ..errors import ConfigError, CorruptStoreError, NonFiniteLogitsError, OutOfMemoryError
+from ..sources import get_model
 from ..sources.tokenizers import get_tokenizer
 from ..sources.tokens import TokenStream, stream_token_dataset
 from ..store import BackgroundWriter, Teacher, get_codec
 from ..store._tokens import StoredSequences, choose_token_layout, token_layout_horizon
-from .loop import autocast
 from .reduce import STATS, DeviceReducer
 from .resume import now_utc
 from .settings import software, weights_digest
 from .summary import TokenDumpSummary
+from .token_teacher import TokenTeacher, is_out_of_memory
 
 
 @dataclass
@@ -55,38 +53,23 @@ class TokenJob:
     """What ``dump`` needs of a token dump: inputs, teacher, settings; then ``write`` and ``summary``."""
 
     def __init__(self, config, dist):
+        if config.batch_tokens < 1:
+            raise ConfigError(f"--batch-tokens must be at least 1, got {config.batch_tokens}")
         self.config = config
         tokenizer = get_tokenizer(config.tokenizer)
         stream = stream_token_dataset(config.dataset, tokenizer, config.seq_len, split=config.split)
         self.device = resolve_device(dist.device(config.device))
         self.model = get_model(config.teacher, tokenizer.vocab_size, weights=config.weights).to(self.device).eval()
-        self.num_classes = self._probe(tokenizer)
+        self.teacher = TokenTeacher(self.model, self.device, config.bf16)
+        first = next(iter(stream), None)  # the first block of rows: the split is proven on its first sequence
+        if first is None:
+            raise ConfigError(f"--dataset {config.dataset} gives no sequences to dump")
+        self.num_classes = self.teacher.probe(first.tokens[:1], first.lengths[:1], tokenizer)
+        self.sequences_per_batch = self.teacher.sequences_per_batch(config.seq_len, config.batch_size,
+                                                                    config.batch_tokens)
         self.source = TokenInputs(config.dataset, stream, tokenizer, self.num_classes)
         self.settings, self.provenance = self._settings()
         self.rows: StoredSequences | None = None  # the store's sequences, once it is open
-
-    def _probe(self, tokenizer) -> int:
-        """The teacher's context must hold a sequence, and its head every token id: (1, L, V >= vocab).
-        It reads a sequence of id 0 first, so a too-small vocabulary is named rather than crashing."""
-        length = self.config.seq_len
-        context = lm_context_length(self.model)
-        if context is not None and length > context:
-            raise ModelError(f"--seq-len {length} is longer than the teacher's context of {context} tokens")
-        sample = torch.zeros((1, length), dtype=torch.long, device=self.device)  # id 0: in every vocabulary
-        with torch.inference_mode(), autocast(self.device, self.config.bf16):
-            try:
-                output = logits_of(self.model(sample))
-            except Exception as err:
-                raise ModelError(f"the teacher fails on a sequence of {length} tokens: {err}") from None
-        if not isinstance(output, torch.Tensor) or output.ndim != 3 or tuple(output.shape[:2]) != (1, length):
-            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-            raise ModelError(f"the teacher's output is {shape} for one sequence of {length} tokens; a token dump "
-                             "needs a causal LM's (batch, positions, vocabulary) logits")
-        vocab = int(output.shape[2])
-        if vocab < tokenizer.vocab_size:  # every token id is below the tokenizer's size (checked when tokenised)
-            raise ModelError(f"the teacher's head has {vocab} outputs but tokenizer {tokenizer.spec!r} has "
-                             f"{tokenizer.vocab_size} ids: they were not made for each other")
-        return vocab
 
     def _settings(self) -> tuple[dict, dict]:
         config, codec = self.config, get_codec(self.config.codec).for_classes(self.num_classes)
@@ -95,7 +78,8 @@ class TokenJob:
         layout = choose_token_layout(sequences, config.seq_len, row_bytes, config.rows_per_shard)
         settings = {
             "teacher": config.teacher, **weights_digest(config, self.model), "codec": codec.name,
-            "layout": layout.to_dict(), "batch_size": config.batch_size, "bf16": config.bf16,
+            "layout": layout.to_dict(), "batch_size": self.sequences_per_batch,  # the sequences of a forward
+            "bf16": config.bf16,
             "device_type": self.device.type, "tokenizer": self.source.tokenizer.identity, "seq_len": config.seq_len,
         }
         provenance = {
@@ -109,6 +93,8 @@ class TokenJob:
         """Write this rank's pending shards, then (rank 0) mark the teacher complete with its statistics."""
         started = time.perf_counter()
         self.rows = StoredSequences(store)
+        if dist.is_main and self.teacher.split is None:
+            log(self.teacher.unsplit_note(self.config.seq_len, min(self.sequences_per_batch, store.num_samples)))
         done = teacher.shard_done()
         pending = [s for s in range(teacher.num_shards) if s % dist.world_size == dist.rank and not done[s]]
         error = None
@@ -134,7 +120,7 @@ class TokenJob:
         return self.summary(store, teacher, written, seconds, resumed=int(done.sum()))
 
     def _write_shards(self, teacher: Teacher, pending: list[int], show: bool, held) -> int:
-        length, batch = self.config.seq_len, self.config.batch_size
+        length, batch = self.config.seq_len, self.sequences_per_batch
         reducer = DeviceReducer(teacher.codec)
         bar = tqdm(total=sum(np.diff(teacher.layout.shard_rows(s, teacher.num_samples))[0] for s in pending),
                    unit="tok", unit_scale=True, disable=not (self.config.progress and show),
@@ -157,28 +143,50 @@ class TokenJob:
         return sum(np.diff(teacher.layout.shard_rows(s, teacher.num_samples))[0] for s in pending)
 
     def _reduce_batch(self, reducer: DeviceReducer, first: int, last: int, uniforms) -> tuple[dict, np.ndarray]:
-        """Sequences [first, last) through the teacher and the reducer, on the device."""
-        device = self.device
-        tokens, loss_mask, lengths = self.rows.rows(first, last)
-        ids = torch.as_tensor(tokens, dtype=torch.long).to(device, non_blocking=True)
-        with torch.inference_mode():
-            with autocast(device, self.config.bf16):
-                logits = logits_of(self.model(ids))
-            if tuple(logits.shape) != (*ids.shape, self.num_classes):
-                raise ModelError(f"the teacher's output changed shape to {tuple(logits.shape)} for sequences "
-                                 f"{first}-{last}; it must be {(*ids.shape, self.num_classes)}")
-            next_tokens = torch.roll(ids, -1, dims=1).flatten()
-            is_target = torch.as_tensor(loss_mask, device=device).flatten()
-            positions = torch.arange(ids.shape[1], device=device)
-            is_real = (positions[None, :] < torch.as_tensor(lengths, device=device)[:, None])
-            arrays, stats, bad = reducer(logits.flatten(0, 1), next_tokens, is_target, is_real.flatten(), uniforms)
+        """Sequences [first, last) through the teacher and the reducer, on the device; running out of
+        memory is one line that names the setting to lower (raised once the batch's tensors are freed)."""
+        try:
+            arrays, stats, bad = self._through_teacher(reducer, first, last, uniforms)
+        except (RuntimeError, MemoryError) as err:
+            if not is_out_of_memory(err):
+                raise
+            arrays = None
+        if arrays is None:
+            raise self._out_of_memory(first, last)
         if bad.size:
-            sequences = sorted({first + int(row) // ids.shape[1] for row in bad})
+            sequences = sorted({first + int(row) // self.config.seq_len for row in bad})
             keys = ", ".join(repr(self.rows.keys(s, s + 1)[0]) for s in sequences[:5])
             raise NonFiniteLogitsError(f"the teacher produced NaN/inf logits at {bad.size} positions of "
                                        f"{len(sequences)} sequences (keys: {keys}{', …' if len(sequences) > 5 else ''})"
                                        "; nothing was marked complete")
         return arrays, stats
+
+    def _through_teacher(self, reducer: DeviceReducer, first: int, last: int, uniforms) -> tuple:
+        """The reducer's (arrays, stats, non-finite rows) of sequences [first, last): the teacher's
+        backbone once, its head a chunk of positions at a time (or whole, for a head not split)."""
+        device = self.device
+        tokens, loss_mask, lengths = self.rows.rows(first, last)
+        ids = torch.as_tensor(tokens, dtype=torch.long).to(device, non_blocking=True)
+        with torch.inference_mode():
+            logits = self.teacher(ids, f"sequences {first}-{last}")  # (B*T, V)
+            next_tokens = torch.roll(ids, -1, dims=1).flatten()
+            is_target = torch.as_tensor(loss_mask, device=device).flatten()
+            positions = torch.arange(ids.shape[1], device=device)
+            is_real = (positions[None, :] < torch.as_tensor(lengths, device=device)[:, None])
+            return reducer(logits, next_tokens, is_target, is_real.flatten(), uniforms)
+
+    def _out_of_memory(self, first: int, last: int) -> OutOfMemoryError:
+        length = self.config.seq_len
+        resume = "the shards already written are kept, and the same command resumes after them"
+        if last - first > 1:
+            return OutOfMemoryError(
+                f"the teacher ran out of memory on {self.device} with a batch of {last - first} sequences of {length} "
+                f"tokens (sequences {first}-{last}): lower --batch-tokens (now {self.config.batch_tokens}) and add "
+                f"--overwrite, since a resume must cut the same batches; or free memory: {resume}")
+        whole = "" if self.teacher.split is not None else \
+            f" (its head is not split, so its whole logits are {length * self.num_classes * 4 / 2**30:.1f} GiB)"
+        return OutOfMemoryError(f"one sequence of {length} tokens is more than {self.device} has memory for{whole} "
+                                f"(sequence {first}): a shorter --seq-len, or free memory: {resume}")
 
     def summary(self, store, teacher: Teacher, written: int, seconds: float, resumed: int | None = None):
         metrics = teacher.attrs["metrics"] or token_metrics(teacher.shard_stats())
@@ -186,11 +194,6 @@ class TokenJob:
                                 int(store.dataset["num_tokens"]), written, seconds, teacher.nbytes_stored(),
                                 teacher.num_classes, teacher.codec.name, metrics,
                                 teacher.num_shards if resumed is None else resumed)
-
-
-def logits_of(output):
-    """A causal LM's logits: the tensor itself, or the ``logits`` of a Hugging Face output."""
-    return getattr(output, "logits", output)
 
 
 def token_metrics(shard_stats: np.ndarray) -> dict:

@@ -46,7 +46,8 @@ def split_lm(model, probe: torch.Tensor | None = None) -> SplitLM | None:
 
 @torch.no_grad()
 def _agrees(model, split: SplitLM, probe: torch.Tensor) -> bool:
-    whole = model(probe).float()
+    whole = model(probe)
+    whole = getattr(whole, "logits", whole).float()  # a Hugging Face output, or the logits themselves
     parts = split.head_logits(split.hidden_states(probe)).float()
     if whole.shape != parts.shape:
         return False
