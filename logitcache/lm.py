@@ -47,7 +47,7 @@ from .errors import ConfigError, StoreIncompleteError, StoreMismatchError
 from .losses import IGNORE_INDEX, token_loss_sums
 from .sources.lm_heads import SplitLM, split_lm
 from .store import LogitStore, Teacher, open_store
-from .stored_rows import StoredRows
+from .stored_rows import ReadsStoredRows, StoredRows
 
 CACHE_BUDGET = 4 << 30  # bytes of stored targets held in memory before they are read chunk by chunk
 TEACHER_PREFIX = "teacher_"
@@ -58,11 +58,11 @@ __all__ = ["TEACHER_COLUMNS", "TeacherTargets", "TokenStoreDataset", "chunked_di
            "distillation_loss", "open_teacher", "teacher_of"]
 
 
-class TeacherTargets:
+class TeacherTargets(ReadsStoredRows):
     """One teacher's stored rows for whole sequences, decoded per batch into ``teacher_*`` tensors.
 
     In memory (as stored: ids and fp16 values stay small) when ``num_rows * row_bytes`` fits
-    ``budget_bytes``, else read by chunk with at most ``window_chunks`` chunks cached
+    ``budget_bytes``, else read by chunk with at most ``window_blocks`` chunks cached
     (``stored_rows.StoredRows``).
     """
 
@@ -73,19 +73,6 @@ class TeacherTargets:
         # a chunk holds whole sequences, so the shards holding each sequence's first row hold all of it
         first_rows = None if sequences is None else np.asarray(sequences, dtype=np.int64) * seq_len
         self.reader = StoredRows([teacher], row_bytes, budget_bytes, rows=first_rows)
-
-    @property
-    def in_memory(self) -> bool:
-        return self.reader.in_memory
-
-    @property
-    def rows_per_chunk(self) -> int:
-        return self.reader.block_rows
-
-    @property
-    def window_chunks(self) -> int:
-        """Chunks the streamed cache holds: the sampler's window."""
-        return self.reader.window_blocks
 
     def stored(self, sequences: np.ndarray) -> dict[str, np.ndarray]:
         """The stored arrays of these sequences' positions, (len(sequences) * L, ...) in order."""

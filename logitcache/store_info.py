@@ -105,16 +105,22 @@ def format_description(d: dict) -> str:
                 note = get_codec(t["codec"]).mass_note  # where the rest of the mass went
                 lines.append(f"  mass      {metrics['mass_stored']:.2%} of the probability mass is stored exactly"
                              + (f" ({note})" if note else ""))
-        if run.get("finished_at"):
-            lines.append(f"  written   {run.get('started_at')} .. {run['finished_at']}, {run.get('sessions')} "
-                         f"session(s), {_field(run, 'seconds', fmt='.1f')} s of teacher time")
-        digest = (t.get("integrity") or {}).get("teacher")
-        lines.append(f"  digest    {digest}" if digest else
-                     "  digest    none (written before format v3: chunk checksums only)" if "integrity" not in t else
-                     "  digest    recorded when the dump completes")
-        software = prov.get("software", {})
-        lines.append("  software  " + ", ".join(f"{k} {v}" for k, v in software.items()))
+        lines += _closing_lines(t, run, prov)
     return "\n".join(lines)
+
+
+def _closing_lines(t: dict, run: dict, prov: dict) -> list[str]:
+    """When the teacher was written, its digest, and the software that wrote it."""
+    lines = []
+    if run.get("finished_at"):
+        lines.append(f"  written   {run.get('started_at')} .. {run['finished_at']}, {run.get('sessions')} "
+                     f"session(s), {_field(run, 'seconds', fmt='.1f')} s of teacher time")
+    digest = (t.get("integrity") or {}).get("teacher")
+    lines.append(f"  digest    {digest}" if digest else
+                 "  digest    none (written before format v3: chunk checksums only)" if "integrity" not in t else
+                 "  digest    recorded when the dump completes")
+    software = prov.get("software", {})
+    return lines + ["  software  " + ", ".join(f"{k} {v}" for k, v in software.items())]
 
 
 def _ids(t: dict) -> str:
@@ -203,8 +209,5 @@ def format_token_description(d: dict) -> str:
             if metrics["mass_stored"] < 1.0:
                 lines.append(f"  mass      the stored targets hold {metrics['mass_stored']:.2%} of the teacher's "
                              "probability mass (mean over targets)")
-        if run.get("finished_at"):
-            lines.append(f"  written   {run.get('started_at')} .. {run['finished_at']}, {run.get('sessions')} "
-                         f"session(s), {_field(run, 'seconds', fmt='.1f')} s of teacher time")
-        lines.append(f"  digest    {(t.get('integrity') or {}).get('teacher') or 'recorded when the dump completes'}")
+        lines += _closing_lines(t, run, prov)
     return "\n".join(lines)

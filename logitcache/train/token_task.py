@@ -156,7 +156,7 @@ def _training_data(config: TrainConfig, store, log) -> tuple[TokenStoreDataset, 
     what = "no teacher read (--loss ce)"
     if data.targets is not None:
         check_expected_teacher(data.teacher, config.expect_teacher)
-        mode = "in memory" if data.targets.in_memory else f"read by chunk, {data.targets.window_chunks} cached"
+        mode = "in memory" if data.targets.in_memory else f"read by chunk, {data.targets.window_blocks} cached"
         what = f"teacher {data.teacher.name!r} ({data.targets.codec.name}, {mode})"
     log(f"training on {config.store}: {len(data)} sequences x {data.seq_len} tokens, "
         f"{int(data.targets_per_sequence.sum())} targets, vocabulary {data.vocab_size}; {what}")
@@ -236,9 +236,9 @@ def _checked_student(config: TrainConfig, vocab_size: int, datasets: list, devic
 def _sampler(config: TrainConfig, data: TokenStoreDataset, dist: Distributed) -> EpochSampler:
     """A seeded order of the sequences; block-shuffled by chunk when the targets are read by chunk."""
     streamed = data.targets is not None and not data.targets.in_memory
-    per_chunk = data.targets.rows_per_chunk // data.seq_len if streamed else None
+    per_chunk = data.targets.block_rows // data.seq_len if streamed else None
     return EpochSampler(np.arange(len(data)), config.seed, block_rows=per_chunk,
-                        window_blocks=data.targets.window_chunks if streamed else 1,
+                        window_blocks=data.targets.window_blocks if streamed else 1,
                         rank=dist.rank, world_size=dist.world_size)
 
 
