@@ -99,7 +99,7 @@ BARE = """
 import sys, time, torch
 from logitcache.sources import get_model
 from logitcache.sources.tokenizers import get_tokenizer
-from logitcache.sources.tokens import get_token_dataset
+from logitcache.sources.token_datasets import get_token_dataset
 dataset, length, batch, teacher = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 tokenizer = get_tokenizer("lm_dump:synthetic_tokenizer")
 tokens = get_token_dataset(dataset, tokenizer, length).tokens

@@ -106,7 +106,7 @@ def build_tokenizer(directory: Path, vocab_size: int) -> Path:
 
 def rows(tokenizer_dir: Path, split: str, spec: str = PLAYS):
     from logitcache.sources.tokenizers import get_tokenizer
-    from logitcache.sources.tokens import get_token_dataset
+    from logitcache.sources.token_datasets import get_token_dataset
 
     return get_token_dataset(f"text:{REPO / spec}@{split}", get_tokenizer(f"hf:{tokenizer_dir}"), SEQ_LEN)
 
@@ -617,7 +617,7 @@ def bare_forward(teacher: Path, tokenizer_dir: Path, dataset: str, batch: int,
     from logitcache.dump.reduce import DeviceReducer
     from logitcache.sources import get_model
     from logitcache.sources.tokenizers import get_tokenizer
-    from logitcache.sources.tokens import get_token_dataset
+    from logitcache.sources.token_datasets import get_token_dataset
     from logitcache.store import get_codec
 
     started = time.perf_counter()

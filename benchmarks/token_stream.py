@@ -74,13 +74,13 @@ def child(mode: str, spec: str, tokenizer_spec: str, out: str) -> None:
         source = get_token_dataset(spec, tokenizer, SEQ_LEN)
         rows, tokens = len(source.keys), int(source.lengths.sum())
     elif mode == "stream":
-        from logitcache.sources.tokens import stream_token_dataset
+        from logitcache.sources.token_datasets import stream_token_dataset
 
         rows = tokens = 0
         for block in stream_token_dataset(spec, tokenizer, SEQ_LEN):
             rows, tokens = rows + len(block), tokens + int(block.lengths.sum())
     else:
-        from logitcache.sources.tokens import stream_token_dataset
+        from logitcache.sources.token_datasets import stream_token_dataset
         from logitcache.store._root import create_streamed_token_store
 
         shutil.rmtree(out, ignore_errors=True)

@@ -32,8 +32,8 @@ from .cli_options import (
     refresh_loss_options,
     storage_option,
 )
-from .dump.config import DumpConfig
-from .train.config import TrainConfig, gather_loss_options
+from .dump.dump_config import DumpConfig
+from .train.train_config import TrainConfig, gather_loss_options
 
 DUMP, TRAIN = defaults(DumpConfig), defaults(TrainConfig)
 

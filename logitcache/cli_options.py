@@ -146,7 +146,7 @@ def refresh_loss_options(command: click.Command) -> None:
     option (after --ce-weight), and the help of --loss and --temperature. Called for ``train`` below,
     and again by whoever registers a loss after this module was imported."""
     from .losses import LOSSES, declared_options, list_losses, loss_names, token_loss_names
-    from .losses.base import option_flag
+    from .losses.declarations import option_flag
 
     params = [param for param in command.params if not isinstance(param, LossOption)]
     at = next(i for i, param in enumerate(params) if param.name == "ce_weight") + 1

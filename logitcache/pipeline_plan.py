@@ -37,9 +37,9 @@ from pathlib import Path
 
 from .dump import DumpConfig
 from .errors import LogitCacheError
-from .losses.base import option_key
+from .losses.declarations import option_key
 from .train import TrainConfig
-from .train.config import gather_loss_options
+from .train.train_config import gather_loss_options
 
 
 class PipelineError(LogitCacheError, ValueError):

@@ -56,7 +56,7 @@ def _check_retokenised(store, dataset: str, split: str | None, report: VerifyRep
     sequences exactly (which the store's checks proved are the fingerprint's). Streamed: a block of
     rows at a time against the stored rows, a chunk at a time, so no corpus is held whole."""
     from .sources.tokenizers import get_tokenizer
-    from .sources.tokens import stream_token_dataset
+    from .sources.token_datasets import stream_token_dataset
     from .store._tokens import StoredSequences
 
     recorded = store.dataset["tokenizer"]

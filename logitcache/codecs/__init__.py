@@ -7,7 +7,7 @@
     >>> codec.training_targets(stored)                  # TopKTargets(indices, logprobs, tail): tensors
 
 One file per codec family, each registering itself (``catalog.py``): ``dense.py`` (fp32, fp16,
-bf16), ``u8.py``, ``topk.py``, ``sample.py``; ``base.py`` is the interface every codec implements,
+bf16), ``u8.py``, ``topk.py``, ``sample.py``; ``codec_interface.py`` is the interface every codec implements,
 ``target_types.py`` the typed targets losses take and ``packed_ids.py`` the bit-packed class ids of
 sparse codecs above 65,536 classes. A new codec is one more such file, or a
 plugin module that calls ``register_codec``. This package sits below ``store/`` (which asks it for
@@ -18,7 +18,7 @@ codecs by name) and imports numpy and ``errors`` only; torch inside the methods 
 from . import dense, u8  # noqa: F401
 from . import topk  # noqa: F401, I001
 from . import sample  # noqa: F401
-from .base import ArraySpec, Codec, SparseCodec, cast
+from .codec_interface import ArraySpec, Codec, SparseCodec, cast
 from .catalog import (
     CODECS,
     codec_examples,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from ..errors import SpecError
 
 if TYPE_CHECKING:
-    from .base import Codec
+    from .codec_interface import Codec
 
 
 class Family(NamedTuple):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SpecError
-from .base import BFLOAT16_NAN_BITS, FLOAT16_MAX, ArraySpec, Codec, cast, float32_slices
+from .codec_interface import BFLOAT16_NAN_BITS, FLOAT16_MAX, ArraySpec, Codec, cast, float32_slices
 from .catalog import register_codec
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import SpecError
-from .base import ArraySpec, SparseCodec, logsumexp, to_host
+from .codec_interface import ArraySpec, SparseCodec, logsumexp, to_host
 from .catalog import parse_entries, register_family
 from .packed_ids import PACKED_VERSION, packed_index_bits
 from .target_types import SampledTargets

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import ArraySpec, Codec, float32_slices
+from .codec_interface import ArraySpec, Codec, float32_slices
 from .catalog import register_codec
 
 

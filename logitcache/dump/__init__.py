@@ -7,7 +7,7 @@
 
 The package, file by file:
 
-- ``config.py``: ``DumpConfig``, the options and the one source of their defaults (no torch).
+- ``dump_config.py``: ``DumpConfig``, the options and the one source of their defaults (no torch).
 - ``run.py``: ``dump()``, read top to bottom: build, probe, lock, open or create, write, complete.
 - ``resume.py``: the store and teacher a dump opens or makes under their locks, and what a rerun resumes.
 - ``loop.py``: batches through the teacher into the background writer, shard by shard.
@@ -18,7 +18,7 @@ The package, file by file:
 CLI's option defaults never import torch.
 """
 
-from .config import DumpConfig
+from .dump_config import DumpConfig
 
 __all__ = ["DumpConfig", "DumpSummary", "dump", "validate"]
 

@@ -43,12 +43,12 @@ from ..store import (
 )
 from ..views.view_specs import parse_augment
 from ..views.replay import DumpViews
-from .config import DumpConfig
+from .dump_config import DumpConfig
 from .loop import AccuracyCounts, autocast, run_teacher
 from .resume import now_utc, open_for_dump
 from .settings import dump_settings
 from .summary import DumpSummary
-from .tokens import TokenJob
+from .token_dump import TokenJob
 
 TEACHER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

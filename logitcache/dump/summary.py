@@ -83,7 +83,7 @@ class TokenDumpSummary:
     bytes_on_disk: int
     vocab_size: int
     codec: str
-    metrics: dict  # targets, nll, perplexity, top1, mass_stored (dump/tokens.py token_metrics)
+    metrics: dict  # targets, nll, perplexity, top1, mass_stored (dump/token_dump.py token_metrics)
     resumed_shards: int
 
     @property

@@ -1,5 +1,5 @@
 """Feature losses: pure tensor functions, the modules that hold their settings and connectors, and their
-entries in the one loss registry (``losses/base.py``, kind ``feature``). They live here, beside the
+entries in the one loss registry (``losses/declarations.py``, kind ``feature``). They live here, beside the
 connectors, extractors and cached features they need. Each reads the teacher's cached (or live)
 features and the student's own.
 
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..losses.base import entry_of, names_of, register_loss
+from ..losses.declarations import entry_of, names_of, register_loss
 from .connectors import AttentionFusion, ChannelEmbed, HintRegressor
 from .extract import attention, gram, pool
 
@@ -223,7 +223,7 @@ class ReviewKD(nn.Module):
 @dataclass(frozen=True)
 class FeatureLoss:
     """A feature loss ``train --feature-loss`` takes, and what the trainer needs to know about it; it
-    registers in the one loss registry (``losses/base.py``) under kind ``feature``."""
+    registers in the one loss registry (``losses/declarations.py``) under kind ``feature``."""
 
     name: str
     module: type[nn.Module]

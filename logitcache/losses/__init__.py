@@ -5,7 +5,7 @@
     >>> loss_spec("kl=1,dist=0.5").min_batch                                # what train asks of a --loss list
     >>> get_loss("dist", temperature=4.0, beta=2.0)(student_logits, teacher_logits)
 
-- ``base.py``: the registry (``LOSSES``), ``Loss`` and ``Option``: what a loss declares.
+- ``declarations.py``: the registry (``LOSSES``), ``Loss`` and ``Option``: what a loss declares.
 - ``lists.py``: a ``--loss NAME[=WEIGHT],...`` list, what it answers, the weighted sum it builds.
 - ``ce.py``, ``kd.py`` (``kl``: dense, top-k and sampled, images and tokens), ``dist.py``, ``dkd.py``.
 - ``token_sums.py``: the next-token CE and KL summed over a batch's target tokens.
@@ -19,7 +19,7 @@ A new loss is one file: its math, a ``Loss`` with its ``Option`` s, and ``regist
 """
 
 from . import ce, dist, dkd, kd  # noqa: F401  (each registers its loss)
-from .base import (
+from .declarations import (
     LOSSES,
     Loss,
     Option,

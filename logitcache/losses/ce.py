@@ -8,6 +8,6 @@ Every run's total has the cross-entropy term, ``ce_weight * CE`` (train/image_ta
 
 from __future__ import annotations
 
-from .base import Loss, register_loss
+from .declarations import Loss, register_loss
 
 register_loss(Loss("ce", None, "the labels' cross-entropy alone, no teacher (never in a list)", tokens=True))

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
-from .base import Loss, Option, register_loss
+from .declarations import Loss, Option, register_loss
 
 if TYPE_CHECKING:
     from torch import Tensor

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Loss, Option, register_loss
+from .declarations import Loss, Option, register_loss
 
 if TYPE_CHECKING:
     from torch import Tensor

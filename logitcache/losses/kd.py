@@ -30,7 +30,7 @@ import math
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
-from .base import Loss, register_loss
+from .declarations import Loss, register_loss
 
 if TYPE_CHECKING:
     from torch import Tensor

@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import ConfigError, SpecError
-from .base import LOSSES, Loss, logit_loss, loss_names, option_flag
+from .declarations import LOSSES, Loss, logit_loss, loss_names, option_flag
 
 
 def parse_weighted(text, option: str) -> list[tuple[str, float | None]]:

@@ -53,7 +53,7 @@ from .models import (
     weights_in_spec,
 )
 from .tokenizers import Tokenizer, get_tokenizer, list_tokenizers, register_tokenizer
-from .tokens import TokenSource, get_token_dataset, list_token_datasets, register_token_dataset
+from .token_datasets import TokenSource, get_token_dataset, list_token_datasets, register_token_dataset
 
 __all__ = [
     "FACTORY",

@@ -100,7 +100,7 @@ class ModelScheme:
 
 
 # The registries. Families register into them from their own modules, which the package's
-# __init__ imports; the modules that look names up (datasets.py, models.py, tokens.py,
+# __init__ imports; the modules that look names up (datasets.py, models.py, token_datasets.py,
 # tokenizers.py) import only this one.
 DATASETS = Registry("dataset")
 MODELS = Registry("model")

@@ -50,7 +50,7 @@ class Record:
 
 @dataclass
 class Corpus:
-    """What a reader found. ``split_by``: how ``tokens.py`` takes a split from it — ``tokens``
+    """What a reader found. ``split_by``: how ``token_datasets.py`` takes a split from it — ``tokens``
     (the tail of each record's tokens), ``records`` (every 10th record) or ``done`` (the reader
     applied the split already). ``records`` is read once; ``about`` is final once it has been."""
 

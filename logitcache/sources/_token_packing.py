@@ -1,4 +1,4 @@
-"""Documents to rows of ``seq_len`` tokens, as they come: the packing rule of ``tokens.py``, kept
+"""Documents to rows of ``seq_len`` tokens, as they come: the packing rule of ``token_datasets.py``, kept
 without ever holding more than a batch of documents and one row's overlap.
 
     >>> packer = PackedRows(seq_len=256, separator=tokenizer.eos_id, pad_id=tokenizer.pad_id)
@@ -24,7 +24,7 @@ from ._token_documents import Document
 
 @dataclass
 class TokenRows:
-    """Consecutive rows of a token dataset (``tokens.py``'s module docstring says what each holds)."""
+    """Consecutive rows of a token dataset (``token_datasets.py``'s module docstring says what each holds)."""
 
     tokens: np.ndarray  # (b, L) int64
     loss_mask: np.ndarray  # (b, L) bool: tokens[i, t + 1] is a target

@@ -24,7 +24,7 @@ Specs (the registered tokenizers, ``register_tokenizer``, then a directory, then
 (token -> id, sorted) and the named special tokens, so one vocabulary saved in two directories
 has one identity; a factory tokenizer without ``get_vocab`` is identified by its vocabulary
 size, end-of-text id and the ids it gives a fixed probe text. ``pad_id`` is the tokenizer's pad
-token, else its end-of-text token, else 0 (padding is never a target; see ``tokens.py``).
+token, else its end-of-text token, else 0 (padding is never a target; see ``token_datasets.py``).
 
 ``encode_batch`` gives exactly ``encode``'s ids, faster: the byte tokenizer is one numpy view per
 text, a Hugging Face tokenizer one call into the ``tokenizers`` package's ``encode_batch_fast``

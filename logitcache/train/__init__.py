@@ -6,7 +6,7 @@
 
 The package, file by file:
 
-- ``config.py``: ``TrainConfig``, the options and the one source of their defaults, their checks,
+- ``train_config.py``: ``TrainConfig``, the options and the one source of their defaults, their checks,
   the learning-rate schedule, and what ``--resume`` may change (no torch).
 - ``resolve.py``: which task a config trains (images or token sequences), its defaults and the
   options it refuses.
@@ -23,7 +23,7 @@ The package, file by file:
 ``TrainConfig`` imports nothing heavy; the rest loads on first use.
 """
 
-from .config import TrainConfig
+from .train_config import TrainConfig
 
 __all__ = ["LMTrainSummary", "TrainConfig", "TrainSummary", "evaluate", "get_lr", "train", "train_one_epoch"]
 
@@ -37,7 +37,7 @@ def __getattr__(name: str):
 
         return TrainSummary
     if name == "get_lr":
-        from .config import get_lr
+        from .train_config import get_lr
 
         return get_lr
     if name == "evaluate":  # a classifier's validation loss, top-1 and top-5

@@ -14,7 +14,7 @@ and checkpoints only of finite weights.
   ``--resume``) fails at once, naming the holder's pid and host.
 - **Resume the same run or nothing.** The new options are compared with those the last checkpoint
   recorded (config.json when it has none); every difference is named in one line, except the
-  options in ``train/config.py: MAY_CHANGE_ON_RESUME``: how the command executes (workers, progress,
+  options in ``train/train_config.py: MAY_CHANGE_ON_RESUME``: how the command executes (workers, progress,
   device, ...) and more ``--epochs``. More epochs extend a step or constant schedule exactly; a
   cosine schedule stretches, so the lr of the epochs still to come rises again and the result is
   not the run those epochs would give from the start. That is allowed (extending a run is common
@@ -51,7 +51,7 @@ from ..sources.checkpoints import (
     non_finite_weights,
     save_checkpoint,
 )
-from .config import TrainConfig, cosine_extension, loss_warmup, options_record, resume_changes
+from .train_config import TrainConfig, cosine_extension, loss_warmup, options_record, resume_changes
 from .run_files import RunFiles
 
 

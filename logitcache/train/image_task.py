@@ -29,7 +29,7 @@ from ..losses import loss_spec
 from ..mixing import Mixer
 from ..sources import FACTORY, get_dataset, get_model, transforms
 from ..views.replay import ViewReplay, check_view_hashes
-from .config import TrainConfig, warmup_note
+from .train_config import TrainConfig, warmup_note
 from .paired_data import EpochSampler, PairedDataset, TeacherLogits
 from .checkpointing import collapse_error
 from .run_summary import TrainSummary

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from ..errors import ConfigError, StoreIncompleteError, StoreMismatchError
 from ..store import LogitStore, open_store
 from ..stored_rows import ReadsStoredRows, StoredRows
-from .config import CACHE_BUDGET
+from .train_config import CACHE_BUDGET
 from .sampler import ArrayBatches, EpochSampler  # noqa: F401 -- the loader's companion, imported from here too
 from .targets import BatchDecoder
 

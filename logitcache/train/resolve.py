@@ -21,7 +21,7 @@ from ..errors import ConfigError, StoreMismatchError
 from ..lm import open_teacher
 from ..losses import loss_spec, token_loss
 from ..store import LogitStore, open_store
-from .config import TrainConfig, validate
+from .train_config import TrainConfig, validate
 from .paired_data import sampled_codec
 
 # Image (and image feature) options and their defaults: a token run refuses any other value.

@@ -34,7 +34,7 @@ from ..losses import TokenLossSums, next_token_targets, position_loss_sums, toke
 from ..losses.chunked import chunk_positions, chunked_head, chunked_token_loss_sums, worth_chunking
 from ..sources import get_model, get_token_dataset, get_tokenizer, lm_context_length
 from ..store import open_store
-from .config import TrainConfig
+from .train_config import TrainConfig
 from .paired_data import EpochSampler, check_teacher_identity
 from .run_summary import TrainSummary
 

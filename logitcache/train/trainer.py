@@ -27,7 +27,7 @@ from ..devices import resolve_device
 from ..distributed import Distributed, distributed, is_main_process
 from ..progress import progress_bar
 from .board import open_board
-from .config import TrainConfig, get_lr
+from .train_config import TrainConfig, get_lr
 from .image_task import ImageTask
 from .resolve import resolve
 from .checkpointing import best, check_step_loss, hold_run, open_resume, prepare_run, save_epoch, weights_error

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from logitcache.codecs import ArraySpec, SparseCodec, TopKTargets, register_codec, unregister_codec
-from logitcache.codecs.base import index_dtype, logsumexp
+from logitcache.codecs.codec_interface import index_dtype, logsumexp
 from logitcache.lm import TokenStoreDataset, distillation_loss, teacher_of
 from logitcache.store import open_store, verify_store
 from logitcache.store_info import describe_store, format_description

@@ -9,7 +9,7 @@ import torch
 from logitcache.errors import ConfigError
 from logitcache.losses import dist_loss, dkd_loss, kd_loss, loss_spec
 from logitcache.train import TrainConfig, train
-from logitcache.train.config import validate, warmup_note
+from logitcache.train.train_config import validate, warmup_note
 from tests.conftest import invoke, one_error
 
 

@@ -11,7 +11,7 @@ from logitcache.errors import ConfigError
 from logitcache.losses import LOSSES, declared_options, loss_names, resolved_loss_options
 from logitcache.pipeline_plan import PipelineError, plan
 from logitcache.train import TrainConfig, train
-from logitcache.train.config import gather_loss_options, options_record, resume_changes, validate
+from logitcache.train.train_config import gather_loss_options, options_record, resume_changes, validate
 from tests.conftest import invoke, one_error
 
 # What the CLI had as hand-written options before the losses declared them: same names, defaults, help.

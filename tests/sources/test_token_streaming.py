@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import logitcache.sources._token_corpora as corpora
-import logitcache.sources.tokens as tokens_module
+import logitcache.sources.token_datasets as tokens_module
 from logitcache.errors import DatasetError
 from logitcache.sources import get_token_dataset, get_tokenizer
-from logitcache.sources.tokens import stream_token_dataset
+from logitcache.sources.token_datasets import stream_token_dataset
 from logitcache.store import create_token_store, open_store, verify_store
 from logitcache.store._root import create_streamed_token_store
 from logitcache.store._tokens import (

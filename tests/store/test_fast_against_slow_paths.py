@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from logitcache.codecs.base import logsumexp
+from logitcache.codecs.codec_interface import logsumexp
 from logitcache.codecs.sample import SAMPLE_SEED
 from logitcache.dump.loop import AccuracyCounts
 from logitcache.errors import CorruptStoreError

@@ -17,7 +17,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from logitcache.train.run_files import RunFiles
-from logitcache.train.config import TrainConfig
+from logitcache.train.train_config import TrainConfig
 from torch import nn
 
 from logitcache.cli import cli
@@ -166,7 +166,7 @@ def test_resume_may_change_how_it_runs_and_extend_a_step_schedule_exactly(tmp_pa
 
 
 def test_the_options_a_resume_may_change_are_real_options():
-    from logitcache.train.config import MAY_CHANGE_ON_RESUME
+    from logitcache.train.train_config import MAY_CHANGE_ON_RESUME
 
     names = {item.name for item in fields(TrainConfig)}
     assert set(MAY_CHANGE_ON_RESUME) <= names

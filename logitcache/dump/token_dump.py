@@ -23,7 +23,7 @@ from ..devices import resolve_device
 from ..errors import ConfigError, CorruptStoreError, NonFiniteLogitsError, OutOfMemoryError
 from ..sources import get_model
 from ..sources.tokenizers import get_tokenizer
-from ..sources.tokens import TokenStream, stream_token_dataset
+from ..sources.token_datasets import TokenStream, stream_token_dataset
 from ..store import BackgroundWriter, Teacher, get_codec
 from ..store._tokens import StoredSequences, choose_token_layout, token_layout_horizon
 from .reduce import STATS, DeviceReducer

@@ -25,7 +25,7 @@ from ..losses import (
     loss_spec,
     resolved_loss_options,
 )
-from ..losses.base import option_flag, option_key
+from ..losses.declarations import option_flag, option_key
 
 CACHE_BUDGET = 4 << 30  # bytes of logits, as stored, held in memory before they are streamed by chunk
 
