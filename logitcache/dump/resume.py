@@ -6,7 +6,7 @@ rerun of the same command continues.
 Called by the holder of the teacher's lock (``dump.run._dump``), so whatever stands at the teacher's
 path is its own to delete: an ``--overwrite``, or a creation a killed dump left unfinished.
 
-A token dump's corpus comes as a stream (``dump/tokens.TokenInputs``): a new store is written from
+A token dump's corpus comes as a stream (``dump/token_dump.TokenInputs``): a new store is written from
 it a block at a time, an existing one is compared with it a block at a time, and the corpus's
 description, complete once that pass has ended, is what the teacher's provenance records. A
 creation killed midway is deleted and written again by the same command (the teacher's shards,

@@ -14,8 +14,10 @@ model's own logits. A teacher without one (no ``hidden_states``/``head_logits``,
 gives other logits) runs whole, and its batches are cut so that their whole logits fit the same
 budget (one sequence at least); ``unsplit_reason`` says why.
 
-The chunks are the reducer's, cut from the batch's positions as they were when the head ran whole,
-so on a CPU the stored bytes and the teacher's statistics are those of the whole head.
+The chunks are the reducer's, cut from the batch's positions where they were cut when the head ran
+whole, so where the head's product gives a row the same bits whatever rows are beside it (this
+project's CPU did, in float32 and bf16: benchmarks/lm_dump.py identity), the stored bytes and the
+teacher's statistics are those of the whole head.
 """
 
 from __future__ import annotations
