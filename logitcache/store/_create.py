@@ -85,16 +85,7 @@ def create_teacher_arrays(
     }
     group = teachers.create_group(name, attributes={TEACHER_ATTR: attrs})
     per_sample = (views["count"],) if views else ()
-    arrays = {name: (spec.dtype, (spec.width or num_classes,) if spec.per_class else (), spec.fill_value)
-              for name, spec in codec.arrays.items()}
-    if views:
-        arrays[VIEW_PARAMS_ARRAY] = (views.get("dtype", "float16"), (len(views["params"]),), float("nan"))
-        if views.get("hashes"):
-            arrays[VIEW_HASHES_ARRAY] = ("uint64", (), 0)
-    if tokens:
-        arrays.update({name: (dtype, (), fill) for name, (dtype, fill) in token_extra_arrays(codec.name).items()})
-    arrays.update(feature_array_specs(features or []))  # the view axis is added below, as for the logits
-    for array_name, (dtype, row, fill_value) in arrays.items():
+    for array_name, (dtype, row, fill_value) in _content_arrays(codec, num_classes, views, tokens, features).items():
         row = (*per_sample, *row)
         group.create_array(
             array_name,
@@ -105,6 +96,29 @@ def create_teacher_arrays(
             compressors=compressors(),
             fill_value=fill_value,
         )
+    _create_ledgers(group, layout, num_samples, tokens)
+    group.attrs[TEACHER_ATTR] = {**attrs, "status": STATUS_WRITING}
+    return group
+
+
+def _content_arrays(codec: Codec, num_classes: int, views: dict | None, tokens: bool,
+                    features: list[dict] | None) -> dict[str, tuple]:
+    """Each content array's (dtype, per-row shape, fill value): the codec's, the views' parameters
+    and hashes, a token teacher's extras, the features' (the view axis is added by the caller)."""
+    arrays = {name: (spec.dtype, (spec.width or num_classes,) if spec.per_class else (), spec.fill_value)
+              for name, spec in codec.arrays.items()}
+    if views:
+        arrays[VIEW_PARAMS_ARRAY] = (views.get("dtype", "float16"), (len(views["params"]),), float("nan"))
+        if views.get("hashes"):
+            arrays[VIEW_HASHES_ARRAY] = ("uint64", (), 0)
+    if tokens:
+        arrays.update({name: (dtype, (), fill) for name, (dtype, fill) in token_extra_arrays(codec.name).items()})
+    arrays.update(feature_array_specs(features or []))
+    return arrays
+
+
+def _create_ledgers(group: zarr.Group, layout: Layout, num_samples: int, tokens: bool) -> None:
+    """The small per-shard arrays: chunk digests, the done ledger, a token teacher's statistics."""
     chunks_per_shard = layout.rows_per_shard // layout.rows_per_chunk
     group.create_array(  # one zarr chunk per shard: the shard's writer writes its digests whole
         CHUNK_DIGESTS_ARRAY, shape=(-(-num_samples // layout.rows_per_chunk), DIGEST_BYTES), dtype="uint8",
@@ -119,8 +133,6 @@ def create_teacher_arrays(
             SHARD_STATS_ARRAY, shape=(layout.num_shards(num_samples), len(SHARD_STATS)), dtype="float64",
             chunks=(1, len(SHARD_STATS)), compressors=[zarr.codecs.Crc32cCodec()], fill_value=float("nan"),
         )
-    group.attrs[TEACHER_ATTR] = {**attrs, "status": STATUS_WRITING}
-    return group
 
 
 def chunk_key_shard(key: str, arrays) -> tuple[str | None, str | None]:
