@@ -25,7 +25,8 @@ class TrainSummary:
         return [f"trained {self.epochs} epochs in {self.seconds:.1f} s -> {self.out}", *self.results()]
 
     def results(self) -> list[str]:
-        raise NotImplementedError
+        """The lines after the header: each task's subclass words its metrics (none here)."""
+        return []
 
     def record(self) -> dict:
         """summary.json: written last, so a run with one is complete."""
