@@ -109,23 +109,33 @@ def recording_teacher(num_classes: int = 10) -> nn.Module:
     return _Recording(linear_teacher(num_classes))
 
 
-class _FailsAfter(nn.Module):
-    """Raises on batch LOGITCACHE_TEST_FAIL_AFTER (if set): a dump cut short at a known point."""
+class TeacherFailed(RuntimeError):
+    """What ``failing_teacher`` raises: a teacher that breaks mid-dump (a driver error, a bad batch)."""
 
-    def __init__(self, inner):
+
+class _FailsAfter(nn.Module):
+    """Raises ``error`` on batch LOGITCACHE_TEST_FAIL_AFTER (if set): a dump cut short at a known point."""
+
+    def __init__(self, inner, error: type[BaseException]):
         super().__init__()
-        self.inner, self.calls = inner, 0
+        self.inner, self.error, self.calls = inner, error, 0
 
     def forward(self, x):
         self.calls += 1
         limit = os.environ.get("LOGITCACHE_TEST_FAIL_AFTER")
         if limit and self.calls > int(limit):
-            raise KeyboardInterrupt
+            raise self.error
         return self.inner(x)
 
 
 def interrupted_teacher(num_classes: int = 10) -> nn.Module:
-    return _FailsAfter(linear_teacher(num_classes))
+    """Ctrl-C mid-dump: only the shards the writer threads hold are finished, so how many is a race."""
+    return _FailsAfter(linear_teacher(num_classes), KeyboardInterrupt)
+
+
+def breaking_teacher(num_classes: int = 10) -> nn.Module:
+    """A teacher that fails mid-dump: every shard already queued is written, so what is kept is exact."""
+    return _FailsAfter(linear_teacher(num_classes), TeacherFailed)
 
 
 def image_teacher(num_classes: int = 3) -> nn.Module:

@@ -322,3 +322,33 @@ def test_a_failing_producer_still_gets_the_shards_it_queued_written(tmp_path, th
             producer_failed.set()
             raise ValueError("teacher failed in shard 2")
     assert teacher.shard_done().tolist() == [True, True, False]
+
+
+def test_an_interrupt_finishes_the_shard_in_hand_and_drops_the_queued_one(tmp_path):
+    """Ctrl-C is answered quickly: one writer thread holds shard 0 (finished, whole); shard 1, only queued, is
+    dropped for the resume to redo, never half-written."""
+    import threading
+
+    import numpy as np
+
+    from logitcache.store import BackgroundWriter, choose_layout, create_store, get_codec
+
+    store = create_store(tmp_path / "s.zarr", keys=[str(i) for i in range(12)], labels=[0] * 12,
+                         dataset={"spec": "mine"})
+    teacher = store.create_teacher("t", num_classes=2, codec=get_codec("fp32"),
+                                   layout=choose_layout(12, 2, 4, rows_per_chunk=4, rows_per_shard=4),
+                                   settings={}, provenance={})
+    in_hand, interrupted = threading.Event(), threading.Event()
+
+    def hold_until_interrupted():
+        in_hand.set()
+        interrupted.wait(2.0)
+
+    with pytest.raises(KeyboardInterrupt):
+        with BackgroundWriter(teacher, before_write=hold_until_interrupted, threads=1) as writer:
+            writer.submit(0, np.zeros((4, 2), np.float32))
+            assert in_hand.wait(2.0)
+            writer.submit(1, np.ones((4, 2), np.float32))
+            interrupted.set()
+            raise KeyboardInterrupt
+    assert teacher.shard_done().tolist() == [True, False, False]

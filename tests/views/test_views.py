@@ -204,10 +204,10 @@ def _with_batch(contents, batch_size):
 
 
 def test_an_interrupted_view_dump_resumes_to_the_same_bytes(tmp_path, monkeypatch):
-    options = dict(teacher="tests.factories:interrupted_teacher", codec="fp32", **VIEWS)
+    options = dict(teacher="tests.factories:breaking_teacher", codec="fp32", **VIEWS)
     reference = make_store(tmp_path / "straight.zarr", **options)
     monkeypatch.setenv("LOGITCACHE_TEST_FAIL_AFTER", "30")  # the probe, then 29 batches of 13-batch shards
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(factories.TeacherFailed):
         make_store(tmp_path / "cut.zarr", **options)
     teacher = open_store(tmp_path / "cut.zarr").teacher("default")
     assert not teacher.is_complete and 0 < teacher.shard_done().sum() < teacher.num_shards
@@ -218,8 +218,8 @@ def test_an_interrupted_view_dump_resumes_to_the_same_bytes(tmp_path, monkeypatc
 
 def test_a_partial_view_store_checks_and_trains_on_its_written_shards(tmp_path, monkeypatch):
     monkeypatch.setenv("LOGITCACHE_TEST_FAIL_AFTER", "30")
-    with pytest.raises(KeyboardInterrupt):
-        make_store(tmp_path / "cut.zarr", teacher="tests.factories:interrupted_teacher", **VIEWS)
+    with pytest.raises(factories.TeacherFailed):
+        make_store(tmp_path / "cut.zarr", teacher="tests.factories:breaking_teacher", **VIEWS)
     lines = []
     summary = train(view_run(tmp_path, "run", tmp_path / "cut.zarr", epochs=1, allow_partial=True, check_views=True),
                     log=lines.append)
