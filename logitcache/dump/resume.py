@@ -158,6 +158,21 @@ def _resumable_teacher(store, teacher: Teacher, num_classes: int, settings: dict
     return teacher
 
 
+def mark_dumped(teacher: Teacher, lock, dist, seconds: float, metrics, **record) -> None:
+    """Rank 0 adds this session to the teacher's run record (``record``: more fields for it) and marks
+    the teacher complete with ``metrics()``; every rank learns whether that worked (a lost lock, a
+    failed write) at the barrier, so none returns success alone."""
+    error = None
+    if dist.is_main:
+        try:
+            lock.ensure_held()
+            run = teacher.attrs["run"]
+            run.update(finished_at=now_utc(), sessions=run["sessions"] + 1,
+                       seconds=round(run["seconds"] + seconds, 3), processes=dist.world_size, **record)
+            teacher.mark_complete(metrics=metrics(), run=run)
+        except Exception as err:  # every rank must reach the barrier; LogitCacheErrors are one line there
+            error = err
+    dist.agree(error)
 
 
 def now_utc() -> str:

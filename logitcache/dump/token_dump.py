@@ -27,7 +27,7 @@ from ..sources.token_datasets import TokenStream, stream_token_dataset
 from ..store import BackgroundWriter, Teacher, get_codec
 from ..store._tokens import StoredSequences, choose_token_layout, token_layout_horizon
 from .reduce import STATS, DeviceReducer
-from .resume import now_utc
+from .resume import mark_dumped
 from .settings import software, weights_digest
 from .summary import TokenDumpSummary
 from .token_teacher import TokenTeacher, is_out_of_memory
@@ -106,17 +106,7 @@ class TokenJob:
         dist.agree(error)
         written = int(dist.sum([written])[0])
         seconds = time.perf_counter() - started
-        error = None
-        if dist.is_main:
-            try:
-                lock.ensure_held()
-                run = teacher.attrs["run"]
-                run.update(finished_at=now_utc(), sessions=run["sessions"] + 1,
-                           seconds=round(run["seconds"] + seconds, 3), processes=dist.world_size)
-                teacher.mark_complete(metrics=token_metrics(teacher.shard_stats()), run=run)
-            except Exception as err:
-                error = err
-        dist.agree(error)
+        mark_dumped(teacher, lock, dist, seconds, lambda: token_metrics(teacher.shard_stats()))
         return self.summary(store, teacher, written, seconds, resumed=int(done.sum()))
 
     def _write_shards(self, teacher: Teacher, pending: list[int], show: bool, held) -> int:

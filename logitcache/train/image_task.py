@@ -82,7 +82,7 @@ class ImageTask:
         self.dist = dist
         self.online = _online_teacher(config, self.num_classes, device)
         self.features = features = FeatureRun.build(
-            config, student, self.sample, device, store=self.store, rows=self.rows, online=self.online,
+            config.feature_options(), student, self.sample, device, store=self.store, rows=self.rows, online=self.online,
             teacher_name=logits.teacher_names[0] if logits is not None else None,
             random_views=self.train_source.random_views and not replay)
         paired = features.pair(self.paired, replay.views if replay else 0) if features else self.paired

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ..losses import (
@@ -26,6 +27,9 @@ from ..losses import (
     resolved_loss_options,
 )
 from ..losses.declarations import option_flag, option_key
+
+if TYPE_CHECKING:
+    from ..features.feature_specs import FeatureOptions
 
 CACHE_BUDGET = 4 << 30  # bytes of logits, as stored, held in memory before they are streamed by chunk
 
@@ -90,6 +94,12 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = False  # also write the scalars as TensorBoard event files in RUN/tensorboard
     storage_options: dict = field(default_factory=dict)
+
+    def feature_options(self) -> FeatureOptions:
+        """What a feature run reads of this config (``features/distiller.FeatureRun``)."""
+        from ..features.feature_specs import FeatureOptions  # here: the grammar imports the store (zarr)
+
+        return FeatureOptions(self.feature_loss, self.student_features, self.features, self.cache_budget)
 
     def resolved(self) -> TrainConfig:
         """Fill the defaults that depend on other options: the loss, its temperature (None when the
