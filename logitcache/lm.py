@@ -86,10 +86,14 @@ class TeacherTargets(ReadsStoredRows):
             out["teacher_temperature"] = torch.full((len(sequences),), self.sample_temperature, dtype=torch.float32)
         return out
 
-    def top1(self, sequences: np.ndarray) -> Tensor:
-        """(B, L) the teacher's most probable next token (a ``sample`` row: its most drawn one)."""
-        top = self.codec.top_classes(self.stored(sequences), 1)[:, 0]
-        return torch.from_numpy(top.astype(np.int64)).reshape(len(sequences), self.seq_len)
+    def targets_and_top1(self, sequences: np.ndarray) -> tuple[Targets, Tensor]:
+        """From one read of the stored rows, what validation needs: the (B, L) typed targets (a
+        ``sample`` row's temperature left out: the caller's to use) and the teacher's most probable
+        next token, (B, L) (a ``sample`` row: its most drawn one)."""
+        stored = self.stored(sequences)
+        shape = (len(sequences), self.seq_len)
+        top = torch.from_numpy(self.codec.top_classes(stored, 1)[:, 0].astype(np.int64)).reshape(shape)
+        return self.codec.training_targets(stored).unflatten(0, shape), top
 
 
 class TokenStoreDataset(Dataset):
