@@ -19,7 +19,8 @@ Each item is one stored sequence, named as Hugging Face models and trainers expe
   its codec stores them, never densified: ``teacher_logits`` (L, V) for dense codecs;
   ``teacher_indices``, ``teacher_logprobs`` (L, K) and ``teacher_tail`` (L,) for ``topk:K``;
   ``teacher_indices``, ``teacher_weights``, ``teacher_logprobs`` (L, K) and the sampling
-  ``teacher_temperature`` () for ``sample:K[:T]``.
+  ``teacher_temperature`` () for ``sample:K[:T]``; with either sparse form the store's vocabulary,
+  ``teacher_vocab_size`` (), which the loss checks the student's head against (dense rows show it).
 
 Targets are read by whole sequences and decoded per batch (``TokenStoreDataset.batch``): held in
 memory, compact as stored, when they fit ``cache_budget``, else read many chunks at a time (a chunk
@@ -52,7 +53,7 @@ from .stored_rows import ReadsStoredRows, StoredRows
 CACHE_BUDGET = 4 << 30  # bytes of stored targets held in memory before they are read chunk by chunk
 TEACHER_PREFIX = "teacher_"
 TEACHER_COLUMNS = ("teacher_logits", "teacher_indices", "teacher_logprobs", "teacher_tail", "teacher_weights",
-                   "teacher_temperature")
+                   "teacher_temperature", "teacher_vocab_size")
 
 __all__ = ["TEACHER_COLUMNS", "TeacherTargets", "TokenStoreDataset", "chunked_distillation_loss", "collate_tokens",
            "distillation_loss", "open_teacher", "teacher_of"]
@@ -67,7 +68,7 @@ class TeacherTargets(ReadsStoredRows):
     """
 
     def __init__(self, teacher: Teacher, seq_len: int, budget_bytes: int = CACHE_BUDGET, sequences=None):
-        self.name, self.codec, self.seq_len = teacher.name, teacher.codec, seq_len
+        self.name, self.codec, self.seq_len, self.vocab_size = teacher.name, teacher.codec, seq_len, teacher.num_classes
         self.sample_temperature = self.codec.sampled_at
         row_bytes = sum(array.dtype.itemsize * int(np.prod(array.shape[1:])) for array in teacher.arrays.values())
         # a chunk holds whole sequences, so the shards holding each sequence's first row hold all of it
@@ -84,6 +85,8 @@ class TeacherTargets(ReadsStoredRows):
         out = targets.unflatten(0, (len(sequences), self.seq_len)).columns(TEACHER_PREFIX)
         if self.sample_temperature is not None:
             out["teacher_temperature"] = torch.full((len(sequences),), self.sample_temperature, dtype=torch.float32)
+        if self.codec.has_sparse_form:  # a dense row's width is the vocabulary
+            out["teacher_vocab_size"] = torch.full((len(sequences),), self.vocab_size, dtype=torch.int64)
         return out
 
     def targets_and_top1(self, sequences: np.ndarray) -> tuple[Targets, Tensor]:

@@ -32,6 +32,7 @@ from ..distributed import Distributed
 from ..errors import ConfigError, ModelError, StepMemoryError, StoreMismatchError
 from ..lm import TokenStoreDataset, lm_split, teacher_of
 from ..losses import TokenLossSums, next_token_targets, position_loss_sums, token_loss, token_loss_sums
+from ..losses.token_sums import vocabulary_mismatch
 from ..losses.chunked import chunk_positions, chunked_head, chunked_token_loss_sums, worth_chunking
 from ..sources import get_model, get_token_dataset, get_tokenizer, lm_context_length
 from ..store import open_store
@@ -229,9 +230,7 @@ def _checked_student(config: TrainConfig, vocab_size: int, datasets: list, devic
         raise ModelError(f"the student outputs {shape} for one sequence of {length} tokens; token data needs a causal "
                          "LM's (batch, positions, vocabulary) logits")
     if logits.shape[2] != vocab_size:
-        raise ModelError(f"the student predicts {logits.shape[2]} tokens per position, but the training data's "
-                         f"vocabulary is {vocab_size} (the teacher head's width): build the student with that "
-                         "vocabulary")
+        raise ModelError(vocabulary_mismatch(logits.shape[2], vocab_size))
     return student
 
 
