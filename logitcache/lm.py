@@ -288,12 +288,18 @@ def _batch_teacher(batch: dict, kd_weight: float) -> Targets | None:
     return teacher
 
 
-def open_teacher(store: LogitStore, name: str | None = None, allow_partial: bool = False) -> Teacher:
+def open_teacher(store: LogitStore, name: str | None = None, allow_partial: bool = False,
+                 argument: str = "teacher=") -> Teacher:
     """The teacher called ``name``; without one, the store's only complete teacher, or its only
-    teacher if none is complete yet (then refused unless ``allow_partial``)."""
+    teacher if none is complete yet (then refused unless ``allow_partial``). ``argument``: how the
+    caller's user names a teacher (``--teacher`` for the CLI), said when the store holds several."""
     if name is None:  # the only complete teacher; or the only teacher, if none is complete yet
-        only = not store.teacher_names and len(store.all_teacher_names) == 1
-        name = store.all_teacher_names[0] if only else None
+        complete, every = store.teacher_names, store.all_teacher_names
+        if not complete and len(every) == 1:
+            name = every[0]
+        elif len(complete) != 1:
+            raise StoreMismatchError(f"{store.location} holds {len(complete)} complete teachers "
+                                     f"({', '.join(complete) or 'none'}); name one with {argument}")
     teacher = store.teacher(name)
     if not teacher.is_complete and not allow_partial:
         raise StoreIncompleteError(

@@ -30,7 +30,7 @@ import torch
 
 from ..distributed import Distributed
 from ..errors import ConfigError, ModelError, StepMemoryError, StoreMismatchError
-from ..lm import TokenStoreDataset, lm_split, teacher_of
+from ..lm import TokenStoreDataset, lm_split, open_teacher, teacher_of
 from ..losses import TokenLossSums, next_token_targets, position_loss_sums, token_loss, token_loss_sums
 from ..losses.token_sums import vocabulary_mismatch
 from ..losses.chunked import chunk_positions, chunked_head, chunked_token_loss_sums, worth_chunking
@@ -185,6 +185,8 @@ def _validation_data(config: TrainConfig, train_data: TokenStoreDataset, tokeniz
         _same_vocabulary(f"--val-store {config.val_store}", val_store.dataset["tokenizer"], val_store.vocab_size,
                          tokenizer, train_data.vocab_size)
         name = config.teacher if config.teacher in val_store.all_teacher_names else None
+        if name is None and val_store.all_teacher_names:  # its only one, or a line that names the CLI's option
+            name = open_teacher(val_store, None, allow_partial=True, argument="--teacher").name
         data = TokenStoreDataset(val_store, name, targets=bool(val_store.all_teacher_names),
                                  cache_budget=config.cache_budget)
         teacher = (f", agreement with teacher {data.teacher.name!r} and {kl_meaning(data.targets)}"

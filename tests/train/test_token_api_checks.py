@@ -1,17 +1,17 @@
 """The Python API refuses what ``logitcache train`` refuses, in the same words: a student whose head
 is not the store's vocabulary (every target form, whole logits or by chunks, and in the Hugging Face
-Trainer)."""
+Trainer), and a store with two teachers when none is named (by the argument, ``teacher=``)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from logitcache.errors import ModelError
+from logitcache.errors import ModelError, StoreMismatchError
 from logitcache.lm import TokenStoreDataset, chunked_distillation_loss, collate_tokens, distillation_loss
 from logitcache.sources import get_model
-from tests.conftest import one_error
-from tests.train.test_token_training import lm_train, stores, text  # noqa: F401  (fixtures)
+from tests.conftest import invoke, one_error
+from tests.train.test_token_training import dump, lm_train, stores, text  # noqa: F401  (fixtures)
 
 GPT = "gpt:n_layer=1,n_head=2,n_embd=16,block_size=64"
 
@@ -60,3 +60,25 @@ def test_the_hugging_face_trainer_refuses_a_wider_head(tmp_path, stores):  # noq
                                   train_dataset=TokenStoreDataset(stores["topk:8"]))
     with pytest.raises(ModelError, match="the student predicts 300 tokens per position, but the training data's"):
         trainer.train()
+
+
+@pytest.fixture(scope="module")
+def two_teachers(tmp_path_factory, text):  # noqa: F811
+    """A token store with two complete teachers, 'default' (topk:8) and 'sampled' (sample:4)."""
+    store = dump(tmp_path_factory.mktemp("two") / "two.zarr", text, "topk:8", split="val")
+    result = invoke("dump", store, "--teacher", "tests.factories:tiny_lm", "--teacher-name", "sampled", "--dataset",
+                    f"text:{text}@val", "--tokenizer", "bytes", "--seq-len", "64", "--codec", "sample:4",
+                    "--batch-size", "32", "--rows-per-shard", str(64 * 64), "--no-progress")
+    assert result.exit_code == 0, result.output
+    return store
+
+
+def test_two_teachers_unnamed_are_refused_naming_the_api_argument_or_the_cli_option(tmp_path, stores,  # noqa: F811
+                                                                                       two_teachers):
+    with pytest.raises(StoreMismatchError, match=r"holds 2 complete teachers \(default, sampled\); name one with "
+                                                 r"teacher=$"):
+        TokenStoreDataset(two_teachers)
+    assert TokenStoreDataset(two_teachers, teacher="sampled").teacher.name == "sampled"
+    says = "holds 2 complete teachers (default, sampled); name one with --teacher"
+    assert says in one_error(lm_train(tmp_path / "a", two_teachers))
+    assert says in one_error(lm_train(tmp_path / "b", stores["topk:8"], "--val-store", two_teachers))
