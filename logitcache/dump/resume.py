@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from ..codecs import get_new_codec
 from ..errors import (
     CorruptStoreError,
     LogitCacheError,
@@ -35,7 +36,6 @@ from ..store import (
     check_teacher,
     clear_unfinished,
     create_store,
-    get_codec,
     holds_files,
     is_unfinished_creation,
     local_path,
@@ -121,7 +121,7 @@ def _open_or_create_teacher(store, config, num_classes, settings, provenance) ->
         if existing.status != STATUS_CREATING:
             return _resumable_teacher(store, existing, num_classes, settings)
     store.delete_teacher(name)  # also any leftovers of a deletion or creation cut short
-    codec = get_codec(config.codec).for_classes(num_classes)
+    codec = get_new_codec(config.codec, num_classes)
     return store.create_teacher(name, num_classes=num_classes, codec=codec,
                                 layout=Layout.from_dict(settings["layout"]), settings=settings,
                                 provenance=provenance, run={"started_at": now_utc(), "sessions": 0, "seconds": 0.0},

@@ -16,6 +16,7 @@ that view's logits (``views/replay.py``).
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -37,14 +38,17 @@ from .run_summary import TrainSummary
 MIX_TAG = 0x313C  # keeps the Mixup/CutMix random stream apart from the others
 
 
+@dataclass
 class ImageSummary(TrainSummary):
+    num_classes: int | None = None  # top-5 is named only above 5 classes (at or below, it is always 100 %)
+
     def results(self) -> list[str]:
         last, best = self.last, self.best
         if last.get("val_top1") is None:  # no --val-dataset: nothing to call best
             return [f"  last epoch: train loss {last['train_loss']:.4f}",
                     "  no validation set (--val-dataset), so best.pt is the last epoch's weights"]
-        return [f"  last epoch: val top-1 {_pct(last.get('val_top1'))}, top-5 {_pct(last.get('val_top5'))}, "
-                f"train loss {last['train_loss']:.4f}",
+        top5 = f", top-5 {_pct(last.get('val_top5'))}" if self.num_classes is None or self.num_classes > 5 else ""
+        return [f"  last epoch: val top-1 {_pct(last.get('val_top1'))}{top5}, train loss {last['train_loss']:.4f}",
                 f"  best epoch {best['epoch']}: val top-1 {_pct(best.get('val_top1'))}"]
 
 
@@ -153,7 +157,7 @@ class ImageTask:
         return collapse_error(record, self.config, self.num_classes, self.chance, self.teacher_top1)
 
     def summary(self, **fields) -> ImageSummary:
-        return ImageSummary(**fields)
+        return ImageSummary(**fields, num_classes=self.num_classes)
 
 
 def epoch_loader(config: TrainConfig, paired, rows, logits, replay, dist: Distributed, device,
