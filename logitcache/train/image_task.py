@@ -8,7 +8,7 @@
 A step: optional Mixup/CutMix (the cached teacher distributions mixed alike), a teacher in the
 loop if any, the forward, ``ce_weight * CE + kd_weight * KD`` (``losses/``) plus the feature
 losses' weighted sum (``features/``). Evaluation: validation loss, top-1 and top-5. After DKD's
-warm-up, a student at chance stops the run (``resume.collapse_error``). A multi-view store's views
+warm-up, a student at chance stops the run (``checkpointing.collapse_error``). A multi-view store's views
 are replayed: each epoch every sample shows one stored view, rebuilt from the raw sample, with
 that view's logits (``views/replay.py``).
 """
@@ -30,7 +30,7 @@ from ..losses import loss_spec
 from ..mixing import Mixer
 from ..sources import FACTORY, get_dataset, get_model, transforms
 from ..views.replay import ViewReplay, check_view_hashes
-from .train_config import TrainConfig, warmup_note
+from .train_config import TrainConfig, options_record, warmup_note
 from .paired_data import EpochSampler, PairedDataset, TeacherLogits
 from .checkpointing import collapse_error
 from .run_summary import TrainSummary
@@ -154,7 +154,7 @@ class ImageTask:
         return f"{line}, {record['epoch_seconds']:.1f} s"
 
     def stop_error(self, record: dict) -> Exception | None:
-        return collapse_error(record, self.config, self.num_classes, self.chance, self.teacher_top1)
+        return collapse_error(record, options_record(self.config), self.num_classes, self.chance, self.teacher_top1)
 
     def summary(self, **fields) -> ImageSummary:
         return ImageSummary(**fields, num_classes=self.num_classes)
