@@ -126,6 +126,7 @@ def _trainer_class():
             rows = collator.rows(train_dataset), collator.rows(eval_dataset)
             _check_vocabulary(model, train_dataset)
             self._init_distillation(temperature, kd_weight, ce_weight, chunked_loss)
+            self._loss_terms: dict = {}  # mode -> the CE and KL sums and their targets since the last log
             super().__init__(model, args=args, data_collator=collator, train_dataset=rows[0], eval_dataset=rows[1],
                              processing_class=processing_class or _stand_in_tokenizer(), **kwargs)
             if processing_class is None:
@@ -144,12 +145,20 @@ def _trainer_class():
             device = inputs["input_ids"].device
             local = torch.stack([torch.as_tensor(value, dtype=torch.float32, device=device).detach()
                                  for value in (sums.ce, sums.kd, sums.count, inputs["attention_mask"].sum())])
-            ce, kd, count, tokens = self.accelerator.gather_for_metrics(local[None]).sum(0).tolist()
-            self._metrics[mode]["ce"].append(ce / max(count, 1))
-            self._metrics[mode]["kd"].append(kd / max(count, 1))
+            every_rank = self.accelerator.gather_for_metrics(local[None]).sum(0).double().cpu().numpy()
+            self._loss_terms[mode] = self._loss_terms.get(mode, 0) + every_rank[:3]  # CE, KL sums, targets
             if mode == "train":
-                self._total_train_tokens += int(tokens)
+                self._total_train_tokens += int(every_rank[3])
                 self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+
+        def log(self, logs: dict, start_time=None) -> None:
+            # docstring inherited; ce and kd per target token of every batch since the last log
+            mode = "train" if self.model.training else "eval"
+            ce, kd, count = self._loss_terms.pop(mode, (0.0, 0.0, 0.0))
+            if count:
+                prefix = "eval_" if mode == "eval" else ""
+                logs.update({f"{prefix}ce": float(ce / count), f"{prefix}kd": float(kd / count)})
+            super().log(logs, start_time)
 
     return DistillationSFTTrainer
 
