@@ -25,6 +25,9 @@ causal LM: ``forward(input_ids, attention_mask)`` returning logits):
   through its forward); ``chunked_loss=False`` keeps the whole logits;
 - the data collator defaults to ``logitcache.lm.collate_tokens``.
 
+The first three are ``TokenDistillation``, a mixin: ``logitcache.trl.DistillationSFTTrainer`` (TRL's
+``SFTTrainer``) has the same, so the two trainers' losses are one code.
+
 transformers is imported when ``DistillationTrainer`` is first used, so this module imports
 without it (and says what to install when it is missing).
 """
