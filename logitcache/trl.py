@@ -127,8 +127,9 @@ def _trainer_class():
             _check_vocabulary(model, train_dataset)
             self._init_distillation(temperature, kd_weight, ce_weight, chunked_loss)
             self._loss_terms: dict = {}  # mode -> the CE and KL sums and their targets since the last log
+            stand_in = _stand_in_tokenizer() if processing_class is None else processing_class
             super().__init__(model, args=args, data_collator=collator, train_dataset=rows[0], eval_dataset=rows[1],
-                             processing_class=processing_class or _stand_in_tokenizer(), **kwargs)
+                             processing_class=stand_in, **kwargs)
             if processing_class is None:
                 self.processing_class = None  # the stand-in is not the store's tokenizer: never saved
             _check_vocabulary(self.model, train_dataset)  # a model SFTTrainer loaded from a name

@@ -85,9 +85,15 @@ def test_a_student_distils_from_each_codec_and_logs_both_terms(tmp_path, stores,
     assert run.processing_class is None  # the stand-in tokenizer is never saved
 
 
-def test_a_lora_student_trains_its_adapter_alone_and_the_chunked_loss_reaches_it(tmp_path, stores):
+def test_a_lora_student_trains_its_adapter_alone_and_the_chunked_loss_reaches_it(tmp_path, stores, monkeypatch):
     from peft import LoraConfig
 
+    import logitcache.hf as hf
+
+    chunked_calls = []
+    by_chunks = hf.chunked_distillation_sums
+    monkeypatch.setattr(hf, "chunked_distillation_sums",
+                        lambda model, *args: chunked_calls.append(type(model).__name__) or by_chunks(model, *args))
     data = TokenStoreDataset(stores["topk:8"])
     losses = {}
     for chunked in (False, True):
@@ -102,6 +108,7 @@ def test_a_lora_student_trains_its_adapter_alone_and_the_chunked_loss_reaches_it
         assert any(not torch.equal(trained[name], before) for name, before in adapter.items() if "lora_B" in name)
         assert torch.equal(run.model.get_base_model().transformer.h[0].attn.c_attn.base_layer.weight, frozen)
         losses[chunked] = logged(run)
+    assert chunked_calls == ["GPT2LMHeadModel"] * 2  # the model inside the PeftModel, its adapters in place
     assert np.allclose(losses[True], losses[False], rtol=1e-5)  # by chunks through the adapted model: the same
 
 
