@@ -158,6 +158,16 @@ def test_the_same_student_store_and_steps_give_the_losses_of_logitcache_train(tm
         assert np.allclose(logged(ours, key), rows[:, column], rtol=2e-5, atol=2e-6), key
 
 
+def test_plain_training_arguments_become_an_sft_config_that_skips_preparation(tmp_path, stores):
+    args = transformers.TrainingArguments(str(tmp_path), max_steps=1, per_device_train_batch_size=4, report_to=[],
+                                          use_cpu=True, save_strategy="no", disable_tqdm=True,
+                                          gradient_accumulation_steps=2)
+    run = trainer(tmp_path, TokenStoreDataset(stores["topk:8"]), args=args)
+    assert isinstance(run.args, trl.SFTConfig) and run.args.dataset_kwargs == {"skip_prepare_dataset": True}
+    assert run.args.gradient_accumulation_steps == 2 and not run.args.bf16  # the arguments given, not TRL's defaults
+    assert np.isfinite(run.train().training_loss)
+
+
 # -- refusals ---------------------------------------------------------------------------------------
 
 
