@@ -82,6 +82,7 @@ def test_a_student_distils_from_each_codec_and_logs_both_terms(tmp_path, stores,
         ce = distillation_loss(run.model(input_ids=whole["input_ids"]).logits, whole, run.temperature, 0.0, 1.0)
     assert np.isclose(scores["eval_ce"], float(ce), rtol=1e-5)
     assert np.isclose(scores["eval_ce"] + scores["eval_kd"], scores["eval_loss"], rtol=0.01)  # its mean of batches
+    assert np.isclose(run.evaluate(data)["eval_kd"], scores["eval_kd"], rtol=1e-6)  # a dataset given to evaluate
     assert run.processing_class is None  # the stand-in tokenizer is never saved
 
 
