@@ -161,12 +161,14 @@ def test_the_same_student_store_and_steps_give_the_losses_of_logitcache_train(tm
 
 def test_plain_training_arguments_become_an_sft_config_that_skips_preparation(tmp_path, stores):
     args = transformers.TrainingArguments(str(tmp_path), max_steps=1, per_device_train_batch_size=4, report_to=[],
-                                          use_cpu=True, save_strategy="no", disable_tqdm=True,
+                                          use_cpu=True, save_strategy="steps", save_steps=1, disable_tqdm=True,
                                           gradient_accumulation_steps=2)
     run = trainer(tmp_path, TokenStoreDataset(stores["topk:8"]), args=args)
     assert isinstance(run.args, trl.SFTConfig) and run.args.dataset_kwargs == {"skip_prepare_dataset": True}
     assert run.args.gradient_accumulation_steps == 2 and not run.args.bf16  # the arguments given, not TRL's defaults
     assert np.isfinite(run.train().training_loss)
+    saved = {path.name for path in (tmp_path / "checkpoint-1").iterdir()}
+    assert "model.safetensors" in saved and not any("tokenizer" in name for name in saved)  # no stand-in saved
 
 
 # -- refusals ---------------------------------------------------------------------------------------
@@ -193,6 +195,8 @@ def test_arguments_and_datasets_it_cannot_use_are_refused(tmp_path, stores):
         trainer(tmp_path, data, data_collator=lambda items: items)
     with pytest.raises(ConfigError, match="takes no formatting_func"):
         trainer(tmp_path, data, formatting_func=str)
+    with pytest.raises(SpecError, match=r"needs train_dataset=TokenStoreDataset\(STORE\)"):
+        trainer(tmp_path, None)
     text = datasets.Dataset.from_dict({"text": ["To be, or not to be"]})
     with pytest.raises(SpecError, match="trains from a logitcache.lm.TokenStoreDataset, not Dataset: make a token"):
         trainer(tmp_path, text)
