@@ -23,7 +23,7 @@ preparation is always skipped (``dataset_kwargs={"skip_prepare_dataset": True}``
 unused: the sequences keep the store's length), and what would re-tokenise, re-pack or re-mask them
 (``packing``, ``padding_free``, ``dataset_text_field``, ``completion_only_loss``,
 ``assistant_only_loss``, a ``formatting_func``, another ``loss_type``, a ``data_collator``) is
-refused in one line, as is a student that cannot predict the store's vocabulary. The trainer sees
+refused in one line, as is a student whose head is not the store's width. The trainer sees
 each ``TokenStoreDataset`` as a ``datasets.Dataset`` of sequence numbers (what ``SFTTrainer``
 accepts) and its collator reads a batch's sequences and targets at once (``TokenStoreDataset.batch``).
 No tokenizer is needed: without ``processing_class`` a stand-in satisfies ``SFTTrainer`` and none is
@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import json
 
-from .errors import ConfigError, SpecError
+from .errors import ConfigError, ModelError, SpecError
 from .lm import TokenStoreDataset, collate_tokens
+from .losses.token_sums import vocabulary_mismatch
 
 TRL_EXTRA = "pip install 'logitcache[trl]'"
 SEQUENCE, SOURCE = "logitcache_sequence", "logitcache_source"  # the columns the trainer's datasets hold
@@ -188,17 +189,14 @@ def _refuse(args, kwargs: dict) -> None:
 
 
 def _check_vocabulary(model, data: TokenStoreDataset) -> None:
-    """The student must predict every token the store's teacher does; a larger (padded) head is
-    fine for sparse targets, not for a dense teacher's rows of exactly the store's width."""
+    """The student's head must be the store's width, as ``train`` and the losses require: the
+    store's ids and the teacher's rows are that wide, and a student that differs was built wrong."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is None or data.vocab_size is None:
         return
     student, store = int(head.weight.shape[0]), int(data.vocab_size)
-    dense = data.targets is not None and data.targets.codec.target_type.__name__ == "DenseTargets"
-    if student < store or (dense and student != store):
-        need = "exactly" if dense else "at least"
-        raise ConfigError(f"the student predicts {student:,} tokens but the store's vocabulary has {store:,}: its "
-                          f"head must have {need} {store:,} outputs (the store's tokenizer, the teacher's head)")
+    if student != store:
+        raise ModelError(vocabulary_mismatch(student, store))
 
 
 def _stand_in_tokenizer():
