@@ -7,6 +7,7 @@ tokenizer trained here.
     $ python benchmarks/token_stream.py bpe /tmp/lc_corpus /tmp/lc_bpe               # a BPE tokenizer
     $ python benchmarks/token_stream.py pack "text:/tmp/lc_corpus/*.txt" bytes --baseline /tmp/lc_main
     $ python benchmarks/token_stream.py resume "text:/tmp/lc_corpus/00[0-1]*.txt" bytes /tmp/lc_resume
+    $ python benchmarks/token_stream.py verify /tmp/lc_bench_store.zarr --baseline /tmp/lc_main   # after ``pack``
 
 ``pack`` runs each configuration in a fresh process and prints its peak RSS (``ru_maxrss``) and
 tokens/s: ``stream`` (this checkout: every row cut, none kept), ``store`` (this checkout: the rows
@@ -66,6 +67,8 @@ def train_bpe(corpus: Path, directory: Path, vocab_size: int = 8192) -> None:
 
 def child(mode: str, spec: str, tokenizer_spec: str, out: str) -> None:
     """One configuration, in this process: prints a JSON line (imports are not timed)."""
+    if mode == "verify":
+        return verify_child(out)
     from logitcache.sources import get_token_dataset, get_tokenizer
 
     tokenizer = get_tokenizer(tokenizer_spec)
@@ -105,6 +108,32 @@ def pack(spec: str, tokenizer_spec: str, baseline: str | None, modes: list[str])
         line = result.stdout.strip().splitlines()[-1] if result.returncode == 0 else \
             f"failed ({result.returncode}): {result.stderr.strip().splitlines()[-1:]}"
         print(f"{tokenizer_spec:>12} {mode:>6}: {line}", flush=True)
+
+
+def verify_child(location: str) -> None:
+    """``verify_store`` of a token store, in this process: its peak RSS over the imports'."""
+    from logitcache.store import open_store, verify_store
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    started = time.perf_counter()
+    report = verify_store(location)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    tokens = int(open_store(location).dataset["num_tokens"])
+    print(json.dumps({"mode": "verify", "tokens": tokens, "seconds": round(seconds, 2),
+                      "checked": report.checked[0][:40], "imports_rss_mib": round(before),
+                      "peak_rss_mib": round(peak), "over_imports_mib": round(peak - before)}))
+
+
+def verify(location: str, baseline: str | None) -> None:
+    """``verify_store`` of one store by this checkout and the baseline's, each in a fresh process."""
+    for root in ([baseline] if baseline else []) + [str(REPO)]:
+        command = [sys.executable, str(Path(__file__).resolve()), "child", "verify", "-", "-", location]
+        result = subprocess.run(command, cwd=root, env={**os.environ, "PYTHONPATH": root}, capture_output=True,
+                                text=True)
+        line = result.stdout.strip().splitlines()[-1] if result.returncode == 0 else \
+            f"failed ({result.returncode}): {result.stderr.strip().splitlines()[-1:]}"
+        print(f"{'baseline' if root == baseline else 'this':>8}: {line}", flush=True)
 
 
 def resume(spec: str, tokenizer_spec: str, work: Path) -> None:
@@ -167,6 +196,9 @@ def main() -> None:
     again.add_argument("spec")
     again.add_argument("tokenizer")
     again.add_argument("work", type=Path)
+    check = commands.add_parser("verify")
+    check.add_argument("store")
+    check.add_argument("--baseline")
     args = parser.parse_args()
     if args.command == "corpus":
         make_corpus(args.directory, args.tokens, args.files)
@@ -174,6 +206,8 @@ def main() -> None:
         train_bpe(args.corpus, args.directory)
     elif args.command == "pack":
         pack(args.spec, args.tokenizer, args.baseline, args.modes.split(","))
+    elif args.command == "verify":
+        verify(args.store, args.baseline)
     elif args.command == "child":
         child(args.mode, args.spec, args.tokenizer, args.out)
     else:
