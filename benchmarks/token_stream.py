@@ -8,6 +8,7 @@ tokenizer trained here.
     $ python benchmarks/token_stream.py pack "text:/tmp/lc_corpus/*.txt" bytes --baseline /tmp/lc_main
     $ python benchmarks/token_stream.py resume "text:/tmp/lc_corpus/00[0-1]*.txt" bytes /tmp/lc_resume
     $ python benchmarks/token_stream.py verify /tmp/lc_bench_store.zarr --baseline /tmp/lc_main   # after ``pack``
+    $ python benchmarks/token_stream.py read /tmp/lc_bench_store.zarr --baseline /tmp/lc_main --budget 64e6
 
 ``pack`` runs each configuration in a fresh process and prints its peak RSS (``ru_maxrss``) and
 tokens/s: ``stream`` (this checkout: every row cut, none kept), ``store`` (this checkout: the rows
@@ -69,6 +70,8 @@ def child(mode: str, spec: str, tokenizer_spec: str, out: str) -> None:
     """One configuration, in this process: prints a JSON line (imports are not timed)."""
     if mode == "verify":
         return verify_child(out)
+    if mode.startswith("read"):
+        return read_child(out, int(float(mode.split(":")[1])))
     from logitcache.sources import get_token_dataset, get_tokenizer
 
     tokenizer = get_tokenizer(tokenizer_spec)
@@ -125,10 +128,37 @@ def verify_child(location: str) -> None:
                       "peak_rss_mib": round(peak), "over_imports_mib": round(peak - before)}))
 
 
-def verify(location: str, baseline: str | None) -> None:
-    """``verify_store`` of one store by this checkout and the baseline's, each in a fresh process."""
+def read_child(location: str, budget: int, batches: int = 200, batch_size: int = 8) -> None:
+    """A label-only ``TokenStoreDataset`` of a token store at a cache budget, ``batches`` batches
+    taken in the epoch order a trainer would use: peak RSS over the imports'."""
+    import numpy as np
+
+    from logitcache.lm import TokenStoreDataset
+    from logitcache.train.sampler import EpochSampler
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    started = time.perf_counter()
+    data = TokenStoreDataset(location, targets=False, cache_budget=budget)
+    opened = time.perf_counter() - started
+    order = EpochSampler(np.arange(len(data)), 0, block_rows=getattr(data, "block_sequences", None),
+                         window_blocks=getattr(data, "window_blocks", 1)).order()
+    tokens = 0
+    for step in range(batches):
+        tokens += int(data.batch(order[step * batch_size:(step + 1) * batch_size])["attention_mask"].sum())
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rows = getattr(data, "rows", None)
+    mode = "in memory" if rows is None or rows.in_memory else f"window of {rows.window_blocks} chunks"
+    print(json.dumps({"mode": mode, "budget": budget, "open_s": round(opened, 2), "seconds": round(seconds, 2),
+                      "batch_tokens_per_s": round(tokens / (seconds - opened)), "imports_rss_mib": round(before),
+                      "peak_rss_mib": round(peak), "over_imports_mib": round(peak - before)}))
+
+
+def verify(location: str, baseline: str | None, mode: str = "verify") -> None:
+    """``verify_store`` (or a ``read:BUDGET``) of one store by this checkout and the baseline's, each in
+    a fresh process."""
     for root in ([baseline] if baseline else []) + [str(REPO)]:
-        command = [sys.executable, str(Path(__file__).resolve()), "child", "verify", "-", "-", location]
+        command = [sys.executable, str(Path(__file__).resolve()), "child", mode, "-", "-", location]
         result = subprocess.run(command, cwd=root, env={**os.environ, "PYTHONPATH": root}, capture_output=True,
                                 text=True)
         line = result.stdout.strip().splitlines()[-1] if result.returncode == 0 else \
@@ -199,6 +229,10 @@ def main() -> None:
     check = commands.add_parser("verify")
     check.add_argument("store")
     check.add_argument("--baseline")
+    read = commands.add_parser("read")
+    read.add_argument("store")
+    read.add_argument("--baseline")
+    read.add_argument("--budget", default="64e6")
     args = parser.parse_args()
     if args.command == "corpus":
         make_corpus(args.directory, args.tokens, args.files)
@@ -208,6 +242,8 @@ def main() -> None:
         pack(args.spec, args.tokenizer, args.baseline, args.modes.split(","))
     elif args.command == "verify":
         verify(args.store, args.baseline)
+    elif args.command == "read":
+        verify(args.store, args.baseline, f"read:{args.budget}")
     elif args.command == "child":
         child(args.mode, args.spec, args.tokenizer, args.out)
     else:

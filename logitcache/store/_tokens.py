@@ -81,7 +81,8 @@ def fingerprint_of_parts(num_sequences: int, seq_len: int, vocab_size: int, keys
                          tokens: Iterable, loss_mask: Iterable) -> str:
     """``token_fingerprint`` of arrays given as consecutive row blocks, each array's blocks in turn."""
     digest = _fingerprint_start(num_sequences, seq_len, vocab_size)
-    for name, blocks in (("keys", keys), (LENGTHS_ARRAY, lengths), (TOKENS_ARRAY, tokens), (LOSS_MASK_ARRAY, loss_mask)):
+    parts = (("keys", keys), (LENGTHS_ARRAY, lengths), (TOKENS_ARRAY, tokens), (LOSS_MASK_ARRAY, loss_mask))
+    for name, blocks in parts:
         for block in blocks:
             _fingerprint_update(digest, name, block)
     return "sha256:" + digest.hexdigest()
@@ -240,6 +241,39 @@ class StoredSequences:
             differs = not (np.array_equal(tokens, block.tokens) and np.array_equal(loss_mask, block.loss_mask)
                            and np.array_equal(lengths, block.lengths) and self.keys(first, last) == list(block.keys))
         return seen, differs or seen != len(self)
+
+
+class SequenceRows:
+    """A token store's tokens and loss mask by sequence, shaped as ``stored_rows.StoredRows`` reads a
+    teacher: a layout of whole chunks (the tokens array's), reads of row ranges and of chunks, an
+    identity (the token fingerprint) that a reader reopening the store must find again. Each chunk
+    read is checked by its CRC-32C; the fingerprint is checked once before, a block at a time
+    (``check_stored_sequences``), so no reader needs the arrays whole."""
+
+    name, label = "sequences", "the token sequences"  # label: what a reader's error calls them
+
+    def __init__(self, store):
+        self.store, self.location = store, store.location
+        self.arrays = {name: store.group[name] for name in (TOKENS_ARRAY, LOSS_MASK_ARRAY)}
+        tokens = self.arrays[TOKENS_ARRAY]
+        chunk, self.num_samples = tokens.chunks[0], tokens.shape[0]
+        held = chunk * tokens.shape[1] * (tokens.dtype.itemsize + 1)
+        self.layout = Layout(chunk, chunk * max(1, STREAM_BLOCK_BYTES // held))  # held whole: a block at a time
+        self.identity = store.fingerprint
+
+    def read_stored(self, start: int, stop: int, arrays=None) -> dict[str, np.ndarray]:
+        """Rows [start, stop) of the arrays (default: both)."""
+        return {name: read_rows(self.arrays[name], start, stop, self.location) for name in (arrays or self.arrays)}
+
+    def read_chunks(self, chunks, arrays=None) -> list[dict[str, np.ndarray]]:
+        """The rows of each of these whole chunks (of the tokens array)."""
+        rows = self.layout.rows_per_chunk
+        return [self.read_stored(int(c) * rows, min((int(c) + 1) * rows, self.num_samples), arrays) for c in chunks]
+
+
+def sequence_rows(store, _name: str = "") -> SequenceRows:
+    """A store's ``SequenceRows`` (as ``StoredRows`` reopens what it reads, in each process)."""
+    return SequenceRows(store)
 
 
 def choose_token_layout(num_sequences: int, seq_len: int, row_bytes: int, rows_per_shard: int | None = None) -> Layout:
