@@ -9,6 +9,7 @@ tokenizer trained here.
     $ python benchmarks/token_stream.py resume "text:/tmp/lc_corpus/00[0-1]*.txt" bytes /tmp/lc_resume
     $ python benchmarks/token_stream.py verify /tmp/lc_bench_store.zarr --baseline /tmp/lc_main   # after ``pack``
     $ python benchmarks/token_stream.py read /tmp/lc_bench_store.zarr --baseline /tmp/lc_main --budget 64e6
+    $ python benchmarks/token_stream.py store-resume "text:/tmp/lc_corpus/*.txt" bytes /tmp/lc_resumed.zarr --kill 12
 
 ``pack`` runs each configuration in a fresh process and prints its peak RSS (``ru_maxrss``) and
 tokens/s: ``stream`` (this checkout: every row cut, none kept), ``store`` (this checkout: the rows
@@ -87,16 +88,26 @@ def child(mode: str, spec: str, tokenizer_spec: str, out: str) -> None:
             rows, tokens = rows + len(block), tokens + int(block.lengths.sum())
     else:
         from logitcache.sources.token_datasets import stream_token_dataset
+        from logitcache.store import is_unfinished_creation
         from logitcache.store._root import create_streamed_token_store
 
-        shutil.rmtree(out, ignore_errors=True)
+        resume = mode == "store-resume" and is_unfinished_creation(out)
+        if mode.startswith("store-kill:"):  # os._exit right after the K-th chunk of the tokens array is stored
+            sys.path.insert(0, str(REPO))
+            from tests.killpoints import _install
+
+            os.environ["KILLPOINTS_KEY"] = "tokens/c/"
+            _install(int(mode.split(":")[1]))
+        if not resume:
+            shutil.rmtree(out, ignore_errors=True)
         stream = stream_token_dataset(spec, tokenizer, SEQ_LEN)
-        store = create_streamed_token_store(out, stream, vocab_size=tokenizer.vocab_size,
+        store = create_streamed_token_store(out, stream, vocab_size=tokenizer.vocab_size, resume=resume,
                                             tokenizer=tokenizer.describe(), describe=lambda: stream.description)
         rows, tokens = store.num_samples, int(store.dataset["num_tokens"])
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"mode": mode, "rows": rows, "tokens": tokens, "seconds": round(seconds, 2),
+    print(json.dumps({"mode": mode + (" (resumed)" if mode == "store-resume" and resume else ""), "rows": rows,
+                      "tokens": tokens, "seconds": round(seconds, 2),
                       "tokens_per_s": round(tokens / seconds), "peak_rss_mib": round(peak)}))
 
 
@@ -111,6 +122,22 @@ def pack(spec: str, tokenizer_spec: str, baseline: str | None, modes: list[str])
         line = result.stdout.strip().splitlines()[-1] if result.returncode == 0 else \
             f"failed ({result.returncode}): {result.stderr.strip().splitlines()[-1:]}"
         print(f"{tokenizer_spec:>12} {mode:>6}: {line}", flush=True)
+
+
+def store_resume(spec: str, tokenizer_spec: str, out: str, kill: int) -> None:
+    """Token arrays written whole; then written again, killed after ``kill`` chunks of the tokens
+    array and resumed (this checkout; main's resume is the whole creation again); same bytes?"""
+    sys.path.insert(0, str(REPO))
+    from tests.conftest import store_contents
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    runs = [("store", out + ".whole"), (f"store-kill:{kill}", out), ("store-resume", out)]
+    for mode, where in runs:
+        command = [sys.executable, str(Path(__file__).resolve()), "child", mode, spec, tokenizer_spec, where]
+        result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+        line = result.stdout.strip().splitlines()[-1] if result.returncode == 0 else f"exit {result.returncode}"
+        print(f"{mode:>14}: {line}", flush=True)
+    print("byte-identical to the uninterrupted one:", store_contents(Path(out)) == store_contents(Path(out + ".whole")))
 
 
 def verify_child(location: str) -> None:
@@ -229,6 +256,10 @@ def main() -> None:
     check = commands.add_parser("verify")
     check.add_argument("store")
     check.add_argument("--baseline")
+    again_store = commands.add_parser("store-resume")
+    for name in ("spec", "tokenizer", "out"):
+        again_store.add_argument(name)
+    again_store.add_argument("--kill", type=int, default=12)
     read = commands.add_parser("read")
     read.add_argument("store")
     read.add_argument("--baseline")
@@ -242,6 +273,8 @@ def main() -> None:
         pack(args.spec, args.tokenizer, args.baseline, args.modes.split(","))
     elif args.command == "verify":
         verify(args.store, args.baseline)
+    elif args.command == "store-resume":
+        store_resume(args.spec, args.tokenizer, args.out, args.kill)
     elif args.command == "read":
         verify(args.store, args.baseline, f"read:{args.budget}")
     elif args.command == "child":

@@ -12,7 +12,9 @@ A streamed token store's arrays are written a few chunks at a time as the row bl
 read back for the token fingerprint, then the attribute: the bytes are those of the same arrays
 written at once (each array's chunk rows are the rule ``_write_index_array`` applies to the whole;
 the arrays grow by doubling and are cut to their length at the end, as zarr stores edge chunks).
-A creation that fails is deleted again; one that is killed is what ``is_unfinished_creation`` finds.
+A creation that fails is deleted again; one that is killed is what ``is_unfinished_creation`` finds,
+and a token store's is finished by ``create_streamed_token_store(..., resume=True)``: each array's
+whole chunks already stored with the same rows are kept, the rest written (the same bytes again).
 """
 
 from __future__ import annotations
@@ -85,10 +87,16 @@ def create_token_store(location, *, tokens, loss_mask, lengths, keys, vocab_size
 
 
 def create_streamed_token_store(location, rows: Iterable, *, vocab_size: int, tokenizer: dict,
-                                describe: Callable[[], dict], storage_options=None) -> LogitStore:
+                                describe: Callable[[], dict], storage_options=None, resume: bool = False) -> LogitStore:
     """Create a token store from blocks of rows (each with ``tokens``, ``loss_mask``, ``lengths``
     and ``keys``), written as they come; ``describe()``, called once they are all written, gives the
     ``dataset`` record. Anything the blocks raise leaves nothing behind.
+
+    With ``resume``, ``location`` holds a creation cut short (``is_unfinished_creation``): each
+    array's whole chunks already stored with these rows' values are kept, not written again, and
+    the rest is written from the first chunk that differs or is missing, so the bytes are those of
+    a creation never cut short. The blocks are still read from the start (the corpus is tokenised
+    again up to where the creation stopped; only the writing resumes).
 
     Raises:
         DatasetError: a block is not token sequences of this vocabulary, or there are none.
@@ -96,9 +104,9 @@ def create_streamed_token_store(location, rows: Iterable, *, vocab_size: int, to
     """
     location = str(location)
     with _root_errors(location):
-        group = _new_root(location, storage_options)
+        group = _unfinished_root(location, storage_options) if resume else _new_root(location, storage_options)
         try:
-            counts = _write_token_arrays(group, rows, vocab_size)
+            counts = _write_token_arrays(group, rows, vocab_size, resume)
             fingerprint = stored_token_fingerprint(group, vocab_size, location)
             record = token_dataset_record(describe(), **counts, vocab_size=vocab_size, tokenizer=tokenizer,
                                           fingerprint=fingerprint)
@@ -117,7 +125,7 @@ class _Rows:
         self.tokens, self.loss_mask, self.lengths, self.keys = tokens, loss_mask, lengths, keys
 
 
-def _write_token_arrays(group, rows: Iterable, vocab_size: int) -> dict:
+def _write_token_arrays(group, rows: Iterable, vocab_size: int, resume: bool = False) -> dict:
     """Every block into the four arrays, each checked first; the counts the dataset record holds."""
     writers, counts = {}, {"num_sequences": 0, "seq_len": None, "num_tokens": 0, "num_targets": 0}
     for block in rows:
@@ -130,7 +138,7 @@ def _write_token_arrays(group, rows: Iterable, vocab_size: int) -> dict:
         if why:
             raise DatasetError(f"cannot make a token store: {why}")
         if not writers:
-            writers = {name: _GrowingArray(group, name) for name in TOKEN_ARRAYS}
+            writers = {name: _GrowingArray(group, name, resume) for name in TOKEN_ARRAYS}
         for name, values in (("keys", keys), (TOKENS_ARRAY, tokens.astype(token_dtype(vocab_size))),
                              (LOSS_MASK_ARRAY, loss_mask), (LENGTHS_ARRAY, lengths)):
             writers[name].append(values)
@@ -147,10 +155,15 @@ def _write_token_arrays(group, rows: Iterable, vocab_size: int) -> dict:
 class _GrowingArray:
     """One root array written a whole number of chunks at a time, with the chunk rows
     ``_write_index_array`` gives the whole array: rows are held until a chunk is full, and the
-    first chunk's rows are known once that many have come or the rows end."""
+    first chunk's rows are known once that many have come or the rows end.
 
-    def __init__(self, group, name: str):
-        self.group, self.name = group, name
+    Resuming, an array already there with this one's metadata (but its shape) is kept, and its
+    whole chunks that hold the rows' values are skipped; from the first that does not (or is
+    missing, or cannot be read) the array is cut there and written as new. A chunk is written
+    whole by this one writer (zarr's stores put an object whole), so one that is there is complete."""
+
+    def __init__(self, group, name: str, resume: bool = False):
+        self.group, self.name, self.resuming = group, name, resume
         self.array, self.chunk, self.written = None, None, 0
         self.pending: list = []
         self.pending_rows = 0
@@ -173,27 +186,61 @@ class _GrowingArray:
     def _create(self, chunk: int) -> None:
         self.chunk, first = chunk, self.pending[0]
         if isinstance(first, list):
-            self.array = self.group.create_array(self.name, shape=(chunk,), dtype=str, chunks=(chunk,),
-                                                 compressors=[zarr.codecs.ZstdCodec(level=5),
-                                                              zarr.codecs.Crc32cCodec()])
+            spec = {"shape": (chunk,), "dtype": str, "chunks": (chunk,),
+                    "compressors": [zarr.codecs.ZstdCodec(level=5), zarr.codecs.Crc32cCodec()]}
         else:
-            self.array = self.group.create_array(self.name, shape=(chunk, *first.shape[1:]), dtype=first.dtype,
-                                                 chunks=(chunk, *first.shape[1:]), compressors=compressors())
+            spec = {"shape": (chunk, *first.shape[1:]), "dtype": first.dtype, "chunks": (chunk, *first.shape[1:]),
+                    "compressors": compressors()}
+        if self.resuming and self.name in self.group:
+            existing = self.group[self.name]
+            if _without_shape(existing) == _without_shape(zarr.create_array(zarr.storage.MemoryStore(), **spec)):
+                self.array = existing
+                return
+            del self.group[self.name]
+        self.resuming = False
+        self.array = self.group.create_array(self.name, **spec)
 
     def _flush(self, rows: int) -> None:
         """The first ``rows`` pending rows into the array (grown by doubling when they do not fit)."""
         joined = self._joined()
         values, rest = joined[:rows], joined[rows:]
+        stored = self._stored_rows(values) if self.resuming else 0
         end = self.written + rows
         if end > self.array.shape[0]:
             self.array.resize((max(end, 2 * self.array.shape[0]), *self.array.shape[1:]))
-        self.array[self.written:end] = np.asarray(values, dtype=object) if isinstance(values, list) else values
+        if stored < rows:
+            new = values[stored:]
+            self.array[self.written + stored:end] = np.asarray(new, dtype=object) if isinstance(new, list) else new
         self.written, self.pending, self.pending_rows = end, [rest] if len(rest) else [], len(rest)
+
+    def _stored_rows(self, values) -> int:
+        """How many of ``values`` (whole chunks from ``written`` on) the array holds already; at the
+        first chunk it does not, the array is cut there and the resume ends."""
+        same = 0
+        while same + self.chunk <= len(values) and self.written + same + self.chunk <= self.array.shape[0]:
+            start = self.written + same
+            try:
+                held = self.array[start:start + self.chunk]
+            except Exception:  # a damaged chunk: written again below
+                break
+            wanted = values[same:same + self.chunk]
+            if not (held.tolist() == wanted if isinstance(wanted, list) else np.array_equal(held, wanted)):
+                break
+            same += self.chunk
+        if same < len(values):
+            self.array.resize((self.written + same, *self.array.shape[1:]))  # drops every chunk from there on
+            self.resuming = False
+        return same
 
     def _joined(self):
         if isinstance(self.pending[0], list):
             return [value for part in self.pending for value in part]
         return np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+
+
+def _without_shape(array) -> dict:
+    """An array's metadata but its shape: what a resumed creation must find to keep its chunks."""
+    return {key: value for key, value in array.metadata.to_dict().items() if key != "shape"}
 
 
 def _chunk_cap(values) -> int:
@@ -223,6 +270,22 @@ def _new_root(location: str, storage_options):
     store = zarr_store(location, read_only=False, storage_options=storage_options)
     if zarr.core.sync.sync(store.exists("zarr.json")):
         raise StoreExistsError(f"{location} already holds Zarr data")
+    return zarr.open_group(store, mode="a", zarr_format=3)
+
+
+def _unfinished_root(location: str, storage_options):
+    """The root group of a creation cut short, to finish (``create_streamed_token_store(resume=True)``):
+    its token arrays are kept, anything else it may hold (an image store's labels, a killed write's
+    ``.partial`` file) is deleted."""
+    store = zarr_store(location, read_only=False, storage_options=storage_options)
+
+    async def clear() -> None:
+        for key in [key async for key in store.list()]:
+            if key.endswith(".partial") or key.startswith(tuple(f"{name}/" for name in ROOT_ARRAYS
+                                                                if name not in TOKEN_ARRAYS)):
+                await store.delete(key)
+
+    zarr.core.sync.sync(clear())
     return zarr.open_group(store, mode="a", zarr_format=3)
 
 

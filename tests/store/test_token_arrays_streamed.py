@@ -4,8 +4,13 @@ a broken rule, as the whole read does."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import tracemalloc
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,8 +19,14 @@ import zarr
 import logitcache.store._root as root_module
 import logitcache.store._tokens as tokens_module
 from logitcache.errors import CorruptStoreError
-from logitcache.store import create_token_store, open_store, verify_store
+from logitcache.store import create_token_store, is_unfinished_creation, open_store, verify_store
+from logitcache.store._root import create_streamed_token_store
 from logitcache.store._tokens import check_stored_sequences, token_fingerprint
+from tests.conftest import store_contents
+
+REPO = Path(__file__).resolve().parents[2]
+SHAKESPEARE = REPO / "data" / "text" / "shakespeare"
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
 SEQUENCES, LENGTH = 2048, 256  # 512 KiB of tokens and of mask, in 32 chunks of 64 sequences each
 
@@ -89,3 +100,74 @@ def test_streamed_verify_finds_a_damaged_moved_or_rule_breaking_chunk(many_chunk
     assert says in report.problems[0] and len(report.problems) == 1, report.problems
     with pytest.raises(CorruptStoreError, match=says):  # the whole read says the same
         open_store(many_chunks).tokens
+
+
+def test_a_dump_killed_mid_token_arrays_keeps_their_whole_chunks_and_ends_byte_identical(tmp_path):
+    """A real kill (``tests.killpoints``: ``os._exit`` right after a chunk is stored, nothing cleaned
+    up) after the 5th of the tokens array's 48 chunks; the same command keeps those 5 and writes the
+    other 43 (counted by the same hook, without a kill), and the store is the uninterrupted dump's,
+    byte for byte."""
+    text = tmp_path / "hamlet.md"
+    text.write_text((SHAKESPEARE / "hamlet.md").read_text(encoding="utf-8")[:24_000], encoding="utf-8")
+
+    def dump(store, kill: int) -> tuple[int, int]:
+        """(exit code, token chunks written) of the dump into ``store``, killed after ``kill`` (0: never)."""
+        args = ["dump", str(store), "--teacher", "tests.factories:tiny_lm", "--dataset", f"text:{text}",
+                "--tokenizer", "bytes", "--seq-len", "64", "--codec", "topk:4", "--rows-per-shard", str(64 * 128),
+                "--no-progress"]
+        env = {**ENV, "KILLPOINTS_KEY": "tokens/c/", "KILLPOINTS_CHUNK_BYTES": str(8 * 64)}  # 8 sequences a chunk
+        done = subprocess.run([sys.executable, "-m", "tests.killpoints", str(kill), *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+        written = [line for line in done.stderr.splitlines() if line.startswith("metadata writes: ")]
+        return done.returncode, int(written[-1].split(": ")[1]) if written else -1
+
+    whole = tmp_path / "whole.zarr"
+    code, chunks = dump(whole, 0)
+    assert code == 0 and chunks == 48 == len(list((whole / "tokens" / "c").iterdir())), (code, chunks)
+    killed = tmp_path / "killed.zarr"
+    assert dump(killed, 5) == (137, -1)
+    assert dump(killed, 0) == (0, 48 - 5)
+    assert store_contents(killed) == store_contents(whole)
+
+
+def _rows(tokens, lengths):
+    loss_mask = np.arange(tokens.shape[1])[None, :] < lengths[:, None] - 1
+    return SimpleNamespace(tokens=tokens, loss_mask=loss_mask, lengths=lengths,
+                           keys=[f"doc#{i}" for i in range(len(tokens))])
+
+
+def _cut_short(path):
+    """What a creation killed before its root attribute leaves: the arrays, no attribute."""
+    group = zarr.open_group(str(path), mode="r+")
+    del group.attrs["logitcache"]
+    assert is_unfinished_creation(path)
+
+
+@pytest.mark.parametrize("before", ["complete", "other rows", "damaged chunk", "image labels"])
+def test_a_resumed_creation_keeps_the_chunks_that_hold_its_rows_and_ends_as_a_fresh_one(tmp_path, monkeypatch,
+                                                                                          before):
+    """The states a cut-short creation can leave, finished in-process: everything written (only the
+    edge chunk is written again), a creation from other rows (rewritten from the first difference, the
+    surplus dropped), a damaged chunk (rewritten), an image store's leftover labels (deleted)."""
+    monkeypatch.setattr(root_module, "INDEX_CHUNK_BYTES", 16 << 10)  # 64 sequences a chunk
+    rng = np.random.default_rng(1)
+    rows = _rows(rng.integers(0, 256, (1000, LENGTH)), rng.integers(2, LENGTH + 1, 1000))
+    made = {"vocab_size": 256, "tokenizer": {"spec": "bytes"}, "describe": lambda: {"spec": "test"}}
+    fresh, path = tmp_path / "fresh.zarr", tmp_path / "resumed.zarr"
+    create_streamed_token_store(fresh, [rows], **made)
+    if before == "other rows":  # the same from chunk 2 on differs, and there were more of them
+        other = rows.tokens.copy()
+        other[200:] = (other[200:] + 1) % 256
+        create_streamed_token_store(path, [_rows(np.concatenate([other, other[:300]]),
+                                                 np.concatenate([rows.lengths, rows.lengths[:300]]))], **made)
+    else:
+        shutil.copytree(fresh, path)
+    if before == "damaged chunk":
+        (path / "tokens" / "c" / "9" / "0").write_bytes(b"not a chunk")
+    if before == "image labels":
+        zarr.open_group(str(path), mode="r+").create_array("labels", shape=(3,), dtype="int64")
+    _cut_short(path)
+    first_chunk = os.stat(path / "tokens" / "c" / "0" / "0").st_mtime_ns
+    create_streamed_token_store(path, [rows], **made, resume=True)
+    assert store_contents(path) == store_contents(fresh)
+    assert os.stat(path / "tokens" / "c" / "0" / "0").st_mtime_ns == first_chunk  # kept, not written again
