@@ -90,7 +90,8 @@ def create_streamed_token_store(location, rows: Iterable, *, vocab_size: int, to
                                 describe: Callable[[], dict], storage_options=None, resume: bool = False) -> LogitStore:
     """Create a token store from blocks of rows (each with ``tokens``, ``loss_mask``, ``lengths``
     and ``keys``), written as they come; ``describe()``, called once they are all written, gives the
-    ``dataset`` record. Anything the blocks raise leaves nothing behind.
+    ``dataset`` record. Anything the blocks raise leaves nothing behind, but a ``KeyboardInterrupt``,
+    which leaves what is written, as a kill does.
 
     With ``resume``, ``location`` holds a creation cut short (``is_unfinished_creation``): each
     array's whole chunks already stored with these rows' values are kept, not written again, and
@@ -110,6 +111,8 @@ def create_streamed_token_store(location, rows: Iterable, *, vocab_size: int, to
             fingerprint = stored_token_fingerprint(group, vocab_size, location)
             record = token_dataset_record(describe(), **counts, vocab_size=vocab_size, tokenizer=tokenizer,
                                           fingerprint=fingerprint)
+        except KeyboardInterrupt:  # Ctrl-C, like a kill: what is written stays for the same command to resume
+            raise
         except BaseException:
             with contextlib.suppress(Exception):
                 remove_location(location, storage_options)

@@ -171,3 +171,25 @@ def test_a_resumed_creation_keeps_the_chunks_that_hold_its_rows_and_ends_as_a_fr
     create_streamed_token_store(path, [rows], **made, resume=True)
     assert store_contents(path) == store_contents(fresh)
     assert os.stat(path / "tokens" / "c" / "0" / "0").st_mtime_ns == first_chunk  # kept, not written again
+
+
+def test_ctrl_c_keeps_the_chunks_written_for_the_same_command_to_resume(tmp_path, monkeypatch):
+    monkeypatch.setattr(root_module, "INDEX_CHUNK_BYTES", 16 << 10)  # 64 sequences a chunk
+    rng = np.random.default_rng(2)
+    rows = _rows(rng.integers(0, 256, (600, LENGTH)), rng.integers(2, LENGTH + 1, 600))
+    blocks = [_rows(rows.tokens[i:i + 100], rows.lengths[i:i + 100]) for i in range(0, 600, 100)]
+    for block, first in zip(blocks, range(0, 600, 100)):
+        block.keys = rows.keys[first:first + 100]
+
+    def interrupted():
+        yield from blocks[:3]
+        raise KeyboardInterrupt
+
+    made = {"vocab_size": 256, "tokenizer": {"spec": "bytes"}, "describe": lambda: {"spec": "test"}}
+    path, fresh = tmp_path / "resumed.zarr", tmp_path / "fresh.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        create_streamed_token_store(path, interrupted(), **made)
+    assert is_unfinished_creation(path) and len(list((path / "tokens" / "c").iterdir())) == 4  # 300 rows: 4 chunks
+    create_streamed_token_store(path, blocks, **made, resume=True)
+    create_streamed_token_store(fresh, blocks, **made)
+    assert store_contents(path) == store_contents(fresh)
