@@ -9,7 +9,7 @@ tokenizer trained here.
     $ python benchmarks/token_stream.py resume "text:/tmp/lc_corpus/00[0-1]*.txt" bytes /tmp/lc_resume
     $ python benchmarks/token_stream.py verify /tmp/lc_bench_store.zarr --baseline /tmp/lc_main   # after ``pack``
     $ python benchmarks/token_stream.py read /tmp/lc_bench_store.zarr --baseline /tmp/lc_main --budget 64e6
-    $ python benchmarks/token_stream.py store-resume "text:/tmp/lc_corpus/*.txt" bytes /tmp/lc_resumed.zarr --kill 12
+    $ PROGRESS_SECONDS=2 python benchmarks/token_stream.py store-resume "text:/tmp/lc_corpus/*.txt" bytes /tmp/lc_resumed.zarr
 
 ``pack`` runs each configuration in a fresh process and prints its peak RSS (``ru_maxrss``) and
 tokens/s: ``stream`` (this checkout: every row cut, none kept), ``store`` (this checkout: the rows
@@ -76,7 +76,7 @@ def child(mode: str, spec: str, tokenizer_spec: str, out: str) -> None:
     from logitcache.sources import get_token_dataset, get_tokenizer
 
     tokenizer = get_tokenizer(tokenizer_spec)
-    started = time.perf_counter()
+    started, extra = time.perf_counter(), {}
     if mode == "main":
         source = get_token_dataset(spec, tokenizer, SEQ_LEN)
         rows, tokens = len(source.keys), int(source.lengths.sum())
@@ -91,24 +91,27 @@ def child(mode: str, spec: str, tokenizer_spec: str, out: str) -> None:
         from logitcache.store import is_unfinished_creation
         from logitcache.store._root import create_streamed_token_store
 
-        resume = mode == "store-resume" and is_unfinished_creation(out)
-        if mode.startswith("store-kill:"):  # os._exit right after the K-th chunk of the tokens array is stored
-            sys.path.insert(0, str(REPO))
-            from tests.killpoints import _install
+        import logitcache.store._token_writes as writes
 
-            os.environ["KILLPOINTS_KEY"] = "tokens/c/"
-            _install(int(mode.split(":")[1]))
+        writes.PROGRESS_SECONDS = float(os.environ.get("PROGRESS_SECONDS", writes.PROGRESS_SECONDS))
+        resume = mode == "store-resume" and is_unfinished_creation(out)
+        sys.path.insert(0, str(REPO))  # every write into the tokens array counted; with store-kill:K,
+        from tests.killpoints import _install  # os._exit right after the K-th
+
+        os.environ["KILLPOINTS_KEY"] = "tokens/c/"
+        token_writes = _install(int(mode.split(":")[1]) if mode.startswith("store-kill:") else 0)
         if not resume:
             shutil.rmtree(out, ignore_errors=True)
         stream = stream_token_dataset(spec, tokenizer, SEQ_LEN)
         store = create_streamed_token_store(out, stream, vocab_size=tokenizer.vocab_size, resume=resume,
                                             tokenizer=tokenizer.describe(), describe=lambda: stream.description)
         rows, tokens = store.num_samples, int(store.dataset["num_tokens"])
+        extra = {"token_writes": token_writes[0]}
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"mode": mode + (" (resumed)" if mode == "store-resume" and resume else ""), "rows": rows,
                       "tokens": tokens, "seconds": round(seconds, 2),
-                      "tokens_per_s": round(tokens / seconds), "peak_rss_mib": round(peak)}))
+                      "tokens_per_s": round(tokens / seconds), "peak_rss_mib": round(peak), **extra}))
 
 
 def pack(spec: str, tokenizer_spec: str, baseline: str | None, modes: list[str]) -> None:
@@ -124,18 +127,22 @@ def pack(spec: str, tokenizer_spec: str, baseline: str | None, modes: list[str])
         print(f"{tokenizer_spec:>12} {mode:>6}: {line}", flush=True)
 
 
-def store_resume(spec: str, tokenizer_spec: str, out: str, kill: int) -> None:
-    """Token arrays written whole; then written again, killed after ``kill`` chunks of the tokens
-    array and resumed (this checkout; main's resume is the whole creation again); same bytes?"""
+def store_resume(spec: str, tokenizer_spec: str, out: str, kill: int | None) -> None:
+    """Token arrays written whole; then written again, killed after ``kill`` writes into the tokens
+    array (default: half of the whole run's) and resumed (this checkout; main's resume is the whole
+    creation again); same bytes?"""
     sys.path.insert(0, str(REPO))
     from tests.conftest import store_contents
 
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    runs = [("store", out + ".whole"), (f"store-kill:{kill}", out), ("store-resume", out)]
-    for mode, where in runs:
+    env, whole = {**os.environ, "PYTHONPATH": str(REPO)}, {}
+    for mode, where in (("store", out + ".whole"), ("store-kill", out), ("store-resume", out)):
+        if mode == "store-kill":
+            mode = f"store-kill:{kill or max(1, whole['token_writes'] // 2)}"
         command = [sys.executable, str(Path(__file__).resolve()), "child", mode, spec, tokenizer_spec, where]
         result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
         line = result.stdout.strip().splitlines()[-1] if result.returncode == 0 else f"exit {result.returncode}"
+        if mode == "store":
+            whole.update(json.loads(line))
         print(f"{mode:>14}: {line}", flush=True)
     print("byte-identical to the uninterrupted one:", store_contents(Path(out)) == store_contents(Path(out + ".whole")))
 
@@ -259,7 +266,7 @@ def main() -> None:
     again_store = commands.add_parser("store-resume")
     for name in ("spec", "tokenizer", "out"):
         again_store.add_argument(name)
-    again_store.add_argument("--kill", type=int, default=12)
+    again_store.add_argument("--kill", type=int)
     read = commands.add_parser("read")
     read.add_argument("store")
     read.add_argument("--baseline")

@@ -9,9 +9,9 @@ path is its own to delete: an ``--overwrite``, or a creation a killed dump left 
 A token dump's corpus comes as a stream (``dump/token_dump.TokenInputs``): a new store is written from
 it a block at a time, an existing one is compared with it a block at a time, and the corpus's
 description, complete once that pass has ended, is what the teacher's provenance records. A
-token store's creation killed midway is finished by the same command: the corpus is read again,
-and each array's whole chunks already written are kept (``create_streamed_token_store(resume=True)``);
-an image store's is deleted and written again. The teacher's shards resume one by one.
+token store's creation killed midway is finished by the same command, mid-corpus from its last
+progress record (``create_streamed_token_store(resume=True)``); an image store's is deleted and
+written again. The teacher's shards resume one by one.
 """
 
 from __future__ import annotations

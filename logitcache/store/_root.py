@@ -13,8 +13,8 @@ read back for the token fingerprint, then the attribute: the bytes are those of 
 written at once (each array's chunk rows are the rule ``_write_index_array`` applies to the whole;
 the arrays grow by doubling and are cut to their length at the end, as zarr stores edge chunks).
 A creation that fails is deleted again; one that is killed is what ``is_unfinished_creation`` finds,
-and a token store's is finished by ``create_streamed_token_store(..., resume=True)``: each array's
-whole chunks already stored with the same rows are kept, the rest written (the same bytes again).
+and a token store's is finished by ``create_streamed_token_store(..., resume=True)``, mid-corpus
+from its last progress record (``_token_writes.py``), with the same bytes again.
 """
 
 from __future__ import annotations
@@ -33,19 +33,9 @@ from ._fingerprint import dataset_fingerprint
 from ._lock import LOCK_DIR
 from ._schema import BASE_VERSION, FORMAT_NAME, ROOT_ATTR, TOKENS_VERSION
 from ._store import LogitStore, open_store
-from ._tokens import (
-    LENGTHS_ARRAY,
-    LOSS_MASK_ARRAY,
-    TOKEN_ARRAYS,
-    TOKENS_ARRAY,
-    check_sequences,
-    stored_token_fingerprint,
-    token_dataset_record,
-    token_dtype,
-)
+from ._token_writes import INDEX_CHUNK_ROWS, write_token_arrays
+from ._tokens import TOKEN_ARRAYS, check_sequences, stored_token_fingerprint, token_dataset_record
 
-INDEX_CHUNK_ROWS = 65536  # keys and labels: small, read whole, one checksummed chunk per 64k rows
-INDEX_CHUNK_BYTES = 4 << 20  # and a chunk of a wider array (tokens, loss_mask) holds at most 4 MiB
 ROOT_ARRAYS = ("keys", "labels", *TOKEN_ARRAYS)  # what a root may hold before its attribute is written
 
 
@@ -93,11 +83,11 @@ def create_streamed_token_store(location, rows: Iterable, *, vocab_size: int, to
     ``dataset`` record. Anything the blocks raise leaves nothing behind, but a ``KeyboardInterrupt``,
     which leaves what is written, as a kill does.
 
-    With ``resume``, ``location`` holds a creation cut short (``is_unfinished_creation``): each
-    array's whole chunks already stored with these rows' values are kept, not written again, and
-    the rest is written from the first chunk that differs or is missing, so the bytes are those of
-    a creation never cut short. The blocks are still read from the start (the corpus is tokenised
-    again up to where the creation stopped; only the writing resumes).
+    With ``resume``, ``location`` holds a creation cut short (``is_unfinished_creation``): a stream
+    (``sources.TokenStream``) of the same corpus continues from the creation's last progress record,
+    the records before it read but not tokenised; otherwise the blocks are read from the start and
+    each array's whole chunks already stored with their values are kept, the rest written. Either
+    way the bytes are those of a creation never cut short (``_token_writes.py``).
 
     Raises:
         DatasetError: a block is not token sequences of this vocabulary, or there are none.
@@ -107,7 +97,7 @@ def create_streamed_token_store(location, rows: Iterable, *, vocab_size: int, to
     with _root_errors(location):
         group = _unfinished_root(location, storage_options) if resume else _new_root(location, storage_options)
         try:
-            counts = _write_token_arrays(group, rows, vocab_size, resume)
+            counts = write_token_arrays(group, rows, vocab_size, resume)
             fingerprint = stored_token_fingerprint(group, vocab_size, location)
             record = token_dataset_record(describe(), **counts, vocab_size=vocab_size, tokenizer=tokenizer,
                                           fingerprint=fingerprint)
@@ -117,7 +107,8 @@ def create_streamed_token_store(location, rows: Iterable, *, vocab_size: int, to
             with contextlib.suppress(Exception):
                 remove_location(location, storage_options)
             raise
-        group.attrs[ROOT_ATTR] = {"format": FORMAT_NAME, "version": TOKENS_VERSION, "dataset": record}
+        # the attribute alone: a streamed creation's progress record goes in the same write
+        group.attrs.put({ROOT_ATTR: {"format": FORMAT_NAME, "version": TOKENS_VERSION, "dataset": record}})
     return open_store(location, read_only=False, storage_options=storage_options)
 
 
@@ -126,131 +117,6 @@ class _Rows:
 
     def __init__(self, tokens, loss_mask, lengths, keys):
         self.tokens, self.loss_mask, self.lengths, self.keys = tokens, loss_mask, lengths, keys
-
-
-def _write_token_arrays(group, rows: Iterable, vocab_size: int, resume: bool = False) -> dict:
-    """Every block into the four arrays, each checked first; the counts the dataset record holds."""
-    writers, counts = {}, {"num_sequences": 0, "seq_len": None, "num_tokens": 0, "num_targets": 0}
-    for block in rows:
-        tokens, loss_mask = np.asarray(block.tokens), np.asarray(block.loss_mask, dtype=bool)
-        lengths, keys = np.asarray(block.lengths, dtype=np.int64), [str(k) for k in block.keys]
-        why = check_sequences(tokens, loss_mask, lengths, vocab_size) or (
-            None if len(keys) == len(tokens) else f"{len(keys)} keys for {len(tokens)} sequences") or (
-            None if counts["seq_len"] in (None, tokens.shape[1]) else
-            f"a block of {tokens.shape[1]} positions after blocks of {counts['seq_len']}")
-        if why:
-            raise DatasetError(f"cannot make a token store: {why}")
-        if not writers:
-            writers = {name: _GrowingArray(group, name, resume) for name in TOKEN_ARRAYS}
-        for name, values in (("keys", keys), (TOKENS_ARRAY, tokens.astype(token_dtype(vocab_size))),
-                             (LOSS_MASK_ARRAY, loss_mask), (LENGTHS_ARRAY, lengths)):
-            writers[name].append(values)
-        counts.update(num_sequences=counts["num_sequences"] + len(keys), seq_len=tokens.shape[1],
-                      num_tokens=counts["num_tokens"] + int(lengths.sum()),
-                      num_targets=counts["num_targets"] + int(loss_mask.sum()))
-    if not writers:
-        raise DatasetError("cannot make a token store: tokens must be (sequences >= 1, length >= 2), not none")
-    for writer in writers.values():
-        writer.close()
-    return counts
-
-
-class _GrowingArray:
-    """One root array written a whole number of chunks at a time, with the chunk rows
-    ``_write_index_array`` gives the whole array: rows are held until a chunk is full, and the
-    first chunk's rows are known once that many have come or the rows end.
-
-    Resuming, an array already there with this one's metadata (but its shape) is kept, and its
-    whole chunks that hold the rows' values are skipped; from the first that does not (or is
-    missing, or cannot be read) the array is cut there and written as new. A chunk is written
-    whole by this one writer (zarr's stores put an object whole), so one that is there is complete."""
-
-    def __init__(self, group, name: str, resume: bool = False):
-        self.group, self.name, self.resuming = group, name, resume
-        self.array, self.chunk, self.written = None, None, 0
-        self.pending: list = []
-        self.pending_rows = 0
-
-    def append(self, values) -> None:
-        self.pending.append(values)
-        self.pending_rows += len(values)
-        if self.chunk is None and self.pending_rows >= _chunk_cap(values):
-            self._create(_chunk_cap(values))
-        if self.array is not None and self.pending_rows >= self.chunk:
-            self._flush(self.pending_rows // self.chunk * self.chunk)
-
-    def close(self) -> None:
-        if self.array is None:
-            self._create(max(1, self.pending_rows))
-        if self.pending_rows:
-            self._flush(self.pending_rows)
-        self.array.resize((self.written, *self.array.shape[1:]))
-
-    def _create(self, chunk: int) -> None:
-        self.chunk, first = chunk, self.pending[0]
-        if isinstance(first, list):
-            spec = {"shape": (chunk,), "dtype": str, "chunks": (chunk,),
-                    "compressors": [zarr.codecs.ZstdCodec(level=5), zarr.codecs.Crc32cCodec()]}
-        else:
-            spec = {"shape": (chunk, *first.shape[1:]), "dtype": first.dtype, "chunks": (chunk, *first.shape[1:]),
-                    "compressors": compressors()}
-        if self.resuming and self.name in self.group:
-            existing = self.group[self.name]
-            if _without_shape(existing) == _without_shape(zarr.create_array(zarr.storage.MemoryStore(), **spec)):
-                self.array = existing
-                return
-            del self.group[self.name]
-        self.resuming = False
-        self.array = self.group.create_array(self.name, **spec)
-
-    def _flush(self, rows: int) -> None:
-        """The first ``rows`` pending rows into the array (grown by doubling when they do not fit)."""
-        joined = self._joined()
-        values, rest = joined[:rows], joined[rows:]
-        stored = self._stored_rows(values) if self.resuming else 0
-        end = self.written + rows
-        if end > self.array.shape[0]:
-            self.array.resize((max(end, 2 * self.array.shape[0]), *self.array.shape[1:]))
-        if stored < rows:
-            new = values[stored:]
-            self.array[self.written + stored:end] = np.asarray(new, dtype=object) if isinstance(new, list) else new
-        self.written, self.pending, self.pending_rows = end, [rest] if len(rest) else [], len(rest)
-
-    def _stored_rows(self, values) -> int:
-        """How many of ``values`` (whole chunks from ``written`` on) the array holds already; at the
-        first chunk it does not, the array is cut there and the resume ends."""
-        same = 0
-        while same + self.chunk <= len(values) and self.written + same + self.chunk <= self.array.shape[0]:
-            start = self.written + same
-            try:
-                held = self.array[start:start + self.chunk]
-            except Exception:  # a damaged chunk: written again below
-                break
-            wanted = values[same:same + self.chunk]
-            if not (held.tolist() == wanted if isinstance(wanted, list) else np.array_equal(held, wanted)):
-                break
-            same += self.chunk
-        if same < len(values):
-            self.array.resize((self.written + same, *self.array.shape[1:]))  # drops every chunk from there on
-            self.resuming = False
-        return same
-
-    def _joined(self):
-        if isinstance(self.pending[0], list):
-            return [value for part in self.pending for value in part]
-        return np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
-
-
-def _without_shape(array) -> dict:
-    """An array's metadata but its shape: what a resumed creation must find to keep its chunks."""
-    return {key: value for key, value in array.metadata.to_dict().items() if key != "shape"}
-
-
-def _chunk_cap(values) -> int:
-    """The most rows ``_write_index_array`` puts in a chunk of this array, whatever its length."""
-    if isinstance(values, list):
-        return INDEX_CHUNK_ROWS
-    return max(1, min(INDEX_CHUNK_ROWS, INDEX_CHUNK_BYTES // max(1, values[:1].nbytes)))
 
 
 def _create_root(location, arrays: dict, record: dict, version: int, storage_options) -> LogitStore:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import zarr
 
-import logitcache.store._root as root_module
+import logitcache.store._token_writes as root_module
 import logitcache.store._tokens as tokens_module
 from logitcache.errors import CorruptStoreError
 from logitcache.store import create_token_store, is_unfinished_creation, open_store, verify_store
@@ -102,31 +102,38 @@ def test_streamed_verify_finds_a_damaged_moved_or_rule_breaking_chunk(many_chunk
         open_store(many_chunks).tokens
 
 
-def test_a_dump_killed_mid_token_arrays_keeps_their_whole_chunks_and_ends_byte_identical(tmp_path):
+def test_a_dump_killed_mid_token_arrays_resumes_mid_corpus_and_ends_byte_identical(tmp_path):
     """A real kill (``tests.killpoints``: ``os._exit`` right after a chunk is stored, nothing cleaned
-    up) after the 5th of the tokens array's 48 chunks; the same command keeps those 5 and writes the
-    other 43 (counted by the same hook, without a kill), and the store is the uninterrupted dump's,
-    byte for byte."""
-    text = tmp_path / "hamlet.md"
-    text.write_text((SHAKESPEARE / "hamlet.md").read_text(encoding="utf-8")[:24_000], encoding="utf-8")
+    up) after the 20th write into the tokens array, progress recorded after every block (a document);
+    the same command continues from the last record, writing fewer chunks than a whole dump (counted
+    by the same hook, without a kill), and the store is the uninterrupted dump's, byte for byte."""
+    hamlet = (SHAKESPEARE / "hamlet.md").read_text(encoding="utf-8")[:24_000]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for index in range(12):
+        (corpus / f"{index:02d}.md").write_text(hamlet[index * 2000:(index + 1) * 2000], encoding="utf-8")
+    settings = ",".join(["logitcache.store._token_writes.INDEX_CHUNK_BYTES=512",  # 8 sequences of 64 a chunk
+                         "logitcache.store._token_writes.PROGRESS_SECONDS=0",
+                         "logitcache.sources.token_datasets.BATCH_RECORDS=1"])
 
     def dump(store, kill: int) -> tuple[int, int]:
-        """(exit code, token chunks written) of the dump into ``store``, killed after ``kill`` (0: never)."""
-        args = ["dump", str(store), "--teacher", "tests.factories:tiny_lm", "--dataset", f"text:{text}",
+        """(exit code, token chunk writes) of the dump into ``store``, killed after ``kill`` (0: never)."""
+        args = ["dump", str(store), "--teacher", "tests.factories:tiny_lm", "--dataset", f"text:{corpus}/*.md",
                 "--tokenizer", "bytes", "--seq-len", "64", "--codec", "topk:4", "--rows-per-shard", str(64 * 128),
                 "--no-progress"]
-        env = {**ENV, "KILLPOINTS_KEY": "tokens/c/", "KILLPOINTS_CHUNK_BYTES": str(8 * 64)}  # 8 sequences a chunk
+        env = {**ENV, "KILLPOINTS_KEY": "tokens/c/", "KILLPOINTS_SET": settings}
         done = subprocess.run([sys.executable, "-m", "tests.killpoints", str(kill), *args], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=300)
         written = [line for line in done.stderr.splitlines() if line.startswith("metadata writes: ")]
         return done.returncode, int(written[-1].split(": ")[1]) if written else -1
 
     whole = tmp_path / "whole.zarr"
-    code, chunks = dump(whole, 0)
-    assert code == 0 and chunks == 48 == len(list((whole / "tokens" / "c").iterdir())), (code, chunks)
+    code, writes = dump(whole, 0)
+    assert code == 0 and len(list((whole / "tokens" / "c").iterdir())) == 48, (code, writes)
     killed = tmp_path / "killed.zarr"
-    assert dump(killed, 5) == (137, -1)
-    assert dump(killed, 0) == (0, 48 - 5)
+    assert dump(killed, 20) == (137, -1)
+    code, resumed = dump(killed, 0)
+    assert code == 0 and resumed <= writes - 8, (resumed, writes)  # the first blocks' chunks are not written again
     assert store_contents(killed) == store_contents(whole)
 
 
@@ -192,4 +199,51 @@ def test_ctrl_c_keeps_the_chunks_written_for_the_same_command_to_resume(tmp_path
     assert is_unfinished_creation(path) and len(list((path / "tokens" / "c").iterdir())) == 4  # 300 rows: 4 chunks
     create_streamed_token_store(path, blocks, **made, resume=True)
     create_streamed_token_store(fresh, blocks, **made)
+    assert store_contents(path) == store_contents(fresh)
+
+
+@pytest.mark.parametrize("interrupt_at", [1, 3, 6, 9])
+def test_a_stream_resumes_mid_corpus_from_its_last_progress_record(tmp_path, monkeypatch, interrupt_at):
+    """With a progress record after every block, a creation interrupted while tokenising record K is
+    continued from the last record: the records before are not tokenised again, and the store is a
+    fresh creation's, byte for byte (keys and lengths, never a whole chunk here, come from the record;
+    the tokens' partial chunk from the array)."""
+    from logitcache.sources import get_tokenizer
+    from logitcache.sources.token_datasets import stream_token_dataset
+
+    monkeypatch.setattr(root_module, "INDEX_CHUNK_BYTES", 5 * 64)  # five sequences of tokens a chunk
+    monkeypatch.setattr(root_module, "PROGRESS_SECONDS", 0.0)
+    import logitcache.sources.token_datasets as datasets_module
+
+    monkeypatch.setattr(datasets_module, "BATCH_RECORDS", 1)  # a block per document
+    hamlet = (SHAKESPEARE / "hamlet.md").read_text(encoding="utf-8")[:12_000]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for index in range(10):
+        (corpus / f"{index:02d}.md").write_text(hamlet[index * 1200:(index + 1) * 1200], encoding="utf-8")
+    tokenizer, spec = get_tokenizer("bytes"), f"text:{corpus}/*.md"
+    made = {"vocab_size": 256, "tokenizer": {"spec": "bytes"}}
+
+    def create(path, resume=False):
+        stream = stream_token_dataset(spec, tokenizer, 64)
+        return create_streamed_token_store(path, stream, **made, describe=lambda: stream.description, resume=resume)
+
+    fresh, path = tmp_path / "fresh.zarr", tmp_path / "resumed.zarr"
+    create(fresh)
+    encoded, interrupting = [], [True]
+
+    def encode_batch(texts, real=tokenizer.encode_batch):
+        if interrupting[0] and len(encoded) == interrupt_at:
+            raise KeyboardInterrupt
+        encoded.extend(texts)
+        return real(texts)
+
+    monkeypatch.setattr(tokenizer, "encode_batch", encode_batch)
+    with pytest.raises(KeyboardInterrupt):
+        create(path)
+    assert is_unfinished_creation(path) and "logitcache_creating" in zarr.open_group(str(path)).attrs
+    encoded.clear()
+    interrupting[0] = False
+    create(path, resume=True)
+    assert len(encoded) == 10 - interrupt_at  # only the records after the last progress record
     assert store_contents(path) == store_contents(fresh)

@@ -313,7 +313,7 @@ def test_token_sequences_read_by_window_train_to_the_bits_of_the_held_ones(tmp_p
     """At a tiny budget the token ids and loss mask go through the targets' windowed reader, a chunk
     of 8 sequences at a time, never read whole; a few steps in the streamed order give the losses of
     the same batches read from memory, to the bit."""
-    import logitcache.store._root as root_module
+    import logitcache.store._token_writes as root_module
 
     monkeypatch.setattr(root_module, "INDEX_CHUNK_BYTES", 8 * 64)  # token chunks of 8 sequences of 64 bytes
     path = dump(tmp_path / "chunked.zarr", text, "topk:8")
