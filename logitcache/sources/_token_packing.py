@@ -71,7 +71,8 @@ class PackedRows:
         JSON: ``from_state`` continues from it exactly, so a stream can resume mid-corpus."""
         return {"ids": base64.b64encode(self._ids.astype("<u4").tobytes()).decode(),
                 "targets": base64.b64encode(np.packbits(self._targets).tobytes()).decode(),
-                "offset": self._offset, "owners": [list(owner) for owner in self._owners],
+                "offset": int(self._offset),
+                "owners": [[int(position), str(key), int(start)] for position, key, start in self._owners],
                 "previous_plain": self._previous_plain, "finished": self._finished}
 
     @classmethod

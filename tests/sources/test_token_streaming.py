@@ -206,3 +206,22 @@ def test_a_stream_resumed_from_any_blocks_position_gives_the_rest_and_the_same_d
 def same_block(a, b) -> bool:
     return a.keys == b.keys and all(np.array_equal(getattr(a, n), getattr(b, n)) for n in ("tokens", "loss_mask",
                                                                                               "lengths"))
+
+
+@pytest.mark.parametrize("spec_split", ["val", "train"])
+def test_a_record_stream_resumed_mid_corpus_keeps_its_record_split(tmp_path, monkeypatch, spec_split):
+    """Records split by index (every 10th is val): resumed, the index goes on from the records read."""
+    monkeypatch.setattr(tokens_module, "BATCH_RECORDS", 3)
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps({"text": "w " * (i % 5 + 1) + str(i)}) for i in range(40)))
+    tokenizer, spec = get_tokenizer("bytes"), f"jsonl:{path}@{spec_split}"
+    stream = stream_token_dataset(spec, tokenizer, 16)
+    blocks, positions = [], []
+    for block in stream:
+        blocks.append(block)
+        positions.append(json.loads(json.dumps(stream.position)))
+    for k, position in enumerate(positions):
+        again = stream_token_dataset(spec, tokenizer, 16)
+        rest = list(again.rows_from(position))
+        assert len(rest) == len(blocks) - k - 1 and all(same_block(a, b) for a, b in zip(rest, blocks[k + 1:]))
+        assert again.description == stream.description
