@@ -202,16 +202,18 @@ def test_ctrl_c_keeps_the_chunks_written_for_the_same_command_to_resume(tmp_path
     assert store_contents(path) == store_contents(fresh)
 
 
+@pytest.mark.parametrize("index_rows", [65536, 16])
 @pytest.mark.parametrize("interrupt_at", [1, 3, 6, 9])
-def test_a_stream_resumes_mid_corpus_from_its_last_progress_record(tmp_path, monkeypatch, interrupt_at):
+def test_a_stream_resumes_mid_corpus_from_its_last_progress_record(tmp_path, monkeypatch, interrupt_at, index_rows):
     """With a progress record after every block, a creation interrupted while tokenising record K is
     continued from the last record: the records before are not tokenised again, and the store is a
-    fresh creation's, byte for byte (keys and lengths, never a whole chunk here, come from the record;
-    the tokens' partial chunk from the array)."""
+    fresh creation's, byte for byte. Keys and lengths come from the record while their arrays are
+    not made (65,536 rows a chunk), from the arrays' partial chunks once they are (16), as tokens do."""
     from logitcache.sources import get_tokenizer
     from logitcache.sources.token_datasets import stream_token_dataset
 
     monkeypatch.setattr(root_module, "INDEX_CHUNK_BYTES", 5 * 64)  # five sequences of tokens a chunk
+    monkeypatch.setattr(root_module, "INDEX_CHUNK_ROWS", index_rows)
     monkeypatch.setattr(root_module, "PROGRESS_SECONDS", 0.0)
     import logitcache.sources.token_datasets as datasets_module
 
