@@ -74,6 +74,7 @@ from .errors import (
     StoreMismatchError,
 )
 from .store import LogitStore, Teacher, open_store
+from .store._tokens import StoredSequences
 from .whole_files import write_failure
 
 IGNORE_INDEX = -100  # axolotl's label (and Hugging Face's) for a position that is not a target
@@ -152,16 +153,18 @@ def sequence_rows(location: str, teacher: str, storage_options: dict | None) -> 
     generator ``Dataset.from_generator`` runs; plain arguments, so the dataset's fingerprint is cheap)."""
     store = open_store(location, storage_options=storage_options)
     source = store.teacher(teacher)
-    tokens, loss_mask, lengths, seq_len = store.tokens, store.loss_mask, store.lengths, store.seq_len
+    store.sequence_counts()  # the sequences checked against their fingerprint, a block at a time
+    sequences, seq_len = StoredSequences(store), store.seq_len  # then read a range of whole chunks at a time
     rows_per_chunk = source.layout.rows_per_chunk  # whole sequences (FORMAT.md)
     block_rows = rows_per_chunk * max(1, BLOCK_BYTES // (rows_per_chunk * _bytes_per_position(source)))
     for start in range(0, source.num_samples, block_rows):
         stop = min(start + block_rows, source.num_samples)
         stored = source.read_targets(start, stop)  # checked against the chunks' digests
         ids, logprobs = stored["indices"].astype(np.int32), _renormalised(stored["logprobs"])
-        for sequence in range(start // seq_len, stop // seq_len):
-            yield _row(tokens[sequence], loss_mask[sequence], int(lengths[sequence]),
-                       ids[sequence * seq_len - start:], logprobs[sequence * seq_len - start:])
+        tokens, loss_mask, lengths = sequences.rows(start // seq_len, stop // seq_len)
+        for offset in range(len(lengths)):
+            at = offset * seq_len
+            yield _row(tokens[offset], loss_mask[offset], int(lengths[offset]), ids[at:], logprobs[at:])
 
 
 def _row(tokens: np.ndarray, loss_mask: np.ndarray, length: int, ids: np.ndarray,

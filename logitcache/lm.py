@@ -25,7 +25,8 @@ Each item is one stored sequence, named as Hugging Face models and trainers expe
 Targets are read by whole sequences and decoded per batch (``TokenStoreDataset.batch``): held in
 memory, compact as stored, when they fit ``cache_budget``, else read many chunks at a time (a chunk
 holds whole sequences) through a window of them (``stored_rows.py``). Every read is checked against
-the store's digests.
+the store's digests. The token ids and loss mask go through the same reader, under the same budget:
+a corpus of billions of tokens is never held whole.
 ``chunked_distillation_loss`` takes the model instead of its logits and computes the loss a chunk of
 positions at a time through its head (``losses/chunked.py``): for logitcache's ``gpt``, any model
 with ``hidden_states``/``head_logits``, and Hugging Face causal LMs.
@@ -48,6 +49,7 @@ from .errors import ConfigError, StoreIncompleteError, StoreMismatchError
 from .losses import IGNORE_INDEX, TokenLossSums, token_loss_sums
 from .sources.lm_heads import SplitLM, split_lm
 from .store import LogitStore, Teacher, open_store
+from .store._tokens import SequenceRows, sequence_rows
 from .stored_rows import ReadsStoredRows, StoredRows
 
 CACHE_BUDGET = 4 << 30  # bytes of stored targets held in memory before they are read chunk by chunk
@@ -103,11 +105,16 @@ class TeacherTargets(ReadsStoredRows):
 class TokenStoreDataset(Dataset):
     """The sequences of a token store (format v4), each with its teacher's targets (module docstring).
 
+    The token ids and loss mask are read like the targets (``stored_rows.StoredRows``): held in
+    memory when they fit ``cache_budget``, else a window of whole chunks; only the (N,) lengths and
+    target counts are held whatever the corpus (checked a block at a time against the fingerprint).
+
     Args:
         store: a path or URL, or an open ``LogitStore``; it must be a token store.
         teacher: the teacher's name in the store (default: its only complete teacher).
         targets: False for the sequences alone (a label-only run reads no teacher).
-        cache_budget: bytes of stored targets held in memory before they are read chunk by chunk.
+        cache_budget: bytes of stored targets, and apart from them of token sequences, held in memory
+            before they are read chunk by chunk.
         allow_partial: train on the sequences an unfinished dump has written.
         storage_options: fsspec options for a remote store.
 
@@ -125,7 +132,12 @@ class TokenStoreDataset(Dataset):
         self.store, self.vocab_size = store, store.vocab_size
         self.teacher = open_teacher(store, teacher, allow_partial) if targets else None
         sequences = _written_sequences(self.teacher, store.seq_len) if self.teacher is not None else None
-        self._setup(store.tokens, store.loss_mask, store.lengths, sequences)
+        counts = store.sequence_counts()
+        source = SequenceRows(store)
+        row_bytes = store.seq_len * sum(array.dtype.itemsize for array in source.arrays.values())
+        self.rows = StoredRows([source], row_bytes, cache_budget, rows=sequences, reopen=sequence_rows,
+                               reading="its token sequences")
+        self._setup(counts["lengths"], counts["targets_per_sequence"], store.seq_len, sequences)
         self.targets = (TeacherTargets(self.teacher, store.seq_len, cache_budget, sequences)
                         if self.teacher is not None else None)
 
@@ -134,18 +146,15 @@ class TokenStoreDataset(Dataset):
         """Sequences without a teacher (a ``sources.TokenSource``'s arrays): label-only data."""
         dataset = cls.__new__(cls)
         dataset.store, dataset.teacher, dataset.targets, dataset.vocab_size = None, None, None, vocab_size
-        dataset._setup(tokens, loss_mask, lengths, None)
+        dataset.rows = _HeldSequences(tokens, loss_mask)
+        dataset._setup(lengths, dataset.rows.arrays["loss_mask"].sum(1), dataset.rows.arrays["tokens"].shape[1], None)
         return dataset
 
-    def _setup(self, tokens, loss_mask, lengths, sequences) -> None:
-        # numpy arrays: their fancy indexing costs microseconds where torch's may wait on its thread pool;
-        # the ids keep the store's compact dtype (uint8/16/32) and widen per batch
-        self.tokens = np.asarray(tokens)
-        self.loss_mask = np.asarray(loss_mask, dtype=bool)
+    def _setup(self, lengths, targets_per_sequence, seq_len: int, sequences) -> None:
         self.lengths = np.asarray(lengths, dtype=np.int64)
-        self.seq_len = self.tokens.shape[1]
-        self.sequences = np.arange(len(self.tokens)) if sequences is None else np.asarray(sequences, dtype=np.int64)
-        self.targets_per_sequence = self.loss_mask[self.sequences].sum(1)
+        self.seq_len = int(seq_len)
+        self.sequences = np.arange(len(self.lengths)) if sequences is None else np.asarray(sequences, dtype=np.int64)
+        self.targets_per_sequence = np.asarray(targets_per_sequence, dtype=np.int64)[self.sequences]
 
     def __len__(self) -> int:
         return len(self.sequences)
@@ -156,19 +165,54 @@ class TokenStoreDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         return {name: values[0] for name, values in self.batch([index]).items()}
 
+    @property
+    def block_sequences(self) -> int | None:
+        """When the sequences or the targets are read by window: the sequences of a block of the
+        epoch's block shuffle (whole chunks of both), else None."""
+        streamed = self._streamed()
+        return math.lcm(*(block for block, _ in streamed)) if streamed else None
+
+    @property
+    def window_blocks(self) -> int:
+        """Blocks of ``block_sequences`` that every streamed reader's window holds (at least one)."""
+        block = self.block_sequences
+        return max(1, min((window * size // block for size, window in self._streamed()), default=1))
+
+    def _streamed(self) -> list[tuple[int, int]]:
+        """(sequences per chunk, chunks in the window) of each reader that is not in memory."""
+        streamed = [] if self.rows.in_memory else [(self.rows.block_rows, self.rows.window_blocks)]
+        if self.targets is not None and not self.targets.in_memory:
+            streamed.append((self.targets.block_rows // self.seq_len, self.targets.window_blocks))
+        return streamed
+
     def batch(self, indices, teacher: bool = True) -> dict[str, Tensor]:
         """Items ``indices`` stacked, read and decoded at once: what ``collate_tokens`` of their
         items gives, faster (``teacher=False``: without the teacher's targets)."""
         sequences = self.sequences[np.asarray(indices, dtype=np.int64)]
-        tokens = self.tokens[sequences].astype(np.int64)
+        held = self.rows.take(sequences)  # the ids in the store's compact dtype, widened here
+        tokens = held["tokens"].astype(np.int64)
         labels = np.full_like(tokens, IGNORE_INDEX)
-        labels[:, 1:] = np.where(self.loss_mask[sequences, :-1], tokens[:, 1:], IGNORE_INDEX)
+        labels[:, 1:] = np.where(held["loss_mask"][:, :-1], tokens[:, 1:], IGNORE_INDEX)
         attention = (np.arange(self.seq_len) < self.lengths[sequences][:, None]).astype(np.int64)
         batch = {"input_ids": torch.from_numpy(tokens), "attention_mask": torch.from_numpy(attention),
                  "labels": torch.from_numpy(labels)}
         if teacher and self.targets is not None:
             batch.update(self.targets.batch(sequences))
         return batch
+
+
+class _HeldSequences:
+    """Sequences already in memory (a text corpus tokenised for this run), taken by row as
+    ``StoredRows`` takes stored ones. numpy: its fancy indexing costs microseconds where torch's
+    may wait on its thread pool."""
+
+    in_memory = True
+
+    def __init__(self, tokens, loss_mask):
+        self.arrays = {"tokens": np.asarray(tokens), "loss_mask": np.asarray(loss_mask, dtype=bool)}
+
+    def take(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: np.take(values, rows, axis=0) for name, values in self.arrays.items()}
 
 
 def collate_tokens(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:

@@ -46,17 +46,19 @@ class StoredRows:
             of rows [start, stop) -> the arrays held (default: the first teacher's, views folded).
         window_bytes: the window's size, if not ``budget_bytes``.
         reading: what a changed teacher's error says was being read.
+        reopen: ``reopen(store, name)``, picklable: what a process reads from, opened again (default:
+            the store's teacher ``name``; ``store._tokens.sequence_rows``: the store's own sequences).
     """
 
     def __init__(self, teachers: list, row_bytes: int, budget_bytes: int, *, arrays: list[str] | None = None,
                  rows: np.ndarray | None = None, views: int = 0, prepare=None, window_bytes: int | None = None,
-                 reading: str = "it"):
+                 reading: str = "it", reopen=None):
         first = teachers[0]
         self.store, self.names = first.store, [t.name for t in teachers]
         self.identities = [t.identity for t in teachers]  # what every later read must find
         self.arrays = None if arrays is None else list(arrays)  # None: each teacher's codec arrays
         self.num_rows, self.views, self.per_row = first.num_samples, views, max(views, 1)
-        self.prepare, self.reading = prepare, reading
+        self.prepare, self.reading, self.reopen = prepare, reading, reopen or _teacher_named
         self.block_rows = math.lcm(*(t.layout.rows_per_chunk for t in teachers))  # whole chunks of every teacher
         self.in_memory = self.num_rows * row_bytes <= budget_bytes
         window = budget_bytes if window_bytes is None else window_bytes
@@ -150,11 +152,12 @@ class StoredRows:
 
     def _open_teachers(self) -> list:
         if self._teachers is None or self._pid != os.getpid():
-            teachers = [self.store.teacher(name) for name in self.names]
+            teachers = [self.reopen(self.store, name) for name in self.names]
             for teacher, identity in zip(teachers, self.identities):
                 if teacher.identity != identity:
+                    what = getattr(teacher, "label", f"teacher {teacher.name!r}")
                     raise CorruptStoreError(
-                        f"teacher {teacher.name!r} in {self.store.location} changed while this run was reading "
+                        f"{what} in {self.store.location} changed while this run was reading "
                         f"{self.reading} (it was {identity[:24]}…, it is now {teacher.identity[:24]}…: "
                         "overwritten?); start the run again")
             self._teachers, self._pid = teachers, os.getpid()
@@ -179,6 +182,10 @@ class ReadsStoredRows:
     @property
     def window_blocks(self) -> int:
         return self.reader.window_blocks
+
+
+def _teacher_named(store, name: str):
+    return store.teacher(name)
 
 
 def _gather(arrays: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:

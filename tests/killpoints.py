@@ -3,6 +3,7 @@
     $ python -m tests.killpoints K dump STORE --teacher ... # exit 137 right after write K
     $ python -m tests.killpoints 0 dump STORE ...           # no kill; prints "metadata writes: N"
     $ KILLPOINTS_KEY=shard_done/c/ python -m tests.killpoints 2 dump ...   # right after the 2nd shard's ledger entry
+    $ KILLPOINTS_SET=logitcache.store._token_writes.INDEX_CHUNK_BYTES=512 ...   # module settings, comma-separated
 
 A real kill (``os._exit``: no cleanup, no finally blocks, no flushing), at an exact point: the
 crash tests use it to stop a dump after every one of its ``zarr.json`` writes in turn.
@@ -11,6 +12,7 @@ crash tests use it to stop a dump after every one of its ``zarr.json`` writes in
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
 import sys
 
@@ -40,6 +42,11 @@ def _install(target: int) -> list[int]:
 
 
 def main() -> None:
+    for setting in filter(None, os.environ.get("KILLPOINTS_SET", "").split(",")):  # e.g. small chunks
+        name, value = setting.split("=")
+        module, attribute = name.rsplit(".", 1)
+        setattr(importlib.import_module(module), attribute, type(getattr(importlib.import_module(module),
+                                                                         attribute))(value))
     count = _install(int(sys.argv[1]))
     try:
         cli.main(sys.argv[2:], prog_name="logitcache", standalone_mode=True)

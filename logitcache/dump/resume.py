@@ -9,8 +9,9 @@ path is its own to delete: an ``--overwrite``, or a creation a killed dump left 
 A token dump's corpus comes as a stream (``dump/token_dump.TokenInputs``): a new store is written from
 it a block at a time, an existing one is compared with it a block at a time, and the corpus's
 description, complete once that pass has ended, is what the teacher's provenance records. A
-creation killed midway is deleted and written again by the same command (the teacher's shards,
-the long part, resume one by one).
+token store's creation killed midway is finished by the same command, mid-corpus from its last
+progress record (``create_streamed_token_store(resume=True)``); an image store's is deleted and
+written again. The teacher's shards resume one by one.
 """
 
 from __future__ import annotations
@@ -66,12 +67,14 @@ def _open_or_create_store(config, source) -> LogitStore:
     except LogitCacheError as err:
         if not _is_absent_or_unfinished(location, err, options):
             raise
-        if is_unfinished_creation(location, options):
-            remove_location(location, options)
-        if hasattr(source, "stream"):
+        unfinished = is_unfinished_creation(location, options)
+        if hasattr(source, "stream"):  # an unfinished token store: its whole chunks are kept, the rest written
             return create_streamed_token_store(location, source.stream, vocab_size=source.vocab_size,
                                                tokenizer=source.tokenizer.describe(),
-                                               describe=lambda: source.description, storage_options=options)
+                                               describe=lambda: source.description, storage_options=options,
+                                               resume=unfinished)
+        if unfinished:
+            remove_location(location, options)
         return create_store(location, keys=source.keys, labels=source.labels, dataset=source.describe(),
                             class_names=source.classes, storage_options=options)
     try:

@@ -15,6 +15,7 @@ before its last token, or the one row of a one-token stream).
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,6 +46,7 @@ class PackedRows:
         self._offset = 0  # stream position of _ids[0]
         self._owners: list[tuple[int, str, int]] = []  # (stream position, key, offset in its record) per document
         self._previous_plain: bool | None = None  # None: nothing added yet
+        self._finished = False
 
     def add(self, documents: list[Document]) -> TokenRows | None:
         """Take these documents; return the rows now complete."""
@@ -64,11 +66,32 @@ class PackedRows:
         count = (available - self.seq_len) // step + 1 if available >= self.seq_len else 0
         return self._cut(np.arange(count) * step) if count else None
 
+    def state(self) -> dict:
+        """What the packer holds between batches (less than a row of tokens and their owners), as
+        JSON: ``from_state`` continues from it exactly, so a stream can resume mid-corpus."""
+        return {"ids": base64.b64encode(self._ids.astype("<u4").tobytes()).decode(),
+                "targets": base64.b64encode(np.packbits(self._targets).tobytes()).decode(),
+                "offset": int(self._offset),
+                "owners": [[int(position), str(key), int(start)] for position, key, start in self._owners],
+                "previous_plain": self._previous_plain, "finished": self._finished}
+
+    @classmethod
+    def from_state(cls, seq_len: int, separator: int | None, pad_id: int, state: dict) -> PackedRows:
+        packer = cls(seq_len, separator, pad_id)
+        packer._ids = np.frombuffer(base64.b64decode(state["ids"]), dtype="<u4").astype(np.int64)
+        bits = np.frombuffer(base64.b64decode(state["targets"]), dtype=np.uint8)
+        packer._targets = np.unpackbits(bits, count=len(packer._ids)).astype(bool)
+        packer._offset, packer._previous_plain = int(state["offset"]), state["previous_plain"]
+        packer._finished = bool(state["finished"])
+        packer._owners = [(int(position), str(key), int(start)) for position, key, start in state["owners"]]
+        return packer
+
     def finish(self) -> TokenRows | None:
         """The rows left at the end of the stream: those starting before its last token."""
         end = self._offset + len(self._ids)
-        if self._previous_plain is None or self._offset >= max(end - 1, 1):
+        if self._finished or self._previous_plain is None or self._offset >= max(end - 1, 1):
             return None
+        self._finished = True
         return self._cut(np.arange(0, max(end - 1, 1) - self._offset, self.seq_len - 1))
 
     def _cut(self, starts: np.ndarray) -> TokenRows:

@@ -49,10 +49,14 @@ text, or ``BATCH_RECORDS``), the rows cut from it and one row's overlap, never t
 needs a whole pass (a text's val part is the tail of that document, a record's split its index).
 A single document is tokenised whole, so one text file bounds the memory from below.
 ``get_token_dataset`` is one pass gathered into arrays, for data that fits in memory.
+A pass can also start mid-corpus: after each block ``stream.position`` says where it ends (records
+read, counts, the packer's state, as JSON), and ``stream.rows_from(position)`` gives the rows after
+it, reading the records before but not tokenising them (a token store's creation resumes so).
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -163,15 +167,36 @@ class TokenStream:
     pack: bool | None
     corpus: Corpus | None = None  # the next pass's reader (made ahead, so a bad spec fails at once)
     description: dict | None = None
+    position: dict | None = None  # where the last block read ends (``rows_from``)
 
     def __iter__(self) -> Iterator[TokenRows]:
+        return self.rows_from(None)
+
+    @property
+    def identity(self) -> dict:
+        """What decides this stream's rows and where its ``position``s fall (a position resumes only
+        the stream that made it)."""
+        return {"spec": self.spec, "split": self.split, "seq_len": self.seq_len, "pack": self.pack,
+                "tokenizer": self.tokenizer.identity, "batch": [BATCH_CHARS, BATCH_RECORDS]}
+
+    def rows_from(self, position: dict | None) -> Iterator[TokenRows]:
+        """The stream's rows, from the start, or from just after the block whose ``position`` this is:
+        the records before it are read but not tokenised. After each block, ``self.position`` is
+        where that block ends (JSON: records read, counts, the packer's state)."""
         corpus, self.corpus = self.corpus or _read(self.spec, self.kind, self.arg, self.split), None
         pack = corpus.pack if self.pack is None else bool(self.pack)
-        counts = dict.fromkeys(("documents", "corpus_tokens", "rows", "tokens", "targets"), 0)
-        for rows in _cut_rows(self._documents(corpus, counts), self.seq_len, self.tokenizer, pack,
+        position = position or {"records": 0, "packer": None,
+                                "counts": dict.fromkeys(("documents", "corpus_tokens", "rows", "tokens", "targets"), 0)}
+        counts, done = dict(position["counts"]), [int(position["records"])]
+        packer = None if not pack else PackedRows(self.seq_len, self.tokenizer.eos_id, self.tokenizer.pad_id) \
+            if position["packer"] is None else PackedRows.from_state(self.seq_len, self.tokenizer.eos_id,
+                                                                     self.tokenizer.pad_id, position["packer"])
+        for rows in _cut_rows(self._documents(corpus, counts, done), self.seq_len, self.tokenizer, packer,
                               corpus.split_by == "tokens", self.spec):
             counts.update(rows=counts["rows"] + len(rows), tokens=counts["tokens"] + int(rows.lengths.sum()),
                           targets=counts["targets"] + int(rows.loss_mask.sum()))
+            self.position = {"records": done[0], "counts": dict(counts),
+                             "packer": packer.state() if packer is not None else None}
             yield rows
         if not counts["targets"]:
             raise DatasetError(f"token dataset {self.spec!r} ({self.split}) has no target token (chats without an "
@@ -190,13 +215,16 @@ class TokenStream:
                 return up_to
         return rows
 
-    def _documents(self, corpus: Corpus, counts: dict) -> Iterator[list[Document]]:
-        """Batches of the split's non-empty documents, counted."""
-        index = 0
-        for records in _batches(corpus.records):
+    def _documents(self, corpus: Corpus, counts: dict, done: list[int]) -> Iterator[list[Document]]:
+        """Batches of the split's non-empty documents, counted, from record ``done[0]`` on (the ones
+        before it read, not tokenised); ``done[0]`` counts the records read."""
+        records = corpus.records
+        for _ in itertools.islice(records, done[0]):
+            pass
+        for records in _batches(records):
             documents = to_documents(records, self.tokenizer, self.spec)
-            documents = [d for d in _take_split(documents, index, corpus.split_by, self.split) if len(d.ids)]
-            index += len(records)
+            documents = [d for d in _take_split(documents, done[0], corpus.split_by, self.split) if len(d.ids)]
+            done[0] += len(records)
             counts["documents"] += len(documents)
             counts["corpus_tokens"] += sum(len(d.ids) for d in documents)
             yield documents
@@ -240,11 +268,10 @@ def _split_rule(split_by: str) -> str:
             "done": "the source's own splits"}[split_by]
 
 
-def _cut_rows(batches: Iterator[list[Document]], seq_len: int, tokenizer, pack: bool, cut_documents: bool,
-              spec: str) -> Iterator[TokenRows]:
-    """Rows of the documents, a batch at a time: packed into one stream, or each document cut on its
-    own (text), or one row per record."""
-    packer = PackedRows(seq_len, tokenizer.eos_id, tokenizer.pad_id) if pack else None
+def _cut_rows(batches: Iterator[list[Document]], seq_len: int, tokenizer, packer: PackedRows | None,
+              cut_documents: bool, spec: str) -> Iterator[TokenRows]:
+    """Rows of the documents, a batch at a time: packed into one stream (by ``packer``), or each
+    document cut on its own (text), or one row per record."""
     for documents in batches:
         if packer is not None:
             rows = packer.add(documents)

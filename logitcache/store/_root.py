@@ -12,7 +12,9 @@ A streamed token store's arrays are written a few chunks at a time as the row bl
 read back for the token fingerprint, then the attribute: the bytes are those of the same arrays
 written at once (each array's chunk rows are the rule ``_write_index_array`` applies to the whole;
 the arrays grow by doubling and are cut to their length at the end, as zarr stores edge chunks).
-A creation that fails is deleted again; one that is killed is what ``is_unfinished_creation`` finds.
+A creation that fails is deleted again; one that is killed is what ``is_unfinished_creation`` finds,
+and a token store's is finished by ``create_streamed_token_store(..., resume=True)``, mid-corpus
+from its last progress record (``_token_writes.py``), with the same bytes again.
 """
 
 from __future__ import annotations
@@ -31,19 +33,9 @@ from ._fingerprint import dataset_fingerprint
 from ._lock import LOCK_DIR
 from ._schema import BASE_VERSION, FORMAT_NAME, ROOT_ATTR, TOKENS_VERSION
 from ._store import LogitStore, open_store
-from ._tokens import (
-    LENGTHS_ARRAY,
-    LOSS_MASK_ARRAY,
-    TOKEN_ARRAYS,
-    TOKENS_ARRAY,
-    check_sequences,
-    stored_token_fingerprint,
-    token_dataset_record,
-    token_dtype,
-)
+from ._token_writes import INDEX_CHUNK_ROWS, write_token_arrays
+from ._tokens import TOKEN_ARRAYS, check_sequences, stored_token_fingerprint, token_dataset_record
 
-INDEX_CHUNK_ROWS = 65536  # keys and labels: small, read whole, one checksummed chunk per 64k rows
-INDEX_CHUNK_BYTES = 4 << 20  # and a chunk of a wider array (tokens, loss_mask) holds at most 4 MiB
 ROOT_ARRAYS = ("keys", "labels", *TOKEN_ARRAYS)  # what a root may hold before its attribute is written
 
 
@@ -85,10 +77,17 @@ def create_token_store(location, *, tokens, loss_mask, lengths, keys, vocab_size
 
 
 def create_streamed_token_store(location, rows: Iterable, *, vocab_size: int, tokenizer: dict,
-                                describe: Callable[[], dict], storage_options=None) -> LogitStore:
+                                describe: Callable[[], dict], storage_options=None, resume: bool = False) -> LogitStore:
     """Create a token store from blocks of rows (each with ``tokens``, ``loss_mask``, ``lengths``
     and ``keys``), written as they come; ``describe()``, called once they are all written, gives the
-    ``dataset`` record. Anything the blocks raise leaves nothing behind.
+    ``dataset`` record. Anything the blocks raise leaves nothing behind, but a ``KeyboardInterrupt``,
+    which leaves what is written, as a kill does.
+
+    With ``resume``, ``location`` holds a creation cut short (``is_unfinished_creation``): a stream
+    (``sources.TokenStream``) of the same corpus continues from the creation's last progress record,
+    the records before it read but not tokenised; otherwise the blocks are read from the start and
+    each array's whole chunks already stored with their values are kept, the rest written. Either
+    way the bytes are those of a creation never cut short (``_token_writes.py``).
 
     Raises:
         DatasetError: a block is not token sequences of this vocabulary, or there are none.
@@ -96,17 +95,20 @@ def create_streamed_token_store(location, rows: Iterable, *, vocab_size: int, to
     """
     location = str(location)
     with _root_errors(location):
-        group = _new_root(location, storage_options)
+        group = _unfinished_root(location, storage_options) if resume else _new_root(location, storage_options)
         try:
-            counts = _write_token_arrays(group, rows, vocab_size)
+            counts = write_token_arrays(group, rows, vocab_size, resume)
             fingerprint = stored_token_fingerprint(group, vocab_size, location)
             record = token_dataset_record(describe(), **counts, vocab_size=vocab_size, tokenizer=tokenizer,
                                           fingerprint=fingerprint)
+        except KeyboardInterrupt:  # Ctrl-C, like a kill: what is written stays for the same command to resume
+            raise
         except BaseException:
             with contextlib.suppress(Exception):
                 remove_location(location, storage_options)
             raise
-        group.attrs[ROOT_ATTR] = {"format": FORMAT_NAME, "version": TOKENS_VERSION, "dataset": record}
+        # the attribute alone: a streamed creation's progress record goes in the same write
+        group.attrs.put({ROOT_ATTR: {"format": FORMAT_NAME, "version": TOKENS_VERSION, "dataset": record}})
     return open_store(location, read_only=False, storage_options=storage_options)
 
 
@@ -115,92 +117,6 @@ class _Rows:
 
     def __init__(self, tokens, loss_mask, lengths, keys):
         self.tokens, self.loss_mask, self.lengths, self.keys = tokens, loss_mask, lengths, keys
-
-
-def _write_token_arrays(group, rows: Iterable, vocab_size: int) -> dict:
-    """Every block into the four arrays, each checked first; the counts the dataset record holds."""
-    writers, counts = {}, {"num_sequences": 0, "seq_len": None, "num_tokens": 0, "num_targets": 0}
-    for block in rows:
-        tokens, loss_mask = np.asarray(block.tokens), np.asarray(block.loss_mask, dtype=bool)
-        lengths, keys = np.asarray(block.lengths, dtype=np.int64), [str(k) for k in block.keys]
-        why = check_sequences(tokens, loss_mask, lengths, vocab_size) or (
-            None if len(keys) == len(tokens) else f"{len(keys)} keys for {len(tokens)} sequences") or (
-            None if counts["seq_len"] in (None, tokens.shape[1]) else
-            f"a block of {tokens.shape[1]} positions after blocks of {counts['seq_len']}")
-        if why:
-            raise DatasetError(f"cannot make a token store: {why}")
-        if not writers:
-            writers = {name: _GrowingArray(group, name) for name in TOKEN_ARRAYS}
-        for name, values in (("keys", keys), (TOKENS_ARRAY, tokens.astype(token_dtype(vocab_size))),
-                             (LOSS_MASK_ARRAY, loss_mask), (LENGTHS_ARRAY, lengths)):
-            writers[name].append(values)
-        counts.update(num_sequences=counts["num_sequences"] + len(keys), seq_len=tokens.shape[1],
-                      num_tokens=counts["num_tokens"] + int(lengths.sum()),
-                      num_targets=counts["num_targets"] + int(loss_mask.sum()))
-    if not writers:
-        raise DatasetError("cannot make a token store: tokens must be (sequences >= 1, length >= 2), not none")
-    for writer in writers.values():
-        writer.close()
-    return counts
-
-
-class _GrowingArray:
-    """One root array written a whole number of chunks at a time, with the chunk rows
-    ``_write_index_array`` gives the whole array: rows are held until a chunk is full, and the
-    first chunk's rows are known once that many have come or the rows end."""
-
-    def __init__(self, group, name: str):
-        self.group, self.name = group, name
-        self.array, self.chunk, self.written = None, None, 0
-        self.pending: list = []
-        self.pending_rows = 0
-
-    def append(self, values) -> None:
-        self.pending.append(values)
-        self.pending_rows += len(values)
-        if self.chunk is None and self.pending_rows >= _chunk_cap(values):
-            self._create(_chunk_cap(values))
-        if self.array is not None and self.pending_rows >= self.chunk:
-            self._flush(self.pending_rows // self.chunk * self.chunk)
-
-    def close(self) -> None:
-        if self.array is None:
-            self._create(max(1, self.pending_rows))
-        if self.pending_rows:
-            self._flush(self.pending_rows)
-        self.array.resize((self.written, *self.array.shape[1:]))
-
-    def _create(self, chunk: int) -> None:
-        self.chunk, first = chunk, self.pending[0]
-        if isinstance(first, list):
-            self.array = self.group.create_array(self.name, shape=(chunk,), dtype=str, chunks=(chunk,),
-                                                 compressors=[zarr.codecs.ZstdCodec(level=5),
-                                                              zarr.codecs.Crc32cCodec()])
-        else:
-            self.array = self.group.create_array(self.name, shape=(chunk, *first.shape[1:]), dtype=first.dtype,
-                                                 chunks=(chunk, *first.shape[1:]), compressors=compressors())
-
-    def _flush(self, rows: int) -> None:
-        """The first ``rows`` pending rows into the array (grown by doubling when they do not fit)."""
-        joined = self._joined()
-        values, rest = joined[:rows], joined[rows:]
-        end = self.written + rows
-        if end > self.array.shape[0]:
-            self.array.resize((max(end, 2 * self.array.shape[0]), *self.array.shape[1:]))
-        self.array[self.written:end] = np.asarray(values, dtype=object) if isinstance(values, list) else values
-        self.written, self.pending, self.pending_rows = end, [rest] if len(rest) else [], len(rest)
-
-    def _joined(self):
-        if isinstance(self.pending[0], list):
-            return [value for part in self.pending for value in part]
-        return np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
-
-
-def _chunk_cap(values) -> int:
-    """The most rows ``_write_index_array`` puts in a chunk of this array, whatever its length."""
-    if isinstance(values, list):
-        return INDEX_CHUNK_ROWS
-    return max(1, min(INDEX_CHUNK_ROWS, INDEX_CHUNK_BYTES // max(1, values[:1].nbytes)))
 
 
 def _create_root(location, arrays: dict, record: dict, version: int, storage_options) -> LogitStore:
@@ -223,6 +139,22 @@ def _new_root(location: str, storage_options):
     store = zarr_store(location, read_only=False, storage_options=storage_options)
     if zarr.core.sync.sync(store.exists("zarr.json")):
         raise StoreExistsError(f"{location} already holds Zarr data")
+    return zarr.open_group(store, mode="a", zarr_format=3)
+
+
+def _unfinished_root(location: str, storage_options):
+    """The root group of a creation cut short, to finish (``create_streamed_token_store(resume=True)``):
+    its token arrays are kept, anything else it may hold (an image store's labels, a killed write's
+    ``.partial`` file) is deleted."""
+    store = zarr_store(location, read_only=False, storage_options=storage_options)
+
+    async def clear() -> None:
+        for key in [key async for key in store.list()]:
+            if key.endswith(".partial") or key.startswith(tuple(f"{name}/" for name in ROOT_ARRAYS
+                                                                if name not in TOKEN_ARRAYS)):
+                await store.delete(key)
+
+    zarr.core.sync.sync(clear())
     return zarr.open_group(store, mode="a", zarr_format=3)
 
 

@@ -46,6 +46,7 @@ from ._tokens import (
     LOSS_MASK_ARRAY,
     TOKEN_ARRAYS,
     TOKENS_ARRAY,
+    check_stored_sequences,
     read_token_arrays,
 )
 
@@ -137,6 +138,13 @@ class LogitStore:
     def lengths(self) -> np.ndarray:
         """(N,) real tokens per sequence (the rest is right-padding)."""
         return self._token_arrays()[LENGTHS_ARRAY]
+
+    def sequence_counts(self) -> dict:
+        """The sequences checked a block at a time (``check_stored_sequences``, once per open store):
+        their counts, and the (N,) ``lengths`` and ``targets_per_sequence``, without the arrays whole."""
+        if not self.is_tokens:
+            raise StoreMismatchError(f"{self.location} holds labelled samples, not token sequences")
+        return self._cached("sequence_counts", lambda: check_stored_sequences(self, per_sequence=True))
 
     def _token_arrays(self) -> dict[str, np.ndarray]:
         if not self.is_tokens:

@@ -21,6 +21,7 @@ so a student's positions can only ever meet the teacher outputs for these exact 
     >>> sequences = StoredSequences(store)                # or a range at a time, a chunk read at a time
     >>> tokens, loss_mask, lengths = sequences.rows(first, last)
     >>> stored_token_fingerprint(store.group, 256)        # the fingerprint, the arrays read a chunk at a time
+    >>> check_stored_sequences(store)                     # fingerprint, rules and counts, a block at a time
 
 The fingerprint is one sha256 over the four arrays one after another, so it is computed from the
 stored arrays, read back a chunk at a time, once they are written: a corpus streamed into a store
@@ -52,6 +53,7 @@ MAX_SEQ_LEN = 1 << 20
 MAX_VOCAB = 1 << 24
 
 _PREFIX = b"logitcache-tokens-v1\n"
+STREAM_BLOCK_BYTES = 64 << 20  # what a streamed pass over a root array reads at once (as 8-byte values)
 
 
 def token_extra_arrays(codec_name: str) -> dict[str, tuple[str, float]]:
@@ -78,18 +80,27 @@ def token_fingerprint(keys, tokens: np.ndarray, loss_mask: np.ndarray, lengths: 
 def fingerprint_of_parts(num_sequences: int, seq_len: int, vocab_size: int, keys: Iterable, lengths: Iterable,
                          tokens: Iterable, loss_mask: Iterable) -> str:
     """``token_fingerprint`` of arrays given as consecutive row blocks, each array's blocks in turn."""
-    digest = hashlib.sha256(_PREFIX + np.asarray([num_sequences, seq_len, vocab_size], dtype="<u8").tobytes())
-    for block in keys:
+    digest = _fingerprint_start(num_sequences, seq_len, vocab_size)
+    parts = (("keys", keys), (LENGTHS_ARRAY, lengths), (TOKENS_ARRAY, tokens), (LOSS_MASK_ARRAY, loss_mask))
+    for name, blocks in parts:
+        for block in blocks:
+            _fingerprint_update(digest, name, block)
+    return "sha256:" + digest.hexdigest()
+
+
+def _fingerprint_start(num_sequences: int, seq_len: int, vocab_size: int):
+    return hashlib.sha256(_PREFIX + np.asarray([num_sequences, seq_len, vocab_size], dtype="<u8").tobytes())
+
+
+def _fingerprint_update(digest, name: str, block) -> None:
+    """One block of rows of array ``name`` into the fingerprint (``token_fingerprint``'s encoding)."""
+    if name == "keys":
         for key in block:
             raw = str(key).encode("utf-8")
             digest.update(np.asarray([len(raw)], dtype="<u8").tobytes() + raw)
-    for block in lengths:
-        digest.update(np.asarray(block, dtype="<i8").tobytes())
-    for block in tokens:
-        digest.update(np.ascontiguousarray(block, dtype="<u4").tobytes())
-    for block in loss_mask:
-        digest.update(np.ascontiguousarray(block, dtype="u1").tobytes())
-    return "sha256:" + digest.hexdigest()
+    else:
+        dtype = {LENGTHS_ARRAY: "<i8", TOKENS_ARRAY: "<u4", LOSS_MASK_ARRAY: "u1"}[name]
+        digest.update(np.ascontiguousarray(block, dtype=dtype).data)
 
 
 def stored_token_fingerprint(group, vocab_size: int, location: str = "") -> str:
@@ -99,12 +110,78 @@ def stored_token_fingerprint(group, vocab_size: int, location: str = "") -> str:
                                                               ("keys", LENGTHS_ARRAY, TOKENS_ARRAY, LOSS_MASK_ARRAY)))
 
 
-def chunks_of(array, location: str = "") -> Iterator[np.ndarray]:
-    """A root array's rows, whole chunks, about 64 MiB at a time."""
+def check_stored_sequences(store, per_sequence: bool = False) -> dict:
+    """A token store's four arrays read a block of whole chunks at a time (``chunks_of``) and checked
+    as ``read_token_arrays`` checks them whole: the fingerprint, the format's rules, the counts. Memory
+    is a block's, whatever the corpus; with ``per_sequence``, also the (N,) lengths and targets per
+    sequence (what a reader that streams the sequences needs up front).
+
+    Returns:
+        ``num_sequences``, ``seq_len``, ``num_tokens``, ``num_targets`` (and ``lengths``,
+        ``targets_per_sequence`` with ``per_sequence``).
+
+    Raises:
+        CorruptStoreError: a chunk cannot be read, or the arrays differ from what the store recorded,
+            or break the format's rules.
+    """
+    group, dataset, location = store.group, store.dataset, store.location
+    (n, length), vocab = group[TOKENS_ARRAY].shape, dataset["vocab_size"]
+    digest, why = _fingerprint_start(n, length, vocab), None
+    counts = {"num_sequences": n, "seq_len": length, "num_tokens": 0, "num_targets": 0}
+    for block in chunks_of(group["keys"], location):
+        _fingerprint_update(digest, "keys", block)
+    for block in chunks_of(group[LENGTHS_ARRAY], location):
+        _fingerprint_update(digest, LENGTHS_ARRAY, block)
+        counts["num_tokens"] += int(block.sum())
+        if why is None and (block.min() < 1 or block.max() > length):
+            why = f"sequence lengths must be in [1, {length}]"
+    for block in chunks_of(group[TOKENS_ARRAY], location):
+        _fingerprint_update(digest, TOKENS_ARRAY, block)
+        if why is None and block.max() >= vocab:
+            why = f"token ids reach {int(block.max())}, outside a vocabulary of {vocab}"
+    first, per_row = 0, []
+    for block in chunks_of(group[LOSS_MASK_ARRAY], location):
+        _fingerprint_update(digest, LOSS_MASK_ARRAY, block)
+        lengths = read_rows(group[LENGTHS_ARRAY], first, first + len(block), location)
+        if why is None and (block & (np.arange(length)[None, :] >= lengths[:, None] - 1)).any():
+            why = "loss_mask marks a position whose next token is padding or beyond the sequence"
+        targets = block.sum(axis=1)
+        counts["num_targets"] += int(targets.sum())
+        if per_sequence:
+            per_row.append((lengths, targets))
+        first += len(block)
+    _check_found(store, "sha256:" + digest.hexdigest(), why, counts)
+    if per_sequence:
+        counts["lengths"] = np.concatenate([lengths for lengths, _ in per_row]).astype(np.int64)
+        counts["targets_per_sequence"] = np.concatenate([targets for _, targets in per_row]).astype(np.int64)
+    return counts
+
+
+def _check_found(store, fingerprint: str, why: str | None, counts: dict) -> None:
+    """What the arrays were found to be against what the store recorded, in ``read_token_arrays``'s order."""
+    dataset = store.dataset
+    if fingerprint != dataset["fingerprint"]:
+        raise CorruptStoreError(f"{store.location}: the stored tokens, loss mask, lengths or keys do not match the "
+                                "store's token fingerprint; the store was damaged or edited")
+    if why:
+        raise CorruptStoreError(f"{store.location}: {why}; the store was damaged or edited")
+    for field in ("num_tokens", "num_targets"):
+        if dataset[field] != counts[field]:
+            raise CorruptStoreError(f"{store.location}: dataset.{field} says {dataset[field]}, the sequences hold "
+                                    f"{counts[field]}; the store was damaged or edited")
+
+
+def chunks_of(array, location: str = "", first: int = 0, last: int | None = None) -> Iterator[np.ndarray]:
+    """Rows [first, last) of a root array, a block of whole chunks at a time (about
+    ``STREAM_BLOCK_BYTES``, at least one chunk), so memory is a block's, not the array's."""
+    last = array.shape[0] if last is None else last
     row_bytes = int(np.prod(array.shape[1:], dtype=np.int64)) * max(8, array.dtype.itemsize)  # a key: about 8
-    rows = array.chunks[0] * max(1, (64 << 20) // (row_bytes * array.chunks[0]))
-    for first in range(0, array.shape[0], rows):
-        yield read_rows(array, first, min(first + rows, array.shape[0]), location)
+    rows = array.chunks[0] * max(1, STREAM_BLOCK_BYTES // (row_bytes * array.chunks[0]))
+    start = first
+    while start < last:
+        stop = min((start // rows + 1) * rows, last)
+        yield read_rows(array, start, stop, location)
+        start = stop
 
 
 def read_rows(array, first: int, last: int, location: str = "") -> np.ndarray:
@@ -164,6 +241,39 @@ class StoredSequences:
             differs = not (np.array_equal(tokens, block.tokens) and np.array_equal(loss_mask, block.loss_mask)
                            and np.array_equal(lengths, block.lengths) and self.keys(first, last) == list(block.keys))
         return seen, differs or seen != len(self)
+
+
+class SequenceRows:
+    """A token store's tokens and loss mask by sequence, shaped as ``stored_rows.StoredRows`` reads a
+    teacher: a layout of whole chunks (the tokens array's), reads of row ranges and of chunks, an
+    identity (the token fingerprint) that a reader reopening the store must find again. Each chunk
+    read is checked by its CRC-32C; the fingerprint is checked once before, a block at a time
+    (``check_stored_sequences``), so no reader needs the arrays whole."""
+
+    name, label = "sequences", "the token sequences"  # label: what a reader's error calls them
+
+    def __init__(self, store):
+        self.store, self.location = store, store.location
+        self.arrays = {name: store.group[name] for name in (TOKENS_ARRAY, LOSS_MASK_ARRAY)}
+        tokens = self.arrays[TOKENS_ARRAY]
+        chunk, self.num_samples = tokens.chunks[0], tokens.shape[0]
+        held = chunk * tokens.shape[1] * (tokens.dtype.itemsize + 1)
+        self.layout = Layout(chunk, chunk * max(1, STREAM_BLOCK_BYTES // held))  # held whole: a block at a time
+        self.identity = store.fingerprint
+
+    def read_stored(self, start: int, stop: int, arrays=None) -> dict[str, np.ndarray]:
+        """Rows [start, stop) of the arrays (default: both)."""
+        return {name: read_rows(self.arrays[name], start, stop, self.location) for name in (arrays or self.arrays)}
+
+    def read_chunks(self, chunks, arrays=None) -> list[dict[str, np.ndarray]]:
+        """The rows of each of these whole chunks (of the tokens array)."""
+        rows = self.layout.rows_per_chunk
+        return [self.read_stored(int(c) * rows, min((int(c) + 1) * rows, self.num_samples), arrays) for c in chunks]
+
+
+def sequence_rows(store, _name: str = "") -> SequenceRows:
+    """A store's ``SequenceRows`` (as ``StoredRows`` reopens what it reads, in each process)."""
+    return SequenceRows(store)
 
 
 def choose_token_layout(num_sequences: int, seq_len: int, row_bytes: int, rows_per_shard: int | None = None) -> Layout:
@@ -263,15 +373,7 @@ def read_token_arrays(store, read) -> dict[str, np.ndarray]:
     dataset = store.dataset
     found = token_fingerprint(arrays["keys"], arrays[TOKENS_ARRAY], arrays[LOSS_MASK_ARRAY],
                               arrays[LENGTHS_ARRAY], dataset["vocab_size"])
-    if found != dataset["fingerprint"]:
-        raise CorruptStoreError(f"{store.location}: the stored tokens, loss mask, lengths or keys do not match the "
-                                "store's token fingerprint; the store was damaged or edited")
     why = check_sequences(arrays[TOKENS_ARRAY], arrays[LOSS_MASK_ARRAY], arrays[LENGTHS_ARRAY], dataset["vocab_size"])
-    if why:
-        raise CorruptStoreError(f"{store.location}: {why}; the store was damaged or edited")
     counted = {"num_tokens": int(arrays[LENGTHS_ARRAY].sum()), "num_targets": int(arrays[LOSS_MASK_ARRAY].sum())}
-    for field, count in counted.items():
-        if dataset[field] != count:
-            raise CorruptStoreError(f"{store.location}: dataset.{field} says {dataset[field]}, the sequences hold "
-                                    f"{count}; the store was damaged or edited")
+    _check_found(store, found, why, counted)
     return arrays

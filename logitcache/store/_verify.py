@@ -16,6 +16,7 @@ from ..errors import LogitCacheError
 from ._features import bad_feature_rows
 from ._fingerprint import dataset_fingerprint, describe_mismatch
 from ._store import open_store
+from ._tokens import check_stored_sequences
 
 
 @dataclass
@@ -76,15 +77,16 @@ def _verify_samples(store, report: VerifyReport, dataset_keys, dataset_labels) -
 
 
 def _verify_tokens(store, report: VerifyReport) -> bool:
-    """A token store's sequences against its token fingerprint and the format's rules (one read
-    checks both); False when they fail."""
+    """A token store's sequences against its token fingerprint and the format's rules, streamed a
+    block of chunks at a time (memory is a block's, not the corpus's); False when they fail."""
     try:
-        tokens, mask = store.tokens, store.loss_mask
+        counts = check_stored_sequences(store)
     except LogitCacheError as err:
         report.problems.append(str(err))
         return False
-    report.checked.append(f"{len(tokens)} sequences of {tokens.shape[1]} positions ({int(store.lengths.sum())} tokens, "
-                          f"{int(mask.sum())} targets) match token fingerprint {store.fingerprint[:19]}…")
+    report.checked.append(f"{counts['num_sequences']} sequences of {counts['seq_len']} positions "
+                          f"({counts['num_tokens']} tokens, {counts['num_targets']} targets) match token fingerprint "
+                          f"{store.fingerprint[:19]}…")
     return True
 
 

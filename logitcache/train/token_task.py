@@ -156,12 +156,13 @@ def _training_data(config: TrainConfig, store, log) -> tuple[TokenStoreDataset, 
     data = TokenStoreDataset(store, config.teacher, targets=reads_teacher, cache_budget=config.cache_budget,
                              allow_partial=config.allow_partial)
     what = "no teacher read (--loss ce)"
+    tokens_mode = "in memory" if data.rows.in_memory else f"read by chunk, {data.rows.window_blocks} cached"
     if data.targets is not None:
         check_expected_teacher(data.teacher, config.expect_teacher)
         mode = "in memory" if data.targets.in_memory else f"read by chunk, {data.targets.window_blocks} cached"
         what = f"teacher {data.teacher.name!r} ({data.targets.codec.name}, {mode})"
     log(f"training on {config.store}: {len(data)} sequences x {data.seq_len} tokens, "
-        f"{int(data.targets_per_sequence.sum())} targets, vocabulary {data.vocab_size}; {what}")
+        f"{int(data.targets_per_sequence.sum())} targets, vocabulary {data.vocab_size} (tokens {tokens_mode}); {what}")
     return data, store.dataset["tokenizer"]
 
 
@@ -237,12 +238,10 @@ def _checked_student(config: TrainConfig, vocab_size: int, datasets: list, devic
 
 
 def _sampler(config: TrainConfig, data: TokenStoreDataset, dist: Distributed) -> EpochSampler:
-    """A seeded order of the sequences; block-shuffled by chunk when the targets are read by chunk."""
-    streamed = data.targets is not None and not data.targets.in_memory
-    per_chunk = data.targets.block_rows // data.seq_len if streamed else None
-    return EpochSampler(np.arange(len(data)), config.seed, block_rows=per_chunk,
-                        window_blocks=data.targets.window_blocks if streamed else 1,
-                        rank=dist.rank, world_size=dist.world_size)
+    """A seeded order of the sequences; block-shuffled by chunk when the sequences or the targets are
+    read by chunk."""
+    return EpochSampler(np.arange(len(data)), config.seed, block_rows=data.block_sequences,
+                        window_blocks=data.window_blocks, rank=dist.rank, world_size=dist.world_size)
 
 
 def _step_targets(sampler: EpochSampler, data: TokenStoreDataset, batch_size: int) -> list[int]:

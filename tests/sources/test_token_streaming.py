@@ -4,6 +4,7 @@ written finished by the same command."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -110,7 +111,7 @@ def blocks_of(source, cuts):
 
 
 def test_a_store_written_a_block_at_a_time_has_the_bytes_of_one_written_at_once(tmp_path, monkeypatch):
-    import logitcache.store._root as root
+    import logitcache.store._token_writes as root
 
     monkeypatch.setattr(root, "INDEX_CHUNK_ROWS", 8)  # many chunks of keys and lengths
     monkeypatch.setattr(root, "INDEX_CHUNK_BYTES", 5 * 64)  # five sequences of tokens a chunk
@@ -173,3 +174,54 @@ def test_a_dump_killed_while_writing_its_token_arrays_is_finished_by_the_same_co
         assert killed.returncode == 137, killed.stderr
         assert invoke(*command).exit_code == 0
         assert store_contents(store) == store_contents(whole), key
+
+
+@pytest.mark.parametrize("split", ["all", "val"])
+@pytest.mark.parametrize("seq_len, pack", [(3, None), (7, False), (64, None)])
+def test_a_stream_resumed_from_any_blocks_position_gives_the_rest_and_the_same_description(corpus, monkeypatch,
+                                                                                           split, seq_len, pack):
+    """``rows_from(position)`` continues a stream mid-corpus: the records before are read, not
+    tokenised, and the rows after, the counts and the description are those of one whole pass."""
+    monkeypatch.setattr(tokens_module, "BATCH_RECORDS", 2)
+    tokenizer = get_tokenizer("bytes")
+    stream = stream_token_dataset(f"text:{corpus}/*.txt@{split}", tokenizer, seq_len, pack=pack)
+    blocks, positions = [], []
+    for block in stream:
+        blocks.append(block)
+        positions.append(stream.position)
+    whole = stream.description
+    assert len(blocks) > 2
+    encoded = []
+    monkeypatch.setattr(tokenizer, "encode_batch", lambda texts, _real=tokenizer.encode_batch:
+                        encoded.extend(texts) or _real(texts))
+    for k, position in enumerate(positions):
+        encoded.clear()
+        again = stream_token_dataset(f"text:{corpus}/*.txt@{split}", tokenizer, seq_len, pack=pack)
+        rest = list(again.rows_from(json.loads(json.dumps(position))))  # as a store keeps it: JSON
+        assert len(rest) == len(blocks) - k - 1 and all(same_block(a, b) for a, b in zip(rest, blocks[k + 1:]))
+        assert again.description == whole
+        assert len(encoded) <= 12 - position["records"]  # the records before were not tokenised
+
+
+def same_block(a, b) -> bool:
+    return a.keys == b.keys and all(np.array_equal(getattr(a, n), getattr(b, n)) for n in ("tokens", "loss_mask",
+                                                                                              "lengths"))
+
+
+@pytest.mark.parametrize("spec_split", ["val", "train"])
+def test_a_record_stream_resumed_mid_corpus_keeps_its_record_split(tmp_path, monkeypatch, spec_split):
+    """Records split by index (every 10th is val): resumed, the index goes on from the records read."""
+    monkeypatch.setattr(tokens_module, "BATCH_RECORDS", 3)
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps({"text": "w " * (i % 5 + 1) + str(i)}) for i in range(40)))
+    tokenizer, spec = get_tokenizer("bytes"), f"jsonl:{path}@{spec_split}"
+    stream = stream_token_dataset(spec, tokenizer, 16)
+    blocks, positions = [], []
+    for block in stream:
+        blocks.append(block)
+        positions.append(json.loads(json.dumps(stream.position)))
+    for k, position in enumerate(positions):
+        again = stream_token_dataset(spec, tokenizer, 16)
+        rest = list(again.rows_from(position))
+        assert len(rest) == len(blocks) - k - 1 and all(same_block(a, b) for a, b in zip(rest, blocks[k + 1:]))
+        assert again.description == stream.description

@@ -236,3 +236,21 @@ def test_an_existing_out_needs_overwrite_and_only_a_dataset_is_replaced(store, e
     assert replaced.exit_code == 0, replaced.output
     assert rows(again) == rows(exported)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "kd"]  # no partial or cache left behind
+
+
+def test_edited_tokens_are_refused_by_the_streamed_check(store, tmp_path):
+    """The export reads the sequences a range of chunks at a time after one streamed pass over them
+    against the token fingerprint: an edited token is one line, and nothing is written."""
+    import shutil
+
+    import zarr
+
+    copy = tmp_path / "edited.zarr"
+    shutil.copytree(store, copy)
+    group = zarr.open_group(str(copy), mode="r+")
+    tokens = group["tokens"][:]
+    tokens[40, 3] ^= 1
+    group["tokens"][:] = tokens
+    result = invoke("export", copy, "--format", "axolotl", tmp_path / "kd")
+    assert "do not match the store's token fingerprint" in one_error(result)
+    assert not (tmp_path / "kd").exists()

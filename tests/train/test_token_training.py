@@ -309,6 +309,44 @@ def test_items_follow_hugging_face_conventions_and_streaming_reads_the_same(stor
     assert set(TokenStoreDataset(stores["fp16"])[0]) >= {"teacher_logits"}
 
 
+def test_token_sequences_read_by_window_train_to_the_bits_of_the_held_ones(tmp_path, text, monkeypatch):
+    """At a tiny budget the token ids and loss mask go through the targets' windowed reader, a chunk
+    of 8 sequences at a time, never read whole; a few steps in the streamed order give the losses of
+    the same batches read from memory, to the bit."""
+    import logitcache.store._token_writes as root_module
+
+    monkeypatch.setattr(root_module, "INDEX_CHUNK_BYTES", 8 * 64)  # token chunks of 8 sequences of 64 bytes
+    path = dump(tmp_path / "chunked.zarr", text, "topk:8")
+    store = open_store(path)
+    held, streamed = TokenStoreDataset(open_store(path)), TokenStoreDataset(store, cache_budget=1)
+    assert held.rows.in_memory and held.block_sequences is None
+    assert not streamed.rows.in_memory and streamed.rows.block_rows == 8 and streamed.rows.window_blocks == 1
+    assert (streamed.block_sequences, streamed.window_blocks) == (8, 1)
+    from logitcache.train.sampler import EpochSampler
+
+    order = EpochSampler(np.arange(len(streamed)), 0, block_rows=8, window_blocks=1).order()
+    losses, windows = {}, set()
+    for name, data in (("held", held), ("streamed", streamed)):
+        torch.manual_seed(0)
+        student = get_model(STUDENT, 256)
+        optimizer = torch.optim.AdamW(student.parameters(), lr=0.01)
+        losses[name] = []
+        for step in range(4):
+            batch = data.batch(order[step * 16:(step + 1) * 16])
+            loss = distillation_loss(student(batch["input_ids"]), batch, temperature=2.0, kd_weight=1.0, ce_weight=0.5)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses[name].append(loss.item())
+            if name == "streamed":
+                assert len(data.rows.cache) == 1  # one chunk of sequences held at a time
+                windows.add(next(iter(data.rows.cache)))
+    assert losses["held"] == losses["streamed"]
+    assert len(windows) > 1 and "token_arrays" not in store._cache  # chunks came and went; no whole read
+    run = lm_train(tmp_path / "run", path, "--epochs", "1", "--cache-budget", "1", "--loss", "kl")
+    assert run.exit_code == 0 and "(tokens read by chunk, 1 cached)" in run.output, run.output
+
+
 def test_a_plain_pytorch_loop_distils_with_the_api(stores):
     torch.manual_seed(0)
     student = get_model(STUDENT, 256)
