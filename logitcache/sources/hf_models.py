@@ -44,6 +44,18 @@ class CausalLM(nn.Module):
     def forward(self, idx):  # idx: (B, T) int64; rows are right-padded, so causal attention needs no mask
         return self.model(input_ids=idx, use_cache=False).logits
 
+    supports_kv_cache = True  # dump --generate keeps the model's cache instead of running every step again
+
+    def start_cache(self, idx, attention_mask, position_ids):  # left-padded prompts -> (B, V) logits, cache
+        output = self.model(input_ids=idx, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                            logits_to_keep=1)
+        return output.logits[:, -1], output.past_key_values
+
+    def cached_step(self, idx, attention_mask, position_ids, cache):  # (B, 1) new ids -> (B, V) logits, cache
+        output = self.model(input_ids=idx, attention_mask=attention_mask, position_ids=position_ids,
+                            past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return output.logits[:, -1], output.past_key_values
+
     def hidden_states(self, idx):  # (B, T) -> (B, T, H): the decoder's output, before the head
         return self.model.base_model(input_ids=idx, use_cache=False).last_hidden_state
 
