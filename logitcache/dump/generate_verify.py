@@ -12,6 +12,8 @@ machine's kernels) within ``TOLERANCE`` once decoded.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
@@ -61,12 +63,16 @@ def _job(store, teacher, settings, provenance, dataset, split, device):
                         weights=(provenance.get("teacher") or {}).get("weights"), dataset=dataset, split=split,
                         teacher_name=teacher.name, codec=settings["codec"], batch_size=batch,
                         batch_tokens=batch * settings["seq_len"], device=device, bf16=settings["bf16"],
-                        rows_per_shard=settings["layout"]["rows_per_shard"], seed=generate["seed"],
+                        seed=generate["seed"],
                         tokenizer=store.dataset["tokenizer"]["spec"], seq_len=settings["seq_len"], generate=True,
                         temperature=generate["temperature"], top_p=generate["top_p"],
                         max_new_tokens=generate["max_new_tokens"], progress=False)
     torch.manual_seed(config.seed)  # as dump does: a teacher without weights draws its own from it
-    return GenerateJob(config, Distributed())
+    job = GenerateJob(config, Distributed())
+    if job.settings["layout"] != settings["layout"]:  # the dump was given --rows-per-shard
+        torch.manual_seed(config.seed)
+        job = GenerateJob(replace(config, rows_per_shard=settings["layout"]["rows_per_shard"]), Distributed())
+    return job
 
 
 def _sample(job) -> list[tuple[int, int, int]]:

@@ -198,13 +198,13 @@ def validate(config: DumpConfig) -> None:
     if config.tokenizer and (config.augment or config.transform or config.num_classes is not None):
         raise ConfigError("a token dump (--tokenizer) takes no --augment, --transform or --num-classes: the "
                           "teacher reads token ids, and its head's width is the vocabulary")
+    if config.generate and not config.tokenizer:
+        raise ConfigError("--generate needs --tokenizer and --seq-len: the teacher answers text prompts "
+                          "(--dataset jsonl:FILE:FIELD) token by token")
     if config.seq_len is not None and not config.tokenizer:
         raise ConfigError("--seq-len is for token dumps: add --tokenizer (e.g. bytes)")
     if config.tokenizer and (config.seq_len is None or config.seq_len < 2):
         raise ConfigError(f"a token dump needs --seq-len N (positions per sequence, N >= 2), got {config.seq_len}")
-    if config.generate and not config.tokenizer:
-        raise ConfigError("--generate needs --tokenizer and --seq-len: the teacher answers text prompts "
-                          "(--dataset jsonl:FILE:FIELD) token by token")
     sampling = (config.temperature, config.top_p, config.max_new_tokens, config.greedy) != (1.0, 1.0, 64, False)
     if sampling and not config.generate:
         raise ConfigError("--temperature, --top-p, --max-new-tokens and --greedy are for --generate")
