@@ -8,11 +8,12 @@ teacher-written answers against students from the plays' own answers.
 T = 0.8, top-p 0.95, batches of 64, one thread. Two teachers, each timed in this one process, the
 loops alternated, best of ``--repeats``: the shipped ``gpt`` (2 layers, 64 wide, 128 positions,
 random init: the speed does not depend on the weights) recomputed every step, against a bare loop
-over the same batches (the whole model each step, ``torch.multinomial`` over the top-p cut, no
-store); and a Hugging Face Llama from a config (4 layers, hidden 256, 256 ids, random init) with its
-KV cache, against ``model.generate`` with the same settings. The dump's time is the whole
-``dump()`` call (prompts, generation, reduction to ``topk:8``, journal, store, teacher shards,
-read-back); tokens are the response tokens. Bytes/token is the teacher's bytes on disk over the
+over the same batches (the whole model each step, ``torch.multinomial`` over the top-p cut, rows
+ending at byte 0 as the dump's do, no store); and a Hugging Face Llama from a config (4 layers, hidden 256, 256 ids, random init) with its
+KV cache, against ``model.generate`` with the same settings (end of text: byte 0). The dump's time
+is the whole ``dump()`` call (prompts, teacher, probe, generation, reduction to ``topk:8``,
+journal, store, teacher shards, read-back), and apart from it the dump's own count (generation and
+the store's writes); tokens are the response tokens, up to and with an end of text. Bytes/token is the teacher's bytes on disk over the
 stored tokens (prompt and response) and over the response tokens.
 
 ``students``: the recipe's teacher (data/runs/shakespeare_generate/teacher/best.pt) and stores. One
@@ -61,14 +62,15 @@ def time_dump(folder: Path, teacher: str, name: str) -> tuple[float, int, dict]:
     store = folder / f"{name}-{time.perf_counter_ns()}.zarr"
     torch.manual_seed(0)
     started = time.perf_counter()
-    dump(DumpConfig(store=str(store), teacher=teacher, dataset=f"jsonl:{PROMPTS}:prompt", tokenizer="bytes",
-                    seq_len=128, generate=True, codec="topk:8", batch_size=64, progress=False, **SETTINGS),
-         log=lambda *_: None)
+    summary = dump(DumpConfig(store=str(store), teacher=teacher, dataset=f"jsonl:{PROMPTS}:prompt", tokenizer="bytes",
+                              seq_len=128, generate=True, codec="topk:8", batch_size=64, progress=False, **SETTINGS),
+                   log=lambda *_: None)
     seconds = time.perf_counter() - started
     opened = open_store(store)
     responses = int(opened.loss_mask.sum())
     size = opened.teacher().nbytes_stored()
-    return seconds, responses, {"bytes": size, "tokens": int(opened.lengths.sum()), "responses": responses}
+    return seconds, responses, {"bytes": size, "tokens": int(opened.lengths.sum()), "responses": responses,
+                                "writing": summary.seconds}
 
 
 def bare_gpt(model, prompts: list[np.ndarray], batch: int = 64) -> tuple[float, int]:
@@ -82,12 +84,17 @@ def bare_gpt(model, prompts: list[np.ndarray], batch: int = 64) -> tuple[float, 
             for row, prompt in enumerate(rows):
                 ids[row, :len(prompt)] = torch.as_tensor(prompt)
             lengths = torch.as_tensor([len(p) for p in rows])
+            going = torch.arange(len(rows))  # rows end at byte 0, the end of text, as the dump's do
             for _ in range(SETTINGS["max_new_tokens"]):
-                logits = model(ids[:, :int(lengths.max())])[torch.arange(len(rows)), lengths - 1]  # (B, V)
+                last = lengths[going]
+                logits = model(ids[going, :int(last.max())])[torch.arange(len(going)), last - 1]  # (b, V)
                 chosen = sample(logits, generator)
-                ids[torch.arange(len(rows)), lengths] = chosen
-                lengths += 1
-                produced += len(rows)
+                ids[going, last] = chosen
+                lengths[going] += 1
+                produced += len(going)
+                going = going[chosen != 0]
+                if not len(going):
+                    break
     return time.perf_counter() - started, produced
 
 
@@ -114,9 +121,10 @@ def bare_hf(model, prompts: list[np.ndarray], batch: int = 64) -> tuple[float, i
                 mask[row, width - len(prompt):] = 1
             out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=0,
                                  temperature=SETTINGS["temperature"], top_p=SETTINGS["top_p"],
-                                 max_new_tokens=SETTINGS["max_new_tokens"], min_new_tokens=SETTINGS["max_new_tokens"],
-                                 pad_token_id=0)
-            produced += (out.shape[1] - width) * len(rows)
+                                 max_new_tokens=SETTINGS["max_new_tokens"], eos_token_id=0, pad_token_id=0)
+            new = out[:, width:]  # a row's tokens up to its first end of text (kept), then padding
+            ended = (new == 0).int().cumsum(dim=1)
+            produced += int(((ended == 0) | ((ended == 1) & (new == 0))).sum())
     return time.perf_counter() - started, produced
 
 
@@ -138,18 +146,20 @@ def speed(repeats: int) -> None:
             torch.manual_seed(0)
             model = get_model(spec, 256).eval()
             inner = getattr(model, "model", model)  # the transformers model, for its generate
-            dumps, bares, sizes = [], [], None
+            dumps, inside, bares, sizes = [], [], [], None
             for _ in range(repeats):
                 seconds, tokens, sizes = time_dump(folder, spec, label.split()[0])
                 dumps.append(tokens / seconds)
+                inside.append(tokens / sizes["writing"])
                 seconds, tokens = bare(inner if bare is bare_hf else model, prompts)
                 bares.append(tokens / seconds)
-            rows.append((label, max(dumps), max(bares), sizes))
-    print("| teacher | dump --generate tokens/s | bare loop tokens/s | ratio | bytes/token (stored) | bytes/response token |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for label, dumped, bare, sizes in rows:
-        print(f"| {label} | {dumped:,.0f} | {bare:,.0f} | {dumped / bare:.2f} | {sizes['bytes'] / sizes['tokens']:.1f} | "
-              f"{sizes['bytes'] / sizes['responses']:.1f} |")
+            rows.append((label, max(dumps), max(inside), max(bares), sizes))
+    print("| teacher | dump --generate, whole call (tokens/s) | its generate + store writes | bare loop | ratios | "
+          "bytes/token (stored) | bytes/response token |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for label, dumped, inside, bare, sizes in rows:
+        print(f"| {label} | {dumped:,.0f} | {inside:,.0f} | {bare:,.0f} | {dumped / bare:.2f}, {inside / bare:.2f} | "
+              f"{sizes['bytes'] / sizes['tokens']:.1f} | {sizes['bytes'] / sizes['responses']:.1f} |")
 
 
 def logitcache(*args: str) -> None:

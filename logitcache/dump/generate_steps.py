@@ -130,14 +130,15 @@ class RecomputeDecoder:
 
 
 class CachedDecoder:
-    """A Hugging Face teacher with its KV cache: prompts left-padded, one new token per row a step
-    (rows that ended are fed padding, their outputs dropped)."""
+    """A Hugging Face teacher with its KV cache: prompts left-padded, one new token per row a step;
+    rows that ended leave the cache (where it can drop rows; else they are fed padding, their
+    outputs dropped)."""
 
     uses_cache = True
 
     def __init__(self, model, teacher: TokenTeacher, pad_id: int):
         self.model, self.teacher, self.pad_id = model, teacher, pad_id
-        self.mask = self.positions = self.cache = None
+        self.mask = self.positions = self.cache = self.rows = None
 
     def start(self, prompts: list[np.ndarray], seq_len: int) -> torch.Tensor:
         device, width = self.teacher.device, max(len(p) for p in prompts)
@@ -147,16 +148,21 @@ class CachedDecoder:
             ids[row, width - len(prompt):] = torch.as_tensor(prompt, device=device)
             self.mask[row, width - len(prompt):] = 1
         positions = (self.mask.cumsum(dim=1) - 1).clamp_(min=0)
-        self.positions = positions[:, -1:]  # (B, 1)
+        self.positions, self.rows = positions[:, -1:], torch.arange(len(prompts), device=device)  # (B, 1), (B,)
         with autocast(self.teacher.device, self.teacher.bf16):
             logits, self.cache = self.model.start_cache(ids, self.mask, positions)
         return logits.float()
 
     def advance(self, rows: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-        tokens = torch.full((self.mask.shape[0], 1), self.pad_id, dtype=torch.long, device=self.mask.device)
-        tokens[rows, 0] = chosen
+        if len(rows) < len(self.rows) and callable(getattr(self.cache, "batch_select_indices", None)):
+            kept = torch.searchsorted(self.rows, rows)  # rows only ever leave, so both stay ascending
+            self.cache.batch_select_indices(kept)
+            self.mask, self.positions, self.rows = self.mask[kept], self.positions[kept], rows
+        tokens = torch.full((len(self.rows), 1), self.pad_id, dtype=torch.long, device=self.mask.device)
+        where = torch.searchsorted(self.rows, rows)
+        tokens[where, 0] = chosen
         self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
         self.positions = self.positions + 1
         with autocast(self.teacher.device, self.teacher.bf16):
             logits, self.cache = self.model.cached_step(tokens, self.mask, self.positions, self.cache)
-        return logits[rows].float()
+        return logits[where].float()

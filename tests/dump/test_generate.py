@@ -271,3 +271,22 @@ def test_killed_while_generating_and_while_writing_resumes_to_identical_bytes(tm
                               text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
     assert store_contents(store) == store_contents(reference) and not journal.exists()
+
+
+def test_the_kv_cache_gives_the_recomputed_logits_as_rows_end(chat_model):
+    from logitcache.dump.generate_steps import CachedDecoder, RecomputeDecoder
+    from logitcache.dump.token_teacher import TokenTeacher
+
+    model = get_model(f"hf:{chat_model[1]}", 302).eval()
+    teacher = TokenTeacher(model, torch.device("cpu"), bf16=False)
+    prompts = [np.arange(5, 5 + n) for n in (7, 3, 11)]
+    first = np.zeros((1, 32), dtype=np.int64)
+    first[0, :7] = prompts[0]
+    teacher.probe(first, np.asarray([7]), type("Tok", (), {"vocab_size": 302, "spec": "t"})())
+    cached, recomputed = CachedDecoder(model, teacher, 0), RecomputeDecoder(teacher, 0)
+    with torch.no_grad():
+        assert torch.allclose(cached.start(prompts, 32), recomputed.start(prompts, 32), atol=1e-5)
+        for rows in ([0, 1, 2], [0, 2], [2], [2]):  # rows 1, then 0, end: they leave the cache
+            rows, chosen = torch.as_tensor(rows), torch.as_tensor([40 + r for r in rows])
+            assert torch.allclose(cached.advance(rows, chosen), recomputed.advance(rows, chosen), atol=1e-5)
+    assert len(cached.rows) == 1 and cached.mask.shape == (1, 11 + 4)
