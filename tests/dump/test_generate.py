@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -163,6 +164,10 @@ def test_chat_prompts_through_the_template_with_a_kv_cache_teacher(tmp_path, cha
     (["--dataset", "jsonl:{dir}/long.jsonl:prompt"], "with --max-new-tokens 12 it needs --seq-len 72 or more"),
     (["--dataset", "jsonl:{dir}/ids.jsonl:prompt"], "holds a list, not a text prompt or chat messages"),
     (["--dataset", "digits@train"], "--generate reads prompts from token data such as jsonl:FILE:FIELD"),
+    (["--dataset", "jsonl:{dir}/none.jsonl:prompt@val"], "no file"),
+    (["--dataset", "jsonl:{dir}/blank.jsonl:prompt"], "holds no prompt"),
+    (["--dataset", "jsonl:{dir}/bad_chat.jsonl:prompt"], "message 0 is not {'role': str, 'content': str}"),
+    (["--dataset", "text:{dir}/p.jsonl@val"], "a split of text data cuts documents, not prompts"),
     (["--seq-len", "100"], "--seq-len 100 is longer than the teacher's context of 64 tokens"),
     (["--temperature", "-1"], "--temperature must be 0 (greedy) or more, got -1.0"),
     (["--temperature", "nan"], "--temperature must be 0 (greedy) or more, got nan"),
@@ -178,6 +183,8 @@ def test_bad_generate_inputs_are_one_line(tmp_path, extra, says):
     write_prompts(tmp_path / "empty.jsonl", ["To be", ""])
     write_prompts(tmp_path / "long.jsonl", ["x" * 60])
     write_prompts(tmp_path / "ids.jsonl", [[1, 2, 3]])
+    (tmp_path / "blank.jsonl").write_text("\n\n")
+    write_prompts(tmp_path / "bad_chat.jsonl", [[{"role": "user"}]])
     options = {"--teacher": GPT, "--dataset": f"jsonl:{tmp_path}/p.jsonl:prompt", "--tokenizer": "bytes",
                "--seq-len": "64", "--max-new-tokens": "12", "--store": str(tmp_path / "s.zarr")}
     flags, given = [], iter(extra)
@@ -290,3 +297,45 @@ def test_the_kv_cache_gives_the_recomputed_logits_as_rows_end(chat_model):
             rows, chosen = torch.as_tensor(rows), torch.as_tensor([40 + r for r in rows])
             assert torch.allclose(cached.advance(rows, chosen), recomputed.advance(rows, chosen), atol=1e-5)
     assert len(cached.rows) == 1 and cached.mask.shape == (1, 11 + 4)
+
+
+def nan_gpt(num_classes: int):
+    """The test GPT, whose logits are NaN for any sequence that starts with a 'Z'."""
+    model = get_model(GPT, num_classes)
+    body = model.hidden_states
+
+    def poisoned(idx):
+        hidden = body(idx)
+        return torch.where((idx[:, 0] == ord("Z"))[:, None, None], float("nan"), hidden)
+
+    model.hidden_states = poisoned
+    return model
+
+
+def test_non_finite_logits_name_the_prompts_and_keep_the_shards_before(tmp_path):
+    prompts = write_prompts(tmp_path / "p.jsonl", [*play_lines(8), "Zounds!"])
+    store = tmp_path / "nan.zarr"
+    result = invoke("dump", store, "--teacher", "tests.dump.test_generate:nan_gpt", "--dataset",
+                    f"jsonl:{prompts}:prompt", "--tokenizer", "bytes", "--seq-len", 64, "--generate",
+                    "--max-new-tokens", 4, "--rows-per-shard", 256, "--no-progress")
+    assert "NaN/inf logits while answering 1 prompts (keys: 'p.jsonl:9')" in one_error(result)
+    assert len(list((tmp_path / "nan.zarr.generating").glob("shard-*.npz"))) == 2  # 4 prompts a shard
+
+
+def test_a_journal_of_other_settings_is_cleared_and_a_damaged_one_is_one_line(tmp_path, prompts, monkeypatch):
+    from logitcache.dump.generate_rows import Journal
+
+    monkeypatch.setattr(Journal, "remove", lambda self: None)  # the journal outlives the store
+    store = generate(tmp_path / "j.zarr", prompts, codec="topk:4", temperature=0.5, rows_per_shard=192)
+    journal = tmp_path / "j.zarr.generating"
+    assert len(list(journal.glob("shard-*.npz"))) == 3
+    fresh = generate(tmp_path / "fresh.zarr", prompts, codec="topk:4", temperature=0.9, rows_per_shard=192)
+    shutil.rmtree(store)  # the store is lost; a rerun with other settings rebuilds it from scratch
+    generate(store, prompts, codec="topk:4", temperature=0.9, rows_per_shard=192)
+    assert store_contents(store) == store_contents(fresh)
+    shutil.rmtree(store)
+    (journal / "shard-000001.npz").write_bytes(b"not a shard")
+    result = invoke("dump", store, "--teacher", GPT, "--dataset", f"jsonl:{prompts}:prompt", "--tokenizer", "bytes",
+                    "--seq-len", 64, "--generate", "--max-new-tokens", 12, "--codec", "topk:4", "--temperature",
+                    "0.9", "--rows-per-shard", 192, "--batch-size", 3, "--no-progress")
+    assert "shard-000001.npz cannot be read" in one_error(result) and "delete" in one_error(result)
