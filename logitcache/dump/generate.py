@@ -17,6 +17,7 @@ into a local store; ``generate_rows.py`` says how the rows are made and kept unt
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 from tqdm import tqdm
@@ -81,6 +82,7 @@ class GenerateJob(TokenJob):
                                      self.device)
         self.source = GeneratedInputs(self)
         self.in_store = None  # the store, when it already holds this teacher's sequences
+        self.generated = 0  # response tokens written by this run
         self.rows = None
 
     def _settings(self) -> tuple[dict, dict]:
@@ -128,8 +130,10 @@ class GenerateJob(TokenJob):
         with tqdm(total=sequences, unit="response", disable=not self.config.progress,
                   desc=f"generate {self.config.teacher_name}", dynamic_ncols=True, mininterval=1.0) as bar:
             for shard in missing:
-                self.journal.save(shard, self.generate_shard(shard))
-                bar.update(np.subtract(*self._shard_sequences(shard)[::-1]))
+                rows = self.generate_shard(shard)
+                self.journal.save(shard, rows)
+                self.generated += int(rows.loss_mask.sum())
+                bar.update(len(rows))
         self.prepare_seconds = time.perf_counter() - started
 
     def _store_with_these_settings(self):
@@ -191,7 +195,7 @@ class GenerateJob(TokenJob):
     def summary(self, store, teacher: Teacher, written: int, seconds: float, resumed: int | None = None):
         if teacher.is_complete:
             self.journal.remove()  # a dump killed after completing, before removing it
-        return super().summary(store, teacher, written, seconds, resumed)
+        return replace(super().summary(store, teacher, written, seconds, resumed), generated=self.generated)
 
 
 class GeneratedInputs:
