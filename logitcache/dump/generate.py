@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..devices import resolve_device
-from ..errors import ConfigError, DatasetError, LogitCacheError, NonFiniteLogitsError
+from ..errors import ConfigError, DatasetError, LogitCacheError, NonFiniteLogitsError, StoreMismatchError
 from ..sources import get_model
 from ..sources.prompts import read_prompts
 from ..sources.tokenizers import get_tokenizer
@@ -124,6 +124,7 @@ class GenerateJob(TokenJob):
         self.in_store = self._store_with_these_settings()
         if self.in_store is not None:
             return
+        self._refuse_other_store()
         self.journal.open()
         missing = [s for s in range(self.num_shards) if not self.journal.has(s)]
         sequences = sum(self._shard_sequences(s)[1] - self._shard_sequences(s)[0] for s in missing)
@@ -149,6 +150,20 @@ class GenerateJob(TokenJob):
         except LogitCacheError:
             pass
         return None
+
+    def _refuse_other_store(self) -> None:
+        """An existing store that cannot hold these answers is refused before they are generated (one
+        that can is compared with them, sequence by sequence, once they are)."""
+        try:
+            store = open_store(self.config.store)
+        except LogitCacheError:
+            return  # nothing there yet (or what the dump's own open will name)
+        shape = (len(self.prompts), self.config.seq_len)
+        if not store.is_tokens or (store.num_samples, store.seq_len) != shape:
+            held = f"{store.num_samples} sequences of {store.seq_len} tokens" if store.is_tokens else \
+                "labelled samples"
+            raise StoreMismatchError(f"{self.config.store} holds {held}, not the answers to {shape[0]} prompts in "
+                                     f"sequences of {shape[1]}: a store holds one dataset — dump into another STORE path")
 
     def _shard_sequences(self, shard: int) -> tuple[int, int]:
         start, stop = self.layout.shard_rows(shard, len(self.prompts) * self.config.seq_len)

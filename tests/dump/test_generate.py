@@ -121,6 +121,11 @@ def test_the_same_command_again_does_nothing_and_other_settings_are_refused(tmp_
                     "--seq-len", 64, "--generate", "--max-new-tokens", 12, "--codec", "sample:4", "--batch-size", 3,
                     "--temperature", "0.5", "--no-progress")
     assert "the token sequences differ from store" in one_error(result)  # a store holds one teacher's answers
+    fewer = write_prompts(tmp_path / "fewer.jsonl", play_lines(3))
+    other = invoke("dump", store, "--teacher", GPT, "--dataset", f"jsonl:{fewer}:prompt", "--tokenizer", "bytes",
+                   "--seq-len", 64, "--generate", "--max-new-tokens", 12, "--teacher-name", "second", "--no-progress")
+    assert "holds 7 sequences of 64 tokens, not the answers to 3 prompts" in one_error(other)
+    assert not (tmp_path / "s.zarr.generating").exists()  # refused before generating anything
 
 
 @pytest.fixture(scope="module")
