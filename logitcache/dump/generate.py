@@ -28,7 +28,7 @@ from ..sources import get_model
 from ..sources.prompts import read_prompts
 from ..sources.tokenizers import get_tokenizer
 from ..store import Layout, Teacher, get_codec, local_path, open_store
-from ..store._tokens import choose_token_layout
+from ..store._tokens import StoredSequences, choose_token_layout
 from .generate_rows import GeneratedRows, Journal, ResponseWriter
 from .generate_steps import Sampling, make_decoder
 from .reduce import DeviceReducer
@@ -124,7 +124,7 @@ class GenerateJob(TokenJob):
         self.in_store = self._store_with_these_settings()
         if self.in_store is not None:
             return
-        self._refuse_other_store()
+        existing = self._refuse_other_store()
         self.journal.open()
         missing = [s for s in range(self.num_shards) if not self.journal.has(s)]
         sequences = sum(self._shard_sequences(s)[1] - self._shard_sequences(s)[0] for s in missing)
@@ -135,6 +135,11 @@ class GenerateJob(TokenJob):
                 self.journal.save(shard, rows)
                 self.generated += int(rows.loss_mask.sum())
                 bar.update(len(rows))
+        if existing is not None and StoredSequences(existing).differs_from(self.source)[1]:
+            self.journal.remove()  # answers no store here can take: not kept for a rerun
+            raise StoreMismatchError(f"the teacher's answers differ from the token sequences of store "
+                                     f"{self.config.store} (other prompts, teacher or settings): a store holds one "
+                                     "teacher's answers — dump into another STORE path")
         self.prepare_seconds = time.perf_counter() - started
 
     def _store_with_these_settings(self):
@@ -151,19 +156,20 @@ class GenerateJob(TokenJob):
             pass
         return None
 
-    def _refuse_other_store(self) -> None:
-        """An existing store that cannot hold these answers is refused before they are generated (one
-        that can is compared with them, sequence by sequence, once they are)."""
+    def _refuse_other_store(self):
+        """An existing store that cannot hold these answers is refused before they are generated; one
+        that can is returned, to be compared with them once they are (None: no store yet)."""
         try:
             store = open_store(self.config.store)
         except LogitCacheError:
-            return  # nothing there yet (or what the dump's own open will name)
+            return None  # nothing there yet (or what the dump's own open will name)
         shape = (len(self.prompts), self.config.seq_len)
         if not store.is_tokens or (store.num_samples, store.seq_len) != shape:
             held = f"{store.num_samples} sequences of {store.seq_len} tokens" if store.is_tokens else \
                 "labelled samples"
             raise StoreMismatchError(f"{self.config.store} holds {held}, not the answers to {shape[0]} prompts in "
                                      f"sequences of {shape[1]}: a store holds one dataset — dump into another STORE path")
+        return store
 
     def _shard_sequences(self, shard: int) -> tuple[int, int]:
         start, stop = self.layout.shard_rows(shard, len(self.prompts) * self.config.seq_len)
@@ -233,8 +239,6 @@ class GeneratedInputs:
     def __iter__(self):
         job = self.job
         if job.in_store is not None:
-            from ..store._tokens import StoredSequences
-
             stored = StoredSequences(job.in_store)
             for shard in range(job.num_shards):
                 first, last = job._shard_sequences(shard)

@@ -120,7 +120,7 @@ def test_the_same_command_again_does_nothing_and_other_settings_are_refused(tmp_
     result = invoke("dump", store, "--teacher", GPT, "--dataset", f"jsonl:{prompts}:prompt", "--tokenizer", "bytes",
                     "--seq-len", 64, "--generate", "--max-new-tokens", 12, "--codec", "sample:4", "--batch-size", 3,
                     "--temperature", "0.5", "--no-progress")
-    assert "the token sequences differ from store" in one_error(result)  # a store holds one teacher's answers
+    assert "the teacher's answers differ from the token sequences of store" in one_error(result)
     fewer = write_prompts(tmp_path / "fewer.jsonl", play_lines(3))
     other = invoke("dump", store, "--teacher", GPT, "--dataset", f"jsonl:{fewer}:prompt", "--tokenizer", "bytes",
                    "--seq-len", 64, "--generate", "--max-new-tokens", 12, "--teacher-name", "second", "--no-progress")
