@@ -19,7 +19,8 @@ Each item is one stored sequence, named as Hugging Face models and trainers expe
   its codec stores them, never densified: ``teacher_logits`` (L, V) for dense codecs;
   ``teacher_indices``, ``teacher_logprobs`` (L, K) and ``teacher_tail`` (L,) for ``topk:K``;
   ``teacher_indices``, ``teacher_weights``, ``teacher_logprobs`` (L, K) and the sampling
-  ``teacher_temperature`` () for ``sample:K[:T]``.
+  ``teacher_temperature`` () for ``sample:K[:T]``; with either sparse form the store's vocabulary,
+  ``teacher_vocab_size`` (), which the loss checks the student's head against (dense rows show it).
 
 Targets are read by whole sequences and decoded per batch (``TokenStoreDataset.batch``): held in
 memory, compact as stored, when they fit ``cache_budget``, else read many chunks at a time (a chunk
@@ -52,7 +53,7 @@ from .stored_rows import ReadsStoredRows, StoredRows
 CACHE_BUDGET = 4 << 30  # bytes of stored targets held in memory before they are read chunk by chunk
 TEACHER_PREFIX = "teacher_"
 TEACHER_COLUMNS = ("teacher_logits", "teacher_indices", "teacher_logprobs", "teacher_tail", "teacher_weights",
-                   "teacher_temperature")
+                   "teacher_temperature", "teacher_vocab_size")
 
 __all__ = ["TEACHER_COLUMNS", "TeacherTargets", "TokenStoreDataset", "chunked_distillation_loss", "collate_tokens",
            "distillation_loss", "open_teacher", "teacher_of"]
@@ -67,7 +68,7 @@ class TeacherTargets(ReadsStoredRows):
     """
 
     def __init__(self, teacher: Teacher, seq_len: int, budget_bytes: int = CACHE_BUDGET, sequences=None):
-        self.name, self.codec, self.seq_len = teacher.name, teacher.codec, seq_len
+        self.name, self.codec, self.seq_len, self.vocab_size = teacher.name, teacher.codec, seq_len, teacher.num_classes
         self.sample_temperature = self.codec.sampled_at
         row_bytes = sum(array.dtype.itemsize * int(np.prod(array.shape[1:])) for array in teacher.arrays.values())
         # a chunk holds whole sequences, so the shards holding each sequence's first row hold all of it
@@ -84,12 +85,18 @@ class TeacherTargets(ReadsStoredRows):
         out = targets.unflatten(0, (len(sequences), self.seq_len)).columns(TEACHER_PREFIX)
         if self.sample_temperature is not None:
             out["teacher_temperature"] = torch.full((len(sequences),), self.sample_temperature, dtype=torch.float32)
+        if self.codec.has_sparse_form:  # a dense row's width is the vocabulary
+            out["teacher_vocab_size"] = torch.full((len(sequences),), self.vocab_size, dtype=torch.int64)
         return out
 
-    def top1(self, sequences: np.ndarray) -> Tensor:
-        """(B, L) the teacher's most probable next token (a ``sample`` row: its most drawn one)."""
-        top = self.codec.top_classes(self.stored(sequences), 1)[:, 0]
-        return torch.from_numpy(top.astype(np.int64)).reshape(len(sequences), self.seq_len)
+    def targets_and_top1(self, sequences: np.ndarray) -> tuple[Targets, Tensor]:
+        """From one read of the stored rows, what validation needs: the (B, L) typed targets (a
+        ``sample`` row's temperature left out: the caller's to use) and the teacher's most probable
+        next token, (B, L) (a ``sample`` row: its most drawn one)."""
+        stored = self.stored(sequences)
+        shape = (len(sequences), self.seq_len)
+        top = torch.from_numpy(self.codec.top_classes(stored, 1)[:, 0].astype(np.int64)).reshape(shape)
+        return self.codec.training_targets(stored).unflatten(0, shape), top
 
 
 class TokenStoreDataset(Dataset):
@@ -281,12 +288,18 @@ def _batch_teacher(batch: dict, kd_weight: float) -> Targets | None:
     return teacher
 
 
-def open_teacher(store: LogitStore, name: str | None = None, allow_partial: bool = False) -> Teacher:
+def open_teacher(store: LogitStore, name: str | None = None, allow_partial: bool = False,
+                 argument: str = "teacher=") -> Teacher:
     """The teacher called ``name``; without one, the store's only complete teacher, or its only
-    teacher if none is complete yet (then refused unless ``allow_partial``)."""
+    teacher if none is complete yet (then refused unless ``allow_partial``). ``argument``: how the
+    caller's user names a teacher (``--teacher`` for the CLI), said when the store holds several."""
     if name is None:  # the only complete teacher; or the only teacher, if none is complete yet
-        only = not store.teacher_names and len(store.all_teacher_names) == 1
-        name = store.all_teacher_names[0] if only else None
+        complete, every = store.teacher_names, store.all_teacher_names
+        if not complete and len(every) == 1:
+            name = every[0]
+        elif len(complete) != 1:
+            raise StoreMismatchError(f"{store.location} holds {len(complete)} complete teachers "
+                                     f"({', '.join(complete) or 'none'}); name one with {argument}")
     teacher = store.teacher(name)
     if not teacher.is_complete and not allow_partial:
         raise StoreIncompleteError(

@@ -66,22 +66,13 @@ def format_description(d: dict) -> str:
         f"          fingerprint {data['fingerprint']}",
         f"          transform {data.get('transform')}",
     ]
-    if not d["teachers"]:
-        lines.append("teachers  none yet")
-    for name, t in d["teachers"].items():
-        if "problem" in t:
-            lines.append(f"teacher   {name!r}: {t['status']}: {t['problem']}")
-            continue
-        prov, settings, metrics, run = t["provenance"], t["settings"], t.get("metrics") or {}, t.get("run") or {}
+    for name, t, prov, settings, metrics, run in _readable_teachers(d, lines):
         num_classes, layout, views = t["num_classes"], t["layout"], t["views_per_sample"]
         outputs = data["num_samples"] * views
         shape = f"{data['num_samples']} x {views} views x {num_classes}" if t.get("views") else \
             f"{data['num_samples']} x {num_classes}"
         lines += [
-            f"teacher   {name!r}: {t['status']}",
-            f"  model     {_field(prov, 'teacher', 'spec')} ({_field(prov, 'teacher', 'num_parameters', fmt=',')} "
-            "parameters)",
-            _weights_line(settings),
+            *_teacher_lines(name, t, prov, settings),
             f"  logits    {shape}, {get_codec(t['codec']).description}, codec {t['codec']}{_ids(t)}: "
             f"{t['bytes_on_disk']:,} bytes = {t['bytes_per_sample']:.1f} bytes/sample"
             + (f", {t['bytes_per_view']:.1f} bytes/view" if t.get("views") else "")
@@ -161,6 +152,26 @@ def _feature_lines(t: dict, num_samples: int, views: int) -> list[str]:
     return lines
 
 
+def _readable_teachers(d: dict, lines: list[str]):
+    """Each readable teacher's (name, record, provenance, settings, metrics, run); a damaged one
+    gets its one line in ``lines`` instead, so the rest of the store still describes itself."""
+    if not d["teachers"]:
+        lines.append("teachers  none yet")
+    for name, t in d["teachers"].items():
+        if "problem" in t:
+            lines.append(f"teacher   {name!r}: {t['status']}: {t['problem']}")
+            continue
+        yield name, t, t["provenance"], t["settings"], t.get("metrics") or {}, t.get("run") or {}
+
+
+def _teacher_lines(name: str, t: dict, prov: dict, settings: dict) -> list[str]:
+    """A teacher's status, model and weights: the same for image and token stores."""
+    return [f"teacher   {name!r}: {t['status']}",
+            f"  model     {_field(prov, 'teacher', 'spec')} ({_field(prov, 'teacher', 'num_parameters', fmt=',')} "
+            "parameters)",
+            _weights_line(settings)]
+
+
 def _field(record: dict, *path: str, fmt: str = "") -> str:
     """A nested field of a provenance or settings record, or '-' (stores written through the API, or
     by other tools, may leave them out)."""
@@ -182,18 +193,9 @@ def format_token_description(d: dict) -> str:
         f"({tokenizer.get('vocab_size')} ids, {tokenizer.get('identity')})",
         f"          fingerprint {data['fingerprint']}",
     ]
-    if not d["teachers"]:
-        lines.append("teachers  none yet")
-    for name, t in d["teachers"].items():
-        if "problem" in t:
-            lines.append(f"teacher   {name!r}: {t['status']}: {t['problem']}")
-            continue
-        prov, settings, metrics, run = t["provenance"], t["settings"], t.get("metrics") or {}, t.get("run") or {}
+    for name, t, prov, settings, metrics, run in _readable_teachers(d, lines):
         lines += [
-            f"teacher   {name!r}: {t['status']}",
-            f"  model     {_field(prov, 'teacher', 'spec')} ({_field(prov, 'teacher', 'num_parameters', fmt=',')} "
-            "parameters)",
-            _weights_line(settings),
+            *_teacher_lines(name, t, prov, settings),
             f"  targets   {get_codec(t['codec']).description}, codec {t['codec']}{_ids(t)}: "
             f"{t['bytes_on_disk']:,} bytes = "
             f"{t['bytes_on_disk'] / max(data['num_tokens'], 1):.1f} bytes/token "

@@ -5,6 +5,7 @@
     >>> get_codec("topk:50"), list_codecs()                # ["bf16", "fp16", "fp32", "u8"]
     >>> codec_examples()                                   # every plain name and each family's examples
     >>> get_stored_codec("topk:8", 131072, index_bits=17)  # the codec a teacher's record describes
+    >>> get_new_codec("sample:12", 256)                    # a dump's, checked against its classes
 
 Each codec file registers itself when the package imports it; a plugin registers the same way, from
 its own module. An unknown name raises a SpecError listing every plain name and family.
@@ -101,6 +102,23 @@ def get_stored_codec(name: str, num_classes: int, index_bits: int | None = None)
         SpecError: an unknown or malformed name, or ``index_bits`` the codec cannot have.
     """
     return get_codec(name).for_classes(num_classes).with_index_bits(index_bits)
+
+
+def get_new_codec(name: str, num_classes: int) -> Codec:
+    """The codec a dump writes a new teacher of ``num_classes`` classes with: ``get_codec(name)`` for
+    them, refused if a row would keep more entries than there are classes (``sample:100000`` of 256
+    would store 100,000-wide rows, where a dense codec keeps every class in less). Only new teachers:
+    one written before this check still opens (``get_stored_codec``).
+
+    Raises:
+        SpecError: as ``get_codec``; or a row wider than the classes (naming them).
+    """
+    codec = get_codec(name).for_classes(num_classes)
+    widest = max((spec.width or 0 for spec in codec.arrays.values()), default=0)
+    if widest > num_classes:
+        raise SpecError(f"codec {codec.name} keeps {widest} entries per row, more than the teacher's {num_classes} "
+                        f"classes: give at most {num_classes}, or a dense codec (fp16 keeps every class)")
+    return codec
 
 
 def parse_entries(name: str, family: str) -> tuple[int, str, list[str]]:

@@ -28,6 +28,8 @@ from .packed_ids import PACKED_VERSION, packed_index_bits
 from .target_types import SampledTargets
 
 SAMPLE_SEED = 0x5EED  # draws are a pure function of (this seed, shard, logits): resumable and repeatable
+# T outside these draws one class or a uniform guess anyway; far outside, logits / T leaves float32 (1e-300: NaN)
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3
 
 
 class SampleCodec(SparseCodec):
@@ -194,8 +196,8 @@ def parse_sample(name: str) -> SampleCodec:
     ``counts``: no log-probabilities).
 
     Raises:
-        SpecError: K is not a positive integer, a part is neither a temperature > 0 nor fp16/fp32/
-            counts, or fp32 with counts.
+        SpecError: K is not a positive integer, a part is neither a temperature nor fp16/fp32/counts,
+            a temperature outside [MIN_TEMPERATURE, MAX_TEMPERATURE] (inf, nan), or fp32 with counts.
     """
     k, values, extra = parse_entries(name, "sample")
     if "counts" in extra:
@@ -207,9 +209,10 @@ def parse_sample(name: str) -> SampleCodec:
         try:
             temperature = float(part)
         except ValueError:
-            temperature = 0.0
-        if not temperature > 0:
-            raise SpecError(f"codec {name!r} is not of the form sample:K[:T][:fp32] with T > 0")
+            raise SpecError(f"codec {name!r} is not of the form sample:K[:T][:fp32] with T > 0") from None
+        if not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE:  # nan too
+            raise SpecError(f"codec {name!r}: the temperature {part} is not between {MIN_TEMPERATURE:g} and "
+                            f"{MAX_TEMPERATURE:g}")
     return SampleCodec(k, temperature, values)
 
 

@@ -79,11 +79,14 @@ class DenseTargets(Targets):
 @dataclasses.dataclass(frozen=True, eq=False)
 class TopKTargets(Targets):
     """A ``topk:K`` row: the K most probable classes, their log-probabilities at T = 1, and the log of
-    the rest of the mass (one tail bucket). indices, logprobs: (..., K); tail: (...,)."""
+    the rest of the mass (one tail bucket). indices, logprobs: (..., K); tail: (...,). ``vocab_size``:
+    the classes the ids index, as a language-model batch carries it (one per sequence), checked
+    against the student's head (a sparse row cannot show a wider head is wrong); None: unchecked."""
 
     indices: Tensor
     logprobs: Tensor
     tail: Tensor
+    vocab_size: Tensor | None = dataclasses.field(default=None, metadata={"rows": False})
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -91,12 +94,13 @@ class SampledTargets(Targets):
     """A ``sample:K[:T]`` row: the classes drawn from the teacher at T, their weights (count / K, 0 for
     padding) and the teacher's log-probabilities of them at T; (..., K) each. ``temperature``: T as a
     language-model batch carries it (one per sequence), checked against the loss's; None where the
-    caller checked it already."""
+    caller checked it already. ``vocab_size``: as ``TopKTargets``'s."""
 
     indices: Tensor
     weights: Tensor
     logprobs: Tensor
     temperature: Tensor | None = dataclasses.field(default=None, metadata={"rows": False})
+    vocab_size: Tensor | None = dataclasses.field(default=None, metadata={"rows": False})
 
 
 def targets_from_fields(fields: Mapping[str, Tensor]) -> Targets:

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from ..codecs import get_new_codec
 from ..errors import (
     CorruptStoreError,
     LogitCacheError,
@@ -35,7 +36,6 @@ from ..store import (
     check_teacher,
     clear_unfinished,
     create_store,
-    get_codec,
     holds_files,
     is_unfinished_creation,
     local_path,
@@ -121,7 +121,7 @@ def _open_or_create_teacher(store, config, num_classes, settings, provenance) ->
         if existing.status != STATUS_CREATING:
             return _resumable_teacher(store, existing, num_classes, settings)
     store.delete_teacher(name)  # also any leftovers of a deletion or creation cut short
-    codec = get_codec(config.codec).for_classes(num_classes)
+    codec = get_new_codec(config.codec, num_classes)
     return store.create_teacher(name, num_classes=num_classes, codec=codec,
                                 layout=Layout.from_dict(settings["layout"]), settings=settings,
                                 provenance=provenance, run={"started_at": now_utc(), "sessions": 0, "seconds": 0.0},
@@ -158,6 +158,21 @@ def _resumable_teacher(store, teacher: Teacher, num_classes: int, settings: dict
     return teacher
 
 
+def mark_dumped(teacher: Teacher, lock, dist, seconds: float, metrics, **record) -> None:
+    """Rank 0 adds this session to the teacher's run record (``record``: more fields for it) and marks
+    the teacher complete with ``metrics()``; every rank learns whether that worked (a lost lock, a
+    failed write) at the barrier, so none returns success alone."""
+    error = None
+    if dist.is_main:
+        try:
+            lock.ensure_held()
+            run = teacher.attrs["run"]
+            run.update(finished_at=now_utc(), sessions=run["sessions"] + 1,
+                       seconds=round(run["seconds"] + seconds, 3), processes=dist.world_size, **record)
+            teacher.mark_complete(metrics=metrics(), run=run)
+        except Exception as err:  # every rank must reach the barrier; LogitCacheErrors are one line there
+            error = err
+    dist.agree(error)
 
 
 def now_utc() -> str:

@@ -45,7 +45,7 @@ from ..views.view_specs import parse_augment
 from ..views.replay import DumpViews
 from .dump_config import DumpConfig
 from .loop import AccuracyCounts, autocast, run_teacher
-from .resume import now_utc, open_for_dump
+from .resume import mark_dumped, open_for_dump
 from .settings import dump_settings
 from .summary import DumpSummary
 from .generate import GenerateJob, sampling_of
@@ -160,18 +160,7 @@ def _write_teacher(config: DumpConfig, dist: Distributed, source, inputs, model,
     seconds = time.perf_counter() - started
     rows = len(source) * teacher.views_per_sample  # accuracy and mass are over every stored view
     metrics, outputs = AccuracyCounts.records(totals, rows)
-    error = None
-    if dist.is_main:
-        try:
-            lock.ensure_held()
-            run = teacher.attrs["run"]
-            run.update(finished_at=now_utc(), sessions=run["sessions"] + 1,
-                       seconds=round(run["seconds"] + seconds, 3), processes=dist.world_size,
-                       teacher_outputs=outputs)
-            teacher.mark_complete(metrics=metrics, run=run)
-        except LogitCacheError as err:
-            error = err
-    dist.agree(error)
+    mark_dumped(teacher, lock, dist, seconds, lambda: metrics, teacher_outputs=outputs)
     return _summary(config, store, teacher, metrics, int(written), seconds, resumed=int(done.sum()), outputs=outputs)
 
 

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..codecs import get_new_codec
 from ..sources import file_sha256, num_parameters, parameters_sha256, weights_in_spec
 from ..store import bytes_per_sample as feature_bytes
-from ..store import choose_layout, get_codec
+from ..store import choose_layout
 from ..views.view_specs import ViewAugment
 from ..views.record import bytes_per_view, view_record
 
@@ -23,7 +24,7 @@ def dump_settings(config, source, model, num_classes: int, device,
               augment: ViewAugment | None, features: list[dict] | None = None) -> tuple[dict, dict]:
     """What determines the stored bytes (compared on resume), and what describes the teacher.
     ``features``: the records of the teacher features the dump stores (``features/extract.py: tap_teacher``)."""
-    codec = get_codec(config.codec).for_classes(num_classes)
+    codec = get_new_codec(config.codec, num_classes)
     views = max(config.view_count, 1)
     record = view_record(config, augment) if augment else None
     row_bytes = views * (codec.bytes_per_sample(num_classes) + (bytes_per_view(record) if record else 0))

@@ -19,15 +19,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..codecs import get_new_codec
 from ..devices import resolve_device
 from ..errors import ConfigError, CorruptStoreError, NonFiniteLogitsError, OutOfMemoryError
 from ..sources import get_model
 from ..sources.tokenizers import get_tokenizer
 from ..sources.token_datasets import TokenStream, stream_token_dataset
-from ..store import BackgroundWriter, Teacher, get_codec
+from ..store import BackgroundWriter, Teacher
 from ..store._tokens import StoredSequences, choose_token_layout, token_layout_horizon
 from .reduce import STATS, DeviceReducer
-from .resume import now_utc
+from .resume import mark_dumped
 from .settings import software, weights_digest
 from .summary import TokenDumpSummary
 from .token_teacher import TokenTeacher, is_out_of_memory
@@ -74,7 +75,7 @@ class TokenJob:
         self.rows: StoredSequences | None = None  # the store's sequences, once it is open
 
     def _settings(self) -> tuple[dict, dict]:
-        config, codec = self.config, get_codec(self.config.codec).for_classes(self.num_classes)
+        config, codec = self.config, get_new_codec(self.config.codec, self.num_classes)
         row_bytes = codec.bytes_per_sample(self.num_classes) + 4  # + the row's log-sum-exp
         sequences = self.source.stream.count_rows(up_to=token_layout_horizon(config.seq_len, row_bytes))
         layout = choose_token_layout(sequences, config.seq_len, row_bytes, config.rows_per_shard)
@@ -111,17 +112,7 @@ class TokenJob:
         dist.agree(error)
         written = int(dist.sum([written])[0])
         seconds = time.perf_counter() - started
-        error = None
-        if dist.is_main:
-            try:
-                lock.ensure_held()
-                run = teacher.attrs["run"]
-                run.update(finished_at=now_utc(), sessions=run["sessions"] + 1,
-                           seconds=round(run["seconds"] + seconds, 3), processes=dist.world_size)
-                teacher.mark_complete(metrics=token_metrics(teacher.shard_stats()), run=run)
-            except Exception as err:
-                error = err
-        dist.agree(error)
+        mark_dumped(teacher, lock, dist, seconds, lambda: token_metrics(teacher.shard_stats()))
         return self.summary(store, teacher, written, seconds, resumed=int(done.sum()))
 
     def _write_shards(self, teacher: Teacher, pending: list[int], show: bool, held) -> int:

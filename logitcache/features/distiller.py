@@ -1,7 +1,7 @@
 """The feature side of one student run: the student's taps, the feature losses with their connectors and
 weights, and where the teacher's features come from (the store, or the teacher in the loop).
 
-    >>> run = FeatureRun.build(config, student, sample, device, store=store, teacher_name="default", rows=rows)
+    >>> run = FeatureRun.build(options, student, sample, device, store=store, teacher_name="default", rows=rows)
     >>> paired = run.pair(paired, views=0)               # batches gain the cached features
     >>> with run.student_tap():
     ...     student_logits = model(inputs)
@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import ConfigError, StoreMismatchError
 from .cached_features import FeaturePairs, TeacherFeatures
 from .extract import FeatureTap, tap_teacher
-from .feature_specs import parse_feature_losses, parse_features, parse_student_features
+from .feature_specs import FeatureOptions, parse_feature_losses, parse_features, parse_student_features
 from .losses import Level, feature_loss_spec
 
 
@@ -91,17 +91,17 @@ class FeatureRun:
         self.distiller, self.reader, self.teacher_tap = distiller, reader, teacher_tap
 
     @classmethod
-    def build(cls, config, student, sample, device, *, store=None, teacher_name=None, rows=None,
+    def build(cls, options: FeatureOptions, student, sample, device, *, store=None, teacher_name=None, rows=None,
               online=None, random_views: bool = False) -> FeatureRun | None:
-        """``random_views``: the student's inputs are random views the store's single view never showed the
+        """``options``: the run's ``FeatureOptions``. ``random_views``: the student's inputs are random views the store's single view never showed the
         teacher; spatial features (attention, map) would then be misplaced, so they are refused."""
-        if not config.feature_loss:
+        if not options.losses:
             return None
-        losses = parse_feature_losses(config.feature_loss)
-        student_layers = parse_student_features(config.student_features or "")
+        losses = parse_feature_losses(options.losses)
+        student_layers = parse_student_features(options.student_layers or "")
         reader = teacher_tap = None
         if online is not None:
-            teacher_tap, records = online_records(online, config.features or "", sample, device)
+            teacher_tap, records = online_records(online, options.online_layers or "", sample, device)
         else:
             records = {f["name"]: f for f in store.teacher(teacher_name).features}
             if not records:
@@ -116,7 +116,7 @@ class FeatureRun:
                               "(--augment SPEC --views K) and replay it, or use --online-teacher")
         if online is None:
             reader = TeacherFeatures(store, teacher_name, sorted({n for ns in distiller.names.values() for n in ns}),
-                                     rows, config.cache_budget)  # one reader: the loader's process (FeaturePairs)
+                                     rows, options.cache_budget)  # one reader: the loader's process (FeaturePairs)
         return cls(distiller, reader, teacher_tap)
 
     @property

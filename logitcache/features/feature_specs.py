@@ -28,6 +28,18 @@ LAYER = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
 
 
 @dataclass(frozen=True)
+class FeatureOptions:
+    """A run's feature settings, all a feature run reads: ``losses`` (``--feature-loss``), the student's
+    layers (``--student-features``), an online teacher's layers (``--features``), and the bytes of
+    cached features held in memory before they are read by chunk."""
+
+    losses: str | None = None
+    student_layers: str | None = None
+    online_layers: str | None = None
+    cache_budget: int = 4 << 30
+
+
+@dataclass(frozen=True)
 class FeatureSpec:
     """One ``--features`` entry: a name, a module path of the teacher, and what is kept per sample."""
 

@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .token_sums import TokenLossSums, next_token_targets, position_loss_sums
+from .token_sums import TokenLossSums, check_student_vocabulary, next_token_targets, position_loss_sums
 
 CHUNK_BYTES = 128 << 20  # one chunk's float32 logits; a chunk holds about five such (V)-wide tensors at once
 
@@ -88,6 +88,7 @@ def chunked_token_loss_sums(hidden: Tensor, head: ChunkedHead, labels: Tensor, t
 
     next_tokens, targets = next_token_targets(labels)  # (B, L) each
     teacher = None if teacher is None else as_targets(teacher)
+    check_student_vocabulary(teacher, head.vocab_size)
     batch, length = labels.shape
     columns = max(1, (chunk_size or chunk_positions(head.vocab_size)) // batch)
     pieces = [slice(start, min(start + columns, length)) for start in range(0, length, columns)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..errors import ModelError
 from .kd import _kl, _log_q
 
 if TYPE_CHECKING:
@@ -83,8 +84,29 @@ def token_loss_sums(student_logits: Tensor, labels: Tensor, teacher,
 
     next_tokens, targets = next_token_targets(labels)  # (B, L) each
     teacher = None if teacher is None else as_targets(teacher)
+    check_student_vocabulary(teacher, student_logits.shape[-1])
     ce, kd = position_loss_sums(student_logits, next_tokens, targets, teacher, temperature)
     return TokenLossSums(ce, kd, int(targets.sum()))
+
+
+def check_student_vocabulary(teacher, student_vocab: int) -> None:
+    """The student's head predicts the teacher's vocabulary: a dense teacher's width, or the
+    ``vocab_size`` a token store's sparse targets carry (without it a wider head would train).
+
+    Raises:
+        ModelError: they differ (``vocabulary_mismatch``'s line, as ``train`` says it before step 0)."""
+    from ..codecs import DenseTargets
+
+    vocab = teacher.logits.shape[-1] if isinstance(teacher, DenseTargets) else getattr(teacher, "vocab_size", None)
+    if vocab is not None and not isinstance(vocab, int):
+        vocab = int(vocab.flatten()[0])
+    if vocab is not None and vocab != student_vocab:
+        raise ModelError(vocabulary_mismatch(student_vocab, vocab))
+
+
+def vocabulary_mismatch(student_vocab: int, vocab: int) -> str:
+    return (f"the student predicts {student_vocab} tokens per position, but the training data's vocabulary is "
+            f"{vocab} (the teacher head's width): build the student with that vocabulary")
 
 
 def position_loss_sums(student_logits: Tensor, next_tokens: Tensor, targets: Tensor, teacher,

@@ -2,12 +2,13 @@
 and checkpoints only of finite weights.
 
     with hold_run(run, dist):                                # RunInUseError at once: another process writes RUN
-        checkpoint = open_resume(run, config, dist, log)     # CheckpointError: --resume would change the run
-        start, history = prepare_run(run, config, checkpoint, student, optimizer, dist, log)
-        check_step_loss(losses[-1], config.out, epoch, batch, batches)   # every step: TrainingDivergedError
-        dist.agree(weights_error(student, config.out, epoch))            # every epoch, before its checkpoint
-        dist.agree(collapse_error(record, config, num_classes, chance, teacher_top1))   # after DKD's warm-up
-        save_epoch(run, config, student, optimizer, num_classes, history)
+        options = options_record(config)                     # the run's options as JSON: all this module reads
+        checkpoint = open_resume(run, options, dist, log)    # CheckpointError: --resume would change the run
+        start, history = prepare_run(run, options, checkpoint, student, optimizer, dist, log)
+        check_step_loss(losses[-1], options["out"], epoch, batch, batches)   # every step: TrainingDivergedError
+        dist.agree(weights_error(student, options["out"], epoch))            # every epoch, before its checkpoint
+        dist.agree(collapse_error(record, options, num_classes, chance, teacher_top1))   # after DKD's warm-up
+        save_epoch(run, options, student, optimizer, num_classes, history)
 
 - **One writer.** Rank 0 holds ``RUN/.lock`` (``RunFiles.lock``) from before the first file is read
   until the command ends; a second command on the same ``--out`` (fresh, ``--overwrite`` or
@@ -51,7 +52,8 @@ from ..sources.checkpoints import (
     non_finite_weights,
     save_checkpoint,
 )
-from .train_config import TrainConfig, cosine_extension, loss_warmup, options_record, resume_changes
+from ..losses import loss_spec
+from .train_config import cosine_extension, resume_changes
 from .run_files import RunFiles
 
 
@@ -69,15 +71,16 @@ def hold_run(run: RunFiles, dist: Distributed):
         yield
 
 
-def open_resume(run: RunFiles, config: TrainConfig, dist: Distributed, log) -> dict | None:
-    """The checkpoint a ``--resume`` continues from, once it is known to be this very run; None
-    for a fresh run (no --resume, or nothing finished to resume)."""
-    if not (config.resume and run.last.exists()):
+def open_resume(run: RunFiles, options: dict, dist: Distributed, log) -> dict | None:
+    """The checkpoint a ``--resume`` continues from, once it is known to be this very run (``options``:
+    this command's, as ``train_config.options_record`` writes them); None for a fresh run (no --resume,
+    or nothing finished to resume)."""
+    if not (options["resume"] and run.last.exists()):
         return None
     checkpoint, note, error = None, None, None
     try:
         checkpoint = load_checkpoint(run.last)
-        note = _check_same_run(run, config, checkpoint)
+        note = _check_same_run(run, options, checkpoint)
     except LogitCacheError as err:
         error = err
     dist.agree(error)
@@ -86,21 +89,21 @@ def open_resume(run: RunFiles, config: TrainConfig, dist: Distributed, log) -> d
     return checkpoint
 
 
-def _check_same_run(run: RunFiles, config: TrainConfig, checkpoint: dict) -> str | None:
-    if checkpoint["model_spec"] != config.student:
+def _check_same_run(run: RunFiles, options: dict, checkpoint: dict) -> str | None:
+    if checkpoint["model_spec"] != options["student"]:
         raise CheckpointError(
-            f"{run.last} is a checkpoint of {checkpoint['model_spec']!r}, not --student {config.student!r}"
+            f"{run.last} is a checkpoint of {checkpoint['model_spec']!r}, not --student {options['student']!r}"
         )
     recorded = _json_entry(run, checkpoint, "config") if "config" in checkpoint else run.read_config()
     if not isinstance(recorded, dict):
         raise CheckpointError(f"{run.root} records no options to check --resume against; "
                               "start a new --out or pass --overwrite (instead of --resume)")
-    changes = resume_changes(recorded, config)
+    changes = resume_changes(recorded, options)
     if changes:
         raise CheckpointError(f"--resume would change the run: {', '.join(changes)}; "
                               "start a new --out or pass --overwrite (instead of --resume)")
     last = _json_entry(run, checkpoint, "history")[-1]
-    return cosine_extension(recorded, config, last["epoch"], last.get("lr"))
+    return cosine_extension(recorded, options, last["epoch"], last.get("lr"))
 
 
 def _json_entry(run: RunFiles, checkpoint: dict, key: str):
@@ -110,14 +113,14 @@ def _json_entry(run: RunFiles, checkpoint: dict, key: str):
         raise CheckpointError(f"{run.last} has no readable {key!r} record") from None
 
 
-def prepare_run(run: RunFiles, config: TrainConfig, checkpoint: dict | None, student, optimizer,
+def prepare_run(run: RunFiles, options: dict, checkpoint: dict | None, student, optimizer,
                 dist: Distributed, log, connectors=None) -> tuple[int, list]:
     """Where to start: a fresh run directory, or after the epoch of ``checkpoint`` (from open_resume)."""
     if checkpoint is None:
         error = None
         if dist.is_main:
             try:
-                run.start(overwrite=config.overwrite or config.resume, config=options_record(config))
+                run.start(overwrite=options["overwrite"] or options["resume"], config=options)
             except ConfigError as err:
                 error = err
         dist.agree(error)
@@ -134,8 +137,8 @@ def prepare_run(run: RunFiles, config: TrainConfig, checkpoint: dict | None, stu
     if dist.is_main:
         run.truncate_steps(start_epoch - 1)
         run.summary.unlink(missing_ok=True)
-        run.write_config(options_record(config))
-        log(f"resuming {config.out} after epoch {start_epoch - 1}")
+        run.write_config(options)
+        log(f"resuming {options['out']} after epoch {start_epoch - 1}")
     return start_epoch, history
 
 
@@ -151,7 +154,7 @@ def check_step_loss(record: tuple, out: str, epoch: int, batch: int, batches: in
     )
 
 
-def collapse_error(record: dict, config: TrainConfig, num_classes: int, chance: float | None,
+def collapse_error(record: dict, options: dict, num_classes: int, chance: float | None,
                    teacher_top1: float | None) -> TrainingDivergedError | None:
     """The error to stop with when, after the loss's warm-up (DKD's), the student is no better than
     chance while its teacher is: its mean training cross-entropy is no lower than a uniform guess's
@@ -159,7 +162,7 @@ def collapse_error(record: dict, config: TrainConfig, num_classes: int, chance: 
     (``chance``). Checked from the epoch after the warm-up (never on epoch 1, whose mean includes
     the start), and only when the teacher's recorded top-1 (``teacher_top1``, a store's) is at
     least twice a uniform guess's: a student that follows a teacher at chance has not collapsed."""
-    flag, warmup = loss_warmup(config) or (None, None)
+    flag, warmup = loss_spec(options["loss"]).warmup(options["loss_options"]) or (None, None)
     if warmup is None or record["epoch"] <= max(warmup, 1) or (teacher_top1 or 0) < 2 / num_classes:
         return None
     uniform = math.log(num_classes)
@@ -173,9 +176,9 @@ def collapse_error(record: dict, config: TrainConfig, num_classes: int, chance: 
     if not why:
         return None
     return TrainingDivergedError(
-        f"epoch {record['epoch']}: the student sits at chance after the {config.loss} warm-up ({' and '.join(why)}), "
-        f"while its teacher's top-1 is {teacher_top1:.2%}: it collapsed, so training stopped. Lower --lr "
-        f"({config.lr:g}) or --kd-weight ({config.kd_weight:g}), or lengthen {flag} ({warmup}), "
+        f"epoch {record['epoch']}: the student sits at chance after the {options['loss']} warm-up "
+        f"({' and '.join(why)}), while its teacher's top-1 is {teacher_top1:.2%}: it collapsed, so training stopped. "
+        f"Lower --lr ({options['lr']:g}) or --kd-weight ({options['kd_weight']:g}), or lengthen {flag} ({warmup}), "
         "then start again with --overwrite"
     )
 
@@ -199,13 +202,13 @@ def _what_is_kept(out: str, epoch: int) -> str:
             "options, then start again with --overwrite)")
 
 
-def save_epoch(run: RunFiles, config: TrainConfig, student, optimizer, num_classes: int, history: list,
+def save_epoch(run: RunFiles, options: dict, student, optimizer, num_classes: int, history: list,
                connectors=None) -> None:
     state = {"optimizer": optimizer.state_dict(), "epoch": history[-1]["epoch"],
-             "history": json.dumps(history), "config": json.dumps(options_record(config))}
+             "history": json.dumps(history), "config": json.dumps(options)}
     if connectors is not None:  # the checkpoint's model stays the plain student
         state["connectors"] = connectors.state_dict()
-    save_checkpoint(run.last, model=student, model_spec=config.student, num_classes=num_classes, state=state)
+    save_checkpoint(run.last, model=student, model_spec=options["student"], num_classes=num_classes, state=state)
     if best(history) is history[-1]:
         shutil.copyfile(run.last, run.best)
     run.write_metrics(history)

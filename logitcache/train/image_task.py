@@ -8,7 +8,7 @@
 A step: optional Mixup/CutMix (the cached teacher distributions mixed alike), a teacher in the
 loop if any, the forward, ``ce_weight * CE + kd_weight * KD`` (``losses/``) plus the feature
 losses' weighted sum (``features/``). Evaluation: validation loss, top-1 and top-5. After DKD's
-warm-up, a student at chance stops the run (``resume.collapse_error``). A multi-view store's views
+warm-up, a student at chance stops the run (``checkpointing.collapse_error``). A multi-view store's views
 are replayed: each epoch every sample shows one stored view, rebuilt from the raw sample, with
 that view's logits (``views/replay.py``).
 """
@@ -16,6 +16,7 @@ that view's logits (``views/replay.py``).
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from ..losses import loss_spec
 from ..mixing import Mixer
 from ..sources import FACTORY, get_dataset, get_model, transforms
 from ..views.replay import ViewReplay, check_view_hashes
-from .train_config import TrainConfig, warmup_note
+from .train_config import TrainConfig, options_record, warmup_note
 from .paired_data import EpochSampler, PairedDataset, TeacherLogits
 from .checkpointing import collapse_error
 from .run_summary import TrainSummary
@@ -37,14 +38,17 @@ from .run_summary import TrainSummary
 MIX_TAG = 0x313C  # keeps the Mixup/CutMix random stream apart from the others
 
 
+@dataclass
 class ImageSummary(TrainSummary):
+    num_classes: int | None = None  # top-5 is named only above 5 classes (at or below, it is always 100 %)
+
     def results(self) -> list[str]:
         last, best = self.last, self.best
         if last.get("val_top1") is None:  # no --val-dataset: nothing to call best
             return [f"  last epoch: train loss {last['train_loss']:.4f}",
                     "  no validation set (--val-dataset), so best.pt is the last epoch's weights"]
-        return [f"  last epoch: val top-1 {_pct(last.get('val_top1'))}, top-5 {_pct(last.get('val_top5'))}, "
-                f"train loss {last['train_loss']:.4f}",
+        top5 = f", top-5 {_pct(last.get('val_top5'))}" if self.num_classes is None or self.num_classes > 5 else ""
+        return [f"  last epoch: val top-1 {_pct(last.get('val_top1'))}{top5}, train loss {last['train_loss']:.4f}",
                 f"  best epoch {best['epoch']}: val top-1 {_pct(best.get('val_top1'))}"]
 
 
@@ -82,7 +86,7 @@ class ImageTask:
         self.dist = dist
         self.online = _online_teacher(config, self.num_classes, device)
         self.features = features = FeatureRun.build(
-            config, student, self.sample, device, store=self.store, rows=self.rows, online=self.online,
+            config.feature_options(), student, self.sample, device, store=self.store, rows=self.rows, online=self.online,
             teacher_name=logits.teacher_names[0] if logits is not None else None,
             random_views=self.train_source.random_views and not replay)
         paired = features.pair(self.paired, replay.views if replay else 0) if features else self.paired
@@ -150,10 +154,10 @@ class ImageTask:
         return f"{line}, {record['epoch_seconds']:.1f} s"
 
     def stop_error(self, record: dict) -> Exception | None:
-        return collapse_error(record, self.config, self.num_classes, self.chance, self.teacher_top1)
+        return collapse_error(record, options_record(self.config), self.num_classes, self.chance, self.teacher_top1)
 
     def summary(self, **fields) -> ImageSummary:
-        return ImageSummary(**fields)
+        return ImageSummary(**fields, num_classes=self.num_classes)
 
 
 def epoch_loader(config: TrainConfig, paired, rows, logits, replay, dist: Distributed, device,

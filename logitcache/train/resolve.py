@@ -112,7 +112,8 @@ def _token_config(config: TrainConfig, store) -> TrainConfig:
         raise ConfigError(f"--teacher {config.teacher}: a token run distils from one teacher; name one")
     drawn_at = None
     if token_loss(loss).needs_teacher:
-        codec = open_teacher(store, config.teacher, allow_partial=True).codec  # unfinished: refused when read
+        # an unfinished teacher is refused when read
+        codec = open_teacher(store, config.teacher, allow_partial=True, argument="--teacher").codec
         drawn_at = codec.sampled_at
     temperature = config.temperature if config.temperature is not None else drawn_at or 1.0
     if drawn_at is not None and temperature != drawn_at:

@@ -112,7 +112,8 @@ class RunFiles:
     def write_metrics(self, history: list[dict]) -> None:
         write_text_whole(self.root / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
         table = io.StringIO()
-        writer = csv.DictWriter(table, fieldnames=list(history[0]))
+        # every record's keys: a run resumed from an older version's epochs may have metrics they lack
+        writer = csv.DictWriter(table, fieldnames=list(dict.fromkeys(key for record in history for key in record)))
         writer.writeheader()
         writer.writerows(history)
         write_text_whole(self.root / "metrics.csv", table.getvalue())

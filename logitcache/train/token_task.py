@@ -9,7 +9,8 @@ A token store is the training set itself: its sequences, loss mask and teacher t
 (label-only, ``--loss ce``: how a newcomer trains a teacher to dump). The student is checked to
 predict the store's vocabulary over a whole sequence; a step is
 ``ce_weight * CE + kd_weight * KL`` per target token (``losses/token_sums.py``); evaluation is
-validation cross-entropy, perplexity and top-1 agreement with the teacher (``--val-store``).
+validation cross-entropy, perplexity, and with a ``--val-store`` top-1 agreement with the teacher
+and the KL to it (``val_kl``, the KD term at T = 1 over the stored targets).
 With ``--chunked-loss`` (by default when a step's float32 logits would exceed one chunk,
 ``losses/chunked.py``, and the student splits at its head) the loss and the evaluation go through
 the head a chunk of positions at a time: the (batch, positions, vocabulary) logits never exist.
@@ -29,8 +30,9 @@ import torch
 
 from ..distributed import Distributed
 from ..errors import ConfigError, ModelError, StepMemoryError, StoreMismatchError
-from ..lm import TokenStoreDataset, lm_split, teacher_of
+from ..lm import TokenStoreDataset, lm_split, open_teacher, teacher_of
 from ..losses import TokenLossSums, next_token_targets, position_loss_sums, token_loss, token_loss_sums
+from ..losses.token_sums import vocabulary_mismatch
 from ..losses.chunked import chunk_positions, chunked_head, chunked_token_loss_sums, worth_chunking
 from ..sources import get_model, get_token_dataset, get_tokenizer, lm_context_length
 from ..store import open_store
@@ -46,7 +48,7 @@ class LMTrainSummary(TrainSummary):
                  f"{last['tokens_per_second']:,.0f} tokens/s"]
         if last.get("val_loss") is not None:
             lines.append(f"  best epoch {best_epoch['epoch']}: val loss {best_epoch['val_loss']:.4f} nats/token, "
-                         f"perplexity {best_epoch['val_ppl']:.3f}")
+                         f"perplexity {best_epoch['val_ppl']:.3f}{_kl_text(best_epoch)}")
         return lines
 
 
@@ -183,9 +185,12 @@ def _validation_data(config: TrainConfig, train_data: TokenStoreDataset, tokeniz
         _same_vocabulary(f"--val-store {config.val_store}", val_store.dataset["tokenizer"], val_store.vocab_size,
                          tokenizer, train_data.vocab_size)
         name = config.teacher if config.teacher in val_store.all_teacher_names else None
+        if name is None and val_store.all_teacher_names:  # its only one, or a line that names the CLI's option
+            name = open_teacher(val_store, None, allow_partial=True, argument="--teacher").name
         data = TokenStoreDataset(val_store, name, targets=bool(val_store.all_teacher_names),
                                  cache_budget=config.cache_budget)
-        teacher = f", agreement with teacher {data.teacher.name!r}" if data.teacher is not None else ""
+        teacher = (f", agreement with teacher {data.teacher.name!r} and {kl_meaning(data.targets)}"
+                   if data.teacher is not None else "")
         where = config.val_store
     elif config.val_dataset:
         val_tokenizer = get_tokenizer(config.tokenizer or tokenizer["spec"])  # the training data's (resolve.py)
@@ -227,9 +232,7 @@ def _checked_student(config: TrainConfig, vocab_size: int, datasets: list, devic
         raise ModelError(f"the student outputs {shape} for one sequence of {length} tokens; token data needs a causal "
                          "LM's (batch, positions, vocabulary) logits")
     if logits.shape[2] != vocab_size:
-        raise ModelError(f"the student predicts {logits.shape[2]} tokens per position, but the training data's "
-                         f"vocabulary is {vocab_size} (the teacher head's width): build the student with that "
-                         "vocabulary")
+        raise ModelError(vocabulary_mismatch(logits.shape[2], vocab_size))
     return student
 
 
@@ -317,29 +320,51 @@ def _logit_pieces(model, split, input_ids, vocab_size: int, config: TrainConfig,
 
 @torch.no_grad()
 def evaluate(model, data: TokenStoreDataset | None, config: TrainConfig, device, split=None) -> dict:
-    """Validation cross-entropy (nats per target token), perplexity, and the share of target
-    positions where the student's top token is the teacher's (with a --val-store); through
-    ``split`` a chunk of positions at a time, if given."""
+    """Validation cross-entropy (nats per target token) and perplexity; with a --val-store, the
+    share of target positions where the student's top token is the teacher's, and ``val_kl``;
+    through ``split`` a chunk of positions at a time, if given.
+
+    val_kl: the KD term per target token at T = 1 whatever --temperature is (``kl_temperature``)."""
     if data is None:
-        return {"val_loss": None, "val_ppl": None, "val_agreement": None}
+        return {"val_loss": None, "val_ppl": None, "val_agreement": None, "val_kl": None}
     model.eval()
-    total, count, agree = 0.0, 0, 0
+    temperature = kl_temperature(data.targets) if data.targets is not None else 1.0
+    total, kl, count, agree = 0.0, 0.0, 0, 0
     for start in range(0, len(data), config.batch_size):
         indices = np.arange(start, min(start + config.batch_size, len(data)))
         batch = {name: value.to(device) for name, value in data.batch(indices, teacher=False).items()}
         next_tokens, targets = next_token_targets(batch["labels"])
-        teacher_top = data.targets.top1(data.sequences[indices]).to(device) if data.targets is not None else None
+        teacher = teacher_top = None
+        if data.targets is not None:
+            teacher, teacher_top = data.targets.targets_and_top1(data.sequences[indices])
+            teacher, teacher_top = teacher.to(device), teacher_top.to(device)
         for piece, logits in _logit_pieces(model, split, batch["input_ids"], data.vocab_size, config, device):
-            ce, _ = position_loss_sums(logits, next_tokens[:, piece], targets[:, piece], None, 1.0)
-            total += ce.item()
+            ce, kd = position_loss_sums(logits, next_tokens[:, piece], targets[:, piece],
+                                        None if teacher is None else teacher[:, piece], temperature)
+            total, kl = total + ce.item(), kl + kd.item()
             if teacher_top is not None:
                 agree += int(((logits.argmax(-1) == teacher_top[:, piece]) & targets[:, piece]).sum())
         count += int(targets.sum())
     if count == 0:
-        return {"val_loss": None, "val_ppl": None, "val_agreement": None}
-    loss = total / count
+        return {"val_loss": None, "val_ppl": None, "val_agreement": None, "val_kl": None}
+    loss, read_teacher = total / count, data.targets is not None
     return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0)),
-            "val_agreement": agree / count if data.targets is not None else None}
+            "val_agreement": agree / count if read_teacher else None, "val_kl": kl / count if read_teacher else None}
+
+
+def kl_temperature(targets) -> float:
+    """The temperature of ``val_kl``: 1, so that runs at any --temperature compare on the teacher's
+    own distribution; a ``sample:K:T`` store's T, the only one its draws estimate the KL at."""
+    return targets.sample_temperature or 1.0
+
+
+def kl_meaning(targets) -> str:
+    """What ``val_kl`` is on a store: the KL its stored targets define (``losses/kd.py``: exact from
+    dense logits, over the top K and one tail bucket from ``topk:K``, estimated from ``sample:K`` draws)."""
+    temperature = kl_temperature(targets)
+    scaled = " (times T², as trained)" if temperature != 1.0 else ""
+    return (f"KL to it at T = {temperature:g}{scaled} as its stored targets define it "
+            f"({targets.codec.name}: {targets.codec.description})")
 
 
 def _logits(output):
@@ -352,4 +377,9 @@ def _val_text(record: dict) -> str:
         return "no validation data"
     agreement = record.get("val_agreement")
     teacher = f", agreement with the teacher {agreement:.2%}" if agreement is not None else ""
-    return f"val loss {record['val_loss']:.4f} nats/token (perplexity {record['val_ppl']:.3f}){teacher}"
+    return (f"val loss {record['val_loss']:.4f} nats/token (perplexity {record['val_ppl']:.3f}){teacher}"
+            f"{_kl_text(record)}")
+
+
+def _kl_text(record: dict) -> str:
+    return f", KL to the teacher {record['val_kl']:.4f} nats/token" if record.get("val_kl") is not None else ""

@@ -4,7 +4,7 @@ schedule it sets, and which options a ``--resume`` may change.
     >>> config = TrainConfig(out="runs/r20", student="resnet20", dataset="cifar100:data@train",
     ...                      store="stores/r56.zarr").resolved()      # loss dist, temperature 1
     >>> validate(config)                                                 # ConfigError on bad values
-    >>> resume_changes(recorded_options, config)                        # [] when --resume may go on
+    >>> resume_changes(recorded_options, options_record(config))        # [] when --resume may go on
 
 The CLI options map one to one onto the fields, except the losses' own options (``--dkd-beta``), which
 ``loss_options`` holds by loss; a pipeline file's student tables are these fields (``gather_loss_options``).
@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ..losses import (
@@ -26,6 +27,9 @@ from ..losses import (
     resolved_loss_options,
 )
 from ..losses.declarations import option_flag, option_key
+
+if TYPE_CHECKING:
+    from ..features.feature_specs import FeatureOptions
 
 CACHE_BUDGET = 4 << 30  # bytes of logits, as stored, held in memory before they are streamed by chunk
 
@@ -90,6 +94,12 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = False  # also write the scalars as TensorBoard event files in RUN/tensorboard
     storage_options: dict = field(default_factory=dict)
+
+    def feature_options(self) -> FeatureOptions:
+        """What a feature run reads of this config (``features/distiller.FeatureRun``)."""
+        from ..features.feature_specs import FeatureOptions  # here: the grammar imports the store (zarr)
+
+        return FeatureOptions(self.feature_loss, self.student_features, self.features, self.cache_budget)
 
     def resolved(self) -> TrainConfig:
         """Fill the defaults that depend on other options: the loss, its temperature (None when the
@@ -260,11 +270,11 @@ MAY_CHANGE_ON_RESUME = {
 }
 
 
-def resume_changes(recorded: dict, config: TrainConfig) -> list[str]:
-    """What a --resume with ``config`` would change in the run whose options were ``recorded``,
-    as "name (old -> new)"; empty when it may go on. Options missing from an older record count
-    as their defaults (they did not exist, so the run behaved as their default does)."""
-    new = options_record(config)
+def resume_changes(recorded: dict, options: dict) -> list[str]:
+    """What a --resume with ``options`` (``options_record``'s) would change in the run whose options
+    were ``recorded``, as "name (old -> new)"; empty when it may go on. Options missing from an older
+    record count as their defaults (they did not exist, so the run behaved as their default does)."""
+    new = dict(options)
     defaults = {item.name: None if item.default is MISSING else item.default for item in fields(TrainConfig)}
     changes = _loss_option_changes(recorded, new.pop("loss_options"))
     for name, value in new.items():
@@ -276,8 +286,9 @@ def resume_changes(recorded: dict, config: TrainConfig) -> list[str]:
     return changes
 
 
-def cosine_extension(recorded: dict, config: TrainConfig, done: int, last_lr: float | None) -> str | None:
-    """The note a --resume that adds epochs to a cosine run logs; None when it does not."""
+def cosine_extension(recorded: dict, options: dict, done: int, last_lr: float | None) -> str | None:
+    """The note a --resume with ``options`` that adds epochs to a cosine run logs; None when it does not."""
+    config = TrainConfig(**options)
     before = recorded.get("epochs", config.epochs)
     if config.schedule != "cosine" or config.epochs <= before or done < 1:
         return None

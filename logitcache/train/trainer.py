@@ -27,7 +27,7 @@ from ..devices import resolve_device
 from ..distributed import Distributed, distributed, is_main_process
 from ..progress import progress_bar
 from .board import open_board
-from .train_config import TrainConfig, get_lr
+from .train_config import TrainConfig, get_lr, options_record
 from .image_task import ImageTask
 from .resolve import resolve
 from .checkpointing import best, check_step_loss, hold_run, open_resume, prepare_run, save_epoch, weights_error
@@ -99,13 +99,14 @@ def train(config: TrainConfig, log=print) -> TrainSummary:
 
 def _train(config: TrainConfig, task: Task, run: RunFiles, dist: Distributed, log) -> TrainSummary:
     device = resolve_device(dist.device(config.device))
-    resumed = open_resume(run, config, dist, log)  # before any data is read: refuses a changed run at once
+    options = options_record(config)  # what config.json and every checkpoint record
+    resumed = open_resume(run, options, dist, log)  # before any data is read: refuses a changed run at once
     student = task.build(device)
     model = wrap_ddp(student, dist, device)
     trained = task.prepare(student, dist)
     optimizer = build_optimizer(trained, config.optimizer, lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
-    start_epoch, history = prepare_run(run, config, resumed, student, optimizer, dist, log, task.connectors)
+    start_epoch, history = prepare_run(run, options, resumed, student, optimizer, dist, log, task.connectors)
 
     board = open_board(config.out, (start_epoch - 1) * task.steps_per_epoch, log,
                        enabled=config.tensorboard and dist.is_main)
@@ -124,7 +125,7 @@ def _train(config: TrainConfig, task: Task, run: RunFiles, dist: Distributed, lo
                       "epoch_seconds": round(time.perf_counter() - epoch_start, 3)}
             history.append(record)
             board.epoch(record, epoch * task.steps_per_epoch - 1)  # flushed before the checkpoint: a resume purges the rest
-            save_epoch(run, config, student, optimizer, task.num_classes, history, task.connectors)
+            save_epoch(run, options, student, optimizer, task.num_classes, history, task.connectors)
             log(task.epoch_line(record))
         else:
             history.append(None)

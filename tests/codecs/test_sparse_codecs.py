@@ -144,3 +144,42 @@ def test_a_codec_this_version_does_not_know_is_refused_by_name(tmp_path):
     meta_path.write_text(json.dumps(meta))
     result = invoke("verify", store)
     assert result.exit_code != 0 and "unknown codec 'vq:256'" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("temperature", ["inf", "nan", "1e-300", "0.0009", "1001", "-2"])
+def test_a_sampling_temperature_out_of_range_is_refused(temperature):
+    with pytest.raises(SpecError, match=f"the temperature {temperature} is not between 0.001 and 1000$"):
+        get_codec(f"sample:4:{temperature}")
+    assert get_codec("sample:4:0.001").sampled_at == 0.001 and get_codec("sample:4:1000").sampled_at == 1000
+
+
+def test_a_new_teacher_keeps_no_more_entries_per_row_than_classes():
+    from logitcache.codecs import get_new_codec, get_stored_codec
+
+    with pytest.raises(SpecError, match="codec sample:257 keeps 257 entries per row, more than the teacher's 256 "
+                                        "classes: give at most 256, or a dense codec"):
+        get_new_codec("sample:257", 256)
+    assert get_new_codec("sample:256", 256).k == 256
+    assert get_stored_codec("sample:257", 256).k == 257  # a teacher written before the bound still opens
+    with pytest.raises(SpecError, match="keeps 256 of only 256 classes"):
+        get_new_codec("topk:256", 256)
+
+
+def test_dumps_refuse_codecs_wider_than_the_teachers_head_or_at_an_unusable_temperature(tmp_path):
+    text = tmp_path / "a.md"
+    text.write_text("To be, or not to be, that is the question. " * 20)
+    token_dump = ["--teacher", "tests.factories:tiny_lm", "--dataset", f"text:{text}", "--tokenizer", "bytes",
+                  "--seq-len", "64", "--no-progress"]
+    image_dump = ["--teacher", "tests.factories:linear_teacher", "--dataset", "digits@train", "--no-progress"]
+    for dump, codec, says in (
+            (token_dump, "sample:100000", "codec sample:100000 keeps 100000 entries per row, more than the teacher's "
+                                          "256 classes"),
+            (token_dump, "topk:300", "codec topk:300 keeps 300 of only 256 classes"),
+            (token_dump, "sample:8:1e-300", "the temperature 1e-300 is not between 0.001 and 1000"),
+            (image_dump, "sample:11", "codec sample:11 keeps 11 entries per row, more than the teacher's 10 classes"),
+            (image_dump, "sample:4:inf", "the temperature inf is not between 0.001 and 1000")):
+        result = invoke("dump", tmp_path / "s.zarr", *dump, "--codec", codec)
+        errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+        assert result.exit_code != 0 and "Traceback" not in result.output and len(errors) == 1, result.output
+        assert says in errors[0], (codec, result.output)
+        assert not (tmp_path / "s.zarr").exists()  # refused before the store is made

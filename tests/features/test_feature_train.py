@@ -69,7 +69,7 @@ def test_cached_features_give_the_teachers_loss_on_the_same_step(tmp_path, featu
         student = feature_factories.conv_student()
         if online is not None:
             options.features, options.store = FEATURES, None
-        run = FeatureRun.build(options, student, inputs[0], torch.device("cpu"), store=open_store(feature_store),
+        run = FeatureRun.build(options.feature_options(), student, inputs[0], torch.device("cpu"), store=open_store(feature_store),
                                teacher_name="default", rows=torch.arange(360).numpy(), online=online)
         student.train()
         cached = None

@@ -195,7 +195,7 @@ def test_train_chunks_by_default_only_when_a_steps_logits_exceed_a_chunk(tmp_pat
     assert result.exit_code == 0 and "the loss goes by chunks of 40 positions" in result.output, result.output
     for chunked_run in (runs["chunked"], records(tmp_path / "small-chunks")):
         for got, want in zip(chunked_run, runs["whole"]):
-            for key in ("train_loss", "train_ce", "train_kd", "val_loss", "val_agreement"):
+            for key in ("train_loss", "train_ce", "train_kd", "val_loss", "val_agreement", "val_kl"):
                 assert got[key] == pytest.approx(want[key], rel=1e-4), key  # float32 rounding over 2 epochs
 
 

@@ -87,11 +87,11 @@ def test_a_record_of_flat_fields_compares_as_its_section():
     config = TrainConfig(out="x", student="mlp", dataset="digits", store="s", loss="dkd",
                          loss_options={"dkd": {"beta": 4.0}}).resolved()
     old = _old_layout(options_record(config))
-    assert old["dkd_beta"] == 4.0 and resume_changes(old, config) == []
+    assert old["dkd_beta"] == 4.0 and resume_changes(old, options_record(config)) == []
     changed = TrainConfig(**{**vars(config), "loss_options": {"dkd": {"beta": 8.0}}}).resolved()
-    assert resume_changes(old, changed) == ["dkd-beta (4 -> 8)"]
+    assert resume_changes(old, options_record(changed)) == ["dkd-beta (4 -> 8)"]
     older = {key: value for key, value in old.items() if not key.startswith("dist_")}  # before DIST's options
-    assert resume_changes(older, config) == []  # absent: their defaults, as the run had
+    assert resume_changes(older, options_record(config)) == []  # absent: their defaults, as the run had
 
 
 def test_a_run_recorded_with_flat_fields_resumes(tmp_path, digits_store):

@@ -13,6 +13,7 @@ from logitcache.errors import TrainingDivergedError
 from logitcache.sources import get_dataset
 from logitcache.train import TrainConfig, train
 from logitcache.train.checkpointing import collapse_error
+from logitcache.train.train_config import options_record
 from tests.conftest import make_store
 
 
@@ -136,8 +137,8 @@ def test_a_student_that_collapses_after_the_dkd_warmup_stops(tmp_path):
 
 
 def test_the_collapse_check_waits_for_the_warmup_and_needs_chance():
-    dkd = TrainConfig(out="x", student="mlp", dataset="digits", store="s", loss="dkd",
-                      loss_options={"dkd": {"warmup": 3}}).resolved()
+    dkd = options_record(TrainConfig(out="x", student="mlp", dataset="digits", store="s", loss="dkd",
+                                     loss_options={"dkd": {"warmup": 3}}).resolved())
     at_chance = {"epoch": 4, "train_ce": math.log(10) + 0.01, "val_top1": 0.5}
     assert collapse_error({**at_chance, "epoch": 3}, dkd, 10, None, 0.9) is None  # still warming up
     assert "cross-entropy" in str(collapse_error(at_chance, dkd, 10, None, 0.9))
@@ -146,7 +147,7 @@ def test_the_collapse_check_waits_for_the_warmup_and_needs_chance():
                                                                   dkd, 10, 0.2, 0.9))
     assert collapse_error(at_chance, dkd, 10, 0.2, 0.15) is None  # its teacher is at chance too: it follows it
     assert collapse_error(at_chance, dkd, 10, 0.2, None) is None  # an online teacher: no recorded accuracy
-    kl = TrainConfig(out="x", student="mlp", dataset="digits", store="s", loss="kl").resolved()
+    kl = options_record(TrainConfig(out="x", student="mlp", dataset="digits", store="s", loss="kl").resolved())
     assert collapse_error(at_chance, kl, 10, 0.2, 0.9) is None  # only losses with a warm-up are checked
 
 

@@ -202,10 +202,12 @@ def test_epoch_lines_name_only_what_the_run_has(tmp_path, digits_store):
     epoch = next(line for line in lines if line.startswith("epoch 1/1"))
     assert "kd" not in epoch and "val" not in epoch and "n/a" not in epoch  # label-only, no validation set
     lines.clear()
-    train(TrainConfig(out=str(tmp_path / "b"), student="mlp:hidden=8", dataset="digits@train", val_dataset="digits@val",
-                      store=str(digits_store), loss="kl", epochs=1, progress=False), log=lines.append)
+    summary = train(TrainConfig(out=str(tmp_path / "b"), student="mlp:hidden=8", dataset="digits@train",
+                                val_dataset="digits@val", store=str(digits_store), loss="kl", epochs=1, progress=False),
+                    log=lines.append)
     epoch = next(line for line in lines if line.startswith("epoch 1/1"))
     assert ", kd " in epoch and "val top-1" in epoch and "top-5" in epoch  # 10 classes: top-5 says something
+    assert ", top-5 " in summary.lines()[1]  # and the closing summary's last epoch too
 
 
 def test_top5_is_not_shown_for_five_classes_or_fewer(tmp_path):
@@ -221,6 +223,7 @@ def test_top5_is_not_shown_for_five_classes_or_fewer(tmp_path):
     assert result.exit_code == 0, result.output
     epoch = next(line for line in result.output.splitlines() if line.startswith("epoch 1/1"))
     assert "val top-1" in epoch and "top-5" not in epoch
+    assert "last epoch: val top-1 " in result.output and "top-5" not in result.output  # nor the closing summary
 
 
 def test_chunked_loss_is_refused_for_an_image_student(tmp_path, digits_store):
