@@ -27,7 +27,8 @@ from ..errors import ConfigError, DatasetError, LogitCacheError, NonFiniteLogits
 from ..sources import get_model
 from ..sources.prompts import read_prompts
 from ..sources.tokenizers import get_tokenizer
-from ..store import Layout, Teacher, get_codec, local_path, open_store
+from ..codecs import get_new_codec
+from ..store import Layout, Teacher, local_path, open_store
 from ..store._tokens import StoredSequences, choose_token_layout
 from .generate_rows import GeneratedRows, Journal, ResponseWriter
 from .generate_steps import Sampling, make_decoder
@@ -74,7 +75,7 @@ class GenerateJob(TokenJob):
         self.sequences_per_batch = self.teacher.sequences_per_batch(config.seq_len, config.batch_size,
                                                                     config.batch_tokens)
         self.decoder = make_decoder(self.teacher, self.tokenizer.pad_id)
-        self.codec = get_codec(config.codec).for_classes(self.num_classes)
+        self.codec = get_new_codec(config.codec, self.num_classes)
         self.settings, self.provenance = self._settings()
         self.journal = Journal(folder.with_name(folder.name + JOURNAL_SUFFIX), self.settings)
         self.writer = ResponseWriter(self.decoder, DeviceReducer(self.codec), self.prompts, self.sampling,
