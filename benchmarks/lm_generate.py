@@ -1,8 +1,8 @@
 """Issue 24, item 3: ``dump --generate`` against the teacher's bare generate loop, and students from
 teacher-written answers against students from the plays' own answers.
 
-    python -m benchmarks.generate speed            # tokens/s and bytes/token, side by side
-    logitcache run pipelines/shakespeare_generate.toml && python -m benchmarks.generate students
+    python -m benchmarks.lm_generate speed            # tokens/s and bytes/token, side by side
+    logitcache run pipelines/shakespeare_generate.toml && python -m benchmarks.lm_generate students
 
 ``speed``: the 212 prompts of data/prompts/shakespeare.jsonl (bytes), 64 new tokens each, sampled at
 T = 0.8, top-p 0.95, batches of 64, one thread. Two teachers, each timed in this one process, the
