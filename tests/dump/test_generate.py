@@ -90,6 +90,13 @@ def test_greedy_responses_are_the_teachers_argmax_and_the_targets_its_logits(tmp
     assert "responses written by the teacher: greedy, up to 12 new tokens" in invoke("info", store).output
 
 
+def test_under_bf16_the_stored_targets_still_chose_the_tokens(tmp_path, prompts):
+    store = open_store(generate(tmp_path / "bf16.zarr", prompts, greedy=True, bf16=True))
+    rows = np.flatnonzero(store.loss_mask.reshape(-1))
+    stored = store.teacher().read(0, store.num_samples * store.seq_len)[rows]
+    assert np.array_equal(stored.argmax(1), store.tokens.reshape(-1)[rows + 1])
+
+
 def test_sampled_tokens_lie_in_the_nucleus_of_the_logits_stored_beside_them(tmp_path, prompts):
     store = generate(tmp_path / "nucleus.zarr", prompts, temperature=1.3, top_p=0.3, seed=5)
     check_rows(store, [np.frombuffer(p.encode(), np.uint8) for p in play_lines(7)], GPT, greedy=False, seed=5)
