@@ -19,7 +19,9 @@ stored tokens (prompt and response) and over the response tokens.
 ``students``: the recipe's teacher (data/runs/shakespeare_generate/teacher/best.pt) and stores. One
 more store holds the same prompts with the plays' real next speech as the answer (the ``reference``
 field), the teacher's ``topk:8`` over it, the loss on the answer only (a plain token dump of
-``input_ids`` + ``loss_mask`` records). The recipe's student (1 layer, 32 wide) trains four ways
+``input_ids`` + ``loss_mask`` records); a third the teacher's answers cut to as many new tokens a
+prompt as the plays' answers hold on average (``--max-new-tokens``), so the two hold about as many
+target tokens. The recipe's student (1 layer, 32 wide) trains four ways
 (10 epochs, AdamW 3e-3, batch 16, seed 0): ``kl`` and ``ce`` from each store. Each is scored on the
 held-out text's store (the plays' last 10 %, the teacher's ``topk:8``): its cross-entropy on the
 real text, and its KL(teacher || student) there (the top 8 and a tail bucket, T = 1).
@@ -208,13 +210,21 @@ def students(out: Path) -> None:
         records = reference_records(out / "reference.jsonl")
         logitcache("dump", reference, "--teacher", f"checkpoint:{teacher}", "--dataset",
                    f"jsonl:{records}:input_ids", "--tokenizer", "bytes", "--seq-len", 128, "--codec", "topk:8")
+    from logitcache.store import open_store
+
+    per_prompt = round(int(open_store(reference).loss_mask.sum()) / open_store(reference).num_samples)
+    shorter = out / f"answers-{per_prompt}.zarr"  # as many answer tokens as the plays' answers hold
+    if not shorter.exists():
+        logitcache("dump", shorter, "--generate", "--teacher", f"checkpoint:{teacher}", "--dataset",
+                   f"jsonl:{PROMPTS}:prompt", "--tokenizer", "bytes", "--seq-len", 128, "--codec", "topk:8",
+                   "--batch-size", 64, "--max-new-tokens", per_prompt, "--temperature", SETTINGS["temperature"],
+                   "--top-p", SETTINGS["top_p"], "--seed", SETTINGS["seed"])
     common = ["--student", "gpt:n_layer=1,n_head=2,n_embd=32,block_size=128", "--val-store", val, "--optimizer",
               "adamw", "--lr", "3e-3", "--weight-decay", "0.1", "--batch-size", 16, "--epochs", 10, "--seed", 0]
     print("| student | trained on | target tokens | held-out CE (nats/token) | held-out KL to the teacher |")
     print("|---|---|---:|---:|---:|")
-    for store, label in ((answers, "teacher's answers (T=0.8, top-p 0.95)"), (reference, "the plays' answers")):
-        from logitcache.store import open_store
-
+    for store, label in ((answers, "teacher's answers (T=0.8, top-p 0.95)"),
+                         (shorter, f"teacher's answers, {per_prompt} tokens each"), (reference, "the plays' answers")):
         targets = int(open_store(store).loss_mask.sum())
         for loss in ("kl", "ce"):
             run = out / f"{store.stem}-{loss}"
