@@ -25,6 +25,9 @@ causal LM: ``forward(input_ids, attention_mask)`` returning logits):
   through its forward); ``chunked_loss=False`` keeps the whole logits;
 - the data collator defaults to ``logitcache.lm.collate_tokens``.
 
+The first three are ``TokenDistillation``, a mixin: ``logitcache.trl.DistillationSFTTrainer`` (TRL's
+``SFTTrainer``) has the same, so the two trainers' losses are one code.
+
 transformers is imported when ``DistillationTrainer`` is first used, so this module imports
 without it (and says what to install when it is missing).
 """
@@ -32,11 +35,78 @@ without it (and says what to install when it is missing).
 from __future__ import annotations
 
 from .errors import SpecError
-from .lm import TEACHER_COLUMNS, chunked_distillation_loss, collate_tokens, distillation_loss
+from .lm import TEACHER_COLUMNS, chunked_distillation_sums, collate_tokens, distillation_sums
 
 LM_EXTRA = "pip install 'logitcache[lm]'"
 
-__all__ = ["DistillationTrainer"]
+__all__ = ["DistillationTrainer", "TokenDistillation"]
+
+
+class TokenDistillation:
+    """The distillation a Hugging Face trainer gains by listing this class before it among its bases:
+    ``DistillationTrainer`` here (``Trainer``) and ``logitcache.trl.DistillationSFTTrainer`` (TRL's
+    ``SFTTrainer``) share it. The teacher columns kept, the loss (by chunks where that saves memory)
+    averaged over the trainer's ``num_items_in_batch`` (module docstring). Call
+    ``_init_distillation`` before the trainer's own ``__init__``.
+    """
+
+    loss_is_scaled_for_ga = True  # compute_loss divides by the whole accumulated step's target tokens
+    forward_kwargs: dict = {}  # what the model's forward is given besides input_ids and attention_mask
+
+    def _init_distillation(self, temperature: float, kd_weight: float, ce_weight: float,
+                           chunked_loss: bool | None) -> None:
+        self.temperature, self.kd_weight, self.ce_weight = temperature, kd_weight, ce_weight
+        self.chunked_loss = chunked_loss
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        self._signature_columns += [c for c in TEACHER_COLUMNS if c not in self._signature_columns]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        batch = {name: inputs.pop(name) for name in [*TEACHER_COLUMNS, "labels"] if name in inputs}
+        count = self._target_count(model, batch, num_items_in_batch)
+        outputs = None
+        if not return_outputs and self._chunks(model, inputs["input_ids"]):
+            with self.accelerator.autocast():  # the model's forward has it; its base model and head do not
+                sums = chunked_distillation_sums(_unwrapped(model), {**inputs, **batch}, self.temperature,
+                                                 self.kd_weight, self.ce_weight)
+        else:
+            outputs = model(**inputs, **self.forward_kwargs)
+            logits = outputs["logits"] if isinstance(outputs, dict) else getattr(outputs, "logits", outputs)
+            sums = distillation_sums(logits, batch, self.temperature, self.kd_weight)
+        self._record_loss_terms(sums, inputs)
+        loss = sums.mean(self.ce_weight, self.kd_weight, None if count is None else float(count))
+        return (loss, outputs) if return_outputs else loss
+
+    def _record_loss_terms(self, sums, inputs) -> None:
+        """A trainer that logs the CE and KL terms apart takes them here (``TokenLossSums``)."""
+
+    def _target_count(self, model, batch: dict, num_items_in_batch):
+        """What the loss divides by: the Trainer's count of the step's targets, per device."""
+        count = num_items_in_batch
+        if count is None:  # the Trainer did not count: this batch's targets, once per accumulated micro-batch
+            steps = getattr(self, "current_gradient_accumulation_steps", 1) if model.training else 1
+            count = int((batch["labels"][:, 1:] != -100).sum()) * steps
+        elif self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+            count = count / self.accelerator.num_processes  # every device's targets; DDP averages the gradients
+        return count
+
+    def _chunks(self, model, input_ids) -> bool:
+        """Whether this training batch's loss goes by chunks (module docstring); evaluation's never."""
+        if not model.training or self.chunked_loss is not None:
+            return model.training and bool(self.chunked_loss)
+        from .losses.chunked import worth_chunking
+
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        return (getattr(model, "module", None) is None and head is not None
+                and worth_chunking(input_ids.numel(), head.weight.shape[0]))
+
+
+def _unwrapped(model):
+    """The model whose base model and head the chunked loss runs: a PEFT model's own (its adapters
+    live inside it), else the model."""
+    get_base_model = getattr(model, "get_base_model", None)
+    return get_base_model() if callable(get_base_model) and type(model).__module__.startswith("peft") else model
 
 
 def _distillation_trainer():
@@ -45,7 +115,7 @@ def _distillation_trainer():
     except ImportError:
         raise SpecError(f"logitcache.hf needs transformers (and accelerate for its Trainer): {LM_EXTRA}") from None
 
-    class DistillationTrainer(Trainer):
+    class DistillationTrainer(TokenDistillation, Trainer):
         """``transformers.Trainer`` that distils from ``TokenStoreDataset`` batches (module docstring).
 
         Args (besides the Trainer's own):
@@ -54,59 +124,14 @@ def _distillation_trainer():
             chunked_loss: True, False, or None: chunked where it saves memory (module docstring).
         """
 
-        loss_is_scaled_for_ga = True  # compute_loss divides by the whole accumulated step's target tokens
-
         def __init__(self, *args, temperature: float = 1.0, kd_weight: float = 1.0, ce_weight: float = 1.0,
                      chunked_loss: bool | None = None, **kwargs):
-            self.temperature, self.kd_weight, self.ce_weight = temperature, kd_weight, ce_weight
-            self.chunked_loss = chunked_loss
+            self._init_distillation(temperature, kd_weight, ce_weight, chunked_loss)
             if kwargs.get("data_collator") is None and len(args) < 2:
                 kwargs["data_collator"] = collate_tokens
             super().__init__(*args, **kwargs)
 
-        def _set_signature_columns_if_needed(self):
-            super()._set_signature_columns_if_needed()
-            self._signature_columns += [c for c in TEACHER_COLUMNS if c not in self._signature_columns]
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            batch = {name: inputs.pop(name) for name in [*TEACHER_COLUMNS, "labels"] if name in inputs}
-            count = self._target_count(model, batch, num_items_in_batch)
-            if not return_outputs and self._chunks(model, inputs["input_ids"]):
-                with self.accelerator.autocast():  # the model's forward has it; its base model and head do not
-                    return chunked_distillation_loss(model, {**inputs, **batch}, self.temperature, self.kd_weight,
-                                                     self.ce_weight, num_items_in_batch=count)
-            outputs = model(**inputs)
-            logits = outputs["logits"] if isinstance(outputs, dict) else getattr(outputs, "logits", outputs)
-            loss = distillation_loss(logits, batch, self.temperature, self.kd_weight, self.ce_weight,
-                                     num_items_in_batch=count)
-            return (loss, outputs) if return_outputs else loss
-
-        _target_count = _target_count
-        _chunks = _chunks
-
     return DistillationTrainer
-
-
-def _target_count(trainer, model, batch: dict, num_items_in_batch):
-    """What the loss divides by: the Trainer's count of the step's targets, per device."""
-    count = num_items_in_batch
-    if count is None:  # the Trainer did not count: this batch's targets, once per accumulated micro-batch
-        steps = getattr(trainer, "current_gradient_accumulation_steps", 1) if model.training else 1
-        count = int((batch["labels"][:, 1:] != -100).sum()) * steps
-    elif trainer.args.average_tokens_across_devices and trainer.accelerator.num_processes > 1:
-        count = count / trainer.accelerator.num_processes  # every device's targets; DDP averages the gradients
-    return count
-
-
-def _chunks(trainer, model, input_ids) -> bool:
-    """Whether this training batch's loss goes by chunks (module docstring); evaluation's never."""
-    if not model.training or trainer.chunked_loss is not None:
-        return model.training and bool(trainer.chunked_loss)
-    from .losses.chunked import worth_chunking
-
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return (getattr(model, "module", None) is None and head is not None
-            and worth_chunking(input_ids.numel(), head.weight.shape[0]))
 
 
 def __getattr__(name: str):

@@ -45,7 +45,7 @@ from torch.utils.data import Dataset
 
 from .codecs import Targets, targets_from_fields
 from .errors import ConfigError, StoreIncompleteError, StoreMismatchError
-from .losses import IGNORE_INDEX, token_loss_sums
+from .losses import IGNORE_INDEX, TokenLossSums, token_loss_sums
 from .sources.lm_heads import SplitLM, split_lm
 from .store import LogitStore, Teacher, open_store
 from .stored_rows import ReadsStoredRows, StoredRows
@@ -55,8 +55,9 @@ TEACHER_PREFIX = "teacher_"
 TEACHER_COLUMNS = ("teacher_logits", "teacher_indices", "teacher_logprobs", "teacher_tail", "teacher_weights",
                    "teacher_temperature", "teacher_vocab_size")
 
-__all__ = ["TEACHER_COLUMNS", "TeacherTargets", "TokenStoreDataset", "chunked_distillation_loss", "collate_tokens",
-           "distillation_loss", "open_teacher", "teacher_of"]
+__all__ = ["TEACHER_COLUMNS", "TeacherTargets", "TokenStoreDataset", "chunked_distillation_loss",
+           "chunked_distillation_sums", "collate_tokens", "distillation_loss", "distillation_sums", "open_teacher",
+           "teacher_of"]
 
 
 class TeacherTargets(ReadsStoredRows):
@@ -199,12 +200,18 @@ def distillation_loss(student_logits: Tensor, batch: dict, temperature: float = 
         ConfigError: ``kd_weight`` > 0 but the batch has no teacher targets; ``temperature`` is not
             the one a ``sample`` store's tokens were drawn at.
     """
+    sums = distillation_sums(student_logits, batch, temperature, kd_weight)
+    return sums.mean(ce_weight, kd_weight, _count(num_items_in_batch))
+
+
+def distillation_sums(student_logits: Tensor, batch: dict, temperature: float = 1.0,
+                      kd_weight: float = 1.0) -> TokenLossSums:
+    """``distillation_loss``'s CE and KL sums over the batch's target tokens and their count, apart
+    (a trainer logs the two terms from them); the arguments are ``distillation_loss``'s."""
     student_logits = getattr(student_logits, "logits", student_logits)  # a Hugging Face model's output too
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise ConfigError(f"temperature must be a positive finite number, got {temperature!r}")
-    sums = token_loss_sums(student_logits, batch["labels"], _batch_teacher(batch, kd_weight), temperature)
-    count = float(num_items_in_batch) if num_items_in_batch is not None else None
-    return sums.mean(ce_weight, kd_weight, count)
+    return token_loss_sums(student_logits, batch["labels"], _batch_teacher(batch, kd_weight), temperature)
 
 
 def chunked_distillation_loss(model, batch: dict, temperature: float = 1.0, kd_weight: float = 1.0,
@@ -226,15 +233,25 @@ def chunked_distillation_loss(model, batch: dict, temperature: float = 1.0, kd_w
     Raises:
         ConfigError: the model does not split at its head, or is wrapped; as ``distillation_loss``.
     """
+    sums = chunked_distillation_sums(model, batch, temperature, kd_weight, ce_weight, chunk_size)
+    return sums.mean(ce_weight, kd_weight, _count(num_items_in_batch))
+
+
+def chunked_distillation_sums(model, batch: dict, temperature: float = 1.0, kd_weight: float = 1.0,
+                              ce_weight: float = 1.0, chunk_size: int | None = None) -> TokenLossSums:
+    """``chunked_distillation_loss``'s sums and count, apart (as ``distillation_sums``); their
+    gradient is taken for these weights (``TokenLossSums.weighted``)."""
     from .losses.chunked import chunked_head, chunked_token_loss_sums
 
     split, hidden_of = lm_split(model, batch["input_ids"])
     hidden = hidden_of(batch)  # (B, L, H)
     head = chunked_head(model, split.head_logits, hidden)
-    sums = chunked_token_loss_sums(hidden, head, batch["labels"], _batch_teacher(batch, kd_weight), temperature,
+    return chunked_token_loss_sums(hidden, head, batch["labels"], _batch_teacher(batch, kd_weight), temperature,
                                    ce_weight, kd_weight, chunk_size)
-    count = float(num_items_in_batch) if num_items_in_batch is not None else None
-    return sums.mean(ce_weight, kd_weight, count)
+
+
+def _count(num_items_in_batch) -> float | None:
+    return float(num_items_in_batch) if num_items_in_batch is not None else None
 
 
 def lm_split(model, input_ids: Tensor) -> tuple[SplitLM, Callable[[dict], Tensor]]:
