@@ -71,7 +71,7 @@ def cli():
               "crop=SMIN-SMAX[:RMIN-RMAX], shift=F, flip[=P], size=N; or a preset: imagenet, fkd, cifar "
               "(see docs/FORMAT.md).")
 @click.option("--views", type=int, help="Views per sample with --augment (default 1); --batch-size counts views.")
-@click.option("--seed", default=DUMP["seed"], show_default=True, type=int, help="Seed of the view draws, and of a teacher built without --weights.")
+@click.option("--seed", default=DUMP["seed"], show_default=True, type=int, help="Seed of the view draws, of --generate's draws, and of a teacher built without --weights.")
 @click.option("--record-view-hashes", is_flag=True,
               help="Store a hash of every view's input, so verify --dataset and train --check-views can prove "
               "the replay exact.")
@@ -79,6 +79,16 @@ def cli():
               "this tokenizer: {tokenizer_specs}. --dataset is then token data, and --batch-size counts sequences.")
 @click.option("--seq-len", type=int, help="Token dumps: positions per stored sequence (packed blocks, or one "
               "padded sample each).")
+@click.option("--generate", is_flag=True, help="The teacher writes a response to each prompt of --dataset "
+              "(jsonl:FILE:FIELD: text, or chat messages rendered with the tokenizer's chat template); the store "
+              "keeps prompt and response, the loss mask on the response, and the targets that chose each token.")
+@click.option("--temperature", default=DUMP["temperature"], show_default=True, type=float,
+              help="--generate: sampling temperature (0: greedy).")
+@click.option("--top-p", default=DUMP["top_p"], show_default=True, type=float,
+              help="--generate: sample from the most likely tokens holding this much probability.")
+@click.option("--max-new-tokens", default=DUMP["max_new_tokens"], show_default=True, type=int,
+              help="--generate: the longest response (it also ends at the tokenizer's end-of-text).")
+@click.option("--greedy", is_flag=True, help="--generate: always the most likely token (--temperature 0).")
 @click.option("--features", metavar="NAME=LAYER[:REDUCE],...", help="Also store these teacher features per "
               "sample: LAYER is a module path of the teacher, REDUCE pool (C values), attention (HxW), gram (CxC) or "
               "map (CxHxW, the default); for --feature-loss at, rkd, fitnet, ickd, reviewkd.")

@@ -101,7 +101,8 @@ def _bytes_per_token(teacher) -> float:
 
 def _dump_step(step: str, config: DumpConfig, log) -> StepResult:
     views = f" x {config.view_count} views" if config.view_count else ""
-    what = f"{config.codec} {'targets' if config.tokenizer else 'logits'}{views} -> {config.store}"
+    written = " of the teacher's answers" if config.generate else ""
+    what = f"{config.codec} {'targets' if config.tokenizer else 'logits'}{views}{written} -> {config.store}"
     if config.teacher_name != "default":
         what += f" [{config.teacher_name}]"
     started = time.perf_counter()

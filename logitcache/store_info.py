@@ -205,6 +205,8 @@ def format_token_description(d: dict) -> str:
             f"  dump      batch {_field(settings, 'batch_size')} sequences, device {_field(settings, 'device_type')}, "
             f"bf16 autocast {'on' if settings.get('bf16') else 'off'}",
         ]
+        if isinstance(settings.get("generate"), dict):
+            lines.append(_generate_line(settings["generate"]))
         if metrics.get("targets"):
             lines.append(f"  teacher   perplexity {metrics['perplexity']:.3f} ({metrics['nll']:.4f} nats/token), "
                          f"next-token top-1 {metrics['top1']:.2%} over {metrics['targets']:,} targets")
@@ -213,3 +215,11 @@ def format_token_description(d: dict) -> str:
                              "probability mass (mean over targets)")
         lines += _closing_lines(t, run, prov)
     return "\n".join(lines)
+
+
+def _generate_line(generate: dict) -> str:
+    """How a ``dump --generate`` teacher wrote the stored responses."""
+    how = "greedy" if generate.get("strategy") == "greedy" else \
+        f"sampled at temperature {generate.get('temperature')}, top-p {generate.get('top_p')}"
+    return (f"  generate  responses written by the teacher: {how}, up to {generate.get('max_new_tokens')} new tokens, "
+            f"seed {generate.get('seed')}, {generate.get('decoder')}; prompts {generate.get('prompts')}")

@@ -1,5 +1,6 @@
 """``logitcache verify``: the store's own checks (``store.verify_store``) plus, given the dataset,
-a rebuild of every view whose hash the dump recorded.
+a rebuild of every view whose hash the dump recorded, a token corpus tokenised again, or a sample of
+a ``dump --generate`` teacher's responses written again.
 
     >>> report = verify_with_dataset("stores/cifar_views.zarr", "cifar100:data@train")
     >>> report.ok, report.problems
@@ -22,7 +23,7 @@ def verify_with_dataset(location, dataset: str | None = None, *, split: str | No
     if dataset and open_store(location, storage_options=storage_options).is_tokens:
         report = verify_store(location, storage_options=storage_options, teachers=teachers)
         if report.ok:
-            _check_retokenised(open_store(location, storage_options=storage_options), dataset, split, report)
+            _check_token_data(open_store(location, storage_options=storage_options), dataset, split, report, teachers)
         return report
     source = get_dataset(dataset, split=split) if dataset else None
     report = verify_store(location, dataset_keys=source.keys if source else None,
@@ -49,6 +50,21 @@ def verify_with_dataset(location, dataset: str | None = None, *, split: str | No
             report.checked.append(f"teacher {name!r}: {teacher.num_samples * teacher.views_per_sample} views "
                                   "rebuilt from the dataset, every hash matches")
     return report
+
+
+def _check_token_data(store, dataset: str, split: str | None, report: VerifyReport, teachers) -> None:
+    """A token store's sequences against the data: tokenised again, or, where a teacher wrote them
+    (``dump --generate``), a sample of its responses written again from the prompts."""
+    from .dump.generate_verify import check_generated
+
+    names = teachers or store.all_teacher_names
+    writers = [n for n in names if isinstance(store.teacher(n, check=False).attrs["settings"].get("generate"), dict)]
+    if not writers:
+        _check_retokenised(store, dataset, split, report)
+    for name in writers:
+        problems, checked = check_generated(store, name, dataset, split)
+        report.problems += problems
+        report.checked += checked
 
 
 def _check_retokenised(store, dataset: str, split: str | None, report: VerifyReport) -> None:

@@ -34,6 +34,11 @@ class DumpConfig:
     seed: int = 0  # the view draws' seed, and torch's before the teacher is built (its own weights, if any)
     tokenizer: str | None = None  # a token dump (language models): sources/tokenizers.py spec
     seq_len: int | None = None  # positions per stored sequence of a token dump
+    generate: bool = False  # the teacher writes a response to each prompt of --dataset (dump/generate.py)
+    temperature: float = 1.0  # --generate: sampling temperature (0: greedy)
+    top_p: float = 1.0  # --generate: nucleus sampling's mass
+    max_new_tokens: int = 64  # --generate: the longest response
+    greedy: bool = False  # --generate: the most likely token each step (temperature 0)
     record_view_hashes: bool = False
     features: str | None = None  # NAME=LAYER[:REDUCE],...: teacher features stored beside the logits
     feature_codec: str = "fp16"  # fp16, bf16 or fp32, for every feature

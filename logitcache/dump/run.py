@@ -48,6 +48,7 @@ from .loop import AccuracyCounts, autocast, run_teacher
 from .resume import mark_dumped, open_for_dump
 from .settings import dump_settings
 from .summary import DumpSummary
+from .generate import GenerateJob, sampling_of
 from .token_dump import TokenJob
 
 TEACHER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -73,7 +74,8 @@ def _dump(config: DumpConfig, dist: Distributed, log):
     # Every rank builds the same data and teacher; only rank 0 writes the store's metadata. A teacher
     # without weights draws its own from torch's generator: seeded, the same command makes the same store.
     torch.manual_seed(config.seed)
-    job = TokenJob(config, dist) if config.tokenizer else ImageJob(config, dist, log)
+    job = (GenerateJob if config.generate else TokenJob)(config, dist) if config.tokenizer else \
+        ImageJob(config, dist, log)
     with contextlib.ExitStack() as held:
         store = teacher = lock = error = None
         if dist.is_main:  # rank 0 holds the teacher's lock for the whole dump, for every rank
@@ -81,6 +83,7 @@ def _dump(config: DumpConfig, dist: Distributed, log):
                 lock = held.enter_context(writer_lock(
                     config.store, f"teacher-{config.teacher_name}", config.storage_options,
                     what=f"teacher {config.teacher_name!r} of {config.store}"))
+                job.prepare(log)  # a generating job's responses, before the store that holds them
                 store, teacher = open_for_dump(config, job.source, job.num_classes, job.settings, job.provenance)
             except LogitCacheError as err:
                 error = err
@@ -123,6 +126,9 @@ class ImageJob:
                 "the builder loads some); info will say so")
         self.settings, self.provenance = dump_settings(config, self.source, self.model, self.num_classes,
                                                        self.device, augment, features)
+
+    def prepare(self, log) -> None:
+        """Nothing to make before the store: the samples exist."""
 
     def write(self, dist, store, teacher, lock, log) -> DumpSummary:
         return _write_teacher(self.config, dist, self.source, self.inputs, self.model, self.device, store, teacher,
@@ -181,10 +187,18 @@ def validate(config: DumpConfig) -> None:
     if config.tokenizer and (config.augment or config.transform or config.num_classes is not None):
         raise ConfigError("a token dump (--tokenizer) takes no --augment, --transform or --num-classes: the "
                           "teacher reads token ids, and its head's width is the vocabulary")
+    if config.generate and not config.tokenizer:
+        raise ConfigError("--generate needs --tokenizer and --seq-len: the teacher answers text prompts "
+                          "(--dataset jsonl:FILE:FIELD) token by token")
     if config.seq_len is not None and not config.tokenizer:
         raise ConfigError("--seq-len is for token dumps: add --tokenizer (e.g. bytes)")
     if config.tokenizer and (config.seq_len is None or config.seq_len < 2):
         raise ConfigError(f"a token dump needs --seq-len N (positions per sequence, N >= 2), got {config.seq_len}")
+    sampling = (config.temperature, config.top_p, config.max_new_tokens, config.greedy) != (1.0, 1.0, 64, False)
+    if sampling and not config.generate:
+        raise ConfigError("--temperature, --top-p, --max-new-tokens and --greedy are for --generate")
+    if config.generate:
+        sampling_of(config)
     if config.features and config.tokenizer:
         raise ConfigError("--features are for image dumps; a token dump (--tokenizer) stores logits only")
     if config.features:

@@ -85,6 +85,7 @@ class TokenDumpSummary:
     codec: str
     metrics: dict  # targets, nll, perplexity, top1, mass_stored (dump/token_dump.py token_metrics)
     resumed_shards: int
+    generated: int | None = None  # dump --generate: the response tokens the teacher wrote this run
 
     @property
     def bytes_per_token(self) -> float:
@@ -96,7 +97,9 @@ class TokenDumpSummary:
         metrics, lines = self.metrics, [
             f"dumped {self.sequences} sequences x {self.seq_len} positions ({self.tokens} tokens) x {self.vocab_size} "
             f"vocabulary into {self.store} [teacher {self.teacher_name!r}, codec {self.codec}]{resumed}",
-            f"  {self.positions_this_run} positions in {self.seconds:.1f} s = {rate:.0f} tokens/s",
+            f"  {self.positions_this_run} positions in {self.seconds:.1f} s = {rate:.0f} tokens/s" if self.generated is None
+            else f"  the teacher wrote {self.generated} response tokens in {self.seconds:.1f} s (with the store's "
+                 f"writes) = {self.generated / self.seconds if self.seconds else float('nan'):.0f} tokens/s",
             f"  {self.bytes_on_disk} bytes on disk = {self.bytes_per_token:.1f} bytes/token "
             f"({self.tokens * self.vocab_size * 4 / max(self.bytes_on_disk, 1):.0f}x smaller than raw fp32)",
         ]

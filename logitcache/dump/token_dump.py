@@ -53,6 +53,8 @@ class TokenInputs:
 class TokenJob:
     """What ``dump`` needs of a token dump: inputs, teacher, settings; then ``write`` and ``summary``."""
 
+    prepare_seconds = 0.0  # spent before the store was opened (a generating job's responses)
+
     def __init__(self, config, dist):
         if config.batch_tokens < 1:
             raise ConfigError(f"--batch-tokens must be at least 1, got {config.batch_tokens}")
@@ -90,9 +92,12 @@ class TokenJob:
         }
         return settings, provenance
 
+    def prepare(self, log) -> None:
+        """Nothing to make before the store: the corpus is streamed into it when it is created."""
+
     def write(self, dist, store, teacher: Teacher, lock, log) -> TokenDumpSummary:
         """Write this rank's pending shards, then (rank 0) mark the teacher complete with its statistics."""
-        started = time.perf_counter()
+        started = time.perf_counter() - self.prepare_seconds  # a generating job's responses count as its time
         self.rows = StoredSequences(store)
         if dist.is_main and self.teacher.split is None:
             log(self.teacher.unsplit_note(self.config.seq_len, min(self.sequences_per_batch, store.num_samples)))

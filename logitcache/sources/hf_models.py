@@ -17,6 +17,7 @@ Needs ``pip install 'logitcache[lm]'``.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
@@ -43,6 +44,24 @@ class CausalLM(nn.Module):
 
     def forward(self, idx):  # idx: (B, T) int64; rows are right-padded, so causal attention needs no mask
         return self.model(input_ids=idx, use_cache=False).logits
+
+    supports_kv_cache = True  # dump --generate keeps the model's cache instead of running every step again
+
+    def start_cache(self, idx, attention_mask, position_ids):  # left-padded prompts -> (B, V) logits, cache
+        return self._cached(idx, attention_mask, position_ids, None)
+
+    def cached_step(self, idx, attention_mask, position_ids, cache):  # (B, 1) new ids -> (B, V) logits, cache
+        return self._cached(idx, attention_mask, position_ids, cache)
+
+    def _cached(self, idx, attention_mask, position_ids, cache):
+        # transformers 5.x names the cache ``cache``, before it ``past_key_values`` (in and out); the last
+        # position's logits alone are ``logits_to_keep=1`` (``num_logits_to_keep`` before 4.50, else all)
+        accepted = inspect.signature(self.model.forward).parameters
+        name = "cache" if "cache" in accepted else "past_key_values"
+        keep = next(({k: 1} for k in ("logits_to_keep", "num_logits_to_keep") if k in accepted), {})
+        output = self.model(input_ids=idx, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                            **keep, **({name: cache} if cache is not None else {}))
+        return output.logits[:, -1], getattr(output, name)
 
     def hidden_states(self, idx):  # (B, T) -> (B, T, H): the decoder's output, before the head
         return self.model.base_model(input_ids=idx, use_cache=False).last_hidden_state
