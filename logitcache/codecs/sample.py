@@ -147,8 +147,13 @@ class SampleCodec(SparseCodec):
 
     def read_indices(self, stored):
         # docstring inherited; gaps summed back to ids, padding (zero counts) as ``padding_id``
-        indices = super().read_indices(stored)
-        return from_gaps(indices, stored["counts"] > 0, self.padding_id) if self.index_gaps else indices
+        if not self.index_gaps:
+            return super().read_indices(stored)
+        return from_gaps(self._gaps(stored), stored["counts"] > 0, self.padding_id)
+
+    def _gaps(self, stored: dict) -> np.ndarray:
+        """The stored gaps, joined where they are split (uint16 ones as they are: summing widens them)."""
+        return stored["indices"] if self.index_bits is None else super().read_indices(stored)
 
     def reduce_logits(self, logits, uniforms):
         # docstring inherited; the draws on the device, from the host's uniforms
@@ -192,7 +197,8 @@ class SampleCodec(SparseCodec):
         counts = stored["counts"].astype(np.float32)
         used = counts > 0
         return {
-            "indices": np.where(used, self.read_indices(stored), 0),
+            "indices": from_gaps(self._gaps(stored), used, 0) if self.index_gaps
+            else np.where(used, super().read_indices(stored), 0),
             "weights": counts / self.k,
             "logprobs": np.zeros(counts.shape, np.float32) if self.values is None  # the cross-entropy: module doc
             else np.where(used, stored["logprobs"].astype(np.float32), 0.0),
