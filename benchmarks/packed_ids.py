@@ -84,7 +84,8 @@ def make_teacher(path: Path, vocab: int) -> Path:
 def run_cli(args: list[str], pythonpath: str) -> str:
     command = [sys.executable, "-m", "logitcache", *args]
     env = {**os.environ, "PYTHONPATH": pythonpath, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    # run from the checkout: ``-m`` puts the working directory before PYTHONPATH, so another one's code would run
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False, cwd=pythonpath)
     if result.returncode:
         raise RuntimeError(f"{' '.join(args[:2])}: {result.stderr[-2000:]}")
     return result.stdout
@@ -326,7 +327,7 @@ def main():
     print(f"numpy {np.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as scratch:
-        work = Path(args.work or scratch)
+        work = Path(args.work or scratch).resolve()
         work.mkdir(parents=True, exist_ok=True)
         if args.identity:
             identity(work, args.baseline)
