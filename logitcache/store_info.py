@@ -115,8 +115,11 @@ def _closing_lines(t: dict, run: dict, prov: dict) -> list[str]:
 
 
 def _ids(t: dict) -> str:
-    """How a sparse teacher's class ids are stored, where they are bit-packed (format v5)."""
-    return f" (ids packed at {t['index_bits']} bits)" if t.get("index_bits") else ""
+    """How a sparse teacher's class ids are stored, where they are bit-packed (format v5) or kept as
+    gaps (v6)."""
+    ways = (["as gaps"] if t.get("index_gaps") else []) + ([f"packed at {t['index_bits']} bits"]
+                                                            if t.get("index_bits") else [])
+    return f" (ids {', '.join(ways)})" if ways else ""
 
 
 def _older(version: int) -> str:

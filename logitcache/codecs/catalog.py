@@ -94,14 +94,15 @@ def get_codec(name: str) -> Codec:
     return family.parse(name)
 
 
-def get_stored_codec(name: str, num_classes: int, index_bits: int | None = None) -> Codec:
+def get_stored_codec(name: str, num_classes: int, index_bits: int | None = None, index_gaps: bool = False) -> Codec:
     """The codec a teacher's record describes: ``name`` for ``num_classes`` classes, its class ids
-    bit-packed at ``index_bits`` (format v5 records them) or whole uint16/uint32 (None).
+    bit-packed at ``index_bits`` (format v5 records them) or whole uint16/uint32 (None), kept as
+    gaps or not (``index_gaps``, recorded from v6).
 
     Raises:
-        SpecError: an unknown or malformed name, or ``index_bits`` the codec cannot have.
+        SpecError: an unknown or malformed name, or ``index_bits``/``index_gaps`` the codec cannot have.
     """
-    return get_codec(name).for_classes(num_classes).with_index_bits(index_bits)
+    return get_codec(name).for_classes(num_classes).with_index_bits(index_bits).with_index_gaps(index_gaps)
 
 
 def get_new_codec(name: str, num_classes: int) -> Codec:

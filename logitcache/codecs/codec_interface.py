@@ -10,7 +10,8 @@ reduction of a token dump's logits on the device (``reduce_logits``), its batch 
 rest of logitcache asks it what it is through the capabilities below (``has_dense_form``,
 ``has_sparse_form``, ``sampled_at``, ``keeps_logsumexp``, ``description``, ``mass_note``), never by
 its name. A teacher's record names its codec and C (``for_classes``), and, for sparse codecs whose
-class ids are bit-packed (``packed_ids.py``, format v5), their bits (``with_index_bits``). numpy only
+class ids are bit-packed (``packed_ids.py``, format v5), their bits (``with_index_bits``), and for
+samples whose ids are kept as gaps (format v6), that they are (``with_index_gaps``). numpy only
 at import; torch is imported inside the methods that make tensors.
 """
 
@@ -63,6 +64,8 @@ class Codec(ABC):
     mass_note: ClassVar[str] = ""
     #: The bits each class id is kept in (``packed_ids.py``; sparse codecs above 65,536 classes), else None.
     index_bits: int | None = None
+    #: True where a row's ascending class ids are kept as gaps (``packed_ids.to_gaps``; sample:K, format v6).
+    index_gaps: bool = False
 
     @property
     def format_version(self) -> int:
@@ -79,6 +82,17 @@ class Codec(ABC):
         """
         if bits is not None:
             raise SpecError(f"codec {self.name} keeps no class ids to pack (index_bits {bits!r})")
+        return self
+
+    def with_index_gaps(self, gaps: bool) -> Codec:
+        """This codec with its class ids as a teacher's record says: as gaps (format v6), or as ids
+        (False: every teacher before v6, and every codec but sample:K).
+
+        Raises:
+            SpecError: ``gaps`` is not a bool, or True for a codec that keeps no ascending ids.
+        """
+        if gaps is not False:
+            raise SpecError(f"codec {self.name} keeps no ascending class ids to store as gaps (index_gaps {gaps!r})")
         return self
 
     @property

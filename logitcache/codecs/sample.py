@@ -4,6 +4,7 @@ unbiased sparse target for the KL at T (Anshumann et al., ACL 2025).
     >>> get_codec("sample:12:4").for_classes(151936)   # 12 draws at T = 4, ids in 18 bits (packed_ids.py)
     >>> codec.sampled_at                               # 4.0: the only temperature its targets serve
     >>> get_codec("sample:12:counts")                  # the classes and counts only, no log-probabilities
+    >>> codec.with_index_gaps(False)                   # ids as ids: how teachers before format v6 keep them
 
 Draws are a pure function of (``SAMPLE_SEED``, shard, logits), so a resumed or distributed dump
 draws what an uninterrupted one does; a token dump draws on the device from the same host-made
@@ -15,16 +16,22 @@ the KL's formula ``sum_k w_k (log p_k - log q_k)`` becomes the sampled cross-ent
 ``-sum_k w_k log q_k``, an unbiased estimate of CE(p_T, q_T) = KL(p_T || q_T) + H(p_T): the same
 gradient as the KL (H(p_T) does not depend on the student), a loss value higher by the teacher's
 entropy, which a store without log-probabilities cannot know.
+
+A row's unique classes are ascending, so new teachers keep them as gaps (format v6, ``index_gaps``
+in the teacher's record; ``packed_ids.to_gaps``): small numbers where the draws cluster, which the
+chunks' compression finds. The arrays, their dtypes and widths are those of ids.
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 
 from ..errors import SpecError
 from .codec_interface import ArraySpec, SparseCodec, logsumexp, to_host
 from .catalog import parse_entries, register_family
-from .packed_ids import PACKED_VERSION, packed_index_bits
+from .packed_ids import GAPS_VERSION, PACKED_VERSION, from_gaps, packed_index_bits, to_gaps
 from .target_types import SampledTargets
 
 SAMPLE_SEED = 0x5EED  # draws are a pure function of (this seed, shard, logits): resumable and repeatable
@@ -35,9 +42,10 @@ MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-3, 1e3
 class SampleCodec(SparseCodec):
     """K draws from the teacher's distribution at temperature T, kept as unique classes with counts.
 
-    Per row: ``indices`` (unique sampled classes, ascending, padded with ``padding_id``; above
-    65,536 classes their low 16 bits, the rest in ``indices_high``), ``counts`` (uint16, 0 for padding) and ``logprobs`` (float16, the
-    teacher's log-probability of each sampled class at T; none with ``:counts``). With w = count /
+    Per row: ``indices`` (unique sampled classes, ascending, padded with ``padding_id``; as gaps
+    with ``index_gaps``, padded with 0; above 65,536 classes their low 16 bits, the rest in
+    ``indices_high``), ``counts`` (uint16, 0 for padding) and ``logprobs`` (float16, the teacher's
+    log-probability of each sampled class at T; none with ``:counts``). With w = count /
     K, ``sum_k w_k (logprobs_k - log q_k)`` is an unbiased estimate of KL(p_T || q_T) and its
     gradient of the dense gradient (Anshumann et al., ACL 2025): the KL loss must then run at the
     same temperature T. There is no dense form.
@@ -49,9 +57,11 @@ class SampleCodec(SparseCodec):
     mass_note = "in the sampled classes"
 
     def __init__(self, k: int, temperature: float = 1.0, values: str | None = "float16",
-                 num_classes: int | None = None):
-        """``values``: the log-probabilities' dtype, or None to keep none (``:counts``)."""
+                 num_classes: int | None = None, index_gaps: bool = True):
+        """``values``: the log-probabilities' dtype, or None to keep none (``:counts``); ``index_gaps``:
+        ids kept as gaps (format v6; False: as teachers before v6 keep them)."""
         self.k, self.temperature, self.values, self.num_classes = k, temperature, values, num_classes
+        self.index_gaps = index_gaps
         self.name = f"sample:{k}" + (f":{temperature:g}" if temperature != 1.0 else "") + (
             ":fp32" if values == "float32" else ":counts" if values is None else "")
         self.description = f"{k} draws from the teacher at T={temperature:g}, unique classes with counts" + (
@@ -65,7 +75,19 @@ class SampleCodec(SparseCodec):
 
     @property
     def format_version(self) -> int:
+        if self.index_gaps:
+            return GAPS_VERSION
         return PACKED_VERSION if self.values is None else super().format_version
+
+    def with_index_gaps(self, gaps):
+        # docstring inherited
+        if type(gaps) is not bool:
+            raise SpecError(f"codec {self.name}: index_gaps {gaps!r} is neither true nor false")
+        if gaps == self.index_gaps:
+            return self
+        twin = copy.copy(self)
+        twin.index_gaps = gaps
+        return twin
 
     @property
     def sampled_at(self) -> float:
@@ -73,7 +95,7 @@ class SampleCodec(SparseCodec):
         return self.temperature
 
     def for_classes(self, num_classes: int) -> SampleCodec:
-        return SampleCodec(self.k, self.temperature, self.values, num_classes)
+        return SampleCodec(self.k, self.temperature, self.values, num_classes, self.index_gaps)
 
     def encode(self, logits):
         return self.encode_shard(logits, 0)
@@ -116,9 +138,22 @@ class SampleCodec(SparseCodec):
         return indices, counts, values
 
     def _stored(self, indices: np.ndarray, counts: np.ndarray, logprobs: np.ndarray) -> dict:
-        """The arrays as stored: the ids cast or split, the log-probabilities kept unless ``:counts``."""
+        """The arrays as stored: the ids as gaps (``index_gaps``), cast or split, the log-probabilities
+        kept unless ``:counts``."""
+        if self.index_gaps:
+            indices = to_gaps(indices, counts > 0)
         stored = {**self.store_indices(indices), "counts": counts}
         return stored if self.values is None else {**stored, "logprobs": logprobs}
+
+    def read_indices(self, stored):
+        # docstring inherited; gaps summed back to ids, padding (zero counts) as ``padding_id``
+        if not self.index_gaps:
+            return super().read_indices(stored)
+        return from_gaps(self._gaps(stored), stored["counts"] > 0, self.padding_id)
+
+    def _gaps(self, stored: dict) -> np.ndarray:
+        """The stored gaps, joined where they are split (uint16 ones as they are: summing widens them)."""
+        return stored["indices"] if self.index_bits is None else super().read_indices(stored)
 
     def reduce_logits(self, logits, uniforms):
         # docstring inherited; the draws on the device, from the host's uniforms
@@ -162,7 +197,8 @@ class SampleCodec(SparseCodec):
         counts = stored["counts"].astype(np.float32)
         used = counts > 0
         return {
-            "indices": np.where(used, self.read_indices(stored), 0),
+            "indices": from_gaps(self._gaps(stored), used, 0) if self.index_gaps
+            else np.where(used, super().read_indices(stored), 0),
             "weights": counts / self.k,
             "logprobs": np.zeros(counts.shape, np.float32) if self.values is None  # the cross-entropy: module doc
             else np.where(used, stored["logprobs"].astype(np.float32), 0.0),

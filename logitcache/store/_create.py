@@ -65,7 +65,8 @@ def create_teacher_arrays(
     ``tokens``: a token store's teacher, whose rows are positions and which may keep more per row
     (``_tokens.token_extra_arrays``) and its shards' statistics.
     ``features`` (format v4): the records of the named features (``_features.py``), one array each.
-    A codec whose ids are bit-packed (format v5) has their bits recorded as ``index_bits``.
+    A codec whose ids are bit-packed (format v5) has their bits recorded as ``index_bits``; one
+    whose ids are kept as gaps (format v6), ``index_gaps``.
     """
     # Status "creating" until every array exists: a dump killed part-way leaves a group that
     # readers skip and the next dump (holding the teacher's lock) deletes and makes again.
@@ -74,6 +75,7 @@ def create_teacher_arrays(
         "num_classes": num_classes,
         "codec": codec.name,
         **({"index_bits": codec.index_bits} if codec.index_bits is not None else {}),
+        **({"index_gaps": True} if codec.index_gaps else {}),
         "layout": layout.to_dict(),
         "settings": settings,
         "provenance": provenance,

@@ -129,9 +129,11 @@ class Teacher(TeacherWrites):
 
     @cached_property
     def codec(self) -> Codec:
-        """The codec its record names, for its classes, with its ids as stored (packed: format v5)."""
+        """The codec its record names, for its classes, with its ids as stored (packed: format v5;
+        gaps: v6)."""
         attrs = self.group.attrs[TEACHER_ATTR]
-        return get_stored_codec(attrs["codec"], self.num_classes, attrs.get("index_bits"))
+        return get_stored_codec(attrs["codec"], self.num_classes, attrs.get("index_bits"),
+                                attrs.get("index_gaps", False))
 
     @cached_property
     def layout(self) -> Layout:

@@ -4,7 +4,8 @@ them, ``verify``, ``info`` and resume after a kill.
 
 Token stores of real text (the start of Hamlet) with the byte tokenizer and a seeded causal LM whose
 head has 70,000 ids (``tests.factories.wide_lm``), dumped through the CLI; the "wide" stores are
-what logitcache wrote before v5 (uint32 ids), made by raising the packing threshold."""
+what logitcache wrote before v5 (uint32 ids), made by raising the packing threshold and keeping a
+sample's ids as ids (not gaps, v6: tests/codecs/test_id_gaps.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import torch
 import zarr
 
 from logitcache.codecs import get_codec, get_stored_codec, packed_ids
+from logitcache.codecs.sample import SampleCodec
 from logitcache.codecs.packed_ids import high_width, join_ids, least_index_bits, pack_bits, split_ids, unpack_bits
 from logitcache.errors import CorruptStoreError, SpecError, StoreVersionError
 from logitcache.lm import TokenStoreDataset, collate_tokens, distillation_loss
@@ -79,9 +81,11 @@ def test_sparse_codecs_pack_only_above_65536_classes_and_keep_every_value(vocab,
     logits = realistic_logits(6, vocab, seed=5)
     logits[0, vocab - 1] = logits[1, 0] = 60.0  # the last and the first id, drawn and kept
     codec = get_codec(name).for_classes(vocab)
-    wide = codec.with_index_bits(None)  # whole ids: what every store before v5 holds
+    wide = codec.with_index_bits(None).with_index_gaps(False)  # whole ids: what every store before v5 holds
     stored, whole = codec.encode_shard(logits, 3), wide.encode_shard(logits, 3)
-    assert codec.index_bits == bits and codec.format_version == (5 if bits or "counts" in name else 1)
+    packed = codec.with_index_gaps(False)  # ids packed, not kept as gaps (v6, tests/codecs/test_id_gaps.py)
+    assert codec.index_bits == bits and packed.format_version == (5 if bits or "counts" in name else 1)
+    assert codec.format_version == (6 if name.startswith("sample") else packed.format_version)
     assert stored["indices"].dtype == np.uint16 and ("indices_high" in stored) == bool(bits)
     assert codec.bytes_per_sample(vocab) == sum(values[0].nbytes for values in stored.values())
     assert np.array_equal(codec.read_indices(stored), np.where(whole["indices"] == wide.padding_id,
@@ -162,6 +166,8 @@ def stores(tmp_path_factory, text) -> dict[str, Path]:
     made = {codec: dump(root / f"{codec.replace(':', '_')}.zarr", text, codec) for codec in ("topk:8", "sample:12")}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(packed_ids, "PACKED_ABOVE", 2**32)
+        whole = SampleCodec.for_classes
+        patch.setattr(SampleCodec, "for_classes", lambda self, classes: whole(self, classes).with_index_gaps(False))
         made.update({f"wide {codec}": dump(root / f"wide_{codec.replace(':', '_')}.zarr", text, codec)
                      for codec in ("topk:8", "sample:12")})
     for codec in ("sample:12", "sample:12:counts"):
@@ -173,7 +179,7 @@ def stores(tmp_path_factory, text) -> dict[str, Path]:
 @pytest.mark.parametrize("codec", ["topk:8", "sample:12"])
 def test_a_packed_store_reads_exactly_what_a_wide_one_reads(stores, codec):
     packed, wide = open_store(stores[codec]), open_store(stores[f"wide {codec}"])
-    assert (packed.version, wide.version) == (5, 4)
+    assert (packed.version, wide.version) == ({"topk:8": 5, "sample:12": 6}[codec], 4)  # sample: gaps too
     teacher, before = packed.teacher(), wide.teacher()
     assert teacher.attrs["index_bits"] == 17 and "index_bits" not in before.attrs
     assert teacher.arrays["indices"].dtype == np.uint16 and before.arrays["indices"].dtype == np.uint32
@@ -202,14 +208,15 @@ def test_a_packed_store_trains_the_student_a_wide_one_trains(stores, tmp_path):
 
 def test_info_says_how_the_ids_are_stored(stores):
     text = format_description(describe_store(stores["sample:12"]))
-    assert "format v5" in text and "codec sample:12 (ids packed at 17 bits)" in text
-    assert "ids packed" not in format_description(describe_store(stores["wide sample:12"]))
+    assert "format v6" in text and "codec sample:12 (ids as gaps, packed at 17 bits)" in text
+    assert "(ids" not in format_description(describe_store(stores["wide sample:12"]))
+    assert "codec topk:8 (ids packed at 17 bits)" in format_description(describe_store(stores["topk:8"]))
     result = invoke("info", stores["topk:8"], "--json")
     assert result.exit_code == 0 and json.loads(result.output)["teachers"]["default"]["index_bits"] == 17
 
 
 def test_an_older_reader_refuses_a_packed_store(stores, monkeypatch):
-    assert FORMAT_VERSION == 5 == packed_ids.PACKED_VERSION
+    assert FORMAT_VERSION > 5 == packed_ids.PACKED_VERSION
     monkeypatch.setattr(_store, "FORMAT_VERSION", 4)  # what logitcache read before v5
     with pytest.raises(StoreVersionError, match="format v5, newer than the v4 this logitcache reads"):
         open_store(stores["topk:8"])
@@ -244,7 +251,7 @@ def test_counts_only_samples_train_the_student_full_samples_train(stores, tmp_pa
     """The same draws, with and without log-probabilities: the same gradients, so the same student;
     the reported loss is the sampled cross-entropy, higher by the sampled teacher entropy."""
     full, counts = open_store(stores["bytes sample:12"]), open_store(stores["bytes sample:12:counts"])
-    assert (full.version, counts.version) == (4, 5) and "index_bits" not in counts.teacher().attrs
+    assert (full.version, counts.version) == (6, 6) and "index_bits" not in counts.teacher().attrs  # gaps: v6
     assert set(counts.teacher().arrays) == {"indices", "counts"}
     records = {}
     for name in ("bytes sample:12", "bytes sample:12:counts"):
@@ -277,7 +284,7 @@ def test_distillation_loss_from_counts_is_the_sampled_cross_entropy(stores):
 
 def test_counts_only_samples_from_images_verify_and_say_they_hold_no_probability(tmp_path):
     store = make_store(tmp_path / "digits.zarr", codec="sample:4:counts")
-    assert verify_store(store).ok and open_store(store).version == 5
+    assert verify_store(store).ok and open_store(store).version == 6  # its ids as gaps
     text = format_description(describe_store(store))
     assert "no log-probabilities" in text
     assert "0.00% of the probability mass is stored exactly (only counts of sampled classes" in text

@@ -158,13 +158,16 @@ def sample_codec_loop(codec, logits, shard):
     logp = wide - logsumexp(wide)[:, None]
     cdf = np.cumsum(np.exp(logp), axis=1)
     draws = np.random.default_rng([SAMPLE_SEED, shard]).random((len(logits), codec.k))
-    out = {"indices": np.full((len(logits), codec.k), codec.arrays["indices"].fill_value, codec.arrays["indices"].dtype),
+    # ids as gaps (format v6): a row's first id, then each id less the one before less one; padding 0
+    padding = 0 if codec.index_gaps else codec.arrays["indices"].fill_value
+    out = {"indices": np.full((len(logits), codec.k), padding, codec.arrays["indices"].dtype),
            "counts": np.zeros((len(logits), codec.k), np.uint16),
            "logprobs": np.full((len(logits), codec.k), np.nan, codec.values)}
     for row in range(len(logits)):
         picked = np.minimum(np.searchsorted(cdf[row], draws[row] * cdf[row, -1], side="right"), logits.shape[1] - 1)
         unique, count = np.unique(picked, return_counts=True)
-        out["indices"][row, :len(unique)], out["counts"][row, :len(unique)] = unique, count
+        ids = np.concatenate([unique[:1], np.diff(unique) - 1]) if codec.index_gaps else unique
+        out["indices"][row, :len(unique)], out["counts"][row, :len(unique)] = ids, count
         out["logprobs"][row, :len(unique)] = logp[row, unique]
     return out
 
