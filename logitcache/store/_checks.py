@@ -17,6 +17,7 @@ import zarr
 
 from ..codecs import get_stored_codec
 from ..errors import CorruptStoreError, LogitCacheError, StoreIncompleteError
+from ._backend import first_line, is_transient
 from ._create import chunk_key_shard
 from ._features import check_feature_records, feature_array_specs
 from ._integrity import (
@@ -76,6 +77,13 @@ def check_root(store) -> None:
                 raise _Bad(f"array {array!r} has shape {tuple(store.group[array].shape)}, but num_samples is {n}")
     except _Bad as bad:
         raise CorruptStoreError(f"{store.location}: {bad}; the store was damaged or edited") from None
+    except (LogitCacheError, RecursionError):
+        raise  # one line already, or remote_errors' (nesting past the recursion limit)
+    except Exception as err:  # zarr's own errors on an array's unreadable metadata (bad JSON, a link loop)
+        if isinstance(err, (ConnectionError, PermissionError)) or is_transient(err):
+            raise
+        raise CorruptStoreError(f"{store.location}: the samples' metadata cannot be read ({type(err).__name__}: "
+                                f"{first_line(err)}); the store was damaged or edited") from None
 
 
 def check_teacher(teacher) -> None:
