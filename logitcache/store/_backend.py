@@ -133,11 +133,14 @@ def check_metadata_sizes(path: Path, location: str) -> None:
     if not path.is_dir():
         return
     for depth in range(5):
-        for file in path.glob("/".join(["*"] * depth + ["zarr.json"])):
+        for folder in [path] if depth == 0 else path.glob("/".join(["*"] * depth)):
+            file = folder / "zarr.json"
             name = file.relative_to(path).as_posix()
             try:
-                mode = file.stat().st_mode
-            except OSError as err:  # a link to nowhere, or a loop
+                mode = os.stat(file).st_mode
+            except (FileNotFoundError, NotADirectoryError):  # no metadata here (a chunk, a link to nowhere)
+                continue
+            except OSError as err:  # a link loop, an unreadable folder
                 raise CorruptStoreError(f"{location}: metadata object {name} cannot be read ({first_line(err)}); "
                                         "the store was damaged or edited") from None
             if stat.S_ISDIR(mode):

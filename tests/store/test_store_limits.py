@@ -125,3 +125,30 @@ def test_metadata_that_is_no_regular_file_is_refused_before_it_is_read(copy, kin
                           timeout=90, env=env)
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert "is not a regular file" in done.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("name", ["zarr.json", "teachers/zarr.json", "teachers/default/zarr.json"])
+@pytest.mark.parametrize("damage", ["null", "[]", "link loop"])
+def test_group_metadata_that_is_no_object_is_one_line_everywhere(copy, tmp_path, name, damage):
+    metadata = copy / name
+    metadata.unlink()
+    if damage == "link loop":
+        metadata.symlink_to("zarr.json")
+    else:
+        metadata.write_text(damage)
+    for verb in ("info", "verify"):
+        one_error(invoke(verb, copy))
+    one_error(invoke("train", "--out", tmp_path / "run", "--student", "mlp:hidden=8", "--dataset", "digits@train",
+                     "--store", copy, "--loss", "kl", "--epochs", "1", "--no-progress"))
+
+
+def test_a_dump_into_a_teacher_with_unreadable_metadata_asks_for_overwrite_and_overwrite_redoes_it(copy):
+    (copy / "teachers" / "default" / "zarr.json").write_text("null")
+    dump = ["dump", copy, "--teacher", "tests.factories:linear_teacher", "--dataset", "digits@train",
+            "--rows-per-shard", "256", "--batch-size", "64", "--codec", "fp32", "--no-progress"]
+    line = one_error(invoke(*dump))
+    assert "cannot be read" in line and "pass --overwrite" in line
+    assert invoke(*dump, "--overwrite").exit_code == 0 and invoke("verify", copy).exit_code == 0
+    (copy / "teachers" / "zarr.json").write_text("null")  # the teachers group's own: no --overwrite mends it
+    assert "the teachers of" in one_error(invoke(*dump, "--teacher-name", "other"))
+    assert "the teachers of" in one_error(invoke(*dump, "--overwrite"))
