@@ -139,6 +139,8 @@ BAD_TRAIN = [
     ("unfinished store", ["--store", "{partial}"], "--allow-partial"),
     ("bad cache budget", ["--store", "{store}", "--cache-budget", "lots"], "is not a size"),
     ("bad milestones", ["--milestones", "a,b"], "comma-separated list"),
+    ("negative lr gamma", ["--schedule", "step", "--milestones", "1", "--lr-gamma", "-1"], "--lr-gamma must be positive"),
+    ("zero lr gamma", ["--lr-gamma", "0"], "--lr-gamma must be positive"),
 ]
 
 
