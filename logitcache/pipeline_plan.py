@@ -27,10 +27,8 @@ the steps is ``pipeline_run.py``. Relative paths in the file are relative to the
 
 from __future__ import annotations
 
-import json
 import re
 import tomllib
-import types
 import typing
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
@@ -38,6 +36,7 @@ from pathlib import Path
 from .dump import DumpConfig
 from .errors import LogitCacheError
 from .losses.declarations import option_key
+from .option_types import describe, fits, kind, show
 from .train import TrainConfig
 from .train.train_config import gather_loss_options
 
@@ -82,8 +81,8 @@ def load_pipeline(path) -> dict:
             raise PipelineError(f"pipeline {path}: [pipeline] has unknown key {key!r}; keys: "
                                 f"{', '.join(PIPELINE_KEYS)}")
         if not isinstance(value, PIPELINE_KEYS[key]):
-            raise PipelineError(f"pipeline {path}: [pipeline] {key} = {_show(value)} is {_kind(value)}; "
-                                f"expected {_describe(PIPELINE_KEYS[key])}")
+            raise PipelineError(f"pipeline {path}: [pipeline] {key} = {show(value)} is {kind(value)}; "
+                                f"expected {describe(PIPELINE_KEYS[key])}")
     for group in ("dumps", "students"):
         for name in spec.get(group, {}):
             if not STEP_NAME.fullmatch(name) or name in (".", ".."):
@@ -94,8 +93,8 @@ def load_pipeline(path) -> dict:
 
 def _require_table(value, where: str, path) -> None:
     if not isinstance(value, dict):
-        raise PipelineError(f"pipeline {path}: {where} must be a table of options, but it is {_show(value)} "
-                          f"({_kind(value)})")
+        raise PipelineError(f"pipeline {path}: {where} must be a table of options, but it is {show(value)} "
+                          f"({kind(value)})")
 
 
 @dataclass
@@ -171,9 +170,9 @@ def _train_options(*tables: dict, where: str) -> dict:
         if loss_options:
             merged["loss_options"] = loss_options
     for loss, name, value in _declared_values(merged.get("loss_options", {})):
-        if not _fits(value, loss.option(name).type):
-            raise PipelineError(f"{where} {option_key(loss.name, name)} = {_show(value)} is {_kind(value)}; "
-                                f"expected {_describe(loss.option(name).type)}")
+        if not fits(value, loss.option(name).type):
+            raise PipelineError(f"{where} {option_key(loss.name, name)} = {show(value)} is {kind(value)}; "
+                                f"expected {describe(loss.option(name).type)}")
     return merged
 
 
@@ -210,8 +209,8 @@ def _config(cls, options: dict, where: str):
     if missing:
         raise PipelineError(f"{where}: missing option(s) {', '.join(missing)}")
     for key, value in options.items():
-        if not _fits(value, hints[key]):
-            raise PipelineError(f"{where} {key} = {_show(value)} is {_kind(value)}; expected {_describe(hints[key])}")
+        if not fits(value, hints[key]):
+            raise PipelineError(f"{where} {key} = {show(value)} is {kind(value)}; expected {describe(hints[key])}")
     if "milestones" in options:
         options = {**options, "milestones": tuple(options["milestones"])}
     return cls(**options)
@@ -242,47 +241,6 @@ def _stage_checks(config, token_store: bool) -> None:
         specs = [config.transform, config.val_transform, config.augment]
     for spec in filter(None, specs):
         build_transform(spec)
-
-
-def _fits(value, annotation) -> bool:
-    """Does a TOML value have the type a config field is annotated with? (ints fit floats; bools
-    are not numbers; arrays fit tuples)"""
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return any(_fits(value, arm) for arm in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if typing.get_origin(annotation) is tuple:
-        item = typing.get_args(annotation)[0]
-        return isinstance(value, (list, tuple)) and all(_fits(v, item) for v in value)
-    return isinstance(value, typing.get_origin(annotation) or annotation)
-
-
-_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", dict: "a table",
-          list: "an array"}
-_KINDS = {**_NAMES, bool: "a boolean"}
-
-
-def _describe(annotation) -> str:
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return " or ".join(_describe(arm) for arm in typing.get_args(annotation) if arm is not type(None))
-    if typing.get_origin(annotation) is tuple:
-        return f"an array of {_describe(typing.get_args(annotation)[0]).partition(' ')[2]}s"
-    return _NAMES.get(typing.get_origin(annotation) or annotation, str(annotation))
-
-
-def _show(value) -> str:
-    """A value as the pipeline file spells it (TOML's strings, true/false and arrays are JSON's)."""
-    return json.dumps(value, default=str)
-
-
-def _kind(value) -> str:
-    return _KINDS.get(type(value), f"a {type(value).__name__}")
 
 
 def learns_from_teacher(loss) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .dump import DumpConfig, dump
 from .errors import LogitCacheError
-from .pipeline_plan import Plan, learns_from_teacher, plan
+from .pipeline_plan import PipelineError, Plan, learns_from_teacher, plan
 from .store import open_store
 from .train import TrainConfig, train
 from .train.run_files import RunFiles
@@ -67,15 +67,30 @@ def _train_step(name: str, config: TrainConfig, log) -> StepResult:
     if tokens and config.store and learns_from_teacher(config.loss):
         what += f" from {_teacher_label(resolved.store, config.teacher)}"
     if run.is_complete(config.epochs):
+        _check_same_options(name, run, config)
         log(f"[{name}] complete in {config.out}: skipped")
-        summary, seconds, skipped = json.loads(run.summary.read_text()), None, True
+        summary, seconds, skipped = run.read_summary(), None, True
     else:
         log(f"[{name}] training {what} -> {config.out}")
         started = time.perf_counter()
         config.resume = run.last.exists()
         train(config, log=lambda line: log(f"[{name}] {line}"))
-        summary, seconds, skipped = json.loads(run.summary.read_text()), time.perf_counter() - started, False
+        summary, seconds, skipped = run.read_summary(), time.perf_counter() - started, False
     return StepResult(name, what, _val_result(summary["last"], summary["best"]), seconds, skipped)
+
+
+def _check_same_options(name: str, run: RunFiles, config: TrainConfig) -> None:
+    """A complete run is this step's only if it was trained with the step's options (as a --resume
+    checks them): after an edit of the file, skipping it would report the old run's results as the
+    new step's."""
+    from .train.train_config import options_record, resume_changes
+
+    recorded = run.read_config()
+    changes = resume_changes(recorded, options_record(config)) if isinstance(recorded, dict) else []
+    if not isinstance(recorded, dict) or changes:
+        why = f"other options: {', '.join(changes)}" if changes else "options it does not record (no readable config.json)"
+        raise PipelineError(f"[{name}] {config.out} holds a complete run trained with {why}; delete it, or give "
+                            "the step another out, to train it with this file's options")
 
 
 def _val_result(last: dict, best: dict) -> str:

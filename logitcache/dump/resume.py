@@ -120,7 +120,10 @@ def _open_or_create_teacher(store, config, num_classes, settings, provenance) ->
     its path is ours to delete: an overwrite, or a creation a killed dump left unfinished."""
     name = config.teacher_name
     if store.has_teacher(name) and not config.overwrite:
-        existing = store.teacher(name, check=False)
+        try:
+            existing = store.teacher(name, check=False)
+        except CorruptStoreError as err:  # its metadata cannot be read: only --overwrite may replace it
+            raise StoreExistsError(f"{err} (pass --overwrite to dump teacher {name!r} again)") from None
         if existing.status != STATUS_CREATING:
             return _resumable_teacher(store, existing, num_classes, settings)
     store.delete_teacher(name)  # also any leftovers of a deletion or creation cut short

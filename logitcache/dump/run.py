@@ -32,6 +32,7 @@ from ..errors import (
 )
 from ..features.extract import tap_teacher
 from ..features.feature_specs import parse_features
+from ..option_types import check_types
 from ..sources import get_dataset, get_model, model_transform, weights_in_spec
 from ..store import (
     MAX_VIEWS,
@@ -174,6 +175,7 @@ def _summary(config: DumpConfig, store, teacher: Teacher, metrics: dict, written
 
 def validate(config: DumpConfig) -> None:
     """Refuse option values a dump cannot use (ConfigError), before anything is built."""
+    check_types(config)  # a DumpConfig made in Python: "8" for batch_size is one line, not a TypeError
     if config.views is not None and config.views < 1:
         raise ConfigError(f"--views must be at least 1, got {config.views}")
     if config.views is not None and config.views > MAX_VIEWS:

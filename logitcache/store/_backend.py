@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -127,14 +128,28 @@ def _check_zip_entries(path: Path, location: str) -> None:
 
 def check_metadata_sizes(path: Path, location: str) -> None:
     """Refuse a local store whose metadata objects (the root's, the teachers', their arrays' and
-    features', at most four folders down) exceed MAX_METADATA_BYTES, before zarr parses one."""
+    features', at most four folders down) exceed MAX_METADATA_BYTES, or are no regular file (a
+    device or a pipe has no size to bound, and reads without end), before zarr parses one."""
     if not path.is_dir():
         return
     for depth in range(5):
-        for file in path.glob("/".join(["*"] * depth + ["zarr.json"])):
-            size = file.stat().st_size if file.is_file() else 0
-            if size > MAX_METADATA_BYTES:
-                raise _too_large(location, file.relative_to(path).as_posix(), size)
+        for folder in [path] if depth == 0 else path.glob("/".join(["*"] * depth)):
+            file = folder / "zarr.json"
+            name = file.relative_to(path).as_posix()
+            try:
+                mode = os.stat(file).st_mode
+            except (FileNotFoundError, NotADirectoryError):  # no metadata here (a chunk, a link to nowhere)
+                continue
+            except OSError as err:  # a link loop, an unreadable folder
+                raise CorruptStoreError(f"{location}: metadata object {name} cannot be read ({first_line(err)}); "
+                                        "the store was damaged or edited") from None
+            if stat.S_ISDIR(mode):
+                continue  # zarr reads no directory as metadata; the checks that need the object say it is missing
+            if not stat.S_ISREG(mode):
+                raise CorruptStoreError(f"{location}: metadata object {name} is not a regular file (a device, "
+                                        "pipe or socket); refusing to read it")
+            if file.stat().st_size > MAX_METADATA_BYTES:
+                raise _too_large(location, name, file.stat().st_size)
 
 
 def _too_large(location: str, name: str, size: int) -> CorruptStoreError:
@@ -173,12 +188,12 @@ def remote_errors(location: str):
         raise CorruptStoreError(f"{location}: a metadata object is nested too deeply to read; the store was "
                                 "damaged or edited") from None
     except zipfile.BadZipFile as err:
-        raise CorruptStoreError(f"{location}: {_first_line(err)}; the zip was damaged or edited") from None
+        raise CorruptStoreError(f"{location}: {first_line(err)}; the zip was damaged or edited") from None
     except PermissionError as err:
-        raise StoreAccessError(f"{location}: access denied ({_first_line(err)}); check the credentials") from None
+        raise StoreAccessError(f"{location}: access denied ({first_line(err)}); check the credentials") from None
     except Exception as err:
         if is_transient(err):
-            raise StoreConnectionError(f"cannot reach {location}: {_first_line(err)}") from None
+            raise StoreConnectionError(f"cannot reach {location}: {first_line(err)}") from None
         if type(err).__name__ == "NoCredentialsError":
             raise StoreAccessError(f"{location}: no credentials found; set AWS_ACCESS_KEY_ID and "
                                    "AWS_SECRET_ACCESS_KEY (or an AWS profile)") from None
@@ -200,12 +215,12 @@ def retry_transient(action, location: str, delays=None):
                 raise
             if delay is None:
                 raise StoreConnectionError(
-                    f"lost the connection to {location} ({_first_line(err)}); what was written is kept — "
+                    f"lost the connection to {location} ({first_line(err)}); what was written is kept — "
                     "rerun the same command to resume"
                 ) from None
             time.sleep(delay)
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__

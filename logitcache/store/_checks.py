@@ -17,8 +17,9 @@ import zarr
 
 from ..codecs import get_stored_codec
 from ..errors import CorruptStoreError, LogitCacheError, StoreIncompleteError
+from ._backend import first_line, is_transient
 from ._create import chunk_key_shard
-from ._features import check_feature_records, feature_array_specs
+from ._features import FEATURES_GROUP, check_feature_records, feature_array_specs
 from ._integrity import (
     CHUNK_DIGESTS_ARRAY,
     DIGEST_BYTES,
@@ -76,6 +77,13 @@ def check_root(store) -> None:
                 raise _Bad(f"array {array!r} has shape {tuple(store.group[array].shape)}, but num_samples is {n}")
     except _Bad as bad:
         raise CorruptStoreError(f"{store.location}: {bad}; the store was damaged or edited") from None
+    except (LogitCacheError, RecursionError):
+        raise  # one line already, or remote_errors' (nesting past the recursion limit)
+    except Exception as err:  # zarr's own errors on an array's unreadable metadata (bad JSON, a link loop)
+        if isinstance(err, (ConnectionError, PermissionError)) or is_transient(err):
+            raise
+        raise CorruptStoreError(f"{store.location}: the samples' metadata cannot be read ({type(err).__name__}: "
+                                f"{first_line(err)}); the store was damaged or edited") from None
 
 
 def check_teacher(teacher) -> None:
@@ -174,6 +182,13 @@ def _check_arrays(teacher, attrs: dict) -> None:
         if found != (np.dtype(dtype), shape, chunk_rows, shard_rows):
             raise _Bad(f"array {name!r} is {found[0]} {found[1]} in chunks of {found[2]} rows, shards of {found[3]}; "
                        f"the metadata says {np.dtype(dtype)} {shape}, {chunk_rows}, {shard_rows}")
+    if attrs.get("features"):  # its arrays open by path without it; a zarr reader needs it all the same
+        try:
+            features = group.get(FEATURES_GROUP)
+        except Exception as err:  # zarr's, on metadata that is not JSON or not an object
+            raise _Bad(f"the metadata of its group {FEATURES_GROUP!r} cannot be read ({type(err).__name__})") from None
+        if not isinstance(features, zarr.Group):
+            raise _Bad(f"the metadata of its group {FEATURES_GROUP!r} is missing")
     shards = teacher.layout.num_shards(teacher.store.num_rows)
     if SHARD_DONE_ARRAY not in group or tuple(group[SHARD_DONE_ARRAY].shape) != (shards,):
         raise _Bad(f"the shard ledger {SHARD_DONE_ARRAY!r} is missing or not {shards} long")

@@ -21,7 +21,6 @@ from ._schema import (
     STATUS_CREATING,
     STATUS_WRITING,
     TEACHER_ATTR,
-    TEACHERS_GROUP,
     VIEW_HASHES_ARRAY,
     VIEW_PARAMS_ARRAY,
     Layout,
@@ -37,10 +36,6 @@ def compressors(shuffle: str = "shuffle") -> list:
 def teacher_status(group: zarr.Group) -> str:
     attrs = group.attrs.get(TEACHER_ATTR)
     return str(attrs.get("status")) if isinstance(attrs, dict) else STATUS_CREATING
-
-
-def teacher_exists(root: zarr.Group, name: str) -> bool:
-    return TEACHERS_GROUP in root and name in root[TEACHERS_GROUP]
 
 
 def create_teacher_arrays(

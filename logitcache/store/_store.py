@@ -12,6 +12,7 @@ object can be handed to DataLoader workers and each worker opens its own (zip fi
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import numpy as np
@@ -20,15 +21,16 @@ import zarr.codecs
 
 from ..errors import (
     CorruptStoreError,
+    LogitCacheError,
     NotAStoreError,
     StoreMismatchError,
     StoreNotFoundError,
     StoreVersionError,
     StoreWriteError,
 )
-from ._backend import local_path, probe_remote, remote_errors, zarr_store
+from ._backend import first_line, local_path, probe_remote, remote_errors, zarr_store
 from ._checks import check_root, check_teacher
-from ._create import create_teacher_arrays, teacher_exists, teacher_status
+from ._create import create_teacher_arrays, teacher_status
 from ._fingerprint import dataset_fingerprint, describe_mismatch
 from ._schema import (
     FEATURES_VERSION,
@@ -190,17 +192,12 @@ class LogitStore:
     @property
     def teacher_names(self) -> list[str]:
         """The complete teachers: a teacher being dumped appears here only once it is complete."""
-        complete = []
-        for name in self.all_teacher_names:
-            try:
-                with remote_errors(self.location):
-                    status = teacher_status(self.group[TEACHERS_GROUP][name])
-            except (KeyError, ValueError) as err:
-                raise CorruptStoreError(f"teacher {name!r} in {self.location} cannot be read ({err}); "
-                                       "the store was damaged or edited") from None
-            if status == STATUS_COMPLETE:
-                complete.append(name)
-        return complete
+        return [name for name in self.all_teacher_names if teacher_status(self._teacher_group(name)) == STATUS_COMPLETE]
+
+    def _teacher_group(self, name: str) -> zarr.Group:
+        """The teacher's zarr group, its metadata checked readable (``_damage_as_one_line``)."""
+        with _damage_as_one_line(f"teacher {name!r} in {self.location}"), remote_errors(self.location):
+            return self.group[TEACHERS_GROUP][name]
 
     def teacher(self, name: str | None = None, *, check: bool = True) -> Teacher:
         """The teacher called ``name`` (complete or not); without a name, the only complete one.
@@ -224,15 +221,7 @@ class LogitStore:
             raise StoreMismatchError(
                 f"{self.location} has no teacher {name!r}; it has: {', '.join(self.all_teacher_names) or 'none'}"
             )
-        try:
-            with remote_errors(self.location):
-                group = self.group[TEACHERS_GROUP][name]
-        except CorruptStoreError:
-            raise
-        except (KeyError, ValueError) as err:
-            raise CorruptStoreError(f"teacher {name!r} in {self.location} cannot be read ({err}); "
-                                       "the store was damaged or edited") from None
-        teacher = Teacher(group, name, self)
+        teacher = Teacher(self._teacher_group(name), name, self)
         if check:
             check_teacher(teacher)
         return teacher
@@ -253,13 +242,14 @@ class LogitStore:
         raise StoreMismatchError(f"dataset does not match store {self.location}: {why or 'fingerprints differ'}")
 
     def has_teacher(self, name: str) -> bool:
-        return teacher_exists(self.group, name)
+        """Whether the teacher's folder exists, its metadata read or not: damage is never absence."""
+        return name in self.all_teacher_names
 
     def create_teacher(self, name: str, **kwargs) -> Teacher:
         """Make the arrays of a new teacher group (see ``create_teacher_arrays``)."""
         if self.read_only:
             raise StoreWriteError(f"{self.location} was opened read-only")
-        with remote_errors(self.location):
+        with _damage_as_one_line(f"the teachers of {self.location}"), remote_errors(self.location):
             # Before the teacher exists, so an older reader refuses the store rather than misread it.
             self._require_version(INTEGRITY_VERSION)  # v3 >= VIEWS_VERSION: views need nothing more
             if kwargs.get("features"):  # only then: a store without features keeps its v3 bytes
@@ -300,6 +290,20 @@ class LogitStore:
             zarr.core.sync.sync(self.group.store_path.store.delete_dir(prefix))
 
 
+@contextlib.contextmanager
+def _damage_as_one_line(what: str):
+    """Metadata zarr cannot read (missing, not JSON, not an object, a link loop: KeyError, ValueError,
+    TypeError, OSError from zarr) as one CorruptStoreError line; ``remote_errors``' own errors (network,
+    credentials, nesting, a bad zip) pass through."""
+    try:
+        yield
+    except LogitCacheError:
+        raise
+    except Exception as err:
+        raise CorruptStoreError(f"{what} cannot be read ({type(err).__name__}: {first_line(err)}); the store "
+                                "was damaged or edited") from None
+
+
 def _read_checked(store: LogitStore, name: str) -> np.ndarray:
     try:
         with remote_errors(store.location):
@@ -331,8 +335,9 @@ def _open_group(location: str, *, read_only: bool, storage_options: dict | None 
         if path is None:
             raise StoreNotFoundError(f"no store at {location}") from None
         raise NotAStoreError(f"{location} is not a logitcache store (no Zarr v3 group there)") from None
-    except ValueError as err:
-        raise NotAStoreError(f"{location} is not a logitcache store ({err})") from None
+    except (ValueError, TypeError, AttributeError) as err:  # zarr's, on root metadata that is not an object
+        raise NotAStoreError(f"{location} is not a logitcache store (its root metadata cannot be read: "
+                             f"{type(err).__name__}: {first_line(err)})") from None
     validate_root(info, location)
     return group
 

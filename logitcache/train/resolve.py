@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from ..errors import ConfigError, StoreMismatchError
 from ..lm import open_teacher
 from ..losses import loss_spec, token_loss
+from ..option_types import check_types
 from ..store import LogitStore, open_store
 from .train_config import TrainConfig, validate
 from .paired_data import sampled_codec
@@ -45,6 +46,7 @@ def resolve(config: TrainConfig, log=print) -> ResolvedRun:
         ConfigError: an option the task does not take, or a missing one; an out-of-range value.
         StoreMismatchError: token options with a store of labelled samples.
     """
+    check_types(config)  # a TrainConfig made in Python: "3" for epochs is one line, not a TypeError deep inside
     store = open_store(config.store, storage_options=config.storage_options) if config.store else None
     if names_token_data(config) or (store is not None and store.is_tokens):
         config = _token_config(config, store)

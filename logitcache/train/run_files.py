@@ -129,10 +129,19 @@ class RunFiles:
             return None
 
     def is_complete(self, epochs: int) -> bool:
-        if not self.summary.exists():
-            return False
-        summary = json.loads(self.summary.read_text())
-        return bool(summary.get("complete")) and summary.get("epochs") == epochs
+        """Whether the run finished ``epochs`` epochs: its summary says so, and holds the last and best
+        epochs' records (a summary that is damaged, or not one, is no finished run; a --resume redoes it)."""
+        summary = self.read_summary()
+        return (summary is not None and summary.get("complete") is True and summary.get("epochs") == epochs
+                and isinstance(summary.get("last"), dict) and isinstance(summary.get("best"), dict))
+
+    def read_summary(self) -> dict | None:
+        """summary.json, or None when there is none to read (missing, not JSON, not an object)."""
+        try:
+            summary = json.loads(self.summary.read_bytes())
+        except (OSError, ValueError, RecursionError):  # UnicodeDecodeError, JSONDecodeError: ValueErrors
+            return None
+        return summary if isinstance(summary, dict) else None
 
 
 def _holder(fd: int) -> str:

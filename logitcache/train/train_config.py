@@ -166,6 +166,7 @@ def validate(config: TrainConfig) -> None:
         (config.batch_size >= loss.min_batch,
          f"--loss {config.loss} needs --batch-size of at least {loss.min_batch}"),
         (config.lr > 0, f"--lr must be positive, got {config.lr}"),
+        (config.lr_gamma > 0, f"--lr-gamma must be positive (a negative one ascends the loss), got {config.lr_gamma}"),
         (config.temperature > 0, f"--temperature must be positive, got {config.temperature}"),
         (config.kd_weight >= 0 and config.ce_weight >= 0, "--kd-weight and --ce-weight must be >= 0"),
         (config.kd_weight + config.ce_weight > 0, "--kd-weight and --ce-weight cannot both be 0"),

@@ -1,6 +1,7 @@
 """The dump engine on real stores: determinism, resume after SIGKILL, safety, codecs, metrics."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from logitcache.dump import DumpConfig, dump
+from logitcache.errors import ConfigError
 from tests.conftest import invoke, one_error
 from logitcache.errors import (
     ModelError,
@@ -240,3 +242,16 @@ def test_a_teacher_without_weights_is_built_from_the_seed_so_the_same_command_ma
     other = invoke("dump", tmp_path / "c.zarr", "--teacher", "mlp:hidden=8", "--dataset", "digits@train", "--seed",
                    "1", "--no-progress")
     assert other.exit_code == 0 and store_contents(tmp_path / "c.zarr") != store_contents(tmp_path / "a.zarr")
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("batch_size", "64", 'batch_size = "64" is a string; expected an integer'),
+    ("rows_per_shard", 1.5, "rows_per_shard = 1.5 is a number; expected an integer"),
+    ("codec", None, "codec = null is a NoneType; expected a string"),
+])
+def test_a_python_dump_config_of_the_wrong_type_is_one_config_error(tmp_path, field, value, says):
+    config = DumpConfig(store=str(tmp_path / "s.zarr"), teacher="tests.factories:linear_teacher",
+                        dataset="digits@train", progress=False, **{field: value})
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        dump(config, log=lambda *_: None)
+    assert not (tmp_path / "s.zarr").exists()

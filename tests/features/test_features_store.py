@@ -100,6 +100,22 @@ def test_feature_chunks_are_bound_to_their_place(tmp_path, feature_store):
         open_store(path).teacher()
 
 
+@pytest.mark.parametrize("damage", ["delete", "garbage", "null"])
+def test_damaged_metadata_of_the_features_group_is_refused(tmp_path, feature_store, damage):
+    """The arrays open by path without it, but a store with damaged metadata is not one verify passes."""
+    path = tmp_path / "damaged.zarr"
+    shutil.copytree(feature_store, path)
+    metadata = path / "teachers" / "default" / "features" / "zarr.json"
+    if damage == "delete":
+        metadata.unlink()
+    else:
+        metadata.write_bytes({"garbage": b"\x00\xfe{", "null": b"null"}[damage])
+    with pytest.raises(CorruptStoreError, match="features"):
+        open_store(path).teacher()
+    assert not verify_store(path).ok
+    one_error(invoke("info", path))
+
+
 def test_an_interrupted_feature_dump_resumes_to_the_same_bytes(tmp_path, monkeypatch):
     options = dict(teacher="tests.feature_factories:interrupted_conv_teacher", features="s1=inner.5,e=inner.11:pool")
     reference = make_store(tmp_path / "straight.zarr", **options)

@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from logitcache.cli import cli
 from logitcache.dump import DumpConfig
 from logitcache.pipeline_plan import plan
+from tests.conftest import one_error
 
 PIPELINES = sorted((Path(__file__).resolve().parents[2] / "pipelines").glob("*.toml"))
 
@@ -272,3 +273,51 @@ def test_a_pipeline_nested_past_the_recursion_limit_is_one_line(tmp_path):
     path.write_text("[pipeline]\nx = " + "[" * 100_000 + "]" * 100_000 + "\n")
     result = CliRunner().invoke(cli, ["run", str(path)], catch_exceptions=False)
     assert result.exit_code == 1 and "nests arrays or tables too deeply" in result.output
+
+
+QUICK = """
+[pipeline]
+runs = "{tmp}/runs"
+
+[dump]
+store = "{tmp}/digits.zarr"
+teacher = "tests.factories:linear_teacher"
+dataset = "digits@train"
+codec = "fp32"
+
+[defaults]
+student = "mlp:hidden=8"
+dataset = "digits@train"
+val_dataset = "digits@val"
+epochs = 1
+
+[students.kl]
+loss = "kl"
+
+[students.label-only]
+loss = "ce"
+"""
+
+
+def test_a_complete_student_whose_options_were_edited_is_refused_not_skipped(tmp_path):
+    """Skipping it would print the old run's results beside the new options."""
+    path = tmp_path / "p.toml"
+    path.write_text(QUICK.format(tmp=tmp_path))
+    assert CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False).exit_code == 0
+    path.write_text(QUICK.format(tmp=tmp_path).replace('loss = "kl"', 'loss = "kl"\nlr = 0.5'))
+    line = one_error(CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False))
+    assert "[kl]" in line and "holds a complete run trained with other options: lr (0.05 -> 0.5)" in line
+
+
+@pytest.mark.parametrize("summary", [b"\x00\xff not json", b"[1, 2]", b'{"complete": true, "epochs": 1}'])
+def test_a_damaged_summary_of_a_complete_student_is_redone_not_a_traceback(tmp_path, summary):
+    path = tmp_path / "p.toml"
+    path.write_text(QUICK.format(tmp=tmp_path))
+    first = CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    (tmp_path / "runs" / "label-only" / "summary.json").write_bytes(summary)
+    again = CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    assert again.output.count(": skipped") == 2  # the dump and the kl student; label-only is finished again
+    rows = [output[output.index("step  "):].splitlines()[-1] for output in (first.output, again.output)]
+    assert rows[0].rsplit("  ", 1)[0] == rows[1].rsplit("  ", 1)[0]  # the same result; the time is this run's

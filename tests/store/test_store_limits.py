@@ -3,7 +3,10 @@ aimed at the wrong place. Each is one `Error:` line and a non-zero exit, and not
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -88,3 +91,64 @@ def test_pack_into_an_unwritable_place_is_one_line(digits_store):
 def test_verify_refuses_negative_workers(digits_store):
     result = invoke("verify", digits_store, "--workers", "-1")
     assert result.exit_code == 2 and "-1 is not in the range x>=0" in result.output
+
+
+@pytest.mark.parametrize("array", ["keys", "labels"])
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "link loop"])
+def test_unreadable_metadata_of_the_samples_arrays_is_one_line_everywhere(copy, tmp_path, array, damage):
+    metadata = copy / array / "zarr.json"
+    text = metadata.read_bytes()
+    metadata.unlink()
+    if damage == "link loop":
+        metadata.symlink_to("zarr.json")
+    else:
+        metadata.write_bytes({"empty": b"", "truncated": text[: len(text) // 2], "garbage": b"\x9c\xff" * 40}[damage])
+    for verb in ("info", "verify", "pack"):
+        line = one_error(invoke(verb, copy, *([tmp_path / "p.zip"] if verb == "pack" else [])))
+        assert "damaged or edited" in line or (verb == "pack" and "symbolic link" in line), line
+    one_error(invoke("train", "--out", tmp_path / "run", "--student", "mlp:hidden=8", "--dataset", "digits@train",
+                     "--store", copy, "--loss", "kl", "--epochs", "1", "--no-progress"))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_metadata_that_is_no_regular_file_is_refused_before_it_is_read(copy, kind):
+    """A pipe would block the read for ever and /dev/zero would fill memory: both are refused unread
+    (a subprocess with a deadline, so a regression fails instead of hanging the suite)."""
+    metadata = copy / "teachers" / "default" / "logits" / "zarr.json"
+    metadata.unlink()
+    if kind == "fifo":
+        os.mkfifo(metadata)
+    else:
+        metadata.symlink_to("/dev/zero")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "logitcache", "info", str(copy)], capture_output=True, text=True,
+                          timeout=90, env=env)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "is not a regular file" in done.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("name", ["zarr.json", "teachers/zarr.json", "teachers/default/zarr.json"])
+@pytest.mark.parametrize("damage", ["null", "[]", "link loop"])
+def test_group_metadata_that_is_no_object_is_one_line_everywhere(copy, tmp_path, name, damage):
+    metadata = copy / name
+    metadata.unlink()
+    if damage == "link loop":
+        metadata.symlink_to("zarr.json")
+    else:
+        metadata.write_text(damage)
+    for verb in ("info", "verify"):
+        one_error(invoke(verb, copy))
+    one_error(invoke("train", "--out", tmp_path / "run", "--student", "mlp:hidden=8", "--dataset", "digits@train",
+                     "--store", copy, "--loss", "kl", "--epochs", "1", "--no-progress"))
+
+
+def test_a_dump_into_a_teacher_with_unreadable_metadata_asks_for_overwrite_and_overwrite_redoes_it(copy):
+    (copy / "teachers" / "default" / "zarr.json").write_text("null")
+    dump = ["dump", copy, "--teacher", "tests.factories:linear_teacher", "--dataset", "digits@train",
+            "--rows-per-shard", "256", "--batch-size", "64", "--codec", "fp32", "--no-progress"]
+    line = one_error(invoke(*dump))
+    assert "cannot be read" in line and "pass --overwrite" in line
+    assert invoke(*dump, "--overwrite").exit_code == 0 and invoke("verify", copy).exit_code == 0
+    (copy / "teachers" / "zarr.json").write_text("null")  # the teachers group's own: no --overwrite mends it
+    assert "the teachers of" in one_error(invoke(*dump, "--teacher-name", "other"))
+    assert "the teachers of" in one_error(invoke(*dump, "--overwrite"))

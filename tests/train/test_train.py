@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import pytest
 import torch
@@ -139,6 +140,8 @@ BAD_TRAIN = [
     ("unfinished store", ["--store", "{partial}"], "--allow-partial"),
     ("bad cache budget", ["--store", "{store}", "--cache-budget", "lots"], "is not a size"),
     ("bad milestones", ["--milestones", "a,b"], "comma-separated list"),
+    ("negative lr gamma", ["--schedule", "step", "--milestones", "1", "--lr-gamma", "-1"], "--lr-gamma must be positive"),
+    ("zero lr gamma", ["--lr-gamma", "0"], "--lr-gamma must be positive"),
 ]
 
 
@@ -232,3 +235,20 @@ def test_chunked_loss_is_refused_for_an_image_student(tmp_path, digits_store):
     result = invoke("train", "--out", tmp_path / "r", "--student", "mlp", "--dataset", "digits@train", "--store",
                     digits_store, "--loss", "kl", "--chunked-loss", "--epochs", "1", "--no-progress")
     assert "--chunked-loss is for language-model students" in one_error(result)
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("epochs", "3", 'epochs = "3" is a string; expected an integer'),
+    ("lr", "x", 'lr = "x" is a string; expected a number'),
+    ("batch_size", 2.5, "batch_size = 2.5 is a number; expected an integer"),
+    ("milestones", "1,2", 'milestones = "1,2" is a string; expected an array of integers'),
+    ("seed", None, "seed = null is a NoneType; expected an integer"),
+])
+def test_a_python_train_config_of_the_wrong_type_is_one_config_error(tmp_path, field, value, says):
+    from logitcache.errors import ConfigError
+
+    config = TrainConfig(**{"out": str(tmp_path / "run"), "student": "mlp:hidden=8", "dataset": "digits@train",
+                            "epochs": 1, "progress": False, field: value})
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        train(config, log=lambda *_: None)
+    assert not (tmp_path / "run").exists()
