@@ -45,6 +45,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .codecs import Targets, targets_from_fields
+from .lm_inputs import checked_labels, target_count
 from .errors import ConfigError, StoreIncompleteError, StoreMismatchError
 from .losses import IGNORE_INDEX, TokenLossSums, token_loss_sums
 from .sources.lm_heads import SplitLM, split_lm
@@ -216,7 +217,17 @@ class _HeldSequences:
 
 
 def collate_tokens(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """Stack ``TokenStoreDataset`` items into a batch (every stored sequence has the same length)."""
+    """Stack ``TokenStoreDataset`` items into a batch (every stored sequence has the same length).
+
+    Raises:
+        ConfigError: no items, or items with other fields (two stores' or teachers' items mixed)."""
+    if not items:
+        raise ConfigError("collate_tokens got no items: a batch needs at least one sequence")
+    names = set(items[0])
+    if any(set(item) != names for item in items):
+        other = next(set(item) for item in items if set(item) != names)
+        raise ConfigError(f"collate_tokens got items with other fields ({', '.join(sorted(names ^ other))}): "
+                          "items of two stores or teachers cannot share a batch")
     return {name: torch.stack([item[name] for item in items]) for name in items[0]}
 
 
@@ -242,10 +253,12 @@ def distillation_loss(student_logits: Tensor, batch: dict, temperature: float = 
 
     Raises:
         ConfigError: ``kd_weight`` > 0 but the batch has no teacher targets; ``temperature`` is not
-            the one a ``sample`` store's tokens were drawn at.
+            the one a ``sample`` store's tokens were drawn at, or outside 0.001-1000; a weight that
+            is negative or not finite; logits or labels of another shape than the batch's.
     """
+    checked_labels(batch, temperature, kd_weight, ce_weight)
     sums = distillation_sums(student_logits, batch, temperature, kd_weight)
-    return sums.mean(ce_weight, kd_weight, _count(num_items_in_batch))
+    return sums.mean(ce_weight, kd_weight, target_count(num_items_in_batch))
 
 
 def distillation_sums(student_logits: Tensor, batch: dict, temperature: float = 1.0,
@@ -253,8 +266,13 @@ def distillation_sums(student_logits: Tensor, batch: dict, temperature: float = 
     """``distillation_loss``'s CE and KL sums over the batch's target tokens and their count, apart
     (a trainer logs the two terms from them); the arguments are ``distillation_loss``'s."""
     student_logits = getattr(student_logits, "logits", student_logits)  # a Hugging Face model's output too
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ConfigError(f"temperature must be a positive finite number, got {temperature!r}")
+    labels = checked_labels(batch, temperature, kd_weight)
+    if not (isinstance(student_logits, Tensor) and student_logits.dim() == 3 and student_logits.is_floating_point()
+            and tuple(student_logits.shape[:2]) == tuple(labels.shape)):
+        got = (f"a {student_logits.dtype} tensor of shape {tuple(student_logits.shape)}"
+               if isinstance(student_logits, Tensor) else type(student_logits).__name__)
+        raise ConfigError(f"student_logits must be float logits of shape ({labels.shape[0]}, {labels.shape[1]}, "
+                          f"vocabulary) for this batch's {labels.shape[0]} x {labels.shape[1]} tokens, got {got}")
     return token_loss_sums(student_logits, batch["labels"], _batch_teacher(batch, kd_weight), temperature)
 
 
@@ -278,7 +296,7 @@ def chunked_distillation_loss(model, batch: dict, temperature: float = 1.0, kd_w
         ConfigError: the model does not split at its head, or is wrapped; as ``distillation_loss``.
     """
     sums = chunked_distillation_sums(model, batch, temperature, kd_weight, ce_weight, chunk_size)
-    return sums.mean(ce_weight, kd_weight, _count(num_items_in_batch))
+    return sums.mean(ce_weight, kd_weight, target_count(num_items_in_batch))
 
 
 def chunked_distillation_sums(model, batch: dict, temperature: float = 1.0, kd_weight: float = 1.0,
@@ -287,15 +305,14 @@ def chunked_distillation_sums(model, batch: dict, temperature: float = 1.0, kd_w
     gradient is taken for these weights (``TokenLossSums.weighted``)."""
     from .losses.chunked import chunked_head, chunked_token_loss_sums
 
+    labels = checked_labels(batch, temperature, kd_weight, ce_weight)
+    if not (isinstance(batch.get("input_ids"), Tensor) and tuple(batch["input_ids"].shape) == tuple(labels.shape)):
+        raise ConfigError(f"batch['input_ids'] must be a tensor of the labels' shape {tuple(labels.shape)}")
     split, hidden_of = lm_split(model, batch["input_ids"])
     hidden = hidden_of(batch)  # (B, L, H)
     head = chunked_head(model, split.head_logits, hidden)
     return chunked_token_loss_sums(hidden, head, batch["labels"], _batch_teacher(batch, kd_weight), temperature,
                                    ce_weight, kd_weight, chunk_size)
-
-
-def _count(num_items_in_batch) -> float | None:
-    return float(num_items_in_batch) if num_items_in_batch is not None else None
 
 
 def lm_split(model, input_ids: Tensor) -> tuple[SplitLM, Callable[[dict], Tensor]]:

@@ -69,6 +69,41 @@ def storage_options_for(location: str, options: dict | None) -> dict:
     return options
 
 
+def check_regular_file(path: Path, key: str) -> None:
+    """Refuse to read an object that is no regular file: a device (a link to /dev/zero) or a pipe
+    reads without end, or blocks, where a chunk should be. Absent objects pass (zarr says None)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    except OSError as err:  # a link loop, or no permission
+        raise CorruptStoreError(f"store object {key} cannot be read ({first_line(err)}); the store was damaged "
+                                "or edited") from None
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise CorruptStoreError(f"store object {key} is not a regular file (a device, pipe or socket); refusing to "
+                                "read it: the store was damaged or edited")
+
+
+def check_object_kinds(path: Path, location: str) -> None:
+    """Refuse a local store holding an object that is no regular file (``check_regular_file``), when
+    it opens: one stat a file, so the one line comes before any read (a read refused among zarr's
+    concurrent ones would leave its siblings pending). Reads check again: a store may change."""
+    if not path.is_dir():
+        return
+    for folder, _, files in os.walk(path):
+        for name in files:
+            file = Path(folder) / name
+            check_regular_file(file, file.relative_to(path).as_posix())
+
+
+class RegularFilesStore(zarr.storage.LocalStore):
+    """zarr's LocalStore that reads regular files only (``check_regular_file``): every read a stat more."""
+
+    async def get(self, key, prototype=None, byte_range=None):
+        check_regular_file(self.root / key, key)
+        return await super().get(key, prototype, byte_range)
+
+
 def zarr_store(location: str, *, read_only: bool, storage_options: dict | None = None):
     """zarr's own store for a location."""
     path = local_path(location)
@@ -79,7 +114,8 @@ def zarr_store(location: str, *, read_only: bool, storage_options: dict | None =
         return zarr.storage.ZipStore(path, mode="r", read_only=True)
     if path is not None:
         check_metadata_sizes(path, location)
-        return zarr.storage.LocalStore(path, read_only=read_only)
+        check_object_kinds(path, location)
+        return RegularFilesStore(path, read_only=read_only)
     _quiet_broken_requests()
     try:
         return zarr.storage.FsspecStore.from_url(

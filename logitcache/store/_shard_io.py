@@ -27,6 +27,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
+from ._backend import check_regular_file
 from ._shards import MISSING, ShardBytes
 
 MAX_THREADS = 8
@@ -210,6 +211,7 @@ class ShardIO:
 
     def _read_file(self, key: str, wanted) -> np.ndarray | None:
         """``_get_many``'s answer for one key of a local store (None: no such file, as zarr's)."""
+        check_regular_file(self._root / key, key)  # a device or a pipe would read without end, or block
         try:
             with open(self._root / key, "rb") as file:
                 if wanted is None:

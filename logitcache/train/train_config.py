@@ -154,6 +154,8 @@ def validate(config: TrainConfig) -> None:
     if config.optimizer == "adamw" and not peak * config.weight_decay <= FLOAT32_MAX:
         raise ConfigError(f"--lr {peak:g} times --weight-decay {config.weight_decay:g} (AdamW's decay per step) "
                           "leaves float32's range (3.4e38)")
+    from ..codecs.sample import MAX_TEMPERATURE, MIN_TEMPERATURE  # here: the codecs import numpy
+
     loss = loss_spec(config.loss)  # ConfigError naming the fix for a bad list
     if config.temperature is None:
         raise ConfigError(loss.temperature_conflict())
@@ -167,7 +169,9 @@ def validate(config: TrainConfig) -> None:
          f"--loss {config.loss} needs --batch-size of at least {loss.min_batch}"),
         (config.lr > 0, f"--lr must be positive, got {config.lr}"),
         (config.lr_gamma > 0, f"--lr-gamma must be positive (a negative one ascends the loss), got {config.lr_gamma}"),
-        (config.temperature > 0, f"--temperature must be positive, got {config.temperature}"),
+        (MIN_TEMPERATURE <= config.temperature <= MAX_TEMPERATURE,
+         f"--temperature must be from {MIN_TEMPERATURE:g} to {MAX_TEMPERATURE:g} (outside it logits / T or T² leave "
+         f"float32), got {config.temperature:g}"),
         (config.kd_weight >= 0 and config.ce_weight >= 0, "--kd-weight and --ce-weight must be >= 0"),
         (config.kd_weight + config.ce_weight > 0, "--kd-weight and --ce-weight cannot both be 0"),
         (config.weight_decay >= 0, f"--weight-decay must be >= 0, got {config.weight_decay}"),

@@ -152,3 +152,23 @@ def test_a_dump_into_a_teacher_with_unreadable_metadata_asks_for_overwrite_and_o
     (copy / "teachers" / "zarr.json").write_text("null")  # the teachers group's own: no --overwrite mends it
     assert "the teachers of" in one_error(invoke(*dump, "--teacher-name", "other"))
     assert "the teachers of" in one_error(invoke(*dump, "--overwrite"))
+
+
+@pytest.mark.parametrize("chunk", ["shard_done/c/0", "logits/c/0/0", "chunk_digests/c/0/0"])
+def test_a_chunk_that_links_to_a_device_is_one_line_never_an_endless_read(copy, tmp_path, chunk):
+    """A ledger, content or digest object linked to /dev/zero read without end (20 GB, then killed):
+    every command now stats an object before it reads it (a subprocess with a deadline and a memory
+    limit, so a regression fails instead of hanging the suite)."""
+    path = copy / "teachers" / "default" / chunk
+    assert path.is_file()
+    path.unlink()
+    path.symlink_to("/dev/zero")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "OMP_NUM_THREADS": "1"}
+    commands = [["info", str(copy)], ["verify", str(copy)],
+                ["train", "--out", str(tmp_path / "run"), "--student", "mlp:hidden=8", "--dataset", "digits@train",
+                 "--store", str(copy), "--loss", "kl", "--epochs", "1", "--no-progress"]]
+    for command in commands:
+        done = subprocess.run(["prlimit", "--as=6000000000", sys.executable, "-m", "logitcache", *command],
+                              capture_output=True, text=True, timeout=120, env=env)
+        assert done.returncode == 1 and "Traceback" not in done.stderr, (command, done.stderr[-2000:])
+        assert done.stderr.strip().splitlines()[-1].startswith("Error: "), (command, done.stderr[-2000:])

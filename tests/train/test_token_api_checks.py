@@ -82,3 +82,53 @@ def test_two_teachers_unnamed_are_refused_naming_the_api_argument_or_the_cli_opt
     says = "holds 2 complete teachers (default, sampled); name one with --teacher"
     assert says in one_error(lm_train(tmp_path / "a", two_teachers))
     assert says in one_error(lm_train(tmp_path / "b", stores["topk:8"], "--val-store", two_teachers))
+
+
+def _refusals(batch: dict) -> list[tuple[str, dict, str]]:
+    """(what, distillation_loss's arguments, the line it must say) for a (2, 64) batch at V = 256."""
+    logits = torch.randn(2, 64, 256)
+    return [
+        ("a row more than the batch", dict(student_logits=torch.randn(3, 64, 256)), r"shape \(2, 64, vocabulary\)"),
+        ("a position short", dict(student_logits=logits[:, :-1]), r"got a torch.float32 tensor of shape \(2, 63, 256\)"),
+        ("flattened", dict(student_logits=logits.reshape(128, 256)), "shape"),
+        ("an empty batch", dict(student_logits=torch.randn(0, 64, 256)), "shape"),
+        ("integer logits", dict(student_logits=torch.zeros(2, 64, 256, dtype=torch.long)), "float logits"),
+        ("a list", dict(student_logits=logits.tolist()), "got list"),
+        ("labels a position short", dict(batch={**batch, "labels": batch["labels"][:, :-1]}), "shape"),
+        ("a batch as a list", dict(batch=[batch]), "batch must be a dict"),
+        ("no items counted", dict(num_items_in_batch=0), "num_items_in_batch must be a positive count"),
+        ("a negative count", dict(num_items_in_batch=-5), "num_items_in_batch must be a positive count"),
+        ("a huge temperature", dict(temperature=1e30), "temperature must be a number from 0.001 to 1000"),
+        ("a vanishing temperature", dict(temperature=1e-30), "temperature must be a number from 0.001 to 1000"),
+        ("nan kd weight", dict(kd_weight=float("nan")), "kd_weight must be a finite number >= 0"),
+        ("inf ce weight", dict(ce_weight=float("inf")), "ce_weight must be a finite number >= 0"),
+        ("negative ce weight", dict(ce_weight=-1.0), "ce_weight must be a finite number >= 0"),
+        ("both weights 0", dict(kd_weight=0.0, ce_weight=0.0), "cannot both be 0"),
+    ]
+
+
+def test_the_loss_refuses_what_it_is_not_defined_for_in_one_line(stores):  # noqa: F811
+    """Each of these returned a loss (a wrong one, nan, inf or -inf) or raised a raw torch error."""
+    from logitcache.errors import ConfigError
+
+    data = TokenStoreDataset(stores["topk:8"])
+    batch = collate_tokens([data[0], data[1]])
+    assert torch.isfinite(distillation_loss(torch.randn(2, 64, 256), batch))  # the same call, well formed
+    for what, change, line in _refusals(batch):
+        arguments = {"student_logits": torch.randn(2, 64, 256), "batch": batch, **change}
+        with pytest.raises(ConfigError, match=line):
+            distillation_loss(**arguments)
+        if "student_logits" not in change:  # the chunked loss takes the model: the rest applies to it too
+            model = get_model(GPT, 256)
+            with pytest.raises(ConfigError, match=line):
+                chunked_distillation_loss(model, **{k: v for k, v in arguments.items() if k != "student_logits"})
+
+
+def test_collate_refuses_no_items_and_items_of_two_teachers(stores):  # noqa: F811
+    from logitcache.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="collate_tokens got no items"):
+        collate_tokens([])
+    topk, sample = TokenStoreDataset(stores["topk:8"]), TokenStoreDataset(stores["sample:12:2"])
+    with pytest.raises(ConfigError, match="items of two stores or teachers cannot share a batch"):
+        collate_tokens([topk[0], sample[0]])
