@@ -3,6 +3,7 @@ logits against the chunked loss (``logitcache/losses/chunked.py``), peak memory 
 
     flock /tmp/bigmem.lock python -m benchmarks.lm_students_memory [--vocab 131072] [--batch 4]
         [--seq-len 1024] [--codecs topk:8,sample:12,dense] [--paths materialised,chunked,recompute]
+    python -m benchmarks.lm_students_memory gpu [--smoke]   # benchmarks/gpu.sh runs it (a CUDA device)
 
 A ``gpt`` student (n_layer=2, n_embd=128, block_size=--seq-len) and synthetic teacher targets of
 each codec's typed form (top-k ids with log-probabilities and a tail, sampled ids with weights,
@@ -19,6 +20,15 @@ Peak RSS is the subprocess's ``ru_maxrss``; "step's own" is the peak RSS over th
 reset before the first) less the RSS before them (torch, the model, the targets). Tokens/s: B x T
 over the median timed step, by the wall clock and by this process's CPU seconds (less disturbed
 by other jobs on a shared machine).
+
+``gpu``: on one CUDA device, a random-init Qwen2-shaped student of ~0.5 B parameters (lm_dump.py's
+teacher shape: hidden 896, 24 layers, 151,936 ids) at batch 4 x 2,048 tokens, bf16 autocast, AdamW,
+trained against the same synthetic targets (on the device) through ``logitcache.lm``: the
+materialised ``distillation_loss(model(ids).logits, batch)`` and ``chunked_distillation_loss(model,
+batch)`` side by side, each from the same initial weights with a fresh optimizer: one warm-up step
+and ``--steps`` timed ones; tokens/s (B x T over the median step) and the peak device memory
+(``torch.cuda.max_memory_allocated``, reset before each path's warm-up: weights, optimizer and the
+step); an out-of-memory error is that path's result. ``--smoke``: tiny, on the CPU (the path only).
 """
 
 from __future__ import annotations
@@ -145,16 +155,99 @@ def run_config(path: str, codec: str, args) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def gpu(args) -> None:
+    """Both losses on one Qwen2-shaped student, in this process: tokens/s, peak device memory, ratios."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from benchmarks.lm_dump import QWEN2_05B, QWEN2_SMOKE
+
+    shape, device = (QWEN2_SMOKE, "cpu") if args.smoke else (QWEN2_05B, "cuda")
+    length = args.seq_len or (128 if args.smoke else 2048)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(**shape, max_position_embeddings=length)).to(device).train()
+    initial = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    ids = torch.randint(0, shape["vocab_size"], (args.batch, length), generator=torch.Generator().manual_seed(1))
+    print(f"Qwen2 student {shape}, {sum(p.numel() for p in model.parameters()) / 1e6:,.1f} M parameters, "
+          f"batch {args.batch} x {length}, bf16 autocast, AdamW, {args.steps} timed steps, device {device}")
+    print("| codec | path | tokens/s | peak device memory (GB) | tokens/s / materialised "
+          "| memory / materialised | warm-up loss |\n|---|---|---:|---:|---:|---:|---:|")
+    for codec in args.codecs.split(","):
+        teacher = synthetic_targets(codec, args.batch, length, shape["vocab_size"])
+        batch = {"input_ids": ids, "labels": ids, **teacher.columns("teacher_")}
+        batch = {name: value.to(device) for name, value in batch.items()}
+        del teacher
+        results = {}
+        for path in ("materialised", "chunked"):
+            model.load_state_dict(initial)
+            r = results[path] = gpu_steps(model, batch, path, args.steps, device)
+            if "error" in r:
+                print(f"| {codec} | {path} | {r['error']} | | | | |", flush=True)
+                continue
+            base = results.get("materialised", {})
+            ratios = (f"{r['tokens_per_s'] / base['tokens_per_s']:.2f} | {r['peak_gb'] / base['peak_gb']:.2f}"
+                      if path != "materialised" and "error" not in base else " | ")
+            print(f"| {codec} | {path} | {r['tokens_per_s']:,.0f} | {r['peak_gb']:.2f} | {ratios} | "
+                  f"{r['loss']:.6g} |", flush=True)
+        del batch
+
+
+def gpu_steps(model, batch: dict, path: str, steps: int, device: str) -> dict:
+    """A warm-up and ``steps`` timed training steps of ``path``'s loss, with a fresh AdamW; an
+    out-of-memory error as the result (its first line), the memory it held given back."""
+    from benchmarks.lm_dump import peak_gb, reset_peak
+    from logitcache.lm import chunked_distillation_loss, distillation_loss
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device, dtype=torch.bfloat16):
+            loss = (chunked_distillation_loss(model, batch) if path == "chunked"
+                    else distillation_loss(model(batch["input_ids"]).logits, batch))
+        loss.backward()
+        optimizer.step()
+        return float(loss.detach())
+
+    reset_peak(device)
+    try:
+        loss, times = step(), []
+        for _ in range(steps):
+            sync()
+            start = time.perf_counter()
+            step()
+            sync()
+            times.append(time.perf_counter() - start)
+    except (torch.OutOfMemoryError, MemoryError) as error:
+        result = {"error": f"out of memory: {(str(error).splitlines() or ['?'])[0][:90]}"}
+    else:
+        result = {"loss": loss, "peak_gb": peak_gb(device),
+                  "tokens_per_s": batch["input_ids"].numel() / statistics.median(times)}
+    optimizer.state.clear()  # the moments, before the cache is emptied
+    model.zero_grad(set_to_none=True)
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vocab", type=int, default=131_072)
+    parser.add_argument("mode", nargs="?", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--smoke", action="store_true", help="gpu: tiny, on the CPU (checks the path only)")
+    parser.add_argument("--vocab", type=int, default=131_072, help="cpu only (gpu: the Qwen2 shape's)")
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seq-len", type=int, default=1024)
+    parser.add_argument("--seq-len", type=int, help="default: cpu 1,024, gpu 2,048 (--smoke 128)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--codecs", default="topk:8,sample:12,dense")
     parser.add_argument("--paths", default=",".join(PATHS))
     parser.add_argument("--one", nargs=2, metavar=("PATH", "CODEC"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.mode == "gpu":
+        if not (args.smoke or torch.cuda.is_available()):
+            parser.error("gpu needs a CUDA device here; --smoke runs it tiny on the CPU")
+        gpu(args)
+        return
+    args.seq_len = args.seq_len or 1024
     if args.one:
         print(json.dumps(one_config(*args.one, args.vocab, args.batch, args.seq_len, args.steps)))
         return
