@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from logitcache.cli import cli
 from logitcache.store import open_store, verify_store
+from tests import killpoints
 from tests.conftest import store_contents
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,15 +28,15 @@ def dump_args(store, *extra) -> list[str]:
 
 
 def run(kill_at: int, args: list[str]) -> subprocess.CompletedProcess:
-    """The CLI in a fresh process, killed right after metadata write ``kill_at`` (0: never)."""
-    return subprocess.run([sys.executable, "-m", "tests.killpoints", str(kill_at), *args], env=ENV, cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    """The CLI in its own process (forked from a warm server), killed right after metadata write
+    ``kill_at`` (0: never)."""
+    return killpoints.run(kill_at, args, env=ENV, cwd=REPO, timeout=300)
 
 
 def in_pairs(commands, kill_points) -> dict:
     """``commands(k)`` (a list of runs, one after another) for every kill point, two kill points at
-    a time: each is its own store and its own processes, and a fresh process spends most of its
-    time importing, on one core. Returns {k: [CompletedProcess, ...]}."""
+    a time: each is its own store and its own processes, and a run spends much of its time
+    writing and waiting on the disk. Returns {k: [CompletedProcess, ...]}."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=2) as pool:
