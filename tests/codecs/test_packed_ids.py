@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +27,7 @@ from logitcache.lm import TokenStoreDataset, collate_tokens, distillation_loss
 from logitcache.sources.checkpoints import load_checkpoint
 from logitcache.store import FORMAT_VERSION, _store, open_store, verify_store
 from logitcache.store_info import describe_store, format_description
+from tests import killpoints
 from tests.conftest import invoke, make_store, one_error, store_contents
 from tests.factories import WIDE_VOCAB
 from tests.codecs.test_codec_registry import check_codec_contract
@@ -236,8 +235,7 @@ def test_a_packed_teacher_in_a_store_that_says_v4_is_damage(stores, tmp_path):
 def test_a_killed_packed_dump_resumes_to_identical_bytes(stores, text, tmp_path):
     store = tmp_path / "killed.zarr"
     args = dump_args(store, text, "sample:12")
-    killed = subprocess.run([sys.executable, "-m", "tests.killpoints", "2", *args], cwd=REPO, capture_output=True,
-                            text=True, timeout=300, env={**ENV, "KILLPOINTS_KEY": "shard_done/c/"})
+    killed = killpoints.run(2, args, cwd=REPO, timeout=300, env={**ENV, "KILLPOINTS_KEY": "shard_done/c/"})
     assert killed.returncode == 137, killed.stderr
     assert open_store(store).teacher("default", check=False).shard_done().sum() == 2
     resumed = invoke(*args)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +24,7 @@ from logitcache.store._tokens import (
     stored_token_fingerprint,
     token_layout_horizon,
 )
+from tests import killpoints
 from tests.conftest import invoke, store_contents
 
 REPO = Path(__file__).resolve().parents[2]
@@ -169,8 +168,7 @@ def test_a_dump_killed_while_writing_its_token_arrays_is_finished_by_the_same_co
     for kill_at, key in ((1, "tokens/c/"), (1, "lengths/zarr.json"), (1, "loss_mask/c/")):
         store = tmp_path / f"killed-{kill_at}-{key.replace('/', '_')}.zarr"
         command = [str(store) if a is None else a for a in args]
-        killed = subprocess.run([sys.executable, "-m", "tests.killpoints", str(kill_at), *command], cwd=REPO,
-                                capture_output=True, text=True, timeout=300, env={**ENV, "KILLPOINTS_KEY": key})
+        killed = killpoints.run(kill_at, command, cwd=REPO, timeout=300, env={**ENV, "KILLPOINTS_KEY": key})
         assert killed.returncode == 137, killed.stderr
         assert invoke(*command).exit_code == 0
         assert store_contents(store) == store_contents(whole), key

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from logitcache.cli import cli
 from logitcache.store import open_store, verify_store
+from tests import killpoints
 from tests.conftest import store_contents
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,15 +28,15 @@ def dump_args(store, *extra) -> list[str]:
 
 
 def run(kill_at: int, args: list[str]) -> subprocess.CompletedProcess:
-    """The CLI in a fresh process, killed right after metadata write ``kill_at`` (0: never)."""
-    return subprocess.run([sys.executable, "-m", "tests.killpoints", str(kill_at), *args], env=ENV, cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    """The CLI in its own process (forked from a warm server), killed right after metadata write
+    ``kill_at`` (0: never)."""
+    return killpoints.run(kill_at, args, env=ENV, cwd=REPO, timeout=300)
 
 
 def in_pairs(commands, kill_points) -> dict:
     """``commands(k)`` (a list of runs, one after another) for every kill point, two kill points at
-    a time: each is its own store and its own processes, and a fresh process spends most of its
-    time importing, on one core. Returns {k: [CompletedProcess, ...]}."""
+    a time: each is its own store and its own processes, and a run spends much of its time
+    writing and waiting on the disk. Returns {k: [CompletedProcess, ...]}."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -97,11 +98,13 @@ def test_a_second_teacher_killed_anywhere_breaks_nothing_for_the_first(reference
 def test_two_identical_dumps_started_together_leave_one_good_store(tmp_path):
     """The same command twice at once: one writes, the other is refused in one line; never both
     deleting each other's arrays. Repeated, since the race is about timing."""
+    from concurrent.futures import ThreadPoolExecutor
+
     for trial in range(4):
         store = tmp_path / f"race{trial}.zarr"
-        procs = [subprocess.Popen([sys.executable, "-m", "logitcache", *dump_args(store)], env=ENV, cwd=REPO,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-        results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+        with ThreadPoolExecutor(max_workers=2) as pool:  # two processes forked at once from the warm server
+            done = list(pool.map(lambda _: run(0, dump_args(store)), range(2)))
+        results = [(d.returncode, d.stderr) for d in done]
         codes = sorted(code for code, _ in results)
         assert codes[0] == 0, results
         for code, stderr in results:
@@ -114,10 +117,12 @@ def test_two_identical_dumps_started_together_leave_one_good_store(tmp_path):
 
 def test_two_teachers_dumped_at_once_into_one_new_store_both_complete(tmp_path):
     store = tmp_path / "two.zarr"
-    procs = [subprocess.Popen([sys.executable, "-m", "logitcache", *dump_args(store, "--teacher-name", name)],
-                              env=ENV, cwd=REPO, stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
-    for proc in procs:
-        assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two processes forked at once from the warm server
+        done = list(pool.map(lambda name: run(0, dump_args(store, "--teacher-name", name)), ("a", "b")))
+    for result in done:
+        assert result.returncode == 0, result.stderr
     assert verify_store(store).ok and open_store(store).teacher_names == ["a", "b"]
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests import killpoints
 from tests.conftest import make_store, store_contents
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,8 +45,8 @@ def one_error_line(done: subprocess.CompletedProcess) -> str:
 
 
 def cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "logitcache", *map(str, args)], capture_output=True, text=True,
-                          env=ENV, timeout=300)
+    """The CLI in its own process, forked from the warm ``tests.killpoints`` server (never killed)."""
+    return killpoints.run(0, list(args), env=ENV, cwd=REPO, timeout=300)
 
 
 def test_a_dump_that_fills_the_disk_is_one_line_and_resumes_to_identical_bytes(small_disk, tmp_path):

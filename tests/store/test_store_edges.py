@@ -254,11 +254,10 @@ def test_info_describes_a_teacher_written_through_the_api_without_settings(tmp_p
 
 def test_allow_partial_with_nothing_written_is_one_line(tmp_path):
     store = tmp_path / "empty.zarr"
-    from tests.killpoints import main  # noqa: F401 - the same kill points as the crash tests
+    from tests import killpoints  # the same kill points as the crash tests
 
-    result = subprocess.run([sys.executable, "-m", "tests.killpoints", "10", "dump", str(store), "--teacher",
-                             "tests.factories:linear_teacher", "--dataset", "digits@train", "--no-progress"],
-                            env=child_env(), cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = killpoints.run(10, ["dump", store, "--teacher", "tests.factories:linear_teacher", "--dataset",
+                                 "digits@train", "--no-progress"], env=child_env(), cwd=REPO, timeout=300)
     assert result.returncode == 137  # the teacher is made, no shard written
     line = one_error(invoke(*train_args(store, tmp_path / "run", "--allow-partial")))
     assert "no shard is written" in line

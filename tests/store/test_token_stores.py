@@ -25,6 +25,7 @@ from logitcache.store import (
     pack_store,
     verify_store,
 )
+from tests import killpoints
 from tests.conftest import invoke, one_error, store_contents
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,8 +129,7 @@ def test_the_same_command_writes_the_same_bytes_and_verify_passes(stores, text, 
 def test_a_dump_killed_after_a_shard_resumes_to_identical_bytes(stores, text, tmp_path):
     store = tmp_path / "killed.zarr"
     args = [str(a) for a in dump_args(store, text, codec="sample:12")]
-    killed = subprocess.run([sys.executable, "-m", "tests.killpoints", "2", *args], cwd=REPO, capture_output=True,
-                            text=True, timeout=300, env={**ENV, "KILLPOINTS_KEY": "shard_done/c/"})
+    killed = killpoints.run(2, args, cwd=REPO, timeout=300, env={**ENV, "KILLPOINTS_KEY": "shard_done/c/"})
     assert killed.returncode == 137, killed.stderr
     assert open_store(store).teacher("default", check=False).shard_done().sum() == 2
     resumed = invoke(*dump_args(store, text, codec="sample:12"))
