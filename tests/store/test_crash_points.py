@@ -127,11 +127,13 @@ def test_two_teachers_dumped_at_once_into_one_new_store_both_complete(tmp_path):
 
 
 def test_a_running_dump_holds_its_teacher(tmp_path):
-    """While one dump writes a teacher, a second dump of it fails at once and names the holder."""
+    """While one dump writes a teacher, a second dump of it fails at once and names the holder. The
+    holder sleeps 0.5 s a batch (45 s in all, killed once the second has answered), so however loaded
+    the machine, it still holds the teacher when the second asks."""
     store = tmp_path / "held.zarr"
     slow = subprocess.Popen([sys.executable, "-m", "logitcache", "dump", str(store), "--teacher",
                              "tests.factories:slow_teacher", "--dataset", "digits@train", "--rows-per-shard", "64",
-                             "--batch-size", "16", "--no-progress"], env={**ENV, "LOGITCACHE_TEST_SLEEP": "0.05"},
+                             "--batch-size", "16", "--no-progress"], env={**ENV, "LOGITCACHE_TEST_SLEEP": "0.5"},
                             cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
