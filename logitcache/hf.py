@@ -34,6 +34,8 @@ without it (and says what to install when it is missing).
 
 from __future__ import annotations
 
+import sys
+
 from .errors import SpecError
 from .lm import TEACHER_COLUMNS, chunked_distillation_sums, collate_tokens, distillation_sums
 
@@ -134,9 +136,17 @@ def _distillation_trainer():
     return DistillationTrainer
 
 
-def __getattr__(name: str):
-    if name == "DistillationTrainer":
-        trainer = _distillation_trainer()
-        globals()["DistillationTrainer"] = trainer
-        return trainer
-    raise AttributeError(f"module 'logitcache.hf' has no attribute {name!r}")
+def lazy_class(module: str, name: str, build):
+    """A module's ``__getattr__`` that builds class ``name`` on first use (``build()``: it imports an
+    optional package) and keeps it in the module, so importing the module needs no such package."""
+    def __getattr__(attribute: str):
+        if attribute != name:
+            raise AttributeError(f"module {module!r} has no attribute {attribute!r}")
+        built = build()
+        setattr(sys.modules[module], name, built)
+        return built
+
+    return __getattr__
+
+
+__getattr__ = lazy_class(__name__, "DistillationTrainer", _distillation_trainer)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 
 from .errors import ConfigError, ModelError, SpecError
+from .hf import lazy_class
 from .lm import TokenStoreDataset, collate_tokens
 from .losses.token_sums import vocabulary_mismatch
 
@@ -209,9 +210,4 @@ def _stand_in_tokenizer():
                                    unk_token="<unused>", pad_token="<unused>", eos_token="<unused>")
 
 
-def __getattr__(name: str):
-    if name == "DistillationSFTTrainer":
-        trainer = _trainer_class()
-        globals()["DistillationSFTTrainer"] = trainer
-        return trainer
-    raise AttributeError(f"module 'logitcache.trl' has no attribute {name!r}")
+__getattr__ = lazy_class(__name__, "DistillationSFTTrainer", _trainer_class)
