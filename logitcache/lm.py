@@ -36,7 +36,6 @@ with ``hidden_states``/``head_logits``, and Hugging Face causal LMs.
 from __future__ import annotations
 
 import math
-
 from typing import Callable
 
 import numpy as np
@@ -45,8 +44,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .codecs import Targets, targets_from_fields
-from .lm_inputs import checked_labels, target_count
 from .errors import ConfigError, StoreIncompleteError, StoreMismatchError
+from .lm_inputs import checked_labels, target_count
 from .losses import IGNORE_INDEX, TokenLossSums, token_loss_sums
 from .sources.lm_heads import SplitLM, split_lm
 from .store import LogitStore, Teacher, open_store

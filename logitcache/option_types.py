@@ -62,10 +62,10 @@ def show(value) -> str:
     return json.dumps(value, default=str)
 
 
-def check_types(config) -> None:
+def check_types(options) -> None:
     """Raise ConfigError naming the first field of a config dataclass whose value has another type."""
-    hints = typing.get_type_hints(type(config))
-    for item in fields(config):
-        value = getattr(config, item.name)
+    hints = typing.get_type_hints(type(options))
+    for item in fields(options):
+        value = getattr(options, item.name)
         if not fits(value, hints[item.name]):
             raise ConfigError(f"{item.name} = {show(value)} is {kind(value)}; expected {describe(hints[item.name])}")

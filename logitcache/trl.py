@@ -110,8 +110,8 @@ def _trainer_class():
             chunked_loss: True, False, or None: chunked where it saves memory (``logitcache.hf``).
 
         Raises:
-            ConfigError: an option that would re-tokenise, re-pack or re-mask the store's sequences; a
-                student whose vocabulary does not cover the store's.
+            ConfigError: an option that would re-tokenise, re-pack or re-mask the store's sequences.
+            ModelError: a student whose head is not the store's width.
             SpecError: a dataset that is not a ``TokenStoreDataset``.
         """
 
@@ -141,29 +141,37 @@ def _trainer_class():
             self._signature_columns += [c for c in ("attention_mask", SOURCE, SEQUENCE)
                                         if c not in self._signature_columns]
 
-        def _record_loss_terms(self, sums, inputs) -> None:
-            import torch
-
-            mode = "train" if self.model.training else "eval"
-            device = inputs["input_ids"].device
-            local = torch.stack([torch.as_tensor(value, dtype=torch.float32, device=device).detach()
-                                 for value in (sums.ce, sums.kd, sums.count, inputs["attention_mask"].sum())])
-            every_rank = self.accelerator.gather_for_metrics(local[None]).sum(0).double().cpu().numpy()
-            self._loss_terms[mode] = self._loss_terms.get(mode, 0) + every_rank[:3]  # CE, KL sums, targets
-            if mode == "train":
-                self._total_train_tokens += int(every_rank[3])
-                self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+        _record_loss_terms = _record_loss_terms
 
         def log(self, logs: dict, start_time=None) -> None:
-            # docstring inherited; ce and kd per target token of every batch since the last log
-            mode = "train" if self.model.training else "eval"
-            ce, kd, count = self._loss_terms.pop(mode, (0.0, 0.0, 0.0))
-            if count:
-                prefix = "eval_" if mode == "eval" else ""
-                logs.update({f"{prefix}ce": float(ce / count), f"{prefix}kd": float(kd / count)})
-            super().log(logs, start_time)
+            super().log(_with_loss_terms(self, logs), start_time)  # docstring inherited
 
     return DistillationSFTTrainer
+
+
+def _record_loss_terms(trainer, sums, inputs) -> None:
+    """Add a batch's CE and KL sums and its targets (every rank's) to those since the last log."""
+    import torch
+
+    mode = "train" if trainer.model.training else "eval"
+    device = inputs["input_ids"].device
+    local = torch.stack([torch.as_tensor(value, dtype=torch.float32, device=device).detach()
+                         for value in (sums.ce, sums.kd, sums.count, inputs["attention_mask"].sum())])
+    every_rank = trainer.accelerator.gather_for_metrics(local[None]).sum(0).double().cpu().numpy()
+    trainer._loss_terms[mode] = trainer._loss_terms.get(mode, 0) + every_rank[:3]  # CE, KL sums, targets
+    if mode == "train":
+        trainer._total_train_tokens += int(every_rank[3])
+        trainer._metrics[mode]["num_tokens"] = [trainer._total_train_tokens]
+
+
+def _with_loss_terms(trainer, logs: dict) -> dict:
+    """``logs`` with ce and kd per target token of every batch since the last log."""
+    mode = "train" if trainer.model.training else "eval"
+    ce, kd, count = trainer._loss_terms.pop(mode, (0.0, 0.0, 0.0))
+    if count:
+        prefix = "eval_" if mode == "eval" else ""
+        logs.update({f"{prefix}ce": float(ce / count), f"{prefix}kd": float(kd / count)})
+    return logs
 
 
 def _token_store_config(args, sft_config):
