@@ -187,7 +187,6 @@ def format_token_description(d: dict) -> str:
     """The summary of a token store (format v4): sequences, tokens, tokenizer; per teacher its
     bytes per token and its own perplexity on the dumped targets."""
     data, tokenizer = d["dataset"], d["dataset"].get("tokenizer") or {}
-    positions = data["num_samples"] * data["seq_len"]
     lines = [
         f"store     {d['location']}  (logitcache token store, format v{d['version']})",
         f"tokens    {data.get('spec')}  split {data.get('split') or 'all'}: {data['num_samples']} sequences x "
@@ -202,7 +201,7 @@ def format_token_description(d: dict) -> str:
             f"  targets   {get_codec(t['codec']).description}, codec {t['codec']}{_ids(t)}: "
             f"{t['bytes_on_disk']:,} bytes = "
             f"{t['bytes_on_disk'] / max(data['num_tokens'], 1):.1f} bytes/token "
-            f"({positions * t['num_classes'] * 4 / max(t['bytes_on_disk'], 1):.0f}x smaller than fp32 logits)",
+            f"({data['num_tokens'] * t['num_classes'] * 4 / max(t['bytes_on_disk'], 1):.0f}x smaller than fp32 logits)",
             f"  layout    {t['layout']['rows_per_chunk']} positions/chunk, {t['layout']['rows_per_shard']} positions/shard; "
             f"{t['shards_done']}/{t['num_shards']} shards written",
             f"  dump      batch {_field(settings, 'batch_size')} sequences, device {_field(settings, 'device_type')}, "

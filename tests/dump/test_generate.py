@@ -351,3 +351,21 @@ def test_a_journal_of_other_settings_is_cleared_and_a_damaged_one_is_one_line(tm
                     "--seq-len", 64, "--generate", "--max-new-tokens", 12, "--codec", "topk:4", "--temperature",
                     "0.9", "--rows-per-shard", 192, "--batch-size", 3, "--no-progress")
     assert "shard-000001.npz cannot be read" in one_error(result) and "delete" in one_error(result)
+
+
+def test_dump_and_info_say_the_same_compression_of_a_padded_store(tmp_path, prompts):
+    """A generated store's sequences are padded: dump and info both weigh the fp32 logits of its
+    tokens, not of its positions (info said 116x where dump said 106x)."""
+    import re
+
+    store = tmp_path / "padded.zarr"
+    dumped = invoke("dump", store, "--generate", "--teacher", GPT, "--dataset", f"jsonl:{prompts}:prompt",
+                    "--tokenizer", "bytes", "--seq-len", "64", "--max-new-tokens", "12", "--codec", "topk:4",
+                    "--no-progress")
+    assert dumped.exit_code == 0, dumped.output
+    info = invoke("info", store)
+    sequences, length, tokens = (int(n.replace(",", "")) for n in re.search(
+        r"(\d+) sequences x (\d+) positions = ([\d,]+) tokens", info.output).groups())
+    assert tokens < sequences * length  # padded
+    ratio = r"\((\d+)x smaller than"
+    assert re.search(ratio, dumped.output)[1] == re.search(ratio, info.output)[1], (dumped.output, info.output)
