@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .dump import DumpConfig, dump
-from .errors import LogitCacheError
+from .errors import LogitCacheError, StoreExistsError
 from .pipeline_plan import PipelineError, Plan, learns_from_teacher, plan
 from .store import open_store
 from .train import TrainConfig, train
@@ -123,7 +123,12 @@ def _dump_step(step: str, config: DumpConfig, log) -> StepResult:
     started = time.perf_counter()
     # The same dump again finds every shard written and computes nothing. A complete teacher made
     # with other settings (another checkpoint, codec, ...) is an error, never a skipped step.
-    summary = dump(config, log=lambda line: log(f"[{step}] {line}"))
+    try:
+        summary = dump(config, log=lambda line: log(f"[{step}] {line}"))
+    except StoreExistsError as err:  # its advice names dump's flags, which `run` has not
+        head = str(err).split("pass --overwrite")[0].rstrip(" (;")
+        raise StoreExistsError(f"{head}; set overwrite = true (or another teacher_name) in this dump's table of the "
+                               f"pipeline file, or delete {config.store}") from None
     skipped = _computed(summary) == 0
     if skipped:
         log(f"[{step}] {config.store} already holds a complete teacher {config.teacher_name!r}: skipped")

@@ -321,3 +321,16 @@ def test_a_damaged_summary_of_a_complete_student_is_redone_not_a_traceback(tmp_p
     assert again.output.count(": skipped") == 2  # the dump and the kl student; label-only is finished again
     rows = [output[output.index("step  "):].splitlines()[-1] for output in (first.output, again.output)]
     assert rows[0].rsplit("  ", 1)[0] == rows[1].rsplit("  ", 1)[0]  # the same result; the time is this run's
+
+
+def test_a_complete_dump_whose_options_were_edited_says_what_to_change_in_the_file(tmp_path):
+    """dump's own advice names --overwrite and --teacher-name, which `run` has not: a pipeline says the keys."""
+    path = tmp_path / "p.toml"
+    path.write_text(QUICK.format(tmp=tmp_path))
+    assert CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False).exit_code == 0
+    path.write_text(QUICK.format(tmp=tmp_path).replace('codec = "fp32"', 'codec = "fp16"'))
+    line = one_error(CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False))
+    assert "made with other settings; set overwrite = true (or another teacher_name)" in line, line
+    assert "--overwrite" not in line
+    path.write_text(QUICK.format(tmp=tmp_path).replace('codec = "fp32"', 'codec = "fp16"\noverwrite = true'))
+    assert CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False).exit_code == 0
