@@ -11,6 +11,7 @@ runs' curves in RUNS/results.png when matplotlib is installed.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -46,17 +47,20 @@ def run_pipeline(path, log=print, progress: bool = True) -> list[StepResult]:
     results = []
     if steps.teacher is not None:
         results.append(_train_step("teacher", steps.teacher, log))
+    rewritten = set()  # the stores a dump of this run wrote: a student finished before them is stale
     for step, config in steps.dumps.items():
         results.append(_dump_step(step, config, log))
+        if not results[-1].skipped:
+            rewritten.add(os.path.abspath(config.store))
     for name, config in steps.students.items():
-        results.append(_train_step(name, config, log))
+        results.append(_train_step(name, config, log, rewritten))
     results = _with_recorded_times(steps.runs, results)
     _write_results(steps.runs, results)
     _plot(steps, log)
     return results
 
 
-def _train_step(name: str, config: TrainConfig, log) -> StepResult:
+def _train_step(name: str, config: TrainConfig, log, rewritten: set[str] = frozenset()) -> StepResult:
     from .train.resolve import resolve
 
     resolved = resolve(config, lambda line: log(f"[{name}] {line}"))  # its task's defaults, as train resolves them
@@ -68,6 +72,11 @@ def _train_step(name: str, config: TrainConfig, log) -> StepResult:
         what += f" from {_teacher_label(resolved.store, config.teacher)}"
     if run.is_complete(config.epochs):
         _check_same_options(name, run, config)
+        stale = sorted({os.path.abspath(s) for s in (config.store, config.val_store) if s} & rewritten)
+        if stale:
+            raise PipelineError(f"[{name}] {config.out} holds a complete run trained before this run wrote "
+                                f"{', '.join(stale)}; delete it, or give the step another out, to train it from "
+                                "the new targets")
         log(f"[{name}] complete in {config.out}: skipped")
         summary, seconds, skipped = run.read_summary(), None, True
     else:

@@ -1,5 +1,6 @@
 """Pipelines: the shipped recipes parse into valid configs; a small one runs, then skips when done."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -333,4 +334,7 @@ def test_a_complete_dump_whose_options_were_edited_says_what_to_change_in_the_fi
     assert "made with other settings; set overwrite = true (or another teacher_name)" in line, line
     assert "--overwrite" not in line
     path.write_text(QUICK.format(tmp=tmp_path).replace('codec = "fp32"', 'codec = "fp16"\noverwrite = true'))
+    line = one_error(CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False))
+    assert "[kl]" in line and "holds a complete run trained before this run wrote" in line, line  # not skipped: stale
+    shutil.rmtree(tmp_path / "runs")
     assert CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False).exit_code == 0
