@@ -300,13 +300,17 @@ loss = "ce"
 """
 
 
+def run_quick(tmp_path, old: str = "", new: str = ""):
+    """The QUICK pipeline (with ``old`` replaced by ``new``) through ``logitcache run``."""
+    path = tmp_path / "p.toml"
+    path.write_text(QUICK.format(tmp=tmp_path).replace(old, new) if old else QUICK.format(tmp=tmp_path))
+    return CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False)
+
+
 def test_a_complete_student_whose_options_were_edited_is_refused_not_skipped(tmp_path):
     """Skipping it would print the old run's results beside the new options."""
-    path = tmp_path / "p.toml"
-    path.write_text(QUICK.format(tmp=tmp_path))
-    assert CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False).exit_code == 0
-    path.write_text(QUICK.format(tmp=tmp_path).replace('loss = "kl"', 'loss = "kl"\nlr = 0.5'))
-    line = one_error(CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False))
+    assert run_quick(tmp_path).exit_code == 0
+    line = one_error(run_quick(tmp_path, 'loss = "kl"', 'loss = "kl"\nlr = 0.5'))
     assert "[kl]" in line and "holds a complete run trained with other options: lr (0.05 -> 0.5)" in line
 
 
@@ -326,15 +330,11 @@ def test_a_damaged_summary_of_a_complete_student_is_redone_not_a_traceback(tmp_p
 
 def test_a_complete_dump_whose_options_were_edited_says_what_to_change_in_the_file(tmp_path):
     """dump's own advice names --overwrite and --teacher-name, which `run` has not: a pipeline says the keys."""
-    path = tmp_path / "p.toml"
-    path.write_text(QUICK.format(tmp=tmp_path))
-    assert CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False).exit_code == 0
-    path.write_text(QUICK.format(tmp=tmp_path).replace('codec = "fp32"', 'codec = "fp16"'))
-    line = one_error(CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False))
+    assert run_quick(tmp_path).exit_code == 0
+    line = one_error(run_quick(tmp_path, 'codec = "fp32"', 'codec = "fp16"'))
     assert "made with other settings; set overwrite = true (or another teacher_name)" in line, line
     assert "--overwrite" not in line
-    path.write_text(QUICK.format(tmp=tmp_path).replace('codec = "fp32"', 'codec = "fp16"\noverwrite = true'))
-    line = one_error(CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False))
+    line = one_error(run_quick(tmp_path, 'codec = "fp32"', 'codec = "fp16"\noverwrite = true'))
     assert "[kl]" in line and "holds a complete run trained before this run wrote" in line, line  # not skipped: stale
     shutil.rmtree(tmp_path / "runs")
-    assert CliRunner().invoke(cli, ["run", str(path), "--no-progress"], catch_exceptions=False).exit_code == 0
+    assert run_quick(tmp_path, 'codec = "fp32"', 'codec = "fp16"\noverwrite = true').exit_code == 0
