@@ -72,10 +72,10 @@ class RecomputedChunks(torch.autograd.Function):
     then each chunk recomputed with one in the backward."""
 
     @staticmethod
-    def forward(ctx, chunk_loss, pieces, hidden, *parameters):
-        ctx.chunk_loss, ctx.pieces = chunk_loss, pieces
+    def forward(ctx, chunks, hidden, *parameters):
+        ctx.chunk_loss, ctx.pieces = chunks.loss, chunks.pieces
         ctx.save_for_backward(hidden, *parameters)
-        sums = [sum(values) for values in zip(*(chunk_loss(piece, hidden[:, piece]) for piece in pieces))]
+        sums = [sum(values) for values in zip(*(chunks.loss(piece, hidden[:, piece]) for piece in chunks.pieces))]
         ctx.mark_non_differentiable(sums[1], sums[2])
         return tuple(sums)
 
@@ -92,7 +92,7 @@ class RecomputedChunks(torch.autograd.Function):
             grad_hidden[:, piece] = grads[0]
             for running, gradient in zip(grad_parameters, grads[1:]):
                 running += gradient
-        return None, None, grad_hidden, *grad_parameters
+        return None, grad_hidden, *grad_parameters
 
 
 def one_config(path: str, codec: str, vocab: int, batch: int, length: int, steps: int) -> dict:

@@ -10,7 +10,8 @@
 - ``ce.py``, ``kd.py`` (``kl``: dense, top-k and sampled, images and tokens), ``dist.py``, ``dkd.py``.
 - ``token_sums.py``: the next-token CE and KL summed over a batch's target tokens.
 - ``chunked.py``: the same sums from a causal LM's hidden states, a chunk of positions through its
-  head at a time (imports torch: import it as ``logitcache.losses.chunked``).
+  head at a time (imports torch: import it as ``logitcache.losses.chunked``); ``logit_gradients.py``
+  writes their gradient w.r.t. a chunk's logits out at T = 1.
 
 The feature losses (AT, RKD, FitNet, ICKD, ReviewKD) live beside their connectors in
 ``features/losses.py`` and register here under kind ``feature``. Nothing here imports torch at

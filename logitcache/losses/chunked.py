@@ -9,11 +9,13 @@
     >>> sums.total(1.0, 1.0).backward()                         # into the body and the head
 
 Each chunk of positions goes through the model's own ``head_logits`` (soft-capping and logit scales
-included) and ``token_sums.position_loss_sums`` (the CE and KL the whole batch's loss uses, for
+included) to the CE and KL the whole batch's loss uses (``token_sums.position_loss_sums``, for
 dense, top-k and sampled targets). The gradient of the chunk's weighted loss w.r.t. its hidden
 states and the head's parameters is taken in the forward, while the chunk's logits are alive, and
 accumulated (Liger-Kernel's design for its chunked losses); the backward only scales the sums by
-the incoming gradient. Recomputing each chunk in the backward instead costs one more pass through
+the incoming gradient. Where ``logit_gradients`` writes the loss's gradient w.r.t. the logits out
+(T = 1, the common case) autograd runs only the head's backward; elsewhere it differentiates the
+formulas. Recomputing each chunk in the backward instead costs one more pass through
 the head and saved no memory here (benchmarks/lm_students_memory.py), so it is not offered.
 
 The weights of CE and KL are fixed when the loss is computed (the gradient is taken for them):
@@ -22,12 +24,13 @@ The weights of CE and KL are fixed when the loss is computed (the gradient is ta
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 from torch import Tensor
 
+from .logit_gradients import written_gradient
 from .token_sums import TokenLossSums, check_student_vocabulary, next_token_targets, position_loss_sums
 
 CHUNK_BYTES = 128 << 20  # one chunk's float32 logits; a chunk holds about five such (V)-wide tensors at once
@@ -92,41 +95,82 @@ def chunked_token_loss_sums(hidden: Tensor, head: ChunkedHead, labels: Tensor, t
     batch, length = labels.shape
     columns = max(1, (chunk_size or chunk_positions(head.vocab_size)) // batch)
     pieces = [slice(start, min(start + columns, length)) for start in range(0, length, columns)]
-
-    def chunk_loss(piece: slice, chunk_hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        logits = head.logits(chunk_hidden)  # (B, c, V): the only vocabulary-wide tensors alive
-        chunk_teacher = None if teacher is None else teacher[:, piece]
-        ce, kd = position_loss_sums(logits, next_tokens[:, piece], targets[:, piece], chunk_teacher, temperature)
-        return ce_weight * ce + kd_weight * kd, ce, kd
-
-    total, ce, kd = _ChunkedLoss.apply(chunk_loss, pieces, hidden, *head.parameters)
+    chunks = LossChunks(head, next_tokens, targets, teacher, temperature, (ce_weight, kd_weight), pieces)
+    total, ce, kd = _ChunkedLoss.apply(chunks, hidden, *head.parameters)
     return TokenLossSums(ce, kd, int(targets.sum()), weighted=((ce_weight, kd_weight), total))
 
 
+@dataclass(frozen=True)
+class LossChunks:
+    """One batch's loss, cut into ``pieces`` of positions: each piece's values, with or without its
+    gradient (written out where ``logit_gradients`` can, by autograd otherwise)."""
+
+    head: ChunkedHead
+    next_tokens: Tensor  # (B, L)
+    targets: Tensor  # (B, L) bool
+    teacher: object  # typed targets for (B, L), or None
+    temperature: float
+    weights: tuple[float, float]  # (CE, KL)
+    pieces: list[slice]
+    scratch: Tensor = field(default_factory=lambda: torch.empty(0))  # see _buffer
+
+    def loss(self, piece: slice, chunk_hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(weighted sum, CE, KL) of one piece, differentiable by autograd."""
+        logits = self.head.logits(chunk_hidden)  # (B, c, V): the only vocabulary-wide tensors alive
+        ce, kd = position_loss_sums(logits, self.next_tokens[:, piece], self.targets[:, piece],
+                                    self._teacher(piece), self.temperature)
+        return self.weights[0] * ce + self.weights[1] * kd, ce, kd
+
+    def gradient(self, piece: slice, chunk_hidden: Tensor, wrt: list[Tensor]) -> tuple[list[Tensor], list]:
+        """(weighted sum, CE, KL) of one piece, detached, and the weighted sum's gradient w.r.t. ``wrt``."""
+        if not wrt:  # nothing trains (evaluation): the values alone
+            with torch.no_grad():
+                return [value.float() for value in self.loss(piece, chunk_hidden)], []
+        logits = self.head.logits(chunk_hidden)
+        written = written_gradient(logits, self.next_tokens[:, piece], self.targets[:, piece], self._teacher(piece),
+                                   *self.weights, self.temperature, self._buffer(logits))
+        if written is None:
+            del logits
+            values = self.loss(piece, chunk_hidden)
+            grads = torch.autograd.grad(values[0], wrt, allow_unused=True) if values[0].requires_grad else []
+        else:
+            ce, kd, grad_logits = written
+            values = (self.weights[0] * ce + self.weights[1] * kd, ce, kd)
+            grads = torch.autograd.grad(logits, wrt, grad_logits, allow_unused=True) if logits.requires_grad else []
+        return [value.detach().float() for value in values], list(grads) or [None] * len(wrt)
+
+    def _buffer(self, logits: Tensor) -> Tensor:
+        """One float32 gradient buffer for every chunk of the batch (the first chunk is the largest)."""
+        if self.scratch.numel() < logits.numel() or self.scratch.device != logits.device:
+            self.scratch.set_(torch.empty(logits.numel(), dtype=torch.float32, device=logits.device))
+        return self.scratch
+
+    def _teacher(self, piece: slice):
+        return None if self.teacher is None else self.teacher[:, piece]
+
+
 class _ChunkedLoss(torch.autograd.Function):
-    """(weighted sum, CE, KL) over ``pieces`` of positions; the gradient of the weighted sum w.r.t.
+    """(weighted sum, CE, KL) over the chunks' pieces; the gradient of the weighted sum w.r.t.
     ``hidden`` and ``parameters`` is taken per chunk in the forward and only scaled in the backward."""
 
     @staticmethod
-    def forward(ctx, chunk_loss, pieces, hidden, *parameters):
-        wants = ctx.needs_input_grad[2:]  # hidden, then each parameter
+    def forward(ctx, chunks: LossChunks, hidden, *parameters):
+        wants = ctx.needs_input_grad[1:]  # hidden, then each parameter
         grad_hidden = torch.zeros_like(hidden) if wants[0] else None
         grad_parameters = [torch.zeros_like(p) if want else None for p, want in zip(parameters, wants[1:])]
         sums = [torch.zeros((), dtype=torch.float32, device=hidden.device) for _ in range(3)]  # weighted, ce, kd
-        for piece in pieces:
+        for piece in chunks.pieces:
             with torch.enable_grad():
                 chunk_hidden = hidden[:, piece].detach().requires_grad_(wants[0])
-                values = chunk_loss(piece, chunk_hidden)
                 wrt = [t for t, want in zip([chunk_hidden, *parameters], wants) if want]
-                if wrt and values[0].requires_grad:
-                    grads = list(torch.autograd.grad(values[0], wrt, allow_unused=True))
-                    if wants[0]:
-                        grad_hidden[:, piece] = grads.pop(0)
-                    for i, want in enumerate(wants[1:]):
-                        gradient = grads.pop(0) if want else None
-                        if gradient is not None:
-                            grad_parameters[i] += gradient
-            sums = [running + value.detach().float() for running, value in zip(sums, values)]
+                values, grads = chunks.gradient(piece, chunk_hidden, wrt)
+            if wants[0]:
+                grad_hidden[:, piece] = grads.pop(0)
+            for i, want in enumerate(wants[1:]):
+                gradient = grads.pop(0) if want else None
+                if gradient is not None:
+                    grad_parameters[i] += gradient
+            sums = [running + value for running, value in zip(sums, values)]
         ctx.save_for_backward(grad_hidden, *grad_parameters)
         ctx.mark_non_differentiable(sums[1], sums[2])
         return tuple(sums)
@@ -134,4 +178,4 @@ class _ChunkedLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, _grad_ce, _grad_kd):
         scaled = [None if g is None else g * grad_total.to(g.dtype) for g in ctx.saved_tensors]
-        return None, None, *scaled
+        return None, *scaled

@@ -1,0 +1,156 @@
+"""The token losses' gradient w.r.t. the logits, written out (``losses/logit_gradients.py``), equals
+autograd's through ``position_loss_sums``: every target form, odd rows (a class named twice, an
+empty tail, padding draws, non-target rows holding NaN), bfloat16 logits, a reused buffer; and it
+steps aside where it must (T != 1, a student's top-k tail under TINY_TAIL)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from logitcache.codecs import DenseTargets, SampledTargets, TopKTargets
+from logitcache.losses import position_loss_sums
+from logitcache.losses.chunked import chunked_head, chunked_token_loss_sums
+from logitcache.losses.logit_gradients import written_gradient
+from logitcache.losses.token_sums import token_loss_sums
+from logitcache.sources import get_model
+from logitcache.sources.lm_heads import split_lm
+
+P, V, K = 12, 53, 5
+CE_WEIGHT, KD_WEIGHT = 0.6, 1.3
+
+
+def _teacher(form: str, poisoned: bool = False) -> object:
+    """Targets for P positions, with the rows a real store or a careless caller can hold
+    (``poisoned``: NaN in row 1, which is no target)."""
+    gen = torch.Generator().manual_seed(3)
+    if form == "none":
+        return None
+    if form == "dense":
+        logits = torch.randn(P, V, generator=gen) * 3
+        logits[1] = float("nan") if poisoned else logits[1]
+        return DenseTargets(logits)
+    indices = torch.rand(P, V, generator=gen).argsort(-1)[:, :K]
+    if form == "topk":
+        probs = torch.rand(P, K + 1, generator=gen).softmax(-1)
+        logprobs, tail = probs[:, :K].log(), probs[:, K].log()
+        indices[2, 3] = indices[2, 1]  # a class named twice
+        tail[4] = float("-inf")  # the teacher's whole mass in its top K
+        logprobs[4] = (probs[4, :K] / probs[4, :K].sum()).log()
+        if poisoned:
+            logprobs[1], tail[1] = float("nan"), float("nan")
+        return TopKTargets(indices, logprobs, tail)
+    weights = torch.tensor([3, 1, 1, 0, 0], dtype=torch.float32).repeat(P, 1) / 5  # two padding slots
+    indices[:, 3:] = 0  # padding draws name class 0, which row 5 also drew
+    indices[5, 0] = 0
+    logprobs = -torch.rand(P, K, generator=gen) * 4
+    logprobs[1] = float("nan") if poisoned else logprobs[1]
+    return SampledTargets(indices, weights, logprobs)
+
+
+def _positions():
+    gen = torch.Generator().manual_seed(4)
+    next_tokens = torch.randint(0, V, (P,), generator=gen)
+    targets = torch.ones(P, dtype=torch.bool)
+    targets[1] = targets[7] = False
+    return next_tokens, targets
+
+
+def _autograd(logits, next_tokens, targets, teacher):
+    logits = logits.detach().requires_grad_()
+    ce, kd = position_loss_sums(logits, next_tokens, targets, teacher, 1.0)
+    (grad,) = torch.autograd.grad(CE_WEIGHT * ce + KD_WEIGHT * kd, logits)
+    return ce, kd, grad
+
+
+@pytest.mark.parametrize("form", ["none", "dense", "topk", "sample"])
+def test_the_written_gradient_is_autograds(form):
+    logits = torch.randn(P, V, generator=torch.Generator().manual_seed(5)) * 2
+    next_tokens, targets = _positions()
+    teacher = _teacher(form)
+    written = written_gradient(logits, next_tokens, targets, teacher, CE_WEIGHT, KD_WEIGHT)
+    assert written is not None
+    ce, kd, grad = _autograd(logits, next_tokens, targets, teacher)
+    torch.testing.assert_close(written[0], ce, rtol=1e-6, atol=0)
+    torch.testing.assert_close(written[1], kd, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(written[2], grad, rtol=0, atol=1e-6 * float(grad.abs().max()))
+    assert not written[2][1].any() and not written[2][7].any()
+
+
+@pytest.mark.parametrize("form", ["dense", "topk", "sample"])
+def test_what_a_non_target_row_holds_reaches_neither_value_nor_gradient(form):
+    """NaN there: autograd's gradient through ``torch.where`` turns it into NaN everywhere (0 x NaN);
+    the written one never reads it."""
+    logits = torch.randn(P, V, generator=torch.Generator().manual_seed(5))
+    next_tokens, targets = _positions()
+    clean = written_gradient(logits, next_tokens, targets, _teacher(form), CE_WEIGHT, KD_WEIGHT)
+    poisoned = written_gradient(logits, next_tokens, targets, _teacher(form, poisoned=True), CE_WEIGHT, KD_WEIGHT)
+    for got, want in zip(poisoned, clean):
+        assert torch.equal(got, want)
+
+
+def test_bfloat16_logits_get_a_bfloat16_gradient_and_a_reused_buffer_is_written_over():
+    logits = (torch.randn(2, 6, V, generator=torch.Generator().manual_seed(6)) * 2).bfloat16()
+    next_tokens, targets = _positions()
+    buffer = torch.full((P * V + 7,), float("nan"))  # larger than needed, and dirty
+    ce, _, grad = written_gradient(logits, next_tokens.reshape(2, 6), targets.reshape(2, 6), None, CE_WEIGHT,
+                                   KD_WEIGHT, buffer=buffer)
+    expected = _autograd(logits.reshape(P, V), next_tokens, targets, None)
+    assert grad.dtype == torch.bfloat16 and grad.shape == logits.shape
+    torch.testing.assert_close(ce, expected[0], rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad.reshape(P, V), expected[2].bfloat16(), rtol=0, atol=1e-2)
+
+
+def test_it_steps_aside_at_another_temperature_and_for_a_tiny_student_tail():
+    next_tokens, targets = _positions()
+    teacher = _teacher("topk")
+    logits = torch.randn(P, V, generator=torch.Generator().manual_seed(7))
+    assert written_gradient(logits, next_tokens, targets, teacher, 1.0, 1.0, temperature=2.0) is None
+    sample = _teacher("sample")
+    drawn_at_2 = SampledTargets(sample.indices, sample.weights, sample.logprobs, torch.full((P,), 2.0))
+    assert written_gradient(logits, next_tokens, targets, drawn_at_2, 1.0, 1.0) is None  # the formulas refuse it
+    confident = logits.clone()
+    confident[0, teacher.indices[0, 0]] = 40.0  # the student's tail mass in row 0: ~e-40
+    assert written_gradient(confident, next_tokens, targets, teacher, 1.0, 1.0) is None
+    assert written_gradient(confident, next_tokens, targets, _teacher("sample"), 1.0, 1.0) is not None
+
+
+def test_a_chunk_that_steps_aside_still_trains_as_the_whole_logits_do():
+    """A student sure of one class at one position: that chunk falls back to autograd, and the
+    batch's loss and gradients still equal the materialised path's."""
+    torch.manual_seed(0)
+    model = get_model("gpt:n_layer=1,n_head=2,n_embd=16,block_size=32", V)
+    ids = torch.randint(0, V, (2, 16), generator=torch.Generator().manual_seed(8))
+    split = split_lm(model, ids[:1])
+    with torch.no_grad():
+        hidden = split.hidden_states(ids)
+        hidden[0, 2] *= 60  # its logits 60x as far apart: one class takes almost all the mass
+        sure = split.head_logits(hidden[0, 2])
+    indices = torch.rand(2, 16, V, generator=torch.Generator().manual_seed(9)).argsort(-1)[..., :K]
+    indices[0, 2] = sure.topk(K).indices
+    probs = torch.rand(2, 16, K + 1, generator=torch.Generator().manual_seed(10)).softmax(-1)
+    teacher = TopKTargets(indices, probs[..., :K].log(), probs[..., K].log())
+    assert written_gradient(sure[None], ids[0, 3:4], torch.ones(1, dtype=torch.bool), teacher[0, 2:3], 1.0,
+                            1.0) is None
+    head = chunked_head(model, split.head_logits, hidden)
+    whole_hidden, chunk_hidden = hidden.clone().requires_grad_(), hidden.clone().requires_grad_()
+    whole = token_loss_sums(split.head_logits(whole_hidden), ids, teacher).total(1.0, 1.0)
+    chunked = chunked_token_loss_sums(chunk_hidden, head, ids, teacher, chunk_size=8).total(1.0, 1.0)
+    torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=0)
+    expected = torch.autograd.grad(whole, [whole_hidden, *head.parameters])
+    for got, want in zip(torch.autograd.grad(chunked, [chunk_hidden, *head.parameters]), expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * float(want.abs().max()))
+
+
+def test_a_sample_store_drawn_at_another_temperature_is_still_refused_when_chunked():
+    from logitcache.errors import ConfigError
+
+    torch.manual_seed(0)
+    model = get_model("gpt:n_layer=1,n_head=2,n_embd=16,block_size=32", V)
+    ids = torch.randint(0, V, (1, P), generator=torch.Generator().manual_seed(8))
+    split = split_lm(model, ids)
+    hidden = split.hidden_states(ids)
+    sample = _teacher("sample")
+    drawn_at_2 = SampledTargets(sample.indices[None], sample.weights[None], sample.logprobs[None], torch.full((1,), 2.0))
+    with pytest.raises(ConfigError, match="differs from the temperature 2"):
+        chunked_token_loss_sums(hidden, chunked_head(model, split.head_logits, hidden), ids, drawn_at_2, chunk_size=4)
