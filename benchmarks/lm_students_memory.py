@@ -2,7 +2,7 @@
 logits against the chunked loss (``logitcache/losses/chunked.py``), peak memory and tokens/s.
 
     flock /tmp/bigmem.lock python -m benchmarks.lm_students_memory [--vocab 131072] [--batch 4]
-        [--seq-len 1024] [--codecs topk:8,sample:12,dense] [--paths materialised,chunked,recompute]
+        [--seq-len 1024] [--codecs topk:8,sample:12,dense] [--paths materialised,chunked,recompute] [--temperature 1]
     python -m benchmarks.lm_students_memory gpu [--smoke]   # benchmarks/gpu.sh runs it (a CUDA device)
 
 A ``gpt`` student (n_layer=2, n_embd=128, block_size=--seq-len) and synthetic teacher targets of
@@ -95,7 +95,8 @@ class RecomputedChunks(torch.autograd.Function):
         return None, grad_hidden, *grad_parameters
 
 
-def one_config(path: str, codec: str, vocab: int, batch: int, length: int, steps: int) -> dict:
+def one_config(path: str, codec: str, vocab: int, batch: int, length: int, steps: int,
+               temperature: float = 1.0) -> dict:
     from logitcache.losses import chunked, token_loss_sums
     from logitcache.sources import get_model
     from logitcache.sources.lm_heads import split_lm
@@ -112,11 +113,11 @@ def one_config(path: str, codec: str, vocab: int, batch: int, length: int, steps
     def step() -> float:
         model.zero_grad(set_to_none=True)
         if path == "materialised":
-            loss = token_loss_sums(model(ids), labels, teacher, 1.0).total(1.0, 1.0)
+            loss = token_loss_sums(model(ids), labels, teacher, temperature).total(1.0, 1.0)
         else:
             hidden = split.hidden_states(ids)
             head = chunked.chunked_head(model, split.head_logits, hidden)
-            loss = chunked.chunked_token_loss_sums(hidden, head, labels, teacher, 1.0).total(1.0, 1.0)
+            loss = chunked.chunked_token_loss_sums(hidden, head, labels, teacher, temperature).total(1.0, 1.0)
         loss.backward()
         return float(loss)
 
@@ -148,7 +149,7 @@ def run_config(path: str, codec: str, args) -> dict:
     """``one_config`` in a fresh process under ``prlimit --as``; its error's last line if it fails."""
     command = ["prlimit", f"--as={ADDRESS_LIMIT}", sys.executable, "-m", "benchmarks.lm_students_memory", "--one",
                path, codec, "--vocab", str(args.vocab), "--batch", str(args.batch), "--seq-len", str(args.seq_len),
-               "--steps", str(args.steps)]
+               "--steps", str(args.steps), "--temperature", str(args.temperature)]
     done = subprocess.run(command, capture_output=True, text=True, env=os.environ)
     if done.returncode:
         return {"path": path, "codec": codec, "error": (done.stderr.strip().splitlines() or ["?"])[-1][:100]}
@@ -247,6 +248,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--codecs", default="topk:8,sample:12,dense")
     parser.add_argument("--paths", default=",".join(PATHS))
+    parser.add_argument("--temperature", type=float, default=1.0, help="cpu only: the KL's (the CE is at 1)")
     parser.add_argument("--one", nargs=2, metavar=("PATH", "CODEC"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.mode == "gpu":
@@ -256,10 +258,10 @@ def main() -> None:
         return
     args.seq_len = args.seq_len or 1024
     if args.one:
-        print(json.dumps(one_config(*args.one, args.vocab, args.batch, args.seq_len, args.steps)))
+        print(json.dumps(one_config(*args.one, args.vocab, args.batch, args.seq_len, args.steps, args.temperature)))
         return
     print(f"V = {args.vocab:,}, batch {args.batch} x {args.seq_len}, gpt n_layer=2 n_embd=128, "
-          f"torch threads {torch.get_num_threads()}, {args.steps} timed steps")
+          f"torch threads {torch.get_num_threads()}, {args.steps} timed steps, KL at T = {args.temperature:g}")
     print("| codec | path | peak RSS (MiB) | step's own (MiB) | tokens/s | tokens/CPU-s | loss |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for codec in args.codecs.split(","):

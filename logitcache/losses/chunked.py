@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .logit_gradients import written_gradient
+from .logit_gradients import buffer_size, written_gradient
 from .token_sums import TokenLossSums, check_student_vocabulary, next_token_targets, position_loss_sums
 
 CHUNK_BYTES = 128 << 20  # one chunk's float32 logits; a chunk holds about five such (V)-wide tensors at once
@@ -128,7 +128,8 @@ class LossChunks:
                 return [value.float() for value in self.loss(piece, chunk_hidden)], []
         logits = self.head.logits(chunk_hidden)
         written = written_gradient(logits, self.next_tokens[:, piece], self.targets[:, piece], self._teacher(piece),
-                                   *self.weights, self.temperature, self._buffer(logits))
+                                   *self.weights, self.temperature, self._buffer(buffer_size(logits, self.temperature),
+                                                                                      logits.device))
         if written is None:
             del logits
             values = self.loss(piece, chunk_hidden)
@@ -139,10 +140,10 @@ class LossChunks:
             grads = torch.autograd.grad(logits, wrt, grad_logits, allow_unused=True) if logits.requires_grad else []
         return [value.detach().float() for value in values], list(grads) or [None] * len(wrt)
 
-    def _buffer(self, logits: Tensor) -> Tensor:
-        """One float32 gradient buffer for every chunk of the batch (the first chunk is the largest)."""
-        if self.scratch.numel() < logits.numel() or self.scratch.device != logits.device:
-            self.scratch.set_(torch.empty(logits.numel(), dtype=torch.float32, device=logits.device))
+    def _buffer(self, size: int, device: torch.device) -> Tensor:
+        """One float32 buffer for every chunk of the batch (the first chunk is the largest)."""
+        if self.scratch.numel() < size or self.scratch.device != device:
+            self.scratch.set_(torch.empty(size, dtype=torch.float32, device=device))
         return self.scratch
 
     def _teacher(self, piece: slice):

@@ -1,7 +1,7 @@
 """The token losses' gradient w.r.t. the logits, written out (``losses/logit_gradients.py``), equals
-autograd's through ``position_loss_sums``: every target form, odd rows (a class named twice, an
+autograd's through ``position_loss_sums``: every target form, two temperatures, odd rows (a class named twice, an
 empty tail, padding draws, non-target rows holding NaN), bfloat16 logits, a reused buffer; and it
-steps aside where it must (T != 1, a student's top-k tail under TINY_TAIL)."""
+steps aside where it must (a sample drawn at another T, a student's top-k tail under TINY_TAIL)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from logitcache.codecs import DenseTargets, SampledTargets, TopKTargets
 from logitcache.losses import position_loss_sums
 from logitcache.losses.chunked import chunked_head, chunked_token_loss_sums
-from logitcache.losses.logit_gradients import written_gradient
+from logitcache.losses.logit_gradients import buffer_size, written_gradient
 from logitcache.losses.token_sums import token_loss_sums
 from logitcache.sources import get_model
 from logitcache.sources.lm_heads import split_lm
@@ -56,56 +56,63 @@ def _positions():
     return next_tokens, targets
 
 
-def _autograd(logits, next_tokens, targets, teacher):
+def _autograd(logits, next_tokens, targets, teacher, temperature=1.0):
     logits = logits.detach().requires_grad_()
-    ce, kd = position_loss_sums(logits, next_tokens, targets, teacher, 1.0)
+    ce, kd = position_loss_sums(logits, next_tokens, targets, teacher, temperature)
     (grad,) = torch.autograd.grad(CE_WEIGHT * ce + KD_WEIGHT * kd, logits)
     return ce, kd, grad
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
 @pytest.mark.parametrize("form", ["none", "dense", "topk", "sample"])
-def test_the_written_gradient_is_autograds(form):
+def test_the_written_gradient_is_autograds(form, temperature):
     logits = torch.randn(P, V, generator=torch.Generator().manual_seed(5)) * 2
     next_tokens, targets = _positions()
     teacher = _teacher(form)
-    written = written_gradient(logits, next_tokens, targets, teacher, CE_WEIGHT, KD_WEIGHT)
+    written = written_gradient(logits, next_tokens, targets, teacher, CE_WEIGHT, KD_WEIGHT, temperature)
     assert written is not None
-    ce, kd, grad = _autograd(logits, next_tokens, targets, teacher)
+    ce, kd, grad = _autograd(logits, next_tokens, targets, teacher, temperature)
     torch.testing.assert_close(written[0], ce, rtol=1e-6, atol=0)
     torch.testing.assert_close(written[1], kd, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(written[2], grad, rtol=0, atol=1e-6 * float(grad.abs().max()))
     assert not written[2][1].any() and not written[2][7].any()
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
 @pytest.mark.parametrize("form", ["dense", "topk", "sample"])
-def test_what_a_non_target_row_holds_reaches_neither_value_nor_gradient(form):
+def test_what_a_non_target_row_holds_reaches_neither_value_nor_gradient(form, temperature):
     """NaN there: autograd's gradient through ``torch.where`` turns it into NaN everywhere (0 x NaN);
     the written one never reads it."""
     logits = torch.randn(P, V, generator=torch.Generator().manual_seed(5))
     next_tokens, targets = _positions()
-    clean = written_gradient(logits, next_tokens, targets, _teacher(form), CE_WEIGHT, KD_WEIGHT)
-    poisoned = written_gradient(logits, next_tokens, targets, _teacher(form, poisoned=True), CE_WEIGHT, KD_WEIGHT)
+    clean = written_gradient(logits, next_tokens, targets, _teacher(form), CE_WEIGHT, KD_WEIGHT, temperature)
+    poisoned = written_gradient(logits, next_tokens, targets, _teacher(form, poisoned=True), CE_WEIGHT, KD_WEIGHT,
+                                temperature)
     for got, want in zip(poisoned, clean):
         assert torch.equal(got, want)
 
 
-def test_bfloat16_logits_get_a_bfloat16_gradient_and_a_reused_buffer_is_written_over():
+@pytest.mark.parametrize("temperature", [1.0, 3.0])
+def test_bfloat16_logits_get_a_bfloat16_gradient_and_a_reused_buffer_is_written_over(temperature):
     logits = (torch.randn(2, 6, V, generator=torch.Generator().manual_seed(6)) * 2).bfloat16()
     next_tokens, targets = _positions()
-    buffer = torch.full((P * V + 7,), float("nan"))  # larger than needed, and dirty
-    ce, _, grad = written_gradient(logits, next_tokens.reshape(2, 6), targets.reshape(2, 6), None, CE_WEIGHT,
-                                   KD_WEIGHT, buffer=buffer)
-    expected = _autograd(logits.reshape(P, V), next_tokens, targets, None)
+    teacher = _teacher("topk")
+    shaped = TopKTargets(teacher.indices.reshape(2, 6, K), teacher.logprobs.reshape(2, 6, K),
+                         teacher.tail.reshape(2, 6))
+    buffer = torch.full((buffer_size(logits, temperature) + 7,), float("nan"))  # larger than needed, and dirty
+    ce, kd, grad = written_gradient(logits, next_tokens.reshape(2, 6), targets.reshape(2, 6), shaped, CE_WEIGHT,
+                                    KD_WEIGHT, temperature, buffer=buffer)
+    expected = _autograd(logits.reshape(P, V), next_tokens, targets, teacher, temperature)
     assert grad.dtype == torch.bfloat16 and grad.shape == logits.shape
     torch.testing.assert_close(ce, expected[0], rtol=1e-6, atol=0)
+    torch.testing.assert_close(kd, expected[1], rtol=1e-6, atol=0)
     torch.testing.assert_close(grad.reshape(P, V), expected[2].bfloat16(), rtol=0, atol=1e-2)
 
 
-def test_it_steps_aside_at_another_temperature_and_for_a_tiny_student_tail():
+def test_it_steps_aside_for_a_sample_drawn_at_another_temperature_and_a_tiny_student_tail():
     next_tokens, targets = _positions()
     teacher = _teacher("topk")
     logits = torch.randn(P, V, generator=torch.Generator().manual_seed(7))
-    assert written_gradient(logits, next_tokens, targets, teacher, 1.0, 1.0, temperature=2.0) is None
     sample = _teacher("sample")
     drawn_at_2 = SampledTargets(sample.indices, sample.weights, sample.logprobs, torch.full((P,), 2.0))
     assert written_gradient(logits, next_tokens, targets, drawn_at_2, 1.0, 1.0) is None  # the formulas refuse it
@@ -151,6 +158,7 @@ def test_a_sample_store_drawn_at_another_temperature_is_still_refused_when_chunk
     split = split_lm(model, ids)
     hidden = split.hidden_states(ids)
     sample = _teacher("sample")
-    drawn_at_2 = SampledTargets(sample.indices[None], sample.weights[None], sample.logprobs[None], torch.full((1,), 2.0))
+    drawn_at_2 = SampledTargets(sample.indices[None], sample.weights[None], sample.logprobs[None],
+                                torch.full((1,), 2.0))
     with pytest.raises(ConfigError, match="differs from the temperature 2"):
         chunked_token_loss_sums(hidden, chunked_head(model, split.head_logits, hidden), ids, drawn_at_2, chunk_size=4)
