@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +29,8 @@ from logitcache.store_info import describe_store, format_description
 from tests import factories
 from tests.codecs.test_codecs import realistic_logits
 from tests.conftest import invoke, make_store, one_error, store_contents
+
+HAMLET = Path(__file__).resolve().parents[2] / "data" / "text" / "shakespeare" / "hamlet.md"
 
 
 def per_class(self, num_classes, whole=SampleCodec.for_classes):
@@ -252,3 +255,23 @@ def test_a_row_sum_dump_cut_short_resumes_to_identical_bytes(tmp_path, monkeypat
     make_store(tmp_path / "cut.zarr", **options)
     assert open_store(tmp_path / "cut.zarr").version == 7
     assert store_contents(tmp_path / "cut.zarr") == store_contents(straight)
+
+
+def test_the_same_token_dump_on_a_teacher_written_before_v7_finds_it_complete(tmp_path, per_class_as_before):
+    """Its layout follows its rows' bytes (per-class: wider), so the settings the same command makes
+    now must be those of the teacher's own form, or the dump would refuse it as made with others."""
+    text = tmp_path / "hamlet-start.md"
+    text.write_text(HAMLET.read_text()[:4_000])  # 62 sequences: enough for the two forms' layouts to differ
+    args = ["dump", tmp_path / "s.zarr", "--teacher", "tests.factories:tiny_lm", "--dataset", f"text:{text}",
+            "--tokenizer", "bytes", "--seq-len", "64", "--codec", "sample:12", "--no-progress"]
+    assert invoke(*args).exit_code == 0
+    per_class_as_before.undo()
+    before = store_contents(tmp_path / "s.zarr")
+    new = tmp_path / "new.zarr"
+    assert invoke(*args[:1], new, *args[2:]).exit_code == 0
+    layouts = [open_store(path).teacher().attrs["layout"] for path in (tmp_path / "s.zarr", new)]
+    assert layouts[0] != layouts[1]  # so the settings differ unless the dump follows the record
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    assert store_contents(tmp_path / "s.zarr") == before
+    assert "logprobs" in open_store(tmp_path / "s.zarr").teacher().arrays
