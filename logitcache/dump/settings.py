@@ -75,7 +75,7 @@ def dump_codec(config, num_classes: int):
         existing = store.teacher(config.teacher_name, check=False)
         same = existing.attrs.get("codec") == codec.name and existing.num_classes == num_classes
         return existing.codec if same and existing.status != STATUS_CREATING else codec  # creating: made anew
-    except LogitCacheError:  # no store yet, or one the dump's own open names
+    except (LogitCacheError, KeyError, TypeError, ValueError):  # no store yet, or damage the dump's own open names
         return codec
 
 
