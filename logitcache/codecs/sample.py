@@ -313,4 +313,5 @@ def parse_sample(name: str) -> SampleCodec:
     return SampleCodec(k, temperature, values)
 
 
-register_family("sample", "sample:K[:T]", parse_sample, examples=("sample:4", "sample:6:2:fp32", "sample:3:fp16", "sample:5:3:counts"))
+register_family("sample", "sample:K[:T]", parse_sample,
+                examples=("sample:4", "sample:6:2:fp32", "sample:3:fp16", "sample:5:3:counts"))

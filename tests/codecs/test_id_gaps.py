@@ -3,8 +3,8 @@ stores that read and train exactly as the ids they replace, older readers refusi
 written before v6 read, resumed and kept as they were.
 
 Stores "as before v6" are made by this checkout with the codec's ``for_classes`` giving ids as ids
-and float16 log-probabilities per class (``ids_as_before``): the layout every sample teacher had before; main's own code is compared with
-this one in benchmarks/packed_ids.py (``--identity``)."""
+and float16 log-probabilities per class (``ids_as_before``): the layout every sample teacher had
+before; main's own code is compared with this one in benchmarks/packed_ids.py (``--identity``)."""
 
 from __future__ import annotations
 
