@@ -6,12 +6,14 @@ cost; how fast ids are stored and read; and that the stores of every other codec
     git archive 61efba6 | tar -x -C /tmp/lc-main       # main before sample ids as gaps
     flock /tmp/bigmem.lock prlimit --as=$((14<<30)) python -m benchmarks.packed_ids --baseline /tmp/lc-main
     python -m benchmarks.packed_ids --baseline /tmp/lc-main --identity   # image stores, file by file
+    python -m benchmarks.packed_ids --baseline /tmp/lc-main --codecs sample:12,sample:12:fp16 --skip-speed
 
 Every store is a real ``logitcache dump`` (byte tokenizer, ``--seq-len 256``, 32 sequences of
 Hamlet's first 8,192 bytes) of the same teacher, run by this checkout and, for "before", by the
 ``--baseline`` checkout (``PYTHONPATH``); bytes per token are what ``info --json`` reports
 (``bytes_on_disk``: the teacher's arrays as compressed on disk, with their shard indexes, divided by
-the tokens), and "same files" compares the two stores file by file (the tests' ``store_contents``).
+the tokens), and "same files" compares the two stores file by file (the tests' ``store_contents``;
+"arrays": every file but the ``zarr.json`` metadata is the same). ``--codecs`` picks the codecs.
 The second table takes the ids of each store made now and compresses them as the store does (blosc
 zstd level 5, byte shuffle, its inner chunks; no chunk checksums or shard indexes) in several
 layouts: uint32 (before v5), uint16 (V <= 65,536), every id bit-packed at b bits (DistillKit's),
@@ -158,7 +160,15 @@ def teacher_shape(teacher: Path, text: Path) -> dict:
             "top8": float(logp.exp().topk(8, dim=-1).values.sum(-1).mean()), "distinct12": float(distinct.mean())}
 
 
-def bytes_table(work: Path, baseline: str | None) -> dict:
+def same_files(before: dict, now: dict) -> str:
+    """yes: every file the same; arrays: all but the ``zarr.json`` metadata; no."""
+    if before == now:
+        return "yes"
+    data = [{name: value for name, value in files.items() if not name.endswith("zarr.json")} for files in (before, now)]
+    return "arrays" if data[0] == data[1] else "no"
+
+
+def bytes_table(work: Path, baseline: str | None, codecs: list[str]) -> dict:
     """The first two tables; returns the bytes per token now by (V, codec) and the teachers by V."""
     text = work / "hamlet-start.md"
     text.write_bytes(HAMLET.read_bytes()[:TEXT_BYTES])
@@ -172,14 +182,14 @@ def bytes_table(work: Path, baseline: str | None) -> dict:
         teacher = teachers[vocab] = make_teacher(work / f"teacher-{vocab}.pt", vocab)
         shape = teacher_shape(teacher, text)
         described = f"{shape['entropy']:.2f} nats, {shape['top8']:.2f}, {shape['distinct12']:.1f}"
-        for codec in CODECS:
+        for codec in codecs:
             now = store_bytes(work, teacher, text, codec, str(REPO), keep=True)
             layouts.append((vocab, codec, id_layouts(now["path"], now["tokens"])))
             subprocess.run(["rm", "-rf", str(now["path"])], check=True)
             before = store_bytes(work, teacher, text, codec, baseline) if baseline else None
             now_bytes[vocab, codec] = now["bytes"]
             ids = (f"{now['bits']} bits" if now["bits"] else "uint16") + (", gaps" if now["gaps"] else "")
-            same = "-" if before is None else "yes" if before["files"] == now["files"] else "no"
+            same = "-" if before is None else same_files(before["files"], now["files"])
             print(f"| {vocab:,} | {described} | {codec} | " + (f"{before['bytes']:.1f} (v{before['version']})"
                   if before else "-") + f" | {now['bytes']:.1f} | {ids} (v{now['version']}) | {same} |", flush=True)
     print("\nThe ids alone, bytes per token compressed as the store compresses them (the stores made now)")
@@ -316,6 +326,7 @@ def main():
     parser.add_argument("--rows", type=int, default=65_536, help="rows per speed measurement")
     parser.add_argument("--reduce-rows", type=int, default=256, help="rows of logits per reduce_logits measurement")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--codecs", default=",".join(CODECS), help="the bytes tables' codecs, comma-separated")
     parser.add_argument("--skip-bytes", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--identity", action="store_true", help="only the image stores' identity with --baseline's")
@@ -333,7 +344,7 @@ def main():
             identity(work, args.baseline)
             return
         if not args.skip_bytes:
-            logprob_table(work, bytes_table(work, args.baseline))
+            logprob_table(work, bytes_table(work, args.baseline, args.codecs.split(",")))
         if not args.skip_speed:
             speed_table(args.rows, args.repeats, args.reduce_rows)
 

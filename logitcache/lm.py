@@ -19,7 +19,10 @@ Each item is one stored sequence, named as Hugging Face models and trainers expe
   its codec stores them, never densified: ``teacher_logits`` (L, V) for dense codecs;
   ``teacher_indices``, ``teacher_logprobs`` (L, K) and ``teacher_tail`` (L,) for ``topk:K``;
   ``teacher_indices``, ``teacher_weights``, ``teacher_logprobs`` (L, K) and the sampling
-  ``teacher_temperature`` () for ``sample:K[:T]``; with either sparse form the store's vocabulary,
+  ``teacher_temperature`` () for ``sample:K[:T]`` (its ``teacher_logprobs``: the row's stored sum
+  ``sum_k w_k log p_k`` in every used slot, 0 in padding, where ``:fp16``/``:fp32`` give each class's
+  own; the weights sum to 1, so every loss ``sum_k w_k (lp_k - log q_k)`` and its gradient are the
+  same; ``:counts``: 0); with either sparse form the store's vocabulary,
   ``teacher_vocab_size`` (), which the loss checks the student's head against (dense rows show it).
 
 Targets are read by whole sequences and decoded per batch (``TokenStoreDataset.batch``): held in

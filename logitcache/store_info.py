@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 from .errors import LogitCacheError, StoreIncompleteError
-from .store import BASE_VERSION, get_codec, nbytes_features, open_store
+from .codecs import stored_codec
+from .store import BASE_VERSION, nbytes_features, open_store
 
 
 def describe_store(location, storage_options: dict | None = None) -> dict:
@@ -73,7 +74,7 @@ def format_description(d: dict) -> str:
             f"{data['num_samples']} x {num_classes}"
         lines += [
             *_teacher_lines(name, t, prov, settings),
-            f"  logits    {shape}, {get_codec(t['codec']).description}, codec {t['codec']}{_ids(t)}: "
+            f"  logits    {shape}, {stored_codec(t).description}, codec {t['codec']}{_ids(t)}: "
             f"{t['bytes_on_disk']:,} bytes = {t['bytes_per_sample']:.1f} bytes/sample"
             + (f", {t['bytes_per_view']:.1f} bytes/view" if t.get("views") else "")
             + f" ({outputs * num_classes * 4 / max(t['bytes_on_disk'], 1):.2f}x smaller than fp32)",
@@ -93,7 +94,7 @@ def format_description(d: dict) -> str:
         if metrics:
             lines += _accuracy(metrics, run.get("teacher_outputs"), bool(t.get("views")), outputs)
             if metrics.get("mass_stored", 1.0) < 1.0:
-                note = get_codec(t["codec"]).mass_note  # where the rest of the mass went
+                note = stored_codec(t).mass_note  # where the rest of the mass went
                 lines.append(f"  mass      {metrics['mass_stored']:.2%} of the probability mass is stored exactly"
                              + (f" ({note})" if note else ""))
         lines += _closing_lines(t, run, prov)
@@ -198,7 +199,7 @@ def format_token_description(d: dict) -> str:
     for name, t, prov, settings, metrics, run in _readable_teachers(d, lines):
         lines += [
             *_teacher_lines(name, t, prov, settings),
-            f"  targets   {get_codec(t['codec']).description}, codec {t['codec']}{_ids(t)}: "
+            f"  targets   {stored_codec(t).description}, codec {t['codec']}{_ids(t)}: "
             f"{t['bytes_on_disk']:,} bytes = "
             f"{t['bytes_on_disk'] / max(data['num_tokens'], 1):.1f} bytes/token "
             f"({data['num_tokens'] * t['num_classes'] * 4 / max(t['bytes_on_disk'], 1):.0f}x smaller than fp32 logits)",

@@ -5,6 +5,7 @@
     >>> get_codec("topk:50"), list_codecs()                # ["bf16", "fp16", "fp32", "u8"]
     >>> codec_examples()                                   # every plain name and each family's examples
     >>> get_stored_codec("topk:8", 131072, index_bits=17)  # the codec a teacher's record describes
+    >>> get_stored_codec("sample:12", 256)                 # no logprob_sum: per-class float16, as before v7
     >>> get_new_codec("sample:12", 256)                    # a dump's, checked against its classes
 
 Each codec file registers itself when the package imports it; a plugin registers the same way, from
@@ -94,15 +95,29 @@ def get_codec(name: str) -> Codec:
     return family.parse(name)
 
 
-def get_stored_codec(name: str, num_classes: int, index_bits: int | None = None, index_gaps: bool = False) -> Codec:
+def get_stored_codec(name: str, num_classes: int, index_bits: int | None = None, index_gaps: bool = False,
+                     logprob_sum: bool = False) -> Codec:
     """The codec a teacher's record describes: ``name`` for ``num_classes`` classes, its class ids
     bit-packed at ``index_bits`` (format v5 records them) or whole uint16/uint32 (None), kept as
-    gaps or not (``index_gaps``, recorded from v6).
+    gaps or not (``index_gaps``, recorded from v6), its log-probabilities one sum per row or not
+    (``logprob_sum``, recorded from v7: without it a ``sample:K`` keeps float16 ones per class).
 
     Raises:
-        SpecError: an unknown or malformed name, or ``index_bits``/``index_gaps`` the codec cannot have.
+        SpecError: an unknown or malformed name, or ``index_bits``/``index_gaps``/``logprob_sum`` the
+            codec cannot have.
     """
-    return get_codec(name).for_classes(num_classes).with_index_bits(index_bits).with_index_gaps(index_gaps)
+    codec = get_codec(name).for_classes(num_classes).with_index_bits(index_bits).with_index_gaps(index_gaps)
+    return codec.with_logprob_sum(logprob_sum)
+
+
+def stored_codec(record: dict) -> Codec:
+    """``get_stored_codec`` of a teacher's record (its attribute, as stored).
+
+    Raises:
+        SpecError: as ``get_stored_codec``.
+    """
+    return get_stored_codec(str(record.get("codec")), record["num_classes"], record.get("index_bits"),
+                            record.get("index_gaps", False), record.get("logprob_sum", False))
 
 
 def get_new_codec(name: str, num_classes: int) -> Codec:

@@ -11,7 +11,8 @@ rest of logitcache asks it what it is through the capabilities below (``has_dens
 ``has_sparse_form``, ``sampled_at``, ``keeps_logsumexp``, ``description``, ``mass_note``), never by
 its name. A teacher's record names its codec and C (``for_classes``), and, for sparse codecs whose
 class ids are bit-packed (``packed_ids.py``, format v5), their bits (``with_index_bits``), and for
-samples whose ids are kept as gaps (format v6), that they are (``with_index_gaps``). numpy only
+samples whose ids are kept as gaps (format v6), that they are (``with_index_gaps``), and whether
+their log-probabilities are one sum per row (format v7, ``with_logprob_sum``). numpy only
 at import; torch is imported inside the methods that make tensors.
 """
 
@@ -66,6 +67,8 @@ class Codec(ABC):
     index_bits: int | None = None
     #: True where a row's ascending class ids are kept as gaps (``packed_ids.to_gaps``; sample:K, format v6).
     index_gaps: bool = False
+    #: True where a row keeps one log-probability sum instead of per-class values (sample:K, format v7).
+    logprob_sum: bool = False
 
     @property
     def format_version(self) -> int:
@@ -93,6 +96,17 @@ class Codec(ABC):
         """
         if gaps is not False:
             raise SpecError(f"codec {self.name} keeps no ascending class ids to store as gaps (index_gaps {gaps!r})")
+        return self
+
+    def with_logprob_sum(self, row_sum: bool) -> Codec:
+        """This codec with its log-probabilities as a teacher's record says: one sum per row (format
+        v7), or per class (False: every teacher before v7, and every codec but sample:K).
+
+        Raises:
+            SpecError: ``row_sum`` is not a bool, or True for a codec that keeps no such sum.
+        """
+        if row_sum is not False:
+            raise SpecError(f"codec {self.name} keeps no log-probability sum per row (logprob_sum {row_sum!r})")
         return self
 
     @property

@@ -32,6 +32,7 @@ import numpy as np
 
 PACKED_VERSION = 5  # the store format that added packed ids and samples kept without log-probabilities
 GAPS_VERSION = 6  # the store format that keeps a sample row's ascending ids as gaps
+LOGPROB_SUM_VERSION = 7  # the store format whose sample:K rows keep one log-probability sum (codecs/sample.py)
 PACKED_ABOVE = 65536  # ids of more classes than this are packed; up to it they stay whole uint16
 HIGH_FILL = 255  # the high bits' fill byte: an unwritten row
 MAX_INDEX_BITS = 32

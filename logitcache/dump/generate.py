@@ -27,13 +27,12 @@ from ..errors import ConfigError, DatasetError, LogitCacheError, NonFiniteLogits
 from ..sources import get_model
 from ..sources.prompts import read_prompts
 from ..sources.tokenizers import get_tokenizer
-from ..codecs import get_new_codec
 from ..store import Layout, Teacher, local_path, open_store
 from ..store._tokens import StoredSequences, choose_token_layout
 from .generate_rows import GeneratedRows, Journal, ResponseWriter
 from .generate_steps import Sampling, make_decoder
 from .reduce import DeviceReducer
-from .settings import software, weights_digest
+from .settings import dump_codec, software, weights_digest
 from .token_dump import TokenJob
 from .token_teacher import TokenTeacher
 
@@ -75,7 +74,7 @@ class GenerateJob(TokenJob):
         self.sequences_per_batch = self.teacher.sequences_per_batch(config.seq_len, config.batch_size,
                                                                     config.batch_tokens)
         self.decoder = make_decoder(self.teacher, self.tokenizer.pad_id)
-        self.codec = get_new_codec(config.codec, self.num_classes)
+        self.codec = dump_codec(config, self.num_classes)
         self.settings, self.provenance = self._settings()
         self.journal = Journal(folder.with_name(folder.name + JOURNAL_SUFFIX), self.settings)
         self.writer = ResponseWriter(self.decoder, DeviceReducer(self.codec), self.prompts, self.sampling,
@@ -156,6 +155,11 @@ class GenerateJob(TokenJob):
         except LogitCacheError:
             pass
         return None
+
+    def follow_codec(self, codec) -> None:
+        """Reduce to ``codec``, a stored teacher's: its record, not this code's defaults, says how its
+        rows are kept (a ``sample:K`` teacher written before format v7 keeps per-class log-probabilities)."""
+        self.codec = self.writer.reducer.codec = codec
 
     def _refuse_other_store(self):
         """An existing store that cannot hold these answers is refused before they are generated; one

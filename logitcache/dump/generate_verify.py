@@ -72,6 +72,7 @@ def _job(store, teacher, settings, provenance, dataset, split, device):
     if job.settings["layout"] != settings["layout"]:  # the dump was given --rows-per-shard
         torch.manual_seed(config.seed)
         job = GenerateJob(replace(config, rows_per_shard=settings["layout"]["rows_per_shard"]), Distributed())
+    job.follow_codec(teacher.codec)  # its rows as its record says they are kept
     return job
 
 

@@ -2,6 +2,7 @@
 must match them exactly) and the provenance that describes the teacher.
 
     >>> settings, provenance = dump_settings(config, source, model, num_classes, device, augment)
+    >>> codec = dump_codec(config, num_classes)   # the codec's form a store's existing teacher records
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import torch
 
 from .. import __version__
 from ..codecs import get_new_codec
+from ..errors import LogitCacheError
 from ..sources import file_sha256, num_parameters, parameters_sha256, weights_in_spec
 from ..store import bytes_per_sample as feature_bytes
-from ..store import choose_layout
+from ..store import STATUS_CREATING, choose_layout, open_store
 from ..views.view_specs import ViewAugment
 from ..views.record import bytes_per_view, view_record
 
@@ -24,7 +26,7 @@ def dump_settings(config, source, model, num_classes: int, device,
               augment: ViewAugment | None, features: list[dict] | None = None) -> tuple[dict, dict]:
     """What determines the stored bytes (compared on resume), and what describes the teacher.
     ``features``: the records of the teacher features the dump stores (``features/extract.py: tap_teacher``)."""
-    codec = get_new_codec(config.codec, num_classes)
+    codec = dump_codec(config, num_classes)
     views = max(config.view_count, 1)
     record = view_record(config, augment) if augment else None
     row_bytes = views * (codec.bytes_per_sample(num_classes) + (bytes_per_view(record) if record else 0))
@@ -51,6 +53,30 @@ def dump_settings(config, source, model, num_classes: int, device,
         "software": software(config.teacher),
     }
     return settings, provenance
+
+
+def dump_codec(config, num_classes: int):
+    """The codec a dump writes with: a new teacher's (``get_new_codec``), or where the store holds
+    this teacher already under the same codec name, the form its record says (a ``sample:K`` written
+    before format v7 keeps per-class log-probabilities; ids before v5, whole), so that its settings,
+    whose layout follows the row's bytes, and its rows stay its own: the same command resumes it,
+    or finds it complete, rather than refuse it as made with other settings.
+
+    Raises:
+        SpecError: as ``get_new_codec``.
+    """
+    codec = get_new_codec(config.codec, num_classes)
+    if config.overwrite:
+        return codec
+    try:
+        store = open_store(config.store, storage_options=config.storage_options)
+        if not store.has_teacher(config.teacher_name):
+            return codec
+        existing = store.teacher(config.teacher_name, check=False)
+        same = existing.attrs.get("codec") == codec.name and existing.num_classes == num_classes
+        return existing.codec if same and existing.status != STATUS_CREATING else codec  # creating: made anew
+    except (LogitCacheError, KeyError, TypeError, ValueError):  # no store yet, or damage the dump's own open names
+        return codec
 
 
 def weights_digest(config, model) -> dict:

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..codecs import get_new_codec
 from ..devices import resolve_device
 from ..errors import ConfigError, CorruptStoreError, NonFiniteLogitsError, OutOfMemoryError
 from ..sources import get_model
@@ -29,7 +28,7 @@ from ..store import BackgroundWriter, Teacher
 from ..store._tokens import StoredSequences, choose_token_layout, token_layout_horizon
 from .reduce import STATS, DeviceReducer
 from .resume import mark_dumped
-from .settings import software, weights_digest
+from .settings import dump_codec, software, weights_digest
 from .summary import TokenDumpSummary
 from .token_teacher import TokenTeacher, is_out_of_memory
 
@@ -75,7 +74,7 @@ class TokenJob:
         self.rows: StoredSequences | None = None  # the store's sequences, once it is open
 
     def _settings(self) -> tuple[dict, dict]:
-        config, codec = self.config, get_new_codec(self.config.codec, self.num_classes)
+        config, codec = self.config, dump_codec(self.config, self.num_classes)
         row_bytes = codec.bytes_per_sample(self.num_classes) + 4  # + the row's log-sum-exp
         sequences = self.source.stream.count_rows(up_to=token_layout_horizon(config.seq_len, row_bytes))
         layout = choose_token_layout(sequences, config.seq_len, row_bytes, config.rows_per_shard)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import zarr
 
-from ..codecs import get_stored_codec
+from ..codecs import stored_codec
 from ..errors import CorruptStoreError, LogitCacheError, StoreIncompleteError
 from ._backend import first_line, is_transient
 from ._create import chunk_key_shard
@@ -125,7 +125,7 @@ def _check_attrs(attrs: dict) -> None:
         raise _Bad(f"status is {attrs.get('status')!r}")
     num_classes = _int(attrs.get("num_classes"), "num_classes", 1, MAX_CLASSES)
     try:
-        get_stored_codec(str(attrs.get("codec")), num_classes, attrs.get("index_bits"), attrs.get("index_gaps", False))
+        stored_codec({**attrs, "num_classes": num_classes})
         layout = attrs.get("layout") or {}
         Layout(_int(layout.get("rows_per_chunk"), "layout.rows_per_chunk", 1),
                _int(layout.get("rows_per_shard"), "layout.rows_per_shard", 1))

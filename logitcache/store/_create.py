@@ -61,7 +61,8 @@ def create_teacher_arrays(
     (``_tokens.token_extra_arrays``) and its shards' statistics.
     ``features`` (format v4): the records of the named features (``_features.py``), one array each.
     A codec whose ids are bit-packed (format v5) has their bits recorded as ``index_bits``; one
-    whose ids are kept as gaps (format v6), ``index_gaps``.
+    whose ids are kept as gaps (format v6), ``index_gaps``; one that keeps a log-probability sum per
+    row (format v7), ``logprob_sum``.
     """
     # Status "creating" until every array exists: a dump killed part-way leaves a group that
     # readers skip and the next dump (holding the teacher's lock) deletes and makes again.
@@ -71,6 +72,7 @@ def create_teacher_arrays(
         "codec": codec.name,
         **({"index_bits": codec.index_bits} if codec.index_bits is not None else {}),
         **({"index_gaps": True} if codec.index_gaps else {}),
+        **({"logprob_sum": True} if codec.logprob_sum else {}),
         "layout": layout.to_dict(),
         "settings": settings,
         "provenance": provenance,

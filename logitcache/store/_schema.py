@@ -1,7 +1,7 @@
 """The store format's names, version and layout rules (docs/FORMAT.md is the prose version).
 
     >>> FORMAT_NAME, FORMAT_VERSION
-    ('logitcache', 6)
+    ('logitcache', 7)
     >>> choose_layout(num_samples=50_000, num_classes=100, itemsize=2)
     Layout(rows_per_chunk=512, rows_per_shard=16384)
 
@@ -12,7 +12,8 @@ their version (and open as before); every teacher written now carries v3's posit
 token stores (language models, ``_tokens.py``) and stores with a teacher that has features are v4,
 which older readers refuse; a teacher whose codec's arrays are v5's (sparse class ids bit-packed
 above 65,536 classes, samples kept without log-probabilities: ``Codec.format_version``) makes v5,
-and a sample teacher whose ids are kept as gaps (every one written now) makes v6.
+a sample teacher whose ids are kept as gaps makes v6, and one that keeps each row's log-probability
+sum instead of per-class values (``sample:K[:T]``, the default form) makes v7.
 """
 
 from __future__ import annotations
@@ -23,14 +24,15 @@ from dataclasses import asdict, dataclass
 from ..errors import ConfigError
 
 FORMAT_NAME = "logitcache"
-FORMAT_VERSION = 6  # the newest version this code reads and writes
+FORMAT_VERSION = 7  # the newest version this code reads and writes
 VIEWS_VERSION = 2  # the first version with multi-view teachers (view_params, a view axis)
 INTEGRITY_VERSION = 3  # the first version with position-bound digests (chunk_digests, integrity)
 TOKENS_VERSION = 4  # the first version with token stores (sequences in the store, rows = positions)
 FEATURES_VERSION = 4  # the first version with named teacher features (features/NAME arrays, `features`)
 # v5, the first with bit-packed class ids (`index_bits`) and sample:K:counts, is a codec's (Codec.format_version,
 # codecs/packed_ids.py PACKED_VERSION): a teacher whose codec needs it raises its store to it; so is v6, the first
-# with a sample's ids kept as gaps (`index_gaps`, GAPS_VERSION)
+# with a sample's ids kept as gaps (`index_gaps`, GAPS_VERSION), and v7, the first with a sample's log-probabilities
+# kept as one sum per row (`logprob_sum`, LOGPROB_SUM_VERSION)
 BASE_VERSION = INTEGRITY_VERSION  # what a new store is created as: its teachers will carry digests
 
 ROOT_ATTR = "logitcache"  # root group attribute: format, version, dataset

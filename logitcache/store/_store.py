@@ -254,7 +254,7 @@ class LogitStore:
             self._require_version(INTEGRITY_VERSION)  # v3 >= VIEWS_VERSION: views need nothing more
             if kwargs.get("features"):  # only then: a store without features keeps its v3 bytes
                 self._require_version(FEATURES_VERSION)
-            self._require_version(kwargs["codec"].format_version)  # packed ids, counts-only samples: v5; gaps: v6
+            self._require_version(kwargs["codec"].format_version)  # v5: packed ids, counts; v6: gaps; v7: sums
             teachers = self.group.require_group(TEACHERS_GROUP)
             group = create_teacher_arrays(teachers, name, num_samples=self.num_rows, tokens=self.is_tokens, **kwargs)
         return Teacher(group, name, self)

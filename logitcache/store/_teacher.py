@@ -29,7 +29,7 @@ import numpy as np
 import zarr
 import zarr.codecs
 
-from ..codecs import Codec, get_stored_codec
+from ..codecs import Codec, stored_codec
 from ..errors import (
     CorruptStoreError,
     StoreAccessError,
@@ -130,10 +130,8 @@ class Teacher(TeacherWrites):
     @cached_property
     def codec(self) -> Codec:
         """The codec its record names, for its classes, with its ids as stored (packed: format v5;
-        gaps: v6)."""
-        attrs = self.group.attrs[TEACHER_ATTR]
-        return get_stored_codec(attrs["codec"], self.num_classes, attrs.get("index_bits"),
-                                attrs.get("index_gaps", False))
+        gaps: v6) and its log-probabilities (one sum per row: v7)."""
+        return stored_codec({**self.group.attrs[TEACHER_ATTR], "num_classes": self.num_classes})
 
     @cached_property
     def layout(self) -> Layout:

@@ -3,8 +3,8 @@ stores that read and train exactly as the ids they replace, older readers refusi
 written before v6 read, resumed and kept as they were.
 
 Stores "as before v6" are made by this checkout with the codec's ``for_classes`` giving ids as ids
-(``ids_as_before``): the layout every sample teacher had before; main's own code is compared with
-this one in benchmarks/packed_ids.py (``--identity``)."""
+and float16 log-probabilities per class (``ids_as_before``): the layout every sample teacher had
+before; main's own code is compared with this one in benchmarks/packed_ids.py (``--identity``)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import torch
 import zarr
 
 from logitcache.codecs import get_codec, get_stored_codec, packed_ids
-from logitcache.codecs.packed_ids import GAPS_VERSION, from_gaps, join_ids, to_gaps
+from logitcache.codecs.packed_ids import GAPS_VERSION, LOGPROB_SUM_VERSION, from_gaps, join_ids, to_gaps
 from logitcache.codecs.sample import SampleCodec
 from logitcache.errors import CorruptStoreError, SpecError, StoreVersionError
 from logitcache.store import FORMAT_VERSION, _store, open_store, verify_store
@@ -32,7 +32,7 @@ def ids_as_before(monkeypatch):
     whole = SampleCodec.for_classes
 
     def before(self, num_classes):
-        return whole(self, num_classes).with_index_gaps(False)
+        return whole(self, num_classes).with_index_gaps(False).with_logprob_sum(False)
 
     monkeypatch.setattr(SampleCodec, "for_classes", before)
     return monkeypatch
@@ -64,14 +64,15 @@ def edge_draws(vocab: int, k: int, rows: int = 40) -> np.ndarray:
 # -- the codec -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("vocab", [2, 300, 4096, 65_536, 70_000, 131_072, 262_144])
-@pytest.mark.parametrize("name", ["sample:1", "sample:12", "sample:128:counts"])
+@pytest.mark.parametrize("name", ["sample:1", "sample:12:fp16", "sample:128:counts"])
 def test_gaps_read_back_the_ids_exactly(vocab, name):
     codec = get_codec(name).for_classes(vocab)
     before = codec.with_index_gaps(False)
     draws = edge_draws(vocab, codec.k)
     logprobs = -np.random.default_rng(1).random(draws.shape).astype(np.float32)
     stored, ids = codec.from_draws(draws, logprobs), before.from_draws(draws, logprobs)
-    assert codec.index_gaps and not before.index_gaps and codec.format_version == GAPS_VERSION == 6
+    assert codec.index_gaps and not before.index_gaps and GAPS_VERSION == 6
+    assert codec.format_version == (LOGPROB_SUM_VERSION if codec.logprob_sum else GAPS_VERSION)
     assert {key: (value.dtype, value.shape) for key, value in stored.items()} == \
         {key: (value.dtype, value.shape) for key, value in ids.items()}  # the arrays of ids, other values
     assert np.array_equal(codec.read_indices(stored), before.read_indices(ids))
@@ -98,7 +99,8 @@ def test_gap_helpers_on_their_own():
 @pytest.mark.parametrize("vocab", [4096, 131_072])
 def test_an_unwritten_row_of_gaps_is_unwritten(vocab):
     codec = get_codec("sample:4").for_classes(vocab)
-    unwritten = {key: np.full((3, spec.width), spec.fill_value, spec.dtype) for key, spec in codec.arrays.items()}
+    unwritten = {key: np.full((3, spec.width) if spec.per_class else (3,), spec.fill_value, spec.dtype)
+                 for key, spec in codec.arrays.items()}
     assert not codec.rows_ok(unwritten).any() and (codec.read_indices(unwritten) == codec.padding_id).all()
     assert (codec.training_targets(unwritten).weights == 0).all() and (codec.top_classes(unwritten, 2) == -1).all()
 
@@ -117,12 +119,14 @@ def test_a_records_index_gaps_are_checked():
 
 @pytest.fixture(scope="module")
 def image_stores(tmp_path_factory) -> dict:
-    """sample:4 stores of the linear teacher on digits: with gaps (now) and with ids (before v6)."""
+    """sample:4 stores of the linear teacher on digits, float16 log-probabilities per class: with gaps
+    (v6) and with ids (before v6)."""
     root = tmp_path_factory.mktemp("gaps")
-    made = {"now": make_store(root / "now.zarr", codec="sample:4")}
+    made = {"now": make_store(root / "now.zarr", codec="sample:4:fp16")}
     with pytest.MonkeyPatch.context() as patch:
         whole = SampleCodec.for_classes
-        patch.setattr(SampleCodec, "for_classes", lambda self, classes: whole(self, classes).with_index_gaps(False))
+        patch.setattr(SampleCodec, "for_classes",
+                      lambda self, classes: whole(self, classes).with_index_gaps(False).with_logprob_sum(False))
         made["before"] = make_store(root / "before.zarr", codec="sample:4")
     return made
 
@@ -138,7 +142,7 @@ def test_a_store_of_gaps_reads_what_a_store_of_ids_reads(image_stores):
     assert not np.array_equal(ours.read_stored(0, rows)["indices"], theirs.read_stored(0, rows)["indices"])
     assert ours.attrs["metrics"] == theirs.attrs["metrics"]  # accuracy and mass, counted from the ids read back
     assert verify_store(image_stores["now"]).ok and verify_store(image_stores["before"]).ok
-    assert "codec sample:4 (ids as gaps)" in format_description(describe_store(image_stores["now"]))
+    assert "codec sample:4:fp16 (ids as gaps)" in format_description(describe_store(image_stores["now"]))
     assert "(ids" not in format_description(describe_store(image_stores["before"]))
 
 
@@ -154,7 +158,7 @@ def test_a_store_of_gaps_trains_the_student_a_store_of_ids_trains(image_stores, 
 
 
 def test_an_older_reader_refuses_a_store_of_gaps_in_one_line(image_stores, monkeypatch):
-    assert FORMAT_VERSION == GAPS_VERSION == packed_ids.PACKED_VERSION + 1
+    assert FORMAT_VERSION > GAPS_VERSION == packed_ids.PACKED_VERSION + 1
     monkeypatch.setattr(_store, "FORMAT_VERSION", 5)  # what logitcache read before v6
     with pytest.raises(StoreVersionError, match="format v6, newer than the v5 this logitcache reads"):
         open_store(image_stores["now"])

@@ -75,7 +75,7 @@ def test_small_values_pack_into_little_endian_bit_strings(width):
 
 
 @pytest.mark.parametrize("vocab, bits", [(4096, None), (65_536, None), (70_000, 17), (131_072, 17), (262_144, 18)])
-@pytest.mark.parametrize("name", ["topk:8", "sample:12", "sample:12:counts"])
+@pytest.mark.parametrize("name", ["topk:8", "sample:12", "sample:12:fp16", "sample:12:counts"])
 def test_sparse_codecs_pack_only_above_65536_classes_and_keep_every_value(vocab, bits, name):
     logits = realistic_logits(6, vocab, seed=5)
     logits[0, vocab - 1] = logits[1, 0] = 60.0  # the last and the first id, drawn and kept
@@ -83,8 +83,10 @@ def test_sparse_codecs_pack_only_above_65536_classes_and_keep_every_value(vocab,
     wide = codec.with_index_bits(None).with_index_gaps(False)  # whole ids: what every store before v5 holds
     stored, whole = codec.encode_shard(logits, 3), wide.encode_shard(logits, 3)
     packed = codec.with_index_gaps(False)  # ids packed, not kept as gaps (v6, tests/codecs/test_id_gaps.py)
-    assert codec.index_bits == bits and packed.format_version == (5 if bits or "counts" in name else 1)
-    assert codec.format_version == (6 if name.startswith("sample") else packed.format_version)
+    assert codec.index_bits == bits and packed.format_version == (7 if codec.logprob_sum else 5 if bits or
+                                                                  "counts" in name else 1)
+    assert codec.format_version == (7 if codec.logprob_sum else 6 if name.startswith("sample") else
+                                    packed.format_version)
     assert stored["indices"].dtype == np.uint16 and ("indices_high" in stored) == bool(bits)
     assert codec.bytes_per_sample(vocab) == sum(values[0].nbytes for values in stored.values())
     assert np.array_equal(codec.read_indices(stored), np.where(whole["indices"] == wide.padding_id,
@@ -159,26 +161,28 @@ def dump(store, text, codec, teacher="tests.factories:wide_lm") -> Path:
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory, text) -> dict[str, Path]:
-    """Packed stores of the 70,000-id teacher; the same with whole uint32 ids ("wide ..."), as
-    logitcache wrote them before v5; and byte-vocabulary sample stores, with and without log-probs."""
+    """Packed stores of the 70,000-id teacher (samples with float16 log-probabilities per class, and
+    with one sum per row); the same with whole uint32 ids ("wide ..."), as logitcache wrote them
+    before v5; and byte-vocabulary sample stores, with and without log-probs."""
     root = tmp_path_factory.mktemp("packed")
-    made = {codec: dump(root / f"{codec.replace(':', '_')}.zarr", text, codec) for codec in ("topk:8", "sample:12")}
+    made = {codec: dump(root / f"{codec.replace(':', '_')}.zarr", text, codec)
+            for codec in ("topk:8", "sample:12:fp16", "sample:12")}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(packed_ids, "PACKED_ABOVE", 2**32)
         whole = SampleCodec.for_classes
         patch.setattr(SampleCodec, "for_classes", lambda self, classes: whole(self, classes).with_index_gaps(False))
         made.update({f"wide {codec}": dump(root / f"wide_{codec.replace(':', '_')}.zarr", text, codec)
-                     for codec in ("topk:8", "sample:12")})
+                     for codec in ("topk:8", "sample:12:fp16")})
     for codec in ("sample:12", "sample:12:counts"):
         made[f"bytes {codec}"] = dump(root / f"bytes_{codec.replace(':', '_')}.zarr", text, codec,
                                       teacher="tests.factories:tiny_lm")
     return made
 
 
-@pytest.mark.parametrize("codec", ["topk:8", "sample:12"])
+@pytest.mark.parametrize("codec", ["topk:8", "sample:12:fp16"])
 def test_a_packed_store_reads_exactly_what_a_wide_one_reads(stores, codec):
     packed, wide = open_store(stores[codec]), open_store(stores[f"wide {codec}"])
-    assert (packed.version, wide.version) == ({"topk:8": 5, "sample:12": 6}[codec], 4)  # sample: gaps too
+    assert (packed.version, wide.version) == ({"topk:8": 5, "sample:12:fp16": 6}[codec], 4)  # sample: gaps too
     teacher, before = packed.teacher(), wide.teacher()
     assert teacher.attrs["index_bits"] == 17 and "index_bits" not in before.attrs
     assert teacher.arrays["indices"].dtype == np.uint16 and before.arrays["indices"].dtype == np.uint32
@@ -187,7 +191,7 @@ def test_a_packed_store_reads_exactly_what_a_wide_one_reads(stores, codec):
     ours, theirs = teacher.read_targets(0, rows), before.read_targets(0, rows)
     assert all(np.array_equal(ours[key], theirs[key]) for key in theirs)
     raw = [one.codec.bytes_per_sample(WIDE_VOCAB) for one in (teacher, before)]  # on disk: benchmarks/packed_ids.py
-    assert raw == {"topk:8": [17 + 16 + 4, 32 + 16 + 4], "sample:12": [26 + 24 + 24, 48 + 24 + 24]}[codec]
+    assert raw == {"topk:8": [17 + 16 + 4, 32 + 16 + 4], "sample:12:fp16": [26 + 24 + 24, 48 + 24 + 24]}[codec]
     assert verify_store(stores[codec]).ok
 
 
@@ -206,9 +210,9 @@ def test_a_packed_store_trains_the_student_a_wide_one_trains(stores, tmp_path):
 
 
 def test_info_says_how_the_ids_are_stored(stores):
-    text = format_description(describe_store(stores["sample:12"]))
-    assert "format v6" in text and "codec sample:12 (ids as gaps, packed at 17 bits)" in text
-    assert "(ids" not in format_description(describe_store(stores["wide sample:12"]))
+    text = format_description(describe_store(stores["sample:12:fp16"]))
+    assert "format v6" in text and "codec sample:12:fp16 (ids as gaps, packed at 17 bits)" in text
+    assert "(ids" not in format_description(describe_store(stores["wide sample:12:fp16"]))
     assert "codec topk:8 (ids packed at 17 bits)" in format_description(describe_store(stores["topk:8"]))
     result = invoke("info", stores["topk:8"], "--json")
     assert result.exit_code == 0 and json.loads(result.output)["teachers"]["default"]["index_bits"] == 17
@@ -219,7 +223,7 @@ def test_an_older_reader_refuses_a_packed_store(stores, monkeypatch):
     monkeypatch.setattr(_store, "FORMAT_VERSION", 4)  # what logitcache read before v5
     with pytest.raises(StoreVersionError, match="format v5, newer than the v4 this logitcache reads"):
         open_store(stores["topk:8"])
-    assert "upgrade logitcache" in one_error(invoke("info", stores["sample:12"]))
+    assert "upgrade logitcache" in one_error(invoke("info", stores["sample:12:fp16"]))
     assert open_store(stores["wide topk:8"]).teacher().codec.index_bits is None  # v4 stores: as before
 
 
@@ -233,6 +237,7 @@ def test_a_packed_teacher_in_a_store_that_says_v4_is_damage(stores, tmp_path):
 
 
 def test_a_killed_packed_dump_resumes_to_identical_bytes(stores, text, tmp_path):
+    """sample:12 keeps one log-probability sum per row (format v7): a resumed dump's sums too."""
     store = tmp_path / "killed.zarr"
     args = dump_args(store, text, "sample:12")
     killed = killpoints.run(2, args, cwd=REPO, timeout=300, env={**ENV, "KILLPOINTS_KEY": "shard_done/c/"})
@@ -246,10 +251,10 @@ def test_a_killed_packed_dump_resumes_to_identical_bytes(stores, text, tmp_path)
 # -- samples without log-probabilities -------------------------------------------------------------
 
 def test_counts_only_samples_train_the_student_full_samples_train(stores, tmp_path):
-    """The same draws, with and without log-probabilities: the same gradients, so the same student;
+    """The same draws, with a log-probability sum per row and without: the same gradients, so the same student;
     the reported loss is the sampled cross-entropy, higher by the sampled teacher entropy."""
     full, counts = open_store(stores["bytes sample:12"]), open_store(stores["bytes sample:12:counts"])
-    assert (full.version, counts.version) == (6, 6) and "index_bits" not in counts.teacher().attrs  # gaps: v6
+    assert (full.version, counts.version) == (7, 6) and "index_bits" not in counts.teacher().attrs  # gaps: v6
     assert set(counts.teacher().arrays) == {"indices", "counts"}
     records = {}
     for name in ("bytes sample:12", "bytes sample:12:counts"):

@@ -23,7 +23,7 @@ def sample(logits, name, shard=0):
 
 def test_sample_codec_stores_unique_draws_with_counts_and_teacher_logprobs():
     logits = realistic_logits(32, 200)
-    codec, stored, _ = sample(logits, "sample:12:2")
+    codec, stored, _ = sample(logits, "sample:12:2:fp16")
     counts = stored["counts"].astype(int)
     assert (counts.sum(1) == 12).all() and codec.rows_ok(stored).all()
     exact = torch.log_softmax(torch.from_numpy(logits).double() / 2, 1).numpy()
@@ -36,7 +36,7 @@ def test_sample_codec_stores_unique_draws_with_counts_and_teacher_logprobs():
     assert all(np.array_equal(again[k], stored[k], equal_nan=True) for k in stored)  # seeded: repeatable
     other = codec.encode_shard(logits, 1)
     assert not np.array_equal(other["indices"], stored["indices"])  # another shard, other draws
-    assert codec.bytes_per_sample(200) == 12 * 6 and codec.name == "sample:12:2"
+    assert codec.bytes_per_sample(200) == 12 * 6 and codec.name == "sample:12:2:fp16"
     with pytest.raises(SpecError, match="stores samples"):
         codec.decode(stored)
 
@@ -88,12 +88,16 @@ def invoke(*args):
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
-def test_sample_store_dumps_verifies_and_reports_its_mass(sampled_store):
+def test_sample_store_dumps_verifies_and_reports_its_mass(sampled_store, tmp_path):
+    """Per-class log-probabilities hold the sampled classes' mass; one sum per row holds none."""
     teacher = open_store(sampled_store).teacher()
     assert teacher.codec.name == "sample:6" and verify_store(sampled_store).ok
-    assert 0 < teacher.attrs["metrics"]["mass_stored"] < 1
+    assert teacher.attrs["metrics"]["mass_stored"] == 0 and teacher.attrs["logprob_sum"] is True
     info = invoke("info", sampled_store)
-    assert "of the probability mass is stored exactly" in info.output
+    assert "0.00% of the probability mass is stored exactly (in the sampled classes; a row sum" in info.output
+    per_class = make_store(tmp_path / "fp16.zarr", codec="sample:6:fp16")
+    assert 0 < open_store(per_class).teacher().attrs["metrics"]["mass_stored"] < 1
+    assert "% of the probability mass is stored exactly (in the sampled classes)" in invoke("info", per_class).output
     assert json.loads(invoke("info", sampled_store, "--json").output)["teachers"]["default"]["codec"] == "sample:6"
 
 

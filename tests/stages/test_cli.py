@@ -7,7 +7,7 @@ import torch
 from click.testing import CliRunner
 
 from logitcache.cli import cli
-from logitcache.store import open_store
+from logitcache.store import FORMAT_VERSION, open_store
 from tests.conftest import make_store
 
 
@@ -153,7 +153,7 @@ BAD_INPUTS = [
     ("info on a non-store", ["info", "{tmp}"], "not a logitcache store"),
     ("info on a missing path", ["info", "{tmp}/missing.zarr"], "does not exist"),
     ("verify on a non-store", ["verify", "{tmp}"], "not a logitcache store"),
-    ("newer format version", ["info", "{newer}"], "newer than the v6"),
+    ("newer format version", ["info", "{newer}"], f"newer than the v{FORMAT_VERSION} "),
     ("verify a newer format", ["verify", "{newer}"], "upgrade logitcache"),
     *[(f"cache budget {size}", ["train", "--out", "{tmp}/r", "--student", "mlp", "--dataset", "digits@train",
                                 "--store", "{complete}", "--cache-budget", size], "is not a size" if size != "-1GiB"

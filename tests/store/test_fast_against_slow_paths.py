@@ -162,23 +162,29 @@ def sample_codec_loop(codec, logits, shard):
     padding = 0 if codec.index_gaps else codec.arrays["indices"].fill_value
     out = {"indices": np.full((len(logits), codec.k), padding, codec.arrays["indices"].dtype),
            "counts": np.zeros((len(logits), codec.k), np.uint16),
-           "logprobs": np.full((len(logits), codec.k), np.nan, codec.values)}
+           "logprobs": np.full((len(logits), codec.k), np.nan, "float16" if codec.logprob_sum else codec.values),
+           "logprob_sum": np.full(len(logits), np.nan, np.float32)}  # format v7: sum_k (count_k / K) log p_k
     for row in range(len(logits)):
         picked = np.minimum(np.searchsorted(cdf[row], draws[row] * cdf[row, -1], side="right"), logits.shape[1] - 1)
         unique, count = np.unique(picked, return_counts=True)
         ids = np.concatenate([unique[:1], np.diff(unique) - 1]) if codec.index_gaps else unique
         out["indices"][row, :len(unique)], out["counts"][row, :len(unique)] = ids, count
         out["logprobs"][row, :len(unique)] = logp[row, unique]
-    return out
+        terms = np.zeros(codec.k)
+        terms[:len(unique)] = count * logp[row, unique]
+        out["logprob_sum"][row] = terms.sum() / codec.k
+    return {name: values for name, values in out.items() if name in codec.arrays}
 
 
-@pytest.mark.parametrize("classes, spec", [(1, "sample:3"), (7, "sample:12:0.5"), (300, "sample:50:4:fp32")])
+@pytest.mark.parametrize("classes, spec", [(1, "sample:3"), (7, "sample:12:0.5"), (300, "sample:50:4:fp32"),
+                                           (300, "sample:12:fp16"), (4096, "sample:12")])
 def test_the_vectorised_sample_codec_draws_what_the_loop_drew(classes, spec):
     codec = get_codec(spec).for_classes(classes)
     logits = logits_like_a_teacher(200, classes, seed=classes)
     for shard in (0, 3):
         ours, loop = codec.encode_shard(logits, shard), sample_codec_loop(codec, logits, shard)
-        assert all(np.array_equal(ours[k].view(np.uint8), loop[k].view(np.uint8)) for k in loop)
+        assert ours.keys() == loop.keys() and all(np.array_equal(ours[k].view(np.uint8), loop[k].view(np.uint8))
+                                                  for k in loop)
 
 
 @pytest.mark.parametrize("codec", ["fp32", "fp16", "bf16", "u8"])
