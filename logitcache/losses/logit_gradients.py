@@ -48,6 +48,13 @@ def written_gradient(logits: Tensor, next_tokens: Tensor, targets: Tensor, teach
     """
     if not _written_out(teacher, temperature):
         return None
+    with torch.autocast(logits.device.type, enabled=False):  # float32 throughout, as the formulas' path
+        return _written(logits, next_tokens, targets, teacher, ce_weight, kd_weight, temperature, buffer)
+
+
+def _written(logits: Tensor, next_tokens: Tensor, targets: Tensor, teacher, ce_weight: float, kd_weight: float,
+             temperature: float, buffer: Tensor | None) -> tuple[Tensor, Tensor, Tensor] | None:
+    """``written_gradient``'s work, autocast off (it would run ``vecdot`` in bfloat16)."""
     vocab = logits.shape[-1]
     z = logits.detach().float().reshape(-1, vocab)  # never written to: the head's backward may hold it
     target, next_tokens = targets.reshape(-1), next_tokens.reshape(-1, 1)

@@ -162,3 +162,16 @@ def test_a_sample_store_drawn_at_another_temperature_is_still_refused_when_chunk
                                 torch.full((1,), 2.0))
     with pytest.raises(ConfigError, match="differs from the temperature 2"):
         chunked_token_loss_sums(hidden, chunked_head(model, split.head_logits, hidden), ids, drawn_at_2, chunk_size=4)
+
+
+@pytest.mark.parametrize("form", ["dense", "topk", "sample"])
+def test_autocast_around_the_loss_does_not_lower_its_arithmetic(form):
+    """The head runs under the caller's autocast; the written loss stays float32 (autocast would
+    run its ``vecdot`` in bfloat16)."""
+    logits = torch.randn(P, V, generator=torch.Generator().manual_seed(5)) * 4
+    next_tokens, targets = _positions()
+    plain = written_gradient(logits, next_tokens, targets, _teacher(form), CE_WEIGHT, KD_WEIGHT, 2.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = written_gradient(logits, next_tokens, targets, _teacher(form), CE_WEIGHT, KD_WEIGHT, 2.0)
+    for got, want in zip(autocast, plain):
+        assert got.dtype == want.dtype == torch.float32 and torch.equal(got, want)
