@@ -127,9 +127,9 @@ class LossChunks:
             with torch.no_grad():
                 return [value.float() for value in self.loss(piece, chunk_hidden)], []
         logits = self.head.logits(chunk_hidden)
+        buffer = self._buffer(buffer_size(logits, self.temperature), logits.device)
         written = written_gradient(logits, self.next_tokens[:, piece], self.targets[:, piece], self._teacher(piece),
-                                   *self.weights, self.temperature, self._buffer(buffer_size(logits, self.temperature),
-                                                                                      logits.device))
+                                   *self.weights, self.temperature, buffer)
         if written is None:
             del logits
             values = self.loss(piece, chunk_hidden)
