@@ -47,7 +47,7 @@ def run_pipeline(path, log=print, progress: bool = True) -> list[StepResult]:
     results = []
     if steps.teacher is not None:
         results.append(_train_step("teacher", steps.teacher, log))
-    rewritten = set()  # the stores a dump of this run wrote: a student finished before them is stale
+    rewritten = set()  # the stores a dump of this run wrote: named when a student learnt from other targets
     for step, config in steps.dumps.items():
         results.append(_dump_step(step, config, log))
         if not results[-1].skipped:
