@@ -107,8 +107,9 @@ def _store_changes(before: dict, after: dict) -> list[str]:
     changes = []
     for name in old:
         if name not in new:
-            changes.append(f"{where} no longer serves the teacher {name!r} the run learnt from"
-                           + (f" (it reads {', '.join(map(repr, new))})" if new else ""))
+            if new:  # else none resolves now: the task's own read says why (no such teacher, several, ...)
+                changes.append(f"{where} no longer serves the teacher {name!r} the run learnt from (it reads "
+                               f"{', '.join(map(repr, new))})")
         elif new[name] != old[name]:
             changes.append(f"teacher {name!r} in {where} is now {short(new[name])} "
                            f"(the run learnt from {short(old[name])})")

@@ -140,5 +140,22 @@ def test_targets_changes_names_a_teacher_the_store_no_longer_serves():
     before = {"store": {"path": "s.zarr", "teachers": {"a": "sha256:" + "1" * 64}, "samples": "sha256:ff"}}
     after = {"store": {"path": "s.zarr", "teachers": {"b": "sha256:" + "2" * 64}, "samples": "sha256:ff"}}
     assert targets_changes(before, after) == ["s.zarr no longer serves the teacher 'a' the run learnt from (it reads 'b')"]
+    unresolved = {"store": {"path": "s.zarr", "teachers": {}, "samples": "sha256:ff"}}
+    assert targets_changes(before, unresolved) == []  # the task's read of the store says why it has no teacher
     assert targets_changes(before, before) == [] and targets_changes(None, after) == []
     assert targets_changes(before, {"store": None, "val_store": None}) == []  # not read now: the options say why
+
+
+def test_the_record_reads_the_stored_digest_not_the_data(tmp_path):
+    """The record is the teacher's attribute: with its logits and chunk digests gone, it is the same."""
+    from logitcache.train import TrainConfig
+    from logitcache.train.resolve import resolve
+    from logitcache.train.run_targets import targets_record
+
+    store = make_store(tmp_path / "s.zarr", codec="fp32")
+    digest = open_store(store).teacher().digest
+    resolved = resolve(TrainConfig(out=str(tmp_path / "run"), student="mlp", dataset="digits@train", store=str(store),
+                                   loss="kl"), log=lambda *_: None)
+    for array in ("logits", "chunk_digests"):
+        shutil.rmtree(store / "teachers" / "default" / array)
+    assert targets_record(resolved.config, open_store(store), tokens=False)["store"]["teachers"] == {"default": digest}
