@@ -47,7 +47,7 @@ def run_pipeline(path, log=print, progress: bool = True) -> list[StepResult]:
     results = []
     if steps.teacher is not None:
         results.append(_train_step("teacher", steps.teacher, log))
-    rewritten = set()  # the stores a dump of this run wrote: a student finished before them is stale
+    rewritten = set()  # the stores a dump of this run wrote: named when a student learnt from other targets
     for step, config in steps.dumps.items():
         results.append(_dump_step(step, config, log))
         if not results[-1].skipped:
@@ -72,11 +72,7 @@ def _train_step(name: str, config: TrainConfig, log, rewritten: set[str] = froze
         what += f" from {_teacher_label(resolved.store, config.teacher)}"
     if run.is_complete(config.epochs):
         _check_same_options(name, run, config)
-        stale = sorted({os.path.abspath(s) for s in (config.store, config.val_store) if s} & rewritten)
-        if stale:
-            raise PipelineError(f"[{name}] {config.out} holds a complete run trained before this run wrote "
-                                f"{', '.join(stale)}; delete it, or give the step another out, to train it from "
-                                "the new targets")
+        _check_same_targets(name, run, resolved, rewritten)
         log(f"[{name}] complete in {config.out}: skipped")
         summary, seconds, skipped = run.read_summary(), None, True
     else:
@@ -100,6 +96,30 @@ def _check_same_options(name: str, run: RunFiles, config: TrainConfig) -> None:
         why = f"other options: {', '.join(changes)}" if changes else "options it does not record (no readable config.json)"
         raise PipelineError(f"[{name}] {config.out} holds a complete run trained with {why}; delete it, or give "
                             "the step another out, to train it with this file's options")
+
+
+def _check_same_targets(name: str, run: RunFiles, resolved, rewritten: set[str]) -> None:
+    """A complete run is this step's only if its stores still hold the targets it learnt from (their
+    teachers' digests, as ``train --resume`` checks them): a store re-dumped since, by this run's
+    dump, another pipeline or by hand, would have the old run's results reported as the new
+    targets'. A run recorded before the digests were: refused after a dump of this run only."""
+    from .train.run_targets import targets_changes, targets_record
+    from .train.train_config import TARGETS
+
+    config = resolved.config
+    recorded = (run.read_config() or {}).get(TARGETS)
+    stores = {os.path.abspath(s) for s in (config.store, config.val_store) if s}
+    if recorded is None:
+        moved, written = [], sorted(stores & rewritten)
+    else:
+        moved = targets_changes(recorded, targets_record(config, resolved.store, resolved.tokens))
+        written = sorted(stores & rewritten) if moved else []
+    if not (moved or written):
+        return
+    why = f"before this run wrote {', '.join(written)}" if written else "from other targets than its stores hold now"
+    raise PipelineError(f"[{name}] {config.out} holds a complete run trained {why}"
+                        + (f" ({'; '.join(moved)})" if moved else "")
+                        + "; delete it, or give the step another out, to train it from the new targets")
 
 
 def _val_result(last: dict, best: dict) -> str:

@@ -21,6 +21,10 @@ and checkpoints only of finite weights.
   not the run those epochs would give from the start. That is allowed (extending a run is common
   and the epochs already done keep their results) and said in a note line. A resume rewrites
   config.json with the options it continues with; every checkpoint records its own.
+- **Resume from the same targets.** config.json and every checkpoint also record what the run
+  learnt from (``run_targets.py``: each store's teacher digests and sample fingerprint); a
+  ``--resume`` after the store was re-dumped (``dump --overwrite``, another store copied in) is
+  refused, naming the store and teacher. A run recorded before this record resumes unchecked.
 - **Stop a student that collapsed.** After a loss's own warm-up (DKD's), an epoch whose mean
   training cross-entropy is no lower than a uniform guess's, or whose val top-1 is no better than
   always answering the most frequent class, while the store's teacher is well above chance, stops
@@ -53,8 +57,9 @@ from ..sources.checkpoints import (
     save_checkpoint,
 )
 from ..losses import loss_spec
-from .train_config import cosine_extension, resume_changes
+from .train_config import TARGETS, cosine_extension, resume_changes
 from .run_files import RunFiles
+from .run_targets import targets_changes
 
 
 @contextlib.contextmanager
@@ -102,6 +107,11 @@ def _check_same_run(run: RunFiles, options: dict, checkpoint: dict) -> str | Non
     if changes:
         raise CheckpointError(f"--resume would change the run: {', '.join(changes)}; "
                               "start a new --out or pass --overwrite (instead of --resume)")
+    moved = targets_changes(recorded.get(TARGETS), options.get(TARGETS))
+    if moved:
+        raise CheckpointError(f"--resume would train on other targets than the run learnt from: {'; '.join(moved)}; "
+                              "start a new --out (or pass --overwrite instead of --resume), or re-dump the "
+                              "targets it learnt from")
     last = _json_entry(run, checkpoint, "history")[-1]
     return cosine_extension(recorded, options, last["epoch"], last.get("lr"))
 

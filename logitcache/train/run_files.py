@@ -6,6 +6,8 @@
     RUN_DIR/summary.json    written last: {"complete": true, ...}
     RUN_DIR/.lock           held (flock) by the one process writing the run; holds its pid and host
 
+config.json and each checkpoint's options also hold ``targets``: what the run learnt from (``run_targets.py``).
+
 One process writes a run directory at a time: ``RunFiles.lock`` takes an exclusive, non-blocking
 ``flock`` on ``.lock`` for the run's whole life. The kernel drops it when the process ends, however
 it ends, so a crash never leaves a stale lock. ``.lock`` is not one of the run's files (a directory

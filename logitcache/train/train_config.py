@@ -35,6 +35,10 @@ CACHE_BUDGET = 4 << 30  # bytes of logits, as stored, held in memory before they
 
 FLOAT32_MAX = 3.4028234663852886e38  # options scale float32 weights and losses: larger is inf to them
 
+# The key, beside the options in config.json and every checkpoint, of what the run learnt from
+# (``run_targets.py``): no option, so compared on its own (``targets_changes``), never by resume_changes.
+TARGETS = "targets"
+
 
 @dataclass
 class TrainConfig:
@@ -278,8 +282,9 @@ MAY_CHANGE_ON_RESUME = {
 def resume_changes(recorded: dict, options: dict) -> list[str]:
     """What a --resume with ``options`` (``options_record``'s) would change in the run whose options
     were ``recorded``, as "name (old -> new)"; empty when it may go on. Options missing from an older
-    record count as their defaults (they did not exist, so the run behaved as their default does)."""
-    new = dict(options)
+    record count as their defaults (they did not exist, so the run behaved as their default does).
+    The targets record (``TARGETS``) is no option: ``run_targets.targets_changes`` compares it."""
+    new = {name: value for name, value in options.items() if name != TARGETS}
     defaults = {item.name: None if item.default is MISSING else item.default for item in fields(TrainConfig)}
     changes = _loss_option_changes(recorded, new.pop("loss_options"))
     for name, value in new.items():
@@ -293,7 +298,7 @@ def resume_changes(recorded: dict, options: dict) -> list[str]:
 
 def cosine_extension(recorded: dict, options: dict, done: int, last_lr: float | None) -> str | None:
     """The note a --resume with ``options`` that adds epochs to a cosine run logs; None when it does not."""
-    config = TrainConfig(**options)
+    config = TrainConfig(**{name: value for name, value in options.items() if name != TARGETS})
     before = recorded.get("epochs", config.epochs)
     if config.schedule != "cosine" or config.epochs <= before or done < 1:
         return None

@@ -27,11 +27,12 @@ from ..devices import resolve_device
 from ..distributed import Distributed, distributed, is_main_process
 from ..progress import progress_bar
 from .board import open_board
-from .train_config import TrainConfig, get_lr, options_record
+from .train_config import TARGETS, TrainConfig, get_lr, options_record
 from .image_task import ImageTask
 from .resolve import resolve
 from .checkpointing import best, check_step_loss, hold_run, open_resume, prepare_run, save_epoch, weights_error
 from .run_files import RunFiles
+from .run_targets import agreed_targets_record
 from .student import build_optimizer, wrap_ddp
 from .run_summary import TrainSummary
 from .token_task import TokenTask
@@ -94,12 +95,13 @@ def train(config: TrainConfig, log=print) -> TrainSummary:
     with distributed(config.device) as dist, hold_run(run, dist):
         log = log if dist.is_main else _quiet
         task_class = TokenTask if resolved.tokens else ImageTask
-        return _train(config, task_class(config, resolved.store, log), run, dist, log)
+        targets = agreed_targets_record(config, resolved.store, resolved.tokens, dist)  # the stores' digests
+        return _train(config, task_class(config, resolved.store, log), run, dist, log, targets)
 
 
-def _train(config: TrainConfig, task: Task, run: RunFiles, dist: Distributed, log) -> TrainSummary:
+def _train(config: TrainConfig, task: Task, run: RunFiles, dist: Distributed, log, targets: dict) -> TrainSummary:
     device = resolve_device(dist.device(config.device))
-    options = options_record(config)  # what config.json and every checkpoint record
+    options = {**options_record(config), TARGETS: targets}  # what config.json and every checkpoint record
     resumed = open_resume(run, options, dist, log)  # before any data is read: refuses a changed run at once
     student = task.build(device)
     model = wrap_ddp(student, dist, device)

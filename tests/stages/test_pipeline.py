@@ -338,3 +338,49 @@ def test_a_complete_dump_whose_options_were_edited_says_what_to_change_in_the_fi
     assert "[kl]" in line and "holds a complete run trained before this run wrote" in line, line  # not skipped: stale
     shutil.rmtree(tmp_path / "runs")
     assert run_quick(tmp_path, 'codec = "fp32"', 'codec = "fp16"\noverwrite = true').exit_code == 0
+
+
+def test_a_complete_student_whose_store_was_redumped_outside_the_pipeline_is_refused_not_skipped(tmp_path):
+    """Its config.json records the teacher digest it learnt from: a `dump --overwrite` by hand (or by
+    another pipeline) between two runs is caught, where this run's own dumps record nothing."""
+    import json
+
+    from tests.conftest import invoke, make_store
+
+    other = make_store(tmp_path / "other.zarr", codec="fp32")
+    student = ('loss = "kl"', f'loss = "kl"\nstore = "{other}"')
+    assert run_quick(tmp_path, *student).exit_code == 0
+    again = run_quick(tmp_path, *student)
+    assert again.exit_code == 0 and f"[kl] complete in {tmp_path / 'runs' / 'kl'}: skipped" in again.output
+    redump = invoke("dump", other, "--teacher", "tests.factories:linear_teacher", "--dataset", "digits@train",
+                    "--codec", "fp16", "--rows-per-shard", "256", "--overwrite", "--no-progress")
+    assert redump.exit_code == 0, redump.output
+    line = one_error(run_quick(tmp_path, *student))
+    assert line.startswith(f"Error: [kl] {tmp_path / 'runs' / 'kl'} holds a complete run trained from other targets "
+                           f"than its stores hold now (teacher 'default' in {other} is now sha256:"), line
+    assert "other options" not in line and line.endswith("to train it from the new targets"), line
+    config = tmp_path / "runs" / "kl" / "config.json"
+    record = json.loads(config.read_text())
+    del record["targets"]  # a run recorded before the digests were: nothing to tell the new targets by
+    config.write_text(json.dumps(record))
+    assert ": skipped" in run_quick(tmp_path, *student).output
+
+
+def test_a_dump_of_this_run_that_rewrites_the_same_targets_keeps_its_students(tmp_path):
+    """A student is stale when its teacher's digest changed, not whenever its store was written: an
+    overwrite that dumps the very same logits keeps it; a run recorded before the digests were is
+    refused after any dump of this run (nothing tells it the targets are the same)."""
+    import json
+
+    rewrite = ('codec = "fp32"', 'codec = "fp32"\noverwrite = true')
+    assert run_quick(tmp_path, *rewrite).exit_code == 0
+    again = run_quick(tmp_path, *rewrite)
+    assert again.exit_code == 0 and "[dump] dumped 1437 samples" in again.output  # written again...
+    assert f"[kl] complete in {tmp_path / 'runs' / 'kl'}: skipped" in again.output  # ...with the same digest
+    config = tmp_path / "runs" / "kl" / "config.json"
+    record = json.loads(config.read_text())
+    del record["targets"]
+    config.write_text(json.dumps(record))
+    line = one_error(run_quick(tmp_path, *rewrite))
+    assert line.startswith(f"Error: [kl] {tmp_path / 'runs' / 'kl'} holds a complete run trained before this run "
+                           f"wrote {tmp_path / 'digits.zarr'}; delete it"), line

@@ -114,3 +114,21 @@ def test_multi_view_dump_and_training_under_torchrun(tmp_path):
         return (tmp_path / name / "steps.csv").read_text()
 
     assert run("a") == run("b")
+
+
+def test_a_ddp_resume_after_its_store_was_redumped_is_refused_on_every_rank(tmp_path):
+    """Rank 0 records the teacher's digest; every rank checks the resume against that one record."""
+    from tests.conftest import make_store
+
+    store = make_store(tmp_path / "s.zarr", codec="fp32")
+    args = ("train", "--out", tmp_path / "run", "--student", "mlp:hidden=8", "--dataset", "digits@train", "--store",
+            store, "--loss", "kl", "--batch-size", "128", "--no-progress")
+    result = torchrun(*args, "--epochs", "1")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["targets"]["store"]["teachers"] == {
+        "default": open_store(store).teacher().digest}
+    make_store(store, codec="fp16", overwrite=True)
+    result = torchrun(*args, "--epochs", "2", "--resume")
+    assert result.returncode != 0 and str(REPO / "logitcache") not in result.stderr, result.stderr  # torchrun's own only
+    assert result.stderr.count("Error: --resume would train on other targets than the run learnt from: teacher "
+                               f"'default' in {store} is now") == 2, result.stderr
