@@ -110,6 +110,12 @@ class Codec(ABC):
         return self
 
     @property
+    def form_name(self) -> str:
+        """The name that spells what this codec writes now: its ``name``, except for a form a
+        teacher's record selects under an older name (a ``sample:K`` before v7 writes ``sample:K:fp16``)."""
+        return self.name
+
+    @property
     def has_sparse_form(self) -> bool:
         """True when its training targets are sparse (not dense logits): a KL loss reads them as they are."""
         return self.target_type is not DenseTargets

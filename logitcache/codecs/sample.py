@@ -75,10 +75,9 @@ class SampleCodec(SparseCodec):
         before v6 keep them)."""
         self.k, self.temperature, self.num_classes = k, temperature, num_classes
         self.index_gaps = index_gaps
-        self.name = f"sample:{k}" + (f":{temperature:g}" if temperature != 1.0 else "") + {
-            "float16": ":fp16", "float32": ":fp32", None: ":counts"}.get(values, "")
         self.index_bits = packed_index_bits(num_classes)
         self._keep_values(values)
+        self.name = self.form_name
 
     def _keep_values(self, values: str | None) -> None:
         """The arrays, description and mass note of a form (``values`` as ``__init__``'s); the name stays."""
@@ -94,6 +93,12 @@ class SampleCodec(SparseCodec):
         self.mass_note = {None: "only counts of sampled classes: no probabilities",
                           ROW_SUM: "in the sampled classes; a row sum keeps no per-class probabilities"
                           }.get(values, SampleCodec.mass_note)
+
+    @property
+    def form_name(self) -> str:
+        # docstring inherited; the name __init__ gives these values
+        return f"sample:{self.k}" + (f":{self.temperature:g}" if self.temperature != 1.0 else "") + {
+            "float16": ":fp16", "float32": ":fp32", None: ":counts"}.get(self.values, "")
 
     @property
     def logprob_sum(self) -> bool:

@@ -57,7 +57,7 @@ def dump_settings(config, source, model, num_classes: int, device,
 
 def dump_codec(config, num_classes: int):
     """The codec a dump writes with: a new teacher's (``get_new_codec``), or where the store holds
-    this teacher already under the same codec name, the form its record says (a ``sample:K`` written
+    this teacher already under the same codec name or form (``form_name``), the form its record says (a ``sample:K`` written
     before format v7 keeps per-class log-probabilities; ids before v5, whole), so that its settings,
     whose layout follows the row's bytes, and its rows stay its own: the same command resumes it,
     or finds it complete, rather than refuse it as made with other settings.
@@ -73,7 +73,8 @@ def dump_codec(config, num_classes: int):
         if not store.has_teacher(config.teacher_name):
             return codec
         existing = store.teacher(config.teacher_name, check=False)
-        same = existing.attrs.get("codec") == codec.name and existing.num_classes == num_classes
+        named = existing.attrs.get("codec") == codec.name or existing.codec.form_name == codec.form_name
+        same = named and existing.num_classes == num_classes  # sample:K:fp16 on a sample:K written before v7
         return existing.codec if same and existing.status != STATUS_CREATING else codec  # creating: made anew
     except (LogitCacheError, KeyError, TypeError, ValueError):  # no store yet, or damage the dump's own open names
         return codec

@@ -13,8 +13,9 @@ included) to the CE and KL the whole batch's loss uses (``token_sums.position_lo
 dense, top-k and sampled targets). The gradient of the chunk's weighted loss w.r.t. its hidden
 states and the head's parameters is taken in the forward, while the chunk's logits are alive, and
 accumulated (Liger-Kernel's design for its chunked losses); the backward only scales the sums by
-the incoming gradient. Where ``logit_gradients`` writes the loss's gradient w.r.t. the logits out
-(T = 1, the common case) autograd runs only the head's backward; elsewhere it differentiates the
+the incoming gradient. ``logit_gradients`` writes the loss's gradient w.r.t. the logits out, so
+autograd runs only the head's backward; where it does not (a sample store drawn at another
+temperature, whose refusal the formulas give; top-k ids named twice) autograd differentiates the
 formulas. Recomputing each chunk in the backward instead costs one more pass through
 the head and saved no memory here (benchmarks/lm_students_memory.py), so it is not offered.
 
@@ -112,7 +113,7 @@ class LossChunks:
     temperature: float
     weights: tuple[float, float]  # (CE, KL)
     pieces: list[slice]
-    scratch: Tensor = field(default_factory=lambda: torch.empty(0))  # see _buffer
+    scratch: list = field(default_factory=list)  # the one buffer, once made (see _buffer)
 
     def loss(self, piece: slice, chunk_hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(weighted sum, CE, KL) of one piece, differentiable by autograd."""
@@ -141,10 +142,11 @@ class LossChunks:
         return [value.detach().float() for value in values], list(grads) or [None] * len(wrt)
 
     def _buffer(self, size: int, device: torch.device) -> Tensor:
-        """One float32 buffer for every chunk of the batch (the first chunk is the largest)."""
-        if self.scratch.numel() < size or self.scratch.device != device:
-            self.scratch.set_(torch.empty(size, dtype=torch.float32, device=device))
-        return self.scratch
+        """One float32 buffer on the logits' device for every chunk of the batch (the first chunk is
+        the largest)."""
+        if not self.scratch or self.scratch[0].numel() < size or self.scratch[0].device != device:
+            self.scratch[:] = [torch.empty(size, dtype=torch.float32, device=device)]
+        return self.scratch[0]
 
     def _teacher(self, piece: slice):
         return None if self.teacher is None else self.teacher[:, piece]
