@@ -93,9 +93,11 @@ def format_description(d: dict) -> str:
         lines += _feature_lines(t, data["num_samples"], views)
         if metrics:
             lines += _accuracy(metrics, run.get("teacher_outputs"), bool(t.get("views")), outputs)
-            if metrics.get("mass_stored", 1.0) < 1.0:
-                note = stored_codec(t).mass_note  # where the rest of the mass went
-                lines.append(f"  mass      {metrics['mass_stored']:.2%} of the probability mass is stored exactly"
+            mass, note = metrics.get("mass_stored", 1.0), stored_codec(t).mass_note  # where the rest went
+            if mass is None:
+                lines.append(f"  mass      not known: {note}")
+            elif mass < 1.0:
+                lines.append(f"  mass      {mass:.2%} of the probability mass is stored exactly"
                              + (f" ({note})" if note else ""))
         lines += _closing_lines(t, run, prov)
     return "\n".join(lines)

@@ -148,8 +148,9 @@ class Codec(ABC):
             for spec in self.arrays.values()
         )
 
-    def stored_mass(self, stored: dict[str, np.ndarray]) -> np.ndarray:
-        """(n,) fraction of each row's probability mass held exactly (1 for dense codecs)."""
+    def stored_mass(self, stored: dict[str, np.ndarray]) -> np.ndarray | None:
+        """(n,) fraction of each row's probability mass held exactly (1 for dense codecs); None where
+        the stored form keeps no class's probability to weigh (``sample:K``'s counts or row sums)."""
         return np.ones(len(next(iter(stored.values()))), dtype=np.float64)
 
     def rows_ok(self, stored: dict[str, np.ndarray]) -> np.ndarray:

@@ -91,7 +91,7 @@ class SampleCodec(SparseCodec):
         elif values is not None:
             self.arrays["logprobs"] = ArraySpec(values, True, float("nan"), width=self.k)
         self.mass_note = {None: "only counts of sampled classes: no probabilities",
-                          ROW_SUM: "in the sampled classes; a row sum keeps no per-class probabilities"
+                          ROW_SUM: "a row sum keeps no class's probability"
                           }.get(values, SampleCodec.mass_note)
 
     @property
@@ -241,10 +241,10 @@ class SampleCodec(SparseCodec):
         return np.take_along_axis(ids, order, axis=1)
 
     def stored_mass(self, stored):
-        """docstring inherited; 0 with ``:counts`` or one sum per row, which hold no class's probability
-        (a token dump counts its sampled classes' mass on the device, before it drops them)."""
+        """docstring inherited; None with ``:counts`` or one sum per row, which hold no class's
+        probability (a token dump weighs its sampled classes' mass on the device, before it drops them)."""
         if self.values is None or self.logprob_sum:
-            return np.zeros(len(stored["counts"]))
+            return None
         return _mass(stored["counts"], stored["logprobs"])
 
     def sparse_targets(self, stored):

@@ -6,6 +6,8 @@ shard goes to the background writer (compress, write, read back, digests, ledger
 
 from __future__ import annotations
 
+import math
+
 import contextlib
 
 import numpy as np
@@ -56,7 +58,8 @@ class AccuracyCounts:
             own_top1, own_top5 = self.OWN.label_hits(own, labels, 5)
             sets.append(own["logits"].argmax(axis=1))  # the agreement: the stored top-1 "hitting" it
         top1, top5 = teacher.codec.label_hits(teacher.flat(stored), sets, 5)  # one decoding, both sets
-        mass = float(teacher.codec.stored_mass(teacher.flat(stored)).sum())
+        mass = teacher.codec.stored_mass(teacher.flat(stored))
+        mass = float("nan") if mass is None else float(mass.sum())  # nan: not kept, whatever the other shards
         mine = (len(labels), int(own_top1.sum()), int(own_top5.sum()), int(top1[1].sum())) if logits is not None \
             else (0, 0, 0, 0)
         self.by_shard[shard] = (int(top1[0].sum()), int(top5[0].sum()), mass, *mine)
@@ -74,7 +77,7 @@ class AccuracyCounts:
         targets' top-1 agreement with it, over the rows this session computed, or None if none)."""
         counts = dict(zip(cls.NAMES, totals))
         metrics = {"top1": counts["top1"] / rows, "top5": counts["top5"] / rows,
-                   "mass_stored": counts["mass_stored"] / rows}
+                   "mass_stored": None if math.isnan(counts["mass_stored"]) else counts["mass_stored"] / rows}
         own = int(counts["own_rows"])
         if not own:
             return metrics, None

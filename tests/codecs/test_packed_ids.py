@@ -290,4 +290,4 @@ def test_counts_only_samples_from_images_verify_and_say_they_hold_no_probability
     assert verify_store(store).ok and open_store(store).version == 6  # its ids as gaps
     text = format_description(describe_store(store))
     assert "no log-probabilities" in text
-    assert "0.00% of the probability mass is stored exactly (only counts of sampled classes" in text
+    assert "mass      not known: only counts of sampled classes: no probabilities" in text
