@@ -19,21 +19,19 @@ Each item is one stored sequence, named as Hugging Face models and trainers expe
   its codec stores them, never densified: ``teacher_logits`` (L, V) for dense codecs;
   ``teacher_indices``, ``teacher_logprobs`` (L, K) and ``teacher_tail`` (L,) for ``topk:K``;
   ``teacher_indices``, ``teacher_weights``, ``teacher_logprobs`` (L, K) and the sampling
-  ``teacher_temperature`` () for ``sample:K[:T]`` (its ``teacher_logprobs``: the row's stored sum
-  ``sum_k w_k log p_k`` in every used slot, 0 in padding, where ``:fp16``/``:fp32`` give each class's
-  own; the weights sum to 1, so every loss ``sum_k w_k (lp_k - log q_k)`` and its gradient are the
-  same; ``:counts``: 0); with either sparse form the store's vocabulary,
-  ``teacher_vocab_size`` (), which the loss checks the student's head against (dense rows show it).
+  ``teacher_temperature`` () for ``sample:K[:T]`` (``teacher_logprobs``: the row's sum_k w_k log p_k
+  in each used slot, which every loss reads as it reads each class's own, ``:fp16``/``:fp32``'s;
+  ``:counts``: 0); with either sparse form the store's vocabulary, ``teacher_vocab_size`` (), which
+  the loss checks the student's head against (dense rows show it).
 
 Targets are read by whole sequences and decoded per batch (``TokenStoreDataset.batch``): held in
 memory, compact as stored, when they fit ``cache_budget``, else read many chunks at a time (a chunk
 holds whole sequences) through a window of them (``stored_rows.py``). Every read is checked against
 the store's digests. The token ids and loss mask go through the same reader, under the same budget:
-a corpus of billions of tokens is never held whole.
-``chunked_distillation_loss`` takes the model instead of its logits and computes the loss a chunk of
-positions at a time through its head (``losses/chunked.py``): for logitcache's ``gpt``, any model
-with ``hidden_states``/``head_logits``, and Hugging Face causal LMs.
-``logitcache.hf.DistillationTrainer`` is the Hugging Face ``Trainer`` for these batches.
+a corpus of billions of tokens is never held whole. ``chunked_distillation_loss`` takes the model,
+not its logits, and computes the loss a chunk of positions at a time through its head
+(``losses/chunked.py``): for logitcache's ``gpt``, any model with ``hidden_states``/``head_logits``,
+and Hugging Face causal LMs. ``logitcache.hf.DistillationTrainer`` is the ``Trainer`` for these batches.
 """
 
 from __future__ import annotations
