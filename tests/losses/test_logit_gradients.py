@@ -148,7 +148,7 @@ def test_a_student_sure_of_the_teachers_top_classes_gets_the_gradient_autograd_d
     formulas = _autograd(logits, next_tokens, targets, teacher, temperature)  # float32, as the whole logits train
 
     def error(found: torch.Tensor, exact: torch.Tensor) -> float:
-        return float((found.double() - exact).abs().max() / exact.abs().max())
+        return float((found.detach().double() - exact).abs().max() / exact.abs().max())
 
     print(f"Q {tail:g} T {temperature:g}: written {error(written[2], grad):.1e}, formulas {error(formulas[2], grad):.1e}; "
           f"kd {error(written[1], kd):.1e} {error(formulas[1], kd):.1e}")

@@ -135,7 +135,7 @@ def test_parallel_writers_write_the_store_one_writer_writes(tmp_path, monkeypatc
 
 
 def test_parallel_writers_finish_in_any_order_and_count_in_shard_order(tmp_path):
-    teacher = new_teacher(tmp_path / "s.zarr", "sample:4:2", n=1000)
+    teacher = new_teacher(tmp_path / "s.zarr", "sample:4:2:fp16", n=1000)  # per class: a mass to sum in order
     logits = logits_like_a_teacher(1000, 10)
     counted = AccuracyCounts(np.arange(1000) % 10, teacher)
     calls = []
