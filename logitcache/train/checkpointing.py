@@ -57,6 +57,7 @@ from ..sources.checkpoints import (
     save_checkpoint,
 )
 from ..losses import loss_spec
+from ..whole_files import write_whole
 from .train_config import TARGETS, cosine_extension, resume_changes
 from .run_files import RunFiles
 from .run_targets import targets_changes
@@ -148,6 +149,7 @@ def prepare_run(run: RunFiles, options: dict, checkpoint: dict | None, student, 
         run.truncate_steps(start_epoch - 1)
         run.summary.unlink(missing_ok=True)
         run.write_config(options)
+        _write_epoch_files(run, history)  # a kill after last.pt's rename left them an epoch behind
         log(f"resuming {options['out']} after epoch {start_epoch - 1}")
     return start_epoch, history
 
@@ -219,8 +221,15 @@ def save_epoch(run: RunFiles, options: dict, student, optimizer, num_classes: in
     if connectors is not None:  # the checkpoint's model stays the plain student
         state["connectors"] = connectors.state_dict()
     save_checkpoint(run.last, model=student, model_spec=options["student"], num_classes=num_classes, state=state)
+    _write_epoch_files(run, history)
+
+
+def _write_epoch_files(run: RunFiles, history: list) -> None:
+    """What follows last.pt of the epoch ``history`` ends with: best.pt (when it is the best; copied
+    whole, so a kill never tears it) and the metrics. A resume rewrites them too, so a run killed
+    between last.pt's rename and these ends with the same files as one never killed."""
     if best(history) is history[-1]:
-        shutil.copyfile(run.last, run.best)
+        write_whole(run.best, lambda partial: shutil.copyfile(run.last, partial))
     run.write_metrics(history)
 
 

@@ -1,0 +1,69 @@
+"""A run killed at its worst moments, or whose files were damaged, then resumed or overwritten: it
+ends with the files of a run never stopped, or fails with one line, never a traceback."""
+
+import json
+
+import pytest
+import torch
+
+from logitcache.sources.checkpoints import load_checkpoint
+from logitcache.train import TrainConfig, checkpointing, train
+
+EPOCHS = 3
+
+
+def config(out, **overrides):
+    options = dict(out=str(out), student="mlp:hidden=8", dataset="digits@train", val_dataset="digits@val",
+                   loss="ce", epochs=EPOCHS, batch_size=64, lr=0.7, schedule="constant", seed=5,
+                   progress=False)  # val top-1 peaks at epoch 2 of 3
+    return TrainConfig(**{**options, **overrides})
+
+
+def quiet(*_):
+    pass
+
+
+def metrics(run) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "epoch_seconds"}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(path) -> dict:
+    return load_checkpoint(path)["model"]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "straight"
+    train(config(out), log=quiet)
+    return out
+
+
+def best_epoch(run) -> int:
+    return json.loads((run / "summary.json").read_text())["best"]["epoch"]
+
+
+@pytest.mark.parametrize("which", ["best", "last"])
+def test_a_kill_right_after_last_pt_is_written_loses_nothing_on_resume(tmp_path, straight, monkeypatch, which):
+    """Killed between last.pt's rename and best.pt/metrics: the resume ends with the straight run's files."""
+    kill_after = best_epoch(straight) if which == "best" else EPOCHS
+    assert best_epoch(straight) < EPOCHS  # else the resume's own epochs would write best.pt again
+    save = checkpointing.save_checkpoint
+
+    def save_then_die(path, **kwargs):
+        save(path, **kwargs)
+        if kwargs["state"]["epoch"] == kill_after:
+            raise KeyboardInterrupt  # the process dies here: nothing after the rename runs
+
+    monkeypatch.setattr(checkpointing, "save_checkpoint", save_then_die)
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        train(config(out), log=quiet)
+    monkeypatch.setattr(checkpointing, "save_checkpoint", save)
+    train(config(out, resume=True), log=quiet)
+    assert metrics(out) == metrics(straight)
+    assert (out / "metrics.csv").read_text().count("\n") == EPOCHS + 1
+    for name in ("last.pt", "best.pt"):
+        assert load_checkpoint(out / name)["epoch"] == load_checkpoint(straight / name)["epoch"], name
+        expected = weights(straight / name)
+        assert all(torch.equal(value, expected[key]) for key, value in weights(out / name).items()), name
