@@ -81,7 +81,7 @@ def open_resume(run: RunFiles, options: dict, dist: Distributed, log) -> dict | 
     """The checkpoint a ``--resume`` continues from, once it is known to be this very run (``options``:
     this command's, as ``train_config.options_record`` writes them); None for a fresh run (no --resume,
     or nothing finished to resume)."""
-    if not (options["resume"] and run.last.exists()):
+    if not (options["resume"] and (run.last.exists() or run.last.is_symlink())):  # a broken link: refused
         return None
     checkpoint, note, error = None, None, None
     try:
@@ -147,7 +147,7 @@ def prepare_run(run: RunFiles, options: dict, checkpoint: dict | None, student, 
     start_epoch = history[-1]["epoch"] + 1
     if dist.is_main:
         run.truncate_steps(start_epoch - 1)
-        run.summary.unlink(missing_ok=True)
+        run.remove(run.summary)
         run.write_config(options)
         _write_epoch_files(run, history)  # a kill after last.pt's rename left them an epoch behind
         log(f"resuming {options['out']} after epoch {start_epoch - 1}")

@@ -2,12 +2,14 @@
 ends with the files of a run never stopped, or fails with one line, never a traceback."""
 
 import json
+import shutil
 
 import pytest
 import torch
 
 from logitcache.sources.checkpoints import load_checkpoint
 from logitcache.train import TrainConfig, checkpointing, train
+from tests.conftest import invoke, one_error
 
 EPOCHS = 3
 
@@ -67,3 +69,57 @@ def test_a_kill_right_after_last_pt_is_written_loses_nothing_on_resume(tmp_path,
         assert load_checkpoint(out / name)["epoch"] == load_checkpoint(straight / name)["epoch"], name
         expected = weights(straight / name)
         assert all(torch.equal(value, expected[key]) for key, value in weights(out / name).items()), name
+
+
+def cli_args(out, *extra):
+    return ["train", "--out", out, "--student", "mlp:hidden=8", "--dataset", "digits@train", "--val-dataset",
+            "digits@val", "--loss", "ce", "--epochs", EPOCHS, "--batch-size", 64, "--lr", 0.7, "--schedule",
+            "constant", "--seed", 5, "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory):
+    """The straight run's first two epochs (a constant lr: --resume with --epochs 3 continues it exactly)."""
+    out = tmp_path_factory.mktemp("runs") / "two"
+    train(config(out, epochs=2), log=quiet)
+    return out
+
+
+@pytest.fixture
+def copied(two_epochs, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(two_epochs, out, symlinks=True)
+    return out
+
+
+def loop(path):
+    (path.parent / "a").symlink_to(path.parent / "b")
+    (path.parent / "b").symlink_to(path.parent / "a")
+    path.unlink(missing_ok=True)
+    path.symlink_to(path.parent / "a")
+
+
+def directory(path):
+    path.unlink(missing_ok=True)
+    path.mkdir()
+
+
+DAMAGED = [
+    ("last.pt", directory, "--overwrite", "cannot remove {out}/last.pt to write the run again: Is a directory"),
+    ("summary.json", directory, "--resume", "cannot remove {out}/summary.json to write the run again"),
+    ("steps.csv", directory, "--resume", "{out}/steps.csv is not a file; move it away and rerun --resume"),
+    ("last.pt", loop, "--resume", "checkpoint {out}/last.pt is not a file"),
+]
+
+
+@pytest.mark.parametrize("name, damage, flag, says", DAMAGED, ids=lambda v: getattr(v, "__name__", None))
+def test_a_run_file_that_is_no_file_is_one_line(copied, name, damage, flag, says):
+    damage(copied / name)
+    assert says.format(out=copied) in one_error(invoke(*cli_args(copied, flag)))
+
+
+def test_a_resume_drops_garbled_and_torn_step_rows(copied, straight):
+    with (copied / "steps.csv").open("ab") as handle:
+        handle.write(b"\xff\xfe not a row\nx,y,z\n\n1,3,0.7,1.0\n3,999,0.7,1.0,")  # junk, then a row a kill tore
+    assert invoke(*cli_args(copied, "--resume")).exit_code == 0
+    assert (copied / "steps.csv").read_text() == (straight / "steps.csv").read_text()
