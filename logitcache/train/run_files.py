@@ -81,6 +81,9 @@ class RunFiles:
     @contextlib.contextmanager
     def lock(self):
         """Hold the run directory's exclusive lock for the ``with`` block, or raise RunInUseError at once."""
+        if (self.root / "zarr.json").exists():  # --out given a store's path (meant --store): no run files in it
+            raise ConfigError(f"--out {self.root} is a Zarr store (it holds zarr.json), not a run directory; "
+                              "give the run a directory of its own")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)

@@ -123,3 +123,13 @@ def test_a_resume_drops_garbled_and_torn_step_rows(copied, straight):
         handle.write(b"\xff\xfe not a row\nx,y,z\n\n1,3,0.7,1.0\n3,999,0.7,1.0,")  # junk, then a row a kill tore
     assert invoke(*cli_args(copied, "--resume")).exit_code == 0
     assert (copied / "steps.csv").read_text() == (straight / "steps.csv").read_text()
+
+
+def test_out_naming_a_store_is_refused_and_the_store_is_left_alone(tmp_path, digits_store):
+    store = tmp_path / "digits.zarr"
+    shutil.copytree(digits_store, store)
+    before = sorted(p.name for p in store.iterdir())
+    for flag in ([], ["--overwrite"], ["--resume"]):
+        result = invoke(*cli_args(store, *flag))
+        assert f"--out {store} is a Zarr store (it holds zarr.json), not a run directory" in one_error(result)
+    assert sorted(p.name for p in store.iterdir()) == before
