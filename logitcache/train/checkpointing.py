@@ -81,7 +81,10 @@ def open_resume(run: RunFiles, options: dict, dist: Distributed, log) -> dict | 
     """The checkpoint a ``--resume`` continues from, once it is known to be this very run (``options``:
     this command's, as ``train_config.options_record`` writes them); None for a fresh run (no --resume,
     or nothing finished to resume)."""
-    if not (options["resume"] and (run.last.exists() or run.last.is_symlink())):  # a broken link: refused
+    if not options["resume"]:
+        return None
+    if not (run.last.exists() or run.last.is_symlink()):  # a broken link is refused by load_checkpoint
+        dist.agree(_lost_checkpoint(run))
         return None
     checkpoint, note, error = None, None, None
     try:
@@ -93,6 +96,15 @@ def open_resume(run: RunFiles, options: dict, dist: Distributed, log) -> dict | 
     if note:
         log(note)
     return checkpoint
+
+
+def _lost_checkpoint(run: RunFiles) -> CheckpointError | None:
+    """A run that finished epochs (metrics.jsonl is written after last.pt) but has no last.pt any
+    more: a --resume would start it again and drop those epochs' records, so it is refused."""
+    if not (run.root / "metrics.jsonl").exists():
+        return None  # nothing finished: --resume starts the run
+    return CheckpointError(f"{run.root} records finished epochs (metrics.jsonl) but holds no last.pt to resume "
+                           "from; put the checkpoint back, or pass --overwrite (instead of --resume) to start again")
 
 
 def _check_same_run(run: RunFiles, options: dict, checkpoint: dict) -> str | None:

@@ -133,3 +133,13 @@ def test_out_naming_a_store_is_refused_and_the_store_is_left_alone(tmp_path, dig
         result = invoke(*cli_args(store, *flag))
         assert f"--out {store} is a Zarr store (it holds zarr.json), not a run directory" in one_error(result)
     assert sorted(p.name for p in store.iterdir()) == before
+
+
+def test_resume_of_a_run_that_lost_its_checkpoint_is_refused_not_restarted(copied):
+    (copied / "last.pt").unlink()
+    before = (copied / "metrics.jsonl").read_bytes()
+    says = one_error(invoke(*cli_args(copied, "--resume")))
+    assert f"{copied} records finished epochs (metrics.jsonl) but holds no last.pt to resume from" in says
+    assert (copied / "metrics.jsonl").read_bytes() == before
+    (copied / "metrics.jsonl").unlink()  # nothing finished: --resume starts the run
+    assert invoke(*cli_args(copied, "--resume")).exit_code == 0
