@@ -50,6 +50,7 @@ from ..errors import (
     LogitCacheError,
     TrainingDivergedError,
 )
+from ..sources._loading import misfit
 from ..sources.checkpoints import (
     describe_non_finite,
     load_checkpoint,
@@ -116,17 +117,39 @@ def _check_same_run(run: RunFiles, options: dict, checkpoint: dict) -> str | Non
     if not isinstance(recorded, dict):
         raise CheckpointError(f"{run.root} records no options to check --resume against; "
                               "start a new --out or pass --overwrite (instead of --resume)")
-    changes = resume_changes(recorded, options)
+    last = _history(run, checkpoint)[-1]
+    try:  # the recorded options as this version writes them; anything else is a damaged (or foreign) file
+        changes = resume_changes(recorded, options)
+        moved = targets_changes(recorded.get(TARGETS), options.get(TARGETS))
+        note = cosine_extension(recorded, options, last["epoch"], last.get("lr"))
+    except (TypeError, AttributeError, KeyError, ValueError):
+        raise CheckpointError(f"{run.last} records options this logitcache cannot read (damaged?); start a new "
+                              "--out or pass --overwrite (instead of --resume)") from None
     if changes:
         raise CheckpointError(f"--resume would change the run: {', '.join(changes)}; "
                               "start a new --out or pass --overwrite (instead of --resume)")
-    moved = targets_changes(recorded.get(TARGETS), options.get(TARGETS))
     if moved:
         raise CheckpointError(f"--resume would train on other targets than the run learnt from: {'; '.join(moved)}; "
                               "start a new --out (or pass --overwrite instead of --resume), or re-dump the "
                               "targets it learnt from")
-    last = _json_entry(run, checkpoint, "history")[-1]
-    return cosine_extension(recorded, options, last["epoch"], last.get("lr"))
+    return note
+
+
+def _history(run: RunFiles, checkpoint: dict) -> list[dict]:
+    """The checkpoint's epoch records, once they are what ``save_epoch`` writes: an object per epoch
+    1..n, with numbers (or null) where the run compares them (a damaged record is one line, not a
+    traceback on the way)."""
+    history = _json_entry(run, checkpoint, "history")
+    records = history if isinstance(history, list) else []
+    whole = (records and all(isinstance(h, dict) for h in records)
+             and [h.get("epoch") for h in records] == list(range(1, len(records) + 1))
+             and all(type(h["epoch"]) is int for h in records)
+             and all(isinstance(h.get(key), (int, float, type(None))) and not isinstance(h.get(key), bool)
+                     for h in records for key in ("lr", "train_loss", "val_top1", "val_loss")))
+    if not whole:
+        raise CheckpointError(f"{run.last} is damaged: its 'history' is not one record per epoch from 1; "
+                              "pass --overwrite (instead of --resume) to start again")
+    return history
 
 
 def _json_entry(run: RunFiles, checkpoint: dict, key: str):
@@ -153,9 +176,13 @@ def prepare_run(run: RunFiles, options: dict, checkpoint: dict | None, student, 
         if connectors is not None:  # feature losses' connectors: trained with the student, not part of it
             connectors.load_state_dict(checkpoint["connectors"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as err:
-        raise CheckpointError(f"{run.last} does not fit this student: {str(err).splitlines()[0]}") from None
-    history = _json_entry(run, checkpoint, "history")
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:  # a damaged optimizer too
+        raise CheckpointError(f"{run.last} does not fit this student: {misfit(err)}") from None
+    bad = non_finite_weights(student)  # never written by save_checkpoint: a damaged or foreign file
+    if bad:
+        raise CheckpointError(f"{run.last} is damaged: {describe_non_finite(bad)}; pass --overwrite (instead of "
+                              "--resume) to start again")
+    history = _history(run, checkpoint)
     start_epoch = history[-1]["epoch"] + 1
     if dist.is_main:
         run.truncate_steps(start_epoch - 1)

@@ -143,3 +143,35 @@ def test_resume_of_a_run_that_lost_its_checkpoint_is_refused_not_restarted(copie
     assert (copied / "metrics.jsonl").read_bytes() == before
     (copied / "metrics.jsonl").unlink()  # nothing finished: --resume starts the run
     assert invoke(*cli_args(copied, "--resume")).exit_code == 0
+
+
+def _history(text):
+    return lambda data: data.update(history=text)
+
+
+def _options(**changes):
+    return lambda data: data.update(config=json.dumps({**json.loads(data["config"]), **changes}))
+
+
+def _nan_weights(data):
+    name = next(iter(data["model"]))
+    data["model"][name] = data["model"][name] * float("nan")
+
+
+CRAFTED = [
+    (_history("[]"), "is damaged: its 'history' is not one record per epoch from 1"),
+    (_history('[{"epoch": "1"}, {"epoch": 2}]'), "is damaged: its 'history' is not one record per epoch from 1"),
+    (_history('[{"epoch": 1, "val_top1": "high"}, {"epoch": 2}]'), "is damaged: its 'history' is not one"),
+    (lambda data: data.update(optimizer="x"), "does not fit this student"),
+    (_options(loss_options="x"), "records options this logitcache cannot read"),
+    (_options(epochs="x"), "records options this logitcache cannot read"),
+    (_nan_weights, "is damaged: the weights are not finite"),
+]
+
+
+@pytest.mark.parametrize("damage, says", CRAFTED)
+def test_a_checkpoint_with_damaged_records_is_one_line(copied, damage, says):
+    data = torch.load(copied / "last.pt", weights_only=True)
+    damage(data)
+    torch.save(data, copied / "last.pt")
+    assert f"{copied}/last.pt {says}" in one_error(invoke(*cli_args(copied, "--resume")))
