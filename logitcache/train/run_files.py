@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import math
@@ -86,8 +87,11 @@ class RunFiles:
                               "give the run a directory of its own")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+            # no link followed: the lock file is truncated and written, never a file a link leads to
+            fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise ConfigError(f"{self.root / LOCK_FILE} is a symbolic link; remove it and rerun") from None
             raise ConfigError(f"cannot write the run directory {self.root}: {err.strerror or err}") from None
         try:
             if fcntl is not None:

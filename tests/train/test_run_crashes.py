@@ -175,3 +175,17 @@ def test_a_checkpoint_with_damaged_records_is_one_line(copied, damage, says):
     damage(data)
     torch.save(data, copied / "last.pt")
     assert f"{copied}/last.pt {says}" in one_error(invoke(*cli_args(copied, "--resume")))
+
+
+@pytest.mark.parametrize("planted", [".lock", ".metrics.csv.partial"])
+def test_a_link_planted_in_a_run_directory_never_writes_its_target(copied, tmp_path, planted):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (copied / planted).unlink(missing_ok=True)
+    (copied / planted).symlink_to(victim)
+    result = invoke(*cli_args(copied, "--resume"))
+    if planted == ".lock":
+        assert f"{copied}/.lock is a symbolic link; remove it and rerun" in one_error(result)
+    else:
+        assert result.exit_code == 0, result.output
+    assert victim.read_text() == "precious"
