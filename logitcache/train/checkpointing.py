@@ -29,6 +29,11 @@ and checkpoints only of finite weights.
   training cross-entropy is no lower than a uniform guess's, or whose val top-1 is no better than
   always answering the most frequent class, while the store's teacher is well above chance, stops
   the run with what to change (``collapse_error``).
+- **A kill anywhere loses nothing.** last.pt is renamed into place first, then best.pt (copied
+  whole) and the metrics; a resume rewrites those from the checkpoint, so a run killed between
+  the two ends with the files of one never killed. A checkpoint whose records are damaged (its
+  history, options, optimizer, non-finite weights) is refused in one line, as is a --resume of a
+  run that finished epochs but lost last.pt (it would start again and drop them).
 - **Stop at the first non-finite step.** The per-step loss is summed over ranks before the check,
   so every rank sees the same value and all raise together; the weights are checked (through
   ``Distributed.agree``) before each epoch's checkpoint. ``last.pt`` keeps the last finished epoch,
