@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, RunNotFoundError
+from .errors import ConfigError, FileWriteError, RunNotFoundError
 
 METRICS = "metrics.jsonl"
 
@@ -115,8 +115,9 @@ def _epoch_record(record) -> bool:
 
 
 def _json(path: Path):
+    """The file's JSON, or None: missing, damaged, or no regular file (a FIFO's read would wait forever)."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text()) if path.is_file() else None
     except (OSError, ValueError, RecursionError):
         return None
 
@@ -137,9 +138,9 @@ def format_runs(runs: list[Run]) -> str:
              "time")]
     for run in runs:
         config = run.config
-        loss = config.get("loss") or "?"
+        loss = str(config.get("loss") or "?")  # config.json as written by hand may hold anything
         if loss != "ce" and config.get("temperature") is not None:
-            loss += f" T={config['temperature']:g}"
+            loss += f" T={_number(config['temperature'])}"
         total = config.get("epochs")
         epochs = f"{len(run.history)}" if run.complete else f"{len(run.history)}/{total or '?'}"
         best = run.best(metric) if metric else None
@@ -159,7 +160,9 @@ def _value(value, key: str) -> str:
 
 
 def _number(value) -> str:
-    return "-" if value is None else f"{value:g}"
+    if value is None:
+        return "-"
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
 
 
 def _table(rows: list[tuple]) -> str:
@@ -178,8 +181,14 @@ def plot_runs(runs: list[Run], out, title: str | None = None) -> Path:
     """
     figure = draw_runs(runs, title)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out)
+    kinds = figure.canvas.get_supported_filetypes()
+    if out.suffix and out.suffix[1:].lower() not in kinds:
+        raise ConfigError(f"--out {out}: plot writes {', '.join(sorted(kinds))} files, not {out.suffix}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(out)
+    except OSError as err:
+        raise FileWriteError(f"cannot write {out}: {err.strerror or err}") from None
     return out
 
 

@@ -29,6 +29,7 @@ def write_whole(path: Path, write: Callable[[Path], object]) -> None:
     path = Path(path)
     partial = path.with_name(f".{path.name}.partial")
     try:
+        partial.unlink(missing_ok=True)  # a link planted there would have the write land on its target
         write(partial)
         os.replace(partial, path)
     except (OSError, RuntimeError) as err:

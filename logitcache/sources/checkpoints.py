@@ -72,7 +72,8 @@ def load_checkpoint(path) -> dict:
     import torch
 
     if not Path(path).is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        there = Path(path).exists() or Path(path).is_symlink()  # a directory, a FIFO, a broken link
+        raise CheckpointError(f"checkpoint {path} is not a file" if there else f"checkpoint {path} does not exist")
     try:
         with quiet_torch():
             data = torch.load(path, map_location="cpu", weights_only=True)

@@ -29,6 +29,11 @@ and checkpoints only of finite weights.
   training cross-entropy is no lower than a uniform guess's, or whose val top-1 is no better than
   always answering the most frequent class, while the store's teacher is well above chance, stops
   the run with what to change (``collapse_error``).
+- **A kill anywhere loses nothing.** last.pt is renamed into place first, then best.pt (copied
+  whole) and the metrics; a resume rewrites those from the checkpoint, so a run killed between
+  the two ends with the files of one never killed. A checkpoint whose records are damaged (its
+  history, options, optimizer, non-finite weights) is refused in one line, as is a --resume of a
+  run that finished epochs but lost last.pt (it would start again and drop them).
 - **Stop at the first non-finite step.** The per-step loss is summed over ranks before the check,
   so every rank sees the same value and all raise together; the weights are checked (through
   ``Distributed.agree``) before each epoch's checkpoint. ``last.pt`` keeps the last finished epoch,
@@ -50,6 +55,7 @@ from ..errors import (
     LogitCacheError,
     TrainingDivergedError,
 )
+from ..sources._loading import misfit
 from ..sources.checkpoints import (
     describe_non_finite,
     load_checkpoint,
@@ -57,6 +63,7 @@ from ..sources.checkpoints import (
     save_checkpoint,
 )
 from ..losses import loss_spec
+from ..whole_files import write_whole
 from .train_config import TARGETS, cosine_extension, resume_changes
 from .run_files import RunFiles
 from .run_targets import targets_changes
@@ -80,7 +87,10 @@ def open_resume(run: RunFiles, options: dict, dist: Distributed, log) -> dict | 
     """The checkpoint a ``--resume`` continues from, once it is known to be this very run (``options``:
     this command's, as ``train_config.options_record`` writes them); None for a fresh run (no --resume,
     or nothing finished to resume)."""
-    if not (options["resume"] and run.last.exists()):
+    if not options["resume"]:
+        return None
+    if not (run.last.exists() or run.last.is_symlink()):  # a broken link is refused by load_checkpoint
+        dist.agree(_lost_checkpoint(run))
         return None
     checkpoint, note, error = None, None, None
     try:
@@ -94,6 +104,15 @@ def open_resume(run: RunFiles, options: dict, dist: Distributed, log) -> dict | 
     return checkpoint
 
 
+def _lost_checkpoint(run: RunFiles) -> CheckpointError | None:
+    """A run that finished epochs (metrics.jsonl is written after last.pt) but has no last.pt any
+    more: a --resume would start it again and drop those epochs' records, so it is refused."""
+    if not (run.root / "metrics.jsonl").exists():
+        return None  # nothing finished: --resume starts the run
+    return CheckpointError(f"{run.root} records finished epochs (metrics.jsonl) but holds no last.pt to resume "
+                           "from; put the checkpoint back, or pass --overwrite (instead of --resume) to start again")
+
+
 def _check_same_run(run: RunFiles, options: dict, checkpoint: dict) -> str | None:
     if checkpoint["model_spec"] != options["student"]:
         raise CheckpointError(
@@ -103,17 +122,39 @@ def _check_same_run(run: RunFiles, options: dict, checkpoint: dict) -> str | Non
     if not isinstance(recorded, dict):
         raise CheckpointError(f"{run.root} records no options to check --resume against; "
                               "start a new --out or pass --overwrite (instead of --resume)")
-    changes = resume_changes(recorded, options)
+    last = _history(run, checkpoint)[-1]
+    try:  # the recorded options as this version writes them; anything else is a damaged (or foreign) file
+        changes = resume_changes(recorded, options)
+        moved = targets_changes(recorded.get(TARGETS), options.get(TARGETS))
+        note = cosine_extension(recorded, options, last["epoch"], last.get("lr"))
+    except (TypeError, AttributeError, KeyError, ValueError):
+        raise CheckpointError(f"{run.last} records options this logitcache cannot read (damaged?); start a new "
+                              "--out or pass --overwrite (instead of --resume)") from None
     if changes:
         raise CheckpointError(f"--resume would change the run: {', '.join(changes)}; "
                               "start a new --out or pass --overwrite (instead of --resume)")
-    moved = targets_changes(recorded.get(TARGETS), options.get(TARGETS))
     if moved:
         raise CheckpointError(f"--resume would train on other targets than the run learnt from: {'; '.join(moved)}; "
                               "start a new --out (or pass --overwrite instead of --resume), or re-dump the "
                               "targets it learnt from")
-    last = _json_entry(run, checkpoint, "history")[-1]
-    return cosine_extension(recorded, options, last["epoch"], last.get("lr"))
+    return note
+
+
+def _history(run: RunFiles, checkpoint: dict) -> list[dict]:
+    """The checkpoint's epoch records, once they are what ``save_epoch`` writes: an object per epoch
+    1..n, with numbers (or null) where the run compares them (a damaged record is one line, not a
+    traceback on the way)."""
+    history = _json_entry(run, checkpoint, "history")
+    records = history if isinstance(history, list) else []
+    whole = (records and all(isinstance(h, dict) for h in records)
+             and [h.get("epoch") for h in records] == list(range(1, len(records) + 1))
+             and all(type(h["epoch"]) is int for h in records)
+             and all(isinstance(h.get(key), (int, float, type(None))) and not isinstance(h.get(key), bool)
+                     for h in records for key in ("lr", "train_loss", "val_top1", "val_loss")))
+    if not whole:
+        raise CheckpointError(f"{run.last} is damaged: its 'history' is not one record per epoch from 1; "
+                              "pass --overwrite (instead of --resume) to start again")
+    return history
 
 
 def _json_entry(run: RunFiles, checkpoint: dict, key: str):
@@ -140,14 +181,19 @@ def prepare_run(run: RunFiles, options: dict, checkpoint: dict | None, student, 
         if connectors is not None:  # feature losses' connectors: trained with the student, not part of it
             connectors.load_state_dict(checkpoint["connectors"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as err:
-        raise CheckpointError(f"{run.last} does not fit this student: {str(err).splitlines()[0]}") from None
-    history = _json_entry(run, checkpoint, "history")
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:  # a damaged optimizer too
+        raise CheckpointError(f"{run.last} does not fit this student: {misfit(err)}") from None
+    bad = non_finite_weights(student)  # never written by save_checkpoint: a damaged or foreign file
+    if bad:
+        raise CheckpointError(f"{run.last} is damaged: {describe_non_finite(bad)}; pass --overwrite (instead of "
+                              "--resume) to start again")
+    history = _history(run, checkpoint)
     start_epoch = history[-1]["epoch"] + 1
     if dist.is_main:
         run.truncate_steps(start_epoch - 1)
-        run.summary.unlink(missing_ok=True)
+        run.remove(run.summary)
         run.write_config(options)
+        _write_epoch_files(run, history)  # a kill after last.pt's rename left them an epoch behind
         log(f"resuming {options['out']} after epoch {start_epoch - 1}")
     return start_epoch, history
 
@@ -219,8 +265,15 @@ def save_epoch(run: RunFiles, options: dict, student, optimizer, num_classes: in
     if connectors is not None:  # the checkpoint's model stays the plain student
         state["connectors"] = connectors.state_dict()
     save_checkpoint(run.last, model=student, model_spec=options["student"], num_classes=num_classes, state=state)
+    _write_epoch_files(run, history)
+
+
+def _write_epoch_files(run: RunFiles, history: list) -> None:
+    """What follows last.pt of the epoch ``history`` ends with: best.pt (when it is the best; copied
+    whole, so a kill never tears it) and the metrics. A resume rewrites them too, so a run killed
+    between last.pt's rename and these ends with the same files as one never killed."""
     if best(history) is history[-1]:
-        shutil.copyfile(run.last, run.best)
+        write_whole(run.best, lambda partial: shutil.copyfile(run.last, partial))
     run.write_metrics(history)
 
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
+import math
 import os
 import socket
 from pathlib import Path
@@ -33,6 +35,7 @@ try:
 except ImportError:  # Windows: no flock, so no lock (logitcache's multi-process paths are POSIX)
     fcntl = None
 
+STEPS_HEADER = "epoch,step,lr,loss,ce,kd\n"
 RUN_FILES = ("config.json", "metrics.jsonl", "metrics.csv", "steps.csv", "summary.json", "last.pt", "best.pt")
 LOCK_FILE = ".lock"
 
@@ -57,13 +60,21 @@ class RunFiles:
                     "or --overwrite to start again"
                 )
             for name in RUN_FILES:
-                (self.root / name).unlink(missing_ok=True)
+                self.remove(self.root / name)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             write_text_whole(self.root / "config.json", json.dumps(config, indent=2) + "\n")
         except OSError as err:
             raise ConfigError(f"cannot write the run directory {self.root}: {err.strerror or err}") from None
-        self.steps.write_text("epoch,step,lr,loss,ce,kd\n")
+        self.steps.write_text(STEPS_HEADER)
+
+    def remove(self, path: Path) -> None:
+        """Delete one of the run's files; one that cannot go (a directory in its place) is one line."""
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as err:
+            raise ConfigError(f"cannot remove {path} to write the run again: {err.strerror or err}; "
+                              "move it away and rerun") from None
 
     def write_config(self, config: dict) -> None:
         write_text_whole(self.root / "config.json", json.dumps(config, indent=2) + "\n")
@@ -71,10 +82,16 @@ class RunFiles:
     @contextlib.contextmanager
     def lock(self):
         """Hold the run directory's exclusive lock for the ``with`` block, or raise RunInUseError at once."""
+        if (self.root / "zarr.json").exists():  # --out given a store's path (meant --store): no run files in it
+            raise ConfigError(f"--out {self.root} is a Zarr store (it holds zarr.json), not a run directory; "
+                              "give the run a directory of its own")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+            # no link followed: the lock file is truncated and written, never a file a link leads to
+            fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise ConfigError(f"{self.root / LOCK_FILE} is a symbolic link; remove it and rerun") from None
             raise ConfigError(f"cannot write the run directory {self.root}: {err.strerror or err}") from None
         try:
             if fcntl is not None:
@@ -104,12 +121,18 @@ class RunFiles:
             raise FileWriteError(f"cannot write {self.steps}: {write_failure(err, self.root)}") from None
 
     def truncate_steps(self, last_epoch: int) -> None:
-        """Drop step rows of epochs after ``last_epoch`` (written before a crash, then redone)."""
-        if not self.steps.exists():
-            return
-        lines = self.steps.read_text().splitlines(keepends=True)
-        kept = [lines[0]] + [ln for ln in lines[1:] if int(ln.split(",", 1)[0]) <= last_epoch]
-        write_text_whole(self.steps, "".join(kept))
+        """Keep only whole step rows of epochs up to ``last_epoch``: rows written before a crash (then
+        redone), a row torn by a kill, and lines that are no row (damage) are dropped."""
+        text = ""
+        if self.steps.exists() or self.steps.is_symlink():
+            if not self.steps.is_file():  # a directory, a FIFO (a read would wait forever), a symlink loop
+                raise ConfigError(f"{self.steps} is not a file; move it away and rerun --resume")
+            try:
+                text = self.steps.read_bytes().decode(errors="replace")
+            except OSError as err:
+                raise ConfigError(f"cannot read {self.steps}: {err.strerror or err}") from None
+        kept = [line for line in text.splitlines(keepends=True)[1:] if _row_epoch(line) <= last_epoch]
+        write_text_whole(self.steps, STEPS_HEADER + "".join(kept))
 
     def write_metrics(self, history: list[dict]) -> None:
         write_text_whole(self.root / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
@@ -144,6 +167,14 @@ class RunFiles:
         except (OSError, ValueError, RecursionError):  # UnicodeDecodeError, JSONDecodeError: ValueErrors
             return None
         return summary if isinstance(summary, dict) else None
+
+
+def _row_epoch(line: str) -> float:
+    """The epoch of a whole steps.csv row; infinity for anything else (a torn or damaged line)."""
+    fields = line.rstrip("\n").split(",")
+    if not line.endswith("\n") or len(fields) != STEPS_HEADER.count(",") + 1 or not (fields[0].isascii() and fields[0].isdigit()):
+        return math.inf
+    return int(fields[0])
 
 
 def _holder(fd: int) -> str:

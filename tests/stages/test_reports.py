@@ -125,3 +125,35 @@ def test_plot_ticks_whole_epochs_and_labels_a_log_axis_in_plain_numbers(tmp_path
     assert all(tick == int(tick) for tick in panel.get_xticks())
     labels = [t.get_text() for t in panel.get_yticklabels(minor=True) + panel.get_yticklabels() if t.get_text()]
     assert labels and all("times" not in text and "×" not in text and "^" not in text for text in labels)
+
+
+def test_hand_edited_options_of_any_type_show_as_question_marks(tmp_path):
+    config = {"student": ["mlp"], "loss": 5, "temperature": "hot", "lr": "fast", "batch_size": [32], "epochs": True}
+    result = invoke("runs", _run_dir(tmp_path / "r", _epochs(1.0, 0.5), config))
+    assert result.exit_code == 0, result.output
+    assert "5 T=?  ?   ?" in result.output
+
+
+def test_options_and_summary_that_are_fifos_are_not_read(tmp_path):
+    """A read of a FIFO waits for a writer forever: a run whose config.json or summary.json is one
+    is read as a run without them."""
+    import os
+    import threading
+
+    run = _run_dir(tmp_path / "r", _epochs(1.0, 0.5))
+    (run / "config.json").unlink()
+    for name in ("config.json", "summary.json"):
+        os.mkfifo(run / name)
+    result = []
+    reader = threading.Thread(target=lambda: result.append(invoke("runs", run)), daemon=True)
+    reader.start()
+    reader.join(timeout=20)
+    assert not reader.is_alive(), "runs waits on a FIFO"
+    assert result[0].exit_code == 0 and "r    ?" in result[0].output, result[0].output
+
+
+def test_plot_to_a_format_matplotlib_lacks_or_under_a_file_is_one_line(tmp_path):
+    run = _run_dir(tmp_path / "r", _epochs(1.0, 0.5))
+    assert "plot writes" in one_error(invoke("plot", run, "-o", tmp_path / "curves.txt"))
+    (tmp_path / "file").write_text("")
+    assert f"cannot write {tmp_path}/file/p.png" in one_error(invoke("plot", run, "-o", tmp_path / "file" / "p.png"))
