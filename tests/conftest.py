@@ -38,6 +38,34 @@ def one_error(result) -> str:
     return errors[0]
 
 
+def edited_record_copy(store: Path, copy: Path, edit: dict) -> Path:
+    """A copy of ``store`` with ``edit`` merged into its root record (``version``) or, for any other
+    key, its default teacher's: a store a hand or a bug changed after it was written."""
+    import shutil
+
+    import zarr
+
+    shutil.copytree(store, copy)
+    group, key = ((zarr.open_group(str(copy), mode="r+"), "logitcache") if "version" in edit
+                  else (zarr.open_group(str(copy / "teachers" / "default"), mode="r+"), "logitcache_teacher"))
+    group.attrs[key] = {**group.attrs[key], **edit}
+    return copy
+
+
+def straight_and_cut_short(tmp_path: Path, options: dict, old_code) -> tuple[Path, Path]:
+    """A whole store of ``options`` (``tests.factories:breaking_teacher``'s), and one whose dump the
+    teacher broke after the probe and shards 0 and 1, written by the code ``old_code`` (a monkeypatch
+    making the code of before) holds; ``old_code`` is undone after it."""
+    from tests import factories
+
+    straight = make_store(tmp_path / "straight.zarr", **options)
+    old_code.setenv("LOGITCACHE_TEST_FAIL_AFTER", "9")
+    with pytest.raises(factories.TeacherFailed):
+        make_store(tmp_path / "cut.zarr", **options)
+    old_code.undo()  # the code of now from here on
+    return straight, tmp_path / "cut.zarr"
+
+
 def store_contents(path: Path) -> dict[str, bytes]:
     """Every file of a store, with the volatile ``run`` record (timestamps) removed from metadata."""
     contents = {}

@@ -9,12 +9,10 @@ before; main's own code is compared with this one in benchmarks/packed_ids.py (`
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
-import zarr
 
 from logitcache.codecs import get_codec, get_stored_codec, packed_ids
 from logitcache.codecs.packed_ids import GAPS_VERSION, LOGPROB_SUM_VERSION, from_gaps, join_ids, to_gaps
@@ -22,8 +20,7 @@ from logitcache.codecs.sample import SampleCodec
 from logitcache.errors import CorruptStoreError, SpecError, StoreVersionError
 from logitcache.store import FORMAT_VERSION, _store, open_store, verify_store
 from logitcache.store_info import describe_store, format_description
-from tests import factories
-from tests.conftest import invoke, make_store, one_error, store_contents
+from tests.conftest import edited_record_copy, invoke, make_store, one_error, store_contents, straight_and_cut_short
 
 
 @pytest.fixture
@@ -169,14 +166,7 @@ def test_an_older_reader_refuses_a_store_of_gaps_in_one_line(image_stores, monke
 @pytest.mark.parametrize("edit, why", [({"version": 5}, "format v6's, but the store says v5"),
                                        ({"index_gaps": "yes"}, "index_gaps 'yes' is neither true nor false")])
 def test_an_edited_record_of_gaps_is_damage(image_stores, tmp_path, edit, why):
-    copy = tmp_path / "edited.zarr"
-    shutil.copytree(image_stores["now"], copy)
-    if "version" in edit:
-        group = zarr.open_group(str(copy), mode="r+")
-        group.attrs["logitcache"] = {**group.attrs["logitcache"], **edit}
-    else:
-        group = zarr.open_group(str(copy / "teachers" / "default"), mode="r+")
-        group.attrs["logitcache_teacher"] = {**group.attrs["logitcache_teacher"], **edit}
+    copy = edited_record_copy(image_stores["now"], tmp_path / "edited.zarr", edit)
     with pytest.raises(CorruptStoreError, match=why):
         open_store(copy).teacher()
 
@@ -184,12 +174,8 @@ def test_an_edited_record_of_gaps_is_damage(image_stores, tmp_path, edit, why):
 def test_a_dump_of_ids_cut_short_resumes_as_ids_to_identical_bytes(tmp_path, ids_as_before):
     """A teacher begun before v6 is finished in its own layout: the writer follows the record."""
     options = dict(codec="sample:4", teacher="tests.factories:breaking_teacher")
-    straight = make_store(tmp_path / "straight.zarr", **options)
-    ids_as_before.setenv("LOGITCACHE_TEST_FAIL_AFTER", "9")  # the probe, then shards 0 and 1
-    with pytest.raises(factories.TeacherFailed):
-        make_store(tmp_path / "cut.zarr", **options)
-    ids_as_before.undo()  # the code of now from here on
-    assert 0 < open_store(tmp_path / "cut.zarr").teacher("default", check=False).shard_done().sum()
-    make_store(tmp_path / "cut.zarr", **options)
-    assert open_store(tmp_path / "cut.zarr").version == 3
-    assert store_contents(tmp_path / "cut.zarr") == store_contents(straight)
+    straight, cut = straight_and_cut_short(tmp_path, options, ids_as_before)
+    assert 0 < open_store(cut).teacher("default", check=False).shard_done().sum()
+    make_store(cut, **options)
+    assert open_store(cut).version == 3
+    assert store_contents(cut) == store_contents(straight)

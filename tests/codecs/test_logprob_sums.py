@@ -28,7 +28,7 @@ from logitcache.store import FORMAT_VERSION, _store, open_store, verify_store
 from logitcache.store_info import describe_store, format_description
 from tests import factories
 from tests.codecs.test_codecs import realistic_logits
-from tests.conftest import invoke, make_store, one_error, store_contents
+from tests.conftest import edited_record_copy, invoke, make_store, one_error, store_contents, straight_and_cut_short
 
 HAMLET = Path(__file__).resolve().parents[2] / "data" / "text" / "shakespeare" / "hamlet.md"
 
@@ -213,14 +213,7 @@ def test_a_store_of_a_later_version_is_refused_in_one_line(image_stores, tmp_pat
     ("sample:4:fp16", {"logprob_sum": True}, "keeps per-class log-probabilities, not one sum per row"),
 ])
 def test_an_edited_record_of_row_sums_is_damage(image_stores, tmp_path, store, edit, why):
-    copy = tmp_path / "edited.zarr"
-    shutil.copytree(image_stores[store], copy)
-    if "version" in edit:
-        group = zarr.open_group(str(copy), mode="r+")
-        group.attrs["logitcache"] = {**group.attrs["logitcache"], **edit}
-    else:
-        group = zarr.open_group(str(copy / "teachers" / "default"), mode="r+")
-        group.attrs["logitcache_teacher"] = {**group.attrs["logitcache_teacher"], **edit}
+    copy = edited_record_copy(image_stores[store], tmp_path / "edited.zarr", edit)
     with pytest.raises(CorruptStoreError, match=why):
         open_store(copy).teacher()
     assert "Error" in one_error(invoke("verify", copy))
@@ -232,12 +225,7 @@ def test_a_dump_begun_before_v7_resumes_in_its_own_form(tmp_path, per_class_as_b
     record, and the same command is not refused as other settings, whether it said ``sample:4`` or
     ``sample:4:fp16`` (which dumps before v7 recorded as ``sample:4``)."""
     options = dict(codec="sample:4", teacher="tests.factories:breaking_teacher")
-    straight = make_store(tmp_path / "straight.zarr", **options)
-    per_class_as_before.setenv("LOGITCACHE_TEST_FAIL_AFTER", "9")  # the probe, then shards 0 and 1
-    with pytest.raises(factories.TeacherFailed):
-        make_store(tmp_path / "cut.zarr", **options)
-    per_class_as_before.undo()  # the code of now from here on
-    cut = tmp_path / "cut.zarr"
+    straight, cut = straight_and_cut_short(tmp_path, options, per_class_as_before)
     assert 0 < open_store(cut).teacher("default", check=False).shard_done().sum()
     row_sums = invoke("dump", cut, "--teacher", options["teacher"], "--dataset", "digits@train", "--codec",
                       "sample:4:counts", "--rows-per-shard", "256", "--batch-size", "64", "--no-progress")
