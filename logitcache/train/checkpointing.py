@@ -188,13 +188,17 @@ def prepare_run(run: RunFiles, options: dict, checkpoint: dict | None, student, 
         raise CheckpointError(f"{run.last} is damaged: {describe_non_finite(bad)}; pass --overwrite (instead of "
                               "--resume) to start again")
     history = _history(run, checkpoint)
-    start_epoch = history[-1]["epoch"] + 1
-    if dist.is_main:
-        run.truncate_steps(start_epoch - 1)
-        run.remove(run.summary)
-        run.write_config(options)
-        _write_epoch_files(run, history)  # a kill after last.pt's rename left them an epoch behind
-        log(f"resuming {options['out']} after epoch {start_epoch - 1}")
+    start_epoch, error = history[-1]["epoch"] + 1, None
+    if dist.is_main:  # rank 0's files; what it cannot write, every rank raises (not a peer's lost link)
+        try:
+            run.truncate_steps(start_epoch - 1)
+            run.remove(run.summary)
+            run.write_config(options)
+            _write_epoch_files(run, history)  # a kill after last.pt's rename left them an epoch behind
+        except LogitCacheError as err:
+            error = err
+    dist.agree(error)
+    log(f"resuming {options['out']} after epoch {start_epoch - 1}")
     return start_epoch, history
 
 

@@ -132,3 +132,15 @@ def test_a_ddp_resume_after_its_store_was_redumped_is_refused_on_every_rank(tmp_
     assert result.returncode != 0 and str(REPO / "logitcache") not in result.stderr, result.stderr  # torchrun's own only
     assert result.stderr.count("Error: --resume would train on other targets than the run learnt from: teacher "
                                f"'default' in {store} is now") == 2, result.stderr
+
+
+def test_a_ddp_resume_whose_run_files_rank_0_cannot_write_stops_every_rank_in_one_line(tmp_path):
+    """steps.csv made a directory: rank 0's error is every rank's, not a peer's lost connection."""
+    args = ("train", "--out", tmp_path / "run", "--student", "mlp:hidden=8", "--dataset", "digits@train", "--loss",
+            "ce", "--batch-size", "128", "--no-progress")
+    assert torchrun(*args, "--epochs", "1").returncode == 0
+    (tmp_path / "run" / "steps.csv").unlink()
+    (tmp_path / "run" / "steps.csv").mkdir()
+    result = torchrun(*args, "--epochs", "2", "--resume")
+    assert result.returncode != 0 and str(REPO / "logitcache") not in result.stderr, result.stderr  # torchrun's own only
+    assert result.stderr.count(f"Error: {tmp_path / 'run' / 'steps.csv'} is not a file") == 2, result.stderr
