@@ -14,6 +14,7 @@ loss (a language model's). matplotlib is an optional extra (``pip install 'logit
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,12 +37,17 @@ class Run:
         return self.history[-1].get(key) if self.history else None
 
     def best(self, key: str) -> dict | None:
-        """The epoch record with the best ``key`` (highest top-1, lowest loss); None without values."""
-        scored = [h for h in self.history if h.get(key) is not None]
+        """The epoch record with the best ``key`` (highest top-1, lowest loss); None without values
+        (a hand-edited NaN, or a value that is no number, is none: it would win every comparison)."""
+        scored = [h for h in self.history if _finite(h.get(key))]
         if not scored:
             return None
         pick = max if "top" in key else min
         return pick(reversed(scored), key=lambda h: h[key])  # ties: the latest epoch, as train picks best.pt
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def read_runs(paths, log=None) -> list[Run]:

@@ -157,3 +157,16 @@ def test_plot_to_a_format_matplotlib_lacks_or_under_a_file_is_one_line(tmp_path)
     assert "plot writes" in one_error(invoke("plot", run, "-o", tmp_path / "curves.txt"))
     (tmp_path / "file").write_text("")
     assert f"cannot write {tmp_path}/file/p.png" in one_error(invoke("plot", run, "-o", tmp_path / "file" / "p.png"))
+
+
+def test_a_hand_edited_nan_is_never_the_best_epoch(tmp_path):
+    """NaN would win a max that met it first (every comparison with it is false)."""
+    from logitcache.reports import read_runs
+
+    records = [{"epoch": 1, "lr": 0.1, "train_loss": 1.0, "val_top1": 0.5},
+               {"epoch": 2, "lr": 0.1, "train_loss": 0.9, "val_top1": float("nan")}]
+    lines = "".join(json.dumps(record) + "\n" for record in records).encode()  # json writes NaN as NaN
+    (run,) = read_runs([_run_dir(tmp_path / "r", lines)])
+    assert run.best("val_top1")["epoch"] == 1
+    result = invoke("runs", tmp_path / "r")
+    assert result.exit_code == 0 and "50.00% @ epoch 1" in result.output, result.output
