@@ -17,10 +17,10 @@ log-softmax, gather and their backward passes write several such tensors (benchm
 "written gradients").
 
 The values are ``token_sums.position_loss_sums``'s formulas on the same log q, so the two agree to
-float32 rounding. Not written out (``None``: the caller differentiates the formulas): a sample
-store drawn at another temperature than the loss's (the formulas refuse it), and a ``topk`` chunk
-with a row whose student tail is under ``kd.TINY_TAIL`` (summed exactly there, where
-``1 - sum_k q_k`` would lose its digits).
+float32 rounding; a top-k row whose student tail is under ``kd.TINY_TAIL`` has it summed exactly,
+as there, and its tail term taken from the logs. Not written out (``None``: the caller
+differentiates the formulas): a sample store drawn at another temperature than the loss's (the
+formulas refuse it), and a top-k chunk with a row that names a class twice (no store writes one).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def _written(logits: Tensor, next_tokens: Tensor, targets: Tensor, teacher, ce_w
     else:
         kl = at_t[0].mul_((factor * terms.scale)[:, None] / at_t[1])
         grad.mul_(ce_scale[:, None] / sums)
-    _add_kl_extras(kl, terms, factor, z, at_t[2], kept, temperature)
+    _add_kl_extras(kl, terms, factor, z, at_t[2], temperature)
     if kept is not None and terms.kept_values is not None:  # a top-k teacher's classes: written over
         shared = ce_scale[:, None] * (picked[:, 1:] - log_norm).exp() if temperature == 1.0 else 0.0
         kl.scatter_(-1, kept, factor * terms.kept_values + shared)
@@ -150,7 +150,7 @@ class KLTerms(NamedTuple):
     small_tails: tuple[Tensor, Tensor, Tensor] | None = None  # top-k rows, p_tail and log Q (module doc)
 
 
-def _add_kl_extras(kl: Tensor, terms: KLTerms, factor: float, z: Tensor, log_norm: Tensor, kept, temperature):
+def _add_kl_extras(kl: Tensor, terms: KLTerms, factor: float, z: Tensor, log_norm: Tensor, temperature: float):
     """A dense teacher's -p_T, and each small-tail top-k row's -p_tail q_i / Q (from the logs, exact)."""
     if terms.dense is not None:
         kl.add_(terms.dense, alpha=factor)

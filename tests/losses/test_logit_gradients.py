@@ -1,7 +1,7 @@
 """The token losses' gradient w.r.t. the logits, written out (``losses/logit_gradients.py``), equals
 autograd's through ``position_loss_sums``: every target form, two temperatures, odd rows (an
 empty tail, padding draws, non-target rows holding NaN), bfloat16 logits, a reused buffer; and it
-steps aside where it must (a sample drawn at another T, a student's top-k tail under TINY_TAIL)."""
+steps aside where it must (a sample drawn at another T, a top-k class named twice)."""
 
 from __future__ import annotations
 
