@@ -116,8 +116,8 @@ def test_multi_view_dump_and_training_under_torchrun(tmp_path):
     assert run("a") == run("b")
 
 
-def test_a_ddp_resume_after_its_store_was_redumped_is_refused_on_every_rank(tmp_path):
-    """Rank 0 records the teacher's digest; every rank checks the resume against that one record."""
+def _one_ddp_epoch(tmp_path):
+    """A store, and the train command (without --epochs) that has just run one epoch from it under torchrun."""
     from tests.conftest import make_store
 
     store = make_store(tmp_path / "s.zarr", codec="fp32")
@@ -125,8 +125,16 @@ def test_a_ddp_resume_after_its_store_was_redumped_is_refused_on_every_rank(tmp_
             store, "--loss", "kl", "--batch-size", "128", "--no-progress")
     result = torchrun(*args, "--epochs", "1")
     assert result.returncode == 0, result.stderr
+    return store, args
+
+
+def test_a_ddp_resume_after_its_store_was_redumped_is_refused_on_every_rank(tmp_path):
+    """Rank 0 records the teacher's digest; every rank checks the resume against that one record."""
+    store, args = _one_ddp_epoch(tmp_path)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["targets"]["store"]["teachers"] == {
         "default": open_store(store).teacher().digest}
+    from tests.conftest import make_store
+
     make_store(store, codec="fp16", overwrite=True)
     result = torchrun(*args, "--epochs", "2", "--resume")
     assert result.returncode != 0 and str(REPO / "logitcache") not in result.stderr, result.stderr  # torchrun's own only
@@ -136,13 +144,7 @@ def test_a_ddp_resume_after_its_store_was_redumped_is_refused_on_every_rank(tmp_
 
 def test_a_ddp_resume_whose_run_files_rank_0_cannot_write_stops_every_rank_in_one_line(tmp_path):
     """steps.csv made a directory: rank 0's error is every rank's, not a peer's lost connection."""
-    from tests.conftest import make_store
-
-    store = make_store(tmp_path / "s.zarr", codec="fp32")
-    args = ("train", "--out", tmp_path / "run", "--student", "mlp:hidden=8", "--dataset", "digits@train", "--store",
-            store, "--loss", "kl", "--batch-size", "128", "--no-progress")
-    result = torchrun(*args, "--epochs", "1")
-    assert result.returncode == 0, result.stderr
+    store, args = _one_ddp_epoch(tmp_path)
     (tmp_path / "run" / "steps.csv").unlink()
     (tmp_path / "run" / "steps.csv").mkdir()
     result = torchrun(*args, "--epochs", "2", "--resume")
